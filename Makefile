@@ -1,0 +1,37 @@
+# mrcnn-bench: `make demo` sets everything up and runs the default benchmark; `make test` runs the tests.
+# Both work from a clean clone with no venv: the first target that needs it creates .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BENCH := $(VENV)/bin/mrcnn-bench
+# Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
+BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
+
+.PHONY: setup demo test test-fast bench-ops clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(BUILD_INPUTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=77" wheel ninja "torch==2.14.1" "torchvision==0.29.1"
+	# setup.py builds the extension against the torch just installed, hence no build isolation.
+	CUDA_HOME=$${CUDA_HOME:-$$(test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)} \
+	  MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -c "import mrcnn_bench.harness.cli"
+	touch $@
+
+# The default benchmark: every installed implementation on the small CPU scenario, synthetic data.
+demo: setup
+	$(BENCH) run --impl all --config cpu_small --device cpu --run-id demo --force
+	$(BENCH) report results/runs/demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+# Without the real training runs (a few minutes quicker).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf build *.egg-info reference_impl/_C*.so

@@ -1,0 +1,420 @@
+"""torchvision's Mask R-CNN R-50-FPN, trained the way torchvision's detection references train it.
+
+torchvision has no trainer of its own: the loop here follows ``references/detection/engine.py``
+(SGD on the parameters that require grad, warm-up, autocast + GradScaler, DDP), iteration-based,
+and the data come through torchvision's own COCO dataset and transforms v2.
+
+Divergences that torchvision does not let us set (shown in the parity table):
+- ``MultiScaleRoIAlign`` always calls ``roi_align(aligned=False)``;
+- test-time resizing reuses the training sizes (``min_size[-1]``, the one ``max_size``).
+"""
+from __future__ import annotations
+
+import bisect
+import contextlib
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
+
+
+@dataclass
+class TorchvisionNative:
+    """Everything the adapter passes to torchvision, in torchvision's own terms."""
+
+    model_kwargs: dict
+    backbone: dict
+    box_head: dict
+    mask_head: dict
+    pooler: dict
+    optimizer: dict
+    schedule: dict
+    data: dict
+    train: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _num_classes(cfg, data) -> int:
+    if cfg.model.num_classes is not None:
+        return cfg.model.num_classes
+    if data is None:
+        return 80
+    import json
+
+    return len(json.loads(data.train_json.read_text())["categories"])
+
+
+class TorchvisionAdapter(Adapter):
+    name = "torchvision"
+    install_hint = "pip install torchvision==0.29.1"
+
+    def available(self):
+        return python_version_of("torchvision")
+
+    # ----------------------------------------------------------------- translate
+    def translate(self, cfg, data=None) -> TorchvisionNative:
+        m, rpn, roi, inp, sol, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
+        if roi.box_head_num_fc != 2:
+            raise UnsupportedConfig("torchvision's TwoMLPHead has exactly 2 FC layers (model.roi_heads.box_head_num_fc)")
+        if m.effective_norm == "SyncBN" and bench.device != "cuda":
+            raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+        n = len(m.anchors.sizes)
+        model_kwargs = dict(
+            num_classes=_num_classes(cfg, data) + 1,  # torchvision counts the background class
+            min_size=tuple(inp.min_size_train),
+            max_size=inp.max_size_train,
+            image_mean=[v / 255.0 for v in m.pixel_mean],  # torchvision normalizes images in [0, 1]
+            image_std=[v / 255.0 for v in m.pixel_std],
+            rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
+            rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
+            rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
+            rpn_post_nms_top_n_test=rpn.post_nms_topk_test,
+            rpn_nms_thresh=rpn.nms_thresh,
+            rpn_fg_iou_thresh=rpn.fg_iou_thresh,
+            rpn_bg_iou_thresh=rpn.bg_iou_thresh,
+            rpn_batch_size_per_image=rpn.batch_size_per_image,
+            rpn_positive_fraction=rpn.positive_fraction,
+            box_score_thresh=roi.score_thresh_test,
+            box_nms_thresh=roi.nms_thresh_test,
+            box_detections_per_img=roi.detections_per_image,
+            box_fg_iou_thresh=roi.fg_iou_thresh,
+            box_bg_iou_thresh=roi.bg_iou_thresh,
+            box_batch_size_per_image=roi.batch_size_per_image,
+            box_positive_fraction=roi.positive_fraction,
+        )
+        return TorchvisionNative(
+            model_kwargs=model_kwargs,
+            backbone=dict(
+                backbone_name=f"resnet{m.backbone.depth}",
+                trainable_layers=5 - m.backbone.freeze_at,
+                norm=m.effective_norm,
+                weights=m.weights,
+                fpn_out_channels=m.fpn_out_channels,
+                anchor_sizes=[[s] for s in m.anchors.sizes],
+                aspect_ratios=[list(m.anchors.aspect_ratios)] * n,
+            ),
+            box_head=dict(representation_size=roi.box_head_fc_dim),
+            mask_head=dict(layers=[roi.mask_head_conv_dim] * roi.mask_head_num_conv, dilation=1),
+            pooler=dict(
+                featmap_names=["0", "1", "2", "3"],
+                box_output_size=roi.box_pooler_resolution,
+                mask_output_size=roi.mask_pooler_resolution,
+                sampling_ratio=roi.pooler_sampling_ratio,
+            ),
+            optimizer=dict(
+                lr=sol.base_lr,
+                momentum=sol.momentum,
+                weight_decay=sol.weight_decay,
+                norm_weight_decay=sol.weight_decay_norm,
+            ),
+            schedule=dict(
+                warmup_iters=sol.warmup_iters,
+                warmup_factor=sol.warmup_factor,
+                steps=list(sol.steps),
+                gamma=sol.gamma,
+            ),
+            data=dict(
+                train_json=str(data.train_json) if data else None,
+                train_images=str(data.train_images) if data else None,
+                horizontal_flip_prob=inp.horizontal_flip_prob,
+                filter_empty=inp.filter_empty_annotations,
+                batch_size_per_process=cfg.ims_per_gpu,
+                num_workers=bench.num_workers,
+            ),
+            train=dict(
+                dtype=bench.dtype,
+                channels_last=bench.channels_last,
+                grad_accum=bench.grad_accum,
+                iters=bench.iters,
+                seed=bench.seed,
+            ),
+        )
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, native: TorchvisionNative):
+        import torch
+        from torchvision.models.detection import MaskRCNN
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+        from torchvision.models.detection.faster_rcnn import TwoMLPHead
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+        from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+        b = native.backbone
+        norm_layer = {"FrozenBN": FrozenBatchNorm2d, "BN": torch.nn.BatchNorm2d, "SyncBN": torch.nn.BatchNorm2d}[b["norm"]]
+        backbone = resnet_fpn_backbone(
+            backbone_name=b["backbone_name"], weights=None, norm_layer=norm_layer, trainable_layers=b["trainable_layers"]
+        )
+        p = native.pooler
+        box_pool = MultiScaleRoIAlign(p["featmap_names"], p["box_output_size"], p["sampling_ratio"])
+        mask_pool = MultiScaleRoIAlign(p["featmap_names"], p["mask_output_size"], p["sampling_ratio"])
+        out = backbone.out_channels
+        model = MaskRCNN(
+            backbone,
+            rpn_anchor_generator=AnchorGenerator(
+                tuple(tuple(s) for s in b["anchor_sizes"]), tuple(tuple(a) for a in b["aspect_ratios"])
+            ),
+            box_roi_pool=box_pool,
+            box_head=TwoMLPHead(out * p["box_output_size"] ** 2, native.box_head["representation_size"]),
+            mask_roi_pool=mask_pool,
+            mask_head=MaskRCNNHeads(out, native.mask_head["layers"], native.mask_head["dilation"]),
+            **native.model_kwargs,
+        )
+        if b["weights"]:
+            load_weights(model, b["weights"])
+        if b["norm"] == "SyncBN":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    # ------------------------------------------------------- effective hparams
+    def effective_hparams(self, native: TorchvisionNative) -> dict:
+        from torchvision.ops import FrozenBatchNorm2d
+
+        model = self.build_model(native)
+        t, rpn, roi = model.transform, model.rpn, model.roi_heads
+        body = model.backbone.body
+        frozen = [name for name in ("conv1", "layer1", "layer2", "layer3", "layer4")
+                  if not any(p.requires_grad for p in getattr(body, name).parameters())]
+        freeze_at = 0 if not frozen else (1 + ["conv1", "layer1", "layer2", "layer3", "layer4"].index(frozen[-1]))
+        box_fc = [mod for mod in model.roi_heads.box_head.modules() if mod.__class__.__name__ == "Linear"]
+        mask_convs = [mod for mod in model.roi_heads.mask_head.modules() if mod.__class__.__name__ == "Conv2d"]
+        d, o, s = native.data, native.optimizer, native.schedule
+        return {
+            "model.num_classes": model.roi_heads.box_predictor.cls_score.out_features - 1,
+            "model.pixel_mean": [round(v * 255.0, 4) for v in t.image_mean],
+            "model.pixel_std": [round(v * 255.0, 4) for v in t.image_std],
+            "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
+            "model.backbone.freeze_at": freeze_at,
+            "model.backbone.norm": "FrozenBN" if isinstance(body.bn1, FrozenBatchNorm2d) else type(body.bn1).__name__.replace("BatchNorm2d", "BN"),
+            "model.fpn_out_channels": model.backbone.out_channels,
+            "model.anchors.sizes": [s[0] for s in rpn.anchor_generator.sizes],
+            "model.anchors.aspect_ratios": list(rpn.anchor_generator.aspect_ratios[0]),
+            "model.rpn.fg_iou_thresh": rpn.proposal_matcher.high_threshold,
+            "model.rpn.bg_iou_thresh": rpn.proposal_matcher.low_threshold,
+            "model.rpn.batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
+            "model.rpn.positive_fraction": rpn.fg_bg_sampler.positive_fraction,
+            "model.rpn.nms_thresh": rpn.nms_thresh,
+            "model.rpn.pre_nms_topk_train": rpn._pre_nms_top_n["training"],
+            "model.rpn.post_nms_topk_train": rpn._post_nms_top_n["training"],
+            "model.rpn.pre_nms_topk_test": rpn._pre_nms_top_n["testing"],
+            "model.rpn.post_nms_topk_test": rpn._post_nms_top_n["testing"],
+            "model.rpn.post_nms_topk_scope": "per image",
+            "model.roi_heads.fg_iou_thresh": roi.proposal_matcher.high_threshold,
+            "model.roi_heads.bg_iou_thresh": roi.proposal_matcher.low_threshold,
+            "model.roi_heads.batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
+            "model.roi_heads.positive_fraction": roi.fg_bg_sampler.positive_fraction,
+            "model.roi_heads.box_pooler_resolution": roi.box_roi_pool.output_size[0],
+            "model.roi_heads.mask_pooler_resolution": roi.mask_roi_pool.output_size[0],
+            "model.roi_heads.pooler_sampling_ratio": roi.box_roi_pool.sampling_ratio,
+            "model.roi_heads.pooler_aligned": False,  # hard-coded in MultiScaleRoIAlign.forward
+            "model.roi_heads.box_head_num_fc": len(box_fc),
+            "model.roi_heads.box_head_fc_dim": box_fc[0].out_features,
+            "model.roi_heads.mask_head_num_conv": len(mask_convs),
+            "model.roi_heads.mask_head_conv_dim": mask_convs[0].out_channels,
+            "model.roi_heads.score_thresh_test": roi.score_thresh,
+            "model.roi_heads.nms_thresh_test": roi.nms_thresh,
+            "model.roi_heads.detections_per_image": roi.detections_per_img,
+            "input.min_size_train": list(t.min_size),
+            "input.max_size_train": t.max_size,
+            "input.min_size_test": t.min_size[-1],
+            "input.max_size_test": t.max_size,
+            "input.horizontal_flip_prob": d["horizontal_flip_prob"],
+            "input.filter_empty_annotations": d["filter_empty"],
+            "solver.ims_per_batch_per_process": d["batch_size_per_process"],
+            "solver.base_lr": o["lr"],
+            "solver.momentum": o["momentum"],
+            "solver.weight_decay": o["weight_decay"],
+            "solver.weight_decay_norm": o["norm_weight_decay"],
+            "solver.warmup_method": "linear",
+            "solver.warmup_iters": s["warmup_iters"],
+            "solver.warmup_factor": s["warmup_factor"],
+            "solver.steps": s["steps"],
+            "solver.gamma": s["gamma"],
+            "_notes": {
+                "model.roi_heads.pooler_aligned": "torchvision's MultiScaleRoIAlign always uses aligned=False",
+                "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",
+                "input.max_size_test": "torchvision uses one max_size for training and test",
+            },
+        }
+
+    # ------------------------------------------------------------------ data
+    def build_loader(self, native: TorchvisionNative, dist: DistInfo, seed: int):
+        import torch
+        from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+        from torchvision.transforms import v2
+
+        d = native.data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
+            dataset = CocoDetection(d["train_images"], d["train_json"])
+        coco = dataset.coco
+        cat_ids = sorted(coco.getCatIds())
+        label_of = {c: i + 1 for i, c in enumerate(cat_ids)}  # contiguous labels, 0 = background
+        if d["filter_empty"]:
+            dataset.ids = [i for i in dataset.ids if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))]
+        dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd"))
+        transforms = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomHorizontalFlip(d["horizontal_flip_prob"]),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.SanitizeBoundingBoxes(labels_getter=lambda sample: (sample[1]["labels"], sample[1]["masks"], sample[1]["iscrowd"])),
+            ]
+        )
+        dataset = _Transformed(dataset, transforms, label_of)
+        sampler = torch.utils.data.DistributedSampler(
+            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        batch_sampler = torch.utils.data.BatchSampler(sampler, d["batch_size_per_process"], drop_last=True)
+        if len(batch_sampler) == 0:
+            raise ValueError(
+                f"{d['train_json']}: {len(dataset)} training images cannot fill one batch of "
+                f"{d['batch_size_per_process']} per process x {dist.world_size} processes"
+            )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=d["num_workers"],
+            collate_fn=_collate,
+            persistent_workers=d["num_workers"] > 0,
+            pin_memory=dist.device.startswith("cuda"),
+        )
+        return loader, sampler
+
+    # ----------------------------------------------------------------- train
+    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+        import torch
+
+        native = self.translate(cfg, data)
+        tr = native.train
+        torch.manual_seed(tr["seed"] + dist.rank)
+        device = torch.device(dist.device)
+        model = self.build_model(native).to(device)
+        if tr["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        optimizer = build_optimizer(model, native.optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_multistep(native.schedule))
+        ddp_model = model
+        if dist.distributed:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tr["dtype"]]
+        scaler = torch.amp.GradScaler(device.type, enabled=tr["dtype"] == "fp16")
+        loader, sampler = self.build_loader(native, dist, tr["seed"])
+
+        def batches():
+            epoch = 0
+            while True:
+                sampler.set_epoch(epoch)
+                yield from loader
+                epoch += 1
+
+        it = iter(batches())
+        timer.before_train()
+        for _ in range(tr["iters"]):
+            data_time = 0.0
+            images_seen = 0
+            for micro in range(tr["grad_accum"]):
+                t0 = time.perf_counter()
+                images, targets = next(it)
+                data_time += time.perf_counter() - t0
+                images = [img.to(device, non_blocking=True) for img in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                sync_ctx = ddp_model.no_sync() if (dist.distributed and micro < tr["grad_accum"] - 1) else contextlib.nullcontext()
+                with sync_ctx:
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        loss_dict = ddp_model(images, targets)
+                        loss = sum(loss_dict.values())
+                    scaler.scale(loss / tr["grad_accum"]).backward()
+                images_seen += len(images)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at iteration {timer.next_iter}: {loss_dict}")
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            timer.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
+        return {"native_config": native.to_dict()}
+
+
+class _Transformed:
+    """Applies v2 transforms, keeps non-crowd instances and maps category ids to contiguous labels."""
+
+    def __init__(self, dataset, transforms, label_of):
+        self.dataset, self.transforms, self.label_of = dataset, transforms, label_of
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, idx):
+        import torch
+
+        image, target = self.dataset[idx]
+        # The v2 wrapper gives iscrowd as a list (and no key at all for an image without annotations).
+        target["iscrowd"] = torch.as_tensor(target.get("iscrowd", []), dtype=torch.int64)
+        image, target = self.transforms(image, target)
+        keep = target["iscrowd"] == 0
+        labels = torch.tensor([self.label_of[int(c)] for c in target["labels"][keep]], dtype=torch.int64)
+        return image, {
+            "boxes": target["boxes"][keep].as_subclass(torch.Tensor),
+            "labels": labels,
+            "masks": target["masks"][keep].as_subclass(torch.Tensor).to(torch.uint8),
+            "image_id": torch.tensor(target["image_id"]),
+        }
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+def _warmup_multistep(schedule: dict):
+    def factor(it: int) -> float:
+        warm = 1.0
+        if it < schedule["warmup_iters"]:
+            alpha = it / schedule["warmup_iters"]
+            warm = schedule["warmup_factor"] * (1 - alpha) + alpha
+        return warm * schedule["gamma"] ** bisect.bisect_right(schedule["steps"], it)
+
+    return factor
+
+
+def build_optimizer(model, opt: dict):
+    import torch
+
+    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    norm_params, other_params = [], []
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        (norm_params if isinstance(module, norm_types) else other_params).extend(own)
+    groups = [
+        {"params": [p for p in other_params if p.requires_grad], "weight_decay": opt["weight_decay"]},
+        {"params": [p for p in norm_params if p.requires_grad], "weight_decay": opt["norm_weight_decay"]},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"])
+
+
+def load_weights(model, path: str) -> None:
+    """A full torchvision Mask R-CNN state dict, or an ImageNet ResNet-50 one for the backbone."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    if any(k.startswith("backbone.") for k in state):
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    else:
+        missing, unexpected = model.backbone.body.load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
+        )
+    if unexpected:
+        raise ValueError(f"{path}: unexpected keys in checkpoint: {unexpected[:5]}")
+
+
+ADAPTER = TorchvisionAdapter()

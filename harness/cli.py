@@ -1,0 +1,241 @@
+"""The ``mrcnn-bench`` command line.
+
+Exit codes: 0 success; 1 a benchmark ran but an implementation failed (or a regression was found);
+2 bad input (config, data, arguments, an implementation that is not installed), nothing started.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import ConfigError, load_config, parse_override, resolve_config_path
+from .data import DataError
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+def _bad_input(fn):
+    """Turn the harness's own input errors into exit code 2 with the message, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .launch import LaunchError
+        from .results import ResultError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, ResultError, LaunchError) as e:
+            raise BadInput(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mrcnn-bench")
+def main():
+    """Train Mask R-CNN R-50-FPN in several implementations on identical hyperparameters and compare
+    their training throughput."""
+
+
+# ---------------------------------------------------------------------------------------- data
+@main.group()
+def data():
+    """Data sets."""
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to create.")
+@click.option("--images", default=64, show_default=True, type=click.IntRange(min=1), help="Training images.")
+@click.option("--val-images", default=None, type=click.IntRange(min=1), help="Validation images [images/4, at least 4].")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="Image width in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@_bad_input
+def data_synth(out, images, val_images, size, seed):
+    """Write a deterministic synthetic COCO-format data set (train2017 + val2017)."""
+    from .data import make_synthetic
+
+    paths = make_synthetic(out, images=images, size=size, seed=seed, val_images=val_images)
+    for split in ("train", "val"):
+        coco = json.loads(getattr(paths, f"{split}_json").read_text())
+        click.echo(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances -> {getattr(paths, f'{split}_json')}")
+
+
+# ----------------------------------------------------------------------------------------- run
+def _parse_impls(text: str) -> list[str]:
+    from mrcnn_bench.adapters import adapter_names
+
+    known = adapter_names()
+    if text == "all":
+        return known
+    impls = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [i for i in impls if i not in known]
+    if unknown:
+        raise BadInput(f"--impl: unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}, or 'all'")
+    return impls
+
+
+@main.command()
+@click.option("--impl", default="torchvision", show_default=True, help="Comma-separated implementations, or 'all' (those installed).")
+@click.option("--config", "config_name", default="cpu_small", show_default=True, help="A config file, or the name of one in configs/.")
+@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Processes per node [config benchmark.gpus].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]")
+@click.option("--data", "data_root", default=None, type=click.Path(), help="COCO root (annotations/, train2017/); default: synthetic.")
+@click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. benchmark.iters=20.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes].")
+@click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s].")
+@click.option("--force", is_flag=True, help="Overwrite existing results of the same run id.")
+@click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--master-addr", default=None)
+@click.option("--master-port", type=int, default=None)
+@_bad_input
+def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+        nnodes, node_rank, master_addr, master_port):
+    """Train each implementation and time iterations [warmup, end); writes OUT/<run-id>/<impl>/run.json."""
+    from . import launch
+    from .data import resolve_data
+    from .report import render_markdown
+    from .results import new_run_id
+
+    impls = _parse_impls(impl)
+    values = dict(parse_override(o) for o in overrides)
+    if gpus is not None:
+        values["benchmark.gpus"] = gpus * nnodes
+    if device is not None:
+        values["benchmark.device"] = device
+    if timeout is not None:
+        values["benchmark.timeout_s"] = timeout
+    cfg = load_config(resolve_config_path(config_name), values)
+    interpreters = {}
+    for p in pythons:
+        name, sep, path = p.partition("=")
+        if not sep:
+            raise BadInput(f"--python {p!r}: expected IMPL=PATH")
+        interpreters[name] = path
+    nproc = cfg.benchmark.gpus // nnodes
+    if nproc * nnodes != cfg.benchmark.gpus:
+        raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
+    if cfg.benchmark.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda: no CUDA device is visible to this process (use --device cpu)")
+        if torch.cuda.device_count() < nproc:
+            raise BadInput(f"--gpus {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+    opts = launch.LaunchOptions(
+        nproc_per_node=nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        threads_per_rank=threads,
+        timeout_s=timeout,
+        force=force,
+        interpreters=interpreters,
+    )
+    # Which implementations can run: an unavailable one named explicitly is an input error;
+    # with 'all' it is skipped and said so.
+    runnable = []
+    for name in impls:
+        ok, info = launch.probe(name, launch.interpreter_for(name, interpreters))
+        if ok:
+            runnable.append(name)
+            click.echo(f"{name}: available ({info})", err=True)
+        elif impl == "all":
+            click.echo(f"{name}: skipped, not installed: {info}", err=True)
+        else:
+            raise BadInput(f"--impl {name}: {info}")
+    if not runnable:
+        raise BadInput("no implementation is installed")
+    run_id = run_id or new_run_id()
+    launch.check_not_written(Path(out_root) / run_id, runnable, force)
+
+    paths, summary = resolve_data(cfg.data, data_root)
+    click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images)", err=True)
+    try:
+        records = launch.run_suite(cfg, runnable, paths, summary, Path(out_root), run_id, opts)
+    except launch.KeyboardInterruptWithRecord as e:
+        click.echo(f"interrupted: {e.record['impl']} marked interrupted; finished results are intact", err=True)
+        sys.exit(130)
+    run_dir = Path(out_root) / run_id
+    click.echo(f"\nresults: {run_dir}\n")
+    click.echo(render_markdown(records))
+    sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+
+
+# -------------------------------------------------------------------------------------- report
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file (atomically) too.")
+@_bad_input
+def report(paths, fmt, out):
+    """Tables from one or more run folders (results/runs/<id>, or any folder holding run.json files)."""
+    from .report import write_report
+
+    click.echo(write_report(paths, fmt, out), nl=False)
+
+
+# -------------------------------------------------------------------------------------- parity
+@main.command()
+@click.option("--config", "config_name", default="mask_rcnn_R_50_FPN_noaug_1x", show_default=True)
+@click.option("--impl", default="all", show_default=True)
+@click.option("--data", "data_root", default=None, type=click.Path(), help="Data set (for the class count).")
+@click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH")
+@_bad_input
+def parity(config_name, impl, data_root, pythons):
+    """The effective hyperparameters of every installed implementation, side by side."""
+    from . import launch
+    from .parity import canonical_values, effective_for, parity_frame
+
+    cfg = load_config(resolve_config_path(config_name))
+    interpreters = dict(p.split("=", 1) for p in pythons)
+    effective = {}
+    for name in _parse_impls(impl):
+        python = launch.interpreter_for(name, interpreters)
+        ok, info = launch.probe(name, python)
+        if not ok:
+            click.echo(f"{name}: skipped, not installed: {info}", err=True)
+            continue
+        effective[name] = effective_for(name, python, cfg, data_root)
+    num_classes = None
+    if data_root:
+        from .data import DataPaths
+
+        paths = DataPaths.from_root(data_root, cfg.data.train_split, cfg.data.val_split)
+        num_classes = len(json.loads(paths.train_json.read_text())["categories"])
+    table, notes = parity_frame(canonical_values(cfg, num_classes), effective)
+    click.echo(table.to_markdown(index=False, disable_numparse=True))
+    if notes:
+        click.echo("\nDivergences (✗):")
+        for note in notes:
+            click.echo(f"- {note}")
+    sys.exit(1 if any(n.endswith("UNEXPLAINED") for n in notes) else 0)
+
+
+# ---------------------------------------------------------------------------------------- list
+@main.command("list")
+def list_impls():
+    """The implementations this harness knows, and whether each is installed."""
+    from mrcnn_bench.adapters import adapter_names
+
+    from . import launch
+
+    for name in adapter_names():
+        python = launch.interpreter_for(name, {})
+        ok, info = launch.probe(name, python)
+        click.echo(f"{name:12s} {'installed' if ok else 'missing  '}  {info}  [{python}]")
+
+
+if __name__ == "__main__":
+    main()

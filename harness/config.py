@@ -1,0 +1,290 @@
+"""The canonical benchmark config: one flat YAML file per scenario, validated before anything starts.
+
+Every implementation is built from this one object; adapters translate it to their framework's own
+config and read the effective values back out (``effective_hparams``), so the parity table shows
+what each framework really does, not what we asked for.
+
+Loading errors are raised as :class:`ConfigError`, whose message names the file, the dotted key and
+what was expected; the CLI turns it into exit code 2.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config (or an override of it) that cannot be used; the message says where and why."""
+
+
+class _Section(BaseModel):
+    # strict: "2" is not an int, 1 is not a float list; extra keys are errors, not silently dropped.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BackboneConfig(_Section):
+    depth: Literal[50] = 50
+    # Stages up to and including this one are frozen: 2 = stem + res2 (Detectron's FREEZE_AT).
+    freeze_at: int = Field(2, ge=0, le=5)
+    # FrozenBN is the canonical choice with pretrained weights. A run with no weights cannot train
+    # through frozen identity statistics (activations explode within a few iterations), so
+    # ``norm_without_weights`` is what every implementation uses instead in that case.
+    norm: Literal["FrozenBN", "BN", "SyncBN"] = "FrozenBN"
+    norm_without_weights: Literal["FrozenBN", "BN", "SyncBN"] = "BN"
+
+
+class AnchorConfig(_Section):
+    sizes: list[int] = [32, 64, 128, 256, 512]
+    aspect_ratios: list[float] = [0.5, 1.0, 2.0]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.sizes) != 5:
+            raise ValueError("sizes must have 5 entries, one per FPN level P2-P6")
+        if any(s <= 0 for s in self.sizes) or any(r <= 0 for r in self.aspect_ratios):
+            raise ValueError("anchor sizes and aspect ratios must be > 0")
+        return self
+
+
+class RPNConfig(_Section):
+    fg_iou_thresh: float = Field(0.7, gt=0, le=1)
+    bg_iou_thresh: float = Field(0.3, ge=0, le=1)
+    batch_size_per_image: int = Field(256, gt=0)
+    positive_fraction: float = Field(0.5, gt=0, le=1)
+    nms_thresh: float = Field(0.7, gt=0, le=1)
+    pre_nms_topk_train: int = Field(2000, gt=0)  # per FPN level, per image
+    post_nms_topk_train: int = Field(1000, gt=0)  # per image
+    pre_nms_topk_test: int = Field(1000, gt=0)
+    post_nms_topk_test: int = Field(1000, gt=0)
+
+
+class ROIHeadsConfig(_Section):
+    fg_iou_thresh: float = Field(0.5, gt=0, le=1)
+    bg_iou_thresh: float = Field(0.5, gt=0, le=1)
+    batch_size_per_image: int = Field(512, gt=0)
+    positive_fraction: float = Field(0.25, gt=0, le=1)
+    box_pooler_resolution: int = Field(7, gt=0)
+    mask_pooler_resolution: int = Field(14, gt=0)
+    # 0 = adaptive (ceil(roi_size / output_size)), as Detectron2; torchvision's default is 2.
+    pooler_sampling_ratio: int = Field(0, ge=0)
+    pooler_aligned: bool = True
+    box_head_num_fc: int = Field(2, gt=0)
+    box_head_fc_dim: int = Field(1024, gt=0)
+    mask_head_num_conv: int = Field(4, gt=0)
+    mask_head_conv_dim: int = Field(256, gt=0)
+    score_thresh_test: float = Field(0.05, ge=0, le=1)
+    nms_thresh_test: float = Field(0.5, gt=0, le=1)
+    detections_per_image: int = Field(100, gt=0)
+
+
+class ModelConfig(_Section):
+    num_classes: int | None = Field(None, gt=0)  # None: taken from the data set's categories
+    # Path to a checkpoint to start from (torchvision-format backbone or full model). None = random init.
+    weights: str | None = None
+    pixel_mean: list[float] = [123.675, 116.28, 103.53]  # RGB, 0-255
+    pixel_std: list[float] = [58.395, 57.12, 57.375]
+    backbone: BackboneConfig = BackboneConfig()
+    fpn_out_channels: int = Field(256, gt=0)
+    anchors: AnchorConfig = AnchorConfig()
+    rpn: RPNConfig = RPNConfig()
+    roi_heads: ROIHeadsConfig = ROIHeadsConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("pixel_mean and pixel_std must have 3 entries (RGB)")
+        if any(s <= 0 for s in self.pixel_std):
+            raise ValueError("pixel_std entries must be > 0")
+        return self
+
+    @property
+    def effective_norm(self) -> str:
+        return self.backbone.norm if self.weights else self.backbone.norm_without_weights
+
+
+class InputConfig(_Section):
+    min_size_train: list[int] = [800]  # one is drawn per image when several are given
+    max_size_train: int = Field(1333, gt=0)
+    min_size_test: int = Field(800, gt=0)
+    max_size_test: int = Field(1333, gt=0)
+    horizontal_flip_prob: float = Field(0.5, ge=0, le=1)
+    # Every implementation drops images with no annotation from training (Detectron's default).
+    filter_empty_annotations: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.min_size_train or any(s <= 0 for s in self.min_size_train):
+            raise ValueError("min_size_train must be a non-empty list of sizes > 0")
+        if max(self.min_size_train) > self.max_size_train:
+            raise ValueError("min_size_train must not exceed max_size_train")
+        return self
+
+
+class SolverConfig(_Section):
+    ims_per_batch: int = Field(16, gt=0)  # global batch, over all processes
+    base_lr: float = Field(0.02, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay_norm: float = Field(0.0, ge=0)  # on normalization layers' parameters (Detectron2's default)
+    warmup_method: Literal["linear"] = "linear"
+    warmup_iters: int = Field(1000, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    steps: list[int] = [60000, 80000]
+    gamma: float = Field(0.1, gt=0, le=1)
+    max_iter: int = Field(90000, gt=0)  # the schedule's length; the benchmark stops at benchmark.iters
+
+
+class BenchmarkConfig(_Section):
+    iters: int = Field(500, gt=0)  # iterations run
+    warmup: int = Field(100, ge=0)  # timed window is [warmup, window_end)
+    window_end: int | None = Field(None, gt=0)  # None = iters
+    gpus: int = Field(8, gt=0)  # processes per node
+    device: Literal["cpu", "cuda"] = "cuda"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16/bf16 = automatic mixed precision
+    channels_last: bool = False
+    grad_accum: int = Field(1, gt=0)
+    threads_per_rank: int | None = Field(None, gt=0)  # None: cores / processes
+    num_workers: int = Field(2, ge=0)  # data-loader workers per process
+    seed: int = 0
+    timeout_s: float = Field(3600.0, gt=0)  # per implementation, a hang past this is a failure
+
+    @model_validator(mode="after")
+    def _check(self):
+        end = self.window_end if self.window_end is not None else self.iters
+        if end <= self.warmup:
+            raise ValueError(f"the timed window [warmup={self.warmup}, end={end}) is empty: end must exceed warmup")
+        if end > self.iters:
+            raise ValueError(f"window_end={end} is past iters={self.iters}")
+        return self
+
+    @property
+    def end(self) -> int:
+        return self.window_end if self.window_end is not None else self.iters
+
+
+class DataConfig(_Section):
+    # A COCO-style root (annotations/instances_{split}.json + {split}/ images). None: the embedded
+    # synthetic set, generated on first use with the parameters below.
+    root: str | None = None
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    synth_images: int = Field(64, gt=0)
+    synth_size: int = Field(256, ge=32)
+    synth_seed: int = 0
+
+
+class Config(_Section):
+    name: str
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    input: InputConfig = InputConfig()
+    solver: SolverConfig = SolverConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        world = self.benchmark.gpus
+        if self.solver.ims_per_batch % (world * self.benchmark.grad_accum) != 0:
+            raise ValueError(
+                f"solver.ims_per_batch={self.solver.ims_per_batch} is not divisible by "
+                f"benchmark.gpus ({world}) x benchmark.grad_accum ({self.benchmark.grad_accum})"
+            )
+        return self
+
+    @property
+    def ims_per_gpu(self) -> int:
+        """Images per process per forward pass."""
+        return self.solver.ims_per_batch // (self.benchmark.gpus * self.benchmark.grad_accum)
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "Config":
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            _set_dotted(data, dotted, value, source)
+        return _validate(data, source)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
+    node = data
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{source}: unknown key '{'.'.join(parts[: i + 1])}'")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _describe(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    etype = err["type"]
+    if etype == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if etype == "missing":
+        return f"missing required key '{key}'"
+    got = err.get("input")
+    got_s = f" (got {got!r} of type {type(got).__name__})" if not isinstance(got, dict) else ""
+    return f"key '{key}': {err['msg']}{got_s}"
+
+
+def _validate(data: Any, source: str) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config; ``overrides`` maps dotted keys to values (already typed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    cfg = _validate(data, str(path))
+    if overrides:
+        cfg = cfg.with_overrides(overrides, source=f"{path} (with overrides)")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=VALUE`` -> ("a.b", yaml-parsed VALUE), for ``--set`` on the command line."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. benchmark.iters=20")
+    key, _, raw = text.partition("=")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {e}") from None
+
+
+def builtin_config_dir() -> Path:
+    """Where the canonical configs live (installed as package data mrcnn_bench.configs)."""
+    from mrcnn_bench import configs
+
+    return Path(configs.__path__[0])
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path, or the name of a canonical config (``cpu_small`` -> configs/cpu_small.yaml)."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        return p
+    return builtin_config_dir() / f"{name_or_path}.yaml"

@@ -1,0 +1,297 @@
+"""Start one fresh process group per implementation through torch.distributed's launcher.
+
+Each implementation runs as ``python -m torch.distributed.run ... -m mrcnn_bench.harness.worker``
+with its own interpreter (so frameworks with clashing pins can live in separate venvs). A crash, a
+hang past the time limit or an out-of-memory kill marks that implementation failed, with its reason
+and the iterations it did record; the next implementation still runs. Ctrl-C marks the running one
+interrupted and leaves every finished result as it was.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .results import (
+    ResultError,
+    atomic_write_json,
+    atomic_write_jsonl,
+    capture_environment,
+    make_run_record,
+)
+
+PARTIAL = ".iterations.partial.jsonl"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(RuntimeError):
+    """A run that cannot start (the message says why); nothing was written."""
+
+
+@dataclass
+class LaunchOptions:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+    threads_per_rank: int | None = None
+    timeout_s: float | None = None
+    force: bool = False
+    interpreters: dict[str, str] = field(default_factory=dict)
+    echo: bool = True
+
+
+def interpreter_for(impl: str, interpreters: dict[str, str]) -> str:
+    """--python IMPL=PATH, else $MRCNN_BENCH_PYTHON_<IMPL>, else .venvs/<impl>/bin/python, else this one."""
+    if impl in interpreters:
+        return interpreters[impl]
+    env = os.environ.get(f"MRCNN_BENCH_PYTHON_{impl.upper()}")
+    if env:
+        return env
+    venv = REPO_ROOT / ".venvs" / impl / "bin" / "python"
+    if venv.is_file():
+        return str(venv)
+    return sys.executable
+
+
+def probe(impl: str, python: str, timeout: float = 180.0) -> tuple[bool, str]:
+    """Ask the implementation's own interpreter whether it can run ``impl`` (no framework import here)."""
+    try:
+        out = subprocess.run(
+            [python, "-m", "mrcnn_bench.harness.probe", "available", impl],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"interpreter {python} could not run: {e}"
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        return False, f"{python} -m mrcnn_bench.harness.probe failed: {tail[0]}"
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    return bool(answer["available"]), answer["info"]
+
+
+def default_threads(nproc_per_node: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // nproc_per_node)
+
+
+def _launcher_args(opts: LaunchOptions) -> list[str]:
+    args = ["--nproc-per-node", str(opts.nproc_per_node)]
+    if opts.nnodes == 1 and opts.master_addr is None:
+        # --standalone: a local c10d rendezvous on a free port, as torchrun recommends for one node.
+        return ["--standalone", *args]
+    args += ["--nnodes", str(opts.nnodes), "--node-rank", str(opts.node_rank)]
+    args += ["--master-addr", opts.master_addr or "127.0.0.1", "--master-port", str(opts.master_port or 29500)]
+    return args
+
+
+def read_partial(run_dir: Path) -> list[dict]:
+    """The iterations a killed worker had streamed, tolerating a cut last line."""
+    path = run_dir / PARTIAL
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _error_reports(run_dir: Path) -> list[dict]:
+    reports = []
+    for p in sorted(run_dir.glob("error-rank*.json")):
+        try:
+            reports.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return reports
+
+
+class _Streamer(threading.Thread):
+    """Copies a worker group's output to a log file and (prefixed) to our stderr, keeping a tail."""
+
+    def __init__(self, stream, log_path: Path, prefix: str, echo: bool):
+        super().__init__(daemon=True)
+        self.stream, self.log_path, self.prefix, self.echo = stream, log_path, prefix, echo
+        self.tail: collections.deque[str] = collections.deque(maxlen=60)
+
+    def run(self):
+        with open(self.log_path, "a") as log:
+            for line in iter(self.stream.readline, ""):
+                log.write(line)
+                log.flush()
+                self.tail.append(line.rstrip("\n"))
+                if self.echo:
+                    sys.stderr.write(f"{self.prefix}{line}")
+                    sys.stderr.flush()
+
+
+def _diagnose(tail: list[str], returncode: int) -> tuple[str, str]:
+    """(status, reason) from what a failed worker group printed."""
+    text = "\n".join(tail)
+    if "Signal 9 (SIGKILL)" in text or returncode in (-9, 137):
+        return "oom", "a worker was killed by SIGKILL (most often the kernel's out-of-memory killer)"
+    if "OutOfMemoryError" in text or "out of memory" in text.lower():
+        return "oom", "out of memory"
+    errors = [ln.strip() for ln in tail if ("Error" in ln or "error:" in ln) and not ln.lstrip().startswith("File ")]
+    reason = errors[-1] if errors else (tail[-1].strip() if tail else f"exit code {returncode}")
+    return "failed", reason
+
+
+def run_implementation(
+    impl: str,
+    cfg,
+    data_paths,
+    data_summary: dict,
+    run_dir: Path,
+    run_id: str,
+    opts: LaunchOptions,
+) -> dict:
+    """Run one implementation to its end and return its run record (always written to run.json)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [run_dir / PARTIAL, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
+        stale.unlink(missing_ok=True)
+    threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(opts.nproc_per_node)
+    atomic_write_json(
+        run_dir / "launch.json",
+        {
+            "run_id": run_id,
+            "config": cfg.to_dict(),
+            "data_paths": data_paths.to_dict(),
+            "data_summary": data_summary,
+            "threads_per_rank": threads,
+        },
+    )
+    python = interpreter_for(impl, opts.interpreters)
+    cmd = [python, "-m", "torch.distributed.run", *_launcher_args(opts)]
+    cmd += ["-m", "mrcnn_bench.harness.worker", "--impl", impl, "--run-dir", str(run_dir)]
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+        TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
+    )
+    timeout = opts.timeout_s or cfg.benchmark.timeout_s
+    started = time.time()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group: a timeout or Ctrl-C reaches every rank
+    )
+    streamer = _Streamer(proc.stdout, run_dir / "log.txt", f"[{impl}] ", opts.echo)
+    streamer.start()
+    status, reason = None, None
+    try:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+            status, reason = "timeout", f"no result after {timeout:.0f} s (--timeout); the worker group was stopped"
+    except KeyboardInterrupt:
+        _stop_group(proc, first=signal.SIGINT)
+        streamer.join(timeout=5)
+        record = _failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", "interrupted by the user (Ctrl-C)", started)
+        raise KeyboardInterruptWithRecord(record) from None
+    streamer.join(timeout=10)
+
+    if status is None:
+        if proc.returncode == 0 and (run_dir / "run.json").is_file():
+            record = json.loads((run_dir / "run.json").read_text())
+            record["wall_s"] = round(time.time() - started, 2)
+            atomic_write_json(run_dir / "run.json", record)
+            return record
+        reports = _error_reports(run_dir)
+        if reports:
+            status, reason = reports[0]["status"], f"rank {reports[0]['rank']}: {reports[0]['error']}"
+        else:
+            status, reason = _diagnose(list(streamer.tail), proc.returncode)
+    return _failure_record(impl, cfg, run_dir, run_id, opts, status, reason, started)
+
+
+class KeyboardInterruptWithRecord(KeyboardInterrupt):
+    def __init__(self, record: dict):
+        super().__init__("interrupted")
+        self.record = record
+
+
+def _stop_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    try:
+        os.killpg(proc.pid, first)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str, reason: str, started: float) -> dict:
+    rows = read_partial(run_dir)
+    atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
+    (run_dir / PARTIAL).unlink(missing_ok=True)
+    record = make_run_record(
+        impl=impl,
+        run_id=run_id,
+        status=status,
+        reason=reason,
+        config=cfg.to_dict(),
+        environment=capture_environment(cfg.benchmark.device),
+        world_size=opts.nproc_per_node * opts.nnodes,
+        device=cfg.benchmark.device,
+        dtype=cfg.benchmark.dtype,
+        window={"warmup": cfg.benchmark.warmup, "end": cfg.benchmark.end, "iters": cfg.benchmark.iters},
+        iterations_recorded=len(rows),
+        extra={"wall_s": round(time.time() - started, 2), "log": str(run_dir / "log.txt")},
+    )
+    atomic_write_json(run_dir / "run.json", record)
+    return record
+
+
+def check_not_written(run_root: Path, impls: list[str], force: bool) -> None:
+    """Refuse to overwrite finished results unless --force."""
+    if force:
+        return
+    done = [i for i in impls if (run_root / i / "run.json").is_file()]
+    if done:
+        raise LaunchError(
+            f"{run_root}: results exist for {', '.join(done)}; pass --force to overwrite, "
+            "or choose another --run-id"
+        )
+
+
+def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str, opts: LaunchOptions):
+    """Run each implementation in turn; returns their records (failed ones included)."""
+    run_root = Path(out_root) / run_id
+    check_not_written(run_root, impls, opts.force)
+    records = []
+    for n, impl in enumerate(impls, 1):
+        print(f"== [{n}/{len(impls)}] {impl}: {cfg.benchmark.iters} iterations, "
+              f"{opts.nproc_per_node * opts.nnodes} process(es) on {cfg.benchmark.device}", file=sys.stderr, flush=True)
+        try:
+            record = run_implementation(impl, cfg, data_paths, data_summary, run_root / impl, run_id, opts)
+        except ResultError as e:
+            raise LaunchError(str(e)) from None
+        records.append(record)
+        if record["status"] != "ok":
+            print(f"== {impl}: {record['status']}: {record['reason']}", file=sys.stderr, flush=True)
+    return records

@@ -1,0 +1,40 @@
+"""Questions asked of an implementation inside its own interpreter (it may live in another venv).
+
+    python -m mrcnn_bench.harness.probe available IMPL
+    python -m mrcnn_bench.harness.probe effective IMPL CONFIG_JSON_FILE [DATA_ROOT]
+
+Each prints one JSON line on stdout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2 or argv[0] not in ("available", "effective"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    from mrcnn_bench.adapters import get_adapter
+
+    adapter = get_adapter(argv[1])
+    if argv[0] == "available":
+        ok, info = adapter.available()
+        if not ok and adapter.install_hint:
+            info = f"{info}; install: {adapter.install_hint}"
+        print(json.dumps({"available": ok, "info": info}))
+        return 0
+    from mrcnn_bench.harness.config import Config
+    from mrcnn_bench.harness.data import DataPaths
+
+    cfg = Config.model_validate(json.loads(Path(argv[2]).read_text()))
+    data = DataPaths.from_root(argv[3], cfg.data.train_split, cfg.data.val_split) if len(argv) > 3 else None
+    native = adapter.translate(cfg, data)
+    print(json.dumps({"effective": adapter.effective_hparams(native)}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Result files: ``results/runs/<run-id>/<impl>/run.json`` and ``iterations.jsonl``.
+
+Every file is written atomically (a temporary file in the same folder, fsync, then rename), so a
+reader sees either the old file or the whole new one, never half of one. ``run.json`` carries its
+schema version; readers refuse files from a schema they do not know, with a clear message.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = "mrcnn-bench/run"
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "timeout", "oom", "interrupted", "running")
+
+
+class ResultError(ValueError):
+    """A result file that cannot be read as this version's schema."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A partial file streamed by a worker that was killed may end in a cut line.
+                raise ResultError(f"{path}:{lineno}: not valid JSON") from None
+    return rows
+
+
+def new_run_id() -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def capture_environment(device: str | None = None, threads: int | None = None, extra: dict | None = None) -> dict:
+    """What a reader needs to judge a number: versions, devices, CPU, threads, load, git sha."""
+    import torch
+
+    env: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "git_sha": git_sha(),
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        env["torchvision"] = None
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        env["cuda_driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
+    else:
+        env["gpus"] = []
+    if extra:
+        env.update(extra)
+    return env
+
+
+def make_run_record(
+    *,
+    impl: str,
+    run_id: str,
+    status: str,
+    config: dict,
+    native_config: Any = None,
+    effective_hparams: dict | None = None,
+    environment: dict | None = None,
+    world_size: int,
+    device: str,
+    dtype: str,
+    window: dict | None = None,
+    summary: dict | None = None,
+    reason: str | None = None,
+    iterations_recorded: int = 0,
+    data: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} not in {STATUSES}")
+    record = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "impl": impl,
+        "status": status,
+        "reason": reason,
+        "measures": (
+            "training throughput in images/s over iterations [warmup, end) on the global batch; "
+            "iteration end stamped after a device synchronize"
+        ),
+        "world_size": world_size,
+        "device": device,
+        "dtype": dtype,
+        "window": window,
+        "summary": summary,
+        "iterations_recorded": iterations_recorded,
+        "config": config,
+        "native_config": native_config,
+        "effective_hparams": effective_hparams,
+        "environment": environment,
+        "data": data,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def load_run(path: str | os.PathLike) -> dict:
+    """Read one run.json, checking its schema; ``path`` may be the file or its folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "run.json"
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultError(f"{path}: no such result file") from None
+    except json.JSONDecodeError as e:
+        raise ResultError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise ResultError(f"{path}: not an mrcnn-bench run record (key 'schema' should be {SCHEMA!r})")
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise ResultError(
+            f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads version {SCHEMA_VERSION}"
+            + (" (written by a newer mrcnn-bench: upgrade to read it)" if newer else " (re-run to regenerate it)")
+        )
+    for key in ("impl", "status", "world_size", "device"):
+        if key not in record:
+            raise ResultError(f"{path}: missing key '{key}'")
+    if record["status"] not in STATUSES:
+        raise ResultError(f"{path}: key 'status' is {record['status']!r}, expected one of {STATUSES}")
+    if record["status"] == "ok" and not isinstance(record.get("summary"), dict):
+        raise ResultError(f"{path}: status 'ok' but key 'summary' is missing")
+    record["_path"] = str(path)
+    return record
+
+
+def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every run.json below the given files or folders (a run id folder, results/runs, ...)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_file():
+            found.append(p)
+        elif (p / "run.json").is_file():
+            found.append(p / "run.json")
+        elif p.is_dir():
+            found.extend(sorted(p.rglob("run.json")))
+        else:
+            raise ResultError(f"{p}: no such file or folder")
+    return found

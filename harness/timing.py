@@ -1,0 +1,205 @@
+"""Per-iteration timing, as detectron2's IterationTimer hook measures it.
+
+An adapter calls :meth:`IterationTimer.before_train` once, then :meth:`after_step` at the end of
+every optimizer step (after the backward pass and ``optimizer.step()``), passing the images that
+process consumed in that step. The timer synchronizes the device first where the device runs
+asynchronously (CUDA), so a stamp means "the work of this iteration has finished".
+
+Throughput over the window [warmup, end):
+    images in iterations warmup .. end-1 (global batch, summed over processes)
+    / (stamp at the end of iteration end-1 - stamp at the end of iteration warmup-1)
+where the "end of iteration -1" is the stamp taken by ``before_train``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+@dataclass
+class IterationRecord:
+    iter: int
+    end_time: float  # seconds since before_train(), after device sync
+    duration: float  # this iteration's wall time (from the previous stamp)
+    images: int  # images this process consumed in the iteration
+    data_time: float | None = None  # time spent waiting for the data loader, where exposed
+    loss: float | None = None
+    max_memory_mb: float | None = None  # peak device memory so far (CUDA) or peak RSS (CPU)
+    lr: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class WindowSummary:
+    warmup: int
+    end: int
+    iterations: int  # in the window
+    images: int  # global, in the window
+    seconds: float
+    images_per_s: float
+    s_per_iter_median: float
+    s_per_iter_mean: float
+    s_per_iter_p10: float
+    s_per_iter_p90: float
+    data_time_share: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize_window(
+    records: list[IterationRecord],
+    warmup: int,
+    end: int,
+    world_images: list[int] | None = None,
+    start_time: float = 0.0,
+) -> WindowSummary:
+    """Throughput and per-iteration statistics over iterations [warmup, end).
+
+    ``records`` must hold iterations 0 .. end-1 in order. ``world_images[i]``, when given, is the
+    number of images all processes together consumed in iteration i (the global batch); otherwise
+    each record's own count is used.
+    """
+    if end <= warmup:
+        raise ValueError(f"empty window [warmup={warmup}, end={end})")
+    if len(records) < end:
+        raise ValueError(f"window [{warmup}, {end}) needs {end} iterations, only {len(records)} recorded")
+    for i, r in enumerate(records[:end]):
+        if r.iter != i:
+            raise ValueError(f"iteration records out of order: position {i} holds iteration {r.iter}")
+    t0 = records[warmup - 1].end_time if warmup > 0 else start_time
+    t1 = records[end - 1].end_time
+    seconds = t1 - t0
+    if seconds <= 0:
+        raise ValueError(f"non-positive window duration {seconds}")
+    images = sum(world_images[warmup:end]) if world_images is not None else sum(r.images for r in records[warmup:end])
+    durations = sorted(r.duration for r in records[warmup:end])
+    data_times = [r.data_time for r in records[warmup:end]]
+    data_share = sum(data_times) / seconds if all(d is not None for d in data_times) else None
+    return WindowSummary(
+        warmup=warmup,
+        end=end,
+        iterations=end - warmup,
+        images=images,
+        seconds=seconds,
+        images_per_s=images / seconds,
+        s_per_iter_median=statistics.median(durations),
+        s_per_iter_mean=sum(durations) / len(durations),
+        s_per_iter_p10=_percentile(durations, 10),
+        s_per_iter_p90=_percentile(durations, 90),
+        data_time_share=data_share,
+    )
+
+
+def _cpu_peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+class IterationTimer:
+    """Stamps the end of each training iteration; see the module docstring for the arithmetic.
+
+    ``sync`` is called before every stamp (``torch.cuda.synchronize`` on CUDA, nothing on CPU).
+    ``on_iteration`` is called with each record (progress bars, streaming to disk).
+    """
+
+    def __init__(
+        self,
+        total_iters: int,
+        sync: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        memory: Callable[[], float] | None = None,
+        on_iteration: Callable[[IterationRecord], None] | None = None,
+    ):
+        self.total_iters = total_iters
+        self._sync = sync or (lambda: None)
+        self._clock = clock
+        self._memory = memory or _cpu_peak_rss_mb
+        self._on_iteration = on_iteration
+        self.records: list[IterationRecord] = []
+        self._t0: float | None = None
+        self._last: float | None = None
+
+    @classmethod
+    def for_device(cls, total_iters: int, device: str, **kwargs) -> "IterationTimer":
+        if device.startswith("cuda"):
+            import torch
+
+            return cls(
+                total_iters,
+                sync=torch.cuda.synchronize,
+                memory=lambda: torch.cuda.max_memory_allocated() / 2**20,
+                **kwargs,
+            )
+        return cls(total_iters, **kwargs)
+
+    @property
+    def done(self) -> bool:
+        return len(self.records) >= self.total_iters
+
+    @property
+    def next_iter(self) -> int:
+        return len(self.records)
+
+    def before_train(self) -> None:
+        self._sync()
+        self._t0 = self._last = self._clock()
+
+    def after_step(
+        self,
+        images: int,
+        loss: float | None = None,
+        data_time: float | None = None,
+        lr: float | None = None,
+    ) -> IterationRecord:
+        if self._t0 is None:
+            raise RuntimeError("IterationTimer.before_train() was not called")
+        self._sync()
+        now = self._clock()
+        rec = IterationRecord(
+            iter=len(self.records),
+            end_time=now - self._t0,
+            duration=now - self._last,
+            images=int(images),
+            data_time=data_time,
+            loss=None if loss is None else float(loss),
+            max_memory_mb=self._memory(),
+            lr=lr,
+        )
+        self._last = now
+        self.records.append(rec)
+        if self._on_iteration is not None:
+            self._on_iteration(rec)
+        return rec
+
+    def summary(self, warmup: int, end: int, world_images: list[int] | None = None) -> WindowSummary:
+        return summarize_window(self.records, warmup, end, world_images)
+
+
+@dataclass
+class DataTimer:
+    """Measures how long the training loop waits on its data iterator."""
+
+    last: float = 0.0
+    _clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+
+    def fetch(self, iterator):
+        t = self._clock()
+        item = next(iterator)
+        self.last = self._clock() - t
+        return item

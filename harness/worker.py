@@ -1,0 +1,202 @@
+"""The process that runs in every rank, started by torch.distributed's launcher.
+
+    python -m torch.distributed.run ... -m mrcnn_bench.harness.worker --impl NAME --run-dir DIR
+
+It pins its threads (and, where there are enough cores, its CPU set), joins the process group,
+asks the adapter to train with an :class:`IterationTimer` attached, and on rank 0 writes
+``run.json`` and ``iterations.jsonl`` atomically. While training, rank 0 streams every iteration to
+``.iterations.partial.jsonl`` so that a run killed part-way still leaves what it measured; any rank
+that fails writes ``error-rank<N>.json`` before exiting non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PARTIAL = ".iterations.partial.jsonl"
+
+
+def _pin_threads(threads: int, local_rank: int, local_world: int) -> list[int] | None:
+    """Give each local rank its own cores when the machine has enough; returns the CPU set used."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass  # already set in this process
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= threads * local_world:
+        mine = cpus[local_rank * threads : (local_rank + 1) * threads]
+        os.sched_setaffinity(0, mine)
+        return mine
+    return cpus
+
+
+def _progress_printer(rank: int, total: int, every: int):
+    start = time.perf_counter()
+
+    def on_iteration(rec):
+        if rank != 0:
+            return
+        n = rec.iter + 1
+        if n % every == 0 or n == total or n == 1:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / n * (total - n)
+            loss = f"loss {rec.loss:.3f}  " if rec.loss is not None else ""
+            data = f"data {rec.data_time:.3f}s  " if rec.data_time is not None else ""
+            print(
+                f"iter {n}/{total}  {loss}time {rec.duration:.3f}s  {data}eta {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return on_iteration
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", required=True)
+    parser.add_argument("--run-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    run_dir: Path = args.run_dir
+    spec = json.loads((run_dir / "launch.json").read_text())
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    try:
+        return _run(args.impl, run_dir, spec, rank, world, local_rank, local_world)
+    except BaseException as e:
+        status = "oom" if _is_oom(e) else ("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        from mrcnn_bench.harness.results import atomic_write_json
+
+        atomic_write_json(
+            run_dir / f"error-rank{rank}.json",
+            {
+                "rank": rank,
+                "status": status,
+                "error": f"{type(e).__name__}: {e}".strip(),
+                "traceback": traceback.format_exc(limit=30),
+            },
+        )
+        raise
+
+
+def _is_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError)
+
+
+def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int) -> int:
+    import torch
+    import torch.distributed as tdist
+
+    from mrcnn_bench.adapters import get_adapter
+    from mrcnn_bench.adapters.base import DistInfo
+    from mrcnn_bench.harness.config import Config
+    from mrcnn_bench.harness.data import DataPaths
+    from mrcnn_bench.harness.results import (
+        atomic_write_json,
+        atomic_write_jsonl,
+        capture_environment,
+        make_run_record,
+    )
+    from mrcnn_bench.harness.timing import IterationTimer
+
+    cfg = Config.model_validate(spec["config"])
+    data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
+    bench = cfg.benchmark
+    threads = spec["threads_per_rank"]
+    cpus = _pin_threads(threads, local_rank, local_world)
+
+    if bench.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        backend = "nccl"
+    else:
+        device = "cpu"
+        backend = "gloo"
+    if world > 1:
+        tdist.init_process_group(backend=backend)
+    else:
+        backend = None
+    dist = DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+    adapter = get_adapter(impl)
+    version = adapter.require()
+    native = adapter.translate(cfg, data)
+
+    partial = None
+    if rank == 0:
+        partial = open(run_dir / PARTIAL, "w")
+
+    progress = _progress_printer(rank, bench.iters, max(1, bench.iters // 20))
+
+    def on_iteration(rec):
+        if partial is not None:
+            partial.write(json.dumps(rec.to_dict()) + "\n")
+            partial.flush()
+        progress(rec)
+
+    timer = IterationTimer.for_device(bench.iters, device, on_iteration=on_iteration)
+    extra = adapter.train(cfg, data, timer, dist) or {}
+    if len(timer.records) != bench.iters:
+        raise RuntimeError(f"{impl}: the adapter ran {len(timer.records)} iterations, {bench.iters} were asked for")
+
+    # The global batch of each iteration: every rank's own image count, summed.
+    images = torch.tensor([r.images for r in timer.records], dtype=torch.int64)
+    if dist.distributed:
+        images = images.to(device) if backend == "nccl" else images
+        tdist.all_reduce(images)
+    world_images = images.cpu().tolist()
+
+    if rank == 0:
+        summary = timer.summary(bench.warmup, bench.end, world_images)
+        rows = [dict(r.to_dict(), global_images=g) for r, g in zip(timer.records, world_images)]
+        atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
+        env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version})
+        native_dict = extra.pop("native_config", None)
+        if native_dict is None:
+            native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)
+        record = make_run_record(
+            impl=impl,
+            run_id=spec["run_id"],
+            status="ok",
+            config=cfg.to_dict(),
+            native_config=native_dict,
+            effective_hparams=adapter.effective_hparams(native),
+            environment=env,
+            world_size=world,
+            device=bench.device,
+            dtype=bench.dtype,
+            window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
+            summary=summary.to_dict(),
+            iterations_recorded=len(timer.records),
+            data=spec.get("data_summary"),
+            extra={"adapter": extra} if extra else None,
+        )
+        atomic_write_json(run_dir / "run.json", record)
+        partial.close()
+        (run_dir / PARTIAL).unlink(missing_ok=True)
+        print(
+            f"{impl}: {summary.images_per_s:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
+            f"median {summary.s_per_iter_median:.3f} s/iter",
+            file=sys.stderr,
+            flush=True,
+        )
+    if dist.distributed:
+        tdist.barrier()
+        tdist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The native reference Mask R-CNN R-50-FPN: its own model, ops (C++/CUDA), training loop and data."""

@@ -1,0 +1,58 @@
+import json
+import os
+
+import pytest
+
+from mrcnn_bench.harness import results as R
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "r" / "run.json"
+    R.atomic_write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("serialisation failed half-way")
+
+    with pytest.raises(RuntimeError):
+        R.atomic_write_json(path, {"a": Boom()})
+    assert json.loads(path.read_text()) == {"a": 1}  # the old file is intact
+    assert os.listdir(path.parent) == ["run.json"]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def _record(**over):
+    rec = R.make_run_record(
+        impl="x", run_id="r", status="ok", config={}, world_size=1, device="cpu", dtype="fp32",
+        summary={"images_per_s": 1.0},
+    )
+    rec.update(over)
+    return rec
+
+
+def test_load_run_checks_schema(tmp_path):
+    p = tmp_path / "run.json"
+    R.atomic_write_json(p, _record())
+    assert R.load_run(tmp_path)["impl"] == "x"
+    R.atomic_write_json(p, _record(schema_version=R.SCHEMA_VERSION + 1))
+    with pytest.raises(R.ResultError, match="newer mrcnn-bench"):
+        R.load_run(p)
+    R.atomic_write_json(p, _record(schema_version=0))
+    with pytest.raises(R.ResultError, match="re-run to regenerate"):
+        R.load_run(p)
+    R.atomic_write_json(p, {"hello": 1})
+    with pytest.raises(R.ResultError, match="not an mrcnn-bench run record"):
+        R.load_run(p)
+    p.write_text('{"schema": ')
+    with pytest.raises(R.ResultError, match="not valid JSON"):
+        R.load_run(p)
+    R.atomic_write_json(p, _record(summary=None))
+    with pytest.raises(R.ResultError, match="'summary' is missing"):
+        R.load_run(p)
+
+
+def test_environment_is_captured():
+    env = R.capture_environment("cpu", threads=3)
+    assert env["torch"].startswith("2.14.1") and env["torch_threads"] == 3
+    assert len(env["load_average"]) == 3 and env["cpu_count"] >= 1 and env["cpu"]

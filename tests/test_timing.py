@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from mrcnn_bench.harness.timing import IterationRecord, IterationTimer, summarize_window
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def _timed(durations, images=2):
+    clock = FakeClock()
+    synced = []
+    timer = IterationTimer(len(durations), sync=lambda: synced.append(clock.t), clock=clock, memory=lambda: 1.0)
+    timer.before_train()
+    for d in durations:
+        clock.t += d
+        timer.after_step(images, loss=1.0, data_time=d / 10)
+    return timer, synced
+
+
+def test_window_arithmetic_uses_stamps_around_the_window():
+    durations = [5.0, 3.0, 1.0, 2.0, 1.0, 4.0]
+    timer, synced = _timed(durations)
+    assert len(synced) == len(durations) + 1  # a device sync before every stamp
+    s = timer.summary(warmup=2, end=5)
+    # iterations 2, 3, 4: from the end of iteration 1 to the end of iteration 4
+    assert s.seconds == pytest.approx(1.0 + 2.0 + 1.0)
+    assert s.images == 6 and s.iterations == 3
+    assert s.images_per_s == pytest.approx(6 / 4.0)
+    assert s.s_per_iter_median == pytest.approx(1.0)
+    assert s.s_per_iter_mean == pytest.approx(4.0 / 3)
+    assert s.data_time_share == pytest.approx(0.1)
+    w = [d for d in durations[2:5]]
+    assert s.s_per_iter_p10 == pytest.approx(np.percentile(w, 10))
+    assert s.s_per_iter_p90 == pytest.approx(np.percentile(w, 90))
+
+
+def test_window_from_zero_starts_at_before_train():
+    timer, _ = _timed([2.0, 2.0])
+    s = timer.summary(warmup=0, end=2)
+    assert s.seconds == pytest.approx(4.0) and s.images_per_s == pytest.approx(1.0)
+
+
+def test_global_batch_counts_every_process():
+    timer, _ = _timed([1.0] * 4, images=2)
+    s = timer.summary(1, 4, world_images=[16, 16, 16, 16])
+    assert s.images == 48 and s.images_per_s == pytest.approx(16.0)
+
+
+def test_bad_windows_are_refused():
+    timer, _ = _timed([1.0] * 3)
+    with pytest.raises(ValueError, match="empty window"):
+        timer.summary(2, 2)
+    with pytest.raises(ValueError, match="needs 5 iterations, only 3"):
+        timer.summary(1, 5)
+    recs = [IterationRecord(iter=i, end_time=i + 1.0, duration=1.0, images=1) for i in (0, 2, 1)]
+    with pytest.raises(ValueError, match="out of order"):
+        summarize_window(recs, 0, 3)
+
+
+def test_after_step_before_start_is_an_error_and_callback_fires():
+    seen = []
+    t = IterationTimer(2, on_iteration=seen.append)
+    with pytest.raises(RuntimeError, match="before_train"):
+        t.after_step(1)
+    t.before_train()
+    t.after_step(1, loss=0.5)
+    assert [r.iter for r in seen] == [0] and seen[0].loss == 0.5 and not t.done
