@@ -29,6 +29,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Each native op against torchvision.ops, as a ratio (CPU, and CUDA where present).
+bench-ops: setup
+	$(PY) benchmarks/ops.py
+
 # Without the real training runs (a few minutes quicker).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests

@@ -1,7 +1,8 @@
 """Build of the reference implementation's C++/CUDA extension, and the package list.
 
 Everything else about the distribution lives in pyproject.toml. The CPU kernels are always built;
-the CUDA kernels are built when nvcc and a CUDA build of torch are present, or when FORCE_CUDA=1.
+the CUDA kernels are built when CUDA_HOME is set to a toolkit with nvcc and torch is a CUDA build,
+or when FORCE_CUDA=1.
 Set MRCNN_BENCH_NO_EXT=1 to skip the extension entirely (the ops then fall back to pure PyTorch).
 """
 import glob
@@ -36,9 +37,9 @@ def cuda_wanted():
         return True
     if torch.version.cuda is None:
         return False
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return CUDA_HOME is not None and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is not None
+    # Only an explicit CUDA_HOME counts (torch would otherwise guess /usr/local/cuda).
+    cuda_home = os.environ.get("CUDA_HOME")
+    return bool(cuda_home) and shutil.which(os.path.join(cuda_home, "bin", "nvcc")) is not None
 
 
 def extensions():
