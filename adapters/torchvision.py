@@ -90,7 +90,7 @@ class TorchvisionAdapter(Adapter):
             model_kwargs=model_kwargs,
             backbone=dict(
                 backbone_name=f"resnet{m.backbone.depth}",
-                trainable_layers=5 - m.backbone.freeze_at,
+                trainable_layers=5 - m.effective_freeze_at,
                 norm=m.effective_norm,
                 weights=m.weights,
                 fpn_out_channels=m.fpn_out_channels,

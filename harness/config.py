@@ -35,6 +35,9 @@ class BackboneConfig(_Section):
     # ``norm_without_weights`` is what every implementation uses instead in that case.
     norm: Literal["FrozenBN", "BN", "SyncBN"] = "FrozenBN"
     norm_without_weights: Literal["FrozenBN", "BN", "SyncBN"] = "BN"
+    # Freezing randomly initialised stages only cripples the model: with no weights, train them all
+    # (torchvision's own rule: trainable_backbone_layers=5 when it has no weights).
+    freeze_at_without_weights: int = Field(0, ge=0, le=5)
 
 
 class AnchorConfig(_Section):
@@ -104,6 +107,10 @@ class ModelConfig(_Section):
     @property
     def effective_norm(self) -> str:
         return self.backbone.norm if self.weights else self.backbone.norm_without_weights
+
+    @property
+    def effective_freeze_at(self) -> int:
+        return self.backbone.freeze_at if self.weights else self.backbone.freeze_at_without_weights
 
 
 class InputConfig(_Section):

@@ -29,6 +29,7 @@ def canonical_values(cfg, num_classes: int | None = None) -> dict:
     """The canonical config in the keys adapters report, with derived keys resolved."""
     flat = _flatten(cfg.to_dict())
     flat["model.backbone.norm"] = cfg.model.effective_norm
+    flat["model.backbone.freeze_at"] = cfg.model.effective_freeze_at
     flat["model.num_classes"] = cfg.model.num_classes or num_classes
     flat["model.rpn.post_nms_topk_scope"] = "per image"
     flat["solver.ims_per_batch_per_process"] = cfg.ims_per_gpu

@@ -104,8 +104,9 @@ def test_overrides_are_validated_like_the_file():
 
 def test_weightless_runs_use_trainable_norm():
     cfg = load_config(CANONICAL)
-    assert cfg.model.weights is None and cfg.model.effective_norm == "BN"
-    assert cfg.with_overrides({"model.weights": "/x.pth"}).model.effective_norm == "FrozenBN"
+    assert cfg.model.weights is None and cfg.model.effective_norm == "BN" and cfg.model.effective_freeze_at == 0
+    with_weights = cfg.with_overrides({"model.weights": "/x.pth"}).model
+    assert with_weights.effective_norm == "FrozenBN" and with_weights.effective_freeze_at == 2
 
 
 def test_cli_config_error_exits_2(tmp_path):

@@ -32,10 +32,11 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     assert diverging == {"model.roi_heads.pooler_aligned"}
     assert eff["model.num_classes"] == 6
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.rpn.post_nms_topk_train"] == 1000
-    assert eff["model.backbone.freeze_at"] == 2 and eff["model.backbone.norm"] == "BN"  # no weights: BN
+    # no weights: BN and nothing frozen, for every implementation alike
+    assert eff["model.backbone.freeze_at"] == 0 and eff["model.backbone.norm"] == "BN"
     assert eff["solver.ims_per_batch_per_process"] == 2
     # a changed config is seen in the effective values, i.e. they are not copied from the config
-    cfg2 = cfg.with_overrides({"model.rpn.nms_thresh": 0.6, "model.backbone.freeze_at": 3, "model.weights": None})
+    cfg2 = cfg.with_overrides({"model.rpn.nms_thresh": 0.6, "model.backbone.freeze_at_without_weights": 3})
     eff2 = adapter.effective_hparams(adapter.translate(cfg2, data))
     assert eff2["model.rpn.nms_thresh"] == 0.6 and eff2["model.backbone.freeze_at"] == 3
 

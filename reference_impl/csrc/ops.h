@@ -12,8 +12,10 @@ inline void check_roi_align_args(const at::Tensor& input, const at::Tensor& rois
   TORCH_CHECK(input.dim() == 4, "roi_align: input must be [N, C, H, W], got ", input.sizes());
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_align: rois must be [K, 5] (batch index, x1, y1, x2, y2), got ",
               rois.sizes());
-  TORCH_CHECK(input.scalar_type() == rois.scalar_type(), "roi_align: input and rois must have one dtype, got ",
-              input.scalar_type(), " and ", rois.scalar_type());
+  // RoIs stay in the op-math type (float for half/bfloat16 features): a bfloat16 coordinate near
+  // 1000 px would be off by several pixels.
+  TORCH_CHECK(rois.scalar_type() == at::toOpMathType(input.scalar_type()), "roi_align: rois must be ",
+              at::toOpMathType(input.scalar_type()), " for ", input.scalar_type(), " features, got ", rois.scalar_type());
   TORCH_CHECK(input.device() == rois.device(), "roi_align: input and rois must be on one device");
   TORCH_CHECK(ph > 0 && pw > 0, "roi_align: output size must be > 0, got ", ph, "x", pw);
 }

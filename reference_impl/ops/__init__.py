@@ -107,6 +107,17 @@ if NATIVE:
 
 
 # ------------------------------------------------------------------------------- public API
+def _rois_for(input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    """RoIs in the op-math type of the features (float32 for half/bfloat16, float64 for double)."""
+    return rois.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+
+
+def _coords(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Box arithmetic is done in float32 at least (bfloat16 cannot hold pixel coordinates)."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return [t.to(dtype) for t in tensors]
+
+
 def _pair(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -122,10 +133,10 @@ def roi_align(
     """RoIAlign of ``rois`` [K, 5] on ``input`` [N, C, H, W] -> [K, C, oh, ow] (torchvision.ops.roi_align).
     ``sampling_ratio`` <= 0 samples ceil(roi_size / output_size) points per bin."""
     ph, pw = _pair(output_size)
-    rois = rois.to(input.dtype)
+    rois = _rois_for(input, rois)
     if NATIVE:
         return torch.ops.mrcnn_bench.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
-    return fallback.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
+    return fallback.roi_align(input, rois.to(input.dtype), float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
 
 
 def multilevel_roi_align(
@@ -143,14 +154,14 @@ def multilevel_roi_align(
     per-level Python loop."""
     ph, pw = _pair(output_size)
     features = list(features)
-    rois = rois.to(features[0].dtype)
+    rois = _rois_for(features[0], rois)
     scales = [float(s) for s in scales]
     if NATIVE:
         return torch.ops.mrcnn_bench.multilevel_roi_align(
             features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
         )
     return fallback.multilevel_roi_align(
-        features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
+        features, rois.to(features[0].dtype), scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
     )
 
 
@@ -161,6 +172,7 @@ def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Indices of the boxes kept by greedy NMS, by decreasing score (torchvision.ops.nms)."""
+    boxes, scores = _coords(boxes, scores)
     if NATIVE:
         return torch.ops.mrcnn_bench.nms(boxes, scores.to(boxes.dtype), float(iou_threshold))
     return fallback.nms(boxes, scores, float(iou_threshold))
@@ -168,6 +180,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS within each category of ``idxs`` (torchvision.ops.batched_nms)."""
+    boxes, scores = _coords(boxes, scores)
     if NATIVE:
         return torch.ops.mrcnn_bench.batched_nms(boxes, scores.to(boxes.dtype), idxs, float(iou_threshold))
     return fallback.batched_nms(boxes, scores, idxs, float(iou_threshold))
@@ -176,6 +189,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 def encode_boxes(gt: torch.Tensor, proposals: torch.Tensor, weights=(1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """Regression targets (dx, dy, dw, dh) of ``gt`` relative to ``proposals``, both [N, 4]."""
     weights = [float(w) for w in weights]
+    gt, proposals = _coords(gt, proposals)
     if NATIVE:
         return torch.ops.mrcnn_bench.encode_boxes(gt, proposals.to(gt.dtype), weights)
     return fallback.encode_boxes(gt, proposals.to(gt.dtype), weights)
@@ -191,6 +205,7 @@ def decode_boxes(
     """Boxes [N, 4k] from deltas [N, 4k] applied to ``boxes`` [N, 4]; clipped to (h, w) if given."""
     weights = [float(w) for w in weights]
     clip = None if clip_hw is None else [int(clip_hw[0]), int(clip_hw[1])]
+    deltas, boxes = _coords(deltas, boxes)
     if NATIVE:
         return torch.ops.mrcnn_bench.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)
     return fallback.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)

@@ -32,10 +32,10 @@ struct SampleTable {
   int64_t plane = 0;  // offset of this RoI's image in its level, in planes (batch * C)
   int level = 0;
 
-  template <typename T>
-  void build(const T* roi, int level_, A scale, int H, int W, int ph_n, int pw_n, int sampling_ratio, bool aligned,
+  template <typename R>
+  void build(const R* roi, int level_, A scale, int H, int W, int ph_n, int pw_n, int sampling_ratio, bool aligned,
              int64_t C) {
-    auto g = roi_geometry<T, A>(roi, scale, ph_n, pw_n, sampling_ratio, aligned);
+    auto g = roi_geometry<R, A>(roi, scale, ph_n, pw_n, sampling_ratio, aligned);
     level = level_;
     count = g.count;
     plane = int64_t(g.batch) * C;
@@ -68,19 +68,20 @@ struct Pyramid {
   int k_min = 0, k_max = 0, canonical_level = 4, canonical_scale = 224;
   bool multilevel = false;
 
-  int level_of(const T* roi) const {
+  template <typename R>
+  int level_of(const R* roi) const {
     return multilevel ? fpn_level(roi, k_min, k_max, canonical_level, canonical_scale) : 0;
   }
 };
 
 template <typename T, typename A>
-void roi_align_forward_impl(const Pyramid<T>& pyr, const T* rois, int64_t K, int64_t C, int ph_n, int pw_n,
+void roi_align_forward_impl(const Pyramid<T>& pyr, const A* rois, int64_t K, int64_t C, int ph_n, int pw_n,
                             int sampling_ratio, bool aligned, T* out) {
   const int64_t bins = int64_t(ph_n) * pw_n;
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     SampleTable<A> t;
     for (int64_t k = begin; k < end; ++k) {
-      const T* roi = rois + k * 5;
+      const A* roi = rois + k * 5;
       const int l = pyr.level_of(roi);
       const int H = pyr.H[l], W = pyr.W[l];
       t.build(roi, l, A(pyr.scale[l]), H, W, ph_n, pw_n, sampling_ratio, aligned, C);
@@ -102,7 +103,7 @@ void roi_align_forward_impl(const Pyramid<T>& pyr, const T* rois, int64_t K, int
 
 // grad_levels[l]: the op-math-typed gradient buffer of level l, same shape as its feature map.
 template <typename T, typename A>
-void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels, const T* grad, const T* rois,
+void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels, const T* grad, const A* rois,
                              int64_t K, int64_t C, int ph_n, int pw_n, int sampling_ratio, bool aligned) {
   const int64_t bins = int64_t(ph_n) * pw_n;
   // RoIs in chunks, so the tables of one chunk stay small; within a chunk, channels in parallel:
@@ -113,7 +114,7 @@ void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels
     const int64_t n = std::min<int64_t>(kChunk, K - k0);
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const T* roi = rois + (k0 + i) * 5;
+        const A* roi = rois + (k0 + i) * 5;
         const int l = pyr.level_of(roi);
         tables[i].build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
       }
@@ -155,7 +156,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     pyr.H = {int(input.size(2))};
     pyr.W = {int(input.size(3))};
     pyr.scale = {spatial_scale};
-    roi_align_forward_impl<scalar_t, A>(pyr, rois.data_ptr<scalar_t>(), K, C, pooled_h, pooled_w, sampling_ratio,
+    roi_align_forward_impl<scalar_t, A>(pyr, rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
                                         aligned, output.data_ptr<scalar_t>());
   });
   return output;
@@ -179,7 +180,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
     pyr.W = {int(width)};
     pyr.scale = {spatial_scale};
     std::vector<A*> levels = {grad_input.data_ptr<A>()};
-    roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), K,
+    roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), rois.data_ptr<A>(), K,
                                          channels, pooled_h, pooled_w, sampling_ratio, aligned);
   });
   return grad_input.to(grad.scalar_type());
@@ -214,7 +215,7 @@ at::Tensor multilevel_roi_align_forward_cpu(at::TensorList feats_, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "multilevel_roi_align_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     auto pyr = make_pyramid<scalar_t>(ml, scales, canonical_level, canonical_scale);
-    roi_align_forward_impl<scalar_t, A>(pyr, ml.rois.data_ptr<scalar_t>(), K, C, pooled_h, pooled_w, sampling_ratio,
+    roi_align_forward_impl<scalar_t, A>(pyr, ml.rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
                                         aligned, output.data_ptr<scalar_t>());
   });
   return output;
@@ -237,7 +238,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cpu(const at::Tensor& grad
       auto pyr = make_pyramid<scalar_t>(ml, scales, canonical_level, canonical_scale);
       std::vector<A*> levels;
       for (auto& a : acc) levels.push_back(a.data_ptr<A>());
-      roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<scalar_t>(), K, C,
+      roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), K, C,
                                            pooled_h, pooled_w, sampling_ratio, aligned);
     });
   }

@@ -26,24 +26,24 @@ inline int64_t blocks_for(int64_t n) {
 
 // ------------------------------------------------------------------------------------ RoIAlign
 template <typename T>
-__global__ void roi_align_fwd_kernel(int64_t total, const T* input, const T* rois, float spatial_scale, int C, int H,
+__global__ void roi_align_fwd_kernel(int64_t total, const T* input, const at::opmath_type<T>* rois, float spatial_scale, int C, int H,
                                      int W, int ph_n, int pw_n, int sampling_ratio, bool aligned, T* out) {
   using A = at::opmath_type<T>;
   MRB_GRID_STRIDE(i, total) {
     int pw = i % pw_n, ph = (i / pw_n) % ph_n;
     int64_t c = (i / pw_n / ph_n) % C, k = i / pw_n / ph_n / C;
-    auto g = roi_geometry<T, A>(rois + k * 5, A(spatial_scale), ph_n, pw_n, sampling_ratio, aligned);
+    auto g = roi_geometry<A, A>(rois + k * 5, A(spatial_scale), ph_n, pw_n, sampling_ratio, aligned);
     out[i] = T(roi_align_bin<T, A>(input + (g.batch * C + c) * H * W, H, W, g, ph, pw));
   }
 }
 
 template <typename T, typename A>
-__global__ void roi_align_bwd_kernel(int64_t total, const T* grad, const T* rois, float spatial_scale, int C, int H,
+__global__ void roi_align_bwd_kernel(int64_t total, const T* grad, const A* rois, float spatial_scale, int C, int H,
                                      int W, int ph_n, int pw_n, int sampling_ratio, bool aligned, A* grad_input) {
   MRB_GRID_STRIDE(i, total) {
     int pw = i % pw_n, ph = (i / pw_n) % ph_n;
     int64_t c = (i / pw_n / ph_n) % C, k = i / pw_n / ph_n / C;
-    auto g = roi_geometry<T, A>(rois + k * 5, A(spatial_scale), ph_n, pw_n, sampling_ratio, aligned);
+    auto g = roi_geometry<A, A>(rois + k * 5, A(spatial_scale), ph_n, pw_n, sampling_ratio, aligned);
     A* plane = grad_input + (g.batch * C + c) * H * W;
     roi_align_bin_backward<A>(H, W, g, ph, pw, A(grad[i]), [&](int64_t j, A v) { gpuAtomicAdd(plane + j, v); });
   }
@@ -62,7 +62,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
     roi_align_fwd_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        total, input.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), float(spatial_scale), C, H, W, pooled_h,
+        total, input.data_ptr<scalar_t>(), rois.data_ptr<at::opmath_type<scalar_t>>(), float(spatial_scale), C, H, W, pooled_h,
         pooled_w, sampling_ratio, aligned, out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -83,7 +83,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     roi_align_bwd_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
-        total, grad.data_ptr<scalar_t>(), rois.data_ptr<scalar_t>(), float(spatial_scale), channels, height, width,
+        total, grad.data_ptr<scalar_t>(), rois.data_ptr<A>(), float(spatial_scale), channels, height, width,
         pooled_h, pooled_w, sampling_ratio, aligned, grad_input.data_ptr<A>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -99,30 +99,30 @@ struct Levels {
 };
 
 template <typename T>
-__global__ void ml_roi_align_fwd_kernel(int64_t total, Levels<const T*> lv, const T* rois, int C, int ph_n, int pw_n,
+__global__ void ml_roi_align_fwd_kernel(int64_t total, Levels<const T*> lv, const at::opmath_type<T>* rois, int C, int ph_n, int pw_n,
                                         int sampling_ratio, bool aligned, int k_min, int k_max, int canonical_level,
                                         int canonical_scale, T* out) {
   using A = at::opmath_type<T>;
   MRB_GRID_STRIDE(i, total) {
     int pw = i % pw_n, ph = (i / pw_n) % ph_n;
     int64_t c = (i / pw_n / ph_n) % C, k = i / pw_n / ph_n / C;
-    const T* roi = rois + k * 5;
+    const A* roi = rois + k * 5;
     int l = fpn_level(roi, k_min, k_max, canonical_level, canonical_scale);
-    auto g = roi_geometry<T, A>(roi, A(lv.scale[l]), ph_n, pw_n, sampling_ratio, aligned);
+    auto g = roi_geometry<A, A>(roi, A(lv.scale[l]), ph_n, pw_n, sampling_ratio, aligned);
     out[i] = T(roi_align_bin<T, A>(lv.data[l] + (g.batch * C + c) * lv.h[l] * lv.w[l], lv.h[l], lv.w[l], g, ph, pw));
   }
 }
 
 template <typename T, typename A>
-__global__ void ml_roi_align_bwd_kernel(int64_t total, Levels<A*> lv, const T* grad, const T* rois, int C, int ph_n,
+__global__ void ml_roi_align_bwd_kernel(int64_t total, Levels<A*> lv, const T* grad, const A* rois, int C, int ph_n,
                                         int pw_n, int sampling_ratio, bool aligned, int k_min, int k_max,
                                         int canonical_level, int canonical_scale) {
   MRB_GRID_STRIDE(i, total) {
     int pw = i % pw_n, ph = (i / pw_n) % ph_n;
     int64_t c = (i / pw_n / ph_n) % C, k = i / pw_n / ph_n / C;
-    const T* roi = rois + k * 5;
+    const A* roi = rois + k * 5;
     int l = fpn_level(roi, k_min, k_max, canonical_level, canonical_scale);
-    auto g = roi_geometry<T, A>(roi, A(lv.scale[l]), ph_n, pw_n, sampling_ratio, aligned);
+    auto g = roi_geometry<A, A>(roi, A(lv.scale[l]), ph_n, pw_n, sampling_ratio, aligned);
     A* plane = lv.data[l] + (g.batch * C + c) * lv.h[l] * lv.w[l];
     roi_align_bin_backward<A>(lv.h[l], lv.w[l], g, ph, pw, A(grad[i]), [&](int64_t j, A v) { gpuAtomicAdd(plane + j, v); });
   }
@@ -147,7 +147,7 @@ at::Tensor multilevel_roi_align_forward_cuda(at::TensorList feats_, const at::Te
       lv.scale[l] = float(scales[l]);
     }
     ml_roi_align_fwd_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        total, lv, ml.rois.data_ptr<scalar_t>(), C, pooled_h, pooled_w, sampling_ratio, aligned, ml.k_min, ml.k_max,
+        total, lv, ml.rois.data_ptr<at::opmath_type<scalar_t>>(), C, pooled_h, pooled_w, sampling_ratio, aligned, ml.k_min, ml.k_max,
         canonical_level, canonical_scale, out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -178,7 +178,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(const at::Tensor& gra
         lv.scale[l] = float(scales[l]);
       }
       ml_roi_align_bwd_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
-          total, lv, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<scalar_t>(), C, pooled_h, pooled_w, sampling_ratio,
+          total, lv, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), C, pooled_h, pooled_w, sampling_ratio,
           aligned, ml.k_min, ml.k_max, canonical_level, canonical_scale);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();

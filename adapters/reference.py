@@ -1,0 +1,183 @@
+"""The native reference Mask R-CNN (mrcnn_bench.reference_impl), with its own ops and training loop."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .base import Adapter, DistInfo, UnsupportedConfig
+
+
+@dataclass
+class ReferenceNative:
+    model: object  # reference_impl.config.ReferenceConfig
+    solver: dict
+    data: dict
+    train: dict = field(default_factory=dict)
+    weights: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights}
+
+
+def _num_classes(cfg, data) -> int:
+    if cfg.model.num_classes is not None:
+        return cfg.model.num_classes
+    if data is None:
+        return 80
+    return len(json.loads(data.train_json.read_text())["categories"])
+
+
+class ReferenceAdapter(Adapter):
+    name = "reference"
+    install_hint = "make setup (builds mrcnn_bench.reference_impl._C; without it the ops fall back to pure PyTorch)"
+
+    def available(self):
+        try:
+            from mrcnn_bench.reference_impl import ops
+        except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
+            return False, f"import mrcnn_bench.reference_impl failed: {type(e).__name__}: {e}"
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("mrcnn-bench")
+        except PackageNotFoundError:
+            v = "source"
+        return True, f"{v}, ops {ops.backend()}"
+
+    def translate(self, cfg, data=None) -> ReferenceNative:
+        from mrcnn_bench.reference_impl.config import ReferenceConfig
+
+        bench, sol, inp = cfg.benchmark, cfg.solver, cfg.input
+        if cfg.model.effective_norm == "SyncBN" and bench.device != "cuda":
+            raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
+        return ReferenceNative(
+            model=ReferenceConfig.from_canonical(cfg, _num_classes(cfg, data)),
+            solver=dict(
+                base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
+                warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,
+            ),
+            data=dict(
+                train_json=str(data.train_json) if data else None,
+                train_images=str(data.train_images) if data else None,
+                horizontal_flip_prob=inp.horizontal_flip_prob,
+                filter_empty=inp.filter_empty_annotations,
+                batch_size_per_process=cfg.ims_per_gpu,
+                num_workers=bench.num_workers,
+            ),
+            train=dict(dtype=bench.dtype, channels_last=bench.channels_last, grad_accum=bench.grad_accum, iters=bench.iters, seed=bench.seed),
+            weights=cfg.model.weights,
+        )
+
+    def build_model(self, native: ReferenceNative):
+        from mrcnn_bench.reference_impl.modeling import MaskRCNN, load_torchvision_weights
+
+        model = MaskRCNN.from_config(native.model)
+        if native.weights:
+            load_torchvision_weights(model, native.weights)
+        return model
+
+    def effective_hparams(self, native: ReferenceNative) -> dict:
+        model = self.build_model(native)
+        pre, body, rpn, roi = model.preprocess, model.backbone.body, model.rpn, model.roi_heads
+        stages = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+        frozen = [s for s in stages if not any(p.requires_grad for p in getattr(body, s).parameters())]
+        norm_of = {"FrozenBatchNorm2d": "FrozenBN", "BatchNorm2d": "BN", "SyncBatchNorm": "SyncBN"}
+        d, s = native.data, native.solver
+        return {
+            "model.num_classes": roi.num_classes,
+            "model.pixel_mean": [round(float(v) * 255.0, 4) for v in pre.pixel_mean.flatten()],
+            "model.pixel_std": [round(float(v) * 255.0, 4) for v in pre.pixel_std.flatten()],
+            "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
+            "model.backbone.freeze_at": (stages.index(frozen[-1]) + 1) if frozen else 0,
+            # the norm of the trainable stages (frozen ones are always FrozenBN)
+            "model.backbone.norm": norm_of.get(type(body.layer4[0].bn1).__name__, type(body.layer4[0].bn1).__name__),
+            "model.fpn_out_channels": model.backbone.out_channels,
+            "model.anchors.sizes": list(rpn.anchor_generator.sizes),
+            "model.anchors.aspect_ratios": list(rpn.anchor_generator.aspect_ratios),
+            "model.rpn.fg_iou_thresh": rpn.matcher.high,
+            "model.rpn.bg_iou_thresh": rpn.matcher.low,
+            "model.rpn.batch_size_per_image": rpn.sampler.batch_size_per_image,
+            "model.rpn.positive_fraction": rpn.sampler.positive_fraction,
+            "model.rpn.nms_thresh": rpn.nms_thresh,
+            "model.rpn.pre_nms_topk_train": rpn.pre_nms_topk[0],
+            "model.rpn.post_nms_topk_train": rpn.post_nms_topk[0],
+            "model.rpn.pre_nms_topk_test": rpn.pre_nms_topk[1],
+            "model.rpn.post_nms_topk_test": rpn.post_nms_topk[1],
+            "model.rpn.post_nms_topk_scope": "per image",
+            "model.roi_heads.fg_iou_thresh": roi.matcher.high,
+            "model.roi_heads.bg_iou_thresh": roi.matcher.low,
+            "model.roi_heads.batch_size_per_image": roi.sampler.batch_size_per_image,
+            "model.roi_heads.positive_fraction": roi.sampler.positive_fraction,
+            "model.roi_heads.box_pooler_resolution": roi.box_pooler.output_size,
+            "model.roi_heads.mask_pooler_resolution": roi.mask_pooler.output_size,
+            "model.roi_heads.pooler_sampling_ratio": roi.box_pooler.sampling_ratio,
+            "model.roi_heads.pooler_aligned": roi.box_pooler.aligned,
+            "model.roi_heads.box_head_num_fc": len(roi.box_head.fcs),
+            "model.roi_heads.box_head_fc_dim": roi.box_head.fcs[0].out_features,
+            "model.roi_heads.mask_head_num_conv": len(roi.mask_head.convs),
+            "model.roi_heads.mask_head_conv_dim": roi.mask_head.convs[0].out_channels,
+            "model.roi_heads.score_thresh_test": roi.score_thresh,
+            "model.roi_heads.nms_thresh_test": roi.nms_thresh,
+            "model.roi_heads.detections_per_image": roi.detections_per_image,
+            "input.min_size_train": list(pre.min_size_train),
+            "input.max_size_train": pre.max_size_train,
+            "input.min_size_test": pre.min_size_test,
+            "input.max_size_test": pre.max_size_test,
+            "input.horizontal_flip_prob": d["horizontal_flip_prob"],
+            "input.filter_empty_annotations": d["filter_empty"],
+            "solver.ims_per_batch_per_process": d["batch_size_per_process"],
+            "solver.base_lr": s["base_lr"],
+            "solver.momentum": s["momentum"],
+            "solver.weight_decay": s["weight_decay"],
+            "solver.weight_decay_norm": s["weight_decay_norm"],
+            "solver.warmup_method": "linear",
+            "solver.warmup_iters": s["warmup_iters"],
+            "solver.warmup_factor": s["warmup_factor"],
+            "solver.steps": s["steps"],
+            "solver.gamma": s["gamma"],
+            "_notes": {},
+        }
+
+    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+        import torch
+
+        from mrcnn_bench.reference_impl import ops
+        from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
+        from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, warmup_multistep
+
+        native = self.translate(cfg, data)
+        tr, d, s = native.train, native.data, native.solver
+        torch.manual_seed(tr["seed"] + dist.rank)
+        device = torch.device(dist.device)
+        model = self.build_model(native)
+        if native.model.backbone.norm == "SyncBN" and dist.distributed:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(device)
+        if tr["channels_last"]:
+            model.set_channels_last(True)
+        optimizer = build_optimizer(
+            model, lr=s["base_lr"], momentum=s["momentum"], weight_decay=s["weight_decay"], weight_decay_norm=s["weight_decay_norm"]
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_multistep(warmup_iters=s["warmup_iters"], warmup_factor=s["warmup_factor"], steps=s["steps"], gamma=s["gamma"])
+        )
+        dataset = COCOInstances(d["train_json"], d["train_images"], flip_prob=d["horizontal_flip_prob"], filter_empty=d["filter_empty"])
+        loader = build_train_loader(
+            dataset,
+            batch_size=d["batch_size_per_process"],
+            num_workers=d["num_workers"],
+            seed=tr["seed"],
+            rank=dist.rank,
+            world_size=dist.world_size,
+            pin_memory=device.type == "cuda",
+        )
+        trainer = Trainer(
+            model, optimizer, scheduler, loader, device=device, dtype=tr["dtype"], grad_accum=tr["grad_accum"],
+            ddp=dist.distributed, after_step=timer.after_step,
+        )
+        timer.before_train()
+        trainer.train(tr["iters"])
+        return {"native_config": native.to_dict(), "ops_backend": ops.backend()}
+
+
+ADAPTER = ReferenceAdapter()

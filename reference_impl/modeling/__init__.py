@@ -1,0 +1,10 @@
+from .backbone import FPN, FrozenBatchNorm2d, ResNet, ResNetFPN
+from .mask_rcnn import MaskRCNN, convert_torchvision_state_dict, load_torchvision_weights
+from .preprocess import Preprocessor
+from .roi_heads import ROIHeads
+from .rpn import RPN, AnchorGenerator
+
+__all__ = [
+    "FPN", "FrozenBatchNorm2d", "ResNet", "ResNetFPN", "MaskRCNN", "convert_torchvision_state_dict",
+    "load_torchvision_weights", "Preprocessor", "ROIHeads", "RPN", "AnchorGenerator",
+]

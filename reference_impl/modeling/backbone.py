@@ -1,0 +1,170 @@
+"""ResNet-50 (FrozenBN or BN) and the FPN on top of it (P2-P6).
+
+Parameter names follow torchvision's ResNet (conv1, bn1, layer1..4, Bottleneck conv1..3/bn1..3,
+downsample.0/1) so ImageNet checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters (buffers, not parameters): y = x * scale + shift."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)  # present in BatchNorm2d checkpoints
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replace every BatchNorm2d in ``module`` with a FrozenBatchNorm2d holding its statistics."""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen = cls(module.num_features, module.eps)
+            if module.affine:
+                frozen.weight.copy_(module.weight.detach())
+                frozen.bias.copy_(module.bias.detach())
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new = cls.convert(child)
+            if new is not child:
+                setattr(module, name, new)
+        return module
+
+
+def norm_layer(kind: str):
+    return {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm}[kind]
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int, norm):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = norm(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)  # stride on the 3x3 (ResNet v1.5)
+        self.bn2 = norm(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = norm(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu_(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu_(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet body returning the outputs of stages res2..res5 (strides 4, 8, 16, 32)."""
+
+    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2):
+        super().__init__()
+        if depth != 50:
+            raise ValueError(f"only ResNet-50 is implemented, got depth {depth}")
+        bn = norm_layer(norm)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = bn(64)
+        blocks, widths, strides = (3, 4, 6, 3), (64, 128, 256, 512), (1, 2, 2, 2)
+        in_channels = 64
+        for i, (n, width, stride) in enumerate(zip(blocks, widths, strides), start=1):
+            layers = []
+            for b in range(n):
+                layers.append(Bottleneck(in_channels, width, stride if b == 0 else 1, bn))
+                in_channels = width * Bottleneck.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*layers))
+        self.out_channels = [256, 512, 1024, 2048]
+        self._init_weights()
+        self.freeze(freeze_at)
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the stem (1) and stages res2.. up to ``freeze_at``: no gradients, and any BatchNorm
+        in them becomes FrozenBN (Detectron2's rule), so their statistics do not drift."""
+        stages = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+        for names in stages[:freeze_at]:
+            for name in names:
+                module = getattr(self, name)
+                for p in module.parameters():
+                    p.requires_grad_(False)
+                setattr(self, name, FrozenBatchNorm2d.convert(module))
+
+    def forward(self, x):
+        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        outs = []
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+            outs.append(x)
+        return outs
+
+
+class FPN(nn.Module):
+    """Feature Pyramid Network: lateral 1x1 and output 3x3 convs per stage, nearest-neighbour top-down
+    path, and P6 as a stride-2 max-pool of P5. Returns [P2, P3, P4, P5, P6]."""
+
+    def __init__(self, *, in_channels: list[int], out_channels: int = 256):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.constant_(m.bias, 0)
+        self.out_channels = out_channels
+        self.strides = [4, 8, 16, 32, 64]
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        last = self.lateral[-1](feats[-1])
+        results = [self.output[-1](last)]
+        for i in range(len(feats) - 2, -1, -1):
+            lateral = self.lateral[i](feats[i])
+            top_down = F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
+            last = lateral + top_down
+            results.insert(0, self.output[i](last))
+        results.append(F.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
+        return results
+
+
+class ResNetFPN(nn.Module):
+    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2, out_channels: int = 256):
+        super().__init__()
+        self.body = ResNet(depth=depth, norm=norm, freeze_at=freeze_at)
+        self.fpn = FPN(in_channels=self.body.out_channels, out_channels=out_channels)
+        self.out_channels = out_channels
+
+    @classmethod
+    def from_config(cls, cfg) -> "ResNetFPN":
+        b = cfg.backbone
+        return cls(depth=b.depth, norm=b.norm, freeze_at=b.freeze_at, out_channels=b.fpn_out_channels)
+
+    def forward(self, x):
+        return self.fpn(self.body(x))

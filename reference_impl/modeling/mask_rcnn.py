@@ -1,0 +1,105 @@
+"""Mask R-CNN: preprocessing, ResNet-50-FPN, RPN, RoI heads, postprocessing."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..config import ReferenceConfig
+from ..structures import resize_boxes
+from .backbone import ResNetFPN
+from .preprocess import Preprocessor
+from .roi_heads import ROIHeads
+from .rpn import RPN
+
+
+class MaskRCNN(nn.Module):
+    """``forward(images, targets)``.
+
+    images: list of [3, H, W] tensors, float in [0, 1] or uint8.
+    targets (training): list of dicts with ``boxes`` [K, 4] (x1, y1, x2, y2, pixels), ``labels`` [K]
+    (1..num_classes) and ``masks`` [K, H, W] (uint8).
+
+    Training returns the loss dict: loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg,
+    loss_mask. Inference returns one dict per image with ``boxes`` [D, 4], ``scores`` [D],
+    ``labels`` [D] and ``masks`` [D, 1, H, W] (probabilities), in the input image's coordinates.
+    """
+
+    def __init__(self, *, preprocess: Preprocessor, backbone: ResNetFPN, rpn: RPN, roi_heads: ROIHeads):
+        super().__init__()
+        self.preprocess, self.backbone, self.rpn, self.roi_heads = preprocess, backbone, rpn, roi_heads
+
+    @classmethod
+    def from_config(cls, cfg: ReferenceConfig) -> "MaskRCNN":
+        backbone = ResNetFPN.from_config(cfg)
+        return cls(
+            preprocess=Preprocessor.from_config(cfg),
+            backbone=backbone,
+            rpn=RPN.from_config(cfg, backbone.out_channels),
+            roi_heads=ROIHeads.from_config(cfg, backbone.out_channels),
+        )
+
+    def set_channels_last(self, enabled: bool = True) -> "MaskRCNN":
+        """NHWC activations for the convolutions (faster with AMP on tensor cores, and on many CPUs)."""
+        self.preprocess.channels_last = enabled
+        return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        original_sizes = [tuple(im.shape[-2:]) for im in images]
+        batch, targets = self.preprocess(images, targets)
+        feats = self.backbone(batch.tensor)
+        proposals, rpn_losses = self.rpn(batch, feats, targets)
+        results, roi_losses = self.roi_heads(feats, proposals, batch.image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return self.postprocess(results, batch.image_sizes, original_sizes)
+
+    @staticmethod
+    def postprocess(results, image_sizes, original_sizes):
+        for r, size, original in zip(results, image_sizes, original_sizes):
+            r["boxes"] = resize_boxes(r["boxes"], size, original)
+            if "masks" in r:
+                r["masks"] = ops.paste_masks(r["masks"][:, 0], r["boxes"], original[0], original[1])[:, None]
+        return results
+
+
+# torchvision's maskrcnn_resnet50_fpn parameter names -> ours
+_TORCHVISION_RENAMES = [
+    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.fpn.output.\1."),
+    (r"^rpn\.head\.conv\.0\.0\.", "rpn.head.conv."),
+    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
+    (r"^rpn\.head\.bbox_pred\.", "rpn.head.deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fcs.0."),
+    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fcs.1."),
+    (r"^roi_heads\.box_predictor\.", "roi_heads.box_head."),
+    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask_head.convs.\1."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+]
+
+
+def convert_torchvision_state_dict(state: dict) -> dict:
+    """A torchvision ``maskrcnn_resnet50_fpn`` state dict in this model's parameter names."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        new = key
+        for pattern, repl in _TORCHVISION_RENAMES:
+            new = re.sub(pattern, repl, new)
+        out[new] = value
+    return out
+
+
+def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:
+    """Load torchvision Mask R-CNN weights (a state dict or a path), strictly: every key must match."""
+    state = state_or_path
+    if not isinstance(state, dict):
+        state = torch.load(state_or_path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    model.load_state_dict(convert_torchvision_state_dict(state), strict=True)

@@ -1,0 +1,185 @@
+"""Anchors and the Region Proposal Network: head, proposals (top-k per level, NMS per level,
+top-k per image) and losses (matcher, balanced sampler, smooth L1 + binary cross-entropy)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..structures import BalancedSampler, Matcher, nonempty, pairwise_iou
+
+
+class AnchorGenerator(nn.Module):
+    """One anchor size per FPN level, several aspect ratios; anchors at every feature-map cell."""
+
+    def __init__(self, *, sizes: tuple[int, ...], aspect_ratios: tuple[float, ...]):
+        super().__init__()
+        self.sizes, self.aspect_ratios = tuple(sizes), tuple(aspect_ratios)
+        cells = []
+        for size in sizes:
+            ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
+            h_ratios = torch.sqrt(ratios)
+            w_ratios = 1 / h_ratios
+            ws = (w_ratios * size).view(-1)
+            hs = (h_ratios * size).view(-1)
+            cells.append((torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round())
+        self.cell_anchors = cells
+        self.num_anchors = len(aspect_ratios)
+        self._cache: dict = {}
+
+    def forward(self, image_shape: tuple[int, int], feature_shapes: list[tuple[int, int]], device, dtype) -> list[torch.Tensor]:
+        """Anchors per level [H*W*A, 4], ordered (y, x, anchor); the same for every image of a batch."""
+        key = (tuple(image_shape), tuple(feature_shapes), device, dtype)
+        if key in self._cache:
+            return self._cache[key]
+        out = []
+        for (gh, gw), cell in zip(feature_shapes, self.cell_anchors):
+            sh, sw = image_shape[0] // gh, image_shape[1] // gw
+            xs = torch.arange(0, gw, dtype=torch.int32, device=device) * sw
+            ys = torch.arange(0, gh, dtype=torch.int32, device=device) * sh
+            y, x = torch.meshgrid(ys, xs, indexing="ij")
+            x, y = x.reshape(-1), y.reshape(-1)
+            shifts = torch.stack((x, y, x, y), dim=1)
+            out.append((shifts.view(-1, 1, 4) + cell.to(device).view(1, -1, 4)).reshape(-1, 4).to(dtype))
+        if len(self._cache) > 16:
+            self._cache.clear()
+        self._cache[key] = out
+        return out
+
+
+class RPNHead(nn.Module):
+    def __init__(self, *, in_channels: int, num_anchors: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
+        self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for layer in (self.conv, self.objectness, self.deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.constant_(layer.bias, 0)
+
+    def forward(self, feats: list[torch.Tensor]):
+        logits, deltas = [], []
+        for f in feats:
+            t = F.relu(self.conv(f))
+            logits.append(self.objectness(t))
+            deltas.append(self.deltas(t))
+        return logits, deltas
+
+
+def _flatten_level(x: torch.Tensor, per_anchor: int) -> torch.Tensor:
+    """[N, A*K, H, W] -> [N, H*W*A, K], in the (y, x, anchor) order of the anchors."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_anchor)
+
+
+class RPN(nn.Module):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        anchor_sizes: tuple[int, ...],
+        aspect_ratios: tuple[float, ...],
+        fg_iou_thresh: float,
+        bg_iou_thresh: float,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        nms_thresh: float,
+        pre_nms_topk: tuple[int, int],  # (train, test), per level per image
+        post_nms_topk: tuple[int, int],  # (train, test), per image
+        min_box_size: float = 1e-3,
+        smooth_l1_beta: float = 1.0 / 9,
+    ):
+        super().__init__()
+        self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+        self.head = RPNHead(in_channels=in_channels, num_anchors=self.anchor_generator.num_anchors)
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.nms_thresh = nms_thresh
+        self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
+        self.min_box_size, self.smooth_l1_beta = min_box_size, smooth_l1_beta
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int) -> "RPN":
+        r = cfg.rpn
+        return cls(
+            in_channels=in_channels,
+            anchor_sizes=cfg.anchors.sizes,
+            aspect_ratios=cfg.anchors.aspect_ratios,
+            fg_iou_thresh=r.fg_iou_thresh,
+            bg_iou_thresh=r.bg_iou_thresh,
+            batch_size_per_image=r.batch_size_per_image,
+            positive_fraction=r.positive_fraction,
+            nms_thresh=r.nms_thresh,
+            pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
+            post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
+            min_box_size=r.min_box_size,
+            smooth_l1_beta=r.smooth_l1_beta,
+        )
+
+    def forward(self, images, feats: list[torch.Tensor], targets: list[dict] | None = None):
+        """Returns (proposals per image [K_i, 4], losses dict). Losses only in training."""
+        logits, deltas = self.head(feats)
+        anchors = self.anchor_generator(
+            tuple(images.tensor.shape[-2:]), [tuple(f.shape[-2:]) for f in feats], feats[0].device, feats[0].dtype
+        )
+        logits = [_flatten_level(x, 1).squeeze(2) for x in logits]  # [N, HWA] per level
+        deltas = [_flatten_level(x, 4) for x in deltas]  # [N, HWA, 4] per level
+        proposals = self._proposals(anchors, [x.detach() for x in logits], [x.detach() for x in deltas], images.image_sizes)
+        losses = {}
+        if self.training:
+            losses = self._losses(torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), targets)
+        return proposals, losses
+
+    @torch.no_grad()
+    def _proposals(self, anchors, logits, deltas, image_sizes):
+        idx = 0 if self.training else 1
+        pre_k, post_k = self.pre_nms_topk[idx], self.post_nms_topk[idx]
+        n = logits[0].shape[0]
+        batch_range = torch.arange(n, device=logits[0].device)[:, None]
+        boxes, scores, levels = [], [], []
+        # Top-k per level first, then decode only the kept anchors (decoding is element-wise, so this
+        # equals decoding everything and selecting afterwards, for a fraction of the work).
+        for lvl, (anc, lg, dl) in enumerate(zip(anchors, logits, deltas)):
+            k = min(pre_k, lg.shape[1])
+            top_scores, top_idx = lg.topk(k, dim=1)
+            sel_deltas = dl[batch_range, top_idx].reshape(-1, 4)
+            sel_anchors = anc[top_idx.reshape(-1)]
+            boxes.append(ops.decode_boxes(sel_deltas, sel_anchors).view(n, k, 4))
+            scores.append(top_scores)
+            levels.append(torch.full((n, k), lvl, dtype=torch.int64, device=lg.device))
+        boxes, scores, levels = torch.cat(boxes, 1), torch.cat(scores, 1).sigmoid(), torch.cat(levels, 1)
+        out = []
+        for b, s, l, (h, w) in zip(boxes, scores, levels, image_sizes):
+            b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
+            keep = nonempty(b, self.min_box_size)
+            b, s, l = b[keep], s[keep], l[keep]
+            keep = ops.batched_nms(b, s, l, self.nms_thresh)[:post_k]
+            out.append(b[keep])
+        return out
+
+    def _losses(self, anchors, logits, deltas, targets):
+        labels, regression_targets = [], []
+        for t in targets:
+            gt = t["boxes"]
+            if gt.numel() == 0:
+                labels.append(torch.zeros(anchors.shape[0], device=anchors.device))
+                regression_targets.append(torch.zeros_like(anchors))
+                continue
+            matches = self.matcher(pairwise_iou(gt, anchors))
+            lab = (matches >= 0).to(torch.float32)
+            lab[matches == Matcher.BELOW_LOW] = 0.0
+            lab[matches == Matcher.BETWEEN] = -1.0
+            labels.append(lab)
+            regression_targets.append(ops.encode_boxes(gt[matches.clamp(min=0)], anchors))
+        pos, neg = self.sampler(labels)
+        pos = torch.where(torch.cat(pos))[0]
+        neg = torch.where(torch.cat(neg))[0]
+        sampled = torch.cat([pos, neg])
+        logits = logits.reshape(-1)
+        deltas = deltas.reshape(-1, 4)
+        labels = torch.cat(labels)
+        regression_targets = torch.cat(regression_targets)
+        box_loss = F.smooth_l1_loss(deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta, reduction="sum") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(logits[sampled], labels[sampled])
+        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}

@@ -1,0 +1,4 @@
+from .boxes import BalancedSampler, Matcher, box_area, nonempty, pairwise_iou, resize_boxes
+from .image_list import ImageList
+
+__all__ = ["BalancedSampler", "Matcher", "box_area", "nonempty", "pairwise_iou", "resize_boxes", "ImageList"]

@@ -1,0 +1,182 @@
+"""The reference Mask R-CNN is Mask R-CNN: loaded with torchvision's weights it gives torchvision's
+outputs (eval) and losses (train, same sampling seed); it trains through the harness with every switch;
+and it learns on the synthetic set."""
+import json
+
+import pytest
+import torch
+from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
+
+from conftest import TINY, run_cli
+from mrcnn_bench.harness.results import load_run, read_jsonl
+from mrcnn_bench.reference_impl.config import ReferenceConfig
+from mrcnn_bench.reference_impl.modeling import MaskRCNN, convert_torchvision_state_dict, load_torchvision_weights
+
+NUM_CLASSES = 6
+SIZE = {"input.min_size_test": 160, "input.max_size_test": 256, "input.min_size_train": (160,), "input.max_size_train": 256}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A randomly initialised torchvision Mask R-CNN (frozen BN with random statistics) and ours with its weights."""
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+    tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=160, max_size=256)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE))
+    load_torchvision_weights(ours, tv.state_dict())
+    return tv, ours
+
+
+def _images():
+    g = torch.Generator().manual_seed(7)
+    return [torch.rand(3, 150, 200, generator=g), torch.rand(3, 180, 140, generator=g)]
+
+
+def _targets():
+    def target(h, w, boxes, labels):
+        masks = torch.zeros(len(boxes), h, w, dtype=torch.uint8)
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            masks[i, int(y0) : int(y1), int(x0) : int(x1)] = 1
+            masks[i, int(y0) : int(y0) + 5, int(x0) : int(x0) + 5] = 0  # not a plain box
+        return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
+
+    return [target(150, 200, [[10, 20, 80, 90], [100, 30, 190, 140]], [1, 3]), target(180, 140, [[5, 5, 60, 170]], [6])]
+
+
+def test_every_torchvision_parameter_has_a_place():
+    tv_keys = set(convert_torchvision_state_dict(TorchvisionMaskRCNN(
+        resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d), num_classes=3
+    ).state_dict()))
+    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(2))
+    assert tv_keys == set(ours.state_dict())
+    broken = dict.fromkeys(ours.state_dict(), torch.zeros(1))
+    broken.pop("roi_heads.mask_head.predictor.weight")
+    with pytest.raises(RuntimeError, match="mask_head.predictor.weight"):
+        ours.load_state_dict(broken, strict=True)
+
+
+def test_eval_outputs_equal_torchvision(pair):
+    tv, ours = pair
+    tv.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected, got = tv(_images()), ours(_images())
+    for e, g in zip(expected, got):
+        assert len(e["boxes"]) > 0
+        # Same detections in the same order. Tolerances: scores 1e-5; boxes 1e-2 px (box decoding's exp()
+        # may differ from torch's vectorised one in the last bit, amplified by a random network whose
+        # activations reach ~1e3); mask probabilities 1e-2 at a pixel, 1e-4 on average.
+        assert torch.equal(e["labels"], g["labels"])
+        torch.testing.assert_close(g["scores"], e["scores"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(g["boxes"], e["boxes"], rtol=0, atol=1e-2)
+        assert g["masks"].shape == e["masks"].shape
+        assert (g["masks"] - e["masks"]).abs().max() < 1e-2
+        assert (g["masks"] - e["masks"]).abs().mean() < 1e-4
+
+
+def test_train_losses_and_gradients_equal_torchvision(pair):
+    tv, ours = pair
+    tv.train()
+    ours.train()
+    tv.zero_grad()
+    ours.zero_grad()
+    torch.manual_seed(123)  # the samplers draw from the global generator in the same order
+    expected = tv(_images(), _targets())
+    torch.manual_seed(123)
+    got = ours(_images(), _targets())
+    assert set(got) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-5, atol=1e-6, msg=k)
+    sum(expected.values()).backward()
+    sum(got.values()).backward()
+    tv_params = dict(tv.named_parameters())
+    renamed = {convert_torchvision_state_dict({k: 0}).popitem()[0]: k for k in tv_params}
+    checked = 0
+    for name, p in ours.named_parameters():
+        ref = tv_params[renamed[name]].grad
+        assert (p.grad is None) == (ref is None), name
+        if ref is not None:
+            torch.testing.assert_close(p.grad, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item(), msg=name)
+            checked += 1
+    assert checked > 50
+
+
+@pytest.mark.slow
+def test_reference_runs_through_the_harness_with_amp_channels_last_and_accumulation(synth_root, tmp_path):
+    out = run_cli(
+        "run", "--impl", "reference", "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path, "--run-id", "r",
+        "--set", "solver.ims_per_batch=4", "--set", "benchmark.grad_accum=2", "--set", "benchmark.dtype=bf16",
+        "--set", "benchmark.channels_last=true", *TINY,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = load_run(tmp_path / "r" / "reference")
+    assert record["status"] == "ok" and record["dtype"] == "bf16" and record["world_size"] == 2
+    assert record["adapter"]["ops_backend"].startswith("native")
+    assert record["native_config"]["train"] == {"dtype": "bf16", "channels_last": True, "grad_accum": 2, "iters": 5, "seed": 0}
+    rows = read_jsonl(tmp_path / "r" / "reference" / "iterations.jsonl")
+    # 2 micro-batches of 1 image per process per iteration, 2 processes: a global batch of 4
+    assert all(r["images"] == 2 and r["global_images"] == 4 for r in rows)
+    assert record["summary"]["images"] == 3 * 4
+    eff = record["effective_hparams"]
+    assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.roi_heads.pooler_aligned"] is True
+    assert eff["model.backbone.norm"] == "BN" and eff["model.backbone.freeze_at"] == 0
+
+
+@pytest.mark.slow
+def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
+    """From scratch: bbox and segm mAP clearly above the untrained model's, through a save/resume."""
+    from pycocotools.coco import COCO
+
+    from mrcnn_bench.harness.data import make_synthetic
+    from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
+    from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, coco_map, export_predictions, predict, warmup_multistep
+
+    torch.set_num_threads(2)
+    root = make_synthetic(tmp_path / "data", images=64, size=128, seed=0, val_images=16).root
+    cfg = ReferenceConfig.like_torchvision(6, **{
+        "backbone.norm": "BN", "backbone.freeze_at": 0,
+        "input.min_size_train": (128,), "input.max_size_train": 128, "input.min_size_test": 128, "input.max_size_test": 128,
+        "rpn.pre_nms_topk_train": 500, "rpn.post_nms_topk_train": 250, "rpn.pre_nms_topk_test": 250, "rpn.post_nms_topk_test": 250,
+        "roi_heads.batch_size_per_image": 128,
+    })
+    train = COCOInstances(root / "annotations/instances_train2017.json", root / "train2017", flip_prob=0.5)
+    val = COCOInstances(root / "annotations/instances_val2017.json", root / "val2017", filter_empty=False)
+
+    def make_trainer(seed):
+        torch.manual_seed(seed)
+        model = MaskRCNN.from_config(cfg)
+        opt = build_optimizer(model, lr=0.005, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)  # 0.02 x 4/16 images
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_multistep(warmup_iters=50, warmup_factor=0.001, steps=[200], gamma=0.1))
+        loader = build_train_loader(train, batch_size=4, num_workers=0, seed=seed, rank=0, world_size=1, pin_memory=False)
+        return Trainer(model, opt, sched, loader, device=torch.device("cpu"))
+
+    first = make_trainer(0)
+    before = coco_map(val.coco, predict(first.model, val, device="cpu"))
+    ckpt = tmp_path / "ckpt" / "model.pth"
+    first.train(150, checkpoint_path=ckpt)
+    assert ckpt.is_file() and not list(ckpt.parent.glob(".*tmp"))
+
+    resumed = make_trainer(1)  # other initial weights: everything must come from the checkpoint
+    assert resumed.resume(ckpt) == 150
+    torch.testing.assert_close(resumed.model.state_dict(), first.model.state_dict())
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(first.optimizer.param_groups[0]["lr"])
+    resumed.train(250)
+
+    results = predict(resumed.model, val, device="cpu")
+    export_predictions(results, tmp_path / "predictions.json")
+    exported = json.loads((tmp_path / "predictions.json").read_text())
+    assert exported and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(exported[0])
+    after = coco_map(COCO(str(root / "annotations/instances_val2017.json")), exported)
+    print(f"mAP before: {before}\nmAP after 250 iterations: {after}")
+    assert before["bbox"]["AP50"] < 0.01 and before["segm"]["AP50"] < 0.01
+    assert after["bbox"]["AP50"] > 0.08 and after["segm"]["AP50"] > 0.08
+    assert after["bbox"]["AP"] > 0.03 and after["segm"]["AP"] > 0.03
