@@ -2,11 +2,13 @@
 
 Each module defines ``ADAPTER``, an instance of :class:`~mrcnn_bench.adapters.base.Adapter`.
 Modules are discovered by name and imported only when asked for, so listing them imports no
-framework.
+framework. Implementations outside this package can be added without editing it: name their modules
+in ``MRCNN_BENCH_EXTRA_ADAPTERS`` (comma-separated import paths, each defining ``ADAPTERS``, a list).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 _NOT_ADAPTERS = {"base", "common"}
@@ -14,12 +16,24 @@ _NOT_ADAPTERS = {"base", "common"}
 PREFERRED_ORDER = ["reference", "torchvision", "detectron2", "mmdet"]
 
 
+def _extra_adapters() -> dict:
+    extra = {}
+    for module_name in filter(None, (m.strip() for m in os.environ.get("MRCNN_BENCH_EXTRA_ADAPTERS", "").split(","))):
+        for adapter in importlib.import_module(module_name).ADAPTERS:
+            extra[adapter.name] = adapter
+    return extra
+
+
 def adapter_names() -> list[str]:
     names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in _NOT_ADAPTERS]
+    names += [n for n in _extra_adapters() if n not in names]
     return sorted(names, key=lambda n: (PREFERRED_ORDER.index(n) if n in PREFERRED_ORDER else len(PREFERRED_ORDER), n))
 
 
 def get_adapter(name: str):
+    extra = _extra_adapters()
+    if name in extra:
+        return extra[name]
     names = adapter_names()
     if name not in names:
         raise KeyError(f"unknown implementation '{name}'; known: {', '.join(names)}")

@@ -341,7 +341,16 @@ class TorchvisionAdapter(Adapter):
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             timer.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
-        return {"native_config": native.to_dict()}
+        extra = {"native_config": native.to_dict()}
+        if dist.is_main:  # after the timed window, on a fresh model: does not touch the measurement
+            from mrcnn_bench.harness.flops import detection_flops_per_image
+
+            images, targets = next(it)
+            fresh = self.build_model(native).to(device)
+            extra["flops_per_image"] = detection_flops_per_image(
+                fresh, [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
+            )
+        return extra
 
 
 class _Transformed:

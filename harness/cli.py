@@ -169,7 +169,7 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
         sys.exit(130)
     run_dir = Path(out_root) / run_id
     click.echo(f"\nresults: {run_dir}\n")
-    click.echo(render_markdown(records))
+    click.echo(render_markdown(records, detail=False))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
 
 
@@ -178,12 +178,55 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file (atomically) too.")
+@click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write PNG plots to this folder.")
 @_bad_input
-def report(paths, fmt, out):
+def report(paths, fmt, out, plots):
     """Tables from one or more run folders (results/runs/<id>, or any folder holding run.json files)."""
     from .report import write_report
 
-    click.echo(write_report(paths, fmt, out), nl=False)
+    click.echo(write_report(paths, fmt, out, plots), nl=False)
+    if plots:
+        click.echo(f"plots: {plots}", err=True)
+
+
+# ------------------------------------------------------------------------------------- regress
+@main.command()
+@click.option("--baseline", required=True, type=click.Path(exists=True), help="A run folder (or run.json) to compare against.")
+@click.option("--candidate", required=True, type=click.Path(exists=True), help="The run folder (or run.json) under test.")
+@click.option("--threshold", default="5%", show_default=True, help="Slowdown tolerated before failing (e.g. 5% or 0.05).")
+@click.option("--alpha", default=0.01, show_default=True, type=float, help="Significance level of the Mann-Whitney U test.")
+@click.option("--relative-to", "relative_to", default=None, help="Compare time ratios to this implementation measured in the same run.")
+@click.option("--impl", "impls", default=None, help="Comma-separated implementations to gate [all in common].")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@_bad_input
+def regress(baseline, candidate, threshold, alpha, relative_to, impls, fmt):
+    """Exit 1 when the candidate is significantly slower than the baseline by more than the threshold."""
+    import pandas as pd
+
+    from .regress import parse_threshold, regress as compare
+
+    try:
+        thr = parse_threshold(threshold)
+    except ValueError as e:
+        raise BadInput(f"--threshold: {e}") from None
+    results = compare(baseline, candidate, thr, alpha, relative_to, impls.split(",") if impls else None)
+    if fmt == "json":
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        table = pd.DataFrame(
+            {
+                "Implementation": [r.impl for r in results],
+                "baseline s/iter": [f"{r.baseline_median_s:.4g}" for r in results],
+                "candidate s/iter": [f"{r.candidate_median_s:.4g}" for r in results],
+                "ratio [95% CI]": [f"{r.ratio:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in results],
+                "p (slower)": [f"{r.p_value:.2g}" for r in results],
+                "verdict": [r.verdict for r in results],
+            }
+        )
+        if relative_to:
+            click.echo(f"times relative to {relative_to} in the same run")
+        click.echo(table.to_markdown(index=False, disable_numparse=True))
+    sys.exit(1 if any(r.regression for r in results) else 0)
 
 
 # -------------------------------------------------------------------------------------- parity

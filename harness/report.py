@@ -1,6 +1,9 @@
 """Tables from result files, read with pandas.
 
 The main table follows detectron2's benchmark page: one row per implementation, throughput first.
+Below it: per-implementation detail (img/s with a bootstrap 95% interval, s/iter median/p10/p90,
+data-wait share, peak memory, FLOPs and MFU), weak scaling and AMP speed-up where the runs allow,
+and the environment each run was measured in.
 """
 from __future__ import annotations
 
@@ -8,13 +11,32 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
-from .results import find_runs, load_run
+from .results import find_runs, load_run, read_jsonl
 
 
 def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
     return [load_run(p) for p in find_runs(paths)]
+
+
+def iterations_of(record: dict) -> list[dict]:
+    path = Path(record["_path"]).parent / "iterations.jsonl" if record.get("_path") else None
+    return read_jsonl(path) if path and path.is_file() else []
+
+
+def throughput_ci(rows: list[dict], warmup: int, end: int, n: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap 95% interval of img/s, resampling the window's iterations."""
+    window = [r for r in rows if warmup <= r["iter"] < end]
+    if len(window) < 3:
+        return None
+    images = np.array([r.get("global_images", r["images"]) for r in window], dtype=float)
+    times = np.array([r["duration"] for r in window], dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(window), size=(n, len(window)))
+    samples = images[idx].sum(1) / times[idx].sum(1)
+    lo, hi = np.quantile(samples, [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def runs_frame(records: list[dict]) -> pd.DataFrame:
@@ -22,24 +44,40 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
     for r in records:
         s = r.get("summary") or {}
         w = r.get("window") or {}
+        env = r.get("environment") or {}
+        its = iterations_of(r)
+        ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" else None
+        peaks = [it["max_memory_mb"] for it in its if it.get("max_memory_mb") is not None]
         rows.append(
             {
                 "run_id": r["run_id"],
                 "impl": r["impl"],
+                "config": (r.get("config") or {}).get("name"),
                 "status": r["status"],
                 "reason": r.get("reason"),
                 "images_per_s": s.get("images_per_s"),
+                "images_per_s_ci_low": ci[0] if ci else None,
+                "images_per_s_ci_high": ci[1] if ci else None,
                 "s_per_iter_median": s.get("s_per_iter_median"),
                 "s_per_iter_p10": s.get("s_per_iter_p10"),
                 "s_per_iter_p90": s.get("s_per_iter_p90"),
                 "data_time_share": s.get("data_time_share"),
+                "peak_memory_mb": max(peaks) if peaks else None,
+                "flops_per_image": s.get("flops_per_image"),
+                "mfu": s.get("mfu"),
                 "warmup": w.get("warmup"),
                 "end": w.get("end"),
                 "world_size": r["world_size"],
                 "device": r["device"],
                 "dtype": r.get("dtype"),
                 "iterations_recorded": r.get("iterations_recorded"),
-                "impl_version": (r.get("environment") or {}).get("impl_version"),
+                "impl_version": env.get("impl_version"),
+                "torch": env.get("torch"),
+                "cpu": env.get("cpu"),
+                "gpus": ", ".join(sorted(set(env.get("gpus") or []))) or "-",
+                "threads": env.get("torch_threads"),
+                "load_average": env.get("load_average"),
+                "git_sha": env.get("git_sha"),
                 "path": r.get("_path"),
             }
         )
@@ -47,15 +85,20 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
     return format(value, spec)
+
+
+def _md(df: pd.DataFrame) -> str:
+    # disable_numparse: keep our formatting (tabulate would print "1.270" as "1.27")
+    return df.to_markdown(index=False, disable_numparse=True)
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table users read: implementation, img/s, s/iter median, window, world size, device, dtype, status."""
     df = df.sort_values("images_per_s", ascending=False, na_position="last")
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "Implementation": df["impl"] + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
             "Throughput (img/s)": df["images_per_s"].map(lambda v: _fmt(v, ".3f")),
@@ -66,16 +109,87 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             "dtype": df["dtype"],
             "Status": [s if s == "ok" else f"{s}: {r}" for s, r in zip(df["status"], df["reason"])],
         }
-    )
-    return out.reset_index(drop=True)
+    ).reset_index(drop=True)
 
 
-def render_markdown(records: list[dict]) -> str:
+def detail_table(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[df["status"] == "ok"].sort_values("images_per_s", ascending=False)
+    return pd.DataFrame(
+        {
+            "Implementation": ok["impl"],
+            "Run": ok["run_id"],
+            "img/s [95% CI]": [f"{_fmt(v, '.3f')} [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for v, lo, hi in
+                               zip(ok["images_per_s"], ok["images_per_s_ci_low"], ok["images_per_s_ci_high"])],
+            "s/iter median / p10 / p90": [f"{_fmt(m, '.3f')} / {_fmt(a, '.3f')} / {_fmt(b, '.3f')}" for m, a, b in
+                                          zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])],
+            "data wait": ok["data_time_share"].map(lambda v: _fmt(100 * v if v is not None else None, ".1f") + ("%" if v is not None else "")),
+            "peak mem (MB)": ok["peak_memory_mb"].map(lambda v: _fmt(v, ".0f")),
+            "GFLOPs/img": ok["flops_per_image"].map(lambda v: _fmt(v / 1e9 if v else None, ".1f")),
+            "MFU": ok["mfu"].map(lambda v: _fmt(100 * v if v else None, ".2f") + ("%" if v else "")),
+            "World": ok["world_size"],
+            "dtype": ok["dtype"],
+        }
+    ).reset_index(drop=True)
+
+
+def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Weak scaling: img/s per process at each world size over that at the smallest one."""
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for (impl, dtype), g in ok.groupby(["impl", "dtype"]):
+        if g["world_size"].nunique() < 2:
+            continue
+        per = g.groupby("world_size")["images_per_s"].median()
+        base_n = per.index.min()
+        for n, v in per.items():
+            rows.append({"Implementation": impl, "dtype": dtype, "World size": n, "img/s": f"{v:.3f}",
+                         "img/s per process": f"{v / n:.3f}", "Efficiency": f"{100 * (v / n) / (per[base_n] / base_n):.1f}%"})
+    return pd.DataFrame(rows) if rows else None
+
+
+def amp_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """AMP speed-up: img/s with bf16/fp16 over fp32, same implementation and world size."""
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for (impl, n), g in ok.groupby(["impl", "world_size"]):
+        fp32 = g[g["dtype"] == "fp32"]["images_per_s"]
+        for dtype in ("bf16", "fp16"):
+            amp = g[g["dtype"] == dtype]["images_per_s"]
+            if len(fp32) and len(amp):
+                rows.append({"Implementation": impl, "World size": n, "fp32 img/s": f"{fp32.median():.3f}", "AMP": dtype,
+                             "AMP img/s": f"{amp.median():.3f}", "Speed-up": f"{amp.median() / fp32.median():.2f}x"})
+    return pd.DataFrame(rows) if rows else None
+
+
+def environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Run": df["run_id"],
+            "Implementation": df["impl"],
+            "torch": df["torch"],
+            "CPU": df["cpu"],
+            "GPUs": df["gpus"],
+            "threads/process": df["threads"],
+            "load average (1/5/15 min)": df["load_average"].map(lambda v: " / ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else "-"),
+            "git": df["git_sha"].map(lambda v: v[:12] + ("-dirty" if v and v.endswith("-dirty") else "") if isinstance(v, str) else "-"),
+        }
+    ).drop_duplicates().reset_index(drop=True)
+
+
+def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
-    table = summary_table(runs_frame(records))
-    # disable_numparse: keep our formatting (tabulate would print "1.270" as "1.27")
-    return table.to_markdown(index=False, disable_numparse=True) + "\n"
+    df = runs_frame(records)
+    parts = [_md(summary_table(df))]
+    if not detail:
+        return parts[0] + "\n"
+    if (df["status"] == "ok").any():
+        parts += ["", "### Detail", "", _md(detail_table(df))]
+    for title, table in (("### Weak scaling", scaling_table(df)), ("### AMP speed-up", amp_table(df))):
+        if table is not None:
+            parts += ["", title, "", _md(table)]
+    parts += ["", "### Environment", "", _md(environment_table(df))]
+    return "\n".join(parts) + "\n"
 
 
 def render(records: list[dict], fmt: str = "md") -> str:
@@ -89,10 +203,15 @@ def render(records: list[dict], fmt: str = "md") -> str:
     raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
 
 
-def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None) -> str:
-    text = render(load_runs(paths), fmt)
+def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None, plots: str | None = None) -> str:
+    records = load_runs(paths)
+    text = render(records, fmt)
     if out:
         from .results import atomic_write_text
 
         atomic_write_text(Path(out), text)
+    if plots:
+        from .plots import write_plots
+
+        write_plots(records, Path(plots))
     return text

@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_oom(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError)
+    text = str(e).lower()
+    return (
+        type(e).__name__ == "OutOfMemoryError"
+        or isinstance(e, MemoryError)
+        or (isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text))
+    )
 
 
 def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int) -> int:
@@ -159,7 +164,18 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     world_images = images.cpu().tolist()
 
     if rank == 0:
-        summary = timer.summary(bench.warmup, bench.end, world_images)
+        summary = timer.summary(bench.warmup, bench.end, world_images).to_dict()
+        # Model FLOPs utilisation: the model's FLOPs per image x images/s over the measured matmul
+        # peak of every process (calibrated here, with this process's threads, after the window).
+        from mrcnn_bench.harness.flops import matmul_peak_flops
+
+        flops = extra.pop("flops_per_image", None)
+        peak = matmul_peak_flops(device, bench.dtype)
+        summary.update(
+            flops_per_image=flops,
+            matmul_peak_flops_per_process=peak,
+            mfu=(flops * summary["images_per_s"] / (peak * world)) if flops else None,
+        )
         rows = [dict(r.to_dict(), global_images=g) for r, g in zip(timer.records, world_images)]
         atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
         env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version})
@@ -178,7 +194,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
             device=bench.device,
             dtype=bench.dtype,
             window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
-            summary=summary.to_dict(),
+            summary=summary,
             iterations_recorded=len(timer.records),
             data=spec.get("data_summary"),
             extra={"adapter": extra} if extra else None,
@@ -187,8 +203,8 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         partial.close()
         (run_dir / PARTIAL).unlink(missing_ok=True)
         print(
-            f"{impl}: {summary.images_per_s:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
-            f"median {summary.s_per_iter_median:.3f} s/iter",
+            f"{impl}: {summary['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
+            f"median {summary['s_per_iter_median']:.3f} s/iter",
             file=sys.stderr,
             flush=True,
         )

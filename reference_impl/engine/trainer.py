@@ -70,7 +70,7 @@ class Trainer:
         self.iter = 0
         self._data_iter = None
 
-    def _next_batch(self):
+    def next_batch(self):
         if self._data_iter is None:
             self._data_iter = iter(self.data_loader)
         images, targets = next(self._data_iter)
@@ -83,7 +83,7 @@ class Trainer:
         data_time, images_seen = 0.0, 0
         for micro in range(self.grad_accum):
             t0 = time.perf_counter()
-            images, targets = self._next_batch()
+            images, targets = self.next_batch()
             data_time += time.perf_counter() - t0
             last = micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not self.ddp) else self.ddp_model.no_sync()

@@ -1,0 +1,70 @@
+"""Implementations for the harness's own tests, registered through MRCNN_BENCH_EXTRA_ADAPTERS.
+
+``busy`` and ``busy_peer`` do real work each iteration (square matmuls), so their timings behave like
+a real run's. Environment variables shape them:
+    MRCNN_TEST_SLOWDOWN=1.2     20% more work per iteration ("busy" only: a planted regression)
+    MRCNN_TEST_MACHINE=1.3      30% more work for both (a slower machine)
+    MRCNN_TEST_FAULT=KIND@N     at iteration N: crash (an exception), hang (sleeps forever),
+                                oom (a real allocation failure under a memory limit), kill (SIGKILL)
+"""
+import os
+import signal
+import time
+
+from mrcnn_bench.adapters.base import Adapter
+
+
+class Busy(Adapter):
+    install_hint = "it is a test fixture"
+
+    def __init__(self, name, slowed):
+        self.name, self.slowed = name, slowed
+
+    def available(self):
+        return True, "test"
+
+    def translate(self, cfg, data=None):
+        return {"iters": cfg.benchmark.iters, "batch": cfg.ims_per_gpu}
+
+    def effective_hparams(self, native):
+        return {"solver.ims_per_batch_per_process": native["batch"], "_notes": {}}
+
+    def _fault(self, it):
+        spec = os.environ.get("MRCNN_TEST_FAULT")
+        if not spec:
+            return
+        kind, _, at = spec.partition("@")
+        if it != int(at or 0):
+            return
+        if kind == "crash":
+            raise RuntimeError(f"planted crash at iteration {it}")
+        if kind == "hang":
+            time.sleep(10_000)
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "oom":
+            import resource
+
+            import torch
+
+            resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, resource.RLIM_INFINITY))
+            torch.empty(8 * 2**30, dtype=torch.uint8).fill_(1)
+
+    def train(self, cfg, data, timer, dist):
+        import torch
+
+        reps = 10 * float(os.environ.get("MRCNN_TEST_MACHINE", "1"))
+        if self.slowed:
+            reps *= float(os.environ.get("MRCNN_TEST_SLOWDOWN", "1"))
+        reps = round(reps)  # 10 matmuls an iteration; x1.2 = 12
+        a = torch.randn(192, 192) / 192**0.5
+        timer.before_train()
+        for it in range(cfg.benchmark.iters):
+            self._fault(it)
+            for _ in range(reps):
+                a = torch.tanh(a @ a) + 0.01
+            timer.after_step(cfg.ims_per_gpu, loss=float(a.mean()))
+        return {}
+
+
+ADAPTERS = [Busy("busy", slowed=True), Busy("busy_peer", slowed=False)]
