@@ -158,16 +158,26 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
     if not runnable:
         raise BadInput("no implementation is installed")
     run_id = run_id or new_run_id()
-    launch.check_not_written(Path(out_root) / run_id, runnable, force)
+    todo = launch.plan_resume(Path(out_root) / run_id, runnable, force)
+    kept = [i for i in runnable if i not in todo]
+    if kept:
+        click.echo(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)", err=True)
 
     paths, summary = resolve_data(cfg.data, data_root)
     click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images)", err=True)
     try:
-        records = launch.run_suite(cfg, runnable, paths, summary, Path(out_root), run_id, opts)
+        records = launch.run_suite(cfg, todo, paths, summary, Path(out_root), run_id, opts)
     except launch.KeyboardInterruptWithRecord as e:
-        click.echo(f"interrupted: {e.record['impl']} marked interrupted; finished results are intact", err=True)
+        click.echo(f"interrupted: {e.record['impl']} marked interrupted; finished results are intact; "
+                   f"re-run with --run-id {run_id} to resume", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted between implementations; finished results are intact; re-run with --run-id {run_id} to resume", err=True)
         sys.exit(130)
     run_dir = Path(out_root) / run_id
+    from .results import load_run
+
+    records = [load_run(run_dir / i) for i in kept] + records
     click.echo(f"\nresults: {run_dir}\n")
     click.echo(render_markdown(records, detail=False))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)

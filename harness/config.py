@@ -255,12 +255,16 @@ def _validate(data: Any, source: str) -> Config:
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a YAML config; ``overrides`` maps dotted keys to values (already typed)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read config file: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -267,22 +267,34 @@ def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, 
     return record
 
 
-def check_not_written(run_root: Path, impls: list[str], force: bool) -> None:
-    """Refuse to overwrite finished results unless --force."""
+def finished(run_root: Path, impl: str) -> bool:
+    """Whether ``impl`` already has a successful result under ``run_root``."""
+    path = run_root / impl / "run.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def plan_resume(run_root: Path, impls: list[str], force: bool) -> list[str]:
+    """The implementations to run under an existing run id: without --force, finished ones are
+    kept (a re-run resumes after a failure or Ctrl-C); if all are finished, refuse."""
     if force:
-        return
-    done = [i for i in impls if (run_root / i / "run.json").is_file()]
-    if done:
+        return list(impls)
+    todo = [i for i in impls if not finished(run_root, i)]
+    if not todo:
         raise LaunchError(
-            f"{run_root}: results exist for {', '.join(done)}; pass --force to overwrite, "
+            f"{run_root}: finished results exist for {', '.join(impls)}; pass --force to overwrite, "
             "or choose another --run-id"
         )
+    return todo
 
 
 def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str, opts: LaunchOptions):
     """Run each implementation in turn; returns their records (failed ones included)."""
     run_root = Path(out_root) / run_id
-    check_not_written(run_root, impls, opts.force)
     records = []
     for n, impl in enumerate(impls, 1):
         print(f"== [{n}/{len(impls)}] {impl}: {cfg.benchmark.iters} iterations, "

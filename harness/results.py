@@ -26,6 +26,45 @@ class ResultError(ValueError):
     """A result file that cannot be read as this version's schema."""
 
 
+def _record_model():
+    """The schema of run.json (version 1), checked on every read."""
+    from typing import Literal, Optional
+
+    from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+    class Window(BaseModel):
+        warmup: NonNegativeInt
+        end: PositiveInt
+        iters: PositiveInt
+
+    class Summary(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        warmup: NonNegativeInt
+        end: PositiveInt
+        iterations: PositiveInt
+        images: NonNegativeInt
+        seconds: NonNegativeFloat
+        images_per_s: NonNegativeFloat
+        s_per_iter_median: NonNegativeFloat
+
+    class RunRecord(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        schema_version: Literal[1]
+        run_id: str
+        impl: str
+        status: Literal["ok", "failed", "timeout", "oom", "interrupted", "running"]
+        reason: Optional[str] = None
+        world_size: PositiveInt
+        device: str
+        dtype: Optional[str] = None
+        window: Optional[Window] = None
+        summary: Optional[Summary] = None
+        iterations_recorded: NonNegativeInt = 0
+        config: dict
+
+    return RunRecord
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -216,11 +255,13 @@ def load_run(path: str | os.PathLike) -> dict:
             f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads version {SCHEMA_VERSION}"
             + (" (written by a newer mrcnn-bench: upgrade to read it)" if newer else " (re-run to regenerate it)")
         )
-    for key in ("impl", "status", "world_size", "device"):
-        if key not in record:
-            raise ResultError(f"{path}: missing key '{key}'")
-    if record["status"] not in STATUSES:
-        raise ResultError(f"{path}: key 'status' is {record['status']!r}, expected one of {STATUSES}")
+    from pydantic import ValidationError
+
+    try:
+        _record_model().model_validate({k: v for k, v in record.items() if k != "schema"})
+    except ValidationError as e:
+        problems = "; ".join(f"key '{'.'.join(map(str, err['loc']))}': {err['msg']}" for err in e.errors())
+        raise ResultError(f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {problems}") from None
     if record["status"] == "ok" and not isinstance(record.get("summary"), dict):
         raise ResultError(f"{path}: status 'ok' but key 'summary' is missing")
     record["_path"] = str(path)

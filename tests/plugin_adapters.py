@@ -4,8 +4,10 @@
 a real run's. Environment variables shape them:
     MRCNN_TEST_SLOWDOWN=1.2     20% more work per iteration ("busy" only: a planted regression)
     MRCNN_TEST_MACHINE=1.3      30% more work for both (a slower machine)
-    MRCNN_TEST_FAULT=KIND@N     at iteration N: crash (an exception), hang (sleeps forever),
-                                oom (a real allocation failure under a memory limit), kill (SIGKILL)
+    MRCNN_TEST_FAULT=[NAME:]KIND@N   at iteration N (of adapter NAME, default every one): crash (an
+                                exception), hang (sleeps forever), oom (a real allocation failure
+                                under a memory limit), kill (SIGKILL, as the kernel's OOM killer)
+    MRCNN_TEST_UNAVAILABLE=NAME  that adapter says it is not installed
 """
 import os
 import signal
@@ -15,12 +17,14 @@ from mrcnn_bench.adapters.base import Adapter
 
 
 class Busy(Adapter):
-    install_hint = "it is a test fixture"
+    install_hint = "pip install mrcnn-bench-test-fixture (not a real package)"
 
     def __init__(self, name, slowed):
         self.name, self.slowed = name, slowed
 
     def available(self):
+        if os.environ.get("MRCNN_TEST_UNAVAILABLE") == self.name:
+            return False, f"{self.name} is not installed (a test fixture)"
         return True, "test"
 
     def translate(self, cfg, data=None):
@@ -33,6 +37,10 @@ class Busy(Adapter):
         spec = os.environ.get("MRCNN_TEST_FAULT")
         if not spec:
             return
+        if ":" in spec:
+            name, _, spec = spec.partition(":")
+            if name != self.name:
+                return
         kind, _, at = spec.partition("@")
         if it != int(at or 0):
             return

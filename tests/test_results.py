@@ -25,7 +25,8 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
 def _record(**over):
     rec = R.make_run_record(
         impl="x", run_id="r", status="ok", config={}, world_size=1, device="cpu", dtype="fp32",
-        summary={"images_per_s": 1.0},
+        window={"warmup": 1, "end": 3, "iters": 3},
+        summary={"warmup": 1, "end": 3, "iterations": 2, "images": 4, "seconds": 4.0, "images_per_s": 1.0, "s_per_iter_median": 2.0},
     )
     rec.update(over)
     return rec
@@ -49,6 +50,14 @@ def test_load_run_checks_schema(tmp_path):
         R.load_run(p)
     R.atomic_write_json(p, _record(summary=None))
     with pytest.raises(R.ResultError, match="'summary' is missing"):
+        R.load_run(p)
+    bad = _record()
+    bad["summary"]["images_per_s"] = "fast"
+    R.atomic_write_json(p, bad)
+    with pytest.raises(R.ResultError, match=r"schema v1: key 'summary.images_per_s'"):
+        R.load_run(p)
+    R.atomic_write_json(p, _record(status="exploded"))
+    with pytest.raises(R.ResultError, match=r"key 'status'"):
         R.load_run(p)
 
 
