@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup demo test test-fast bench-ops clean
+.PHONY: setup detectron2 demo test test-fast bench-ops clean
 
 setup: $(VENV)/.installed
 
@@ -21,12 +21,20 @@ $(VENV)/.installed: $(BUILD_INPUTS)
 	$(PY) -c "import mrcnn_bench.harness.cli"
 	touch $@
 
+# detectron2 v0.6 into the same venv (no pins clash): pb1-detectron2 from PyPI, patched to install
+# without its C++ sources (not needed for Mask R-CNN R-50-FPN). See scripts/install_detectron2.py.
+detectron2: $(VENV)/.detectron2
+
+$(VENV)/.detectron2: $(VENV)/.installed scripts/install_detectron2.py
+	$(PY) scripts/install_detectron2.py
+	touch $@
+
 # The default benchmark: every installed implementation on the small CPU scenario, synthetic data.
 demo: setup
 	$(BENCH) run --impl all --config cpu_small --device cpu --run-id demo --force
 	$(BENCH) report results/runs/demo
 
-test: setup
+test: setup detectron2
 	$(PY) -m pytest -q tests
 
 # Each native op against torchvision.ops, as a ratio (CPU, and CUDA where present).
@@ -34,7 +42,7 @@ bench-ops: setup
 	$(PY) benchmarks/ops.py
 
 # Without the real training runs (a few minutes quicker).
-test-fast: setup
+test-fast: setup detectron2
 	$(PY) -m pytest -q -m "not slow" tests
 
 clean:

@@ -135,6 +135,10 @@ class ReferenceAdapter(Adapter):
             "solver.warmup_factor": s["warmup_factor"],
             "solver.steps": s["steps"],
             "solver.gamma": s["gamma"],
+            "info.rpn_smooth_l1_beta": rpn.smooth_l1_beta,
+            "info.box_smooth_l1_beta": roi.smooth_l1_beta,
+            "info.mask_targets": "RoIAlign of full-image bitmasks",
+            "info.aspect_ratio_grouping": False,
             "_notes": {},
         }
 

@@ -234,6 +234,10 @@ class TorchvisionAdapter(Adapter):
             "solver.warmup_factor": s["warmup_factor"],
             "solver.steps": s["steps"],
             "solver.gamma": s["gamma"],
+            "info.rpn_smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py / roi_heads.py
+            "info.box_smooth_l1_beta": 1.0 / 9,
+            "info.mask_targets": "RoIAlign of full-image bitmasks",
+            "info.aspect_ratio_grouping": False,
             "_notes": {
                 "model.roi_heads.pooler_aligned": "torchvision's MultiScaleRoIAlign always uses aligned=False",
                 "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",

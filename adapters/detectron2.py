@@ -1,0 +1,306 @@
+"""detectron2's Mask R-CNN R-50-FPN, trained by its own DefaultTrainer (or AMPTrainer with AMP).
+
+The canonical config becomes a detectron2 CfgNode; the COCO-format paths are registered as datasets;
+the harness timer is a detectron2 hook placed right after detectron2's own IterationTimer and the LR
+scheduler hook, so it stamps each iteration where detectron2's timer does.
+
+Compatibility shims (applied only when the installed libraries need them, see ``_apply_shims``):
+- Pillow >= 10 removed ``Image.LINEAR`` (detectron2 v0.6's ResizeTransform default): alias BILINEAR.
+- numpy >= 1.24 removed ``np.bool`` (detectron2 v0.6's structures/masks.py): alias bool.
+- detectron2 v0.6 wraps every model in DDP with ``device_ids=[local_rank]``, which DDP refuses for a
+  CPU model: on CPU, ``create_ddp_model`` passes no device ids.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
+
+_DATASET = "mrcnn_bench_train"
+
+
+def _apply_shims(device: str | None = None) -> list[str]:
+    applied = []
+    import numpy as np
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        applied.append("PIL.Image.LINEAR = BILINEAR")
+    if "bool" not in np.__dict__:
+        np.bool = bool
+        applied.append("numpy.bool = bool")
+    if device == "cpu":
+        import detectron2.engine.defaults as defaults
+        from torch.nn.parallel import DistributedDataParallel
+
+        from detectron2.utils import comm
+
+        def create_ddp_model_cpu(model, *, fp16_compression=False, **kwargs):
+            if comm.get_world_size() == 1:
+                return model
+            return DistributedDataParallel(model, device_ids=None, **kwargs)
+
+        defaults.create_ddp_model = create_ddp_model_cpu
+        applied.append("create_ddp_model without device_ids on CPU")
+    return applied
+
+
+class Detectron2Adapter(Adapter):
+    name = "detectron2"
+    install_hint = "make detectron2 (pb1-detectron2==0.6 from PyPI, patched; see scripts/install_detectron2.py)"
+
+    def available(self):
+        ok, info = python_version_of("detectron2.config")
+        if not ok:
+            return ok, info
+        import detectron2
+
+        return True, detectron2.__version__
+
+    # ----------------------------------------------------------------- translate
+    def translate(self, cfg, data=None):
+        from detectron2.config import get_cfg
+
+        m, rpn, roi, inp, sol, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
+        if inp.horizontal_flip_prob not in (0.0, 0.5):
+            raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
+        if bench.dtype == "bf16":
+            raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
+        if bench.dtype == "fp16" and bench.device != "cuda":
+            raise UnsupportedConfig("detectron2 v0.6's AMPTrainer needs CUDA (benchmark.dtype fp16 on cpu)")
+        if bench.grad_accum != 1:
+            raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")
+        c = get_cfg()
+        c.MODEL.DEVICE = bench.device
+        c.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+        c.MODEL.MASK_ON = True
+        c.MODEL.WEIGHTS = m.weights or ""
+        c.MODEL.PIXEL_MEAN = list(m.pixel_mean)
+        c.MODEL.PIXEL_STD = list(m.pixel_std)
+        c.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
+        c.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+        c.MODEL.BACKBONE.FREEZE_AT = m.effective_freeze_at
+        c.MODEL.RESNETS.DEPTH = m.backbone.depth
+        c.MODEL.RESNETS.NORM = m.effective_norm
+        c.MODEL.RESNETS.STRIDE_IN_1X1 = False  # pytorch-style (torchvision) ResNet: stride in the 3x3
+        c.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+        c.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        c.MODEL.FPN.OUT_CHANNELS = m.fpn_out_channels
+        c.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in m.anchors.sizes]
+        c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(m.anchors.aspect_ratios)]
+        c.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+        c.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        c.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
+        c.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+        c.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
+        c.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
+        c.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
+        c.MODEL.RPN.PRE_NMS_TOPK_TRAIN = rpn.pre_nms_topk_train
+        c.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
+        c.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
+        c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
+        c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+        c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        c.MODEL.ROI_HEADS.NUM_CLASSES = _num_classes(cfg, data)
+        c.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
+        c.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+        if roi.bg_iou_thresh != roi.fg_iou_thresh:
+            raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
+        c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = roi.batch_size_per_image
+        c.MODEL.ROI_HEADS.POSITIVE_FRACTION = roi.positive_fraction
+        c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = roi.score_thresh_test
+        c.MODEL.ROI_HEADS.NMS_THRESH_TEST = roi.nms_thresh_test
+        c.TEST.DETECTIONS_PER_IMAGE = roi.detections_per_image
+        pooler = "ROIAlignV2" if roi.pooler_aligned else "ROIAlign"
+        c.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+        c.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
+        c.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
+        c.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+        c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
+        c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+        c.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
+        c.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+        c.MODEL.ROI_MASK_HEAD.NUM_CONV = roi.mask_head_num_conv
+        c.MODEL.ROI_MASK_HEAD.CONV_DIM = roi.mask_head_conv_dim
+        c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = roi.mask_pooler_resolution
+        c.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+        c.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler
+        c.INPUT.MIN_SIZE_TRAIN = tuple(inp.min_size_train)
+        c.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+        c.INPUT.MAX_SIZE_TRAIN = inp.max_size_train
+        c.INPUT.MIN_SIZE_TEST = inp.min_size_test
+        c.INPUT.MAX_SIZE_TEST = inp.max_size_test
+        c.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
+        c.INPUT.MASK_FORMAT = "polygon"
+        c.DATASETS.TRAIN = (_DATASET,)
+        c.DATASETS.TEST = ()
+        c.DATALOADER.NUM_WORKERS = bench.num_workers
+        c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
+        c.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
+        c.SOLVER.BASE_LR = sol.base_lr
+        c.SOLVER.MOMENTUM = sol.momentum
+        c.SOLVER.WEIGHT_DECAY = sol.weight_decay
+        c.SOLVER.WEIGHT_DECAY_NORM = sol.weight_decay_norm
+        c.SOLVER.WARMUP_METHOD = sol.warmup_method
+        c.SOLVER.WARMUP_ITERS = sol.warmup_iters
+        c.SOLVER.WARMUP_FACTOR = sol.warmup_factor
+        c.SOLVER.STEPS = tuple(sol.steps)
+        c.SOLVER.GAMMA = sol.gamma
+        c.SOLVER.MAX_ITER = bench.iters
+        c.SOLVER.CHECKPOINT_PERIOD = 10**9
+        c.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
+        c.TEST.EVAL_PERIOD = 0
+        c.SEED = bench.seed
+        c.VIS_PERIOD = 0
+        c.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
+        c.set_new_allowed(True)
+        c.MRCNN_BENCH = type(c)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
+                                 "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last})
+        c.freeze()
+        return c
+
+    # ------------------------------------------------------- effective hparams
+    def effective_hparams(self, native) -> dict:
+        c = native
+        world = c.MRCNN_BENCH.WORLD_SIZE
+        pooler_aligned = c.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
+        flip = 0.5 if c.INPUT.RANDOM_FLIP == "horizontal" else 0.0  # RandomFlip's fixed probability
+        return {
+            "model.num_classes": c.MODEL.ROI_HEADS.NUM_CLASSES,
+            "model.pixel_mean": list(c.MODEL.PIXEL_MEAN),
+            "model.pixel_std": list(c.MODEL.PIXEL_STD),
+            "model.backbone.depth": c.MODEL.RESNETS.DEPTH,
+            "model.backbone.freeze_at": c.MODEL.BACKBONE.FREEZE_AT,
+            "model.backbone.norm": c.MODEL.RESNETS.NORM,
+            "model.fpn_out_channels": c.MODEL.FPN.OUT_CHANNELS,
+            "model.anchors.sizes": [s[0] for s in c.MODEL.ANCHOR_GENERATOR.SIZES],
+            "model.anchors.aspect_ratios": list(c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
+            "model.rpn.fg_iou_thresh": c.MODEL.RPN.IOU_THRESHOLDS[1],
+            "model.rpn.bg_iou_thresh": c.MODEL.RPN.IOU_THRESHOLDS[0],
+            "model.rpn.batch_size_per_image": c.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
+            "model.rpn.positive_fraction": c.MODEL.RPN.POSITIVE_FRACTION,
+            "model.rpn.nms_thresh": c.MODEL.RPN.NMS_THRESH,
+            "model.rpn.pre_nms_topk_train": c.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+            "model.rpn.post_nms_topk_train": c.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+            "model.rpn.pre_nms_topk_test": c.MODEL.RPN.PRE_NMS_TOPK_TEST,
+            "model.rpn.post_nms_topk_test": c.MODEL.RPN.POST_NMS_TOPK_TEST,
+            "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
+            "model.roi_heads.fg_iou_thresh": c.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            "model.roi_heads.bg_iou_thresh": c.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            "model.roi_heads.batch_size_per_image": c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "model.roi_heads.positive_fraction": c.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+            "model.roi_heads.box_pooler_resolution": c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            "model.roi_heads.mask_pooler_resolution": c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+            "model.roi_heads.pooler_sampling_ratio": c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+            "model.roi_heads.pooler_aligned": pooler_aligned,
+            "model.roi_heads.box_head_num_fc": c.MODEL.ROI_BOX_HEAD.NUM_FC,
+            "model.roi_heads.box_head_fc_dim": c.MODEL.ROI_BOX_HEAD.FC_DIM,
+            "model.roi_heads.mask_head_num_conv": c.MODEL.ROI_MASK_HEAD.NUM_CONV,
+            "model.roi_heads.mask_head_conv_dim": c.MODEL.ROI_MASK_HEAD.CONV_DIM,
+            "model.roi_heads.score_thresh_test": c.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            "model.roi_heads.nms_thresh_test": c.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            "model.roi_heads.detections_per_image": c.TEST.DETECTIONS_PER_IMAGE,
+            "input.min_size_train": list(c.INPUT.MIN_SIZE_TRAIN),
+            "input.max_size_train": c.INPUT.MAX_SIZE_TRAIN,
+            "input.min_size_test": c.INPUT.MIN_SIZE_TEST,
+            "input.max_size_test": c.INPUT.MAX_SIZE_TEST,
+            "input.horizontal_flip_prob": flip,
+            "input.filter_empty_annotations": c.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            "solver.ims_per_batch_per_process": c.SOLVER.IMS_PER_BATCH // world,
+            "solver.base_lr": c.SOLVER.BASE_LR,
+            "solver.momentum": c.SOLVER.MOMENTUM,
+            "solver.weight_decay": c.SOLVER.WEIGHT_DECAY,
+            "solver.weight_decay_norm": c.SOLVER.WEIGHT_DECAY_NORM,
+            "solver.warmup_method": c.SOLVER.WARMUP_METHOD,
+            "solver.warmup_iters": c.SOLVER.WARMUP_ITERS,
+            "solver.warmup_factor": c.SOLVER.WARMUP_FACTOR,
+            "solver.steps": list(c.SOLVER.STEPS),
+            "solver.gamma": c.SOLVER.GAMMA,
+            # not canonical keys, shown so the table says how each framework differs
+            "info.rpn_smooth_l1_beta": c.MODEL.RPN.SMOOTH_L1_BETA,
+            "info.box_smooth_l1_beta": c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
+            "info.mask_targets": "polygons rasterised per RoI",
+            "info.aspect_ratio_grouping": c.DATALOADER.ASPECT_RATIO_GROUPING,
+            "_notes": {},
+        }
+
+    # ----------------------------------------------------------------- train
+    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+        native = self.translate(cfg, data)
+        shims = _apply_shims(cfg.benchmark.device)
+        import torch
+        import torch.distributed as tdist
+        from detectron2.data import DatasetCatalog
+        from detectron2.data.datasets import register_coco_instances
+        from detectron2.engine import DefaultTrainer, HookBase, hooks
+        from detectron2.utils import comm
+
+        if dist.distributed and comm._LOCAL_PROCESS_GROUP is None:
+            # What detectron2's own launch() does in each worker: a process group per machine.
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+            for machine in range(dist.world_size // local_world):
+                ranks = list(range(machine * local_world, (machine + 1) * local_world))
+                group = tdist.new_group(ranks)
+                if dist.rank in ranks:
+                    comm._LOCAL_PROCESS_GROUP = group
+        if _DATASET not in DatasetCatalog.list():
+            register_coco_instances(_DATASET, {}, native.MRCNN_BENCH.TRAIN_JSON, native.MRCNN_BENCH.TRAIN_IMAGES)
+        per_process = native.SOLVER.IMS_PER_BATCH // dist.world_size
+
+        class HarnessTimer(HookBase):
+            """Stamps each iteration for the harness, after the optimizer and LR-scheduler steps."""
+
+            def before_train(self):
+                timer.before_train()
+
+            def after_step(self):
+                storage = self.trainer.storage
+                loss = storage.history("total_loss").latest() if "total_loss" in storage.histories() else None
+                data_time = storage.history("data_time").latest() if "data_time" in storage.histories() else None
+                timer.after_step(per_process, loss=loss, data_time=data_time, lr=storage.history("lr").latest())
+
+        class Trainer(DefaultTrainer):
+            def build_hooks(self):
+                hook_list = super().build_hooks()
+                at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.LRScheduler)) + 1
+                hook_list.insert(at, HarnessTimer())
+                return hook_list
+
+        torch.manual_seed(cfg.benchmark.seed + dist.rank)
+        trainer = Trainer(native)
+        if native.MRCNN_BENCH.CHANNELS_LAST:
+            trainer.model.to(memory_format=torch.channels_last)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        extra = {"native_config": native.dump(), "shims": shims}
+        if dist.is_main:  # after the timed window, on a fresh model: does not touch the measurement
+            from detectron2.modeling import build_model
+            from detectron2.utils.events import EventStorage
+
+            from mrcnn_bench.harness.flops import training_step_flops
+
+            model = build_model(native)
+            model.train()
+            batch = next(iter(trainer.data_loader))
+
+            def step():
+                with EventStorage():
+                    sum(model(batch).values()).backward()
+
+            extra["flops_per_image"] = training_step_flops(step) / max(1, len(batch))
+        return extra
+
+
+def _num_classes(cfg, data) -> int:
+    import json
+
+    if cfg.model.num_classes is not None:
+        return cfg.model.num_classes
+    if data is None:
+        return 80
+    return len(json.loads(data.train_json.read_text())["categories"])
+
+
+ADAPTER = Detectron2Adapter()
