@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 demo test test-fast bench-ops clean
+.PHONY: setup detectron2 demo baseline test test-fast bench-ops clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,13 @@ $(VENV)/.detectron2: $(VENV)/.installed scripts/install_detectron2.py
 demo: setup
 	$(BENCH) run --impl all --config cpu_small --device cpu --run-id demo --force
 	$(BENCH) report results/runs/demo
+
+# Re-record the committed CPU baseline and the results table generated from it (on a quiet machine).
+baseline: setup detectron2
+	$(BENCH) run --impl all --config cpu_small --device cpu --out results/baselines --run-id cpu_small --force
+	rm -f results/baselines/cpu_small/*/launch.json
+	$(BENCH) report results/baselines/cpu_small --plots results/plots --out results/README.md \
+	  --title "Results: the CPU scenario (cpu_small), committed baseline"
 
 test: setup detectron2
 	$(PY) -m pytest -q tests

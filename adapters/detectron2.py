@@ -16,6 +16,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
+from .common import num_classes
 
 _DATASET = "mrcnn_bench_train"
 
@@ -103,7 +104,7 @@ class Detectron2Adapter(Adapter):
         c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
         c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
         c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-        c.MODEL.ROI_HEADS.NUM_CLASSES = _num_classes(cfg, data)
+        c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
         c.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
         c.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
         if roi.bg_iou_thresh != roi.fg_iou_thresh:
@@ -291,16 +292,6 @@ class Detectron2Adapter(Adapter):
 
             extra["flops_per_image"] = training_step_flops(step) / max(1, len(batch))
         return extra
-
-
-def _num_classes(cfg, data) -> int:
-    import json
-
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    if data is None:
-        return 80
-    return len(json.loads(data.train_json.read_text())["categories"])
 
 
 ADAPTER = Detectron2Adapter()

@@ -1,10 +1,10 @@
 """The native reference Mask R-CNN (mrcnn_bench.reference_impl), with its own ops and training loop."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
+from .common import num_classes
 
 
 @dataclass
@@ -18,13 +18,6 @@ class ReferenceNative:
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights}
 
-
-def _num_classes(cfg, data) -> int:
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    if data is None:
-        return 80
-    return len(json.loads(data.train_json.read_text())["categories"])
 
 
 class ReferenceAdapter(Adapter):
@@ -51,7 +44,7 @@ class ReferenceAdapter(Adapter):
         if cfg.model.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
         return ReferenceNative(
-            model=ReferenceConfig.from_canonical(cfg, _num_classes(cfg, data)),
+            model=ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)),
             solver=dict(
                 base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
                 warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
+from .common import num_classes
 
 
 @dataclass
@@ -38,15 +39,6 @@ class TorchvisionNative:
         return asdict(self)
 
 
-def _num_classes(cfg, data) -> int:
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    if data is None:
-        return 80
-    import json
-
-    return len(json.loads(data.train_json.read_text())["categories"])
-
 
 class TorchvisionAdapter(Adapter):
     name = "torchvision"
@@ -64,7 +56,7 @@ class TorchvisionAdapter(Adapter):
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
         n = len(m.anchors.sizes)
         model_kwargs = dict(
-            num_classes=_num_classes(cfg, data) + 1,  # torchvision counts the background class
+            num_classes=num_classes(cfg, data) + 1,  # torchvision counts the background class
             min_size=tuple(inp.min_size_train),
             max_size=inp.max_size_train,
             image_mean=[v / 255.0 for v in m.pixel_mean],  # torchvision normalizes images in [0, 1]

@@ -203,9 +203,10 @@ def render(records: list[dict], fmt: str = "md") -> str:
     raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
 
 
-def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None, plots: str | None = None) -> str:
+def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None, plots: str | None = None,
+                 preamble: str | None = None) -> str:
     records = load_runs(paths)
-    text = render(records, fmt)
+    text = (preamble or "") + render(records, fmt)
     if out:
         from .results import atomic_write_text
 

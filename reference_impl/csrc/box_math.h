@@ -90,20 +90,27 @@ MRB_HD RoiGeometry<A> roi_geometry(const T* roi, A spatial_scale, int pooled_h, 
   return g;
 }
 
-// One output element: the average of the bilinear samples in bin (ph, pw) of one channel plane.
-template <typename T, typename A>
-MRB_HD A roi_align_bin(const T* plane, int height, int width, const RoiGeometry<A>& g, int ph, int pw) {
-  A sum = A(0);
+// Calls fn(bilinear) for every sampling point of bin (ph, pw) that falls inside the feature map.
+template <typename A, typename F>
+MRB_HD void for_each_sample(int height, int width, const RoiGeometry<A>& g, int ph, int pw, F fn) {
   for (int iy = 0; iy < g.grid_h; ++iy) {
     A y = g.start_h + A(ph) * g.bin_h + (A(iy) + A(0.5)) * g.bin_h / A(g.grid_h);
     for (int ix = 0; ix < g.grid_w; ++ix) {
       A x = g.start_w + A(pw) * g.bin_w + (A(ix) + A(0.5)) * g.bin_w / A(g.grid_w);
       Bilinear<A> b = bilinear_at<A>(height, width, y, x);
-      if (!b.valid) continue;
-      sum += b.w1 * A(plane[b.y_low * width + b.x_low]) + b.w2 * A(plane[b.y_low * width + b.x_high]) +
-             b.w3 * A(plane[b.y_high * width + b.x_low]) + b.w4 * A(plane[b.y_high * width + b.x_high]);
+      if (b.valid) fn(b);
     }
   }
+}
+
+// One output element: the average of the bilinear samples in bin (ph, pw) of one channel plane.
+template <typename T, typename A>
+MRB_HD A roi_align_bin(const T* plane, int height, int width, const RoiGeometry<A>& g, int ph, int pw) {
+  A sum = A(0);
+  for_each_sample<A>(height, width, g, ph, pw, [&](const Bilinear<A>& b) {
+    sum += b.w1 * A(plane[b.y_low * width + b.x_low]) + b.w2 * A(plane[b.y_low * width + b.x_high]) +
+           b.w3 * A(plane[b.y_high * width + b.x_low]) + b.w4 * A(plane[b.y_high * width + b.x_high]);
+  });
   return sum / g.count;
 }
 
@@ -111,18 +118,12 @@ MRB_HD A roi_align_bin(const T* plane, int height, int width, const RoiGeometry<
 template <typename A, typename Add>
 MRB_HD void roi_align_bin_backward(int height, int width, const RoiGeometry<A>& g, int ph, int pw, A grad, Add add) {
   A scaled = grad / g.count;
-  for (int iy = 0; iy < g.grid_h; ++iy) {
-    A y = g.start_h + A(ph) * g.bin_h + (A(iy) + A(0.5)) * g.bin_h / A(g.grid_h);
-    for (int ix = 0; ix < g.grid_w; ++ix) {
-      A x = g.start_w + A(pw) * g.bin_w + (A(ix) + A(0.5)) * g.bin_w / A(g.grid_w);
-      Bilinear<A> b = bilinear_at<A>(height, width, y, x);
-      if (!b.valid) continue;
-      add(b.y_low * width + b.x_low, scaled * b.w1);
-      add(b.y_low * width + b.x_high, scaled * b.w2);
-      add(b.y_high * width + b.x_low, scaled * b.w3);
-      add(b.y_high * width + b.x_high, scaled * b.w4);
-    }
-  }
+  for_each_sample<A>(height, width, g, ph, pw, [&](const Bilinear<A>& b) {
+    add(b.y_low * width + b.x_low, scaled * b.w1);
+    add(b.y_low * width + b.x_high, scaled * b.w2);
+    add(b.y_high * width + b.x_low, scaled * b.w3);
+    add(b.y_high * width + b.x_high, scaled * b.w4);
+  });
 }
 
 // FPN level of a box (Feature Pyramid Networks, eq. 1), as torchvision's LevelMapper computes it:

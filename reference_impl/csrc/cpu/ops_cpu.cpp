@@ -43,16 +43,10 @@ struct SampleTable {
     bin_start.assign(1, 0);
     for (int ph = 0; ph < ph_n; ++ph) {
       for (int pw = 0; pw < pw_n; ++pw) {
-        for (int iy = 0; iy < g.grid_h; ++iy) {
-          A y = g.start_h + A(ph) * g.bin_h + (A(iy) + A(0.5)) * g.bin_h / A(g.grid_h);
-          for (int ix = 0; ix < g.grid_w; ++ix) {
-            A x = g.start_w + A(pw) * g.bin_w + (A(ix) + A(0.5)) * g.bin_w / A(g.grid_w);
-            Bilinear<A> b = bilinear_at<A>(H, W, y, x);
-            if (!b.valid) continue;
-            samples.push_back({b.y_low * W + b.x_low, b.y_low * W + b.x_high, b.y_high * W + b.x_low,
-                               b.y_high * W + b.x_high, b.w1, b.w2, b.w3, b.w4});
-          }
-        }
+        for_each_sample<A>(H, W, g, ph, pw, [&](const Bilinear<A>& b) {
+          samples.push_back({b.y_low * W + b.x_low, b.y_low * W + b.x_high, b.y_high * W + b.x_low,
+                             b.y_high * W + b.x_high, b.w1, b.w2, b.w3, b.w4});
+        });
         bin_start.push_back(static_cast<int32_t>(samples.size()));
       }
     }

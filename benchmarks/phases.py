@@ -1,0 +1,124 @@
+"""Where a training iteration's time goes, per phase, for the reference and torchvision, in one run.
+
+    python benchmarks/phases.py [--config cpu_small] [--iters 12] [--warmup 3] [--threads N] [--set KEY=VALUE ...]
+
+Both models have the same parts (input transform, backbone+FPN, RPN, RoI heads); forward hooks time each
+part's forward (after a device synchronize), and the loop times data loading, the backward pass and the
+optimizer step. torch.profiler's per-operator table (--profile) gives the detail inside a phase.
+Output: milliseconds per iteration (median over the timed iterations) per phase and implementation.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from mrcnn_bench.adapters import get_adapter
+from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
+from mrcnn_bench.harness.data import resolve_data
+
+PARTS = {"reference": ["preprocess", "backbone", "rpn", "roi_heads"], "torchvision": ["transform", "backbone", "rpn", "roi_heads"]}
+PHASE_NAMES = ["data", "transform", "backbone fwd", "rpn fwd+loss", "roi heads fwd+loss", "backward", "optimizer"]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _attach(model, parts, device, times):
+    names = dict(zip(parts, PHASE_NAMES[1:5]))
+    starts = {}
+    for part in parts:
+        module = getattr(model, part)
+        module.register_forward_pre_hook(lambda m, a, p=part: (_sync(device), starts.__setitem__(p, time.perf_counter())))
+        module.register_forward_hook(lambda m, a, o, p=part: (_sync(device), times[names[p]].append(time.perf_counter() - starts[p])))
+
+
+def build(impl: str, cfg, paths, device):
+    adapter = get_adapter(impl)
+    native = adapter.translate(cfg, paths)
+    model = adapter.build_model(native).to(device)
+    if impl == "reference":
+        from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
+
+        ds = COCOInstances(paths.train_json, paths.train_images, flip_prob=0.5)
+        loader = build_train_loader(ds, batch_size=cfg.ims_per_gpu, num_workers=cfg.benchmark.num_workers, seed=0, rank=0,
+                                    world_size=1, pin_memory=False)
+    else:
+        from mrcnn_bench.adapters.base import DistInfo
+
+        loader, _ = adapter.build_loader(native, DistInfo(device=str(device)), 0)
+    return model, loader
+
+
+def run(impl, cfg, paths, device, iters, warmup):
+    torch.manual_seed(0)
+    model, loader = build(impl, cfg, paths, device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    times = defaultdict(list)
+    _attach(model, PARTS[impl], device, times)
+    it = iter(loader)
+    totals = []
+    for i in range(iters):
+        t0 = time.perf_counter()
+        images, targets = next(it)
+        images = [im.to(device) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        t1 = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        _sync(device)
+        t2 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        t4 = time.perf_counter()
+        times["data"].append(t1 - t0)
+        times["backward"].append(t3 - t2)
+        times["optimizer"].append(t4 - t3)
+        totals.append(t4 - t0)
+    out = {name: 1e3 * statistics.median(v[warmup:]) for name, v in times.items()}
+    out["total"] = 1e3 * statistics.median(totals[warmup:])
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cpu_small")
+    parser.add_argument("--iters", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--impl", default="reference,torchvision")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = dict(parse_override(o) for o in args.overrides)
+    overrides.setdefault("benchmark.gpus", 1)
+    overrides.setdefault("benchmark.num_workers", 0)
+    cfg = load_config(resolve_config_path(args.config), overrides)
+    paths, _ = resolve_data(cfg.data)
+    device = torch.device(args.device)
+    results = {impl: run(impl, cfg, paths, device, args.iters, args.warmup) for impl in args.impl.split(",")}
+    impls = list(results)
+    print(f"ms per iteration (median of {args.iters - args.warmup}), {cfg.name}, {cfg.ims_per_gpu} images, "
+          f"{torch.get_num_threads()} threads, {device}")
+    print("| phase | " + " | ".join(impls) + " |")
+    print("|---|" + "---:|" * len(impls))
+    for name in PHASE_NAMES + ["total"]:
+        print(f"| {name} | " + " | ".join(f"{results[i].get(name, float('nan')):.1f}" for i in impls) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
