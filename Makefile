@@ -38,7 +38,7 @@ demo: setup
 baseline: setup detectron2
 	$(BENCH) run --impl all --config cpu_small --device cpu --out results/baselines --run-id cpu_small --force
 	rm -f results/baselines/cpu_small/*/launch.json
-	$(BENCH) report results/baselines/cpu_small --plots results/plots --out results/README.md \
+	$(BENCH) report results/baselines/cpu_small --plots results/baselines/cpu_small/plots --out results/README.md \
 	  --title "Results: the CPU scenario (cpu_small), committed baseline"
 
 test: setup detectron2
