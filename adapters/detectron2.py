@@ -276,21 +276,19 @@ class Detectron2Adapter(Adapter):
         trainer.resume_or_load(resume=False)
         trainer.train()
         extra = {"native_config": native.dump(), "shims": shims}
-        if dist.is_main:  # after the timed window, on a fresh model: does not touch the measurement
-            from detectron2.modeling import build_model
+        if dist.is_main:  # after the timed window: does not touch the measurement
             from detectron2.utils.events import EventStorage
 
-            from mrcnn_bench.harness.flops import training_step_flops
+            from mrcnn_bench.harness.flops import flops_per_image
 
-            model = build_model(native)
-            model.train()
-            batch = next(iter(trainer.data_loader))
-
-            def step():
+            def step(model, batch):
                 with EventStorage():
                     sum(model(batch).values()).backward()
+                return len(batch)
 
-            extra["flops_per_image"] = training_step_flops(step) / max(1, len(batch))
+            model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+            loader = iter(trainer.data_loader)
+            extra["flops_per_image"] = flops_per_image(model, [next(loader) for _ in range(2)], step)
         return extra
 
 

@@ -175,12 +175,10 @@ class ReferenceAdapter(Adapter):
         timer.before_train()
         trainer.train(tr["iters"])
         extra = {"native_config": native.to_dict(), "ops_backend": ops.backend()}
-        if dist.is_main:  # after the timed window, on a fresh model: does not touch the measurement
-            from mrcnn_bench.harness.flops import detection_flops_per_image
+        if dist.is_main:  # after the timed window: does not touch the measurement
+            from mrcnn_bench.harness.flops import detection_step, flops_per_image
 
-            images, targets = trainer.next_batch()
-            fresh = self.build_model(native).to(device)
-            extra["flops_per_image"] = detection_flops_per_image(fresh, images, targets)
+            extra["flops_per_image"] = flops_per_image(model, [trainer.next_batch() for _ in range(2)], detection_step)
         return extra
 
 

@@ -338,14 +338,14 @@ class TorchvisionAdapter(Adapter):
             scheduler.step()
             timer.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
         extra = {"native_config": native.to_dict()}
-        if dist.is_main:  # after the timed window, on a fresh model: does not touch the measurement
-            from mrcnn_bench.harness.flops import detection_flops_per_image
+        if dist.is_main:  # after the timed window: does not touch the measurement
+            from mrcnn_bench.harness.flops import detection_step, flops_per_image
 
-            images, targets = next(it)
-            fresh = self.build_model(native).to(device)
-            extra["flops_per_image"] = detection_flops_per_image(
-                fresh, [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
-            )
+            batches = []
+            for _ in range(2):
+                images, targets = next(it)
+                batches.append(([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]))
+            extra["flops_per_image"] = flops_per_image(model, batches, detection_step)
         return extra
 
 

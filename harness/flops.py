@@ -44,14 +44,26 @@ def matmul_peak_flops(device: str, dtype: str = "fp32", seconds: float = 0.5, si
                 return 2.0 * n**3 * reps / elapsed
 
 
-def detection_flops_per_image(model, images, targets) -> float:
-    """FLOPs per image of one training step (forward, loss, backward) of a detection model that
-    takes ``(images, targets)`` and returns a loss dict."""
+def flops_per_image(trained_model, batches, step_fn) -> float:
+    """Mean FLOPs per image of a training step over ``batches``, counted on a copy of the trained
+    model: its proposals, and so the RoIs its heads see, are those of the timed window (a fresh
+    model's random proposals make a different amount of work). ``step_fn(model, batch)`` runs one
+    forward + backward and returns the number of images."""
+    import copy
+
+    model = copy.deepcopy(trained_model)
     model.train()
+    total_flops, total_images = 0.0, 0
+    for batch in batches:
+        images = []
+        total_flops += training_step_flops(lambda: images.append(step_fn(model, batch)))
+        total_images += images[0]
+        model.zero_grad(set_to_none=True)
+    return total_flops / max(1, total_images)
 
-    def step():
-        sum(model(images, targets).values()).backward()
 
-    flops = training_step_flops(step)
-    model.zero_grad(set_to_none=True)
-    return flops / max(1, len(images))
+def detection_step(model, batch) -> int:
+    """One training step of a model that takes ``(images, targets)`` and returns a loss dict."""
+    images, targets = batch
+    sum(model(images, targets).values()).backward()
+    return len(images)

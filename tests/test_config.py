@@ -40,12 +40,14 @@ def test_cpu_scenario_changes_only_size_batch_iterations_window():
     allowed = {
         "name", "description",
         "input.min_size_train", "input.max_size_train", "input.min_size_test", "input.max_size_test",
-        "solver.ims_per_batch", "benchmark.iters", "benchmark.warmup", "benchmark.window_end",
+        "solver.ims_per_batch", "solver.base_lr", "benchmark.iters", "benchmark.warmup", "benchmark.window_end",
         "benchmark.gpus", "benchmark.device", "benchmark.num_workers", "benchmark.timeout_s",
         "data.synth_images", "data.synth_size",
     }
     assert changed <= allowed, changed - allowed
     assert set(canonical) == set(small)
+    # the learning rate follows the batch by the linear scaling rule, nothing else
+    assert small["solver.base_lr"] == pytest.approx(canonical["solver.base_lr"] * small["solver.ims_per_batch"] / canonical["solver.ims_per_batch"])
     load_config(SMALL)
 
 
