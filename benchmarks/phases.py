@@ -33,10 +33,24 @@ def _sync(device):
 def _attach(model, parts, device, times):
     names = dict(zip(parts, PHASE_NAMES[1:5]))
     starts = {}
+    def pre(part):
+        def hook(module, args):  # returns None: the arguments pass through unchanged
+            _sync(device)
+            starts[part] = time.perf_counter()
+
+        return hook
+
+    def post(part):
+        def hook(module, args, output):
+            _sync(device)
+            times[names[part]].append(time.perf_counter() - starts[part])
+
+        return hook
+
     for part in parts:
         module = getattr(model, part)
-        module.register_forward_pre_hook(lambda m, a, p=part: (_sync(device), starts.__setitem__(p, time.perf_counter())))
-        module.register_forward_hook(lambda m, a, o, p=part: (_sync(device), times[names[p]].append(time.perf_counter() - starts[p])))
+        module.register_forward_pre_hook(pre(part))
+        module.register_forward_hook(post(part))
 
 
 def build(impl: str, cfg, paths, device):
