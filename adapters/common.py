@@ -11,3 +11,21 @@ def num_classes(cfg, data) -> int:
     if data is None:
         return 80
     return len(json.loads(data.train_json.read_text())["categories"])
+
+
+def data_spec(cfg, data) -> dict:
+    """How an implementation's own loader reads the training set (for loops written here)."""
+    return dict(
+        train_json=str(data.train_json) if data else None,
+        train_images=str(data.train_images) if data else None,
+        horizontal_flip_prob=cfg.input.horizontal_flip_prob,
+        filter_empty=cfg.input.filter_empty_annotations,
+        batch_size_per_process=cfg.ims_per_gpu,
+        num_workers=cfg.benchmark.num_workers,
+    )
+
+
+def train_spec(cfg) -> dict:
+    """The benchmark's switches a training loop written here honours."""
+    b = cfg.benchmark
+    return dict(dtype=b.dtype, channels_last=b.channels_last, grad_accum=b.grad_accum, iters=b.iters, seed=b.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import num_classes
+from .common import data_spec, num_classes, train_spec
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ReferenceAdapter(Adapter):
     def translate(self, cfg, data=None) -> ReferenceNative:
         from mrcnn_bench.reference_impl.config import ReferenceConfig
 
-        bench, sol, inp = cfg.benchmark, cfg.solver, cfg.input
+        bench, sol = cfg.benchmark, cfg.solver
         if cfg.model.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
         return ReferenceNative(
@@ -49,15 +49,8 @@ class ReferenceAdapter(Adapter):
                 base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
                 warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,
             ),
-            data=dict(
-                train_json=str(data.train_json) if data else None,
-                train_images=str(data.train_images) if data else None,
-                horizontal_flip_prob=inp.horizontal_flip_prob,
-                filter_empty=inp.filter_empty_annotations,
-                batch_size_per_process=cfg.ims_per_gpu,
-                num_workers=bench.num_workers,
-            ),
-            train=dict(dtype=bench.dtype, channels_last=bench.channels_last, grad_accum=bench.grad_accum, iters=bench.iters, seed=bench.seed),
+            data=data_spec(cfg, data),
+            train=train_spec(cfg),
             weights=cfg.model.weights,
         )
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import num_classes
+from .common import data_spec, num_classes, train_spec
 
 
 @dataclass
@@ -109,21 +109,8 @@ class TorchvisionAdapter(Adapter):
                 steps=list(sol.steps),
                 gamma=sol.gamma,
             ),
-            data=dict(
-                train_json=str(data.train_json) if data else None,
-                train_images=str(data.train_images) if data else None,
-                horizontal_flip_prob=inp.horizontal_flip_prob,
-                filter_empty=inp.filter_empty_annotations,
-                batch_size_per_process=cfg.ims_per_gpu,
-                num_workers=bench.num_workers,
-            ),
-            train=dict(
-                dtype=bench.dtype,
-                channels_last=bench.channels_last,
-                grad_accum=bench.grad_accum,
-                iters=bench.iters,
-                seed=bench.seed,
-            ),
+            data=data_spec(cfg, data),
+            train=train_spec(cfg),
         )
 
     # ------------------------------------------------------------------ model

@@ -1,7 +1,6 @@
 """docker/: one Dockerfile per implementation environment, each installing what its adapters need."""
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, run_cli
 from mrcnn_bench.harness.results import load_run, read_jsonl
 
 PLUGIN_ENV = {"MRCNN_BENCH_EXTRA_ADAPTERS": "plugin_adapters", "PYTHONPATH": str(ROOT / "tests")}
