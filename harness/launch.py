@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .results import (
+    PARTIAL_ITERATIONS,
     ResultError,
     atomic_write_json,
     atomic_write_jsonl,
@@ -27,7 +28,6 @@ from .results import (
     make_run_record,
 )
 
-PARTIAL = ".iterations.partial.jsonl"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -97,7 +97,7 @@ def _launcher_args(opts: LaunchOptions) -> list[str]:
 
 def read_partial(run_dir: Path) -> list[dict]:
     """The iterations a killed worker had streamed, tolerating a cut last line."""
-    path = run_dir / PARTIAL
+    path = run_dir / PARTIAL_ITERATIONS
     if not path.is_file():
         return []
     rows = []
@@ -161,7 +161,7 @@ def run_implementation(
 ) -> dict:
     """Run one implementation to its end and return its run record (always written to run.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [run_dir / PARTIAL, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
+    for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
         stale.unlink(missing_ok=True)
     threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(opts.nproc_per_node)
     atomic_write_json(
@@ -248,7 +248,7 @@ def _stop_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace: floa
 def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str, reason: str, started: float) -> dict:
     rows = read_partial(run_dir)
     atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
-    (run_dir / PARTIAL).unlink(missing_ok=True)
+    (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
     record = make_run_record(
         impl=impl,
         run_id=run_id,

@@ -20,6 +20,9 @@ from typing import Any, Iterable
 SCHEMA = "mrcnn-bench/run"
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "oom", "interrupted", "running")
+# Rank 0 streams each iteration here while training; the launcher turns it into iterations.jsonl when
+# a run dies part-way.
+PARTIAL_ITERATIONS = ".iterations.partial.jsonl"
 
 
 class ResultError(ValueError):
@@ -52,7 +55,7 @@ def _record_model():
         schema_version: Literal[1]
         run_id: str
         impl: str
-        status: Literal["ok", "failed", "timeout", "oom", "interrupted", "running"]
+        status: Literal[STATUSES]
         reason: Optional[str] = None
         world_size: PositiveInt
         device: str

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 
@@ -189,17 +189,3 @@ class IterationTimer:
 
     def summary(self, warmup: int, end: int, world_images: list[int] | None = None) -> WindowSummary:
         return summarize_window(self.records, warmup, end, world_images)
-
-
-@dataclass
-class DataTimer:
-    """Measures how long the training loop waits on its data iterator."""
-
-    last: float = 0.0
-    _clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
-
-    def fetch(self, iterator):
-        t = self._clock()
-        item = next(iterator)
-        self.last = self._clock() - t
-        return item

@@ -5,7 +5,7 @@
 It pins its threads (and, where there are enough cores, its CPU set), joins the process group,
 asks the adapter to train with an :class:`IterationTimer` attached, and on rank 0 writes
 ``run.json`` and ``iterations.jsonl`` atomically. While training, rank 0 streams every iteration to
-``.iterations.partial.jsonl`` so that a run killed part-way still leaves what it measured; any rank
+``results.PARTIAL_ITERATIONS`` so that a run killed part-way still leaves what it measured; any rank
 that fails writes ``error-rank<N>.json`` before exiting non-zero.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 import traceback
 from pathlib import Path
 
-PARTIAL = ".iterations.partial.jsonl"
 
 
 def _pin_threads(threads: int, local_rank: int, local_world: int) -> list[int] | None:
@@ -109,6 +108,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     from mrcnn_bench.harness.config import Config
     from mrcnn_bench.harness.data import DataPaths
     from mrcnn_bench.harness.results import (
+        PARTIAL_ITERATIONS,
         atomic_write_json,
         atomic_write_jsonl,
         capture_environment,
@@ -141,7 +141,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
 
     partial = None
     if rank == 0:
-        partial = open(run_dir / PARTIAL, "w")
+        partial = open(run_dir / PARTIAL_ITERATIONS, "w")
 
     progress = _progress_printer(rank, bench.iters, max(1, bench.iters // 20))
 
@@ -201,7 +201,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         )
         atomic_write_json(run_dir / "run.json", record)
         partial.close()
-        (run_dir / PARTIAL).unlink(missing_ok=True)
+        (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
         print(
             f"{impl}: {summary['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
             f"median {summary['s_per_iter_median']:.3f} s/iter",
