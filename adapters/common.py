@@ -4,6 +4,18 @@ from __future__ import annotations
 import json
 
 
+def pillow_linear_alias() -> bool:
+    """Pillow >= 10 removed ``Image.LINEAR``, a default argument in detectron2 v0.6's transforms: alias
+    BILINEAR (the same filter). Needed by detectron2, and by mmdet when detectron2 is installed beside it
+    (mmdet's d2_wrapper imports detectron2). True when the alias was added."""
+    from PIL import Image
+
+    if hasattr(Image, "LINEAR"):
+        return False
+    Image.LINEAR = Image.BILINEAR
+    return True
+
+
 def num_classes(cfg, data) -> int:
     """Foreground classes: the config's, else the training set's categories, else COCO's 80."""
     if cfg.model.num_classes is not None:

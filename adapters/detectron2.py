@@ -16,7 +16,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import num_classes
+from .common import num_classes, pillow_linear_alias
 
 _DATASET = "mrcnn_bench_train"
 
@@ -24,10 +24,8 @@ _DATASET = "mrcnn_bench_train"
 def _apply_shims(device: str | None = None) -> list[str]:
     applied = []
     import numpy as np
-    from PIL import Image
 
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
+    if pillow_linear_alias():
         applied.append("PIL.Image.LINEAR = BILINEAR")
     if "bool" not in np.__dict__:
         np.bool = bool
@@ -224,6 +222,10 @@ class Detectron2Adapter(Adapter):
             "info.box_smooth_l1_beta": c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
             "info.mask_targets": "polygons rasterised per RoI",
             "info.aspect_ratio_grouping": c.DATALOADER.ASPECT_RATIO_GROUPING,
+            "info.backbone_style": "caffe (stride in the 1x1 conv)" if c.MODEL.RESNETS.STRIDE_IN_1X1 else "pytorch (stride in the 3x3 conv)",
+            "info.rpn_low_quality_matches": "best anchor per box, any IoU",  # RPN's Matcher(allow_low_quality_matches=True)
+            "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
+            "info.roi_gt_as_proposals": c.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
             "_notes": {},
         }
 

@@ -125,13 +125,17 @@ class ReferenceAdapter(Adapter):
             "info.box_smooth_l1_beta": roi.smooth_l1_beta,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.aspect_ratio_grouping": False,
+            "info.backbone_style": "pytorch (stride in the 3x3 conv)",
+            "info.rpn_low_quality_matches": "best anchor per box, any IoU",
+            "info.roi_low_quality_matches": False,
+            "info.roi_gt_as_proposals": True,
             "_notes": {},
         }
 
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+    def build_trainer(self, cfg, data, dist: DistInfo, after_step=None):
+        """(native config, reference Trainer) as a run builds them: model, optimizer, schedule, loader."""
         import torch
 
-        from mrcnn_bench.reference_impl import ops
         from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
         from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, warmup_multistep
 
@@ -163,8 +167,15 @@ class ReferenceAdapter(Adapter):
         )
         trainer = Trainer(
             model, optimizer, scheduler, loader, device=device, dtype=tr["dtype"], grad_accum=tr["grad_accum"],
-            ddp=dist.distributed, after_step=timer.after_step,
+            ddp=dist.distributed, after_step=after_step,
         )
+        return native, trainer
+
+    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+        from mrcnn_bench.reference_impl import ops
+
+        native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step)
+        model, tr = trainer.model, native.train
         timer.before_train()
         trainer.train(tr["iters"])
         extra = {"native_config": native.to_dict(), "ops_backend": ops.backend()}

@@ -217,6 +217,10 @@ class TorchvisionAdapter(Adapter):
             "info.box_smooth_l1_beta": 1.0 / 9,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.aspect_ratio_grouping": False,
+            "info.backbone_style": "pytorch (stride in the 3x3 conv)",  # torchvision's ResNet (v1.5)
+            "info.rpn_low_quality_matches": "best anchor per box, any IoU",  # fixed in torchvision's rpn.py
+            "info.roi_low_quality_matches": False,
+            "info.roi_gt_as_proposals": True,
             "_notes": {
                 "model.roi_heads.pooler_aligned": "torchvision's MultiScaleRoIAlign always uses aligned=False",
                 "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",

@@ -173,6 +173,14 @@ class BenchmarkConfig(_Section):
         return self.window_end if self.window_end is not None else self.iters
 
 
+class ReferenceOptions(_Section):
+    """Speed switches of the reference implementation only (the others ignore them); none changes
+    the model's arithmetic. ``benchmarks/levers.py`` measures each."""
+
+    fused_pooler: bool = True  # RoIAlign over all FPN levels in one native call (False: one call per level)
+    compile_heads: bool = False  # torch.compile the box and mask heads
+
+
 class DataConfig(_Section):
     # A COCO-style root (annotations/instances_{split}.json + {split}/ images). None: the embedded
     # synthetic set, generated on first use with the parameters below.
@@ -192,6 +200,7 @@ class Config(_Section):
     solver: SolverConfig = SolverConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     data: DataConfig = DataConfig()
+    reference: ReferenceOptions = ReferenceOptions()
 
     @model_validator(mode="after")
     def _check(self):

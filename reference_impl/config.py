@@ -71,20 +71,30 @@ class InputCfg:
 
 
 @dataclass(frozen=True)
+class PerfCfg:
+    """Speed switches that leave the model's arithmetic as it is (benchmarks/levers.py measures each)."""
+
+    fused_pooler: bool = True  # one native call over all FPN levels; False: a RoIAlign call per level
+    compile_heads: bool = False  # torch.compile the box and mask heads (dynamic shapes: RoI counts vary)
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     anchors: AnchorCfg = field(default_factory=AnchorCfg)
     rpn: RPNCfg = field(default_factory=RPNCfg)
     roi_heads: ROIHeadsCfg = field(default_factory=ROIHeadsCfg)
     input: InputCfg = field(default_factory=InputCfg)
+    perf: PerfCfg = field(default_factory=PerfCfg)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
-        m, rpn, roi, inp = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input
+        m, rpn, roi, inp, opts = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.reference
         return cls(
+            perf=PerfCfg(fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads),
             backbone=BackboneCfg(
                 depth=m.backbone.depth, freeze_at=m.effective_freeze_at, norm=m.effective_norm, fpn_out_channels=m.fpn_out_channels
             ),

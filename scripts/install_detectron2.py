@@ -16,18 +16,18 @@ An already installed detectron2 (e.g. upstream from git) is left alone unless --
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
+
+from pypi_sdist import fetch_sdist
 
 PACKAGE, VERSION = "pb1-detectron2", "0.6"
 SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
-INDEX = "https://pypi.org/simple/pb1-detectron2/"
 DEPENDENCIES = [
     "fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10", "pycocotools>=2.0.2", "yacs>=0.1.8", "termcolor>=1.1",
     "tabulate", "cloudpickle", "tqdm>4.29.0", "tensorboard", "matplotlib", "omegaconf>=2.1,<2.4", "hydra-core>=1.1",
@@ -52,18 +52,6 @@ def installed_version() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def download(dest: Path) -> Path:
-    html = urllib.request.urlopen(INDEX, timeout=60).read().decode()
-    url = next((u for u in re.findall(r'href="([^"]+)"', html) if f"-{VERSION}.tar.gz" in u), None)
-    if url is None:
-        raise SystemExit(f"{INDEX}: no {PACKAGE}-{VERSION}.tar.gz listed")
-    path = dest / f"{PACKAGE}-{VERSION}.tar.gz"
-    print(f"downloading {url.split('#')[0]}")
-    with urllib.request.urlopen(url.split("#")[0], timeout=300) as r:
-        path.write_bytes(r.read())
-    return path
-
-
 def patch(src: Path) -> None:
     setup = src / "setup.py"
     text = setup.read_text()
@@ -75,8 +63,6 @@ def patch(src: Path) -> None:
     # 1. the configs where setup.py looks for them
     configs = src / "detectron2" / "model_zoo" / "configs"
     if configs.is_dir() and not (src / "configs").exists():
-        import shutil
-
         shutil.copytree(configs, src / "configs")
     # 3. the stand-in extension module
     (src / "detectron2" / "_C.py").write_text(STAND_IN)
@@ -93,10 +79,10 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sdist = args.sdist or download(tmp)
-        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-        if digest != SHA256:
-            raise SystemExit(f"{sdist}: sha256 {digest} does not match the expected {SHA256}")
+        filename = f"{PACKAGE}-{VERSION}.tar.gz"
+        if args.sdist:  # a local copy: checked like a download
+            shutil.copyfile(args.sdist, tmp / filename)
+        sdist = fetch_sdist(PACKAGE, filename, SHA256, tmp)
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
         src = tmp / f"{PACKAGE}-{VERSION}"

@@ -34,12 +34,16 @@ class MaskRCNN(nn.Module):
     @classmethod
     def from_config(cls, cfg: ReferenceConfig) -> "MaskRCNN":
         backbone = ResNetFPN.from_config(cfg)
-        return cls(
+        model = cls(
             preprocess=Preprocessor.from_config(cfg),
             backbone=backbone,
             rpn=RPN.from_config(cfg, backbone.out_channels),
             roi_heads=ROIHeads.from_config(cfg, backbone.out_channels),
         )
+        if cfg.perf.compile_heads:  # in place: parameter names (and state dicts) stay as they are
+            model.roi_heads.box_head.compile(dynamic=True)
+            model.roi_heads.mask_head.compile(dynamic=True)
+        return model
 
     def set_channels_last(self, enabled: bool = True) -> "MaskRCNN":
         """NHWC activations for the convolutions (faster with AMP on tensor cores, and on many CPUs)."""

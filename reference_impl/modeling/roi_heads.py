@@ -13,21 +13,33 @@ from ..structures import BalancedSampler, Matcher, nonempty, pairwise_iou
 
 
 class MultiLevelPooler(nn.Module):
-    """RoIAlign from the FPN level each box belongs to, in one native call."""
+    """RoIAlign from the FPN level each box belongs to, in one native call (``fused``), or, as
+    torchvision's MultiScaleRoIAlign does, one call per level (the same values; for measuring)."""
 
-    def __init__(self, *, output_size: int, sampling_ratio: int, aligned: bool, canonical_level: int = 4, canonical_scale: int = 224):
+    def __init__(self, *, output_size: int, sampling_ratio: int, aligned: bool, canonical_level: int = 4, canonical_scale: int = 224,
+                 fused: bool = True):
         super().__init__()
         self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
-        self.canonical_level, self.canonical_scale = canonical_level, canonical_scale
+        self.canonical_level, self.canonical_scale, self.fused = canonical_level, canonical_scale, fused
 
     def forward(self, feats: list[torch.Tensor], boxes: list[torch.Tensor], image_sizes) -> torch.Tensor:
         # Level scales from the feature sizes relative to the largest image (as torchvision infers them).
         max_h = max(h for h, _ in image_sizes)
         scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in feats]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-        return ops.multilevel_roi_align(
-            feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned, self.canonical_level, self.canonical_scale
-        )
+        if self.fused:
+            return ops.multilevel_roi_align(
+                feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned, self.canonical_level, self.canonical_scale
+            )
+        k_min = round(-math.log2(scales[0]))
+        levels = ops.fpn_levels(rois, k_min, k_min + len(feats) - 1, self.canonical_level, self.canonical_scale)
+        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], self.output_size, self.output_size))
+        for level, (feat, scale) in enumerate(zip(feats, scales)):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            if idx.numel():
+                pooled = ops.roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
+                out = out.index_put((idx,), pooled.to(out.dtype))
+        return out
 
 
 class BoxHead(nn.Module):
@@ -88,13 +100,16 @@ class ROIHeads(nn.Module):
         nms_thresh_test: float,
         detections_per_image: int,
         smooth_l1_beta: float = 1.0 / 9,
+        fused_pooler: bool = True,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
-        self.box_pooler = MultiLevelPooler(output_size=box_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned)
-        self.mask_pooler = MultiLevelPooler(output_size=mask_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned)
+        self.box_pooler = MultiLevelPooler(output_size=box_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned,
+                                           fused=fused_pooler)
+        self.mask_pooler = MultiLevelPooler(output_size=mask_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned,
+                                            fused=fused_pooler)
         self.box_head = BoxHead(
             in_features=in_channels * box_pooler_resolution**2, fc_dim=box_head_fc_dim, num_fc=box_head_num_fc, num_classes=num_classes
         )
@@ -106,7 +121,7 @@ class ROIHeads(nn.Module):
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "ROIHeads":
         r = cfg.roi_heads
-        return cls(in_channels=in_channels, **{k: v for k, v in r.__dict__.items()})
+        return cls(in_channels=in_channels, fused_pooler=cfg.perf.fused_pooler, **{k: v for k, v in r.__dict__.items()})
 
     # --------------------------------------------------------------------------------- training
     @torch.no_grad()

@@ -1,0 +1,97 @@
+"""Each speed lever of the reference implementation, measured against the reference without it, in one run.
+
+    python benchmarks/levers.py [--config cpu_small] [--rounds 5] [--iters 3] [--warmup 3] [--threads N]
+                                [--device cpu|cuda] [--only NAME,...] [--set KEY=VALUE ...]
+
+Every variant is a reference Trainer built as `mrcnn-bench run` builds it (adapters/reference.py), with
+one switch changed. All variants are warmed up first; then, round after round, each runs ``--iters``
+training iterations in turn, so the machine's drift hits them alike. A variant's speed-up in a round is
+the baseline's time per iteration in that round over the variant's; the table gives the median over
+rounds and the range. A lever that the baseline already uses (the fused pooler, the data-loader
+worker) is measured by turning it off: its own gain is the inverse of that row.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from mrcnn_bench.adapters import get_adapter
+from mrcnn_bench.adapters.base import DistInfo
+from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
+from mrcnn_bench.harness.data import resolve_data
+
+# name -> (config overrides, what it measures)
+VARIANTS = {
+    "baseline": ({}, "fp32, NCHW, fused multi-level RoIAlign, heads eager, data-loader workers as configured"),
+    "amp": ({"benchmark.dtype": "bf16"}, "AMP: bf16 autocast on CPU (use --set benchmark.dtype=fp16 on CUDA)"),
+    "channels_last": ({"benchmark.channels_last": True}, "channels-last (NHWC) activations and weights"),
+    "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
+    "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
+    "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
+}
+
+
+def build(cfg, paths, device: str):
+    _, trainer = get_adapter("reference").build_trainer(cfg, paths, DistInfo(device=device))
+    return trainer
+
+
+def timed(trainer, iters: int, device: torch.device) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        trainer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cpu_small")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=3, help="iterations per variant per round")
+    parser.add_argument("--warmup", type=int, default=3, help="iterations per variant before the rounds")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default=None, help="comma-separated variants besides the baseline")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = ["baseline"] + [n for n in VARIANTS if n != "baseline" and (args.only is None or n in args.only.split(","))]
+    unknown = set((args.only or "").split(",")) - set(VARIANTS) - {""}
+    if unknown:
+        parser.error(f"--only: unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    base = dict(parse_override(o) for o in args.overrides)
+    base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
+    device = torch.device(args.device)
+    trainers = {}
+    for name in names:
+        cfg = load_config(resolve_config_path(args.config), {**base, **VARIANTS[name][0]})
+        paths, _ = resolve_data(cfg.data)
+        trainers[name] = build(cfg, paths, args.device)
+        print(f"warming up {name} ({args.warmup} iterations)", file=sys.stderr, flush=True)
+        timed(trainers[name], args.warmup, device)
+    per_round = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names:
+            per_round[name].append(timed(trainers[name], args.iters, device))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names),
+              file=sys.stderr, flush=True)
+    print(f"reference levers, {cfg.name}, {cfg.ims_per_gpu} images/iteration, {torch.get_num_threads()} threads, {device}; "
+          f"{args.rounds} rounds x {args.iters} iterations after {args.warmup} warm-up")
+    print("| variant | what | ms/iter (median) | speed-up vs baseline: median [min, max] |")
+    print("|---|---|---:|---:|")
+    for name in names:
+        ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
+        cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+        print(f"| {name} | {VARIANTS[name][1]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The benchmark scripts run and print their tables (values are timings: only their form is checked)."""
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SMALL = ["--set", "input.min_size_train=[128]", "--set", "input.max_size_train=128", "--set", "data.synth_images=8",
+         "--set", "data.synth_size=128"]
+
+
+@pytest.mark.slow
+def test_levers_benchmark_measures_each_variant_against_the_baseline():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--rounds", "2", "--iters", "1", "--warmup", "1",
+                          "--threads", "2", "--only", "unfused_pooler,channels_last", *SMALL],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"variant", "baseline", "unfused_pooler", "channels_last"}, out.stdout
+    for name in ("unfused_pooler", "channels_last"):
+        median, low, high = map(float, re.search(r"([\d.]+) \[([\d.]+), ([\d.]+)\] \|$", rows[name]).groups())
+        assert 0 < low <= median <= high
+    assert "round 2/2" in out.stderr
+
+
+def test_levers_benchmark_refuses_an_unknown_variant():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--only", "warp_drive"], capture_output=True, text=True)
+    assert out.returncode == 2 and "warp_drive" in out.stderr and "compile_heads" in out.stderr
