@@ -22,6 +22,7 @@ optimizer steps as elsewhere.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -324,14 +325,19 @@ class MMDetAdapter(Adapter):
             def before_train_iter(self, runner, batch_idx, data_batch=None):
                 if runner.iter % accum == 0:  # the lr of this optimizer step, before the scheduler moves it
                     self.lr = runner.optim_wrapper.get_lr()["lr"][0]
+                    self.data_time = 0.0
 
             def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+                hub = runner.message_hub
+                if "train/data_time" in hub.log_scalars:  # IterTimerHook's, for this micro-batch
+                    self.data_time += hub.get_scalar("train/data_time").current()
                 if (runner.iter + 1) % accum:  # stamped when the optimizer stepped
                     return
-                hub = runner.message_hub
                 loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else None
-                data_time = hub.get_scalar("train/data_time").current() if "train/data_time" in hub.log_scalars else None
-                timer.after_step(images_per_step, loss=loss, data_time=data_time, lr=self.lr)
+                if loss is not None and not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at iteration {timer.next_iter}: "
+                                             + ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items()))
+                timer.after_step(images_per_step, loss=loss, data_time=self.data_time, lr=self.lr)
 
         runner = Runner.from_cfg(native)
         runner.register_hook(HarnessTimer(), priority=HOOK_PRIORITY)

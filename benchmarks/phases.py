@@ -1,10 +1,13 @@
 """Where a training iteration's time goes, per phase, for the reference and torchvision, in one run.
 
-    python benchmarks/phases.py [--config cpu_small] [--iters 12] [--warmup 3] [--threads N] [--set KEY=VALUE ...]
+    python benchmarks/phases.py [--config cpu_small] [--iters 12] [--warmup 3] [--threads N] [--profile N]
+                                [--set KEY=VALUE ...]
 
 Both models have the same parts (input transform, backbone+FPN, RPN, RoI heads); forward hooks time each
 part's forward (after a device synchronize), and the loop times data loading, the backward pass and the
-optimizer step. torch.profiler's per-operator table (--profile) gives the detail inside a phase.
+optimizer step; inside the RPN and the RoI heads, hooks on the network parts (RPN head, RoIAlign poolers,
+box and mask heads) split them from the rest (matching, sampling, targets, losses). torch.profiler's
+per-operator table (--profile N, over N further iterations) gives the detail inside a phase.
 Output: milliseconds per iteration (median over the timed iterations) per phase and implementation.
 """
 from __future__ import annotations
@@ -23,6 +26,16 @@ from mrcnn_bench.harness.data import resolve_data
 
 PARTS = {"reference": ["preprocess", "backbone", "rpn", "roi_heads"], "torchvision": ["transform", "backbone", "rpn", "roi_heads"]}
 PHASE_NAMES = ["data", "transform", "backbone fwd", "rpn fwd+loss", "roi heads fwd+loss", "backward", "optimizer"]
+# Inside the RPN and the RoI heads: the network parts (forward), timed by their own hooks; the rest of
+# the phase (anchors, matching, sampling, targets, proposals, NMS, losses) is the phase less them.
+INNER = {
+    "reference": {"rpn head convs": ["rpn.head"], "RoIAlign (box + mask)": ["roi_heads.box_pooler", "roi_heads.mask_pooler"],
+                  "box + mask heads": ["roi_heads.box_head", "roi_heads.mask_head"]},
+    "torchvision": {"rpn head convs": ["rpn.head"], "RoIAlign (box + mask)": ["roi_heads.box_roi_pool", "roi_heads.mask_roi_pool"],
+                    "box + mask heads": ["roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head", "roi_heads.mask_predictor"]},
+}
+INNER_NAMES = ["rpn head convs", "rpn: anchors, matching, sampling, proposals, loss", "RoIAlign (box + mask)", "box + mask heads",
+               "roi heads: matching, sampling, targets, loss"]
 
 
 def _sync(device):
@@ -30,8 +43,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _attach(model, parts, device, times):
-    names = dict(zip(parts, PHASE_NAMES[1:5]))
+def _attach(model, names: dict[str, str], device, acc):
+    """Forward pre/post hooks adding the time of each module (dotted path -> phase name) in this
+    iteration to ``acc[phase]`` (a sum: a phase may span several modules, or a module run twice)."""
     starts = {}
     def pre(part):
         def hook(module, args):  # returns None: the arguments pass through unchanged
@@ -43,12 +57,12 @@ def _attach(model, parts, device, times):
     def post(part):
         def hook(module, args, output):
             _sync(device)
-            times[names[part]].append(time.perf_counter() - starts[part])
+            acc[names[part]] += time.perf_counter() - starts[part]
 
         return hook
 
-    for part in parts:
-        module = getattr(model, part)
+    for part in names:
+        module = model.get_submodule(part)
         module.register_forward_pre_hook(pre(part))
         module.register_forward_hook(post(part))
 
@@ -76,8 +90,10 @@ def run(impl, cfg, paths, device, iters, warmup):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    times = defaultdict(list)
-    _attach(model, PARTS[impl], device, times)
+    times, acc = defaultdict(list), defaultdict(float)
+    names = dict(zip(PARTS[impl], PHASE_NAMES[1:5]))
+    names.update({path: inner for inner, paths in INNER[impl].items() for path in paths})
+    _attach(model, names, device, acc)
     it = iter(loader)
     totals = []
     for i in range(iters):
@@ -96,6 +112,12 @@ def run(impl, cfg, paths, device, iters, warmup):
         opt.zero_grad(set_to_none=True)
         _sync(device)
         t4 = time.perf_counter()
+        for name, seconds in acc.items():
+            times[name].append(seconds)
+        acc.clear()
+        times["rpn: anchors, matching, sampling, proposals, loss"].append(times["rpn fwd+loss"][-1] - times["rpn head convs"][-1])
+        times["roi heads: matching, sampling, targets, loss"].append(
+            times["roi heads fwd+loss"][-1] - times["RoIAlign (box + mask)"][-1] - times["box + mask heads"][-1])
         times["data"].append(t1 - t0)
         times["backward"].append(t3 - t2)
         times["optimizer"].append(t4 - t3)
@@ -103,6 +125,36 @@ def run(impl, cfg, paths, device, iters, warmup):
     out = {name: 1e3 * statistics.median(v[warmup:]) for name, v in times.items()}
     out["total"] = 1e3 * statistics.median(totals[warmup:])
     return out
+
+
+def profile(impl, cfg, paths, device, iters: int, rows: int = 20) -> str:
+    """torch.profiler's per-operator table (self time) over ``iters`` training iterations after one
+    untimed one; run apart from the timed phases, whose numbers the profiler's overhead would change."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.manual_seed(0)
+    model, loader = build(impl, cfg, paths, device)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    it = iter(loader)
+
+    def step():
+        images, targets = next(it)
+        images = [im.to(device) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        sum(model(images, targets).values()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(iters):
+            step()
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
 
 
 def main(argv=None) -> int:
@@ -114,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--impl", default="reference,torchvision")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print torch.profiler's operator table over N iterations per implementation")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,6 +185,14 @@ def main(argv=None) -> int:
     print("|---|" + "---:|" * len(impls))
     for name in PHASE_NAMES + ["total"]:
         print(f"| {name} | " + " | ".join(f"{results[i].get(name, float('nan')):.1f}" for i in impls) + " |")
+    print("\ninside the RPN and the RoI heads (forward):")
+    print("| part | " + " | ".join(impls) + " |")
+    print("|---|" + "---:|" * len(impls))
+    for name in INNER_NAMES:
+        print(f"| {name} | " + " | ".join(f"{results[i].get(name, float('nan')):.1f}" for i in impls) + " |")
+    for impl in impls if args.profile else []:
+        print(f"\ntorch.profiler, {impl}, {args.profile} iterations, operators by self time:")
+        print(profile(impl, cfg, paths, device, args.profile))
     return 0
 
 

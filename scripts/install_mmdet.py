@@ -10,7 +10,7 @@ sdist, so it is built here against the torch of this environment. Two changes ma
    ``importlib.metadata`` and ``packaging``.
 2. setup.py asks for ``-std=c++17``; torch 2.14's headers need C++20.
 
-The build (77 C++ files; ~10-25 min on 2 cores for the CPU ops, more with CUDA) happens once: the wheel,
+The build (77 C++ files; about 4 min on 2 cores for the CPU ops, much longer with CUDA) happens once: the wheel,
 stripped of debug symbols, is kept in the cache (``$MRCNN_BENCH_CACHE`` or ``~/.cache/mrcnn-bench``)
 under a key of mmcv version, torch version and CPU/CUDA, and later installs take it from there.
 """
@@ -92,9 +92,9 @@ def build_wheel(src: Path, out: Path, cuda: bool, jobs: int, log: Path) -> Path:
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             sink.write(line)
-            step = re.match(r"\[(\d+)/(\d+)\]", line)
-            if step:
-                print(f"  mmcv build {step.group(1)}/{step.group(2)}  {time.monotonic() - start:6.0f} s", flush=True)
+            step = re.match(r"\s*\[(\d+)/(\d+)\]", line)  # ninja's, indented by pip -v
+            if step and (int(step.group(1)) % 10 == 0 or step.group(1) == step.group(2)):
+                print(f"  mmcv build {step.group(1)}/{step.group(2)}  {time.monotonic() - start:4.0f} s", flush=True)
         if process.wait() != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
             raise SystemExit(f"{tail}\nbuilding mmcv {MMCV_VERSION} failed; the whole log: {log}")
@@ -122,7 +122,7 @@ def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
     if found:
         print(f"using the cached wheel {found[0]}")
         return found[0]
-    print(f"no cached mmcv wheel in {key}: building it from the sdist (once; ~10-25 min on 2 cores)", flush=True)
+    print(f"no cached mmcv wheel in {key}: building it from the sdist (once; about 4 min on 2 cores for the CPU ops)", flush=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
         tmp = Path(tmp)

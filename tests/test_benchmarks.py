@@ -28,3 +28,23 @@ def test_levers_benchmark_measures_each_variant_against_the_baseline():
 def test_levers_benchmark_refuses_an_unknown_variant():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--only", "warp_drive"], capture_output=True, text=True)
     assert out.returncode == 2 and "warp_drive" in out.stderr and "compile_heads" in out.stderr
+
+
+@pytest.mark.slow
+def test_phases_benchmark_splits_an_iteration_and_profiles():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "phases.py"), "--iters", "3", "--warmup", "1", "--threads", "2",
+                          "--profile", "1", *SMALL], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("| ") and "---" not in line and not line.startswith("| phase") and not line.startswith("| part"):
+            name, *cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[name] = [float(c) for c in cells]
+    for impl in (0, 1):  # reference, torchvision
+        # the parts inside a phase add up to it, and the phases to no more than the whole iteration
+        assert rows["rpn head convs"][impl] + rows["rpn: anchors, matching, sampling, proposals, loss"][impl] == pytest.approx(
+            rows["rpn fwd+loss"][impl], abs=0.2)
+        inner = rows["RoIAlign (box + mask)"][impl] + rows["box + mask heads"][impl]
+        assert 0 < inner < rows["roi heads fwd+loss"][impl]
+        assert rows["backward"][impl] > 0 and rows["total"][impl] > rows["backbone fwd"][impl]
+    assert out.stdout.count("torch.profiler, ") == 2 and "Self CPU" in out.stdout
