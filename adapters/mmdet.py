@@ -107,9 +107,9 @@ class MMDetAdapter(Adapter):
         head = model.rpn_head
         head.in_channels = head.feat_channels = m.fpn_out_channels
         gen = head.anchor_generator
-        scales = {size / stride for size, stride in zip(m.anchors.sizes, gen.strides)}
         if len(m.anchors.sizes) != len(gen.strides):
             raise UnsupportedConfig(f"model.anchors.sizes needs one size per FPN level {list(gen.strides)}")
+        scales = {size / stride for size, stride in zip(m.anchors.sizes, gen.strides)}
         if len(scales) == 1:
             gen.scales = [scales.pop()]
         else:

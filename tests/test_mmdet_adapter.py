@@ -2,6 +2,7 @@
 a real 2-process CPU run through the harness, and the mmdet column of the parity table."""
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -22,8 +23,6 @@ CPU_SMALL = builtin_config_dir() / "cpu_small.yaml"
 
 def _installer():
     """scripts/install_mmdet.py as a module (it imports its sibling pypi_sdist)."""
-    import sys
-
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         spec = importlib.util.spec_from_file_location("install_mmdet", ROOT / "scripts" / "install_mmdet.py")
@@ -57,7 +56,7 @@ def test_installer_patches_setup_py_and_refuses_an_unknown_one(tmp_path):
 def test_installer_reuses_a_cached_wheel_without_building(tmp_path, monkeypatch):
     install = _installer()
     version = torch.__version__.split("+")[0]
-    key = tmp_path / "wheels" / f"mmcv-{install.MMCV_VERSION}-torch{version}-cpu-py{__import__('sys').version_info.major}{__import__('sys').version_info.minor}"
+    key = tmp_path / "wheels" / f"mmcv-{install.MMCV_VERSION}-torch{version}-cpu-py{sys.version_info.major}{sys.version_info.minor}"
     key.mkdir(parents=True)
     wheel = key / f"mmcv-{install.MMCV_VERSION}-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"cached")
