@@ -4,6 +4,12 @@ from __future__ import annotations
 import json
 
 
+# info.* parity values several adapters report: one spelling, so the table compares them equal
+PYTORCH_STYLE = "pytorch (stride in the 3x3 conv)"
+CAFFE_STYLE = "caffe (stride in the 1x1 conv)"
+LOW_QUALITY_ANY_IOU = "best anchor per box, any IoU"
+
+
 def pillow_linear_alias() -> bool:
     """Pillow >= 10 removed ``Image.LINEAR``, a default argument in detectron2 v0.6's transforms: alias
     BILINEAR (the same filter). Needed by detectron2, and by mmdet when detectron2 is installed beside it

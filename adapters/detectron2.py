@@ -16,7 +16,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import num_classes, pillow_linear_alias
+from .common import CAFFE_STYLE, LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, num_classes, pillow_linear_alias
 
 _DATASET = "mrcnn_bench_train"
 
@@ -222,8 +222,8 @@ class Detectron2Adapter(Adapter):
             "info.box_smooth_l1_beta": c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
             "info.mask_targets": "polygons rasterised per RoI",
             "info.aspect_ratio_grouping": c.DATALOADER.ASPECT_RATIO_GROUPING,
-            "info.backbone_style": "caffe (stride in the 1x1 conv)" if c.MODEL.RESNETS.STRIDE_IN_1X1 else "pytorch (stride in the 3x3 conv)",
-            "info.rpn_low_quality_matches": "best anchor per box, any IoU",  # RPN's Matcher(allow_low_quality_matches=True)
+            "info.backbone_style": CAFFE_STYLE if c.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
+            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # RPN's Matcher(allow_low_quality_matches=True)
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
             "info.roi_gt_as_proposals": c.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
             "_notes": {},

@@ -27,7 +27,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import num_classes, pillow_linear_alias
+from .common import CAFFE_STYLE, PYTORCH_STYLE, num_classes, pillow_linear_alias
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
 STOCK_CONFIG = "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"
@@ -290,7 +290,7 @@ class MMDetAdapter(Adapter):
             "solver.steps": [s // accum for s in steps["milestones"]],
             "solver.gamma": steps["gamma"],
             # not canonical keys, shown so the table says how each framework differs
-            "info.backbone_style": f"{bb.style} (stride in the {'3x3' if bb.style == 'pytorch' else '1x1'} conv)",
+            "info.backbone_style": PYTORCH_STYLE if bb.style == "pytorch" else CAFFE_STYLE,
             "info.rpn_smooth_l1_beta": 0.0 if model.rpn_head.loss_bbox.type == "L1Loss" else model.rpn_head.loss_bbox.get("beta"),
             "info.box_smooth_l1_beta": 0.0 if box.loss_bbox.type == "L1Loss" else box.loss_bbox.get("beta"),
             "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import data_spec, num_classes, train_spec
+from .common import LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, data_spec, num_classes, train_spec
 
 
 @dataclass
@@ -125,8 +125,8 @@ class ReferenceAdapter(Adapter):
             "info.box_smooth_l1_beta": roi.smooth_l1_beta,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.aspect_ratio_grouping": False,
-            "info.backbone_style": "pytorch (stride in the 3x3 conv)",
-            "info.rpn_low_quality_matches": "best anchor per box, any IoU",
+            "info.backbone_style": PYTORCH_STYLE,
+            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,
             "info.roi_low_quality_matches": False,
             "info.roi_gt_as_proposals": True,
             "_notes": {},

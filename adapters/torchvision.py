@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import data_spec, num_classes, train_spec
+from .common import LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, data_spec, num_classes, train_spec
 
 
 @dataclass
@@ -217,8 +217,8 @@ class TorchvisionAdapter(Adapter):
             "info.box_smooth_l1_beta": 1.0 / 9,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.aspect_ratio_grouping": False,
-            "info.backbone_style": "pytorch (stride in the 3x3 conv)",  # torchvision's ResNet (v1.5)
-            "info.rpn_low_quality_matches": "best anchor per box, any IoU",  # fixed in torchvision's rpn.py
+            "info.backbone_style": PYTORCH_STYLE,  # torchvision's ResNet (v1.5)
+            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # fixed in torchvision's rpn.py
             "info.roi_low_quality_matches": False,
             "info.roi_gt_as_proposals": True,
             "_notes": {

@@ -43,6 +43,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _next_batch(it, device):
+    images, targets = next(it)
+    return [im.to(device) for im in images], [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
 def _attach(model, names: dict[str, str], device, acc):
     """Forward pre/post hooks adding the time of each module (dotted path -> phase name) in this
     iteration to ``acc[phase]`` (a sum: a phase may span several modules, or a module run twice)."""
@@ -98,9 +103,7 @@ def run(impl, cfg, paths, device, iters, warmup):
     totals = []
     for i in range(iters):
         t0 = time.perf_counter()
-        images, targets = next(it)
-        images = [im.to(device) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        images, targets = _next_batch(it, device)
         t1 = time.perf_counter()
         loss = sum(model(images, targets).values())
         _sync(device)
@@ -140,9 +143,7 @@ def profile(impl, cfg, paths, device, iters: int, rows: int = 20) -> str:
     it = iter(loader)
 
     def step():
-        images, targets = next(it)
-        images = [im.to(device) for im in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        images, targets = _next_batch(it, device)
         sum(model(images, targets).values()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -260,8 +260,9 @@ def render(records: list[dict], fmt: str = "md") -> str:
 
 
 def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None, plots: str | None = None,
-                 preamble: str | None = None) -> str:
-    records = load_runs(paths)
+                 preamble: str | None = None, records: list[dict] | None = None) -> str:
+    """The report over the runs under ``paths`` (or the ``records`` already loaded from them)."""
+    records = load_runs(paths) if records is None else records
     text = (preamble or "") + render(records, fmt)
     if out:
         from .results import atomic_write_text

@@ -27,19 +27,8 @@ class MultiLevelPooler(nn.Module):
         max_h = max(h for h, _ in image_sizes)
         scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in feats]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-        if self.fused:
-            return ops.multilevel_roi_align(
-                feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned, self.canonical_level, self.canonical_scale
-            )
-        k_min = round(-math.log2(scales[0]))
-        levels = ops.fpn_levels(rois, k_min, k_min + len(feats) - 1, self.canonical_level, self.canonical_scale)
-        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], self.output_size, self.output_size))
-        for level, (feat, scale) in enumerate(zip(feats, scales)):
-            idx = torch.nonzero(levels == level).squeeze(1)
-            if idx.numel():
-                pooled = ops.roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
-                out = out.index_put((idx,), pooled.to(out.dtype))
-        return out
+        pool = ops.multilevel_roi_align if self.fused else ops.per_level_roi_align
+        return pool(feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned, self.canonical_level, self.canonical_scale)
 
 
 class BoxHead(nn.Module):

@@ -165,6 +165,27 @@ def multilevel_roi_align(
     )
 
 
+def per_level_roi_align(
+    features: Sequence[torch.Tensor],
+    rois: torch.Tensor,
+    scales: Sequence[float],
+    output_size,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    canonical_level: int = 4,
+    canonical_scale: int = 224,
+) -> torch.Tensor:
+    """The same values as ``multilevel_roi_align``, as torchvision's MultiScaleRoIAlign computes them:
+    a ``roi_align`` call per level (for measuring what the fused call saves)."""
+    ph, pw = _pair(output_size)
+
+    def one_level(feat, level_rois, scale, ph, pw, sampling_ratio, aligned):
+        return roi_align(feat, level_rois, (ph, pw), scale, sampling_ratio, aligned)
+
+    return fallback.multilevel_roi_align(list(features), rois, [float(s) for s in scales], ph, pw, int(sampling_ratio), bool(aligned),
+                                         int(canonical_level), int(canonical_scale), roi_align=one_level)
+
+
 def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int = 4, canonical_scale: int = 224):
     """The level index (0 = k_min) each RoI is pooled from."""
     return fallback.fpn_levels(rois, k_min, k_max, canonical_level, canonical_scale)
