@@ -1,7 +1,10 @@
 """Implementations for the harness's own tests, registered through MRCNN_BENCH_EXTRA_ADAPTERS.
 
-``busy`` and ``busy_peer`` do real work each iteration (square matmuls), so their timings behave like
-a real run's. Environment variables shape them:
+``busy`` and ``busy_peer`` do ten units of work each iteration; a unit is a small matmul (real work
+through torch, ~0.2 ms) and a 1 ms sleep. The sleep makes the iteration's length a property of the
+work asked for rather than of how busy the shared machine is that second: the relative-speed tests
+need ratios accurate to a few percent between runs taken seconds apart, which pure compute on a
+machine whose speed drifts ±20% over seconds does not give. Environment variables shape them:
     MRCNN_TEST_SLOWDOWN=1.2     20% more work per iteration ("busy" only: a planted regression)
     MRCNN_TEST_MACHINE=1.3      30% more work for both (a slower machine)
     MRCNN_TEST_FAULT=[NAME:]KIND@N   at iteration N (of adapter NAME, default every one): crash (an
@@ -64,13 +67,14 @@ class Busy(Adapter):
         reps = 10 * float(os.environ.get("MRCNN_TEST_MACHINE", "1"))
         if self.slowed:
             reps *= float(os.environ.get("MRCNN_TEST_SLOWDOWN", "1"))
-        reps = round(reps)  # 10 matmuls an iteration; x1.2 = 12
+        reps = round(reps)  # 10 units an iteration; x1.2 = 12
         a = torch.randn(192, 192) / 192**0.5
         timer.before_train()
         for it in range(cfg.benchmark.iters):
             self._fault(it)
             for _ in range(reps):
                 a = torch.tanh(a @ a) + 0.01
+                time.sleep(1e-3)
             timer.after_step(cfg.ims_per_gpu, loss=float(a.mean()))
         return {}
 

@@ -163,8 +163,10 @@ def test_report_formats_and_plots(tmp_path):
 def test_real_runs_planted_slowdown_caught_noise_not(tmp_path):
     common = ["--impl", "busy,busy_peer", "--out", tmp_path, "--threads", "1", "--set", "benchmark.iters=45",
               "--set", "benchmark.warmup=5", "--set", "benchmark.window_end=45"]
-    for run_id, slowdown in (("base", "1.0"), ("noise", "1.0"), ("planted", "1.2")):
-        out = run_cli("run", *common, "--run-id", run_id, env=dict(PLUGIN_ENV, MRCNN_TEST_SLOWDOWN=slowdown))
+    # "noise": the same work on a 30% slower machine, which --relative-to must cancel
+    for run_id, slowdown, machine in (("base", "1.0", "1.0"), ("noise", "1.0", "1.3"), ("planted", "1.2", "1.0")):
+        env = dict(PLUGIN_ENV, MRCNN_TEST_SLOWDOWN=slowdown, MRCNN_TEST_MACHINE=machine)
+        out = run_cli("run", *common, "--run-id", run_id, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
     gate = ["regress", "--baseline", tmp_path / "base", "--relative-to", "busy_peer", "--threshold", "10%"]
     noise = run_cli(*gate, "--candidate", tmp_path / "noise")
