@@ -7,7 +7,8 @@ Every variant is a reference Trainer built as `mrcnn-bench run` builds it (adapt
 one switch changed. All variants are warmed up first; then, round after round, each runs ``--iters``
 training iterations in turn, so the machine's drift hits them alike. A variant's speed-up in a round is
 the baseline's time per iteration in that round over the variant's; the table gives the median over
-rounds and the range. A lever that the baseline already uses (the fused pooler, the data-loader
+rounds and the range, and how many times one training step makes the host wait for the device
+(``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on). A lever that the baseline already uses (the fused pooler, the data-loader
 worker) is measured by turning it off: its own gain is the inverse of that row.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import DistInfo
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
 from mrcnn_bench.harness.data import resolve_data
+from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
 VARIANTS = {
@@ -32,6 +34,8 @@ VARIANTS = {
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
     "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
     "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
+    "per_image_targets": ({"reference.batched_targets": False},
+                          "off: proposals, matching, sampling and targets image by image (torchvision's way)"),
 }
 
 
@@ -69,13 +73,14 @@ def main(argv=None) -> int:
     base = dict(parse_override(o) for o in args.overrides)
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
-    trainers = {}
+    trainers, syncs = {}, {}
     for name in names:
         cfg = load_config(resolve_config_path(args.config), {**base, **VARIANTS[name][0]})
         paths, _ = resolve_data(cfg.data)
         trainers[name] = build(cfg, paths, args.device)
         print(f"warming up {name} ({args.warmup} iterations)", file=sys.stderr, flush=True)
         timed(trainers[name], args.warmup, device)
+        syncs[name] = count_trainer_step_syncs(trainers[name], sites=False).total
     per_round = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:
@@ -84,12 +89,12 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
     print(f"reference levers, {cfg.name}, {cfg.ims_per_gpu} images/iteration, {torch.get_num_threads()} threads, {device}; "
           f"{args.rounds} rounds x {args.iters} iterations after {args.warmup} warm-up")
-    print("| variant | what | ms/iter (median) | speed-up vs baseline: median [min, max] |")
-    print("|---|---|---:|---:|")
+    print("| variant | what | host syncs / step | ms/iter (median) | speed-up vs baseline: median [min, max] |")
+    print("|---|---|---:|---:|---:|")
     for name in names:
         ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
         cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-        print(f"| {name} | {VARIANTS[name][1]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+        print(f"| {name} | {VARIANTS[name][1]} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
     return 0
 
 

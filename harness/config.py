@@ -179,6 +179,7 @@ class ReferenceOptions(_Section):
 
     fused_pooler: bool = True  # RoIAlign over all FPN levels in one native call (False: one call per level)
     compile_heads: bool = False  # torch.compile the box and mask heads
+    batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
 
 
 class DataConfig(_Section):

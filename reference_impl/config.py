@@ -76,6 +76,8 @@ class PerfCfg:
 
     fused_pooler: bool = True  # one native call over all FPN levels; False: a RoIAlign call per level
     compile_heads: bool = False  # torch.compile the box and mask heads (dynamic shapes: RoI counts vary)
+    batched_targets: bool = True  # proposals, matching, sampling and targets for the whole batch at once on the
+    # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image per stage)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class ReferenceConfig:
     def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
         m, rpn, roi, inp, opts = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.reference
         return cls(
-            perf=PerfCfg(fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads),
+            perf=PerfCfg(fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads, batched_targets=opts.batched_targets),
             backbone=BackboneCfg(
                 depth=m.backbone.depth, freeze_at=m.effective_freeze_at, norm=m.effective_norm, fpn_out_channels=m.fpn_out_channels
             ),

@@ -88,6 +88,7 @@ SWITCHES = {
     "default": {},
     "per_level_pooler": {"perf.fused_pooler": False},
     "compile_heads": {"perf.compile_heads": True},
+    "per_image_targets": {"perf.batched_targets": False},
 }
 
 
@@ -100,6 +101,7 @@ def test_train_losses_and_gradients_equal_torchvision(pair, switch):
         # the switch is in effect, not a no-op
         assert ours.roi_heads.box_pooler.fused == (switch != "per_level_pooler")
         assert (ours.roi_heads.mask_head._compiled_call_impl is not None) == (switch == "compile_heads")
+        assert ours.rpn.batched_targets == ours.roi_heads.batched_targets == (switch != "per_image_targets")
     tv.train()
     ours.train()
     tv.zero_grad()

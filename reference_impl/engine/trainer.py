@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from ..syncs import to_host
+
 
 def build_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float, weight_decay_norm: float):
     """SGD; normalization layers' parameters get ``weight_decay_norm``."""
@@ -93,9 +95,11 @@ class Trainer:
                     loss = sum(losses.values())
                 self.scaler.scale(loss / self.grad_accum).backward()
             images_seen += len(images)
-        loss_value = float(loss.detach())
+        # the step's one read of device values by the host: the loss and its parts, together
+        loss_value, *parts = to_host(torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float())
+        self.last_losses = dict(zip(losses, parts))
         if self.check_finite and not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at iteration {self.iter}: " + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()))
+            raise FloatingPointError(f"loss became {loss_value} at iteration {self.iter}: " + ", ".join(f"{k}={v:.4g}" for k, v in self.last_losses.items()))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -104,7 +108,6 @@ class Trainer:
         self.iter += 1
         if self.after_step is not None:
             self.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
-        self.last_losses = {k: float(v.detach()) for k, v in losses.items()}
         return loss_value
 
     def train(self, max_iter: int, checkpoint_path: str | Path | None = None, checkpoint_period: int = 0) -> None:

@@ -3,13 +3,14 @@ mask head, their losses, and inference post-processing."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..structures import BalancedSampler, Matcher, nonempty, pairwise_iou
+from ..structures import BalancedSampler, Matcher, nonempty, pad_stack, pairwise_iou
 
 
 class MultiLevelPooler(nn.Module):
@@ -90,6 +91,7 @@ class ROIHeads(nn.Module):
         detections_per_image: int,
         smooth_l1_beta: float = 1.0 / 9,
         fused_pooler: bool = True,
+        batched_targets: bool = True,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -105,19 +107,19 @@ class ROIHeads(nn.Module):
         self.mask_head = MaskHead(in_channels=in_channels, conv_dim=mask_head_conv_dim, num_conv=mask_head_num_conv, num_classes=num_classes)
         self.bbox_reg_weights = tuple(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh_test, nms_thresh_test, detections_per_image
-        self.smooth_l1_beta = smooth_l1_beta
+        self.smooth_l1_beta, self.batched_targets = smooth_l1_beta, batched_targets
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "ROIHeads":
         r = cfg.roi_heads
-        return cls(in_channels=in_channels, fused_pooler=cfg.perf.fused_pooler, **{k: v for k, v in r.__dict__.items()})
+        return cls(in_channels=in_channels, fused_pooler=cfg.perf.fused_pooler, batched_targets=cfg.perf.batched_targets,
+                   **{k: v for k, v in r.__dict__.items()})
 
     # --------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def _sample(self, proposals: list[torch.Tensor], targets: list[dict]):
+    def _sample(self, proposals: list[torch.Tensor], targets: list[dict]) -> "RoISample":
         """Proposals (with the ground-truth boxes added) sampled per image, with their labels,
-        matched ground truth and box regression targets."""
-        sampled_boxes, labels, matched, reg_targets = [], [], [], []
+        matched ground truth and box regression targets: one image at a time, as torchvision does."""
         all_labels, all_matches, all_props = [], [], []
         for props, t in zip(proposals, targets):
             gt, gt_labels = t["boxes"].to(props.dtype), t["labels"]
@@ -127,44 +129,70 @@ class ROIHeads(nn.Module):
                 lab = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
             else:
                 m = self.matcher(pairwise_iou(gt, props))
-                lab = gt_labels[m.clamp(min=0)].to(torch.int64)
-                lab[m == Matcher.BELOW_LOW] = 0
-                lab[m == Matcher.BETWEEN] = -1
+                lab = self._labels(m, gt_labels[m.clamp(min=0)].to(torch.int64))
                 m = m.clamp(min=0)
             all_props.append(props)
             all_labels.append(lab)
             all_matches.append(m)
         pos, neg = self.sampler(all_labels)
+        boxes, labels, matched, reg_targets = [], [], [], []
         for props, lab, m, p, n, t in zip(all_props, all_labels, all_matches, pos, neg, targets):
             idx = torch.where(p | n)[0]
             gt = t["boxes"].to(props.dtype)
             if gt.numel() == 0:
                 gt = torch.zeros((1, 4), dtype=props.dtype, device=props.device)
-            sampled_boxes.append(props[idx])
+            boxes.append(props[idx])
             labels.append(lab[idx])
             matched.append(m[idx])
             reg_targets.append(ops.encode_boxes(gt[m[idx]], props[idx], self.bbox_reg_weights))
-        return sampled_boxes, labels, matched, reg_targets
-
-    def _box_losses(self, class_logits, box_deltas, labels, reg_targets):
         labels = torch.cat(labels)
-        reg_targets = torch.cat(reg_targets)
+        positives = [torch.where(lab > 0)[0] for lab in labels.split([len(b) for b in boxes])]
+        return RoISample.gather(boxes, labels, torch.cat(matched), torch.cat(reg_targets), positives)
+
+    @torch.no_grad()
+    def _sample_batched(self, proposals: list[torch.Tensor], targets: list[dict]) -> "RoISample":
+        """``_sample`` for the whole batch at once on the device (proposals and ground truth padded,
+        one IoU matrix [N, G, P]), with one host synchronisation (the sampler's counts), after which
+        every size is known on the host: the positives' places too, so the heads need no more."""
+        dtype = proposals[0].dtype
+        gts = [t["boxes"].to(dtype) for t in targets]
+        props, props_valid = pad_stack([torch.cat([p, g]) for p, g in zip(proposals, gts)])
+        gt, gt_valid = pad_stack(gts)
+        gt_labels, _ = pad_stack([t["labels"].to(torch.int64) for t in targets])
+        m = self.matcher(torch.where(gt_valid[..., None], pairwise_iou(gt, props), -1.0))
+        lab = torch.where(props_valid, self._labels(m, torch.gather(gt_labels, 1, m.clamp(min=0))), -1)  # padding: never sampled
+        samples = self.sampler.sample_batched(lab)
+        rows = props.shape[1]
+        chosen = [torch.cat([p, q]).sort().values for p, q in samples]  # the order torch.where(p | n) lists them in
+        flat = torch.cat([c + i * rows for i, c in enumerate(chosen)])
+        boxes, image = props.reshape(-1, 4)[flat], flat // rows
+        matched = m.clamp(min=0).reshape(-1)[flat]
+        reg_targets = ops.encode_boxes(gt[image, matched], boxes, self.bbox_reg_weights)
+        positives = [torch.searchsorted(c, p) for c, (p, _) in zip(chosen, samples)]
+        return RoISample.gather(list(boxes.split([len(c) for c in chosen])), lab.reshape(-1)[flat], matched, reg_targets, positives)
+
+    @staticmethod
+    def _labels(matches: torch.Tensor, matched_labels: torch.Tensor) -> torch.Tensor:
+        """The matched ground truth's class, 0 background, -1 ignored (between the thresholds)."""
+        return torch.where(matches == Matcher.BELOW_LOW, 0, torch.where(matches == Matcher.BETWEEN, -1, matched_labels))
+
+    def _box_losses(self, class_logits, box_deltas, sample: "RoISample"):
+        labels, pos = sample.labels, sample.positives
         loss_cls = F.cross_entropy(class_logits, labels)
-        pos = torch.where(labels > 0)[0]
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, labels[pos]]
-        loss_box = F.smooth_l1_loss(deltas, reg_targets[pos], beta=self.smooth_l1_beta, reduction="sum") / labels.numel()
+        loss_box = F.smooth_l1_loss(deltas, sample.reg_targets[pos], beta=self.smooth_l1_beta, reduction="sum") / labels.numel()
         return loss_cls, loss_box
 
     def _mask_loss(self, mask_logits, boxes, labels, matched, targets):
         """Binary cross-entropy of the label's mask channel against the ground-truth mask, cropped to
-        each box and resampled to the mask size with RoIAlign (legacy, adaptive sampling)."""
+        each box and resampled to the mask size with RoIAlign (legacy, adaptive sampling). ``boxes``
+        and ``matched`` per image, ``labels`` for all of them."""
         m = mask_logits.shape[-1]
         mask_targets = []
         for b, idx, t in zip(boxes, matched, targets):
             gt_masks = t["masks"]
             rois = torch.cat([idx[:, None].to(b.dtype), b], 1)
             mask_targets.append(ops.roi_align(gt_masks[:, None].to(b.dtype), rois, (m, m), 1.0, 0, False)[:, 0])
-        labels = torch.cat(labels)
         mask_targets = torch.cat(mask_targets)
         if mask_targets.numel() == 0:
             return mask_logits.sum() * 0
@@ -175,15 +203,13 @@ class ROIHeads(nn.Module):
     def forward(self, feats: list[torch.Tensor], proposals: list[torch.Tensor], image_sizes, targets: list[dict] | None = None):
         feats = feats[:4]  # P2-P5 (P6 is for the RPN only)
         if self.training:
-            boxes, labels, matched, reg_targets = self._sample(proposals, targets)
-            class_logits, box_deltas = self.box_head(self.box_pooler(feats, boxes, image_sizes))
-            loss_cls, loss_box = self._box_losses(class_logits, box_deltas, labels, reg_targets)
-            pos = [torch.where(lab > 0)[0] for lab in labels]
-            pos_boxes = [b[p] for b, p in zip(boxes, pos)]
+            sample = (self._sample_batched if self.batched_targets else self._sample)(proposals, targets)
+            class_logits, box_deltas = self.box_head(self.box_pooler(feats, sample.boxes, image_sizes))
+            loss_cls, loss_box = self._box_losses(class_logits, box_deltas, sample)
+            pos_boxes = list(torch.cat(sample.boxes)[sample.positives].split(sample.positive_counts))
             mask_logits = self.mask_head(self.mask_pooler(feats, pos_boxes, image_sizes))
-            loss_mask = self._mask_loss(
-                mask_logits, pos_boxes, [lab[p] for lab, p in zip(labels, pos)], [m[p] for m, p in zip(matched, pos)], targets
-            )
+            pos_matched = sample.matched[sample.positives].split(sample.positive_counts)
+            loss_mask = self._mask_loss(mask_logits, pos_boxes, sample.labels[sample.positives], pos_matched, targets)
             return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
         class_logits, box_deltas = self.box_head(self.box_pooler(feats, proposals, image_sizes))
         results = self._detections(class_logits, box_deltas, proposals, image_sizes)
@@ -213,3 +239,26 @@ class ROIHeads(nn.Module):
             keep = ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
+
+
+@dataclass
+class RoISample:
+    """The RoIs sampled for the heads: boxes per image, and for all of them concatenated their
+    labels, matched ground-truth index (within the image), regression targets, and the places of
+    the positives (with how many per image, known on the host)."""
+
+    boxes: list[torch.Tensor]
+    labels: torch.Tensor
+    matched: torch.Tensor
+    reg_targets: torch.Tensor
+    positives: torch.Tensor
+    positive_counts: list[int]
+
+    @classmethod
+    def gather(cls, boxes, labels, matched, reg_targets, positives_per_image: list[torch.Tensor]) -> "RoISample":
+        """``positives_per_image``: places within each image's boxes, made places in the concatenation."""
+        offsets = [0]
+        for b in boxes[:-1]:
+            offsets.append(offsets[-1] + len(b))
+        positives = torch.cat([p + off for p, off in zip(positives_per_image, offsets)])
+        return cls(boxes, labels, matched, reg_targets, positives, [len(p) for p in positives_per_image])

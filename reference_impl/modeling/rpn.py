@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..structures import BalancedSampler, Matcher, nonempty, pairwise_iou
+from ..syncs import to_host
+from ..structures import BalancedSampler, Matcher, nonempty, pad_stack, pairwise_iou
 
 
 class AnchorGenerator(nn.Module):
@@ -67,6 +68,10 @@ class RPNHead(nn.Module):
         return logits, deltas
 
 
+def _clip(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+
+
 def _flatten_level(x: torch.Tensor, per_anchor: int) -> torch.Tensor:
     """[N, A*K, H, W] -> [N, H*W*A, K], in the (y, x, anchor) order of the anchors."""
     n, _, h, w = x.shape
@@ -89,6 +94,7 @@ class RPN(nn.Module):
         post_nms_topk: tuple[int, int],  # (train, test), per image
         min_box_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9,
+        batched_targets: bool = True,
     ):
         super().__init__()
         self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
@@ -98,6 +104,7 @@ class RPN(nn.Module):
         self.nms_thresh = nms_thresh
         self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
         self.min_box_size, self.smooth_l1_beta = min_box_size, smooth_l1_beta
+        self.batched_targets = batched_targets
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "RPN":
@@ -115,6 +122,7 @@ class RPN(nn.Module):
             post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
             min_box_size=r.min_box_size,
             smooth_l1_beta=r.smooth_l1_beta,
+            batched_targets=cfg.perf.batched_targets,
         )
 
     def forward(self, images, feats: list[torch.Tensor], targets: list[dict] | None = None):
@@ -149,16 +157,55 @@ class RPN(nn.Module):
             scores.append(top_scores)
             levels.append(torch.full((n, k), lvl, dtype=torch.int64, device=lg.device))
         boxes, scores, levels = torch.cat(boxes, 1), torch.cat(scores, 1).sigmoid(), torch.cat(levels, 1)
+        if self.batched_targets:
+            return self._select_batched(boxes, scores, levels, image_sizes, post_k)
         out = []
         for b, s, l, (h, w) in zip(boxes, scores, levels, image_sizes):
-            b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
+            b = _clip(b, h, w)
             keep = nonempty(b, self.min_box_size)
             b, s, l = b[keep], s[keep], l[keep]
             keep = ops.batched_nms(b, s, l, self.nms_thresh)[:post_k]
             out.append(b[keep])
         return out
 
+    def _select_batched(self, boxes, scores, levels, image_sizes, post_k):
+        """Clip, drop small boxes, NMS per (image, level), top ``post_k`` per image, for the whole batch
+        with one NMS call and two host synchronisations (the kept count, the per-image counts), where
+        the per-image loop has two an image. The same boxes in the same order: NMS groups never meet,
+        and the kept ones come back by decreasing score, ties in their original order, image by image."""
+        n, k = scores.shape
+        boxes = torch.stack([_clip(b, h, w) for b, (h, w) in zip(boxes, image_sizes)])  # bounds as numbers: no copy to the device
+        wh = boxes[..., 2:] - boxes[..., :2]
+        big_enough = (wh >= self.min_box_size).all(-1)
+        image = torch.arange(n, device=boxes.device)[:, None]
+        # too small: a group of their own (NMS among themselves only), dropped below
+        group = torch.where(big_enough, image * len(self.anchor_generator.sizes) + levels, -1)
+        keep = ops.batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), group.reshape(-1), self.nms_thresh)
+        owner = torch.where(big_enough.reshape(-1)[keep], keep // k, n)  # n: dropped
+        by_image = keep[torch.argsort(owner, stable=True)]
+        counts = to_host(torch.bincount(owner, minlength=n + 1))
+        flat, out, start = boxes.reshape(-1, 4), [], 0
+        for count in counts[:n]:
+            out.append(flat[by_image[start : start + min(count, post_k)]])
+            start += count
+        return out
+
     def _losses(self, anchors, logits, deltas, targets):
+        logits = logits.reshape(-1)
+        deltas = deltas.reshape(-1, 4)
+        if self.batched_targets:
+            labels, pos, neg, pos_targets = self._targets_batched(anchors, targets)
+        else:
+            labels, pos, neg, pos_targets = self._targets_per_image(anchors, targets)
+        sampled = torch.cat([pos, neg])
+        box_loss = F.smooth_l1_loss(deltas[pos], pos_targets, beta=self.smooth_l1_beta, reduction="sum") / sampled.numel()
+        objectness_loss = F.binary_cross_entropy_with_logits(logits[sampled], labels[sampled])
+        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
+    def _targets_per_image(self, anchors, targets):
+        """Labels of every anchor of the batch (1 object, 0 background, -1 ignored), the sampled
+        positive and negative anchors (flat indices) and the positives' regression targets: one image
+        at a time, as torchvision builds them."""
         labels, regression_targets = [], []
         for t in targets:
             gt = t["boxes"]
@@ -167,19 +214,29 @@ class RPN(nn.Module):
                 regression_targets.append(torch.zeros_like(anchors))
                 continue
             matches = self.matcher(pairwise_iou(gt, anchors))
-            lab = (matches >= 0).to(torch.float32)
-            lab[matches == Matcher.BELOW_LOW] = 0.0
-            lab[matches == Matcher.BETWEEN] = -1.0
-            labels.append(lab)
+            labels.append(self._labels(matches))
             regression_targets.append(ops.encode_boxes(gt[matches.clamp(min=0)], anchors))
         pos, neg = self.sampler(labels)
         pos = torch.where(torch.cat(pos))[0]
         neg = torch.where(torch.cat(neg))[0]
-        sampled = torch.cat([pos, neg])
-        logits = logits.reshape(-1)
-        deltas = deltas.reshape(-1, 4)
-        labels = torch.cat(labels)
-        regression_targets = torch.cat(regression_targets)
-        box_loss = F.smooth_l1_loss(deltas[pos], regression_targets[pos], beta=self.smooth_l1_beta, reduction="sum") / sampled.numel()
-        objectness_loss = F.binary_cross_entropy_with_logits(logits[sampled], labels[sampled])
-        return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+        return torch.cat(labels), pos, neg, torch.cat(regression_targets)[pos]
+
+    def _targets_batched(self, anchors, targets):
+        """``_targets_per_image`` for the whole batch at once on the device (ground truth padded, one
+        IoU matrix [N, G, A]), with one host synchronisation, and encoding only the positives."""
+        gt, valid = pad_stack([t["boxes"] for t in targets])
+        iou = torch.where(valid[..., None], pairwise_iou(gt, anchors), -1.0)  # padding never matches
+        matches = self.matcher(iou, valid)
+        labels = self._labels(matches)
+        samples = self.sampler.sample_batched(labels)
+        num_anchors = anchors.shape[0]
+        pos = torch.cat([p + i * num_anchors for i, (p, _) in enumerate(samples)])
+        neg = torch.cat([q + i * num_anchors for i, (_, q) in enumerate(samples)])
+        image, anchor = pos // num_anchors, pos % num_anchors
+        matched_gt = gt[image, matches.reshape(-1)[pos]]
+        return labels.reshape(-1), pos, neg, ops.encode_boxes(matched_gt, anchors[anchor])
+
+    @staticmethod
+    def _labels(matches: torch.Tensor) -> torch.Tensor:
+        """1.0 matched, 0.0 background, -1.0 ignored (between the thresholds)."""
+        return torch.where(matches >= 0, 1.0, torch.where(matches == Matcher.BETWEEN, -1.0, 0.0))
