@@ -8,8 +8,9 @@ one switch changed. All variants are warmed up first; then, round after round, e
 training iterations in turn, so the machine's drift hits them alike. A variant's speed-up in a round is
 the baseline's time per iteration in that round over the variant's; the table gives the median over
 rounds and the range, and how many times one training step makes the host wait for the device
-(``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on). A lever that the baseline already uses (the fused pooler, the data-loader
-worker) is measured by turning it off: its own gain is the inverse of that row.
+(``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on).
+A lever that the baseline already uses (the fused pooler, batched targets, the data-loader worker) is
+measured by turning it off: its own gain is the inverse of that row.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 mask head, their losses, and inference post-processing."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -257,8 +258,6 @@ class RoISample:
     @classmethod
     def gather(cls, boxes, labels, matched, reg_targets, positives_per_image: list[torch.Tensor]) -> "RoISample":
         """``positives_per_image``: places within each image's boxes, made places in the concatenation."""
-        offsets = [0]
-        for b in boxes[:-1]:
-            offsets.append(offsets[-1] + len(b))
+        offsets = itertools.accumulate((len(b) for b in boxes[:-1]), initial=0)
         positives = torch.cat([p + off for p, off in zip(positives_per_image, offsets)])
         return cls(boxes, labels, matched, reg_targets, positives, [len(p) for p in positives_per_image])

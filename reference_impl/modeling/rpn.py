@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..syncs import to_host
 from ..structures import BalancedSampler, Matcher, nonempty, pad_stack, pairwise_iou
+from ..syncs import to_host
 
 
 class AnchorGenerator(nn.Module):
