@@ -132,8 +132,9 @@ def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
         )
         if out.returncode != 0:
             return None
+        # changed tracked files, the results folder aside (a run rewriting a committed baseline is not changed code)
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results"],
             cwd=cwd or Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
