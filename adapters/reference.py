@@ -43,6 +43,8 @@ class ReferenceAdapter(Adapter):
         bench, sol = cfg.benchmark, cfg.solver
         if cfg.model.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
+        if cfg.reference.cuda_graphs and bench.device != "cuda":
+            raise UnsupportedConfig("reference.cuda_graphs needs CUDA (benchmark.device=cuda)")
         return ReferenceNative(
             model=ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)),
             solver=dict(
@@ -167,7 +169,7 @@ class ReferenceAdapter(Adapter):
         )
         trainer = Trainer(
             model, optimizer, scheduler, loader, device=device, dtype=tr["dtype"], grad_accum=tr["grad_accum"],
-            ddp=dist.distributed, after_step=after_step,
+            ddp=dist.distributed, after_step=after_step, autocast_cache=not native.model.perf.cuda_graphs,
         )
         return native, trainer
 

@@ -10,7 +10,8 @@ the baseline's time per iteration in that round over the variant's; the table gi
 rounds and the range, and how many times one training step makes the host wait for the device
 (``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on).
 A lever that the baseline already uses (the fused pooler, batched targets, the data-loader worker) is
-measured by turning it off: its own gain is the inverse of that row.
+measured by turning it off: its own gain is the inverse of that row. CUDA graphs are measured with
+``--device cuda`` only (the CPU has none).
 """
 from __future__ import annotations
 
@@ -30,14 +31,16 @@ from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 # name -> (config overrides, what it measures)
 VARIANTS = {
     "baseline": ({}, "fp32, NCHW, fused multi-level RoIAlign, heads eager, data-loader workers as configured"),
-    "amp": ({"benchmark.dtype": "bf16"}, "AMP: bf16 autocast on CPU (use --set benchmark.dtype=fp16 on CUDA)"),
+    "amp": ({"benchmark.dtype": None}, "AMP: {dtype} autocast"),  # dtype from --amp-dtype
     "channels_last": ({"benchmark.channels_last": True}, "channels-last (NHWC) activations and weights"),
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
     "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
     "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
     "per_image_targets": ({"reference.batched_targets": False},
                           "off: proposals, matching, sampling and targets image by image (torchvision's way)"),
+    "cuda_graphs": ({"reference.cuda_graphs": True}, "backbone + FPN replayed as CUDA graphs, one pair per batch shape"),
 }
+CUDA_ONLY = {"cuda_graphs"}
 
 
 def build(cfg, paths, device: str):
@@ -62,21 +65,30 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="iterations per variant before the rounds")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp-dtype", choices=["bf16", "fp16"], default=None,
+                        help="the amp variant's dtype (default: bf16 on the CPU, fp16 on CUDA)")
     parser.add_argument("--only", default=None, help="comma-separated variants besides the baseline")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = ["baseline"] + [n for n in VARIANTS if n != "baseline" and (args.only is None or n in args.only.split(","))]
-    unknown = set((args.only or "").split(",")) - set(VARIANTS) - {""}
+    wanted = set(args.only.split(",")) - {""} if args.only is not None else set(VARIANTS)
+    unknown = wanted - set(VARIANTS)
     if unknown:
         parser.error(f"--only: unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.device != "cuda" and args.only is not None and wanted & CUDA_ONLY:
+        parser.error(f"--only: {', '.join(sorted(wanted & CUDA_ONLY))} needs --device cuda")
+    names = ["baseline"] + [n for n in VARIANTS if n != "baseline" and n in wanted and (args.device == "cuda" or n not in CUDA_ONLY)]
     base = dict(parse_override(o) for o in args.overrides)
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
+    amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
     trainers, syncs = {}, {}
     for name in names:
-        cfg = load_config(resolve_config_path(args.config), {**base, **VARIANTS[name][0]})
+        overrides = dict(VARIANTS[name][0])
+        if name == "amp":
+            overrides["benchmark.dtype"] = amp_dtype
+        cfg = load_config(resolve_config_path(args.config), {**base, **overrides})
         paths, _ = resolve_data(cfg.data)
         trainers[name] = build(cfg, paths, args.device)
         print(f"warming up {name} ({args.warmup} iterations)", file=sys.stderr, flush=True)
@@ -95,7 +107,7 @@ def main(argv=None) -> int:
     for name in names:
         ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
         cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-        print(f"| {name} | {VARIANTS[name][1]} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
     return 0
 
 

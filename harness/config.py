@@ -180,6 +180,8 @@ class ReferenceOptions(_Section):
     fused_pooler: bool = True  # RoIAlign over all FPN levels in one native call (False: one call per level)
     compile_heads: bool = False  # torch.compile the box and mask heads
     batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
+    cuda_graphs: bool = False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
+    cuda_graph_shapes: int = Field(16, gt=0)  # at most this many batch shapes captured; others run eagerly
 
 
 class DataConfig(_Section):

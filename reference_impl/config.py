@@ -78,6 +78,8 @@ class PerfCfg:
     compile_heads: bool = False  # torch.compile the box and mask heads (dynamic shapes: RoI counts vary)
     batched_targets: bool = True  # proposals, matching, sampling and targets for the whole batch at once on the
     # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image per stage)
+    cuda_graphs: bool = False  # train the backbone + FPN through CUDA graphs, one pair per padded batch shape
+    cuda_graph_shapes: int = 16  # at most this many shapes captured; further shapes run eagerly
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ class ReferenceConfig:
     def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
         m, rpn, roi, inp, opts = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.reference
         return cls(
-            perf=PerfCfg(fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads, batched_targets=opts.batched_targets),
+            perf=PerfCfg(
+                fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads, batched_targets=opts.batched_targets,
+                cuda_graphs=opts.cuda_graphs, cuda_graph_shapes=opts.cuda_graph_shapes,
+            ),
             backbone=BackboneCfg(
                 depth=m.backbone.depth, freeze_at=m.effective_freeze_at, norm=m.effective_norm, fpn_out_channels=m.fpn_out_channels
             ),

@@ -28,6 +28,8 @@ def test_levers_benchmark_measures_each_variant_against_the_baseline():
 def test_levers_benchmark_refuses_an_unknown_variant():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--only", "warp_drive"], capture_output=True, text=True)
     assert out.returncode == 2 and "warp_drive" in out.stderr and "compile_heads" in out.stderr
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--only", "cuda_graphs"], capture_output=True, text=True)
+    assert out.returncode == 2 and "cuda_graphs needs --device cuda" in out.stderr
 
 
 @pytest.mark.slow

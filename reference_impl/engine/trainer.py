@@ -56,6 +56,7 @@ class Trainer:
         ddp: bool = False,
         after_step: Callable | None = None,
         check_finite: bool = True,
+        autocast_cache: bool = True,
     ):
         self.model = model
         self.ddp_model = model
@@ -67,6 +68,7 @@ class Trainer:
         self.device, self.grad_accum, self.ddp = device, grad_accum, ddp
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
+        self.autocast_cache = autocast_cache  # CUDA graphs need it off (make_graphed_callables refuses the cache)
         self.after_step = after_step
         self.check_finite = check_finite
         self.iter = 0
@@ -90,7 +92,8 @@ class Trainer:
             last = micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not self.ddp) else self.ddp_model.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                                    cache_enabled=self.autocast_cache):
                     losses = self.ddp_model(images, targets)
                     loss = sum(losses.values())
                 self.scaler.scale(loss / self.grad_accum).backward()

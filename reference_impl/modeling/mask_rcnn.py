@@ -10,6 +10,7 @@ from .. import ops
 from ..config import ReferenceConfig
 from ..structures import resize_boxes
 from .backbone import ResNetFPN
+from .cuda_graphs import GraphedByShape
 from .preprocess import Preprocessor
 from .roi_heads import ROIHeads
 from .rpn import RPN
@@ -27,6 +28,8 @@ class MaskRCNN(nn.Module):
     ``labels`` [D] and ``masks`` [D, 1, H, W] (probabilities), in the input image's coordinates.
     """
 
+    graphed_backbone: GraphedByShape | None = None  # set by enable_cuda_graphs()
+
     def __init__(self, *, preprocess: Preprocessor, backbone: ResNetFPN, rpn: RPN, roi_heads: ROIHeads):
         super().__init__()
         self.preprocess, self.backbone, self.rpn, self.roi_heads = preprocess, backbone, rpn, roi_heads
@@ -43,7 +46,15 @@ class MaskRCNN(nn.Module):
         if cfg.perf.compile_heads:  # in place: parameter names (and state dicts) stay as they are
             model.roi_heads.box_head.compile(dynamic=True)
             model.roi_heads.mask_head.compile(dynamic=True)
+        if cfg.perf.cuda_graphs:
+            model.enable_cuda_graphs(max_shapes=cfg.perf.cuda_graph_shapes)
         return model
+
+    def enable_cuda_graphs(self, max_shapes: int = 16, capture=None) -> "MaskRCNN":
+        """Train the backbone and FPN through CUDA graphs, one pair per padded batch shape (see
+        ``cuda_graphs.GraphedByShape``; the autocast around the model must run with ``cache_enabled=False``)."""
+        self.graphed_backbone = GraphedByShape(self.backbone, max_shapes=max_shapes, capture=capture)
+        return self
 
     def set_channels_last(self, enabled: bool = True) -> "MaskRCNN":
         """NHWC activations for the convolutions (faster with AMP on tensor cores, and on many CPUs)."""
@@ -55,7 +66,7 @@ class MaskRCNN(nn.Module):
             raise ValueError("targets are required in training mode")
         original_sizes = [tuple(im.shape[-2:]) for im in images]
         batch, targets = self.preprocess(images, targets)
-        feats = self.backbone(batch.tensor)
+        feats = (self.graphed_backbone or self.backbone)(batch.tensor)
         proposals, rpn_losses = self.rpn(batch, feats, targets)
         results, roi_losses = self.roi_heads(feats, proposals, batch.image_sizes, targets)
         if self.training:
