@@ -10,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from .report import iterations_of, runs_frame  # noqa: E402
 
@@ -34,32 +36,65 @@ def _label(row) -> str:
     return " ".join([row["impl"], f"x{row['world_size']}", *extra])
 
 
+def throughput_bar_data(df) -> pd.DataFrame:
+    """One bar per implementation setting (impl, processes, dtype), slowest first: ``value`` is the img/s
+    of its one run, with the run's 95% bootstrap interval as [low, high], or the median over repeated
+    runs with their [min, max]; ``runs`` holds each run's img/s."""
+    ok = df[df["status"] == "ok"]
+    rows = []
+    for label, g in ok.groupby(ok.apply(_label, axis=1), sort=False):
+        values = g["images_per_s"].astype(float)
+        if len(g) == 1:
+            row = g.iloc[0]
+            low, high = row["images_per_s_ci_low"], row["images_per_s_ci_high"]
+            low = values.iloc[0] if pd.isna(low) else low
+            high = values.iloc[0] if pd.isna(high) else high
+        else:
+            low, high = values.min(), values.max()
+        rows.append({"label": label, "impl": g["impl"].iloc[0], "value": float(values.median()), "low": float(low),
+                     "high": float(high), "runs": values.tolist()})
+    columns = ["label", "impl", "value", "low", "high", "runs"]
+    return pd.DataFrame(rows, columns=columns).sort_values("value", kind="stable").reset_index(drop=True)
+
+
 def throughput_bars(df, path: Path) -> None:
-    ok = df[df["status"] == "ok"].sort_values("images_per_s")
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(ok) + 1.5))
-    values = ok["images_per_s"].to_numpy()
-    lo = (ok["images_per_s"] - ok["images_per_s_ci_low"]).fillna(0).clip(lower=0).to_numpy()
-    hi = (ok["images_per_s_ci_high"] - ok["images_per_s"]).fillna(0).clip(lower=0).to_numpy()
-    labels = [_label(r) for _, r in ok.iterrows()]
-    colors = ["tab:red" if i == "reference" else "tab:blue" for i in ok["impl"]]
-    ax.barh(labels, values, xerr=[lo, hi], color=colors, capsize=4)
-    for y, (v, h) in enumerate(zip(values, hi)):
-        ax.text(v + h, y, f"  {v:.3g}", va="center")
-    devices = ", ".join(sorted(set(ok["device"])))
-    ax.set_xlabel(f"training throughput (images/s, {devices}); bars: 95% bootstrap interval")
+    bars = throughput_bar_data(df)
+    repeated = bars["runs"].map(len).max() > 1
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(bars) + 1.5))
+    y = np.arange(len(bars))
+    values = bars["value"].to_numpy()
+    err = [(values - bars["low"]).clip(lower=0).to_numpy(), (bars["high"] - values).clip(lower=0).to_numpy()]
+    colors = ["tab:red" if i == "reference" else "tab:blue" for i in bars["impl"]]
+    ax.barh(y, values, xerr=err, color=colors, capsize=4)
+    ax.set_yticks(y, bars["label"])
+    for i, bar in bars.iterrows():
+        if len(bar["runs"]) > 1:
+            ax.plot(bar["runs"], [i] * len(bar["runs"]), "o", color="black", markersize=3)
+        ax.text(bar["high"], i, f"  {bar['value']:.3g}", va="center")
+    devices = ", ".join(sorted(set(df.loc[df["status"] == "ok", "device"])))
+    how = ("median over runs (dots), whiskers: min-max over runs, or a single run's 95% bootstrap interval"
+           if repeated else "whiskers: 95% bootstrap interval")
+    ax.set_xlabel(f"training throughput (images/s, {devices})\n{how}")
     ax.set_title("Mask R-CNN R-50-FPN training throughput")
-    ax.set_xlim(0, max((values + hi).max() * 1.3, 1e-9) if len(values) else 1)
+    ax.set_xlim(0, max(bars["high"].max() * 1.3, 1e-9) if len(bars) else 1)
     _save(fig, path)
 
 
 def iteration_times(records: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4))
+    """Each run's per-iteration times, one colour per implementation (repeated runs share it)."""
+    fig, ax = plt.subplots(figsize=(9, 4))
     window = None
+    impls = sorted({r["impl"] for r in records})
+    colors = dict(zip(impls, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(impls)))
+    labelled = set()
     for r in records:
         rows = iterations_of(r)
         if not rows:
             continue
-        ax.plot([x["iter"] for x in rows], [x["duration"] for x in rows], marker=".", label=f"{r['impl']} ({r['status']})")
+        runs = sum(1 for other in records if other["impl"] == r["impl"])
+        label = None if r["impl"] in labelled else f"{r['impl']}" + (f" ({runs} runs)" if runs > 1 else f" ({r['status']})")
+        labelled.add(r["impl"])
+        ax.plot([x["iter"] for x in rows], [x["duration"] for x in rows], marker=".", color=colors[r["impl"]], alpha=0.8, label=label)
         w = r.get("window") or {}
         window = (w.get("warmup"), w.get("end"))
     if window and None not in window:
@@ -68,7 +103,7 @@ def iteration_times(records: list[dict], path: Path) -> None:
     ax.set_ylabel("seconds per iteration")
     ax.set_title("Per-iteration time")
     ax.set_ylim(bottom=0)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
 
 

@@ -174,3 +174,22 @@ def test_real_runs_planted_slowdown_caught_noise_not(tmp_path):
     planted = run_cli(*gate, "--candidate", tmp_path / "planted", "--format", "json")
     assert planted.returncode == 1, planted.stdout
     assert json.loads(planted.stdout)[0]["ratio"] == pytest.approx(1.2, abs=0.1)
+
+
+def test_throughput_bars_aggregate_repeated_runs(tmp_path):
+    """Repeated runs make one bar each (median, whiskers min-max), a single run its bootstrap interval."""
+    from mrcnn_bench.harness.plots import throughput_bar_data
+
+    for i, scale in enumerate((1.0, 1.1, 0.9)):
+        write_run(tmp_path, f"r{i}", "a", noisy(i, scale=scale))
+    write_run(tmp_path, "r0", "b", noisy(9, scale=2.0))
+    df = runs_frame(load_runs([tmp_path]))
+    bars = throughput_bar_data(df)
+    assert bars["label"].tolist() == ["b x1", "a x1"]  # slowest first
+    a = bars.iloc[1]
+    per_run = sorted(df.loc[df["impl"] == "a", "images_per_s"])
+    assert sorted(a["runs"]) == pytest.approx(per_run) and a["value"] == pytest.approx(per_run[1])
+    assert (a["low"], a["high"]) == pytest.approx((per_run[0], per_run[2]))
+    b, b_row = bars.iloc[0], df[df["impl"] == "b"].iloc[0]
+    assert (b["low"], b["high"]) == pytest.approx((b_row["images_per_s_ci_low"], b_row["images_per_s_ci_high"]))
+    assert b["low"] < b["value"] < b["high"]
