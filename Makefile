@@ -31,7 +31,7 @@ $(VENV)/.detectron2: $(VENV)/.installed scripts/install_detectron2.py scripts/py
 
 # mmdetection 3.3.0 with mmcv 2.1.0 built from its PyPI sdist (ops compiled against this torch) into the
 # same venv. The built wheel is cached (~/.cache/mrcnn-bench/wheels, or $$MRCNN_BENCH_CACHE): only the first
-# install compiles (about 4 min on 2 cores for the CPU ops; MMCV_CUDA=on adds the CUDA ops). See
+# install compiles (4 to 7 min on 2 cores for the CPU ops; MMCV_CUDA=on adds the CUDA ops). See
 # scripts/install_mmdet.py.
 mmdet: $(VENV)/.mmdet
 

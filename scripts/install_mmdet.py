@@ -10,7 +10,7 @@ sdist, so it is built here against the torch of this environment. Two changes ma
    ``importlib.metadata`` and ``packaging``.
 2. setup.py asks for ``-std=c++17``; torch 2.14's headers need C++20.
 
-The build (77 C++ files; about 4 min on 2 cores for the CPU ops, much longer with CUDA) happens once: the wheel,
+The build (77 C++ files; 4 to 7 min on 2 cores for the CPU ops, much longer with CUDA) happens once: the wheel,
 stripped of debug symbols, is kept in the cache (``$MRCNN_BENCH_CACHE`` or ``~/.cache/mrcnn-bench``)
 under a key of mmcv version, torch version and CPU/CUDA, and later installs take it from there.
 """
@@ -122,7 +122,7 @@ def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
     if found:
         print(f"using the cached wheel {found[0]}")
         return found[0]
-    print(f"no cached mmcv wheel in {key}: building it from the sdist (once; about 4 min on 2 cores for the CPU ops)", flush=True)
+    print(f"no cached mmcv wheel in {key}: building it from the sdist (once; 4 to 7 min on 2 cores for the CPU ops)", flush=True)
     key.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
         tmp = Path(tmp)
