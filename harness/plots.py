@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -84,15 +85,15 @@ def iteration_times(records: list[dict], path: Path) -> None:
     """Each run's per-iteration times, one colour per implementation (repeated runs share it)."""
     fig, ax = plt.subplots(figsize=(9, 4))
     window = None
-    impls = sorted({r["impl"] for r in records})
-    colors = dict(zip(impls, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(impls)))
+    runs = Counter(r["impl"] for r in records)
+    colors = dict(zip(sorted(runs), plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)))
     labelled = set()
     for r in records:
         rows = iterations_of(r)
         if not rows:
             continue
-        runs = sum(1 for other in records if other["impl"] == r["impl"])
-        label = None if r["impl"] in labelled else f"{r['impl']}" + (f" ({runs} runs)" if runs > 1 else f" ({r['status']})")
+        n = runs[r["impl"]]
+        label = None if r["impl"] in labelled else r["impl"] + (f" ({n} runs)" if n > 1 else f" ({r['status']})")
         labelled.add(r["impl"])
         ax.plot([x["iter"] for x in rows], [x["duration"] for x in rows], marker=".", color=colors[r["impl"]], alpha=0.8, label=label)
         w = r.get("window") or {}
