@@ -51,7 +51,7 @@ class GraphedByShape:
     ``stats`` counts captures, replays and eager calls.
     """
 
-    def __init__(self, module: nn.Module, *, max_shapes: int = 16, capture: Callable | None = None):
+    def __init__(self, module: nn.Module, *, max_shapes: int, capture: Callable | None = None):
         self.module = module
         self.max_shapes = max_shapes
         self._capture = capture

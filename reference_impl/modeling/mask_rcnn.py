@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..config import ReferenceConfig
+from ..config import PerfCfg, ReferenceConfig
 from ..structures import resize_boxes
 from .backbone import ResNetFPN
 from .cuda_graphs import GraphedByShape
@@ -50,7 +50,7 @@ class MaskRCNN(nn.Module):
             model.enable_cuda_graphs(max_shapes=cfg.perf.cuda_graph_shapes)
         return model
 
-    def enable_cuda_graphs(self, max_shapes: int = 16, capture=None) -> "MaskRCNN":
+    def enable_cuda_graphs(self, max_shapes: int = PerfCfg.cuda_graph_shapes, capture=None) -> "MaskRCNN":
         """Train the backbone and FPN through CUDA graphs, one pair per padded batch shape (see
         ``cuda_graphs.GraphedByShape``; the autocast around the model must run with ``cache_enabled=False``)."""
         self.graphed_backbone = GraphedByShape(self.backbone, max_shapes=max_shapes, capture=capture)
