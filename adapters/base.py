@@ -64,6 +64,12 @@ class Adapter(abc.ABC):
         ``timer.before_train()`` once and ``timer.after_step(...)`` after every optimizer step.
         Returns extra facts for run.json (e.g. the native config as text)."""
 
+    def lr_trajectory(self, native, n: int) -> list[float]:
+        """The learning rate of optimizer steps 0..n-1 as the framework's own scheduler, built from
+        ``native`` the way its trainer builds it, sets it (probed on a stand-in parameter). The parity
+        table reads warm-up and steps from this, not from the config's keys."""
+        raise NotImplementedError(f"{self.name}: no learning-rate probe")
+
     def infer(self, cfg, data, timer, dist: DistInfo) -> dict:
         """The inference benchmark; optional."""
         raise NotImplementedError(f"{self.name}: no inference benchmark")

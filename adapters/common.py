@@ -40,10 +40,172 @@ def data_spec(cfg, data) -> dict:
         filter_empty=cfg.input.filter_empty_annotations,
         batch_size_per_process=cfg.ims_per_gpu,
         num_workers=cfg.benchmark.num_workers,
+        # the run's one data order (harness.data_order), less the process's place in it
+        order=dict(per_process=cfg.ims_per_gpu, seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping),
     )
+
+
+def ordered_batches(data: dict, dist, image_ids: list[int], source: str, flat: bool = False):
+    """A batch sampler (or, ``flat``, a sampler) over a dataset whose items are ``image_ids``, following
+    this process's share of the run's data order (``data`` as :func:`data_spec` makes it)."""
+    from mrcnn_bench.harness.data_order import OrderedBatchSampler, indices_for
+
+    order = dict(data["order"], train_json=data["train_json"], rank=dist.rank, world_size=dist.world_size)
+    return OrderedBatchSampler(order, indices_for(image_ids, source), source, flat=flat)
 
 
 def train_spec(cfg) -> dict:
     """The benchmark's switches a training loop written here honours."""
     b = cfg.benchmark
     return dict(dtype=b.dtype, channels_last=b.channels_last, grad_accum=b.grad_accum, iters=b.iters, seed=b.seed)
+
+
+def count_work(timer, module, counter: str, count) -> None:
+    """Count ``counter`` (proposals, rois or positives) for the harness timer from what ``module``
+    returns in training: ``count(output)``, read from shapes only, so no device synchronisation."""
+
+    def hook(mod, args, output):
+        if mod.training:
+            timer.count(**{counter: count(output)})
+
+    module.register_forward_hook(hook)
+
+
+def rows(output) -> int:
+    """RoIs a pooler returned: its output is [RoIs, C, S, S]."""
+    return int(output.shape[0])
+
+
+def proposals_of(output) -> int:
+    """Proposals an RPN returned as (per-image proposals, losses)."""
+    return sum(len(p) for p in output[0])
+
+
+def count_roi_work(timer, *, rpn, box_pooler, mask_pooler) -> None:
+    """The three work counters on the usual modules: the RPN's proposals, the RoIs the box pooler
+    crops (sampled, ground truth included) and the positives the mask pooler crops."""
+    if rpn is not None:
+        count_work(timer, rpn, "proposals", proposals_of)
+    count_work(timer, box_pooler, "rois", rows)
+    count_work(timer, mask_pooler, "positives", rows)
+
+
+def schedule_length(solver) -> int:
+    """Iterations that show a whole warm-up + multi-step schedule: past its last change."""
+    return min(solver["max_iter"], max([solver["warmup_iters"], *solver["steps"]]) + 1)
+
+
+def step_scheduler(optimizer, step, n: int) -> list[float]:
+    """The first parameter group's learning rate at iterations 0..n-1, calling ``step()`` after each."""
+    import warnings
+
+    lrs = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no optimizer step here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(n):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            step()
+    return lrs
+
+
+def stand_in_optimizer(lr: float):
+    """SGD over one stand-in parameter: what a framework's scheduler builder is given to probe it."""
+    import torch
+
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def schedule_facts(lrs: list[float], base_lr: float) -> dict:
+    """Warm-up and steps as a learning-rate trajectory shows them (the parity table's solver rows):
+    warm-up ends at the first iteration run at ``base_lr``; a step is an iteration after it whose lr
+    is lower than the one before."""
+
+    def close(a, b):
+        return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+    warm = next((i for i, lr in enumerate(lrs) if close(lr, base_lr)), None)
+    steps = [] if warm is None else [i for i in range(warm + 1, len(lrs)) if lrs[i] < lrs[i - 1] and not close(lrs[i], lrs[i - 1])]
+    return {
+        "solver.warmup_iters": warm,
+        "solver.warmup_factor": round(lrs[0] / base_lr, 12) if lrs else None,
+        "solver.steps": steps,
+        "solver.gamma": round(lrs[steps[0]] / lrs[steps[0] - 1], 12) if steps else None,
+    }
+
+
+# ------------------------------------------------------------------------- shared initial weights
+class WeightsMismatch(ValueError):
+    """A state dict whose names or shapes do not match the model it is loaded into."""
+
+
+def rename(state: dict, renames: list[tuple[str, str]], source: str) -> dict:
+    """``state`` with each key rewritten by the first of ``renames`` (regex, replacement) that
+    matches it; a key that none matches is an error naming it (no parameter is dropped silently)."""
+    import re
+
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in renames:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            raise WeightsMismatch(f"{source}: parameter '{key}' has no counterpart in the conversion")
+    return out
+
+
+def load_exact(model, state: dict, source: str) -> None:
+    """Load ``state`` into ``model``: every parameter and buffer by name and shape, or an error naming
+    the first that does not match. Only BatchNorm's ``num_batches_tracked`` counters may be absent
+    (torchvision's FrozenBatchNorm2d has none); the model keeps its own."""
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key not in expected:
+            raise WeightsMismatch(f"{source}: '{key}' is not a parameter of the model ({type(model).__name__})")
+        if tuple(expected[key].shape) != tuple(value.shape):
+            raise WeightsMismatch(f"{source}: '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsMismatch(f"{source}: no value for the model's '{missing[0]}' ({len(missing)} missing)")
+    model.load_state_dict(state, strict=False)
+
+
+def background_last(x, num_classes: int):
+    """Class rows [background, 1..K] (torchvision) -> [1..K, background] (detectron2, mmdet)."""
+    import torch
+
+    if x.shape[0] != num_classes + 1:
+        raise WeightsMismatch(f"expected {num_classes + 1} class rows, got {x.shape[0]}")
+    return torch.cat([x[1:], x[:1]])
+
+
+def background_first(x):
+    """[1..K, background] -> [background, 1..K]."""
+    import torch
+
+    return torch.cat([x[-1:], x[:-1]])
+
+
+def without_background(x, per_class: int = 1):
+    """Class-specific rows [background, 1..K] x per_class -> [1..K] x per_class (no background slot)."""
+    return x[per_class:]
+
+
+def with_background(x, per_class: int = 1):
+    """[1..K] x per_class -> [background (zeros: never trained nor read), 1..K] x per_class."""
+    import torch
+
+    return torch.cat([x.new_zeros((per_class, *x.shape[1:])), x])
+
+
+def load_initial_weights(path: str) -> dict:
+    """The run's shared initial weights: a state dict in torchvision's Mask R-CNN layout."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model", state)
+
+
+def num_classes_of(tv_state: dict) -> int:
+    """Foreground classes of a torchvision-layout state dict (its box classifier counts background)."""
+    return tv_state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1

@@ -16,7 +16,28 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import CAFFE_STYLE, LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, num_classes, pillow_linear_alias
+from .common import (
+    CAFFE_STYLE,
+    LOW_QUALITY_ANY_IOU,
+    PYTORCH_STYLE,
+    background_first,
+    background_last,
+    count_roi_work,
+    data_spec,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    num_classes_of,
+    ordered_batches,
+    pillow_linear_alias,
+    rename,
+    schedule_facts,
+    schedule_length,
+    stand_in_optimizer,
+    step_scheduler,
+    with_background,
+    without_background,
+)
 
 _DATASET = "mrcnn_bench_train"
 
@@ -44,6 +65,81 @@ def _apply_shims(device: str | None = None) -> list[str]:
         defaults.create_ddp_model = create_ddp_model_cpu
         applied.append("create_ddp_model without device_ids on CPU")
     return applied
+
+
+# ------------------------------------------------------------- torchvision's layout <-> detectron2's
+def _res(template: str, shift: int):
+    """A replacement that writes ``template`` with the stage number (group 1) moved by ``shift``
+    (torchvision's layer1 is detectron2's res2) and the other groups as they are."""
+    return lambda m: template.format(int(m.group(1)) + shift, *m.groups()[1:])
+
+
+_FROM_TORCHVISION = [
+    (r"^backbone\.body\.conv1\.(\w+)$", r"backbone.bottom_up.stem.conv1.\1"),
+    (r"^backbone\.body\.bn1\.(\w+)$", r"backbone.bottom_up.stem.conv1.norm.\1"),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.(\w+)$", _res("backbone.bottom_up.res{}.{}.conv{}.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$", _res("backbone.bottom_up.res{}.{}.conv{}.norm.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.(\w+)$", _res("backbone.bottom_up.res{}.{}.shortcut.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$", _res("backbone.bottom_up.res{}.{}.shortcut.norm.{}", 1)),
+    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.(\w+)$", _res("backbone.fpn_lateral{}.{}", 2)),
+    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.(\w+)$", _res("backbone.fpn_output{}.{}", 2)),
+    (r"^rpn\.head\.conv\.0\.0\.", "proposal_generator.rpn_head.conv."),
+    (r"^rpn\.head\.cls_logits\.", "proposal_generator.rpn_head.objectness_logits."),
+    (r"^rpn\.head\.bbox_pred\.", "proposal_generator.rpn_head.anchor_deltas."),
+    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fc1."),
+    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fc2."),
+    (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
+    (r"^roi_heads\.mask_head\.(\d)\.0\.(\w+)$", _res("roi_heads.mask_head.mask_fcn{}.{}", 1)),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+]
+_TO_TORCHVISION = [
+    (r"^backbone\.bottom_up\.stem\.conv1\.norm\.(\w+)$", r"backbone.body.bn1.\1"),
+    (r"^backbone\.bottom_up\.stem\.conv1\.(\w+)$", r"backbone.body.conv1.\1"),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$", _res("backbone.body.layer{}.{}.bn{}.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.(\w+)$", _res("backbone.body.layer{}.{}.conv{}.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$", _res("backbone.body.layer{}.{}.downsample.1.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.(\w+)$", _res("backbone.body.layer{}.{}.downsample.0.{}", -1)),
+    (r"^backbone\.fpn_lateral(\d)\.(\w+)$", _res("backbone.fpn.inner_blocks.{}.0.{}", -2)),
+    (r"^backbone\.fpn_output(\d)\.(\w+)$", _res("backbone.fpn.layer_blocks.{}.0.{}", -2)),
+    (r"^proposal_generator\.rpn_head\.conv\.", "rpn.head.conv.0.0."),
+    (r"^proposal_generator\.rpn_head\.objectness_logits\.", "rpn.head.cls_logits."),
+    (r"^proposal_generator\.rpn_head\.anchor_deltas\.", "rpn.head.bbox_pred."),
+    (r"^roi_heads\.box_head\.fc1\.", "roi_heads.box_head.fc6."),
+    (r"^roi_heads\.box_head\.fc2\.", "roi_heads.box_head.fc7."),
+    (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
+    (r"^roi_heads\.mask_head\.mask_fcn(\d)\.(\w+)$", _res("roi_heads.mask_head.{}.0.{}", -1)),
+    (r"^roi_heads\.mask_head\.deconv\.", "roi_heads.mask_predictor.conv5_mask."),
+    (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
+]
+_CLS = "roi_heads.box_predictor.cls_score."
+_BOX = "roi_heads.box_predictor.bbox_pred."
+_TV_MASK, _D2_MASK = "roi_heads.mask_predictor.mask_fcn_logits.", "roi_heads.mask_head.predictor."
+
+
+def from_torchvision(state: dict) -> dict:
+    """A torchvision-layout Mask R-CNN state dict in detectron2's names and layouts: background class
+    last in the classifier, no background slot in the box regressor or the mask predictor."""
+    k = num_classes_of(state)
+    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _FROM_TORCHVISION,
+                 "torchvision -> detectron2")
+    for p in ("weight", "bias"):
+        out[_CLS + p] = background_last(state[_CLS + p], k)
+        out[_BOX + p] = without_background(state[_BOX + p], 4)
+        out[_D2_MASK + p] = without_background(state[_TV_MASK + p])
+    return out
+
+
+def to_torchvision(state: dict) -> dict:
+    """A detectron2 Mask R-CNN state dict in torchvision's layout (the inverse of ``from_torchvision``;
+    the background slots torchvision has and detectron2 lacks are zeros)."""
+    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _TO_TORCHVISION,
+                 "detectron2 -> torchvision")
+    for p in ("weight", "bias"):
+        out[_CLS + p] = background_first(state[_CLS + p])
+        out[_BOX + p] = with_background(state[_BOX + p], 4)
+        out[_TV_MASK + p] = with_background(state[_D2_MASK + p])
+    return out
 
 
 class Detectron2Adapter(Adapter):
@@ -75,7 +171,7 @@ class Detectron2Adapter(Adapter):
         c.MODEL.DEVICE = bench.device
         c.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
         c.MODEL.MASK_ON = True
-        c.MODEL.WEIGHTS = m.weights or ""
+        c.MODEL.WEIGHTS = "" if m.init_weights else (m.weights or "")  # the shared initialisation holds model.weights
         c.MODEL.PIXEL_MEAN = list(m.pixel_mean)
         c.MODEL.PIXEL_STD = list(m.pixel_std)
         c.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
@@ -137,6 +233,8 @@ class Detectron2Adapter(Adapter):
         c.DATASETS.TEST = ()
         c.DATALOADER.NUM_WORKERS = bench.num_workers
         c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
+        # batches come from the run's one data order (grouped there by aspect ratio, as detectron2 does)
+        c.DATALOADER.ASPECT_RATIO_GROUPING = False
         c.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
         c.SOLVER.BASE_LR = sol.base_lr
         c.SOLVER.MOMENTUM = sol.momentum
@@ -147,7 +245,9 @@ class Detectron2Adapter(Adapter):
         c.SOLVER.WARMUP_FACTOR = sol.warmup_factor
         c.SOLVER.STEPS = tuple(sol.steps)
         c.SOLVER.GAMMA = sol.gamma
-        c.SOLVER.MAX_ITER = bench.iters
+        # The canonical schedule's length: detectron2 places warm-up (WARMUP_ITERS / MAX_ITER of the
+        # schedule, capped at 1) and steps by it. The run stops after benchmark.iters (see train()).
+        c.SOLVER.MAX_ITER = sol.max_iter
         c.SOLVER.CHECKPOINT_PERIOD = 10**9
         c.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
         c.TEST.EVAL_PERIOD = 0
@@ -156,7 +256,9 @@ class Detectron2Adapter(Adapter):
         c.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
         c.set_new_allowed(True)
         c.MRCNN_BENCH = type(c)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
-                                 "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last})
+                                 "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
+                                 "ITERS": bench.iters, "INIT_WEIGHTS": m.init_weights or "",
+                                 "ORDER": type(c)(data_spec(cfg, data)["order"])})
         c.freeze()
         return c
 
@@ -213,21 +315,32 @@ class Detectron2Adapter(Adapter):
             "solver.weight_decay": c.SOLVER.WEIGHT_DECAY,
             "solver.weight_decay_norm": c.SOLVER.WEIGHT_DECAY_NORM,
             "solver.warmup_method": c.SOLVER.WARMUP_METHOD,
-            "solver.warmup_iters": c.SOLVER.WARMUP_ITERS,
-            "solver.warmup_factor": c.SOLVER.WARMUP_FACTOR,
-            "solver.steps": list(c.SOLVER.STEPS),
-            "solver.gamma": c.SOLVER.GAMMA,
+            # from what detectron2's own scheduler does with this config, not from its keys
+            **schedule_facts(self.lr_trajectory(c, schedule_length(self._solver(c))), c.SOLVER.BASE_LR),
             # not canonical keys, shown so the table says how each framework differs
             "info.rpn_smooth_l1_beta": c.MODEL.RPN.SMOOTH_L1_BETA,
             "info.box_smooth_l1_beta": c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
             "info.mask_targets": "polygons rasterised per RoI",
-            "info.aspect_ratio_grouping": c.DATALOADER.ASPECT_RATIO_GROUPING,
+            # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
+            "input.aspect_ratio_grouping": c.MRCNN_BENCH.ORDER.group_by_aspect and not c.DATALOADER.ASPECT_RATIO_GROUPING,
             "info.backbone_style": CAFFE_STYLE if c.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # RPN's Matcher(allow_low_quality_matches=True)
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
             "info.roi_gt_as_proposals": c.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
             "_notes": {},
         }
+
+    @staticmethod
+    def _solver(c) -> dict:
+        return dict(max_iter=c.SOLVER.MAX_ITER, warmup_iters=c.SOLVER.WARMUP_ITERS, steps=list(c.SOLVER.STEPS))
+
+    def lr_trajectory(self, native, n: int) -> list[float]:
+        """The learning rate of iterations 0..n-1 as detectron2's ``build_lr_scheduler`` (what
+        DefaultTrainer calls) sets it; its LRScheduler hook steps it once per iteration."""
+        from detectron2.solver import build_lr_scheduler
+
+        optimizer = stand_in_optimizer(native.SOLVER.BASE_LR)
+        return step_scheduler(optimizer, build_lr_scheduler(native, optimizer).step, n)
 
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo) -> dict:
@@ -265,6 +378,16 @@ class Detectron2Adapter(Adapter):
                 timer.after_step(per_process, loss=loss, data_time=data_time, lr=storage.history("lr").latest())
 
         class Trainer(DefaultTrainer):
+            @classmethod
+            def build_train_loader(cls, c):
+                """detectron2's own loader over its own dataset dicts, sampled in the run's data order."""
+                from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+
+                dicts = get_detection_dataset_dicts(c.DATASETS.TRAIN, filter_empty=c.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+                order = dict(train_json=c.MRCNN_BENCH.TRAIN_JSON, order=dict(c.MRCNN_BENCH.ORDER))
+                sampler = ordered_batches(order, dist, [d["image_id"] for d in dicts], f"detectron2 ({c.MRCNN_BENCH.TRAIN_JSON})", flat=True)
+                return build_detection_train_loader(c, dataset=dicts, sampler=sampler)
+
             def build_hooks(self):
                 hook_list = super().build_hooks()
                 at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.LRScheduler)) + 1
@@ -273,9 +396,16 @@ class Detectron2Adapter(Adapter):
 
         torch.manual_seed(cfg.benchmark.seed + dist.rank)
         trainer = Trainer(native)
+        # The schedule was built for SOLVER.MAX_ITER; the loop stops after the benchmark's iterations.
+        trainer.max_iter = native.MRCNN_BENCH.ITERS
+        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+        count_roi_work(timer, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
+                       mask_pooler=model.roi_heads.mask_pooler)
         if native.MRCNN_BENCH.CHANNELS_LAST:
             trainer.model.to(memory_format=torch.channels_last)
         trainer.resume_or_load(resume=False)
+        if native.MRCNN_BENCH.INIT_WEIGHTS:
+            load_exact(model, from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)), native.MRCNN_BENCH.INIT_WEIGHTS)
         trainer.train()
         extra = {"native_config": native.dump(), "shims": shims}
         if dist.is_main:  # after the timed window: does not touch the measurement
@@ -288,7 +418,6 @@ class Detectron2Adapter(Adapter):
                     sum(model(batch).values()).backward()
                 return len(batch)
 
-            model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
             loader = iter(trainer.data_loader)
             extra["flops_per_image"] = flops_per_image(model, [next(loader) for _ in range(2)], step)
         return extra

@@ -27,10 +27,32 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import CAFFE_STYLE, PYTORCH_STYLE, num_classes, pillow_linear_alias
+from .common import (
+    CAFFE_STYLE,
+    PYTORCH_STYLE,
+    background_first,
+    background_last,
+    count_roi_work,
+    data_spec,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    num_classes_of,
+    ordered_batches,
+    pillow_linear_alias,
+    rename,
+    schedule_facts,
+    schedule_length,
+    stand_in_optimizer,
+    step_scheduler,
+    with_background,
+    without_background,
+)
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
 STOCK_CONFIG = "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"
+# the sampler that follows the run's data order, registered in mmengine's DATA_SAMPLERS by train()
+ORDER_SAMPLER = "MrcnnBenchOrderedSampler"
 # after ParamSchedulerHook (LOW = 70), before CheckpointHook (VERY_LOW = 90)
 HOOK_PRIORITY = 75
 
@@ -56,6 +78,91 @@ def _norm(norm: str) -> tuple[dict, bool]:
     if norm == "SyncBN":
         return dict(type="SyncBN", requires_grad=True), False
     raise UnsupportedConfig(f"model.backbone.norm {norm!r} has no mmdet equivalent")
+
+
+# ------------------------------------------------------------------ torchvision's layout <-> mmdet's
+def _shift(template: str, shift: int):
+    """A replacement writing ``template`` with the number in group 1 moved by ``shift``."""
+    return lambda m: template.format(int(m.group(1)) + shift, *m.groups()[1:])
+
+
+_FROM_TORCHVISION = [
+    (r"^backbone\.body\.", "backbone."),  # mmdet's ResNet keeps torchvision's names
+    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", r"neck.lateral_convs.\1.conv."),
+    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.", r"neck.fpn_convs.\1.conv."),
+    (r"^rpn\.head\.conv\.0\.0\.", "rpn_head.rpn_conv."),
+    (r"^rpn\.head\.cls_logits\.", "rpn_head.rpn_cls."),
+    (r"^rpn\.head\.bbox_pred\.", "rpn_head.rpn_reg."),
+    (r"^roi_heads\.box_head\.fc(\d)\.(\w+)$", _shift("roi_head.bbox_head.shared_fcs.{}.{}", -6)),
+    (r"^roi_heads\.box_predictor\.cls_score\.", "roi_head.bbox_head.fc_cls."),
+    (r"^roi_heads\.box_predictor\.bbox_pred\.", "roi_head.bbox_head.fc_reg."),
+    (r"^roi_heads\.mask_head\.(\d)\.0\.", r"roi_head.mask_head.convs.\1.conv."),
+    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_head.mask_head.upsample."),
+    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_head.mask_head.conv_logits."),
+]
+_TO_TORCHVISION = [
+    (r"^neck\.lateral_convs\.(\d)\.conv\.", r"backbone.fpn.inner_blocks.\1.0."),
+    (r"^neck\.fpn_convs\.(\d)\.conv\.", r"backbone.fpn.layer_blocks.\1.0."),
+    (r"^backbone\.", "backbone.body."),
+    (r"^rpn_head\.rpn_conv\.", "rpn.head.conv.0.0."),
+    (r"^rpn_head\.rpn_cls\.", "rpn.head.cls_logits."),
+    (r"^rpn_head\.rpn_reg\.", "rpn.head.bbox_pred."),
+    (r"^roi_head\.bbox_head\.shared_fcs\.(\d)\.(\w+)$", _shift("roi_heads.box_head.fc{}.{}", 6)),
+    (r"^roi_head\.bbox_head\.fc_cls\.", "roi_heads.box_predictor.cls_score."),
+    (r"^roi_head\.bbox_head\.fc_reg\.", "roi_heads.box_predictor.bbox_pred."),
+    (r"^roi_head\.mask_head\.convs\.(\d)\.conv\.", r"roi_heads.mask_head.\1.0."),
+    (r"^roi_head\.mask_head\.upsample\.", "roi_heads.mask_predictor.conv5_mask."),
+    (r"^roi_head\.mask_head\.conv_logits\.", "roi_heads.mask_predictor.mask_fcn_logits."),
+]
+_CLS, _REG, _MASK = "roi_head.bbox_head.fc_cls.", "roi_head.bbox_head.fc_reg.", "roi_head.mask_head.conv_logits."
+
+
+def from_torchvision(state: dict) -> dict:
+    """A torchvision-layout Mask R-CNN state dict in mmdet's names and layouts: background class last
+    in ``fc_cls``, no background slot in ``fc_reg`` (class-specific) or ``conv_logits``."""
+    k = num_classes_of(state)
+    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _FROM_TORCHVISION,
+                 "torchvision -> mmdet")
+    for p in ("weight", "bias"):
+        out[_CLS + p] = background_last(out[_CLS + p], k)
+        out[_REG + p] = without_background(out[_REG + p], 4)
+        out[_MASK + p] = without_background(out[_MASK + p])
+    return out
+
+
+def to_torchvision(state: dict) -> dict:
+    """An mmdet Mask R-CNN state dict in torchvision's layout (the inverse of ``from_torchvision``; the
+    background slots torchvision has and mmdet lacks are zeros)."""
+    own = {n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}
+    for p in ("weight", "bias"):
+        own[_CLS + p] = background_first(own[_CLS + p])
+        own[_REG + p] = with_background(own[_REG + p], 4)
+        own[_MASK + p] = with_background(own[_MASK + p])
+    return rename(own, _TO_TORCHVISION, "mmdet -> torchvision")
+
+
+def _ordered_sampler(dataset, seed, order: dict, train_json: str):
+    """mmengine's sampler interface (built with the dataset and a seed) over the run's data order."""
+    from mmengine.dist import get_dist_info
+
+    rank, world_size = get_dist_info()
+    image_ids = [dataset.get_data_info(i)["img_id"] for i in range(len(dataset))]
+    return ordered_batches(dict(train_json=train_json, order=order), DistInfo(rank=rank, world_size=world_size), image_ids,
+                           f"mmdet ({train_json})", flat=True)
+
+
+def _count_work(model, timer) -> None:
+    """The work counters on mmdet's modules: RoIs and positives from the RoI extractors' outputs; the
+    proposals from what ``rpn_head.loss_and_predict`` (a method, not a forward) returns."""
+    count_roi_work(timer, rpn=None, box_pooler=model.roi_head.bbox_roi_extractor, mask_pooler=model.roi_head.mask_roi_extractor)
+    loss_and_predict = model.rpn_head.loss_and_predict
+
+    def counted(*args, **kwargs):
+        losses, proposals = loss_and_predict(*args, **kwargs)
+        timer.count(proposals=sum(len(p) for p in proposals))
+        return losses, proposals
+
+    model.rpn_head.loss_and_predict = counted
 
 
 class MMDetAdapter(Adapter):
@@ -101,7 +208,8 @@ class MMDetAdapter(Adapter):
         bb.depth = m.backbone.depth
         bb.frozen_stages = m.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
         bb.norm_cfg, bb.norm_eval = _norm(m.effective_norm)
-        bb.init_cfg = dict(type="Pretrained", checkpoint=str(m.weights)) if m.weights else None  # never downloads
+        # never downloads; the shared initialisation (loaded before training) already holds model.weights
+        bb.init_cfg = dict(type="Pretrained", checkpoint=str(m.weights)) if m.weights and not m.init_weights else None
 
         model.neck.out_channels = m.fpn_out_channels
         head = model.rpn_head
@@ -177,9 +285,11 @@ class MMDetAdapter(Adapter):
         loader.batch_size = cfg.ims_per_gpu
         loader.num_workers = bench.num_workers
         loader.persistent_workers = bench.num_workers > 0
-        # what mmdet's iteration-based configs use: the epoch-based DefaultSampler restarts the loader
-        # (and its workers) after every pass over the data, inside the timed window
-        loader.sampler = dict(type="InfiniteSampler", shuffle=True)
+        # the run's one data order, endless (mmdet's epoch-based DefaultSampler would restart the loader
+        # and its workers after every pass, inside the timed window), grouped by aspect ratio there: the
+        # stock AspectRatioBatchSampler would regroup it
+        loader.sampler = dict(type=ORDER_SAMPLER, order=data_spec(cfg, data)["order"], train_json=str(data.train_json) if data else "")
+        loader.batch_sampler = None
         ds = loader.dataset
         ds.data_root = ""
         ds.ann_file = str(data.train_json) if data else ""
@@ -218,7 +328,8 @@ class MMDetAdapter(Adapter):
         c.load_from = None
         c.resume = False
         c.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
-        c.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device)
+        c.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
+                             init_weights=m.init_weights)
         return c
 
     # ------------------------------------------------------- effective hparams
@@ -285,16 +396,16 @@ class MMDetAdapter(Adapter):
             "solver.weight_decay": sgd.weight_decay,
             "solver.weight_decay_norm": sgd.weight_decay * c.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
             "solver.warmup_method": {"LinearLR": "linear"}.get(linear["type"], linear["type"]),
-            "solver.warmup_iters": (linear["end"] - linear["begin"] - 1) // accum,
-            "solver.warmup_factor": linear["start_factor"],
-            "solver.steps": [s // accum for s in steps["milestones"]],
-            "solver.gamma": steps["gamma"],
+            # from what mmengine's own schedulers do with this config, per optimizer step
+            **schedule_facts(self.lr_trajectory(c, schedule_length(dict(
+                max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum, steps=[s // accum for s in steps["milestones"]]))), sgd.lr),
             # not canonical keys, shown so the table says how each framework differs
             "info.backbone_style": PYTORCH_STYLE if bb.style == "pytorch" else CAFFE_STYLE,
             "info.rpn_smooth_l1_beta": 0.0 if model.rpn_head.loss_bbox.type == "L1Loss" else model.rpn_head.loss_bbox.get("beta"),
             "info.box_smooth_l1_beta": 0.0 if box.loss_bbox.type == "L1Loss" else box.loss_bbox.get("beta"),
             "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",
-            "info.aspect_ratio_grouping": c.train_dataloader.batch_sampler.type == "AspectRatioBatchSampler",
+            "input.aspect_ratio_grouping": (c.train_dataloader.sampler.type == ORDER_SAMPLER and c.train_dataloader.batch_sampler is None
+                                            and c.train_dataloader.sampler.order["group_by_aspect"]),
             "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {tr.rpn.assigner.min_pos_iou}"
                                              if tr.rpn.assigner.match_low_quality else False),
             "info.roi_low_quality_matches": tr.rcnn.assigner.match_low_quality,
@@ -303,6 +414,22 @@ class MMDetAdapter(Adapter):
                 "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
             },
         }
+
+    def lr_trajectory(self, native, n: int) -> list[float]:
+        """The learning rate of optimizer steps 0..n-1 as mmengine's schedulers (built from the
+        config's ``param_scheduler``, stepped by ParamSchedulerHook once per micro-batch) set it."""
+        from mmengine.registry import PARAM_SCHEDULERS
+
+        accum = native.mrcnn_bench.grad_accum
+        optimizer = stand_in_optimizer(native.optim_wrapper.optimizer.lr)
+        schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optimizer)) for s in native.param_scheduler]
+
+        def step():
+            for _ in range(accum):
+                for scheduler in schedulers:
+                    scheduler.step()
+
+        return step_scheduler(optimizer, step, n)
 
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo) -> dict:
@@ -313,6 +440,7 @@ class MMDetAdapter(Adapter):
         from mmengine.runner import Runner
 
         accum = native.mrcnn_bench.grad_accum
+        init_weights = native.mrcnn_bench.get("init_weights")
         images_per_step = native.train_dataloader.batch_size * accum
         native.launcher = "pytorch" if dist.distributed else "none"
 
@@ -320,6 +448,9 @@ class MMDetAdapter(Adapter):
             """Stamps each optimizer step for the harness, after the LR scheduler's update."""
 
             def before_train(self, runner):
+                # after mmengine's init_weights() and load_or_resume(), before the first iteration
+                if init_weights:
+                    load_exact(model, from_torchvision(load_initial_weights(init_weights)), init_weights)
                 timer.before_train()
 
             def before_train_iter(self, runner, batch_idx, data_batch=None):
@@ -339,8 +470,13 @@ class MMDetAdapter(Adapter):
                                              + ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items()))
                 timer.after_step(images_per_step, loss=loss, data_time=self.data_time, lr=self.lr)
 
+        from mmengine.registry import DATA_SAMPLERS
+
+        DATA_SAMPLERS.register_module(name=ORDER_SAMPLER, module=_ordered_sampler, force=True)
         runner = Runner.from_cfg(native)
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
         runner.register_hook(HarnessTimer(), priority=HOOK_PRIORITY)
+        _count_work(model, timer)
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
@@ -354,7 +490,6 @@ class MMDetAdapter(Adapter):
                 loss.backward()
                 return len(batch["inputs"])
 
-            model = runner.model.module if hasattr(runner.model, "module") else runner.model
             loader = runner.train_loop.dataloader_iterator  # the loop's own infinite iterator
             extra["flops_per_image"] = flops_per_image(model, [next(loader) for _ in range(2)], step)
         return extra

@@ -4,7 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, data_spec, num_classes, train_spec
+from .common import (
+    LOW_QUALITY_ANY_IOU,
+    PYTORCH_STYLE,
+    count_roi_work,
+    data_spec,
+    num_classes,
+    ordered_batches,
+    schedule_facts,
+    schedule_length,
+    stand_in_optimizer,
+    step_scheduler,
+    train_spec,
+)
 
 
 @dataclass
@@ -14,9 +26,11 @@ class ReferenceNative:
     data: dict
     train: dict = field(default_factory=dict)
     weights: str | None = None
+    init_weights: str | None = None  # the run's shared initialisation (torchvision's layout), loaded over ours
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights}
+        return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights,
+                "init_weights": self.init_weights}
 
 
 
@@ -50,17 +64,21 @@ class ReferenceAdapter(Adapter):
             solver=dict(
                 base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
                 warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,
+                max_iter=sol.max_iter,
             ),
             data=data_spec(cfg, data),
             train=train_spec(cfg),
             weights=cfg.model.weights,
+            init_weights=cfg.model.init_weights,
         )
 
     def build_model(self, native: ReferenceNative):
         from mrcnn_bench.reference_impl.modeling import MaskRCNN, load_torchvision_weights
 
         model = MaskRCNN.from_config(native.model)
-        if native.weights:
+        if native.init_weights:  # the shared initialisation already holds model.weights
+            load_torchvision_weights(model, native.init_weights)
+        elif native.weights:
             load_torchvision_weights(model, native.weights)
         return model
 
@@ -119,14 +137,11 @@ class ReferenceAdapter(Adapter):
             "solver.weight_decay": s["weight_decay"],
             "solver.weight_decay_norm": s["weight_decay_norm"],
             "solver.warmup_method": "linear",
-            "solver.warmup_iters": s["warmup_iters"],
-            "solver.warmup_factor": s["warmup_factor"],
-            "solver.steps": s["steps"],
-            "solver.gamma": s["gamma"],
+            **schedule_facts(self.lr_trajectory(native, schedule_length(s)), s["base_lr"]),
             "info.rpn_smooth_l1_beta": rpn.smooth_l1_beta,
             "info.box_smooth_l1_beta": roi.smooth_l1_beta,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
-            "info.aspect_ratio_grouping": False,
+            "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,
             "info.roi_low_quality_matches": False,
@@ -134,12 +149,17 @@ class ReferenceAdapter(Adapter):
             "_notes": {},
         }
 
+    def lr_trajectory(self, native: ReferenceNative, n: int) -> list[float]:
+        """The learning rate of iterations 0..n-1, from the scheduler a run builds."""
+        optimizer = stand_in_optimizer(native.solver["base_lr"])
+        return step_scheduler(optimizer, build_scheduler(optimizer, native.solver).step, n)
+
     def build_trainer(self, cfg, data, dist: DistInfo, after_step=None):
         """(native config, reference Trainer) as a run builds them: model, optimizer, schedule, loader."""
         import torch
 
         from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
-        from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, warmup_multistep
+        from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer
 
         native = self.translate(cfg, data)
         tr, d, s = native.train, native.data, native.solver
@@ -154,9 +174,7 @@ class ReferenceAdapter(Adapter):
         optimizer = build_optimizer(
             model, lr=s["base_lr"], momentum=s["momentum"], weight_decay=s["weight_decay"], weight_decay_norm=s["weight_decay_norm"]
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_multistep(warmup_iters=s["warmup_iters"], warmup_factor=s["warmup_factor"], steps=s["steps"], gamma=s["gamma"])
-        )
+        scheduler = build_scheduler(optimizer, s)
         dataset = COCOInstances(d["train_json"], d["train_images"], flip_prob=d["horizontal_flip_prob"], filter_empty=d["filter_empty"])
         loader = build_train_loader(
             dataset,
@@ -166,6 +184,7 @@ class ReferenceAdapter(Adapter):
             rank=dist.rank,
             world_size=dist.world_size,
             pin_memory=device.type == "cuda",
+            batch_sampler=ordered_batches(d, dist, dataset.ids, f"reference ({d['train_json']})"),
         )
         trainer = Trainer(
             model, optimizer, scheduler, loader, device=device, dtype=tr["dtype"], grad_accum=tr["grad_accum"],
@@ -178,6 +197,7 @@ class ReferenceAdapter(Adapter):
 
         native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step)
         model, tr = trainer.model, native.train
+        count_roi_work(timer, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
         timer.before_train()
         trainer.train(tr["iters"])
         extra = {"native_config": native.to_dict(), "ops_backend": ops.backend()}
@@ -186,6 +206,16 @@ class ReferenceAdapter(Adapter):
 
             extra["flops_per_image"] = flops_per_image(model, [trainer.next_batch() for _ in range(2)], detection_step)
         return extra
+
+
+def build_scheduler(optimizer, solver: dict):
+    """The reference's learning-rate schedule: linear warm-up, then multi-step, per iteration."""
+    import torch
+
+    from mrcnn_bench.reference_impl.engine import warmup_multistep
+
+    keys = ("warmup_iters", "warmup_factor", "steps", "gamma")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_multistep(**{k: solver[k] for k in keys}))
 
 
 ADAPTER = ReferenceAdapter()

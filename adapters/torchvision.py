@@ -18,7 +18,21 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, data_spec, num_classes, train_spec
+from .common import (
+    LOW_QUALITY_ANY_IOU,
+    PYTORCH_STYLE,
+    count_roi_work,
+    data_spec,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    ordered_batches,
+    schedule_facts,
+    schedule_length,
+    stand_in_optimizer,
+    step_scheduler,
+    train_spec,
+)
 
 
 @dataclass
@@ -85,6 +99,7 @@ class TorchvisionAdapter(Adapter):
                 trainable_layers=5 - m.effective_freeze_at,
                 norm=m.effective_norm,
                 weights=m.weights,
+                init_weights=m.init_weights,
                 fpn_out_channels=m.fpn_out_channels,
                 anchor_sizes=[[s] for s in m.anchors.sizes],
                 aspect_ratios=[list(m.anchors.aspect_ratios)] * n,
@@ -108,6 +123,7 @@ class TorchvisionAdapter(Adapter):
                 warmup_factor=sol.warmup_factor,
                 steps=list(sol.steps),
                 gamma=sol.gamma,
+                max_iter=sol.max_iter,
             ),
             data=data_spec(cfg, data),
             train=train_spec(cfg),
@@ -143,7 +159,9 @@ class TorchvisionAdapter(Adapter):
             mask_head=MaskRCNNHeads(out, native.mask_head["layers"], native.mask_head["dilation"]),
             **native.model_kwargs,
         )
-        if b["weights"]:
+        if b.get("init_weights"):  # the shared initialisation already holds model.weights
+            load_exact(model, load_initial_weights(b["init_weights"]), b["init_weights"])
+        elif b["weights"]:
             load_weights(model, b["weights"])
         if b["norm"] == "SyncBN":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -209,14 +227,11 @@ class TorchvisionAdapter(Adapter):
             "solver.weight_decay": o["weight_decay"],
             "solver.weight_decay_norm": o["norm_weight_decay"],
             "solver.warmup_method": "linear",
-            "solver.warmup_iters": s["warmup_iters"],
-            "solver.warmup_factor": s["warmup_factor"],
-            "solver.steps": s["steps"],
-            "solver.gamma": s["gamma"],
+            **schedule_facts(self.lr_trajectory(native, schedule_length(s)), o["lr"]),
             "info.rpn_smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py / roi_heads.py
             "info.box_smooth_l1_beta": 1.0 / 9,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
-            "info.aspect_ratio_grouping": False,
+            "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,  # torchvision's ResNet (v1.5)
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # fixed in torchvision's rpn.py
             "info.roi_low_quality_matches": False,
@@ -228,8 +243,13 @@ class TorchvisionAdapter(Adapter):
             },
         }
 
+    def lr_trajectory(self, native: TorchvisionNative, n: int) -> list[float]:
+        """The learning rate of iterations 0..n-1, from the scheduler a run builds."""
+        optimizer = stand_in_optimizer(native.optimizer["lr"])
+        return step_scheduler(optimizer, build_scheduler(optimizer, native.schedule).step, n)
+
     # ------------------------------------------------------------------ data
-    def build_loader(self, native: TorchvisionNative, dist: DistInfo, seed: int):
+    def build_loader(self, native: TorchvisionNative, dist: DistInfo):
         import torch
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
         from torchvision.transforms import v2
@@ -251,16 +271,10 @@ class TorchvisionAdapter(Adapter):
                 v2.SanitizeBoundingBoxes(labels_getter=lambda sample: (sample[1]["labels"], sample[1]["masks"], sample[1]["iscrowd"])),
             ]
         )
+        image_ids = list(dataset.ids)
         dataset = _Transformed(dataset, transforms, label_of)
-        sampler = torch.utils.data.DistributedSampler(
-            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed, drop_last=True
-        )
-        batch_sampler = torch.utils.data.BatchSampler(sampler, d["batch_size_per_process"], drop_last=True)
-        if len(batch_sampler) == 0:
-            raise ValueError(
-                f"{d['train_json']}: {len(dataset)} training images cannot fill one batch of "
-                f"{d['batch_size_per_process']} per process x {dist.world_size} processes"
-            )
+        # the run's one data order, endless: no epoch restart (nor worker restart) inside the window
+        batch_sampler = ordered_batches(d, dist, image_ids, f"torchvision ({d['train_json']})")
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batch_sampler,
@@ -269,7 +283,7 @@ class TorchvisionAdapter(Adapter):
             persistent_workers=d["num_workers"] > 0,
             pin_memory=dist.device.startswith("cuda"),
         )
-        return loader, sampler
+        return loader
 
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo) -> dict:
@@ -280,11 +294,12 @@ class TorchvisionAdapter(Adapter):
         torch.manual_seed(tr["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native).to(device)
+        count_roi_work(timer, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
         if tr["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         optimizer = build_optimizer(model, native.optimizer)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_multistep(native.schedule))
+        scheduler = build_scheduler(optimizer, native.schedule)
         ddp_model = model
         if dist.distributed:
             ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -292,16 +307,7 @@ class TorchvisionAdapter(Adapter):
             )
         autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tr["dtype"]]
         scaler = torch.amp.GradScaler(device.type, enabled=tr["dtype"] == "fp16")
-        loader, sampler = self.build_loader(native, dist, tr["seed"])
-
-        def batches():
-            epoch = 0
-            while True:
-                sampler.set_epoch(epoch)
-                yield from loader
-                epoch += 1
-
-        it = iter(batches())
+        it = iter(self.build_loader(native, dist))
         timer.before_train()
         for _ in range(tr["iters"]):
             data_time = 0.0
@@ -379,6 +385,12 @@ def _warmup_multistep(schedule: dict):
         return warm * schedule["gamma"] ** bisect.bisect_right(schedule["steps"], it)
 
     return factor
+
+
+def build_scheduler(optimizer, schedule: dict):
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_multistep(schedule))
 
 
 def build_optimizer(model, opt: dict):

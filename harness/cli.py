@@ -165,6 +165,7 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
 
     paths, summary = resolve_data(cfg.data, data_root)
     click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images)", err=True)
+    cfg = _with_shared_init(cfg, paths)
     try:
         records = launch.run_suite(cfg, todo, paths, summary, Path(out_root), run_id, opts)
     except launch.KeyboardInterruptWithRecord as e:
@@ -181,6 +182,26 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
     click.echo(f"\nresults: {run_dir}\n")
     click.echo(render_markdown(records, detail=False))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+
+
+def _with_shared_init(cfg, paths):
+    """``cfg`` with ``model.init_weights`` set to the run's shared initialisation (made or found in the
+    cache) when ``benchmark.shared_init`` is on and no file is named already."""
+    from .init_weights import WeightsError, initial_weights
+
+    if not cfg.benchmark.shared_init or cfg.model.init_weights:
+        if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
+            raise BadInput(f"model.init_weights: {cfg.model.init_weights}: no such file")
+        return cfg
+    num_classes = cfg.model.num_classes or len(json.loads(paths.train_json.read_text())["categories"])
+    try:
+        path, sha = initial_weights(cfg, num_classes)
+    except WeightsError as e:
+        raise BadInput(str(e)) from None
+    click.echo(f"initial weights: one seeded initialisation for every implementation ({num_classes} classes, "
+               f"seed {cfg.benchmark.seed}{', with ' + cfg.model.weights if cfg.model.weights else ''}): {path} "
+               f"(sha256 {sha[:12]})", err=True)
+    return cfg.with_overrides({"model.init_weights": str(path)}, source="shared initial weights")
 
 
 # -------------------------------------------------------------------------------------- report
@@ -260,9 +281,17 @@ def regress(baseline, candidate, threshold, alpha, relative_to, impls, fmt):
 @click.option("--impl", default="all", show_default=True)
 @click.option("--data", "data_root", default=None, type=click.Path(), help="Data set (for the class count).")
 @click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="Instead of the static table: check what the implementations of this run did (lr, batch, work).")
+@click.option("--band", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="With --run: tolerated distance of positives per image from the median [0.25].")
 @_bad_input
-def parity(config_name, impl, data_root, pythons):
-    """The effective hyperparameters of every installed implementation, side by side."""
+def parity(config_name, impl, data_root, pythons, run_dir, band):
+    """The effective hyperparameters of every installed implementation, side by side; with --run, the
+    trajectories of one run side by side (exit 1 on a divergence)."""
+    if run_dir:
+        _trajectory_parity(run_dir, band)
+        return
     from . import launch
     from .parity import canonical_values, effective_for, parity_frame
 
@@ -293,6 +322,29 @@ def parity(config_name, impl, data_root, pythons):
         for note in notes:
             click.echo(f"- {note}")
     sys.exit(1 if failed or any(n.endswith("UNEXPLAINED") for n in notes) else 0)
+
+
+def _trajectory_parity(run_dir: str, band: float | None) -> None:
+    from .parity import POSITIVES_BAND, trajectory_frame
+    from .report import load_runs
+
+    records = load_runs([run_dir])
+    if not records:
+        raise BadInput(f"{run_dir}: no run.json under it (a folder made by mrcnn-bench run)")
+    run_ids = sorted({r["run_id"] for r in records})
+    if len(run_ids) > 1:
+        raise BadInput(f"{run_dir}: holds runs {', '.join(run_ids)}; --run takes the folder of one run")
+    band = band or POSITIVES_BAND
+    table, problems = trajectory_frame(records, band)
+    click.echo(f"run {run_ids[0]}: lr against the canonical schedule (relative tolerance 1e-6), global batch, "
+               f"work per image over the timed window (positives within ±{100 * band:.0f}% of the median)\n")
+    click.echo(table.to_markdown(index=False, disable_numparse=True))
+    if problems:
+        click.echo("\nDivergences:")
+        for p in problems:
+            click.echo(f"- {p}")
+        sys.exit(1)
+    click.echo("\nno divergence")
 
 
 # ---------------------------------------------------------------------------------------- list

@@ -88,6 +88,10 @@ class ModelConfig(_Section):
     num_classes: int | None = Field(None, gt=0)  # None: taken from the data set's categories
     # Path to a checkpoint to start from (torchvision-format backbone or full model). None = random init.
     weights: str | None = None
+    # The whole model's initial weights in torchvision's layout, which every implementation converts
+    # to its own names and loads. Set by ``mrcnn-bench run`` (benchmark.shared_init) to the run's one
+    # seeded initialisation (with ``weights`` laid over it); None: each framework initialises its own.
+    init_weights: str | None = None
     pixel_mean: list[float] = [123.675, 116.28, 103.53]  # RGB, 0-255
     pixel_std: list[float] = [58.395, 57.12, 57.375]
     backbone: BackboneConfig = BackboneConfig()
@@ -121,6 +125,9 @@ class InputConfig(_Section):
     horizontal_flip_prob: float = Field(0.5, ge=0, le=1)
     # Every implementation drops images with no annotation from training (Detectron's default).
     filter_empty_annotations: bool = True
+    # Batches of images of one orientation (wider than tall, or not), as detectron2 and mmdet group
+    # them; done once, in the run's data order (harness.data_order) that every implementation follows.
+    aspect_ratio_grouping: bool = True
 
     @model_validator(mode="after")
     def _check(self):
@@ -157,6 +164,8 @@ class BenchmarkConfig(_Section):
     threads_per_rank: int | None = Field(None, gt=0)  # None: cores / processes
     num_workers: int = Field(2, ge=0)  # data-loader workers per process
     seed: int = 0
+    # One seeded initialisation of the whole model (model.init_weights), the same for every implementation.
+    shared_init: bool = True
     timeout_s: float = Field(3600.0, gt=0)  # per implementation, a hang past this is a failure
 
     @model_validator(mode="after")

@@ -1,9 +1,13 @@
 """Data sets: COCO 2017 from a path, or the embedded synthetic COCO-format set made here.
 
-The synthetic set is deterministic for a given (images, size, seed): coloured shapes of several
-categories on a textured background, each with a polygon mask, written as JPEG images plus
-``annotations/instances_{split}.json`` in COCO's own layout, so every implementation reads it with
-its own COCO loader.
+The synthetic set is deterministic for a given (images, size, seed) and shaped like COCO where the
+model's work depends on it: COCO's 80 categories under their own (non-contiguous) ids, so the model is
+the 81-class COCO Mask R-CNN; instances per image with COCO's mean (about 7) and a long tail, many of
+them small; landscape and portrait images with COCO's proportions (640x480, 640x427, 480x640, ...,
+the long side ``size``); some multi-part polygons and some crowd regions stored as RLE, as COCO has.
+Each object is a coloured shape with a polygon mask over a textured background, written as JPEG
+images plus ``annotations/instances_{split}.json`` in COCO's own layout, so every implementation reads
+it with its own COCO loader.
 """
 from __future__ import annotations
 
@@ -17,7 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = ["rectangle", "ellipse", "triangle", "star", "hexagon", "diamond"]
+# COCO 2017's 80 categories with their ids (1..90, with gaps, as in instances_*.json).
+COCO_CATEGORIES = [
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
+    (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"),
+    (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"),
+    (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
+    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
+    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"),
+    (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"), (54, "sandwich"),
+    (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"), (60, "donut"), (61, "cake"),
+    (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"), (67, "dining table"), (70, "toilet"), (72, "tv"),
+    (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
+    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
+    (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+]
+CATEGORIES = [name for _, name in COCO_CATEGORIES]
+# Each category is drawn as one of these shapes, stretched and coloured its own way.
+SHAPES = ["rectangle", "ellipse", "triangle", "star", "hexagon", "diamond"]
+# COCO train2017's image proportions (short side / long side), most often 480/640 and 427/640.
+ASPECTS = [0.75, 0.75, 0.75, 0.667, 0.667, 0.5625, 1.0, 0.8]
+PORTRAIT_SHARE = 0.25  # COCO: about a quarter of the images are taller than wide
+MEAN_INSTANCES = 7.0  # COCO train2017: 7.3 instances per image
+CROWD_SHARE = 0.1  # images with one crowd region (COCO: about 1% of instances, in ~9% of images)
+SYNTH_VERSION = 2  # bumped whenever the generator changes what it writes (the cache is keyed by it)
+MULTIPART_SHARE = 0.1  # objects whose mask has two polygons (occluded in two pieces)
 
 
 class DataError(ValueError):
@@ -82,7 +110,39 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _object_count(rng: np.random.Generator) -> int:
+    """Instances in one image: 1 + negative binomial, mean ``MEAN_INSTANCES``, long-tailed like COCO's."""
+    r = 1.2
+    mean = MEAN_INSTANCES - 1
+    return 1 + int(min(60, rng.negative_binomial(r, r / (r + mean))))
+
+
+def _place(rng, width, height, boxes, rel_min, rel_max, max_iou):
+    """A centre and half-extents for an object whose box overlaps no placed box by more than ``max_iou``."""
+    scale = min(width, height)
+    for _ in range(20):
+        rx = scale * float(np.exp(rng.uniform(np.log(rel_min), np.log(rel_max))))  # many small, few large
+        ry = rx * rng.uniform(0.6, 1.4)
+        r = max(rx, ry)
+        if 2 * r + 2 >= scale:
+            continue
+        cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        if all(_iou(box, b) <= max_iou for b in boxes):
+            return cx, cy, rx, ry
+    return None
+
+
+def _polygon(kind: str, cx, cy, rx, ry, angle, width, height) -> np.ndarray:
+    poly = _shape_polygon(kind, cx, cy, rx, ry, angle)
+    poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
+    poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
+    return poly
+
+
 def _make_image(rng: np.random.Generator, width: int, height: int):
+    """(image, objects, crowd) where objects are (category index, [polygons]) and crowd is None or a
+    boolean mask of one crowd region (a cluster of small shapes, annotated as one RLE)."""
     from PIL import Image, ImageDraw
 
     # A smooth colour gradient plus noise: not a flat background the model can trivially separate.
@@ -94,34 +154,56 @@ def _make_image(rng: np.random.Generator, width: int, height: int):
     image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
 
-    objects = []
-    boxes = []
-    n_target = int(rng.integers(1, 7))
-    for _ in range(n_target * 10):
-        if len(objects) == n_target:
-            break
-        kind_id = int(rng.integers(len(CATEGORIES)))
-        scale = min(width, height)
-        rx = rng.uniform(0.06, 0.22) * scale
-        ry = rx * rng.uniform(0.6, 1.4)
-        r = max(rx, ry)
-        if 2 * r + 2 >= min(width, height):
+    boxes, objects, crowd = [], [], None
+    if rng.uniform() < CROWD_SHARE:
+        region = _place(rng, width, height, boxes, 0.15, 0.3, 0.0)
+        if region is not None:
+            cx, cy, rx, ry = region
+            layer = Image.new("L", (width, height), 0)
+            ldraw = ImageDraw.Draw(layer)
+            color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+            for _ in range(int(rng.integers(6, 14))):  # many small people-like blobs, one annotation
+                px, py = cx + rng.uniform(-rx, rx), cy + rng.uniform(-ry, ry)
+                blob = _polygon("ellipse", px, py, rx * 0.18, ry * 0.35, 0.0, width, height)
+                points = [tuple(p) for p in blob.tolist()]
+                draw.polygon(points, fill=color)
+                ldraw.polygon(points, fill=1)
+            crowd = np.asarray(layer, dtype=bool)
+            boxes.append((cx - rx, cy - ry, cx + rx, cy + ry))
+
+    for _ in range(_object_count(rng)):
+        cat = int(rng.integers(len(COCO_CATEGORIES)))
+        kind = SHAPES[cat % len(SHAPES)]
+        stretch = 0.7 + 0.1 * ((cat // len(SHAPES)) % 7)  # categories of one shape differ in proportions
+        placed = _place(rng, width, height, boxes, 0.03, 0.25, 0.0)
+        if placed is None:
+            continue  # the image is full
+        cx, cy, rx, ry = placed
+        angle = rng.uniform(0, math.pi)
+        color = tuple(int(c) for c in (np.array([cat * 37 % 256, cat * 91 % 256, cat * 53 % 256]) + rng.integers(-20, 21, 3)).clip(0, 255))
+        if rng.uniform() < MULTIPART_SHARE:  # two pieces with a gap between them
+            dx = rx * 0.55
+            polys = [_polygon(kind, cx + sign * dx * math.cos(angle), cy + sign * dx * math.sin(angle), rx * 0.4, ry * stretch * 0.8,
+                              angle, width, height) for sign in (-1, 1)]
+        else:
+            polys = [_polygon(kind, cx, cy, rx, ry * stretch, angle, width, height)]
+        xs = np.concatenate([p[:, 0] for p in polys])
+        ys = np.concatenate([p[:, 1] for p in polys])
+        box = (xs.min(), ys.min(), xs.max(), ys.max())
+        if box[2] - box[0] < 2 or box[3] - box[1] < 2:
             continue
-        cx = rng.uniform(r + 1, width - r - 1)
-        cy = rng.uniform(r + 1, height - r - 1)
-        poly = _shape_polygon(CATEGORIES[kind_id], cx, cy, rx, ry, rng.uniform(0, math.pi))
-        poly[:, 0] = np.clip(poly[:, 0], 0, width - 1)
-        poly[:, 1] = np.clip(poly[:, 1], 0, height - 1)
-        box = (poly[:, 0].min(), poly[:, 1].min(), poly[:, 0].max(), poly[:, 1].max())
-        if box[2] - box[0] < 4 or box[3] - box[1] < 4:
-            continue
-        if any(_iou(box, b) > 0.1 for b in boxes):
-            continue  # keep instances mostly unoccluded so masks equal what is visible
-        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        draw.polygon([tuple(p) for p in poly.tolist()], fill=color)
+        for poly in polys:
+            draw.polygon([tuple(p) for p in poly.tolist()], fill=color)
         boxes.append(box)
-        objects.append((kind_id, poly))
-    return image, objects
+        objects.append((cat, polys))
+    # Objects' boxes do not meet (nor the crowd's), so each polygon is exactly what is visible.
+    return image, objects, crowd
+
+
+def _image_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
+    """(width, height): the long side ``size``, COCO's proportions, a quarter of them portrait."""
+    short = int(round(size * float(rng.choice(ASPECTS))))
+    return (short, size) if rng.uniform() < PORTRAIT_SHARE else (size, short)
 
 
 def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_offset: int) -> dict:
@@ -130,43 +212,57 @@ def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_off
     img_dir = out / split
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    ann_id = 1
+
+    def annotate(image_id, category_id, segmentation, mask, iscrowd):
+        ys, xs = np.nonzero(mask)
+        x0, y0 = float(xs.min()), float(ys.min())
+        annotations.append(
+            {
+                "id": len(annotations) + 1 + id_offset,
+                "image_id": image_id,
+                "category_id": category_id,
+                "segmentation": segmentation,
+                "area": float(mask.sum()),
+                "bbox": [x0, y0, float(xs.max()) + 1 - x0, float(ys.max()) + 1 - y0],
+                "iscrowd": iscrowd,
+            }
+        )
+
     for i in range(count):
         image_id = id_offset + i + 1
         # One generator per image: any image can be regenerated alone, and the set does not depend on
         # the order of generation.
         rng = np.random.default_rng([seed, image_id])
-        width = size
-        height = int(rng.choice([size, (size * 3) // 4]))
-        image, objects = _make_image(rng, width, height)
+        width, height = _image_size(rng, size)
+        image, objects, crowd = _make_image(rng, width, height)
         file_name = f"{image_id:012d}.jpg"
         image.save(img_dir / file_name, quality=92)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for kind_id, poly in objects:
-            flat = [round(float(v), 2) for v in poly.reshape(-1)]
-            rle = mask_utils.frPyObjects([flat], height, width)
-            area = float(mask_utils.area(mask_utils.merge(rle)))
-            x0, y0 = float(poly[:, 0].min()), float(poly[:, 1].min())
-            w, h = float(poly[:, 0].max()) - x0, float(poly[:, 1].max()) - y0
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": kind_id + 1,
-                    "segmentation": [flat],
-                    "area": area,
-                    "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)],
-                    "iscrowd": 0,
-                }
-            )
-            ann_id += 1
+        for cat, polys in objects:
+            flat = [[round(float(v), 2) for v in poly.reshape(-1)] for poly in polys]
+            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, height, width))).astype(bool)
+            if mask.sum() < 4:
+                continue
+            annotate(image_id, COCO_CATEGORIES[cat][0], flat, mask, 0)
+        if crowd is not None and crowd.sum() >= 16:
+            annotate(image_id, COCO_CATEGORIES[0][0], {"counts": _uncompressed_counts(crowd), "size": [height, width]}, crowd, 1)
     return {
-        "info": {"description": f"mrcnn-bench synthetic shapes ({split})", "version": "1", "seed": seed},
+        "info": {"description": f"mrcnn-bench synthetic COCO-like set ({split})", "version": str(SYNTH_VERSION), "seed": seed},
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)],
+        "categories": [{"id": cid, "name": name, "supercategory": SHAPES[i % len(SHAPES)]} for i, (cid, name) in enumerate(COCO_CATEGORIES)],
     }
+
+
+def _uncompressed_counts(mask: np.ndarray) -> list[int]:
+    """COCO's uncompressed RLE counts of a boolean mask (column-major runs, starting with zeros), as
+    crowd annotations in instances_*.json store them."""
+    flat = mask.T.reshape(-1).astype(np.uint8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return runs if flat[0] == 0 else [0, *runs]
 
 
 def make_synthetic(
@@ -211,7 +307,7 @@ def default_cache_dir() -> Path:
 def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataPaths:
     """The synthetic set the config describes, generated once and reused."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    root = cache / f"synth-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
+    root = cache / f"synth-v{SYNTH_VERSION}-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
     if not (root / "SYNTHETIC").is_file():
         if root.exists():
             shutil.rmtree(root)

@@ -63,6 +63,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "s_per_iter_p90": s.get("s_per_iter_p90"),
                 "data_time_share": s.get("data_time_share"),
                 "peak_memory_mb": max(peaks) if peaks else None,
+                "positives_per_image": s.get("positives_per_image"),
+                "rois_per_image": s.get("rois_per_image"),
+                "proposals_per_image": s.get("proposals_per_image"),
                 "flops_per_image": s.get("flops_per_image"),
                 "mfu": s.get("mfu"),
                 "warmup": w.get("warmup"),
@@ -103,6 +106,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             "Implementation": df["impl"] + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
             "Throughput (img/s)": df["images_per_s"].map(lambda v: _fmt(v, ".3f")),
             "s/iter (median)": df["s_per_iter_median"].map(lambda v: _fmt(v, ".4f")),
+            # the work behind the number: RoIs through the mask head, per image, in the window
+            "Positives/img": df["positives_per_image"].map(lambda v: _fmt(v, ".1f")),
             "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
             "World size": df["world_size"],
             "Device": df["device"],
@@ -124,6 +129,9 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
                                           zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])],
             "data wait": ok["data_time_share"].map(lambda v: _fmt(100 * v if v is not None else None, ".1f") + ("%" if v is not None else "")),
             "peak mem (MB)": ok["peak_memory_mb"].map(lambda v: _fmt(v, ".0f")),
+            "proposals / RoIs / positives per img": [
+                f"{_fmt(p, '.0f')} / {_fmt(r, '.0f')} / {_fmt(q, '.1f')}"
+                for p, r, q in zip(ok["proposals_per_image"], ok["rois_per_image"], ok["positives_per_image"])],
             "GFLOPs/img": ok["flops_per_image"].map(lambda v: _fmt(v / 1e9 if v else None, ".1f")),
             "MFU": ok["mfu"].map(lambda v: _fmt(100 * v if v else None, ".2f") + ("%" if v else "")),
             "World": ok["world_size"],

@@ -28,9 +28,19 @@ class IterationRecord:
     loss: float | None = None
     max_memory_mb: float | None = None  # peak device memory so far (CUDA) or peak RSS (CPU)
     lr: float | None = None
+    # The work of the iteration on this process, counted from the shapes the model's own modules
+    # see (no device synchronisation): proposals out of the RPN, RoIs sampled for the box head,
+    # positive RoIs through the mask head. None where an adapter does not count them.
+    proposals: int | None = None
+    rois: int | None = None
+    positives: int | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+#: the work counters every adapter reports per iteration (IterationRecord fields)
+WORK_COUNTERS = ("proposals", "rois", "positives")
 
 
 @dataclass
@@ -132,6 +142,7 @@ class IterationTimer:
         self._memory = memory or _cpu_peak_rss_mb
         self._on_iteration = on_iteration
         self.records: list[IterationRecord] = []
+        self._work: dict[str, int] = {}
         self._t0: float | None = None
         self._last: float | None = None
 
@@ -159,6 +170,15 @@ class IterationTimer:
     def before_train(self) -> None:
         self._sync()
         self._t0 = self._last = self._clock()
+        self._work = {}
+
+    def count(self, **work: int) -> None:
+        """Add to this iteration's work counters (``proposals``, ``rois``, ``positives``); called from
+        hooks on the model's modules, once per forward pass (micro-batches add up)."""
+        for key, n in work.items():
+            if key not in WORK_COUNTERS:
+                raise KeyError(f"unknown work counter {key!r}; known: {', '.join(WORK_COUNTERS)}")
+            self._work[key] = self._work.get(key, 0) + int(n)
 
     def after_step(
         self,
@@ -180,7 +200,9 @@ class IterationTimer:
             loss=None if loss is None else float(loss),
             max_memory_mb=self._memory(),
             lr=lr,
+            **self._work,
         )
+        self._work = {}
         self._last = now
         self.records.append(rec)
         if self._on_iteration is not None:
@@ -189,3 +211,15 @@ class IterationTimer:
 
     def summary(self, warmup: int, end: int, world_images: list[int] | None = None) -> WindowSummary:
         return summarize_window(self.records, warmup, end, world_images)
+
+
+def work_per_image(records: list[dict], warmup: int, end: int) -> dict[str, float | None]:
+    """Each work counter per image over the window [warmup, end), from iteration rows (one process's
+    counts over that process's images); None for a counter some iteration lacks."""
+    window = [r for r in records if warmup <= r["iter"] < end]
+    images = sum(r["images"] for r in window)
+    out = {}
+    for key in WORK_COUNTERS:
+        counts = [r.get(key) for r in window]
+        out[f"{key}_per_image"] = (sum(counts) / images) if window and images and None not in counts else None
+    return out

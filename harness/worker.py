@@ -114,7 +114,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         capture_environment,
         make_run_record,
     )
-    from mrcnn_bench.harness.timing import IterationTimer
+    from mrcnn_bench.harness.timing import IterationTimer, work_per_image
 
     cfg = Config.model_validate(spec["config"])
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
@@ -165,6 +165,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
 
     if rank == 0:
         summary = timer.summary(bench.warmup, bench.end, world_images).to_dict()
+        summary.update(work_per_image([r.to_dict() for r in timer.records], bench.warmup, bench.end))
         # Model FLOPs utilisation: the model's FLOPs per image x images/s over the measured matmul
         # peak of every process (calibrated here, with this process's threads, after the window).
         from mrcnn_bench.harness.flops import matmul_peak_flops

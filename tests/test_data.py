@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mrcnn_bench.harness.data import CATEGORIES, DataError, check_coco_split, make_synthetic, resolve_data
+from mrcnn_bench.harness.data import COCO_CATEGORIES, DataError, check_coco_split, make_synthetic, resolve_data
 
 
 def _digest(root):
@@ -21,22 +21,43 @@ def test_synthetic_set_round_trips_through_pycocotools(synth_root, capsys):
     for split, n in (("train2017", 8), ("val2017", 4)):
         coco = COCO(str(synth_root / "annotations" / f"instances_{split}.json"))
         assert len(coco.getImgIds()) == n
-        assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CATEGORIES
+        # COCO's 80 categories under COCO's own ids (1..90 with gaps)
+        assert [(c["id"], c["name"]) for c in coco.loadCats(coco.getCatIds())] == COCO_CATEGORIES
+        assert len(COCO_CATEGORIES) == 80 and COCO_CATEGORIES[-1] == (90, "toothbrush")
         anns = coco.loadAnns(coco.getAnnIds())
         assert len(anns) >= n  # at least one object per image
         for ann in anns:
             img = coco.loadImgs(ann["image_id"])[0]
             mask = coco.annToMask(ann)
             assert mask.shape == (img["height"], img["width"])
-            # the stored area is the polygon's rasterised area, and the box encloses the mask
+            # the stored area is the rasterised area, and the box is the mask's extent
             assert mask.sum() == pytest.approx(ann["area"], abs=1)
             ys, xs = np.nonzero(mask)
             x, y, w, h = ann["bbox"]
-            assert xs.min() >= np.floor(x) - 1 and xs.max() <= np.ceil(x + w) + 1
-            assert ys.min() >= np.floor(y) - 1 and ys.max() <= np.ceil(y + h) + 1
-            assert ann["iscrowd"] == 0
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == pytest.approx((x, y, x + w, y + h))
+            if ann["iscrowd"]:  # crowd regions are uncompressed RLE, as COCO stores them
+                assert set(ann["segmentation"]) == {"counts", "size"}
+                assert sum(ann["segmentation"]["counts"]) == img["height"] * img["width"]
+            else:
+                assert isinstance(ann["segmentation"], list) and all(len(p) >= 6 for p in ann["segmentation"])
             assert (synth_root / split / img["file_name"]).is_file()
-        assert len({a["category_id"] for a in anns}) >= 3  # several categories present
+
+
+def test_synthetic_set_looks_like_coco(tmp_path):
+    """What the model's work depends on: instances per image (COCO: 7.3, long-tailed), small objects,
+    both orientations with COCO's proportions, crowd regions, multi-part masks, many categories."""
+    paths = make_synthetic(tmp_path / "s", images=64, size=640, seed=0, val_images=4)
+    coco = json.loads(paths.train_json.read_text())
+    anns = [a for a in coco["annotations"] if not a["iscrowd"]]
+    per_image = np.bincount([a["image_id"] for a in anns], minlength=65)[1:]
+    assert 6.0 <= per_image.mean() <= 8.5 and per_image.max() >= 15 and per_image.min() >= 1
+    assert 0.25 <= np.mean([a["area"] < 32**2 for a in anns]) <= 0.6  # COCO: 41% small
+    sizes = {(im["width"], im["height"]) for im in coco["images"]}
+    assert max(max(s) for s in sizes) == 640 and (640, 480) in sizes and (480, 640) in sizes
+    assert 0.1 <= np.mean([im["height"] > im["width"] for im in coco["images"]]) <= 0.45
+    assert 2 <= sum(a["iscrowd"] for a in coco["annotations"]) <= 16
+    assert sum(len(a["segmentation"]) > 1 for a in anns) >= 0.05 * len(anns)
+    assert len({a["category_id"] for a in anns}) >= 60
 
 
 def test_synthetic_set_is_deterministic(tmp_path):

@@ -20,9 +20,9 @@ def test_translation_round_trip(synth_root):
     assert native.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2" and native.SOLVER.IMS_PER_BATCH == 16
     assert native.MODEL.RESNETS.NORM == "BN" and native.MODEL.BACKBONE.FREEZE_AT == 0  # no weights
     eff = ADAPTER.effective_hparams(native)
-    table, notes = parity_frame(canonical_values(cfg, 6), {"detectron2": eff})
+    table, notes = parity_frame(canonical_values(cfg, 80), {"detectron2": eff})
     assert notes == [], notes  # every canonical key is expressed exactly
-    assert eff["model.num_classes"] == 6 and eff["solver.ims_per_batch_per_process"] == 2
+    assert eff["model.num_classes"] == 80 and eff["solver.ims_per_batch_per_process"] == 2  # COCO's, as the synthetic set has
     # values come from the CfgNode: change it, and they change
     native.defrost()
     native.MODEL.RPN.NMS_THRESH = 0.6

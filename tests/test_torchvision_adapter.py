@@ -24,13 +24,13 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
 
     data = DataPaths.from_root(synth_root)
     eff = adapter.effective_hparams(adapter.translate(cfg, data))
-    canonical = canonical_values(cfg, num_classes=6)
+    canonical = canonical_values(cfg, num_classes=80)
     # every key torchvision can express equals the canonical value; the rest is explained
     table, notes = parity_frame(canonical, {"torchvision": eff})
     assert all("UNEXPLAINED" not in n for n in notes), notes
     diverging = {n.split(":")[1].split("=")[0].strip() for n in notes}
     assert diverging == {"model.roi_heads.pooler_aligned"}
-    assert eff["model.num_classes"] == 6
+    assert eff["model.num_classes"] == 80
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.rpn.post_nms_topk_train"] == 1000
     # no weights: BN and nothing frozen, for every implementation alike
     assert eff["model.backbone.freeze_at"] == 0 and eff["model.backbone.norm"] == "BN"

@@ -97,15 +97,21 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_train_loader(dataset, *, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int, pin_memory: bool):
+def build_train_loader(dataset, *, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int, pin_memory: bool,
+                       batch_sampler=None):
+    """Endless batches: from ``batch_sampler`` (lists of dataset indices) when given, else shuffled by
+    an :class:`InfiniteSampler`."""
     if len(dataset) < batch_size * world_size:
         raise ValueError(f"{len(dataset)} training images cannot fill one batch of {batch_size} x {world_size} processes")
-    sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
     g = torch.Generator().manual_seed(seed + rank)
+    if batch_sampler is None:
+        sampling = dict(batch_size=batch_size, drop_last=True,
+                        sampler=InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size))
+    else:
+        sampling = dict(batch_sampler=batch_sampler)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        **sampling,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=pin_memory,
@@ -113,5 +119,4 @@ def build_train_loader(dataset, *, batch_size: int, num_workers: int, seed: int,
         prefetch_factor=4 if num_workers > 0 else None,
         worker_init_fn=_seed_worker,
         generator=g,
-        drop_last=True,
     )

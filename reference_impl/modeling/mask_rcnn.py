@@ -111,10 +111,43 @@ def convert_torchvision_state_dict(state: dict) -> dict:
     return out
 
 
+# ours -> torchvision's (the inverse of _TORCHVISION_RENAMES)
+_TO_TORCHVISION = [
+    (r"^backbone\.fpn\.lateral\.(\d+)\.", r"backbone.fpn.inner_blocks.\1.0."),
+    (r"^backbone\.fpn\.output\.(\d+)\.", r"backbone.fpn.layer_blocks.\1.0."),
+    (r"^rpn\.head\.conv\.", "rpn.head.conv.0.0."),
+    (r"^rpn\.head\.objectness\.", "rpn.head.cls_logits."),
+    (r"^rpn\.head\.deltas\.", "rpn.head.bbox_pred."),
+    (r"^roi_heads\.box_head\.fcs\.0\.", "roi_heads.box_head.fc6."),
+    (r"^roi_heads\.box_head\.fcs\.1\.", "roi_heads.box_head.fc7."),
+    (r"^roi_heads\.box_head\.(cls_score|bbox_pred)\.", r"roi_heads.box_predictor.\1."),
+    (r"^roi_heads\.mask_head\.convs\.(\d+)\.", r"roi_heads.mask_head.\1.0."),
+    (r"^roi_heads\.mask_head\.deconv\.", "roi_heads.mask_predictor.conv5_mask."),
+    (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
+]
+
+
+def to_torchvision_state_dict(state: dict) -> dict:
+    """This model's state dict in torchvision ``maskrcnn_resnet50_fpn``'s parameter names (the
+    layout the harness's shared initial weights use); BatchNorm's step counters are left out."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        for pattern, repl in _TO_TORCHVISION:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
 def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:
-    """Load torchvision Mask R-CNN weights (a state dict or a path), strictly: every key must match."""
+    """Load torchvision Mask R-CNN weights (a state dict or a path), strictly: every key must match
+    (BatchNorm's step counters, which torchvision's FrozenBatchNorm2d lacks, keep the model's own)."""
     state = state_or_path
     if not isinstance(state, dict):
         state = torch.load(state_or_path, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-    model.load_state_dict(convert_torchvision_state_dict(state), strict=True)
+    converted = convert_torchvision_state_dict(state)
+    own = model.state_dict()
+    converted.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in converted})
+    model.load_state_dict(converted, strict=True)

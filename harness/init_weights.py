@@ -1,0 +1,90 @@
+"""The run's shared initial weights: one seeded initialisation of the whole Mask R-CNN, in torchvision's
+layout, that every implementation converts to its own names and loads (``model.init_weights``).
+
+Made by the reference implementation's model under ``torch.manual_seed(benchmark.seed)`` (its
+initialisers: Kaiming for the ResNet, Kaiming-uniform for the FPN, N(0, 0.01) for the RPN head and the
+classifiers), then with ``model.weights`` laid over it when given: a whole torchvision Mask R-CNN, or an
+ImageNet ResNet-50 in torchvision's format (its ``fc`` left out) for the backbone. The file is cached
+by what determines it, so every run of one scenario starts from the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be laid over the initialisation (the message names the parameter)."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MRCNN_BENCH_INIT", Path.home() / ".cache" / "mrcnn-bench" / "init"))
+
+
+def _key(cfg, num_classes: int) -> str:
+    weights = cfg.model.weights
+    stamp = None
+    if weights:
+        st = Path(weights).stat()
+        stamp = [str(Path(weights).resolve()), st.st_size, st.st_mtime_ns]
+    model = cfg.model.model_dump(mode="json", exclude={"init_weights"})
+    text = json.dumps({"model": model, "num_classes": num_classes, "seed": cfg.benchmark.seed, "weights": stamp}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def overlay(init: dict, checkpoint: dict, source: str) -> dict:
+    """``init`` with a torchvision-format checkpoint laid over it: every checkpoint tensor must name a
+    parameter of the model with the same shape (a whole Mask R-CNN, or a ResNet-50 for the backbone)."""
+    checkpoint = checkpoint.get("model", checkpoint)
+    whole = any(k.startswith("backbone.") for k in checkpoint)
+    out = dict(init)
+    for key, value in checkpoint.items():
+        if key.endswith("num_batches_tracked") or (not whole and key.startswith("fc.")):
+            continue
+        name = key if whole else f"backbone.body.{key}"
+        if name not in init:
+            raise WeightsError(f"{source}: '{key}' is not a parameter of Mask R-CNN R-50-FPN in torchvision's layout")
+        if tuple(init[name].shape) != tuple(value.shape):
+            raise WeightsError(f"{source}: '{key}' has shape {tuple(value.shape)}, the model's is {tuple(init[name].shape)}")
+        out[name] = value.to(init[name].dtype)
+    return out
+
+
+def make_initial_weights(cfg, num_classes: int) -> dict:
+    """The state dict (torchvision's layout) of the seeded initialisation, with ``model.weights`` over it."""
+    import torch
+
+    from mrcnn_bench.reference_impl.config import ReferenceConfig
+    from mrcnn_bench.reference_impl.modeling import MaskRCNN, to_torchvision_state_dict
+
+    torch.manual_seed(cfg.benchmark.seed)
+    model = MaskRCNN.from_config(ReferenceConfig.from_canonical(cfg, num_classes))
+    state = {k: v.detach().clone() for k, v in to_torchvision_state_dict(model.state_dict()).items()}
+    if cfg.model.weights:
+        try:
+            checkpoint = torch.load(cfg.model.weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is bad input, with the reason
+            raise WeightsError(f"{cfg.model.weights}: cannot read the checkpoint (model.weights): {type(e).__name__}: {e}") from None
+        state = overlay(state, checkpoint, cfg.model.weights)
+    return state
+
+
+def initial_weights(cfg, num_classes: int, cache_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(path, sha256) of the shared initial weights for ``cfg`` and ``num_classes``, made once and cached
+    (written atomically: a reader never sees half a file)."""
+    import torch
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / f"mask_rcnn_R_50_FPN-{num_classes}cls-seed{cfg.benchmark.seed}-{_key(cfg, num_classes)}.pth"
+    if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(make_initial_weights(cfg, num_classes), tmp)
+        os.replace(tmp, path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return path, digest.hexdigest()

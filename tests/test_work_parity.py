@@ -1,0 +1,367 @@
+"""Same work in every implementation: work counters, the learning-rate schedule each framework really
+runs, shared initial weights and their converters, one data order, and the trajectory check."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+from mrcnn_bench.adapters import get_adapter
+from mrcnn_bench.adapters.common import WeightsMismatch, load_exact, schedule_facts
+from mrcnn_bench.harness.config import builtin_config_dir, load_config
+from mrcnn_bench.harness.data import DataPaths
+from mrcnn_bench.harness.data_order import global_batches, rank_batches, usable_images
+from mrcnn_bench.harness.parity import canonical_lr, trajectory_frame
+from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, make_run_record
+from mrcnn_bench.harness.timing import IterationTimer, work_per_image
+
+CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
+SMALL = builtin_config_dir() / "cpu_small.yaml"
+
+
+def _installed(name):
+    return get_adapter(name).available()[0]
+
+
+FRAMEWORKS = [pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} is not installed"))
+              for n in ("reference", "torchvision", "detectron2", "mmdet")]
+
+
+# ------------------------------------------------------------------------------- work counters
+def test_work_counters_belong_to_the_iteration_they_were_counted_in():
+    timer = IterationTimer(3, clock=iter(range(100)).__next__, memory=lambda: 0.0)
+    timer.before_train()
+    timer.count(proposals=1000, rois=512)
+    timer.count(proposals=1000, rois=512, positives=30)  # a second forward (micro-batch) adds up
+    first = timer.after_step(2)
+    second = timer.after_step(2)  # nothing counted: no counters, not zeros
+    timer.count(positives=7)
+    third = timer.after_step(2)
+    assert (first.proposals, first.rois, first.positives) == (2000, 1024, 30)
+    assert "positives" not in second.to_dict() and third.positives == 7 and third.rois is None
+    with pytest.raises(KeyError, match="unknown work counter 'masks'"):
+        timer.count(masks=1)
+    rows = [dict(iter=i, images=2, proposals=2000, rois=1024, positives=p) for i, p in enumerate([10, 20, 30, 40])]
+    assert work_per_image(rows, 1, 4) == {"proposals_per_image": 1000.0, "rois_per_image": 512.0, "positives_per_image": 15.0}
+    rows[2].pop("positives")
+    assert work_per_image(rows, 1, 4)["positives_per_image"] is None
+
+
+# ------------------------------------------------------------------ the schedule each one runs
+def test_schedule_facts_read_warmup_and_steps_from_a_trajectory():
+    solver = dict(base_lr=0.02, warmup_iters=10, warmup_factor=0.001, steps=[30, 40], gamma=0.1)
+    lrs = [canonical_lr(solver, i) for i in range(45)]
+    assert schedule_facts(lrs, 0.02) == {"solver.warmup_iters": 10, "solver.warmup_factor": 0.001, "solver.steps": [30, 40],
+                                         "solver.gamma": 0.1}
+    # a warm-up that never ends within the trajectory (detectron2's, stretched over MAX_ITER=iters) is no warm-up of 10
+    stretched = [canonical_lr(dict(solver, warmup_iters=100), i) for i in range(45)]
+    assert schedule_facts(stretched, 0.02)["solver.warmup_iters"] is None
+
+
+@pytest.mark.parametrize("impl", FRAMEWORKS)
+def test_each_framework_runs_the_canonical_schedule(impl):
+    """The learning rate of the first iterations, from the scheduler each framework's trainer builds,
+    equals the canonical schedule (the one ``parity --run`` holds recorded runs to)."""
+    cfg = load_config(SMALL, {"model.num_classes": 3, "solver.warmup_iters": 20, "solver.steps": [25, 28]})
+    adapter = get_adapter(impl)
+    lrs = adapter.lr_trajectory(adapter.translate(cfg), 30)
+    want = [canonical_lr(cfg.solver.model_dump(), i) for i in range(30)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+
+
+@pytest.mark.skipif(not _installed("detectron2"), reason="detectron2 is not installed")
+def test_parity_table_catches_detectron2_warmup_capped_at_max_iter():
+    """detectron2 places warm-up at min(WARMUP_ITERS / MAX_ITER, 1) of the schedule: with MAX_ITER set
+    to the run's 30 iterations its warm-up never reaches the base lr; the table must say so."""
+    from mrcnn_bench.harness.parity import canonical_values, parity_frame
+
+    cfg = load_config(SMALL, {"model.num_classes": 3})
+    adapter = get_adapter("detectron2")
+    native = adapter.translate(cfg)
+    assert native.SOLVER.MAX_ITER == 90000  # the canonical schedule; the run stops at benchmark.iters
+    native.defrost()
+    native.SOLVER.MAX_ITER = 30  # what the adapter used to do
+    eff = adapter.effective_hparams(native)
+    assert eff["solver.warmup_iters"] is None and eff["solver.steps"] == []
+    _, notes = parity_frame(canonical_values(cfg, 3), {"detectron2": eff})
+    assert any(n.startswith("detectron2: solver.warmup_iters = None") for n in notes), notes
+
+
+# ------------------------------------------------------------------------- shared initial weights
+def _tv_state(num_classes=3, seed=0):
+    adapter = get_adapter("torchvision")
+    cfg = load_config(SMALL, {"model.num_classes": num_classes})
+    torch.manual_seed(seed)
+    return adapter.build_model(adapter.translate(cfg)).state_dict()
+
+
+@pytest.mark.parametrize("impl", [p for p in FRAMEWORKS if p.values[0] in ("detectron2", "mmdet")])
+def test_converters_map_every_parameter_both_ways(impl):
+    """torchvision's layout -> the framework's model (loaded exactly: every name and shape) -> back:
+    equal, except the background slots torchvision has and the framework lacks (zeros, never read)."""
+    import importlib
+
+    module = importlib.import_module(f"mrcnn_bench.adapters.{impl}")
+    cfg = load_config(SMALL, {"model.num_classes": 3})
+    model = _framework_model(impl, cfg)
+    tv = _tv_state()
+    converted = module.from_torchvision(tv)
+    load_exact(model, converted, "test")
+    back = module.to_torchvision(model.state_dict())
+    tv = {k: v for k, v in tv.items() if not k.endswith("num_batches_tracked")}
+    assert set(back) == set(tv)
+    slots = {"roi_heads.box_predictor.bbox_pred.weight": 4, "roi_heads.box_predictor.bbox_pred.bias": 4,
+             "roi_heads.mask_predictor.mask_fcn_logits.weight": 1, "roi_heads.mask_predictor.mask_fcn_logits.bias": 1}
+    for key, value in tv.items():
+        skip = slots.get(key, 0)
+        assert torch.equal(back[key][skip:], value[skip:]), key
+        assert not back[key][:skip].any(), key
+    # the framework's class order: background last in the classifier
+    cls = converted["roi_heads.box_predictor.cls_score.weight" if impl == "detectron2" else "roi_head.bbox_head.fc_cls.weight"]
+    assert torch.equal(cls[-1], tv["roi_heads.box_predictor.cls_score.weight"][0])
+    # and back from the framework's own random weights: exact both ways
+    again = module.from_torchvision(module.to_torchvision(model.state_dict()))
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert set(again) == set(own) and all(torch.equal(again[k], own[k]) for k in own)
+
+
+def _framework_model(impl, cfg):
+    adapter = get_adapter(impl)
+    native = adapter.translate(cfg)
+    if impl == "detectron2":
+        from mrcnn_bench.adapters.detectron2 import _apply_shims
+
+        _apply_shims("cpu")
+        from detectron2.modeling import build_model
+
+        return build_model(native)
+    from mrcnn_bench.adapters.common import pillow_linear_alias
+
+    pillow_linear_alias()
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    return MODELS.build(native.model)
+
+
+def test_reference_exports_what_torchvision_loads():
+    from mrcnn_bench.reference_impl.config import ReferenceConfig
+    from mrcnn_bench.reference_impl.modeling import MaskRCNN, load_torchvision_weights, to_torchvision_state_dict
+
+    cfg = load_config(SMALL, {"model.num_classes": 3})
+    ours = MaskRCNN.from_config(ReferenceConfig.from_canonical(cfg, 3))
+    exported = to_torchvision_state_dict(ours.state_dict())
+    tv = get_adapter("torchvision")
+    model = tv.build_model(tv.translate(cfg))
+    load_exact(model, exported, "reference export")
+    again = MaskRCNN.from_config(ReferenceConfig.from_canonical(cfg, 3))
+    load_torchvision_weights(again, model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_mismatching_checkpoint_names_the_first_bad_parameter(tmp_path):
+    from mrcnn_bench.harness.init_weights import WeightsError, initial_weights, make_initial_weights, overlay
+
+    cfg = load_config(SMALL, {"model.num_classes": 3})
+    tv = get_adapter("torchvision")
+    model = tv.build_model(tv.translate(cfg))
+    state = make_initial_weights(cfg, 3)
+    wrong = dict(state, **{"rpn.head.cls_logits.weight": torch.zeros(5, 256, 1, 1)})
+    with pytest.raises(WeightsMismatch, match=r"'rpn.head.cls_logits.weight' has shape \(5, 256, 1, 1\), the model's is \(3, 256, 1, 1\)"):
+        load_exact(model, wrong, "ckpt")
+    with pytest.raises(WeightsMismatch, match="'backbone.fpn.extra.weight' is not a parameter"):
+        load_exact(model, dict(state, **{"backbone.fpn.extra.weight": torch.zeros(1)}), "ckpt")
+    partial = {k: v for k, v in state.items() if not k.startswith("roi_heads.mask_predictor")}
+    with pytest.raises(WeightsMismatch, match="no value for the model's 'roi_heads.mask_predictor.conv5_mask.weight'"):
+        load_exact(model, partial, "ckpt")
+    # an ImageNet R-50 (torchvision's resnet50 names, fc included) lays over the backbone only
+    resnet = {k.removeprefix("backbone.body."): torch.full_like(v, 0.5) for k, v in state.items() if k.startswith("backbone.body.")}
+    resnet["fc.weight"] = torch.zeros(1000, 2048)
+    laid = overlay(state, resnet, "r50.pth")
+    assert torch.equal(laid["backbone.body.layer3.2.conv2.weight"], resnet["layer3.2.conv2.weight"])
+    assert torch.equal(laid["rpn.head.conv.0.0.weight"], state["rpn.head.conv.0.0.weight"])
+    with pytest.raises(WeightsError, match="r50.pth: 'layer9.weight' is not a parameter"):
+        overlay(state, {"layer9.weight": torch.zeros(1)}, "r50.pth")
+    # one seeded initialisation: the same bytes on every call, another for another seed
+    a = initial_weights(cfg, 3, tmp_path)
+    assert initial_weights(cfg, 3, tmp_path) == a
+    assert initial_weights(cfg.with_overrides({"benchmark.seed": 1}), 3, tmp_path)[1] != a[1]
+
+
+@pytest.mark.parametrize("impl", FRAMEWORKS)
+def test_every_framework_starts_from_the_shared_weights(impl, tmp_path):
+    """What each adapter loads from model.init_weights, read back in torchvision's layout, is the file."""
+    from mrcnn_bench.harness.init_weights import initial_weights
+
+    cfg = load_config(SMALL, {"model.num_classes": 3})
+    path, _ = initial_weights(cfg, 3, tmp_path)
+    cfg = cfg.with_overrides({"model.init_weights": str(path)})
+    shared = torch.load(path, weights_only=True)
+    adapter = get_adapter(impl)
+    if impl == "reference":
+        from mrcnn_bench.reference_impl.modeling import to_torchvision_state_dict
+
+        loaded = to_torchvision_state_dict(adapter.build_model(adapter.translate(cfg)).state_dict())
+    elif impl == "torchvision":
+        loaded = adapter.build_model(adapter.translate(cfg)).state_dict()
+    else:
+        import importlib
+
+        from mrcnn_bench.adapters.common import load_initial_weights
+
+        module = importlib.import_module(f"mrcnn_bench.adapters.{impl}")
+        model = _framework_model(impl, cfg)
+        load_exact(model, module.from_torchvision(load_initial_weights(str(path))), str(path))  # what train() does
+        loaded = module.to_torchvision(model.state_dict())
+        for key in ("roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+                    "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias"):
+            shared[key] = shared[key].clone()
+            shared[key][: 4 if "bbox" in key else 1] = 0  # background slots the framework has no place for
+    for key, value in shared.items():
+        assert torch.equal(loaded[key], value), key
+
+
+# ------------------------------------------------------------------------------- one data order
+def _coco(tmp_path, sizes, crowd_only=()):
+    images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "segmentation": [],
+             "iscrowd": int(i + 1 in crowd_only)} for i in range(len(sizes))]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    return path
+
+
+def test_data_order_groups_by_orientation_shares_batches_and_never_restarts(tmp_path):
+    sizes = [(640, 480), (480, 640), (640, 427), (20, 200), (500, 500), (640, 480), (427, 640), (640, 360), (300, 400)]
+    path = _coco(tmp_path, sizes, crowd_only={9})
+    usable = usable_images(json.loads(path.read_text()))
+    assert sorted(usable) == [1, 2, 3, 5, 6, 7, 8]  # image 4: a side under 32 px; image 9: only a crowd
+    landscape = {i for i, wide in usable.items() if wide}
+    batches = list(zip(range(40), global_batches(path, batch=2, seed=0, group_by_aspect=True)))
+    assert all(set(b) <= landscape or not set(b) & landscape for _, b in batches)  # one orientation per batch
+    ungrouped = [b for _, b in zip(range(40), global_batches(path, batch=2, seed=0, group_by_aspect=False))]
+    assert any(bool(set(b) & landscape) and not set(b) <= landscape for b in ungrouped)
+    # an endless stream of whole permutations: after k passes every image was drawn k times
+    stream = [i for b in ungrouped[:14] for i in b]  # 28 draws = 4 passes over 7 images
+    assert sorted(np.bincount(stream)[1:].tolist()) == [0, 4, 4, 4, 4, 4, 4, 4]
+    # the same order for the same seed, another for another
+    again = [b for _, b in zip(range(40), global_batches(path, batch=2, seed=0, group_by_aspect=False))]
+    other = [b for _, b in zip(range(40), global_batches(path, batch=2, seed=1, group_by_aspect=False))]
+    assert again == ungrouped and other != ungrouped
+    # process r of W takes its places in every global batch
+    spec = dict(per_process=2, seed=0, group_by_aspect=True)
+    glob = [b for _, b in zip(range(5), global_batches(path, batch=4, seed=0, group_by_aspect=True))]
+    shares = [[b for _, b in zip(range(5), rank_batches(path, rank=r, world_size=2, **spec))] for r in (0, 1)]
+    assert [a + b for a, b in zip(*shares)] == glob
+
+
+def _first_batches_ids(impl, cfg, data, n=4):
+    """Image ids of the first ``n`` batches each framework's own loader yields in a run."""
+    from mrcnn_bench.adapters.base import DistInfo
+
+    adapter, dist = get_adapter(impl), DistInfo()
+    if impl == "torchvision":
+        loader = adapter.build_loader(adapter.translate(cfg, data), dist)
+        return [[int(t["image_id"]) for t in targets] for _, (_, targets) in zip(range(n), loader)]
+    if impl == "reference":
+        _, trainer = adapter.build_trainer(cfg, data, dist)
+        return [[t["image_id"] for t in trainer.next_batch()[1]] for _ in range(n)]
+    raise ValueError(impl)
+
+
+@pytest.mark.parametrize("impl", ["reference", "torchvision"])
+def test_loaders_follow_the_run_order(impl, synth_root):
+    cfg = load_config(SMALL, {"benchmark.num_workers": 0})
+    data = DataPaths.from_root(synth_root)
+    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    assert _first_batches_ids(impl, cfg, data) == want
+
+
+@pytest.mark.skipif(not _installed("detectron2"), reason="detectron2 is not installed")
+def test_detectron2_loader_follows_the_run_order(synth_root):
+    from mrcnn_bench.adapters.common import ordered_batches, data_spec
+    from mrcnn_bench.adapters.base import DistInfo
+    from mrcnn_bench.adapters.detectron2 import _DATASET, _apply_shims
+
+    cfg = load_config(SMALL, {"benchmark.num_workers": 0})
+    data = DataPaths.from_root(synth_root)
+    native = get_adapter("detectron2").translate(cfg, data)
+    _apply_shims("cpu")
+    from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
+    from detectron2.data.datasets import register_coco_instances
+
+    if _DATASET not in DatasetCatalog.list():
+        register_coco_instances(_DATASET, {}, str(data.train_json), str(data.train_images))
+    dicts = get_detection_dataset_dicts(native.DATASETS.TRAIN, filter_empty=True)
+    sampler = ordered_batches(dict(train_json=str(data.train_json), order=dict(native.MRCNN_BENCH.ORDER)), DistInfo(),
+                              [d["image_id"] for d in dicts], "detectron2", flat=True)
+    loader = build_detection_train_loader(native, dataset=dicts, sampler=sampler)
+    got = [[d["image_id"] for d in batch] for _, batch in zip(range(4), loader)]
+    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    assert got == want and data_spec(cfg, data)["order"] == dict(native.MRCNN_BENCH.ORDER)
+
+
+# ---------------------------------------------------------------------------- trajectory parity
+def _record(root: Path, impl, lrs, positives, images=2, status="ok"):
+    solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
+    config = {"name": "fixture", "solver": dict(solver, ims_per_batch=2), "benchmark": {"warmup": 2, "iters": len(lrs)}}
+    rows = [dict(iter=i, end_time=float(i + 1), duration=1.0, images=2, global_images=images, lr=lr, proposals=2000, rois=1024,
+                 positives=p) for i, (lr, p) in enumerate(zip(lrs, positives))]
+    d = root / "run" / impl
+    atomic_write_jsonl(d / "iterations.jsonl", rows)
+    summary = dict(warmup=2, end=len(lrs), iterations=len(lrs) - 2, images=2 * (len(lrs) - 2), seconds=len(lrs) - 2.0,
+                   images_per_s=2.0, s_per_iter_median=1.0) if status == "ok" else None
+    atomic_write_json(d / "run.json", make_run_record(
+        impl=impl, run_id="run", status=status, reason=None if status == "ok" else "boom", config=config, world_size=1,
+        device="cpu", dtype="fp32", window={"warmup": 2, "end": len(lrs), "iters": len(lrs)}, iterations_recorded=len(rows),
+        summary=summary))
+    return solver
+
+
+def test_trajectory_parity_passes_the_same_work_and_names_each_divergence(tmp_path):
+    solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
+    good = [canonical_lr(solver, i) for i in range(8)]
+    _record(tmp_path, "a", good, [40] * 8)
+    _record(tmp_path, "b", good, [44] * 8)
+    ok = run_cli("parity", "--run", tmp_path / "run")
+    assert ok.returncode == 0 and "no divergence" in ok.stdout, ok.stdout + ok.stderr
+    assert "| 20.0 " in ok.stdout and "| 22.0 " in ok.stdout  # positives per image over the window
+    # detectron2's old schedule: warm-up stretched over the run, so the lr is too high from iteration 1
+    _record(tmp_path, "c", [canonical_lr(dict(solver, warmup_iters=8), i) for i in range(8)], [42] * 8)
+    _record(tmp_path, "d", good, [80] * 8, images=1)
+    bad = run_cli("parity", "--run", tmp_path / "run")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "c: lr 0.0025175 at iteration 1, canonical 0.0002198" in bad.stdout
+    assert "d: global batch is not 2 at iteration(s) [0, 1, 2, 3, 4]" in bad.stdout
+    assert "d: 40.0 positives per image, +86.0% from the median 21.5 (band ±25%)" in bad.stdout
+    # a wider band lets the work through, not the schedule
+    wide = run_cli("parity", "--run", tmp_path / "run", "--band", "1.0")
+    assert wide.returncode == 1 and "positives per image" not in wide.stdout
+
+
+def test_trajectory_parity_reports_a_failed_implementation(tmp_path):
+    solver = _record(tmp_path, "a", [1e-5] * 4, [10] * 4)
+    _record(tmp_path, "b", [1e-5] * 4, [10] * 4, status="failed")
+    from mrcnn_bench.harness.report import load_runs
+
+    table, problems = trajectory_frame(load_runs([tmp_path / "run"]))
+    assert "b: failed: boom (nothing to compare)" in problems
+    assert list(table["Implementation"]) == ["a", "b"] and solver["base_lr"] == 0.02
+    missing = run_cli("parity", "--run", tmp_path / "nothing-here")
+    assert missing.returncode == 2 and "nothing-here: no such file or folder" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_real_run_does_the_same_work_in_reference_and_torchvision(synth_root, tmp_path):
+    """Shared initial weights and one data order: positives per image within the band, the canonical lr."""
+    out = run_cli("run", "--impl", "reference,torchvision", "--data", synth_root, "--out", tmp_path, "--run-id", "w", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "initial weights: one seeded initialisation for every implementation (80 classes, seed 0)" in out.stderr
+    check = run_cli("parity", "--run", tmp_path / "w")
+    assert check.returncode == 0, check.stdout + check.stderr
+    runs = [json.loads((tmp_path / "w" / i / "run.json").read_text()) for i in ("reference", "torchvision")]
+    assert runs[0]["config"]["model"]["init_weights"] == runs[1]["config"]["model"]["init_weights"]
+    assert all(r["summary"]["positives_per_image"] > 0 and r["summary"]["rois_per_image"] > 0 for r in runs)
