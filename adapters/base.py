@@ -70,6 +70,13 @@ class Adapter(abc.ABC):
         table reads warm-up and steps from this, not from the config's keys."""
         raise NotImplementedError(f"{self.name}: no learning-rate probe")
 
+    def forward_features(self, cfg, images) -> dict:
+        """The framework's own backbone + FPN and RPN head, built from ``cfg`` with ``model.init_weights``
+        loaded, in training mode, on ``images`` (normalised and padded, [N, 3, H, W]): the outputs per
+        level, as ``common.forward_outputs`` names them. ``mrcnn-bench parity --check-forward`` compares
+        them between implementations: with shared weights they compute the same function."""
+        raise NotImplementedError(f"{self.name}: no forward check")
+
     def infer(self, cfg, data, timer, dist: DistInfo) -> dict:
         """The inference benchmark; optional."""
         raise NotImplementedError(f"{self.name}: no inference benchmark")

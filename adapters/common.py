@@ -81,9 +81,28 @@ def proposals_of(output) -> int:
     return sum(len(p) for p in output[0])
 
 
-def count_roi_work(timer, *, rpn, box_pooler, mask_pooler) -> None:
-    """The three work counters on the usual modules: the RPN's proposals, the RoIs the box pooler
-    crops (sampled, ground truth included) and the positives the mask pooler crops."""
+def pixels(batch) -> int:
+    """Padded input pixels of a batch tensor [N, C, H, W]: N x H x W."""
+    n, _, h, w = batch.shape
+    return int(n * h * w)
+
+
+def count_pixels(timer, backbone) -> None:
+    """Count the padded pixels ``backbone`` is given (its first argument) in training."""
+
+    def hook(mod, args):
+        if mod.training:
+            timer.count(pixels=pixels(args[0]))
+
+    backbone.register_forward_pre_hook(hook)
+
+
+def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> None:
+    """The work counters on the usual modules: the padded pixels into the backbone, the RPN's
+    proposals, the RoIs the box pooler crops (sampled, ground truth included) and the positives the
+    mask pooler crops. ``backbone`` None: the caller counts the pixels its own way."""
+    if backbone is not None:
+        count_pixels(timer, backbone)
     if rpn is not None:
         count_work(timer, rpn, "proposals", proposals_of)
     count_work(timer, box_pooler, "rois", rows)
@@ -170,7 +189,7 @@ def load_exact(model, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def background_last(x, num_classes: int):
+def _background_last(x, num_classes: int):
     """Class rows [background, 1..K] (torchvision) -> [1..K, background] (detectron2, mmdet)."""
     import torch
 
@@ -179,23 +198,49 @@ def background_last(x, num_classes: int):
     return torch.cat([x[1:], x[:1]])
 
 
-def background_first(x):
+def _background_first(x):
     """[1..K, background] -> [background, 1..K]."""
     import torch
 
     return torch.cat([x[-1:], x[:-1]])
 
 
-def without_background(x, per_class: int = 1):
-    """Class-specific rows [background, 1..K] x per_class -> [1..K] x per_class (no background slot)."""
-    return x[per_class:]
-
-
-def with_background(x, per_class: int = 1):
+def _with_background(x, per_class: int = 1):
     """[1..K] x per_class -> [background (zeros: never trained nor read), 1..K] x per_class."""
     import torch
 
     return torch.cat([x.new_zeros((per_class, *x.shape[1:])), x])
+
+
+def _without_counters(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def from_torchvision_layout(state: dict, renames: list, heads: tuple[str, str, str], source: str) -> dict:
+    """A torchvision-layout Mask R-CNN state dict in a framework's names (``renames``) and its class
+    layout, for frameworks (detectron2, mmdet) whose ``heads`` — classifier, box regressor and mask
+    predictor prefixes — keep background last in the classifier and have no background slot in the
+    class-specific box regressor and mask predictor. BatchNorm's step counters are left out."""
+    k = num_classes_of(state)
+    out = rename(_without_counters(state), renames, source)
+    cls, reg, mask = heads
+    for p in ("weight", "bias"):
+        out[cls + p] = _background_last(out[cls + p], k)
+        out[reg + p] = out[reg + p][4:]
+        out[mask + p] = out[mask + p][1:]
+    return out
+
+
+def to_torchvision_layout(state: dict, renames: list, heads: tuple[str, str, str], source: str) -> dict:
+    """The inverse of :func:`from_torchvision_layout` (``renames`` the other way); the background slots
+    torchvision has and the framework lacks are zeros."""
+    own = _without_counters(state)
+    cls, reg, mask = heads
+    for p in ("weight", "bias"):
+        own[cls + p] = _background_first(own[cls + p])
+        own[reg + p] = _with_background(own[reg + p], 4)
+        own[mask + p] = _with_background(own[mask + p])
+    return rename(own, renames, source)
 
 
 def load_initial_weights(path: str) -> dict:
@@ -209,3 +254,14 @@ def load_initial_weights(path: str) -> dict:
 def num_classes_of(tv_state: dict) -> int:
     """Foreground classes of a torchvision-layout state dict (its box classifier counts background)."""
     return tv_state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+
+
+# ------------------------------------------------------------------------------- the same function
+def forward_outputs(features: list, objectness: list, deltas: list) -> dict:
+    """What ``Adapter.forward_features`` returns: FPN levels P2-P6 and the RPN head's outputs per level,
+    [N, C, H, W], [N, A, H, W] and [N, 4A, H, W], detached, under level names."""
+    names = [f"p{i + 2}" for i in range(len(features))]
+    out = {n: f.detach() for n, f in zip(names, features)}
+    out.update({f"objectness.{n}": o.detach() for n, o in zip(names, objectness)})
+    out.update({f"deltas.{n}": d.detach() for n, d in zip(names, deltas)})
+    return out

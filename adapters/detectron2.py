@@ -20,23 +20,20 @@ from .common import (
     CAFFE_STYLE,
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
-    background_first,
-    background_last,
-    count_roi_work,
+    attach_work_counters,
     data_spec,
+    forward_outputs,
+    from_torchvision_layout,
     load_exact,
     load_initial_weights,
     num_classes,
-    num_classes_of,
     ordered_batches,
     pillow_linear_alias,
-    rename,
     schedule_facts,
     schedule_length,
     stand_in_optimizer,
     step_scheduler,
-    with_background,
-    without_background,
+    to_torchvision_layout,
 )
 
 _DATASET = "mrcnn_bench_train"
@@ -112,34 +109,18 @@ _TO_TORCHVISION = [
     (r"^roi_heads\.mask_head\.deconv\.", "roi_heads.mask_predictor.conv5_mask."),
     (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
 ]
-_CLS = "roi_heads.box_predictor.cls_score."
-_BOX = "roi_heads.box_predictor.bbox_pred."
-_TV_MASK, _D2_MASK = "roi_heads.mask_predictor.mask_fcn_logits.", "roi_heads.mask_head.predictor."
+# the framework's classifier, box regressor and mask predictor: background last, no background slot
+_HEADS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.predictor.")
 
 
 def from_torchvision(state: dict) -> dict:
-    """A torchvision-layout Mask R-CNN state dict in detectron2's names and layouts: background class
-    last in the classifier, no background slot in the box regressor or the mask predictor."""
-    k = num_classes_of(state)
-    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _FROM_TORCHVISION,
-                 "torchvision -> detectron2")
-    for p in ("weight", "bias"):
-        out[_CLS + p] = background_last(state[_CLS + p], k)
-        out[_BOX + p] = without_background(state[_BOX + p], 4)
-        out[_D2_MASK + p] = without_background(state[_TV_MASK + p])
-    return out
+    """A torchvision-layout Mask R-CNN state dict in detectron2's names and layouts."""
+    return from_torchvision_layout(state, _FROM_TORCHVISION, _HEADS, "torchvision -> detectron2")
 
 
 def to_torchvision(state: dict) -> dict:
-    """A detectron2 Mask R-CNN state dict in torchvision's layout (the inverse of ``from_torchvision``;
-    the background slots torchvision has and detectron2 lacks are zeros)."""
-    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _TO_TORCHVISION,
-                 "detectron2 -> torchvision")
-    for p in ("weight", "bias"):
-        out[_CLS + p] = background_first(state[_CLS + p])
-        out[_BOX + p] = with_background(state[_BOX + p], 4)
-        out[_TV_MASK + p] = with_background(state[_D2_MASK + p])
-    return out
+    """A detectron2 Mask R-CNN state dict in torchvision's layout (background slots zero)."""
+    return to_torchvision_layout(state, _TO_TORCHVISION, _HEADS, "detectron2 -> torchvision")
 
 
 class Detectron2Adapter(Adapter):
@@ -196,6 +177,8 @@ class Detectron2Adapter(Adapter):
         c.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
         c.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
         c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
+        c.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
+        c.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
         c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
         c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
         c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
@@ -213,6 +196,8 @@ class Detectron2Adapter(Adapter):
         c.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
         c.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
         c.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+        c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = roi.smooth_l1_beta
+        c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
         c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
         c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
         c.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
@@ -318,8 +303,9 @@ class Detectron2Adapter(Adapter):
             # from what detectron2's own scheduler does with this config, not from its keys
             **schedule_facts(self.lr_trajectory(c, schedule_length(self._solver(c))), c.SOLVER.BASE_LR),
             # not canonical keys, shown so the table says how each framework differs
-            "info.rpn_smooth_l1_beta": c.MODEL.RPN.SMOOTH_L1_BETA,
-            "info.box_smooth_l1_beta": c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA,
+            "model.rpn.smooth_l1_beta": c.MODEL.RPN.SMOOTH_L1_BETA if c.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
+            "model.roi_heads.smooth_l1_beta": (c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+                                               if c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
             "info.mask_targets": "polygons rasterised per RoI",
             # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
             "input.aspect_ratio_grouping": c.MRCNN_BENCH.ORDER.group_by_aspect and not c.DATALOADER.ASPECT_RATIO_GROUPING,
@@ -329,6 +315,18 @@ class Detectron2Adapter(Adapter):
             "info.roi_gt_as_proposals": c.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
             "_notes": {},
         }
+
+    def forward_features(self, cfg, images) -> dict:
+        native = self.translate(cfg)
+        _apply_shims(cfg.benchmark.device)
+        from detectron2.modeling import build_model
+
+        model = build_model(native).train()
+        load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+        features = model.backbone(images)
+        rpn = model.proposal_generator
+        levels = [features[f] for f in rpn.in_features]
+        return forward_outputs(levels, *rpn.rpn_head(levels))
 
     @staticmethod
     def _solver(c) -> dict:
@@ -399,7 +397,7 @@ class Detectron2Adapter(Adapter):
         # The schedule was built for SOLVER.MAX_ITER; the loop stops after the benchmark's iterations.
         trainer.max_iter = native.MRCNN_BENCH.ITERS
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-        count_roi_work(timer, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
+        attach_work_counters(timer, backbone=model.backbone, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
                        mask_pooler=model.roi_heads.mask_pooler)
         if native.MRCNN_BENCH.CHANNELS_LAST:
             trainer.model.to(memory_format=torch.channels_last)
@@ -407,20 +405,7 @@ class Detectron2Adapter(Adapter):
         if native.MRCNN_BENCH.INIT_WEIGHTS:
             load_exact(model, from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)), native.MRCNN_BENCH.INIT_WEIGHTS)
         trainer.train()
-        extra = {"native_config": native.dump(), "shims": shims}
-        if dist.is_main:  # after the timed window: does not touch the measurement
-            from detectron2.utils.events import EventStorage
-
-            from mrcnn_bench.harness.flops import flops_per_image
-
-            def step(model, batch):
-                with EventStorage():
-                    sum(model(batch).values()).backward()
-                return len(batch)
-
-            loader = iter(trainer.data_loader)
-            extra["flops_per_image"] = flops_per_image(model, [next(loader) for _ in range(2)], step)
-        return extra
+        return {"native_config": native.dump(), "shims": shims}
 
 
 ADAPTER = Detectron2Adapter()

@@ -30,23 +30,20 @@ from .base import Adapter, DistInfo, UnsupportedConfig
 from .common import (
     CAFFE_STYLE,
     PYTORCH_STYLE,
-    background_first,
-    background_last,
-    count_roi_work,
+    attach_work_counters,
     data_spec,
+    forward_outputs,
+    from_torchvision_layout,
     load_exact,
     load_initial_weights,
     num_classes,
-    num_classes_of,
     ordered_batches,
     pillow_linear_alias,
-    rename,
     schedule_facts,
     schedule_length,
     stand_in_optimizer,
     step_scheduler,
-    with_background,
-    without_background,
+    to_torchvision_layout,
 )
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
@@ -67,6 +64,18 @@ def _class_names(cfg, data) -> tuple[str, ...]:
     if len(names) != n:
         raise UnsupportedConfig(f"model.num_classes is {n} but {data.train_json} has {len(names)} categories; mmdet trains on the file's categories")
     return names
+
+
+def _box_loss(beta: float, stock: dict) -> dict:
+    """A box regression loss config: mmdet's L1Loss for beta 0, else SmoothL1Loss with that beta (the
+    stock loss weight kept)."""
+    weight = stock.get("loss_weight", 1.0)
+    return dict(type="L1Loss", loss_weight=weight) if beta == 0 else dict(type="SmoothL1Loss", beta=beta, loss_weight=weight)
+
+
+def _beta_of(loss: dict) -> float | None:
+    """The smooth-L1 beta a box loss config computes (0 for L1Loss), None for another kind of loss."""
+    return {"L1Loss": 0.0, "SmoothL1Loss": loss.get("beta", 1.0)}.get(loss["type"])
 
 
 def _norm(norm: str) -> tuple[dict, bool]:
@@ -114,31 +123,18 @@ _TO_TORCHVISION = [
     (r"^roi_head\.mask_head\.upsample\.", "roi_heads.mask_predictor.conv5_mask."),
     (r"^roi_head\.mask_head\.conv_logits\.", "roi_heads.mask_predictor.mask_fcn_logits."),
 ]
-_CLS, _REG, _MASK = "roi_head.bbox_head.fc_cls.", "roi_head.bbox_head.fc_reg.", "roi_head.mask_head.conv_logits."
+# the framework's classifier, box regressor and mask predictor: background last, no background slot
+_HEADS = ("roi_head.bbox_head.fc_cls.", "roi_head.bbox_head.fc_reg.", "roi_head.mask_head.conv_logits.")
 
 
 def from_torchvision(state: dict) -> dict:
-    """A torchvision-layout Mask R-CNN state dict in mmdet's names and layouts: background class last
-    in ``fc_cls``, no background slot in ``fc_reg`` (class-specific) or ``conv_logits``."""
-    k = num_classes_of(state)
-    out = rename({n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}, _FROM_TORCHVISION,
-                 "torchvision -> mmdet")
-    for p in ("weight", "bias"):
-        out[_CLS + p] = background_last(out[_CLS + p], k)
-        out[_REG + p] = without_background(out[_REG + p], 4)
-        out[_MASK + p] = without_background(out[_MASK + p])
-    return out
+    """A torchvision-layout Mask R-CNN state dict in mmdet's names and layouts."""
+    return from_torchvision_layout(state, _FROM_TORCHVISION, _HEADS, "torchvision -> mmdet")
 
 
 def to_torchvision(state: dict) -> dict:
-    """An mmdet Mask R-CNN state dict in torchvision's layout (the inverse of ``from_torchvision``; the
-    background slots torchvision has and mmdet lacks are zeros)."""
-    own = {n: v for n, v in state.items() if not n.endswith("num_batches_tracked")}
-    for p in ("weight", "bias"):
-        own[_CLS + p] = background_first(own[_CLS + p])
-        own[_REG + p] = with_background(own[_REG + p], 4)
-        own[_MASK + p] = with_background(own[_MASK + p])
-    return rename(own, _TO_TORCHVISION, "mmdet -> torchvision")
+    """A mmdet Mask R-CNN state dict in torchvision's layout (background slots zero)."""
+    return to_torchvision_layout(state, _TO_TORCHVISION, _HEADS, "mmdet -> torchvision")
 
 
 def _ordered_sampler(dataset, seed, order: dict, train_json: str):
@@ -154,7 +150,7 @@ def _ordered_sampler(dataset, seed, order: dict, train_json: str):
 def _count_work(model, timer) -> None:
     """The work counters on mmdet's modules: RoIs and positives from the RoI extractors' outputs; the
     proposals from what ``rpn_head.loss_and_predict`` (a method, not a forward) returns."""
-    count_roi_work(timer, rpn=None, box_pooler=model.roi_head.bbox_roi_extractor, mask_pooler=model.roi_head.mask_roi_extractor)
+    attach_work_counters(timer, backbone=model.backbone, rpn=None, box_pooler=model.roi_head.bbox_roi_extractor, mask_pooler=model.roi_head.mask_roi_extractor)
     loss_and_predict = model.rpn_head.loss_and_predict
 
     def counted(*args, **kwargs):
@@ -214,6 +210,7 @@ class MMDetAdapter(Adapter):
         model.neck.out_channels = m.fpn_out_channels
         head = model.rpn_head
         head.in_channels = head.feat_channels = m.fpn_out_channels
+        head.loss_bbox = _box_loss(rpn.smooth_l1_beta, head.loss_bbox)
         gen = head.anchor_generator
         if len(m.anchors.sizes) != len(gen.strides):
             raise UnsupportedConfig(f"model.anchors.sizes needs one size per FPN level {list(gen.strides)}")
@@ -259,6 +256,7 @@ class MMDetAdapter(Adapter):
         box.roi_feat_size = roi.box_pooler_resolution
         box.fc_out_channels = roi.box_head_fc_dim
         box.num_classes = len(classes)
+        box.loss_bbox = _box_loss(roi.smooth_l1_beta, box.loss_bbox)
         mask = rh.mask_head
         mask.in_channels = m.fpn_out_channels
         mask.num_convs = roi.mask_head_num_conv
@@ -401,8 +399,8 @@ class MMDetAdapter(Adapter):
                 max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum, steps=[s // accum for s in steps["milestones"]]))), sgd.lr),
             # not canonical keys, shown so the table says how each framework differs
             "info.backbone_style": PYTORCH_STYLE if bb.style == "pytorch" else CAFFE_STYLE,
-            "info.rpn_smooth_l1_beta": 0.0 if model.rpn_head.loss_bbox.type == "L1Loss" else model.rpn_head.loss_bbox.get("beta"),
-            "info.box_smooth_l1_beta": 0.0 if box.loss_bbox.type == "L1Loss" else box.loss_bbox.get("beta"),
+            "model.rpn.smooth_l1_beta": _beta_of(model.rpn_head.loss_bbox),
+            "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
             "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",
             "input.aspect_ratio_grouping": (c.train_dataloader.sampler.type == ORDER_SAMPLER and c.train_dataloader.batch_sampler is None
                                             and c.train_dataloader.sampler.order["group_by_aspect"]),
@@ -414,6 +412,17 @@ class MMDetAdapter(Adapter):
                 "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
             },
         }
+
+    def forward_features(self, cfg, images) -> dict:
+        pillow_linear_alias()
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules()
+        model = MODELS.build(self.translate(cfg).model).train()
+        load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+        features = list(model.extract_feat(images))
+        return forward_outputs(features, *model.rpn_head(features))
 
     def lr_trajectory(self, native, n: int) -> list[float]:
         """The learning rate of optimizer steps 0..n-1 as mmengine's schedulers (built from the
@@ -480,19 +489,7 @@ class MMDetAdapter(Adapter):
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
-        extra = {"native_config": native.pretty_text, "shims": shims}
-        if dist.is_main:  # after the timed window: does not touch the measurement
-            from mrcnn_bench.harness.flops import flops_per_image
-
-            def step(model, batch):
-                data = model.data_preprocessor(batch, True)
-                loss, _ = model.parse_losses(model(**data, mode="loss"))
-                loss.backward()
-                return len(batch["inputs"])
-
-            loader = runner.train_loop.dataloader_iterator  # the loop's own infinite iterator
-            extra["flops_per_image"] = flops_per_image(model, [next(loader) for _ in range(2)], step)
-        return extra
+        return {"native_config": native.pretty_text, "shims": shims}
 
 
 ADAPTER = MMDetAdapter()

@@ -7,10 +7,13 @@ from .base import Adapter, DistInfo, UnsupportedConfig
 from .common import (
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
-    count_roi_work,
+    attach_work_counters,
+    count_work,
     data_spec,
+    forward_outputs,
     num_classes,
     ordered_batches,
+    pixels,
     schedule_facts,
     schedule_length,
     stand_in_optimizer,
@@ -138,8 +141,8 @@ class ReferenceAdapter(Adapter):
             "solver.weight_decay_norm": s["weight_decay_norm"],
             "solver.warmup_method": "linear",
             **schedule_facts(self.lr_trajectory(native, schedule_length(s)), s["base_lr"]),
-            "info.rpn_smooth_l1_beta": rpn.smooth_l1_beta,
-            "info.box_smooth_l1_beta": roi.smooth_l1_beta,
+            "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
+            "model.roi_heads.smooth_l1_beta": roi.smooth_l1_beta,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,
@@ -148,6 +151,11 @@ class ReferenceAdapter(Adapter):
             "info.roi_gt_as_proposals": True,
             "_notes": {},
         }
+
+    def forward_features(self, cfg, images) -> dict:
+        model = self.build_model(self.translate(cfg)).train()
+        features = model.backbone(images)
+        return forward_outputs(features, *model.rpn.head(features))
 
     def lr_trajectory(self, native: ReferenceNative, n: int) -> list[float]:
         """The learning rate of iterations 0..n-1, from the scheduler a run builds."""
@@ -197,15 +205,12 @@ class ReferenceAdapter(Adapter):
 
         native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step)
         model, tr = trainer.model, native.train
-        count_roi_work(timer, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
+        # the pixels from the preprocessor's padded batch: with CUDA graphs the backbone module is not called
+        count_work(timer, model.preprocess, "pixels", lambda out: pixels(out[0].tensor))
+        attach_work_counters(timer, backbone=None, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
         timer.before_train()
         trainer.train(tr["iters"])
-        extra = {"native_config": native.to_dict(), "ops_backend": ops.backend()}
-        if dist.is_main:  # after the timed window: does not touch the measurement
-            from mrcnn_bench.harness.flops import detection_step, flops_per_image
-
-            extra["flops_per_image"] = flops_per_image(model, [trainer.next_batch() for _ in range(2)], detection_step)
-        return extra
+        return {"native_config": native.to_dict(), "ops_backend": ops.backend()}
 
 
 def build_scheduler(optimizer, solver: dict):

@@ -21,8 +21,9 @@ from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from .common import (
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
-    count_roi_work,
+    attach_work_counters,
     data_spec,
+    forward_outputs,
     load_exact,
     load_initial_weights,
     num_classes,
@@ -228,8 +229,8 @@ class TorchvisionAdapter(Adapter):
             "solver.weight_decay_norm": o["norm_weight_decay"],
             "solver.warmup_method": "linear",
             **schedule_facts(self.lr_trajectory(native, schedule_length(s)), o["lr"]),
-            "info.rpn_smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py / roi_heads.py
-            "info.box_smooth_l1_beta": 1.0 / 9,
+            "model.rpn.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py / roi_heads.py
+            "model.roi_heads.smooth_l1_beta": 1.0 / 9,
             "info.mask_targets": "RoIAlign of full-image bitmasks",
             "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,  # torchvision's ResNet (v1.5)
@@ -240,8 +241,15 @@ class TorchvisionAdapter(Adapter):
                 "model.roi_heads.pooler_aligned": "torchvision's MultiScaleRoIAlign always uses aligned=False",
                 "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",
                 "input.max_size_test": "torchvision uses one max_size for training and test",
+                "model.rpn.smooth_l1_beta": "torchvision's rpn.py computes the loss with a fixed smooth L1, beta 1/9",
+                "model.roi_heads.smooth_l1_beta": "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9",
             },
         }
+
+    def forward_features(self, cfg, images) -> dict:
+        model = self.build_model(self.translate(cfg)).train()
+        features = list(model.backbone(images).values())
+        return forward_outputs(features, *model.rpn.head(features))
 
     def lr_trajectory(self, native: TorchvisionNative, n: int) -> list[float]:
         """The learning rate of iterations 0..n-1, from the scheduler a run builds."""
@@ -294,7 +302,7 @@ class TorchvisionAdapter(Adapter):
         torch.manual_seed(tr["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native).to(device)
-        count_roi_work(timer, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
+        attach_work_counters(timer, backbone=model.backbone, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
         if tr["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         model.train()
@@ -334,16 +342,7 @@ class TorchvisionAdapter(Adapter):
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             timer.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
-        extra = {"native_config": native.to_dict()}
-        if dist.is_main:  # after the timed window: does not touch the measurement
-            from mrcnn_bench.harness.flops import detection_step, flops_per_image
-
-            batches = []
-            for _ in range(2):
-                images, targets = next(it)
-                batches.append(([im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets]))
-            extra["flops_per_image"] = flops_per_image(model, batches, detection_step)
-        return extra
+        return {"native_config": native.to_dict()}
 
 
 class _Transformed:

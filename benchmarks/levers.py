@@ -26,6 +26,7 @@ from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import DistInfo
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
 from mrcnn_bench.harness.data import resolve_data
+from mrcnn_bench.harness.init_weights import with_shared_init
 from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
             overrides["benchmark.dtype"] = amp_dtype
         cfg = load_config(resolve_config_path(args.config), {**base, **overrides})
         paths, _ = resolve_data(cfg.data)
+        cfg, _ = with_shared_init(cfg, paths)  # every variant from the same weights: the same work
         trainers[name] = build(cfg, paths, args.device)
         print(f"warming up {name} ({args.warmup} iterations)", file=sys.stderr, flush=True)
         timed(trainers[name], args.warmup, device)

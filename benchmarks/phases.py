@@ -23,6 +23,7 @@ import torch
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
 from mrcnn_bench.harness.data import resolve_data
+from mrcnn_bench.harness.init_weights import with_shared_init
 
 PARTS = {"reference": ["preprocess", "backbone", "rpn", "roi_heads"], "torchvision": ["transform", "backbone", "rpn", "roi_heads"]}
 PHASE_NAMES = ["data", "transform", "backbone fwd", "rpn fwd+loss", "roi heads fwd+loss", "backward", "optimizer"]
@@ -73,20 +74,15 @@ def _attach(model, names: dict[str, str], device, acc):
 
 
 def build(impl: str, cfg, paths, device):
-    adapter = get_adapter(impl)
-    native = adapter.translate(cfg, paths)
-    model = adapter.build_model(native).to(device)
+    """(model, loader) as a run builds them: the shared initial weights, the run's data order."""
+    from mrcnn_bench.adapters.base import DistInfo
+
+    adapter, dist = get_adapter(impl), DistInfo(device=str(device))
     if impl == "reference":
-        from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
-
-        ds = COCOInstances(paths.train_json, paths.train_images, flip_prob=0.5)
-        loader = build_train_loader(ds, batch_size=cfg.ims_per_gpu, num_workers=cfg.benchmark.num_workers, seed=0, rank=0,
-                                    world_size=1, pin_memory=False)
-    else:
-        from mrcnn_bench.adapters.base import DistInfo
-
-        loader, _ = adapter.build_loader(native, DistInfo(device=str(device)), 0)
-    return model, loader
+        _, trainer = adapter.build_trainer(cfg, paths, dist)
+        return trainer.model, trainer.data_loader
+    native = adapter.translate(cfg, paths)
+    return adapter.build_model(native).to(device), adapter.build_loader(native, dist)
 
 
 def run(impl, cfg, paths, device, iters, warmup):
@@ -177,6 +173,7 @@ def main(argv=None) -> int:
     overrides.setdefault("benchmark.num_workers", 0)
     cfg = load_config(resolve_config_path(args.config), overrides)
     paths, _ = resolve_data(cfg.data)
+    cfg, _ = with_shared_init(cfg, paths)  # every implementation from the same weights: the same work
     device = torch.device(args.device)
     results = {impl: run(impl, cfg, paths, device, args.iters, args.warmup) for impl in args.impl.split(",")}
     impls = list(results)

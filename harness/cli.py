@@ -53,14 +53,15 @@ def data():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to create.")
 @click.option("--images", default=64, show_default=True, type=click.IntRange(min=1), help="Training images.")
 @click.option("--val-images", default=None, type=click.IntRange(min=1), help="Validation images [images/4, at least 4].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="Image width in pixels.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="Images' long side in pixels.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--categories", default=80, show_default=True, type=click.IntRange(1, 80), help="COCO's first N categories.")
 @_bad_input
-def data_synth(out, images, val_images, size, seed):
-    """Write a deterministic synthetic COCO-format data set (train2017 + val2017)."""
+def data_synth(out, images, val_images, size, seed, categories):
+    """Write a deterministic synthetic COCO-format data set (train2017 + val2017) shaped like COCO."""
     from .data import make_synthetic
 
-    paths = make_synthetic(out, images=images, size=size, seed=seed, val_images=val_images)
+    paths = make_synthetic(out, images=images, size=size, seed=seed, val_images=val_images, categories=categories)
     for split in ("train", "val"):
         coco = json.loads(getattr(paths, f"{split}_json").read_text())
         click.echo(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances -> {getattr(paths, f'{split}_json')}")
@@ -185,23 +186,15 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
 
 
 def _with_shared_init(cfg, paths):
-    """``cfg`` with ``model.init_weights`` set to the run's shared initialisation (made or found in the
-    cache) when ``benchmark.shared_init`` is on and no file is named already."""
-    from .init_weights import WeightsError, initial_weights
+    from .init_weights import WeightsError, with_shared_init
 
-    if not cfg.benchmark.shared_init or cfg.model.init_weights:
-        if cfg.model.init_weights and not Path(cfg.model.init_weights).is_file():
-            raise BadInput(f"model.init_weights: {cfg.model.init_weights}: no such file")
-        return cfg
-    num_classes = cfg.model.num_classes or len(json.loads(paths.train_json.read_text())["categories"])
     try:
-        path, sha = initial_weights(cfg, num_classes)
+        cfg, message = with_shared_init(cfg, paths)
     except WeightsError as e:
         raise BadInput(str(e)) from None
-    click.echo(f"initial weights: one seeded initialisation for every implementation ({num_classes} classes, "
-               f"seed {cfg.benchmark.seed}{', with ' + cfg.model.weights if cfg.model.weights else ''}): {path} "
-               f"(sha256 {sha[:12]})", err=True)
-    return cfg.with_overrides({"model.init_weights": str(path)}, source="shared initial weights")
+    if message:
+        click.echo(message, err=True)
+    return cfg
 
 
 # -------------------------------------------------------------------------------------- report
@@ -285,12 +278,19 @@ def regress(baseline, candidate, threshold, alpha, relative_to, impls, fmt):
               help="Instead of the static table: check what the implementations of this run did (lr, batch, work).")
 @click.option("--band", default=None, type=click.FloatRange(min=0, min_open=True),
               help="With --run: tolerated distance of positives per image from the median [0.25].")
+@click.option("--check-forward", is_flag=True,
+              help="Instead of the static table: feed one batch to every implementation, from the shared initial weights, "
+                   "and compare their FPN features and RPN outputs.")
 @_bad_input
-def parity(config_name, impl, data_root, pythons, run_dir, band):
+def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
     """The effective hyperparameters of every installed implementation, side by side; with --run, the
-    trajectories of one run side by side (exit 1 on a divergence)."""
+    trajectories of one run side by side; with --check-forward, their outputs on one batch (exit 1 on a
+    divergence)."""
     if run_dir:
         _trajectory_parity(run_dir, band)
+        return
+    if check_forward:
+        _forward_parity(config_name, impl, data_root, dict(p.split("=", 1) for p in pythons))
         return
     from . import launch
     from .parity import canonical_values, effective_for, parity_frame
@@ -322,6 +322,47 @@ def parity(config_name, impl, data_root, pythons, run_dir, band):
         for note in notes:
             click.echo(f"- {note}")
     sys.exit(1 if failed or any(n.endswith("UNEXPLAINED") for n in notes) else 0)
+
+
+def _forward_parity(config_name: str, impl: str, data_root: str | None, interpreters: dict) -> None:
+    import tempfile
+
+    import torch
+
+    from . import launch
+    from .data import resolve_data
+    from .parity import FORWARD_RTOL, check_images, forward_for, forward_frame
+
+    cfg = load_config(resolve_config_path(config_name))
+    paths, _ = resolve_data(cfg.data, data_root)
+    cfg = _with_shared_init(cfg, paths)
+    images = check_images(cfg, paths.train_json, paths.train_images)
+    outputs, failed = {}, []
+    with tempfile.TemporaryDirectory(prefix="mrcnn-bench-forward-") as tmp:
+        torch.save(images, Path(tmp) / "images.pt")
+        for name in _parse_impls(impl):
+            python = launch.interpreter_for(name, interpreters)
+            ok, info = launch.probe(name, python)
+            if not ok:
+                click.echo(f"{name}: skipped, not installed: {info}", err=True)
+                continue
+            click.echo(f"{name}: forward on {tuple(images.shape)} ...", err=True)
+            try:
+                outputs[name] = forward_for(name, python, cfg, Path(tmp) / "images.pt", Path(tmp) / f"{name}.pt")
+            except RuntimeError as e:
+                click.echo(f"{name}: failed: {e}", err=True)
+                failed.append(name)
+    if not outputs:
+        raise BadInput("no implementation could run the forward check")
+    table, problems = forward_frame(outputs)
+    base = next(iter(outputs))
+    click.echo(f"one batch of {images.shape[0]} images ({'x'.join(map(str, images.shape[-2:]))} padded) from the run's data order, "
+               f"the shared initial weights, training mode: each implementation's FPN features and RPN head outputs, as "
+               f"max |difference from {base}| / max |{base}| (tolerance {FORWARD_RTOL:g})\n")
+    click.echo(table.to_markdown(index=False, disable_numparse=True))
+    for p in problems:
+        click.echo(f"- {p}")
+    sys.exit(1 if problems or failed else 0)
 
 
 def _trajectory_parity(run_dir: str, band: float | None) -> None:

@@ -63,6 +63,8 @@ class RPNConfig(_Section):
     post_nms_topk_train: int = Field(1000, gt=0)  # per image
     pre_nms_topk_test: int = Field(1000, gt=0)
     post_nms_topk_test: int = Field(1000, gt=0)
+    # The anchor box regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
+    smooth_l1_beta: float = Field(0.0, ge=0)
 
 
 class ROIHeadsConfig(_Section):
@@ -82,6 +84,8 @@ class ROIHeadsConfig(_Section):
     score_thresh_test: float = Field(0.05, ge=0, le=1)
     nms_thresh_test: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(100, gt=0)
+    # The box head's regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
+    smooth_l1_beta: float = Field(0.0, ge=0)
 
 
 class ModelConfig(_Section):
@@ -202,6 +206,7 @@ class DataConfig(_Section):
     synth_images: int = Field(64, gt=0)
     synth_size: int = Field(256, ge=32)
     synth_seed: int = 0
+    synth_categories: int = Field(80, ge=1, le=80)  # COCO's first N categories (80: the model is COCO's)
 
 
 class Config(_Section):

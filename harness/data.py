@@ -140,7 +140,7 @@ def _polygon(kind: str, cx, cy, rx, ry, angle, width, height) -> np.ndarray:
     return poly
 
 
-def _make_image(rng: np.random.Generator, width: int, height: int):
+def _make_image(rng: np.random.Generator, width: int, height: int, categories: int = len(COCO_CATEGORIES)):
     """(image, objects, crowd) where objects are (category index, [polygons]) and crowd is None or a
     boolean mask of one crowd region (a cluster of small shapes, annotated as one RLE)."""
     from PIL import Image, ImageDraw
@@ -172,7 +172,7 @@ def _make_image(rng: np.random.Generator, width: int, height: int):
             boxes.append((cx - rx, cy - ry, cx + rx, cy + ry))
 
     for _ in range(_object_count(rng)):
-        cat = int(rng.integers(len(COCO_CATEGORIES)))
+        cat = int(rng.integers(categories))
         kind = SHAPES[cat % len(SHAPES)]
         stretch = 0.7 + 0.1 * ((cat // len(SHAPES)) % 7)  # categories of one shape differ in proportions
         placed = _place(rng, width, height, boxes, 0.03, 0.25, 0.0)
@@ -206,7 +206,7 @@ def _image_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
     return (short, size) if rng.uniform() < PORTRAIT_SHARE else (size, short)
 
 
-def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_offset: int) -> dict:
+def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_offset: int, categories: int) -> dict:
     from pycocotools import mask as mask_utils
 
     img_dir = out / split
@@ -234,7 +234,7 @@ def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_off
         # the order of generation.
         rng = np.random.default_rng([seed, image_id])
         width, height = _image_size(rng, size)
-        image, objects, crowd = _make_image(rng, width, height)
+        image, objects, crowd = _make_image(rng, width, height, categories)
         file_name = f"{image_id:012d}.jpg"
         image.save(img_dir / file_name, quality=92)
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
@@ -251,7 +251,8 @@ def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_off
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cid, "name": name, "supercategory": SHAPES[i % len(SHAPES)]} for i, (cid, name) in enumerate(COCO_CATEGORIES)],
+        "categories": [{"id": cid, "name": name, "supercategory": SHAPES[i % len(SHAPES)]}
+                       for i, (cid, name) in enumerate(COCO_CATEGORIES[:categories])],
     }
 
 
@@ -273,10 +274,14 @@ def make_synthetic(
     val_images: int | None = None,
     train_split: str = "train2017",
     val_split: str = "val2017",
+    categories: int = len(COCO_CATEGORIES),
 ) -> DataPaths:
-    """Write a synthetic COCO-format set to ``out`` (created atomically: a failure leaves nothing)."""
+    """Write a synthetic COCO-format set to ``out`` (created atomically: a failure leaves nothing); its
+    categories are COCO's first ``categories`` (all 80 by default: the model is COCO's)."""
     if images <= 0:
         raise DataError(f"--images must be > 0, got {images}")
+    if not 1 <= categories <= len(COCO_CATEGORIES):
+        raise DataError(f"--categories must be 1 to {len(COCO_CATEGORIES)} (COCO's), got {categories}")
     if size < 32:
         raise DataError(f"--size must be >= 32 pixels, got {size}")
     out = Path(out)
@@ -288,9 +293,10 @@ def make_synthetic(
     try:
         (tmp / "annotations").mkdir()
         for split, count, offset in ((train_split, images, 0), (val_split, val_images, 1_000_000)):
-            coco = _write_split(tmp, split, count, size, seed, offset)
+            coco = _write_split(tmp, split, count, size, seed, offset, categories)
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-        (tmp / "SYNTHETIC").write_text(json.dumps({"images": images, "size": size, "seed": seed}) + "\n")
+        (tmp / "SYNTHETIC").write_text(json.dumps({"images": images, "size": size, "seed": seed, "categories": categories,
+                                                   "version": SYNTH_VERSION}) + "\n")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -307,7 +313,8 @@ def default_cache_dir() -> Path:
 def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataPaths:
     """The synthetic set the config describes, generated once and reused."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    root = cache / f"synth-v{SYNTH_VERSION}-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
+    root = cache / (f"synth-v{SYNTH_VERSION}-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
+                    + (f"-c{data_cfg.synth_categories}" if data_cfg.synth_categories != len(COCO_CATEGORIES) else ""))
     if not (root / "SYNTHETIC").is_file():
         if root.exists():
             shutil.rmtree(root)
@@ -318,6 +325,7 @@ def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataP
             data_cfg.synth_seed,
             train_split=data_cfg.train_split,
             val_split=data_cfg.val_split,
+            categories=data_cfg.synth_categories,
         )
     return DataPaths.from_root(root, data_cfg.train_split, data_cfg.val_split)
 
@@ -354,6 +362,11 @@ def check_coco_split(json_path: Path, image_dir: Path, need_annotations: bool = 
         "annotations": len(coco["annotations"]),
         "categories": len(coco["categories"]),
     }
+
+
+def num_classes(cfg, paths: DataPaths) -> int:
+    """Foreground classes of a run: the config's, else the training set's categories."""
+    return cfg.model.num_classes or len(json.loads(paths.train_json.read_text())["categories"])
 
 
 def resolve_data(data_cfg, data_arg: str | None = None) -> tuple[DataPaths, dict]:

@@ -1,12 +1,19 @@
-"""Model FLOPs per image (torch's FLOP counter over one training step) and the device's measured
+"""The window's model FLOPs, from the work each implementation recorded, and the device's measured
 matmul peak, for model FLOPs utilisation (MFU).
 
-Only torch's own operators are counted (convolutions and matmuls dominate Mask R-CNN; RoIAlign,
-NMS and other custom kernels count as zero), the same way for every implementation.
+Mask R-CNN's work per image depends on the data and on the model's state: the backbone, FPN and RPN
+head cost a fixed amount per padded input pixel, the box head a fixed amount per sampled RoI, the mask
+head (the largest part at small image sizes) a fixed amount per positive RoI. The unit costs are
+counted once by torch's FLOP counter (forward and backward, convolutions and matmuls; RoIAlign, NMS and
+other custom kernels count as zero) on the reference's modules, which compute the same function as
+every implementation's (``mrcnn-bench parity --check-forward``); the window's FLOPs are those costs
+times the pixels, RoIs and positives each iteration recorded. So one implementation's MFU is its own
+window's, and two implementations doing the same work are credited the same FLOPs.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -44,26 +51,53 @@ def matmul_peak_flops(device: str, dtype: str = "fp32", seconds: float = 0.5, si
                 return 2.0 * n**3 * reps / elapsed
 
 
-def flops_per_image(trained_model, batches, step_fn) -> float:
-    """Mean FLOPs per image of a training step over ``batches``, counted on a copy of the trained
-    model: its proposals, and so the RoIs its heads see, are those of the timed window (a fresh
-    model's random proposals make a different amount of work). ``step_fn(model, batch)`` runs one
-    forward + backward and returns the number of images."""
-    import copy
+@dataclass(frozen=True)
+class UnitCosts:
+    """Training FLOPs (forward + backward) per unit of work."""
 
-    model = copy.deepcopy(trained_model)
-    model.train()
-    total_flops, total_images = 0.0, 0
-    for batch in batches:
-        images = []
-        total_flops += training_step_flops(lambda: images.append(step_fn(model, batch)))
-        total_images += images[0]
-        model.zero_grad(set_to_none=True)
-    return total_flops / max(1, total_images)
+    per_pixel: float  # backbone + FPN + RPN head, per padded input pixel
+    per_roi: float  # box head, per sampled RoI
+    per_positive: float  # mask head, per positive RoI
+
+    def of(self, pixels: float, rois: float, positives: float) -> float:
+        return self.per_pixel * pixels + self.per_roi * rois + self.per_positive * positives
 
 
-def detection_step(model, batch) -> int:
-    """One training step of a model that takes ``(images, targets)`` and returns a loss dict."""
-    images, targets = batch
-    sum(model(images, targets).values()).backward()
-    return len(images)
+def unit_costs(cfg, num_classes: int, side: int = 256, rois: int = 64) -> UnitCosts:
+    """Count the unit costs on the reference's modules built from ``cfg`` (its frozen stages included:
+    they have no weight gradients). Convolutions' FLOPs are linear in the pixels, the heads' in the RoIs."""
+    from mrcnn_bench.reference_impl.config import ReferenceConfig
+    from mrcnn_bench.reference_impl.modeling import MaskRCNN
+
+    if cfg.model.effective_norm == "SyncBN":  # the same FLOPs, counted in this process alone (no collective)
+        cfg = cfg.with_overrides({"model.backbone.norm": "BN", "model.backbone.norm_without_weights": "BN"})
+    model = MaskRCNN.from_config(ReferenceConfig.from_canonical(cfg, num_classes)).train()
+    channels = model.backbone.out_channels
+    roi = cfg.model.roi_heads
+    image = torch.randn(1, 3, side, side)
+
+    def trunk():
+        features = model.backbone(image)
+        logits, deltas = model.rpn.head(features)
+        sum(t.sum() for t in (*features, *logits, *deltas)).backward()
+
+    def head(module, size):
+        x = torch.randn(rois, channels, size, size, requires_grad=True)  # the pooled features carry gradients
+        out = module(x)
+        sum(t.sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
+
+    return UnitCosts(
+        per_pixel=training_step_flops(trunk) / side**2,
+        per_roi=training_step_flops(lambda: head(model.roi_heads.box_head, roi.box_pooler_resolution)) / rois,
+        per_positive=training_step_flops(lambda: head(model.roi_heads.mask_head, roi.mask_pooler_resolution)) / rois,
+    )
+
+
+def window_flops_per_image(costs: UnitCosts, rows: list[dict], warmup: int, end: int) -> float | None:
+    """Model FLOPs per image over iterations [warmup, end) of one process's rows (``pixels``, ``rois``,
+    ``positives`` and ``images``); None when some row lacks a counter."""
+    window = [r for r in rows if warmup <= r["iter"] < end]
+    if not window or any(r.get(k) is None for r in window for k in ("pixels", "rois", "positives")):
+        return None
+    images = sum(r["images"] for r in window)
+    return sum(costs.of(r["pixels"], r["rois"], r["positives"]) for r in window) / images if images else None

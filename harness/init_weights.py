@@ -29,7 +29,7 @@ def _key(cfg, num_classes: int) -> str:
     if weights:
         st = Path(weights).stat()
         stamp = [str(Path(weights).resolve()), st.st_size, st.st_mtime_ns]
-    model = cfg.model.model_dump(mode="json", exclude={"init_weights"})
+    model = cfg.model.model_dump(mode="json", exclude={"init_weights", "num_classes"})  # the classes: num_classes
     text = json.dumps({"model": model, "num_classes": num_classes, "seed": cfg.benchmark.seed, "weights": stamp}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -88,3 +88,21 @@ def initial_weights(cfg, num_classes: int, cache_dir: str | os.PathLike | None =
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return path, digest.hexdigest()
+
+
+def with_shared_init(cfg, paths) -> tuple[object, str | None]:
+    """(``cfg`` with ``model.init_weights`` naming the run's shared initialisation, a line saying so) when
+    ``benchmark.shared_init`` is on and no file is named already; else (``cfg``, None)."""
+    from .data import num_classes
+
+    if cfg.model.init_weights:
+        if not Path(cfg.model.init_weights).is_file():
+            raise WeightsError(f"model.init_weights: {cfg.model.init_weights}: no such file")
+        return cfg, None
+    if not cfg.benchmark.shared_init:
+        return cfg, None
+    classes = num_classes(cfg, paths)
+    path, sha = initial_weights(cfg, classes)
+    message = (f"initial weights: one seeded initialisation for every implementation ({classes} classes, seed {cfg.benchmark.seed}"
+               f"{', with ' + cfg.model.weights if cfg.model.weights else ''}): {path} (sha256 {sha[:12]})")
+    return cfg.with_overrides({"model.init_weights": str(path)}, source="shared initial weights"), message

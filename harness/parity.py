@@ -154,6 +154,8 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         row["images/iter"] = f"{batch} at every iteration" if not wrong else f"≠ {batch} at {len(wrong)} iterations"
         if wrong:
             problems.append(f"{impl}: global batch is not {batch} at iteration(s) {wrong[:5]}")
+        first = its[0]
+        row["positives/img at iteration 0"] = "-" if first.get("positives") is None else f"{first['positives'] / first['images']:.1f}"
         work = work_per_image(its, w["warmup"], w["end"])
         for key in ("proposals", "rois", "positives"):
             v = work[f"{key}_per_image"]
@@ -174,4 +176,83 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
             if abs(off) > band:
                 problems.append(f"{row['Implementation']}: {p:.1f} positives per image, {100 * off:+.1f}% from the median "
                                 f"{median:.1f} (band ±{100 * band:.0f}%)")
+    return pd.DataFrame(rows), problems
+
+
+# ------------------------------------------------------------------------------- the same function
+#: relative tolerance of the forward check: float32 through ResNet-50 + FPN, summed in other orders
+FORWARD_RTOL = 1e-4
+
+
+def check_images(cfg, train_json, image_dir):
+    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_gpu`` images),
+    resized here (short side ``min_size_train[0]``, long side at most ``max_size_train``, bilinear),
+    normalised with the config's pixel statistics and padded with zeros to a multiple of 32."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from .data_order import global_batches
+
+    ids = next(global_batches(train_json, batch=cfg.ims_per_gpu, seed=cfg.benchmark.seed,
+                              group_by_aspect=cfg.input.aspect_ratio_grouping))
+    files = {im["id"]: im["file_name"] for im in json.loads(Path(train_json).read_text())["images"]}
+    mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
+    images = []
+    for image_id in ids:
+        with Image.open(Path(image_dir) / files[image_id]) as im:
+            x = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float()
+        h, w = x.shape[-2:]
+        scale = min(cfg.input.min_size_train[0] / min(h, w), cfg.input.max_size_train / max(h, w))
+        size = (int(round(h * scale)), int(round(w * scale)))
+        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        images.append((x - mean) / std)
+    height = -(-max(x.shape[1] for x in images) // 32) * 32
+    width = -(-max(x.shape[2] for x in images) // 32) * 32
+    batch = torch.zeros(len(images), 3, height, width)
+    for i, x in enumerate(images):
+        batch[i, :, : x.shape[1], : x.shape[2]] = x
+    return batch
+
+
+def forward_for(impl: str, python: str, cfg, images_path: Path, out_path: Path) -> dict:
+    """``impl``'s forward outputs on the saved images, computed in its own interpreter."""
+    import torch
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg.to_dict(), f)
+        path = f.name
+    try:
+        cmd = [python, "-m", "mrcnn_bench.harness.probe", "forward", impl, path, str(images_path), str(out_path)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    finally:
+        Path(path).unlink(missing_ok=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines() or ["no output"]
+        raise RuntimeError(f"{impl}: the forward check failed: {lines[-1]}")
+    return torch.load(out_path, weights_only=True)
+
+
+def forward_frame(outputs: dict[str, dict], rtol: float = FORWARD_RTOL) -> tuple[pd.DataFrame, list[str]]:
+    """(table, divergences): each output of each implementation against the first implementation's, as
+    max |difference| / max |first|; beyond ``rtol`` (or another shape) is a divergence."""
+    impls = list(outputs)
+    base = impls[0]
+    rows, problems = [], []
+    for name in outputs[base]:
+        ref = outputs[base][name].float()
+        row = {"output": name, "shape": "x".join(map(str, ref.shape)), f"max |{base}|": f"{ref.abs().max().item():.3g}"}
+        for impl in impls[1:]:
+            got = outputs[impl].get(name)
+            if got is None or tuple(got.shape) != tuple(ref.shape):
+                row[impl] = f"shape {None if got is None else tuple(got.shape)}"
+                problems.append(f"{impl}: {name} has shape {None if got is None else tuple(got.shape)}, {base}'s {tuple(ref.shape)}")
+                continue
+            rel = ((got.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
+            row[impl] = f"{rel:.1e}" + (" ✗" if rel > rtol else "")
+            if rel > rtol:
+                problems.append(f"{impl}: {name} differs from {base}'s by {rel:.2e} of its largest value (tolerance {rtol:g})")
+        rows.append(row)
     return pd.DataFrame(rows), problems

@@ -2,8 +2,10 @@
 
     python -m mrcnn_bench.harness.probe available IMPL
     python -m mrcnn_bench.harness.probe effective IMPL CONFIG_JSON_FILE [DATA_ROOT]
+    python -m mrcnn_bench.harness.probe forward IMPL CONFIG_JSON_FILE IMAGES_PT OUT_PT
 
-Each prints one JSON line on stdout.
+Each prints one JSON line on stdout; ``forward`` saves the backbone/FPN and RPN head outputs on the
+images (``Adapter.forward_features``) to OUT_PT.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) < 2 or argv[0] not in ("available", "effective"):
+    if len(argv) < 2 or argv[0] not in ("available", "effective", "forward"):
         print(__doc__, file=sys.stderr)
         return 2
     from mrcnn_bench.adapters import get_adapter
@@ -30,6 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     from mrcnn_bench.harness.data import DataPaths
 
     cfg = Config.model_validate(json.loads(Path(argv[2]).read_text()))
+    if argv[0] == "forward":
+        import torch
+
+        torch.manual_seed(0)
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        with torch.no_grad():
+            outputs = adapter.forward_features(cfg, torch.load(argv[3], weights_only=True))
+        torch.save(outputs, argv[4])
+        print(json.dumps({"forward": sorted(outputs)}))
+        return 0
     data = DataPaths.from_root(argv[3], cfg.data.train_split, cfg.data.val_split) if len(argv) > 3 else None
     native = adapter.translate(cfg, data)
     print(json.dumps({"effective": adapter.effective_hparams(native)}, default=str))

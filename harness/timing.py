@@ -29,8 +29,10 @@ class IterationRecord:
     max_memory_mb: float | None = None  # peak device memory so far (CUDA) or peak RSS (CPU)
     lr: float | None = None
     # The work of the iteration on this process, counted from the shapes the model's own modules
-    # see (no device synchronisation): proposals out of the RPN, RoIs sampled for the box head,
-    # positive RoIs through the mask head. None where an adapter does not count them.
+    # see (no device synchronisation): padded input pixels into the backbone (images x H x W),
+    # proposals out of the RPN, RoIs sampled for the box head, positive RoIs through the mask head.
+    # None where an adapter does not count them.
+    pixels: int | None = None
     proposals: int | None = None
     rois: int | None = None
     positives: int | None = None
@@ -40,7 +42,7 @@ class IterationRecord:
 
 
 #: the work counters every adapter reports per iteration (IterationRecord fields)
-WORK_COUNTERS = ("proposals", "rois", "positives")
+WORK_COUNTERS = ("pixels", "proposals", "rois", "positives")
 
 
 @dataclass
@@ -173,7 +175,7 @@ class IterationTimer:
         self._work = {}
 
     def count(self, **work: int) -> None:
-        """Add to this iteration's work counters (``proposals``, ``rois``, ``positives``); called from
+        """Add to this iteration's work counters (``pixels``, ``proposals``, ``rois``, ``positives``); called from
         hooks on the model's modules, once per forward pass (micro-batches add up)."""
         for key, n in work.items():
             if key not in WORK_COUNTERS:

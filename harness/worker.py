@@ -106,7 +106,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
     from mrcnn_bench.harness.config import Config
-    from mrcnn_bench.harness.data import DataPaths
+    from mrcnn_bench.harness.data import DataPaths, num_classes
     from mrcnn_bench.harness.results import (
         PARTIAL_ITERATIONS,
         atomic_write_json,
@@ -165,19 +165,21 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
 
     if rank == 0:
         summary = timer.summary(bench.warmup, bench.end, world_images).to_dict()
-        summary.update(work_per_image([r.to_dict() for r in timer.records], bench.warmup, bench.end))
-        # Model FLOPs utilisation: the model's FLOPs per image x images/s over the measured matmul
-        # peak of every process (calibrated here, with this process's threads, after the window).
-        from mrcnn_bench.harness.flops import matmul_peak_flops
+        rows = [r.to_dict() for r in timer.records]
+        summary.update(work_per_image(rows, bench.warmup, bench.end))
+        # Model FLOPs utilisation: the window's model FLOPs per image (from the pixels, RoIs and
+        # positives it recorded) x images/s over the measured matmul peak of every process (calibrated
+        # here, with this process's threads, after the window).
+        from mrcnn_bench.harness.flops import matmul_peak_flops, unit_costs, window_flops_per_image
 
-        flops = extra.pop("flops_per_image", None)
+        flops = window_flops_per_image(unit_costs(cfg, num_classes(cfg, data)), rows, bench.warmup, bench.end)
         peak = matmul_peak_flops(device, bench.dtype)
         summary.update(
             flops_per_image=flops,
             matmul_peak_flops_per_process=peak,
             mfu=(flops * summary["images_per_s"] / (peak * world)) if flops else None,
         )
-        rows = [dict(r.to_dict(), global_images=g) for r, g in zip(timer.records, world_images)]
+        rows = [dict(row, global_images=g) for row, g in zip(rows, world_images)]
         atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
         env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version})
         native_dict = extra.pop("native_config", None)

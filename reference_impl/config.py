@@ -116,6 +116,7 @@ class ReferenceConfig:
                 post_nms_topk_train=rpn.post_nms_topk_train,
                 pre_nms_topk_test=rpn.pre_nms_topk_test,
                 post_nms_topk_test=rpn.post_nms_topk_test,
+                smooth_l1_beta=rpn.smooth_l1_beta,
             ),
             roi_heads=ROIHeadsCfg(
                 num_classes=num_classes,
@@ -134,6 +135,7 @@ class ReferenceConfig:
                 score_thresh_test=roi.score_thresh_test,
                 nms_thresh_test=roi.nms_thresh_test,
                 detections_per_image=roi.detections_per_image,
+                smooth_l1_beta=roi.smooth_l1_beta,
             ),
             input=InputCfg(
                 min_size_train=tuple(inp.min_size_train),

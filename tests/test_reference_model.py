@@ -187,7 +187,7 @@ def _learning_setup(tmp_path, dtype="fp32"):
     from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, warmup_multistep
 
     torch.set_num_threads(2)
-    root = make_synthetic(tmp_path / "data", images=64, size=128, seed=0, val_images=16).root
+    root = make_synthetic(tmp_path / "data", images=64, size=128, seed=0, val_images=16, categories=6).root
     cfg = ReferenceConfig.like_torchvision(6, **{
         "backbone.norm": "BN", "backbone.freeze_at": 0,
         "input.min_size_train": (128,), "input.max_size_train": 128, "input.min_size_test": 128, "input.max_size_test": 128,

@@ -43,10 +43,78 @@ def test_work_counters_belong_to_the_iteration_they_were_counted_in():
     assert "positives" not in second.to_dict() and third.positives == 7 and third.rois is None
     with pytest.raises(KeyError, match="unknown work counter 'masks'"):
         timer.count(masks=1)
-    rows = [dict(iter=i, images=2, proposals=2000, rois=1024, positives=p) for i, p in enumerate([10, 20, 30, 40])]
-    assert work_per_image(rows, 1, 4) == {"proposals_per_image": 1000.0, "rois_per_image": 512.0, "positives_per_image": 15.0}
+    rows = [dict(iter=i, images=2, pixels=2 * 192 * 256, proposals=2000, rois=1024, positives=p) for i, p in enumerate([10, 20, 30, 40])]
+    assert work_per_image(rows, 1, 4) == {"pixels_per_image": 192 * 256, "proposals_per_image": 1000.0, "rois_per_image": 512.0,
+                                          "positives_per_image": 15.0}
     rows[2].pop("positives")
     assert work_per_image(rows, 1, 4)["positives_per_image"] is None
+
+
+# ------------------------------------------------------------------------------ FLOPs of the window
+def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
+    """The reference's unit costs against torchvision's Mask R-CNN parts (an independent build of the
+    same architecture), each counted by torch's FLOP counter over a forward and backward."""
+    from mrcnn_bench.harness.flops import training_step_flops, unit_costs
+
+    cfg = load_config(SMALL)
+    costs = unit_costs(cfg, 80, side=128, rois=8)
+    tv = get_adapter("torchvision")
+    model = tv.build_model(tv.translate(cfg)).train()
+    image = torch.randn(1, 3, 128, 128)
+
+    def trunk():
+        features = list(model.backbone(image).values())
+        logits, deltas = model.rpn.head(features)
+        sum(t.sum() for t in (*features, *logits, *deltas)).backward()
+
+    def head(modules, size):
+        x = torch.randn(8, 256, size, size, requires_grad=True)
+        for m in modules[:-1]:
+            x = m(x)
+        out = modules[-1](x)
+        sum(t.sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
+
+    roi = model.roi_heads
+    assert costs.per_pixel == pytest.approx(training_step_flops(trunk) / 128**2, rel=1e-9)
+    assert costs.per_roi == pytest.approx(training_step_flops(lambda: head([roi.box_head, roi.box_predictor], 7)) / 8, rel=1e-9)
+    assert costs.per_positive == pytest.approx(training_step_flops(lambda: head([roi.mask_head, roi.mask_predictor], 14)) / 8, rel=1e-9)
+    # the mask head: 4 convs 3x3 256->256 at 14x14, a 2x2 deconv to 28x28 and the class predictor, x3 for backward
+    macs = 4 * 14 * 14 * 256 * 256 * 9 + 14 * 14 * 256 * 256 * 4 + 28 * 28 * 256 * 80
+    assert costs.per_positive == pytest.approx(3 * 2 * macs, rel=0.02)
+
+
+def test_window_flops_come_from_the_recorded_work():
+    from mrcnn_bench.harness.flops import UnitCosts, window_flops_per_image
+
+    costs = UnitCosts(per_pixel=1e6, per_roi=1e8, per_positive=3e9)
+    rows = [dict(iter=i, images=2, pixels=2 * 100, rois=1024, positives=p) for i, p in enumerate([99, 10, 30])]
+    assert window_flops_per_image(costs, rows, 1, 3) == pytest.approx((2 * (200e6 + 1024e8) + 40 * 3e9) / 4)
+    rows[1].pop("pixels")
+    assert window_flops_per_image(costs, rows, 1, 3) is None
+
+
+# ---------------------------------------------------------------------------- the same function
+def test_forward_check_computes_the_same_function(synth_root):
+    """From the shared weights, every installed implementation's FPN features and RPN outputs on one batch
+    equal the reference's; an implementation with other weights would not."""
+    out = run_cli("parity", "--check-forward", "--config", "cpu_small", "--data", synth_root, timeout=1800)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| p2 ") or line.startswith("| deltas.p6 ")]
+    assert len(table) == 2 and "torchvision" in out.stdout, out.stdout
+    assert "✗" not in out.stdout
+
+
+def test_forward_frame_names_a_divergence():
+    from mrcnn_bench.harness.parity import forward_frame
+
+    ref = {"p2": torch.ones(1, 4, 2, 2), "objectness.p2": torch.arange(12.0).view(1, 3, 2, 2)}
+    same = {k: v.clone() for k, v in ref.items()}
+    swapped = dict(same, **{"objectness.p2": ref["objectness.p2"][:, [1, 0, 2]]})  # anchors in another order
+    table, problems = forward_frame({"reference": ref, "a": same, "b": swapped, "c": {"p2": torch.ones(1, 4, 2, 3)}})
+    assert list(table["a"]) == ["0.0e+00", "0.0e+00"]
+    assert problems == ["c: p2 has shape (1, 4, 2, 3), reference's (1, 4, 2, 2)",
+                        "b: objectness.p2 differs from reference's by 3.64e-01 of its largest value (tolerance 0.0001)",
+                        "c: objectness.p2 has shape None, reference's (1, 3, 2, 2)"]
 
 
 # ------------------------------------------------------------------ the schedule each one runs
@@ -304,6 +372,31 @@ def test_detectron2_loader_follows_the_run_order(synth_root):
     assert got == want and data_spec(cfg, data)["order"] == dict(native.MRCNN_BENCH.ORDER)
 
 
+@pytest.mark.skipif(not _installed("mmdet"), reason="mmdet is not installed")
+def test_mmdet_sampler_follows_the_run_order(synth_root):
+    """The sampler the mmdet config names, over mmdet's own CocoDataset, yields the order's images in its
+    batches (mmengine batches a sampler's indices in turn: no batch sampler of its own)."""
+    from mrcnn_bench.adapters.common import pillow_linear_alias
+    from mrcnn_bench.adapters.mmdet import ORDER_SAMPLER, _ordered_sampler
+
+    cfg = load_config(SMALL, {"benchmark.num_workers": 0})
+    data = DataPaths.from_root(synth_root)
+    native = get_adapter("mmdet").translate(cfg, data)
+    loader = native.train_dataloader
+    assert loader.sampler.type == ORDER_SAMPLER and loader.batch_sampler is None
+    pillow_linear_alias()
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    dataset = DATASETS.build(loader.dataset)
+    sampler = _ordered_sampler(dataset, 0, **{k: v for k, v in loader.sampler.items() if k != "type"})
+    indices = [i for _, i in zip(range(8), sampler)]
+    got = [[dataset.get_data_info(i)["img_id"] for i in indices[k : k + 2]] for k in range(0, 8, 2)]
+    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    assert got == want
+
+
 # ---------------------------------------------------------------------------- trajectory parity
 def _record(root: Path, impl, lrs, positives, images=2, status="ok"):
     solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
@@ -365,3 +458,7 @@ def test_a_real_run_does_the_same_work_in_reference_and_torchvision(synth_root, 
     runs = [json.loads((tmp_path / "w" / i / "run.json").read_text()) for i in ("reference", "torchvision")]
     assert runs[0]["config"]["model"]["init_weights"] == runs[1]["config"]["model"]["init_weights"]
     assert all(r["summary"]["positives_per_image"] > 0 and r["summary"]["rois_per_image"] > 0 for r in runs)
+    # the window's FLOPs from its own work: the same counts would be credited the same FLOPs
+    assert all(r["summary"]["flops_per_image"] > 1e9 for r in runs)
+    rows = [json.loads(line) for line in (tmp_path / "w" / "torchvision" / "iterations.jsonl").read_text().splitlines()]
+    assert all(r["pixels"] >= 128 * 128 and r["pixels"] % (32 * 32) == 0 for r in rows)  # padded to multiples of 32
