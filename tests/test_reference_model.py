@@ -234,17 +234,19 @@ def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     assert exported and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(exported[0])
     after = coco_map(COCO(str(root / "annotations/instances_val2017.json")), exported)
     print(f"mAP before: {before}\nmAP after 250 iterations: {after}")
+    # measured on the COCO-like synthetic set (6 categories, 7.3 instances per image, many small): after 250
+    # iterations bbox AP 0.018 (AP50 0.086), segm 0.022 (0.090); the bars are about 60% of that
     assert before["bbox"]["AP50"] < 0.01 and before["segm"]["AP50"] < 0.01
-    assert after["bbox"]["AP50"] > 0.08 and after["segm"]["AP50"] > 0.08
-    assert after["bbox"]["AP"] > 0.03 and after["segm"]["AP"] > 0.03
+    assert after["bbox"]["AP50"] > 0.05 and after["segm"]["AP50"] > 0.05
+    assert after["bbox"]["AP"] > 0.01 and after["segm"]["AP"] > 0.012
 
 
 @pytest.mark.slow
 def test_bf16_autocast_learns_as_well(tmp_path):
     """AMP changes the arithmetic: the same recipe in bf16 autocast must learn too. Measured here after 250
-    iterations: bf16 bbox AP 0.037 (AP50 0.081), segm 0.046 (0.102); fp32 0.056 (0.124), 0.070 (0.132).
-    The stated margin: bf16 within 0.03 AP of fp32 on this short schedule; the bars below are fp32's
-    measured AP less that margin (untrained: AP50 < 0.01)."""
+    iterations on the COCO-like synthetic set: bf16 bbox AP 0.028 (AP50 0.102), segm 0.035 (0.143); fp32
+    0.018 (0.086), 0.022 (0.090). The stated margin: bf16 within 0.01 AP of fp32 on this short schedule;
+    the bars below are fp32's measured AP less that margin (untrained: AP50 < 0.01)."""
     from mrcnn_bench.reference_impl.engine import coco_map, predict
 
     _, val, make_trainer = _learning_setup(tmp_path, dtype="bf16")
@@ -253,5 +255,5 @@ def test_bf16_autocast_learns_as_well(tmp_path):
     trainer.train(250)
     after = coco_map(val.coco, predict(trainer.model, val, device="cpu"))
     print(f"bf16 mAP after 250 iterations: {after}")
-    assert after["bbox"]["AP"] > 0.056 - 0.03 and after["segm"]["AP"] > 0.070 - 0.03
+    assert after["bbox"]["AP"] > 0.018 - 0.01 and after["segm"]["AP"] > 0.022 - 0.01
     assert after["bbox"]["AP50"] > 0.05 and after["segm"]["AP50"] > 0.05
