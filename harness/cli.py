@@ -292,23 +292,11 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
     if check_forward:
         _forward_parity(config_name, impl, data_root, dict(p.split("=", 1) for p in pythons))
         return
-    from . import launch
     from .parity import canonical_values, effective_for, parity_frame
 
     cfg = load_config(resolve_config_path(config_name))
     interpreters = dict(p.split("=", 1) for p in pythons)
-    effective, failed = {}, []
-    for name in _parse_impls(impl):
-        python = launch.interpreter_for(name, interpreters)
-        ok, info = launch.probe(name, python)
-        if not ok:
-            click.echo(f"{name}: skipped, not installed: {info}", err=True)
-            continue
-        try:
-            effective[name] = effective_for(name, python, cfg, data_root)
-        except RuntimeError as e:  # one implementation failing leaves the others' columns
-            click.echo(f"{name}: failed: {e}", err=True)
-            failed.append(name)
+    effective, failed = _each_installed(impl, interpreters, lambda name, python: effective_for(name, python, cfg, data_root))
     num_classes = 80  # what every adapter builds without a data set (COCO's classes)
     if data_root:
         from .data import DataPaths
@@ -324,12 +312,31 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
     sys.exit(1 if failed or any(n.endswith("UNEXPLAINED") for n in notes) else 0)
 
 
+def _each_installed(impl: str, interpreters: dict, ask) -> tuple[dict, list[str]]:
+    """({name: ask(name, python)} for every installed implementation --impl names, [names that failed]);
+    one failing (RuntimeError) leaves the others' answers, one not installed is skipped and said so."""
+    from . import launch
+
+    answers, failed = {}, []
+    for name in _parse_impls(impl):
+        python = launch.interpreter_for(name, interpreters)
+        ok, info = launch.probe(name, python)
+        if not ok:
+            click.echo(f"{name}: skipped, not installed: {info}", err=True)
+            continue
+        try:
+            answers[name] = ask(name, python)
+        except RuntimeError as e:
+            click.echo(f"{name}: failed: {e}", err=True)
+            failed.append(name)
+    return answers, failed
+
+
 def _forward_parity(config_name: str, impl: str, data_root: str | None, interpreters: dict) -> None:
     import tempfile
 
     import torch
 
-    from . import launch
     from .data import resolve_data
     from .parity import FORWARD_RTOL, check_images, forward_for, forward_frame
 
@@ -337,21 +344,14 @@ def _forward_parity(config_name: str, impl: str, data_root: str | None, interpre
     paths, _ = resolve_data(cfg.data, data_root)
     cfg = _with_shared_init(cfg, paths)
     images = check_images(cfg, paths.train_json, paths.train_images)
-    outputs, failed = {}, []
     with tempfile.TemporaryDirectory(prefix="mrcnn-bench-forward-") as tmp:
         torch.save(images, Path(tmp) / "images.pt")
-        for name in _parse_impls(impl):
-            python = launch.interpreter_for(name, interpreters)
-            ok, info = launch.probe(name, python)
-            if not ok:
-                click.echo(f"{name}: skipped, not installed: {info}", err=True)
-                continue
+
+        def forward(name, python):
             click.echo(f"{name}: forward on {tuple(images.shape)} ...", err=True)
-            try:
-                outputs[name] = forward_for(name, python, cfg, Path(tmp) / "images.pt", Path(tmp) / f"{name}.pt")
-            except RuntimeError as e:
-                click.echo(f"{name}: failed: {e}", err=True)
-                failed.append(name)
+            return forward_for(name, python, cfg, Path(tmp) / "images.pt", Path(tmp) / f"{name}.pt")
+
+        outputs, failed = _each_installed(impl, interpreters, forward)
     if not outputs:
         raise BadInput("no implementation could run the forward check")
     table, problems = forward_frame(outputs)
