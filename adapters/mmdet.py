@@ -427,6 +427,7 @@ class MMDetAdapter(Adapter):
     def lr_trajectory(self, native, n: int) -> list[float]:
         """The learning rate of optimizer steps 0..n-1 as mmengine's schedulers (built from the
         config's ``param_scheduler``, stepped by ParamSchedulerHook once per micro-batch) set it."""
+        import mmengine.optim  # noqa: F401 - registers LinearLR, MultiStepLR, ... in PARAM_SCHEDULERS
         from mmengine.registry import PARAM_SCHEDULERS
 
         accum = native.mrcnn_bench.grad_accum
