@@ -44,21 +44,27 @@ def canonical_values(cfg, num_classes: int | None = None) -> dict:
     return flat
 
 
-def effective_for(impl: str, python: str, cfg, data_root: str | None) -> dict:
+def _ask(impl: str, python: str, question: str, cfg, *args: str, failed: str, timeout: float) -> str:
+    """``python -m mrcnn_bench.harness.probe QUESTION IMPL CONFIG_JSON ARGS...`` in ``impl``'s own
+    interpreter; its stdout, or a RuntimeError with its last line of stderr."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cfg.to_dict(), f)
         path = f.name
     try:
-        cmd = [python, "-m", "mrcnn_bench.harness.probe", "effective", impl, path]
-        if data_root:
-            cmd.append(str(data_root))
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        cmd = [python, "-m", "mrcnn_bench.harness.probe", question, impl, path, *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     finally:
         Path(path).unlink(missing_ok=True)
     if out.returncode != 0:
         lines = out.stderr.strip().splitlines() or ["no output"]
-        raise RuntimeError(f"{impl}: reading effective hyperparameters failed: {lines[-1]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["effective"]
+        raise RuntimeError(f"{impl}: {failed} failed: {lines[-1]}")
+    return out.stdout
+
+
+def effective_for(impl: str, python: str, cfg, data_root: str | None) -> dict:
+    out = _ask(impl, python, "effective", cfg, *([str(data_root)] if data_root else []),
+               failed="reading effective hyperparameters", timeout=600)
+    return json.loads(out.strip().splitlines()[-1])["effective"]
 
 
 def _same(a, b) -> bool:
@@ -221,17 +227,7 @@ def forward_for(impl: str, python: str, cfg, images_path: Path, out_path: Path) 
     """``impl``'s forward outputs on the saved images, computed in its own interpreter."""
     import torch
 
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(cfg.to_dict(), f)
-        path = f.name
-    try:
-        cmd = [python, "-m", "mrcnn_bench.harness.probe", "forward", impl, path, str(images_path), str(out_path)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    finally:
-        Path(path).unlink(missing_ok=True)
-    if out.returncode != 0:
-        lines = out.stderr.strip().splitlines() or ["no output"]
-        raise RuntimeError(f"{impl}: the forward check failed: {lines[-1]}")
+    _ask(impl, python, "forward", cfg, str(images_path), str(out_path), failed="the forward check", timeout=1800)
     return torch.load(out_path, weights_only=True)
 
 

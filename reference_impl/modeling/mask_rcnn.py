@@ -98,17 +98,21 @@ _TORCHVISION_RENAMES = [
 ]
 
 
-def convert_torchvision_state_dict(state: dict) -> dict:
-    """A torchvision ``maskrcnn_resnet50_fpn`` state dict in this model's parameter names."""
+def _renamed(state: dict, renames: list[tuple[str, str]]) -> dict:
+    """``state`` with every rename applied to each key, BatchNorm's step counters left out."""
     out = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             continue
-        new = key
-        for pattern, repl in _TORCHVISION_RENAMES:
-            new = re.sub(pattern, repl, new)
-        out[new] = value
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
     return out
+
+
+def convert_torchvision_state_dict(state: dict) -> dict:
+    """A torchvision ``maskrcnn_resnet50_fpn`` state dict in this model's parameter names."""
+    return _renamed(state, _TORCHVISION_RENAMES)
 
 
 # ours -> torchvision's (the inverse of _TORCHVISION_RENAMES)
@@ -130,14 +134,7 @@ _TO_TORCHVISION = [
 def to_torchvision_state_dict(state: dict) -> dict:
     """This model's state dict in torchvision ``maskrcnn_resnet50_fpn``'s parameter names (the
     layout the harness's shared initial weights use); BatchNorm's step counters are left out."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        for pattern, repl in _TO_TORCHVISION:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+    return _renamed(state, _TO_TORCHVISION)
 
 
 def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:
