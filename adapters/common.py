@@ -157,6 +157,12 @@ class WeightsMismatch(ValueError):
     """A state dict whose names or shapes do not match the model it is loaded into."""
 
 
+def shifted(template: str, shift: int):
+    """A regex replacement that writes ``template`` with the number in group 1 moved by ``shift`` and the
+    other groups as they are (torchvision's layer1 is detectron2's res2; its fc6 is mmdet's shared_fcs.0)."""
+    return lambda m: template.format(int(m.group(1)) + shift, *m.groups()[1:])
+
+
 def rename(state: dict, renames: list[tuple[str, str]], source: str) -> dict:
     """``state`` with each key rewritten by the first of ``renames`` (regex, replacement) that
     matches it; a key that none matches is an error naming it (no parameter is dropped silently)."""

@@ -31,6 +31,7 @@ from .common import (
     pillow_linear_alias,
     schedule_facts,
     schedule_length,
+    shifted,
     stand_in_optimizer,
     step_scheduler,
     to_torchvision_layout,
@@ -65,47 +66,41 @@ def _apply_shims(device: str | None = None) -> list[str]:
 
 
 # ------------------------------------------------------------- torchvision's layout <-> detectron2's
-def _res(template: str, shift: int):
-    """A replacement that writes ``template`` with the stage number (group 1) moved by ``shift``
-    (torchvision's layer1 is detectron2's res2) and the other groups as they are."""
-    return lambda m: template.format(int(m.group(1)) + shift, *m.groups()[1:])
-
-
 _FROM_TORCHVISION = [
     (r"^backbone\.body\.conv1\.(\w+)$", r"backbone.bottom_up.stem.conv1.\1"),
     (r"^backbone\.body\.bn1\.(\w+)$", r"backbone.bottom_up.stem.conv1.norm.\1"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.(\w+)$", _res("backbone.bottom_up.res{}.{}.conv{}.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$", _res("backbone.bottom_up.res{}.{}.conv{}.norm.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.(\w+)$", _res("backbone.bottom_up.res{}.{}.shortcut.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$", _res("backbone.bottom_up.res{}.{}.shortcut.norm.{}", 1)),
-    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.(\w+)$", _res("backbone.fpn_lateral{}.{}", 2)),
-    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.(\w+)$", _res("backbone.fpn_output{}.{}", 2)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.conv{}.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.conv{}.norm.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.shortcut.{}", 1)),
+    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.shortcut.norm.{}", 1)),
+    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.(\w+)$", shifted("backbone.fpn_lateral{}.{}", 2)),
+    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.(\w+)$", shifted("backbone.fpn_output{}.{}", 2)),
     (r"^rpn\.head\.conv\.0\.0\.", "proposal_generator.rpn_head.conv."),
     (r"^rpn\.head\.cls_logits\.", "proposal_generator.rpn_head.objectness_logits."),
     (r"^rpn\.head\.bbox_pred\.", "proposal_generator.rpn_head.anchor_deltas."),
     (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fc1."),
     (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fc2."),
     (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
-    (r"^roi_heads\.mask_head\.(\d)\.0\.(\w+)$", _res("roi_heads.mask_head.mask_fcn{}.{}", 1)),
+    (r"^roi_heads\.mask_head\.(\d)\.0\.(\w+)$", shifted("roi_heads.mask_head.mask_fcn{}.{}", 1)),
     (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
     (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
 ]
 _TO_TORCHVISION = [
     (r"^backbone\.bottom_up\.stem\.conv1\.norm\.(\w+)$", r"backbone.body.bn1.\1"),
     (r"^backbone\.bottom_up\.stem\.conv1\.(\w+)$", r"backbone.body.conv1.\1"),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$", _res("backbone.body.layer{}.{}.bn{}.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.(\w+)$", _res("backbone.body.layer{}.{}.conv{}.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$", _res("backbone.body.layer{}.{}.downsample.1.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.(\w+)$", _res("backbone.body.layer{}.{}.downsample.0.{}", -1)),
-    (r"^backbone\.fpn_lateral(\d)\.(\w+)$", _res("backbone.fpn.inner_blocks.{}.0.{}", -2)),
-    (r"^backbone\.fpn_output(\d)\.(\w+)$", _res("backbone.fpn.layer_blocks.{}.0.{}", -2)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$", shifted("backbone.body.layer{}.{}.bn{}.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.(\w+)$", shifted("backbone.body.layer{}.{}.conv{}.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$", shifted("backbone.body.layer{}.{}.downsample.1.{}", -1)),
+    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.(\w+)$", shifted("backbone.body.layer{}.{}.downsample.0.{}", -1)),
+    (r"^backbone\.fpn_lateral(\d)\.(\w+)$", shifted("backbone.fpn.inner_blocks.{}.0.{}", -2)),
+    (r"^backbone\.fpn_output(\d)\.(\w+)$", shifted("backbone.fpn.layer_blocks.{}.0.{}", -2)),
     (r"^proposal_generator\.rpn_head\.conv\.", "rpn.head.conv.0.0."),
     (r"^proposal_generator\.rpn_head\.objectness_logits\.", "rpn.head.cls_logits."),
     (r"^proposal_generator\.rpn_head\.anchor_deltas\.", "rpn.head.bbox_pred."),
     (r"^roi_heads\.box_head\.fc1\.", "roi_heads.box_head.fc6."),
     (r"^roi_heads\.box_head\.fc2\.", "roi_heads.box_head.fc7."),
     (r"^roi_heads\.box_predictor\.", "roi_heads.box_predictor."),
-    (r"^roi_heads\.mask_head\.mask_fcn(\d)\.(\w+)$", _res("roi_heads.mask_head.{}.0.{}", -1)),
+    (r"^roi_heads\.mask_head\.mask_fcn(\d)\.(\w+)$", shifted("roi_heads.mask_head.{}.0.{}", -1)),
     (r"^roi_heads\.mask_head\.deconv\.", "roi_heads.mask_predictor.conv5_mask."),
     (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
 ]

@@ -41,6 +41,7 @@ from .common import (
     pillow_linear_alias,
     schedule_facts,
     schedule_length,
+    shifted,
     stand_in_optimizer,
     step_scheduler,
     to_torchvision_layout,
@@ -90,11 +91,6 @@ def _norm(norm: str) -> tuple[dict, bool]:
 
 
 # ------------------------------------------------------------------ torchvision's layout <-> mmdet's
-def _shift(template: str, shift: int):
-    """A replacement writing ``template`` with the number in group 1 moved by ``shift``."""
-    return lambda m: template.format(int(m.group(1)) + shift, *m.groups()[1:])
-
-
 _FROM_TORCHVISION = [
     (r"^backbone\.body\.", "backbone."),  # mmdet's ResNet keeps torchvision's names
     (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", r"neck.lateral_convs.\1.conv."),
@@ -102,7 +98,7 @@ _FROM_TORCHVISION = [
     (r"^rpn\.head\.conv\.0\.0\.", "rpn_head.rpn_conv."),
     (r"^rpn\.head\.cls_logits\.", "rpn_head.rpn_cls."),
     (r"^rpn\.head\.bbox_pred\.", "rpn_head.rpn_reg."),
-    (r"^roi_heads\.box_head\.fc(\d)\.(\w+)$", _shift("roi_head.bbox_head.shared_fcs.{}.{}", -6)),
+    (r"^roi_heads\.box_head\.fc(\d)\.(\w+)$", shifted("roi_head.bbox_head.shared_fcs.{}.{}", -6)),
     (r"^roi_heads\.box_predictor\.cls_score\.", "roi_head.bbox_head.fc_cls."),
     (r"^roi_heads\.box_predictor\.bbox_pred\.", "roi_head.bbox_head.fc_reg."),
     (r"^roi_heads\.mask_head\.(\d)\.0\.", r"roi_head.mask_head.convs.\1.conv."),
@@ -116,7 +112,7 @@ _TO_TORCHVISION = [
     (r"^rpn_head\.rpn_conv\.", "rpn.head.conv.0.0."),
     (r"^rpn_head\.rpn_cls\.", "rpn.head.cls_logits."),
     (r"^rpn_head\.rpn_reg\.", "rpn.head.bbox_pred."),
-    (r"^roi_head\.bbox_head\.shared_fcs\.(\d)\.(\w+)$", _shift("roi_heads.box_head.fc{}.{}", 6)),
+    (r"^roi_head\.bbox_head\.shared_fcs\.(\d)\.(\w+)$", shifted("roi_heads.box_head.fc{}.{}", 6)),
     (r"^roi_head\.bbox_head\.fc_cls\.", "roi_heads.box_predictor.cls_score."),
     (r"^roi_head\.bbox_head\.fc_reg\.", "roi_heads.box_predictor.bbox_pred."),
     (r"^roi_head\.mask_head\.convs\.(\d)\.conv\.", r"roi_heads.mask_head.\1.0."),
