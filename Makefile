@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops clean
+.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,24 @@ baseline: setup detectron2 mmdet
 
 test: setup detectron2 mmdet
 	$(PY) -m pytest -q tests
+
+# The lower end of the supported torch range (pyproject.toml), what the GPU machines carry: the package
+# and its extension built against torch $(TORCH_FLOOR) in a venv of their own (a copy of the sources,
+# so the in-place build of .venv is left alone), then the ops' and the reference model's tests.
+TORCH_FLOOR ?= 2.11.0
+TORCHVISION_FLOOR ?= 0.26.0
+FLOOR_VENV := .venvs/torch-$(TORCH_FLOOR)
+torch-floor:
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q "setuptools>=77" wheel ninja "torch==$(TORCH_FLOOR)" "torchvision==$(TORCHVISION_FLOOR)"
+	rm -rf $(FLOOR_VENV)/src && mkdir -p $(FLOOR_VENV)/src
+	git ls-files -co --exclude-standard | grep -v '^results/' | tar -cf - -T - | tar -xf - -C $(FLOOR_VENV)/src
+	cd $(FLOOR_VENV)/src && CUDA_HOME=$${CUDA_HOME:-$$(test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)} \
+	  TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=$${MAX_JOBS:-2} \
+	  ../bin/python -m pip install -q --no-build-isolation ".[test]"
+	cd $(FLOOR_VENV)/src && ../bin/python -c "import torch; from mrcnn_bench.reference_impl import ops; print('torch', torch.__version__, 'ops', ops.backend())"
+	cd $(FLOOR_VENV)/src && ../bin/python -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_reference_model.py tests/test_cuda_graphs.py
 
 # Each native op against torchvision.ops, as a ratio (CPU, and CUDA where present).
 bench-ops: setup

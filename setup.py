@@ -60,7 +60,9 @@ def extensions():
         extra_inc = [os.path.join(p, "cu13", "include") for p in nvidia.__path__]
         kwargs["include_dirs"] += [d for d in extra_inc if os.path.isdir(d)]
         define.append(("WITH_CUDA", None))
-        arch = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # Machine code for A100 (8.0) and H100/H200 (9.0), and 9.0's PTX, which the driver compiles
+        # for any newer GPU (Blackwell and later) at first load.
+        arch = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         print(f"mrcnn-bench: building CPU+CUDA kernels for arch {arch}")
         ext = CUDAExtension(
             "mrcnn_bench.reference_impl._C",

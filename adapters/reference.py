@@ -62,6 +62,13 @@ class ReferenceAdapter(Adapter):
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
         if cfg.reference.cuda_graphs and bench.device != "cuda":
             raise UnsupportedConfig("reference.cuda_graphs needs CUDA (benchmark.device=cuda)")
+        if bench.device == "cuda":
+            from mrcnn_bench.reference_impl import ops
+
+            if ops.NATIVE and not ops.CUDA_KERNELS:
+                # Timing the pure-PyTorch ops as "the reference" would misreport it.
+                raise UnsupportedConfig(f"benchmark.device=cuda, but {ops.NO_CUDA_KERNELS} "
+                                        "(or MRCNN_BENCH_OPS=fallback to time the fallback on purpose)")
         return ReferenceNative(
             model=ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)),
             solver=dict(

@@ -5,7 +5,7 @@ FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     CUDA_HOME=/usr/local/cuda \
-    TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+    TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX" \
     MAX_JOBS=8
 RUN apt-get update && apt-get install -y --no-install-recommends make git && rm -rf /var/lib/apt/lists/*
 

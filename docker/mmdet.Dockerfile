@@ -6,7 +6,7 @@ FROM ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     CUDA_HOME=/usr/local/cuda \
-    TORCH_CUDA_ARCH_LIST="8.0;9.0" \
+    TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX" \
     MMCV_CUDA=on \
     MAX_JOBS=8
 # libgl1/libglib2.0-0: opencv-python (pulled by mmengine) loads them at import

@@ -164,6 +164,9 @@ class BenchmarkConfig(_Section):
     device: Literal["cpu", "cuda"] = "cuda"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16/bf16 = automatic mixed precision
     channels_last: bool = False
+    # On CUDA, fp32 convolutions and matmuls in TF32 (Ampere and later), set for every implementation
+    # alike by the harness rather than left to each framework's default.
+    tf32: bool = True
     grad_accum: int = Field(1, gt=0)
     threads_per_rank: int | None = Field(None, gt=0)  # None: cores / processes
     num_workers: int = Field(2, ge=0)  # data-loader workers per process

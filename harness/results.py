@@ -183,6 +183,8 @@ def capture_environment(device: str | None = None, threads: int | None = None, e
     if device == "cuda" and torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["cuda_driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
+        # read after training: what was in force, whatever the framework set
+        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     else:
         env["gpus"] = []
     if extra:

@@ -99,6 +99,15 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
+def set_tf32(on: bool) -> None:
+    """TF32 for fp32 matmuls and cuDNN convolutions, the same for every implementation (torch's own
+    defaults differ between the two: matmuls off, convolutions on)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
 def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int) -> int:
     import torch
     import torch.distributed as tdist
@@ -123,6 +132,7 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     cpus = _pin_threads(threads, local_rank, local_world)
 
     if bench.device == "cuda":
+        set_tf32(bench.tf32)
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
         backend = "nccl"

@@ -1,6 +1,7 @@
 """Install detectron2 v0.6 (pure Python) into this interpreter, without GitHub access.
 
     python scripts/install_detectron2.py [--sdist PATH] [--force]
+    python scripts/install_detectron2.py --wheel-dir DIR   # build the patched wheel only (for another machine)
 
 Upstream installs from its git repository. PyPI holds ``pb1-detectron2==0.6``, an sdist whose Python
 files are upstream's tag v0.6 with another package name; it lacks the C++/CUDA sources, which Mask
@@ -72,9 +73,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sdist", type=Path, help="a local pb1-detectron2-0.6.tar.gz instead of downloading it")
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports already")
+    parser.add_argument("--wheel-dir", type=Path, help="build a wheel of the patched sdist into DIR; install nothing")
     args = parser.parse_args()
     have = installed_version()
-    if have and not args.force:
+    if have and not args.force and not args.wheel_dir:
         print(f"detectron2 {have} is already installed in {sys.executable} (--force to reinstall)")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +89,14 @@ def main() -> int:
             tar.extractall(tmp, filter="data")
         src = tmp / f"{PACKAGE}-{VERSION}"
         patch(src)
+        if args.wheel_dir:
+            # pure Python once patched (no extension): a py3-none-any wheel that installs on any Python 3
+            args.wheel_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
+                            "-w", str(args.wheel_dir), str(src)], check=True)
+            (wheel,) = args.wheel_dir.glob("pb1_detectron2-*.whl")
+            print(f"built {wheel}; its dependencies: {' '.join(DEPENDENCIES)}")
+            return 0
         pip = [sys.executable, "-m", "pip", "install", "-q"]
         subprocess.run([*pip, *DEPENDENCIES], check=True)
         # setup.py imports torch: build against the torch of this environment

@@ -1,6 +1,8 @@
 """Install mmdetection 3.3.0 with a compiled mmcv 2.1.0 into this interpreter, without GitHub access.
 
     python scripts/install_mmdet.py [--cuda auto|on|off] [--cache DIR] [--jobs N] [--force]
+    python scripts/install_mmdet.py --sdist mmcv-2.1.0.tar.gz --wheel-dir DIR [--cuda on]
+        # offline: build the mmcv wheel from a local sdist into DIR; install nothing (the GPU check)
 
 mmdet 3.3.0 and mmengine 0.10.7 are pure Python wheels on PyPI. mmdet needs mmcv>=2.0.0rc4,<2.2.0 with
 its compiled ops (``mmcv._ext``: NMS, RoIAlign); PyPI has no mmcv 2.1.0 wheel for torch 2.14, only the
@@ -104,7 +106,11 @@ def build_wheel(src: Path, out: Path, cuda: bool, jobs: int, log: Path) -> Path:
 
 
 def strip(wheel: Path, out: Path) -> Path:
-    """The same wheel without debug symbols in its shared objects (32 MB -> 2 MB)."""
+    """The same wheel without debug symbols in its shared objects (32 MB -> 2 MB); as it is where binutils'
+    strip is missing."""
+    if shutil.which("strip") is None:
+        print("no 'strip' on this machine: the wheel keeps its debug symbols", flush=True)
+        return Path(shutil.move(str(wheel), out / wheel.name))
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", tmp, str(wheel)], check=True, stdout=subprocess.DEVNULL)
         (unpacked,) = Path(tmp).iterdir()
@@ -141,6 +147,24 @@ def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
     return key / wheel.name
 
 
+def build_offline(sdist: Path | None, wheel_dir: Path, cuda: bool, jobs: int) -> int:
+    """The patched sdist built into ``wheel_dir`` (its log beside the wheel), from a local file."""
+    if sdist is None or sdist.name != f"mmcv-{MMCV_VERSION}.tar.gz" or not sdist.is_file():
+        raise SystemExit(f"--wheel-dir needs --sdist PATH/mmcv-{MMCV_VERSION}.tar.gz (got {sdist}): this mode downloads nothing")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        local = fetch_sdist("mmcv", f"mmcv-{MMCV_VERSION}.tar.gz", MMCV_SHA256, sdist.parent)  # verifies, no download
+        with tarfile.open(local) as tar:
+            tar.extractall(tmp, filter="data")
+        src = tmp / f"mmcv-{MMCV_VERSION}"
+        patch(src)
+        (tmp / "raw").mkdir()
+        wheel = strip(build_wheel(src, tmp / "raw", cuda, jobs, wheel_dir / "mmcv-build.log"), wheel_dir)
+    print(f"built {wheel} (ops for {'CPU + CUDA' if cuda else 'CPU'})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", choices=["auto", "on", "off"], default=os.environ.get("MMCV_CUDA", "auto"),
@@ -148,9 +172,13 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("MRCNN_BENCH_CACHE", Path.home() / ".cache" / "mrcnn-bench")))
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
     parser.add_argument("--force", action="store_true", help="reinstall even if mmdet and mmcv.ops import already")
+    parser.add_argument("--sdist", type=Path, help=f"a local mmcv-{MMCV_VERSION}.tar.gz (checked like a download)")
+    parser.add_argument("--wheel-dir", type=Path, help="build the stripped mmcv wheel into DIR and stop (no network, no installs)")
     args = parser.parse_args()
     _, gpu = torch_build()
     cuda = args.cuda == "on" or (args.cuda == "auto" and gpu)
+    if args.wheel_dir:
+        return build_offline(args.sdist, args.wheel_dir, cuda, args.jobs)
     have = probe()
     if have and not args.force and (have[1] or not cuda):
         print(f"{have[0]} already installed in {sys.executable}, ops for {'CPU + CUDA' if have[1] else 'CPU'} (--force to reinstall)")

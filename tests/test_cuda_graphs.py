@@ -134,7 +134,10 @@ def test_shapes_past_the_limit_evaluation_and_copies_run_eagerly():
     assert "backbone.body.conv1.weight" in clone.state_dict()  # parameter names as without graphs
 
 
-def test_real_capture_needs_cuda_and_the_harness_says_so():
+def test_real_capture_needs_cuda_and_the_harness_says_so(monkeypatch):
+    from mrcnn_bench.reference_impl import ops
+
+    monkeypatch.setattr(ops, "CUDA_KERNELS", ops.NATIVE)  # as an extension built with nvcc
     model = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.cuda_graphs": True})).train()
     assert model.graphed_backbone is not None and model.graphed_backbone.max_shapes == 16
     with pytest.raises(RuntimeError, match="CUDA graphs need the model on a CUDA device"):
@@ -144,6 +147,21 @@ def test_real_capture_needs_cuda_and_the_harness_says_so():
         get_adapter("reference").translate(cfg)
     native = get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cuda"}))
     assert native.model.perf.cuda_graphs and native.model.perf.cuda_graph_shapes == 3
+
+
+def test_an_extension_without_cuda_kernels_is_not_timed_on_cuda(monkeypatch):
+    """The pure-PyTorch ops would stand in for the native ones unseen: the reference refuses to be
+    benchmarked on CUDA then, and says how to rebuild."""
+    from mrcnn_bench.reference_impl import ops
+
+    monkeypatch.setattr(ops, "NATIVE", True)
+    monkeypatch.setattr(ops, "CUDA_KERNELS", False)
+    cfg = load_config(builtin_config_dir() / "cpu_small.yaml", {"benchmark.device": "cuda"})
+    with pytest.raises(UnsupportedConfig, match="built without CUDA kernels.*rebuild with CUDA_HOME set"):
+        get_adapter("reference").translate(cfg)
+    ok, why = get_adapter("reference").available()
+    assert ok and "cpu only" in why
+    assert get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cpu"})).model is not None
 
 
 @pytest.mark.cuda

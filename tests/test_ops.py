@@ -248,16 +248,131 @@ def test_paste_masks_matches_torchvision(device, impl):
 
 # ------------------------------------------------------------------ registration and tracing
 @pytest.mark.skipif(not ops.NATIVE, reason="extension not built")
-def test_opcheck_schemas_fake_kernels_and_autograd():
-    x = torch.randn(2, 3, 12, 12, requires_grad=True)
-    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 7.0], [1, 0.0, 2.0, 11.0, 11.0]])
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_schemas_fake_kernels_and_autograd(device):
+    x = torch.randn(2, 3, 12, 12, device=device, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 7.0], [1, 0.0, 2.0, 11.0, 11.0]], device=device)
     torch.library.opcheck(torch.ops.mrcnn_bench.roi_align.default, (x, rois, 0.5, 3, 3, 0, True))
-    feats = [torch.randn(2, 3, 16, 16, requires_grad=True), torch.randn(2, 3, 8, 8, requires_grad=True)]
+    feats = [torch.randn(2, 3, 16, 16, device=device, requires_grad=True), torch.randn(2, 3, 8, 8, device=device, requires_grad=True)]
     torch.library.opcheck(torch.ops.mrcnn_bench.multilevel_roi_align.default, (feats, rois, [0.25, 0.125], 2, 2, 2, True, 4, 224))
-    b = random_boxes(20)
+    b = random_boxes(20, device=device)
     torch.library.opcheck(torch.ops.mrcnn_bench.encode_boxes.default, (b, b.flip(0), [1.0, 1.0, 1.0, 1.0]))
-    torch.library.opcheck(torch.ops.mrcnn_bench.decode_boxes.default, (torch.randn(20, 8), b, [1.0, 1.0, 1.0, 1.0], 4.0, [30, 40]))
-    torch.library.opcheck(torch.ops.mrcnn_bench.paste_masks.default, (torch.rand(20, 14, 14), b, 30, 40))
+    torch.library.opcheck(torch.ops.mrcnn_bench.decode_boxes.default,
+                          (torch.randn(20, 8, device=device), b, [1.0, 1.0, 1.0, 1.0], 4.0, [30, 40]))
+    torch.library.opcheck(torch.ops.mrcnn_bench.paste_masks.default, (torch.rand(20, 14, 14, device=device), b, 30, 40))
+
+
+# ------------------------------------------------------- float64 arguments, determinism, layouts
+@pytest.mark.skipif(not ops.NATIVE, reason="extension not built")
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_arguments_are_not_rounded_to_float(device):
+    """Scales, thresholds and weights reach a float64 computation unrounded, on every device: each
+    case below comes out differently if the argument passes through float32."""
+    # NMS: IoU 0.5 + 5e-10 against a threshold of 0.5 + 1e-9 (float32: 0.5): both boxes stay.
+    boxes = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 0.5 + 5e-10]], dtype=torch.float64, device=device)
+    scores = torch.tensor([0.9, 0.8], dtype=torch.float64, device=device)
+    assert ops.nms(boxes, scores, 0.5 + 1e-9).tolist() == [0, 1]
+    # RoIAlign with a spatial scale float32 cannot hold: as the float64 pure-PyTorch computation
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 40, 40, generator=gen, dtype=torch.float64).to(device)
+    rois = torch.tensor([[0, 3.3, 7.1, 91.7, 80.2]], dtype=torch.float64, device=device)
+    scale = 1 / 2.3
+    want = fallback.roi_align(x, rois, scale, 7, 7, 2, True)
+    torch.testing.assert_close(ops.roi_align(x, rois, 7, scale, 2, True), want, rtol=1e-12, atol=1e-12)
+    feats = [x, x[:, :, ::2, ::2].contiguous()]
+    ml_want = fallback.multilevel_roi_align(feats, rois, [scale, scale / 2], 7, 7, 2, True, 4, 224)
+    torch.testing.assert_close(ops.multilevel_roi_align(feats, rois, [scale, scale / 2], 7, 2, True), ml_want, rtol=1e-12, atol=1e-12)
+    # box coding with weights float32 rounds (10/3), a clamp and a clip
+    weights = (10 / 3, 10 / 3, 5 / 3, 5 / 3)
+    b = random_boxes(50, 300.0, 1.0, gen, device, torch.float64)
+    gt = random_boxes(50, 300.0, 1.0, gen, device, torch.float64)
+    torch.testing.assert_close(ops.encode_boxes(gt, b, weights), fallback.encode_boxes(gt, b, list(weights)), rtol=1e-12, atol=1e-12)
+    d = torch.randn(50, 8, generator=gen, dtype=torch.float64).to(device)
+    torch.testing.assert_close(ops.decode_boxes(d, b, weights, 1 / 3, (201, 255)),
+                               fallback.decode_boxes(d, b, list(weights), 1 / 3, [201, 255]), rtol=1e-12, atol=1e-12)
+
+
+def _roi_align_backward_twice(device):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 30, 30, generator=gen).to(device).requires_grad_()
+    rois = rois_with_edge_cases(300, 2, 120.0, gen, device, torch.float32)  # many overlaps
+    grads = []
+    for _ in range(2):
+        (g,) = torch.autograd.grad(ops.roi_align(x, rois, 7, 0.25, 2, True).sum(), x)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.skipif(not ops.NATIVE, reason="extension not built")
+def test_roi_align_backward_on_the_cpu_is_deterministic():
+    """The CPU backward splits the work by channel (no atomics): allowed under
+    use_deterministic_algorithms, and the same bits twice."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = _roi_align_backward_twice("cpu")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(first, second)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not ops.NATIVE, reason="extension not built")
+def test_roi_align_backward_on_cuda_says_it_is_nondeterministic():
+    """The CUDA backwards add with atomics: torch.use_deterministic_algorithms(True) must refuse them
+    (warn_only turns the refusal into a warning), as it does torchvision's own."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="roi_align_backward.*does not have a deterministic"):
+            _roi_align_backward_twice("cuda")
+        feats = [torch.randn(1, 2, 16, 16, device="cuda", requires_grad=True)]
+        rois = torch.tensor([[0, 1.0, 1.0, 30.0, 30.0]], device="cuda")
+        with pytest.raises(RuntimeError, match="multilevel_roi_align_backward.*does not have a deterministic"):
+            ops.multilevel_roi_align(feats, rois, [0.25], 7).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_multilevel_roi_align_on_channels_last_levels(device, impl):
+    """FPN levels in channels-last (benchmark.channels_last): the same values and gradients as
+    contiguous ones, gradients in each level's shape."""
+    gen = torch.Generator().manual_seed(8)
+    feats = [torch.randn(2, 8, 64 // 2**i, 48 // 2**i, generator=gen).to(device) for i in range(4)]
+    rois = rois_with_edge_cases(60, 2, 900.0, gen, device, torch.float32)  # every level gets RoIs
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        fs = [f.to(memory_format=layout).requires_grad_() for f in feats]
+        out = impl.multilevel_roi_align(fs, rois, scales, (7, 7), 2, True)
+        grads = torch.autograd.grad((out * out).sum(), fs)
+        assert [g.shape for g in grads] == [f.shape for f in fs]
+        results.append((out, grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------- an extension built without CUDA
+def test_without_cuda_kernels_cuda_tensors_take_the_fallback(monkeypatch):
+    monkeypatch.setattr(ops, "CUDA_KERNELS", False)
+    assert ops.native_on("cpu") == ops.NATIVE
+    assert not ops.native_on("cuda") and not ops.native_on(torch.device("cuda", 1))
+    if ops.NATIVE:
+        assert ops.backend().startswith("native (cpu only: the extension was built without CUDA kernels")
+        assert "rebuild with CUDA_HOME set" in ops.backend()
+
+
+@pytest.mark.cuda
+def test_without_cuda_kernels_the_ops_still_run_on_cuda(monkeypatch):
+    monkeypatch.setattr(ops, "CUDA_KERNELS", False)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 4, 20, 20, generator=gen).cuda()
+    rois = rois_with_edge_cases(20, 1, 80.0, gen, "cuda", torch.float32)
+    torch.testing.assert_close(ops.roi_align(x, rois, 7, 0.25, 2, True), torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True))
+    boxes, scores = random_boxes(200, device="cuda", gen=gen), torch.rand(200, generator=gen).cuda()
+    assert torch.equal(ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
 
 
 @pytest.mark.skipif(not ops.NATIVE, reason="extension not built")

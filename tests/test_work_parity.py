@@ -51,6 +51,25 @@ def test_work_counters_belong_to_the_iteration_they_were_counted_in():
 
 
 # ------------------------------------------------------------------------------ FLOPs of the window
+def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
+    """Rank 0 alone counts the FLOPs after the window: a SyncBatchNorm in its model would wait for the
+    other ranks' all-reduce forever. The count is made on plain batch norm, the same FLOPs."""
+    from mrcnn_bench.harness.flops import unit_costs
+    from mrcnn_bench.reference_impl.modeling import MaskRCNN
+
+    built = []
+    original = MaskRCNN.from_config.__func__
+    monkeypatch.setattr(MaskRCNN, "from_config", classmethod(lambda cls, c: built.append(original(cls, c)) or built[-1]))
+    cfg = load_config(SMALL, {"model.backbone.norm": "SyncBN", "model.backbone.norm_without_weights": "SyncBN"})
+    assert cfg.model.effective_norm == "SyncBN"
+    sync = unit_costs(cfg, 80, side=64, rois=4)
+    (model,) = built
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "SyncBatchNorm" not in kinds and "BatchNorm2d" in kinds
+    plain = unit_costs(cfg.with_overrides({"model.backbone.norm": "BN", "model.backbone.norm_without_weights": "BN"}), 80, side=64, rois=4)
+    assert sync == plain
+
+
 def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
     """The reference's unit costs against torchvision's Mask R-CNN parts (an independent build of the
     same architecture), each counted by torch's FLOP counter over a forward and backward."""

@@ -54,8 +54,10 @@ struct MultiLevel {
   int k_min = 0, k_max = 0;
   int levels() const { return static_cast<int>(feats.size()); }
 
+  // need_data: the kernels read the maps (forward), so each is made contiguous; a backward needs only
+  // their sizes and keeps them as they are (a channels-last level is not copied).
   static MultiLevel make(at::TensorList feats, const at::Tensor& rois, at::ArrayRef<double> scales,
-                         int64_t canonical_level) {
+                         int64_t canonical_level, bool need_data = true) {
     TORCH_CHECK(!feats.empty() && feats.size() <= 8, "multilevel_roi_align: 1 to 8 feature maps, got ", feats.size());
     TORCH_CHECK(scales.size() == feats.size(), "multilevel_roi_align: one scale per feature map, got ", scales.size(),
                 " scales for ", feats.size(), " maps");
@@ -67,7 +69,7 @@ struct MultiLevel {
                   "multilevel_roi_align: every level must have the same batch and channels, level ", l, " is ",
                   f.sizes(), " and level 0 is ", feats[0].sizes());
       TORCH_CHECK(scales[l] > 0, "multilevel_roi_align: scales must be > 0");
-      ml.feats.push_back(f.contiguous());
+      ml.feats.push_back(need_data ? f.contiguous() : f);
     }
     ml.rois = rois.contiguous();
     ml.k_min = static_cast<int>(std::lround(-std::log2(scales.front())));

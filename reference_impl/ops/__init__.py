@@ -26,13 +26,26 @@ else:
         _NATIVE_ERROR = f"extension not built ({e})"
 
 NATIVE = _NATIVE_ERROR is None
+# An extension built without nvcc has CPU kernels only: CUDA tensors then take the pure-PyTorch
+# ops (which run on any device) instead of failing in the dispatcher.
+CUDA_KERNELS = NATIVE and bool(torch.ops.mrcnn_bench.built_with_cuda())
+NO_CUDA_KERNELS = (
+    "the extension was built without CUDA kernels (no nvcc, or a CPU build of torch): CUDA tensors "
+    "run the pure-PyTorch fallback ops; rebuild with CUDA_HOME set (make setup, or FORCE_CUDA=1)"
+)
 
 
 def backend() -> str:
-    """'native (cpu+cuda)', 'native (cpu)' or 'fallback: <why>'."""
+    """'native (cpu+cuda)', 'native (cpu only: ...)' or 'fallback: <why>'."""
     if not NATIVE:
         return f"fallback: {_NATIVE_ERROR}"
-    return "native (cpu+cuda)" if torch.ops.mrcnn_bench.built_with_cuda() else "native (cpu)"
+    return "native (cpu+cuda)" if CUDA_KERNELS else f"native (cpu only: {NO_CUDA_KERNELS})"
+
+
+def native_on(device: torch.device | str) -> bool:
+    """Whether the native kernels serve tensors on ``device`` (else the fallback does)."""
+    kind = torch.device(device).type
+    return NATIVE and (kind == "cpu" or (kind == "cuda" and CUDA_KERNELS))
 
 
 # ------------------------------------------------------------------- autograd and fake kernels
@@ -134,7 +147,7 @@ def roi_align(
     ``sampling_ratio`` <= 0 samples ceil(roi_size / output_size) points per bin."""
     ph, pw = _pair(output_size)
     rois = _rois_for(input, rois)
-    if NATIVE:
+    if native_on(input.device):
         return torch.ops.mrcnn_bench.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
     return fallback.roi_align(input, rois.to(input.dtype), float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
 
@@ -156,7 +169,7 @@ def multilevel_roi_align(
     features = list(features)
     rois = _rois_for(features[0], rois)
     scales = [float(s) for s in scales]
-    if NATIVE:
+    if native_on(rois.device):
         return torch.ops.mrcnn_bench.multilevel_roi_align(
             features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
         )
@@ -194,7 +207,7 @@ def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Indices of the boxes kept by greedy NMS, by decreasing score (torchvision.ops.nms)."""
     boxes, scores = _coords(boxes, scores)
-    if NATIVE:
+    if native_on(boxes.device):
         return torch.ops.mrcnn_bench.nms(boxes, scores.to(boxes.dtype), float(iou_threshold))
     return fallback.nms(boxes, scores, float(iou_threshold))
 
@@ -202,7 +215,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS within each category of ``idxs`` (torchvision.ops.batched_nms)."""
     boxes, scores = _coords(boxes, scores)
-    if NATIVE:
+    if native_on(boxes.device):
         return torch.ops.mrcnn_bench.batched_nms(boxes, scores.to(boxes.dtype), idxs, float(iou_threshold))
     return fallback.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
@@ -211,7 +224,7 @@ def encode_boxes(gt: torch.Tensor, proposals: torch.Tensor, weights=(1.0, 1.0, 1
     """Regression targets (dx, dy, dw, dh) of ``gt`` relative to ``proposals``, both [N, 4]."""
     weights = [float(w) for w in weights]
     gt, proposals = _coords(gt, proposals)
-    if NATIVE:
+    if native_on(gt.device):
         return torch.ops.mrcnn_bench.encode_boxes(gt, proposals.to(gt.dtype), weights)
     return fallback.encode_boxes(gt, proposals.to(gt.dtype), weights)
 
@@ -227,7 +240,7 @@ def decode_boxes(
     weights = [float(w) for w in weights]
     clip = None if clip_hw is None else [int(clip_hw[0]), int(clip_hw[1])]
     deltas, boxes = _coords(deltas, boxes)
-    if NATIVE:
+    if native_on(deltas.device):
         return torch.ops.mrcnn_bench.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)
     return fallback.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)
 
@@ -235,14 +248,16 @@ def decode_boxes(
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[N, M, M] mask probabilities pasted into [N, height, width] images at ``boxes``, as
     torchvision's paste_masks_in_image (padding 1)."""
-    if NATIVE:
+    if native_on(masks.device):
         return torch.ops.mrcnn_bench.paste_masks(masks, boxes, int(height), int(width))
     return fallback.paste_masks(masks, boxes, int(height), int(width))
 
 
 __all__ = [
     "NATIVE",
+    "CUDA_KERNELS",
     "backend",
+    "native_on",
     "roi_align",
     "multilevel_roi_align",
     "fpn_levels",

@@ -220,7 +220,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cpu(const at::Tensor& grad
                                                           int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                                                           bool aligned, int64_t canonical_level,
                                                           int64_t canonical_scale) {
-  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level);
+  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level, /*need_data=*/false);
   auto grad = grad_.contiguous();
   const int64_t K = ml.rois.size(0), C = ml.feats[0].size(1);
   auto acc_type = at::toOpMathType(grad.scalar_type());

@@ -26,7 +26,7 @@ inline int64_t blocks_for(int64_t n) {
 
 // ------------------------------------------------------------------------------------ RoIAlign
 template <typename T>
-__global__ void roi_align_fwd_kernel(int64_t total, const T* input, const at::opmath_type<T>* rois, float spatial_scale, int C, int H,
+__global__ void roi_align_fwd_kernel(int64_t total, const T* input, const at::opmath_type<T>* rois, double spatial_scale, int C, int H,
                                      int W, int ph_n, int pw_n, int sampling_ratio, bool aligned, T* out) {
   using A = at::opmath_type<T>;
   MRB_GRID_STRIDE(i, total) {
@@ -38,7 +38,7 @@ __global__ void roi_align_fwd_kernel(int64_t total, const T* input, const at::op
 }
 
 template <typename T, typename A>
-__global__ void roi_align_bwd_kernel(int64_t total, const T* grad, const A* rois, float spatial_scale, int C, int H,
+__global__ void roi_align_bwd_kernel(int64_t total, const T* grad, const A* rois, double spatial_scale, int C, int H,
                                      int W, int ph_n, int pw_n, int sampling_ratio, bool aligned, A* grad_input) {
   MRB_GRID_STRIDE(i, total) {
     int pw = i % pw_n, ph = (i / pw_n) % ph_n;
@@ -62,7 +62,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
     roi_align_fwd_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
-        total, input.data_ptr<scalar_t>(), rois.data_ptr<at::opmath_type<scalar_t>>(), float(spatial_scale), C, H, W, pooled_h,
+        total, input.data_ptr<scalar_t>(), rois.data_ptr<at::opmath_type<scalar_t>>(), spatial_scale, C, H, W, pooled_h,
         pooled_w, sampling_ratio, aligned, out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -72,6 +72,9 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
 at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                    int64_t pooled_h, int64_t pooled_w, int64_t batch, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
+  // Overlapping RoIs add into the same input pixels with atomics: the order, and so the last bits
+  // of the sum, vary from run to run.
+  at::globalContext().alertNotDeterministic("mrcnn_bench::roi_align_backward (CUDA)");
   at::cuda::CUDAGuard guard(grad_.device());
   auto grad = grad_.contiguous();
   auto rois = rois_.contiguous();
@@ -83,7 +86,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using A = at::opmath_type<scalar_t>;
     roi_align_bwd_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
-        total, grad.data_ptr<scalar_t>(), rois.data_ptr<A>(), float(spatial_scale), channels, height, width,
+        total, grad.data_ptr<scalar_t>(), rois.data_ptr<A>(), spatial_scale, channels, height, width,
         pooled_h, pooled_w, sampling_ratio, aligned, grad_input.data_ptr<A>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -95,7 +98,7 @@ template <typename P>
 struct Levels {
   P data[kMaxLevels];
   int h[kMaxLevels], w[kMaxLevels];
-  float scale[kMaxLevels];
+  double scale[kMaxLevels];  // the op-math type narrows it in the kernel (float for float features only)
 };
 
 template <typename T>
@@ -144,7 +147,7 @@ at::Tensor multilevel_roi_align_forward_cuda(at::TensorList feats_, const at::Te
       lv.data[l] = ml.feats[l].data_ptr<scalar_t>();
       lv.h[l] = ml.feats[l].size(2);
       lv.w[l] = ml.feats[l].size(3);
-      lv.scale[l] = float(scales[l]);
+      lv.scale[l] = scales[l];
     }
     ml_roi_align_fwd_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
         total, lv, ml.rois.data_ptr<at::opmath_type<scalar_t>>(), C, pooled_h, pooled_w, sampling_ratio, aligned, ml.k_min, ml.k_max,
@@ -159,13 +162,15 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(const at::Tensor& gra
                                                            int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                                                            bool aligned, int64_t canonical_level,
                                                            int64_t canonical_scale) {
-  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level);
+  at::globalContext().alertNotDeterministic("mrcnn_bench::multilevel_roi_align_backward (CUDA)");
+  // The features are read for their sizes only: no contiguous copy of a channels-last level.
+  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level, /*need_data=*/false);
   at::cuda::CUDAGuard guard(ml.rois.device());
   auto grad = grad_.contiguous();
   const int64_t C = ml.feats[0].size(1), total = grad.numel();
   auto acc_type = at::toOpMathType(grad.scalar_type());
   std::vector<at::Tensor> acc;
-  for (auto& f : ml.feats) acc.push_back(at::zeros(f.sizes(), f.options().dtype(acc_type)));
+  for (auto& f : ml.feats) acc.push_back(at::zeros(f.sizes(), f.options().dtype(acc_type).memory_format(at::MemoryFormat::Contiguous)));
   if (total > 0) {
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "multilevel_roi_align_bwd_cuda", [&] {
@@ -175,7 +180,7 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cuda(const at::Tensor& gra
         lv.data[l] = acc[l].data_ptr<A>();
         lv.h[l] = acc[l].size(2);
         lv.w[l] = acc[l].size(3);
-        lv.scale[l] = float(scales[l]);
+        lv.scale[l] = scales[l];
       }
       ml_roi_align_bwd_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
           total, lv, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), C, pooled_h, pooled_w, sampling_ratio,
@@ -192,7 +197,7 @@ constexpr int kNmsBlock = 64;  // boxes per 64-bit mask word
 
 // mask[i][b] bit j: box i suppresses box b * 64 + j (boxes sorted by score, same category if idxs).
 template <typename T>
-__global__ void nms_mask_kernel(int n, const T* boxes, const int64_t* idxs, float threshold, uint64_t* mask) {
+__global__ void nms_mask_kernel(int n, const T* boxes, const int64_t* idxs, double threshold, uint64_t* mask) {
   using A = at::opmath_type<T>;
   const int row = blockIdx.y, col = blockIdx.x;
   if (row > col) return;  // only later boxes can be suppressed
@@ -230,7 +235,7 @@ at::Tensor nms_impl_cuda(const at::Tensor& boxes_, const at::Tensor& scores_, co
   dim3 grid(words, words);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cuda", [&] {
     nms_mask_kernel<scalar_t><<<grid, kNmsBlock, 0, stream>>>(
-        n, boxes.data_ptr<scalar_t>(), idxs_ ? idxs.data_ptr<int64_t>() : nullptr, float(thr),
+        n, boxes.data_ptr<scalar_t>(), idxs_ ? idxs.data_ptr<int64_t>() : nullptr, thr,
         reinterpret_cast<uint64_t*>(mask.data_ptr<int64_t>()));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -259,18 +264,28 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
 }
 
 // ---------------------------------------------------------------------------------- box coding
+// The four box-coding weights, passed by value in double: the op-math type narrows them in the
+// kernel, as on the CPU (a float4 would round them for float64 boxes).
+struct Weights4 {
+  double v[4];
+  explicit Weights4(at::ArrayRef<double> w) {
+    TORCH_CHECK(w.size() == 4, "box coding: 4 weights expected, got ", w.size());
+    for (int d = 0; d < 4; ++d) v[d] = w[d];
+  }
+};
+
 template <typename T>
-__global__ void encode_kernel(int64_t n, const T* gt, const T* proposals, float4 weights, T* out) {
+__global__ void encode_kernel(int64_t n, const T* gt, const T* proposals, Weights4 weights, T* out) {
   using A = at::opmath_type<T>;
-  const A w[4] = {A(weights.x), A(weights.y), A(weights.z), A(weights.w)};
+  const A w[4] = {A(weights.v[0]), A(weights.v[1]), A(weights.v[2]), A(weights.v[3])};
   MRB_GRID_STRIDE(i, n) { encode_box<T, A>(gt + i * 4, proposals + i * 4, w, out + i * 4); }
 }
 
 template <typename T>
-__global__ void decode_kernel(int64_t n, int per, const T* deltas, const T* boxes, float4 weights, float scale_clamp,
-                              float clip_h, float clip_w, bool clip, T* out) {
+__global__ void decode_kernel(int64_t n, int per, const T* deltas, const T* boxes, Weights4 weights, double scale_clamp,
+                              double clip_h, double clip_w, bool clip, T* out) {
   using A = at::opmath_type<T>;
-  const A w[4] = {A(weights.x), A(weights.y), A(weights.z), A(weights.w)};
+  const A w[4] = {A(weights.v[0]), A(weights.v[1]), A(weights.v[2]), A(weights.v[3])};
   MRB_GRID_STRIDE(i, n) {
     decode_box<T, A>(deltas + i * 4, boxes + (i / per) * 4, w, A(scale_clamp), A(clip_h), A(clip_w), clip, out + i * 4);
   }
@@ -284,7 +299,7 @@ at::Tensor encode_boxes_cuda(const at::Tensor& gt_, const at::Tensor& proposals_
   auto out = at::empty_like(gt);
   const int64_t n = gt.size(0);
   if (n == 0) return out;
-  float4 w = make_float4(weights[0], weights[1], weights[2], weights[3]);
+  const Weights4 w(weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt.scalar_type(), "encode_boxes_cuda", [&] {
     encode_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         n, gt.data_ptr<scalar_t>(), proposals.data_ptr<scalar_t>(), w, out.data_ptr<scalar_t>());
@@ -304,11 +319,11 @@ at::Tensor decode_boxes_cuda(const at::Tensor& deltas_, const at::Tensor& boxes_
   const int64_t n = deltas.size(0) * per;
   if (n == 0) return out;
   const bool clip = clip_hw.has_value();
-  const float ch = clip ? (*clip_hw)[0] : 0.f, cw = clip ? (*clip_hw)[1] : 0.f;
-  float4 w = make_float4(weights[0], weights[1], weights[2], weights[3]);
+  const double ch = clip ? (*clip_hw)[0] : 0, cw = clip ? (*clip_hw)[1] : 0;
+  const Weights4 w(weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, deltas.scalar_type(), "decode_boxes_cuda", [&] {
     decode_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        n, per, deltas.data_ptr<scalar_t>(), boxes.data_ptr<scalar_t>(), w, float(scale_clamp), ch, cw, clip,
+        n, per, deltas.data_ptr<scalar_t>(), boxes.data_ptr<scalar_t>(), w, scale_clamp, ch, cw, clip,
         out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

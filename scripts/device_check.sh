@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# Every GPU result of mrcnn-bench in one command on a GPU machine of the device tool (one H100 or H200,
+# 16 cores, Python 3.12 with torch 2.11 and torchvision 0.26, nvcc, ninja, no network), in at most
+# 9 minutes, everything written under $OUT.
+#
+#   scripts/device_check.sh                 # on the GPU machine, .device-wheels carried (scripts/device_wheels.sh)
+#   scripts/device_check.sh --rehearse      # here, on the CPU: the same steps at tiny sizes, in .venv
+#   scripts/device_check.sh --rehearse --install --python .venvs/device-py312/bin/python
+#                                           # ... and step 1 too, into an interpreter like the device's
+#
+# The steps, in priority order. Each writes its results before the next begins, and none starts when
+# the time left cannot hold it, so a timeout keeps what finished:
+#   1 install     the wheels (into $SITE), then mrcnn-bench and its extension, built against the machine's
+#                 torch with CUDA kernels for its GPU; mmcv's CUDA ops start building in the background
+#                 (on cores of their own) unless a built mmcv wheel was carried
+#   2 cuda-tests  the tests marked cuda: each op against torchvision.ops on CUDA, gradcheck, opcheck,
+#                 determinism, real CUDA graphs
+#   3 fp32, amp   reference, torchvision and detectron2 on the canonical config on one GPU (800/1333,
+#                 2 images per GPU), fp32 with TF32, then AMP (fp16), timed over iterations [WARMUP, ITERS)
+#   4 report      the tables and plots of both runs
+#   5 mmdet       mmdet in the same two runs, if mmcv's CUDA ops were built in time
+#   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, channels-last, AMP, ...
+#   7 phases      benchmarks/phases.py --device cuda, with torch.profiler's top CUDA kernels
+#
+# What comes back under $OUT (the device tool returns at most 8 files): device_check.log (everything
+# printed), steps.jsonl (one line per step: status, seconds, what it left), summary.md, results.tar.gz
+# (the run folders, the report, the levers and phases tables, test reports, build logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REHEARSE=0
+INSTALL=
+PYTHON=${PYTHON:-}
+BUDGET=${DEVICE_CHECK_BUDGET:-540}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rehearse) REHEARSE=1; shift ;;
+    --install) INSTALL=1; shift ;;
+    --python) PYTHON=$2; shift 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    *) echo "device_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$REHEARSE" = 1 ]; then
+  PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+  INSTALL=${INSTALL:-0}
+  OUT=${OUT:-$(mktemp -d /tmp/device-check-out.XXXXXX)}
+  DEVICE=cpu AMP=bf16 CONFIG=cpu_small ITERS=3 WARMUP=1 TIMEOUT=300
+  SIZE=(--set input.min_size_train=[128] --set input.max_size_train=128 --set input.min_size_test=128
+        --set input.max_size_test=128 --set benchmark.num_workers=0)
+  BENCH_CPUS=
+  THREADS=()
+  LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,channels_last)
+  PHASES=(--iters 3 --warmup 1)
+else
+  PYTHON=${PYTHON:-python3}
+  INSTALL=${INSTALL:-1}
+  if [ -z "${OUT:-}" ]; then echo "device_check.sh: \$OUT is not set (the device tool sets it; or --rehearse)" >&2; exit 2; fi
+  # fp32 (TF32) and AMP fp16, as NVIDIA's and detectron2's tables; 2 images on one GPU.
+  DEVICE=cuda AMP=fp16 CONFIG=mask_rcnn_R_50_FPN_noaug_1x ITERS=${ITERS:-120} WARMUP=${WARMUP:-40} TIMEOUT=240
+  SIZE=(--set benchmark.num_workers=4)
+  THREADS=(--threads 6)  # of the 10 benchmark cores: 6 for the step, 4 for the data-loader workers
+  BENCH_CPUS=0-9  # the background mmcv build keeps to cores 10-15
+  LEVERS=(--rounds 3 --iters 5 --warmup 5 --only amp,channels_last,cuda_graphs,compile_heads)
+  PHASES=(--iters 12 --warmup 4 --profile 3)
+fi
+case "$PYTHON" in  # absolute (the steps change folders), without resolving a venv's symlink
+  */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
+esac
+mkdir -p "$OUT"
+WORK=$(mktemp -d /tmp/device-check.XXXXXX)
+RESULTS=$WORK/results
+mkdir -p "$RESULTS"
+SITE=$WORK/site
+LOG=$OUT/device_check.log
+STEPS=$OUT/steps.jsonl
+: >"$STEPS"
+exec > >(tee -a "$LOG") 2>&1
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# The results so far, packed atomically: what a timeout leaves is always a whole archive.
+pack() {
+  tar -czf "$OUT/results.tar.gz.part" -C "$WORK" results && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+}
+
+# step NAME MAX_SECONDS MIN_SECONDS COMMAND...: run COMMAND with at most MAX_SECONDS (less if the budget
+# is nearly spent); skip it when fewer than MIN_SECONDS are left. One line per step in steps.jsonl.
+step() {
+  local name=$1 max=$2 min=$3
+  shift 3
+  local left=$(( BUDGET - $(elapsed) ))
+  if [ "$left" -lt "$min" ]; then
+    skip "$name" "$left s left of the $BUDGET s budget, needs $min s"
+    return 1
+  fi
+  local limit=$(( max < left ? max : left ))
+  echo "== $name (at $(elapsed) s, at most ${limit} s): $*"
+  local t0 rc status
+  t0=$(date +%s)
+  # in a child bash, so that the functions below (exported) run under timeout like commands
+  timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@"
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124|137) status=timeout ;;
+    *) status=failed ;;
+  esac
+  printf '{"step": "%s", "status": "%s", "rc": %d, "seconds": %d, "at": %d}\n' "$name" "$status" "$rc" "$(( $(date +%s) - t0 ))" "$(elapsed)" >>"$STEPS"
+  echo "== $name: $status (rc $rc) in $(( $(date +%s) - t0 )) s"
+  pack
+  return $rc
+}
+
+skip() {  # skip NAME WHY
+  echo "== $1: skipped, $2"
+  printf '{"step": "%s", "status": "skipped", "seconds": 0, "note": "%s"}\n' "$1" "$2" >>"$STEPS"
+}
+
+have_runs() { compgen -G "$RESULTS/*/*/run.json" >/dev/null; }
+
+on_cpus() {  # the benchmarks keep off the cores of the background build
+  if [ -n "$BENCH_CPUS" ] && command -v taskset >/dev/null; then taskset -c "$BENCH_CPUS" "$@"; else "$@"; fi
+}
+
+export -f elapsed on_cpus
+export START BUDGET BENCH_CPUS
+
+# ------------------------------------------------------------------------------ 0: the machine
+{
+  echo "date: $(date -u +%FT%TZ)  rehearse: $REHEARSE  budget: ${BUDGET} s  git: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$PYTHON" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+  nproc
+} >"$RESULTS/machine.txt" 2>&1
+cat "$RESULTS/machine.txt"
+
+# ------------------------------------------------------------------------------ 1: install
+WHEELS=$ROOT/.device-wheels
+MMCV_DIR=$WORK/mmcv
+if [ "$INSTALL" = 1 ]; then
+  # the environment of every later step: the wheels' folder first on the path, the toolkit of nvcc
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} PATH=$SITE/bin:$PATH
+  # the toolkit's own folder (bin/nvcc, lib64/libcudart): /usr/local/cuda, else where nvcc really lives
+  # (a /usr/local/bin/nvcc link would make it /usr/local, which has no libcudart)
+  if [ -z "${CUDA_HOME:-}" ]; then
+    if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_HOME=/usr/local/cuda
+    elif command -v nvcc >/dev/null; then CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+    fi
+  fi
+  export CUDA_HOME
+  if [ "$DEVICE" = cuda ]; then  # kernels for this GPU only: the quickest build
+    TORCH_CUDA_ARCH_LIST=$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+    export TORCH_CUDA_ARCH_LIST
+  fi
+fi
+export PYTHON SITE WHEELS MMCV_DIR RESULTS ROOT DEVICE
+
+install_all() {
+  set -e
+  if [ ! -d "$WHEELS" ]; then
+    echo "no $WHEELS: run scripts/device_wheels.sh here and carry .device-wheels"; return 1
+  fi
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl
+  # mmcv's CUDA ops: a carried wheel built for this Python, else built from the sdist in the background
+  local carried
+  carried=$(ls "$WHEELS"/mmcv-*-cp"$("$PYTHON" -c 'import sys; print("%d%d" % sys.version_info[:2])')"-*.whl 2>/dev/null | head -1)
+  mkdir -p "$MMCV_DIR"
+  if [ -n "$carried" ]; then
+    echo "mmcv: the carried wheel $(basename "$carried") (installed with the others)"
+    echo ok >"$MMCV_DIR/status"
+  elif [ "$DEVICE" = cuda ] && [ -f "$WHEELS/mmcv-2.1.0.tar.gz" ]; then
+    echo "mmcv: building its CUDA ops in the background on cores 10-15 (log: results/mmcv-build.log)"
+    ( if nice -n 10 taskset -c 10-15 "$PYTHON" "$ROOT/scripts/install_mmdet.py" --sdist "$WHEELS/mmcv-2.1.0.tar.gz" \
+           --wheel-dir "$MMCV_DIR/wheel" --cuda on --jobs 6 >"$RESULTS/mmcv-build.log" 2>&1 \
+         && "$PYTHON" -m pip install -q --no-index --no-deps --target "$SITE" "$MMCV_DIR"/wheel/mmcv-*.whl; then
+        echo ok >"$MMCV_DIR/status"
+      else
+        echo failed >"$MMCV_DIR/status"
+      fi ) </dev/null >/dev/null 2>&1 &
+  else
+    echo "mmcv: no carried wheel and no sdist to build (mmdet will not run)"
+    echo "none" >"$MMCV_DIR/status"
+  fi
+  # mrcnn-bench against the machine's torch: CPU kernels, and CUDA kernels for this GPU when nvcc is here
+  MAX_JOBS=${MAX_JOBS:-10} "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation --target "$SITE" "$ROOT" \
+    >"$RESULTS/build.log" 2>&1 || { tail -30 "$RESULTS/build.log"; return 1; }
+  grep -E "mrcnn-bench: building" "$RESULTS/build.log" || true
+  cd /tmp
+  "$PYTHON" -c "from mrcnn_bench.reference_impl import ops; print('mrcnn-bench ops:', ops.backend())"
+  if [ "$DEVICE" = cuda ]; then
+    "$PYTHON" -c "from mrcnn_bench.reference_impl import ops; assert ops.CUDA_KERNELS, ops.backend()"
+  fi
+}
+export -f install_all
+if [ "$INSTALL" = 1 ]; then
+  if ! step install 300 60 bash -c install_all; then echo "== install failed: nothing else can run"; exit 1; fi
+else
+  echo "== install: not run (--rehearse without --install: $PYTHON as it is)"
+  printf '{"step": "install", "status": "not run", "seconds": 0, "note": "rehearsal: %s as it is"}\n' "$PYTHON" >>"$STEPS"
+  mkdir -p "$MMCV_DIR" && echo ok >"$MMCV_DIR/status"
+fi
+BENCH=("$PYTHON" -m mrcnn_bench.harness.cli)
+
+# ------------------------------------------------------------------------------ 2: CUDA tests
+step cuda-tests 150 30 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda -o addopts="" -rs \
+  --junitxml="$RESULTS/cuda-tests.xml" tests/test_ops.py tests/test_cuda_graphs.py tests/test_reference_model.py
+
+# ------------------------------------------------------------------------------ 3: fp32 and AMP
+RUN=(run --config "$CONFIG" --device "$DEVICE" --gpus 1 --out "$RESULTS" --timeout "$TIMEOUT" "${THREADS[@]}"
+     --set solver.ims_per_batch=2 --set benchmark.iters="$ITERS" --set benchmark.warmup="$WARMUP"
+     --set benchmark.window_end="$ITERS" "${SIZE[@]}")
+step fp32 200 60 on_cpus "${BENCH[@]}" "${RUN[@]}" --impl reference,torchvision,detectron2 --run-id fp32 --set benchmark.dtype=fp32
+step amp 200 60 on_cpus "${BENCH[@]}" "${RUN[@]}" --impl reference,torchvision,detectron2 --run-id amp --set benchmark.dtype="$AMP"
+
+# ------------------------------------------------------------------------------ 4: report
+mmdet_ready() {  # the background build's status file, or the time left, whichever comes first
+  while [ ! -s "$MMCV_DIR/status" ] && [ $(( BUDGET - $(elapsed) )) -gt 130 ]; do sleep 5; done
+  echo "mmcv build: $(cat "$MMCV_DIR/status" 2>/dev/null || echo 'not finished in time')"
+  tail -3 "$RESULTS/mmcv-build.log" 2>/dev/null
+  "$PYTHON" -c "import mmcv.ops, mmdet; print('mmdet', mmdet.__version__, 'mmcv', mmcv.__version__, mmcv.ops.get_compiling_cuda_version())"
+}
+report() {
+  local runs=() card
+  for r in fp32 amp; do [ -d "$RESULTS/$r" ] && runs+=("$RESULTS/$r"); done
+  card=$(grep -o 'NVIDIA [^,]*' "$RESULTS/machine.txt" | head -1)
+  "$PYTHON" -m mrcnn_bench.harness.cli report "${runs[@]}" --plots "$RESULTS/plots" --out "$RESULTS/report.md" \
+    --title "mrcnn-bench device check: ${card:-$DEVICE}, iterations [$WARMUP, $ITERS), 2 images on 1 process"
+}
+export -f report mmdet_ready
+export WARMUP ITERS
+if have_runs; then step report 60 10 report; else skip report "no run to report"; fi
+
+# ------------------------------------------------------------------------------ 5: mmdet
+if step mmdet-wait 400 130 mmdet_ready; then
+  step mmdet-fp32 120 60 on_cpus "${BENCH[@]}" "${RUN[@]}" --impl mmdet --run-id fp32 --set benchmark.dtype=fp32
+  step mmdet-amp 120 60 on_cpus "${BENCH[@]}" "${RUN[@]}" --impl mmdet --run-id amp --set benchmark.dtype="$AMP"
+  if have_runs; then step report-mmdet 60 10 report; else skip report-mmdet "no run to report"; fi
+fi
+
+# ------------------------------------------------------------------------------ 6, 7: levers, phases
+LEVERS_CFG=(--config "$CONFIG" --device "$DEVICE" --set solver.ims_per_batch=2 "${SIZE[@]}" "${THREADS[@]}")
+step levers 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/levers.md"' _ "$PYTHON" benchmarks/levers.py "${LEVERS_CFG[@]}" "${LEVERS[@]}"
+step phases 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/phases.md"' _ "$PYTHON" benchmarks/phases.py "${LEVERS_CFG[@]}" "${PHASES[@]}" \
+  --impl reference,torchvision  # the two it knows (issue 20 brings all four)
+
+# ------------------------------------------------------------------------------ summary
+"$PYTHON" - "$STEPS" "$RESULTS" "$OUT/summary.md" <<'EOF'
+import json, sys
+from pathlib import Path
+steps, results, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+lines = ["| step | status | seconds |", "|---|---|---:|"]
+for row in map(json.loads, steps.read_text().splitlines()):
+    lines.append(f"| {row['step']} | {row['status']}{' (' + row['note'] + ')' if row.get('note') else ''} | {row['seconds']} |")
+lines += ["", "| run | impl | status | img/s | MFU | why not ok |", "|---|---|---|---:|---:|---|"]
+for rec in sorted(results.glob("*/*/run.json")):
+    r = json.loads(rec.read_text())
+    s = r.get("summary") or {}
+    ips, mfu = s.get("images_per_s"), s.get("mfu")
+    lines.append(f"| {rec.parent.parent.name} | {r.get('impl')} | {r.get('status')} | {f'{ips:.3g}' if ips else '—'} | "
+                 f"{f'{100 * mfu:.1f}%' if mfu else '—'} | {(r.get('reason') or '')[:160]} |")
+out.write_text("\n".join(lines) + "\n")
+print(out.read_text())
+EOF
+pack
+echo "== done in $(elapsed) s; results: $OUT"
