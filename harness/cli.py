@@ -16,6 +16,9 @@ from .config import ConfigError, load_config, parse_override, resolve_config_pat
 from .data import DataError
 
 
+CANONICAL = "mask_rcnn_R_50_FPN_noaug_1x"  # the default config where CUDA is visible
+
+
 class BadInput(click.ClickException):
     exit_code = 2
 
@@ -81,85 +84,171 @@ def _parse_impls(text: str) -> list[str]:
     return impls
 
 
+def _run_options(fn):
+    """The options `run` and `sweep` share."""
+    for decorator in reversed([
+        click.option("--impl", default="torchvision", show_default=True, help="Comma-separated implementations, or 'all' (those installed)."),
+        click.option("--config", "config_name", default=None,
+                     help=f"A config file, or the name of one in configs/ [{CANONICAL} when CUDA is visible, else cpu_small]."),
+        click.option("--ims-per-gpu", type=click.IntRange(min=1), default=None,
+                     help="Weak scaling: images per process; the global batch is this x processes and the learning rate "
+                          "scales with it [strong scaling: the config's global batch split over the processes]."),
+        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]"),
+        click.option("--data", "data_root", default=None, type=click.Path(), help="COCO root (annotations/, train2017/); default: synthetic."),
+        click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False)),
+        click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id]."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. benchmark.iters=20."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes]."),
+        click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s]."),
+        click.option("--force", is_flag=True, help="Overwrite existing results of the same run id."),
+        click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv)."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
 @main.command()
-@click.option("--impl", default="torchvision", show_default=True, help="Comma-separated implementations, or 'all' (those installed).")
-@click.option("--config", "config_name", default="cpu_small", show_default=True, help="A config file, or the name of one in configs/.")
+@_run_options
 @click.option("--gpus", type=click.IntRange(min=1), default=None, help="Processes per node [config benchmark.gpus].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]")
-@click.option("--data", "data_root", default=None, type=click.Path(), help="COCO root (annotations/, train2017/); default: synthetic.")
-@click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id].")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. benchmark.iters=20.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes].")
-@click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s].")
-@click.option("--force", is_flag=True, help="Overwrite existing results of the same run id.")
-@click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv).")
+@click.option("--launcher", type=click.Choice(["torchrun", "slurm"]), default="torchrun", show_default=True,
+              help="slurm: each `srun` task is one process; rank, world size and master address come from SLURM.")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--master-addr", default=None)
+@click.option("--master-addr", default=None, help="Node 0's address (needed with --nnodes > 1).")
 @click.option("--master-port", type=int, default=None)
+@click.option("--rdzv-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds the nodes wait for each other at start.")
 @_bad_input
-def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
-        nnodes, node_rank, master_addr, master_port):
+def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+        gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout):
     """Train each implementation and time iterations [warmup, end); writes OUT/<run-id>/<impl>/run.json."""
     from . import launch
-    from .data import resolve_data
-    from .report import render_markdown
-    from .results import new_run_id
 
-    impls = _parse_impls(impl)
+    slurm = None
+    if launcher == "slurm":
+        slurm = launch.slurm_task(master_port=master_port)
+        gpus, nnodes, node_rank = slurm.local_world, slurm.nnodes, slurm.rank // slurm.local_world
+    elif nnodes > 1 and not master_addr:
+        raise BadInput(f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)")
+    if node_rank >= nnodes:
+        raise BadInput(f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})")
+    cfg = _scaled_config(_default_config(config_name), _values(overrides, device, timeout),
+                         gpus * nnodes if gpus is not None else None, ims_per_gpu)
+    nproc = cfg.benchmark.gpus // nnodes
+    if nproc * nnodes != cfg.benchmark.gpus:
+        raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
+    opts = launch.LaunchOptions(
+        nproc_per_node=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+        threads_per_rank=threads, timeout_s=timeout, force=force, interpreters=_interpreters(pythons),
+        rdzv_timeout_s=rdzv_timeout, slurm=slurm,
+    )
+    run_dir, records = _run_suite(cfg, impl, opts, run_id, out_root, data_root)
+    if not opts.leader:
+        failed = [r for r in records if r["status"] != "ok"]
+        click.echo(f"\nthis {'task' if slurm else 'node'} is done; the results are written by "
+                   f"{'task' if slurm else 'node'} 0 under {run_dir}"
+                   + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))
+        sys.exit(1 if failed else 0)
+    click.echo(f"\nresults: {run_dir}\n")
+    click.echo(render_records(records))
+    sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+
+
+@main.command()
+@_run_options
+@click.option("--gpus", "gpu_counts", required=True, help="Process counts of the series, e.g. 1,2,4,8 (one node).")
+@_bad_input
+def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+          gpu_counts):
+    """Run the benchmark at each process count of --gpus (strong scaling, or weak with --ims-per-gpu)
+    and print the scaling table; runs go to OUT/<run-id>-g<N>/."""
+    from . import launch
+    from .report import render_markdown
+
+    try:
+        counts = sorted({int(n) for n in gpu_counts.split(",") if n.strip()})
+    except ValueError:
+        raise BadInput(f"--gpus {gpu_counts!r}: expected process counts such as 1,2,4,8") from None
+    if not counts or counts[0] < 1:
+        raise BadInput(f"--gpus {gpu_counts!r}: expected process counts of at least 1")
+    config_name = _default_config(config_name)
+    values = _values(overrides, device, timeout)
+    # every point of the series is checked before the first one runs
+    configs = {n: _scaled_config(config_name, values, n, ims_per_gpu) for n in counts}
+    base_id = run_id or new_run_id()
+    records = []
+    for n, cfg in configs.items():
+        click.echo(f"== sweep: {n} process(es)", err=True)
+        opts = launch.LaunchOptions(nproc_per_node=n, threads_per_rank=threads, timeout_s=timeout, force=force,
+                                    interpreters=_interpreters(pythons))
+        records += _run_suite(cfg, impl, opts, f"{base_id}-g{n}", out_root, data_root)[1]
+    click.echo(f"\nresults: {Path(out_root)}/{base_id}-g{{{','.join(map(str, counts))}}}\n")
+    click.echo(render_markdown(records))
+    sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+
+
+def _values(overrides, device, timeout) -> dict:
     values = dict(parse_override(o) for o in overrides)
-    if gpus is not None:
-        values["benchmark.gpus"] = gpus * nnodes
     if device is not None:
         values["benchmark.device"] = device
     if timeout is not None:
         values["benchmark.timeout_s"] = timeout
-    cfg = load_config(resolve_config_path(config_name), values)
+    return values
+
+
+def _interpreters(pythons) -> dict[str, str]:
     interpreters = {}
     for p in pythons:
         name, sep, path = p.partition("=")
         if not sep:
             raise BadInput(f"--python {p!r}: expected IMPL=PATH")
         interpreters[name] = path
-    nproc = cfg.benchmark.gpus // nnodes
-    if nproc * nnodes != cfg.benchmark.gpus:
-        raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
+    return interpreters
+
+
+def render_records(records):
+    from .report import render_markdown
+
+    return render_markdown(records, detail=False)
+
+
+def new_run_id():
+    from .results import new_run_id as make
+
+    return make()
+
+
+def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root):
+    """Probe, resume, data, shared weights, then every implementation in turn: (run folder, records)."""
+    from . import launch
+    from .data import resolve_data
+
+    impls = _parse_impls(impl_text)
     if cfg.benchmark.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise BadInput("--device cuda: no CUDA device is visible to this process (use --device cpu)")
-        if torch.cuda.device_count() < nproc:
-            raise BadInput(f"--gpus {nproc}: only {torch.cuda.device_count()} CUDA device(s) visible")
-
-    opts = launch.LaunchOptions(
-        nproc_per_node=nproc,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-        threads_per_rank=threads,
-        timeout_s=timeout,
-        force=force,
-        interpreters=interpreters,
-    )
+        local = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+        if torch.cuda.device_count() < local:
+            raise BadInput(f"--gpus {local}: only {torch.cuda.device_count()} CUDA device(s) visible")
     # Which implementations can run: an unavailable one named explicitly is an input error;
     # with 'all' it is skipped and said so.
     runnable = []
     for name in impls:
-        ok, info = launch.probe(name, launch.interpreter_for(name, interpreters))
+        ok, info = launch.probe(name, launch.interpreter_for(name, opts.interpreters))
         if ok:
             runnable.append(name)
             click.echo(f"{name}: available ({info})", err=True)
-        elif impl == "all":
+        elif impl_text == "all":
             click.echo(f"{name}: skipped, not installed: {info}", err=True)
         else:
             raise BadInput(f"--impl {name}: {info}")
     if not runnable:
         raise BadInput("no implementation is installed")
     run_id = run_id or new_run_id()
-    todo = launch.plan_resume(Path(out_root) / run_id, runnable, force)
+    run_dir = Path(out_root) / run_id
+    todo = launch.plan_resume(run_dir, runnable, opts.force)
     kept = [i for i in runnable if i not in todo]
     if kept:
         click.echo(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)", err=True)
@@ -176,13 +265,43 @@ def run(impl, config_name, gpus, device, data_root, out_root, run_id, overrides,
     except KeyboardInterrupt:
         click.echo(f"interrupted between implementations; finished results are intact; re-run with --run-id {run_id} to resume", err=True)
         sys.exit(130)
-    run_dir = Path(out_root) / run_id
     from .results import load_run
 
-    records = [load_run(run_dir / i) for i in kept] + records
-    click.echo(f"\nresults: {run_dir}\n")
-    click.echo(render_markdown(records, detail=False))
-    sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+    return run_dir, [load_run(run_dir / i) for i in kept] + records
+
+
+def _default_config(name: str | None) -> str:
+    """--config as given; else the canonical config where CUDA is visible and cpu_small elsewhere,
+    said on the first line of output."""
+    if name is not None:
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        name, why = CANONICAL, f"{torch.cuda.device_count()} CUDA device(s) visible"
+    else:
+        name, why = "cpu_small", f"no CUDA device visible; --config {CANONICAL} is the canonical benchmark"
+    click.echo(f"config: {name} ({why})", err=True)
+    return name
+
+
+def _scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu: int | None):
+    """The config with its batch spread over ``world`` processes (harness/scaling.py): strong scaling,
+    or weak with --ims-per-gpu. A batch that cannot be spread exits 2 with the command that can."""
+    from .scaling import ScalingError, plan
+
+    path = resolve_config_path(config_name)
+    if world is None and ims_per_gpu is None:
+        return load_config(path, values)
+    base = load_config(path, {k: v for k, v in values.items() if k != "benchmark.gpus"})
+    # an accumulation the config or --set asks for is kept; otherwise benchmark.max_ims_per_step decides
+    accum = base.benchmark.grad_accum if "benchmark.grad_accum" in values or base.benchmark.grad_accum != 1 else None
+    try:
+        p = plan(base, world or base.benchmark.gpus, ims_per_gpu, accum)
+    except ScalingError as e:
+        raise BadInput(str(e)) from None
+    click.echo(p.describe(), err=True)
+    return load_config(path, {**values, **p.overrides()})
 
 
 def _with_shared_init(cfg, paths):

@@ -160,7 +160,7 @@ class BenchmarkConfig(_Section):
     iters: int = Field(500, gt=0)  # iterations run
     warmup: int = Field(100, ge=0)  # timed window is [warmup, window_end)
     window_end: int | None = Field(None, gt=0)  # None = iters
-    gpus: int = Field(8, gt=0)  # processes per node
+    gpus: int = Field(8, gt=0)  # processes in all (the world size: nodes x processes per node)
     device: Literal["cpu", "cuda"] = "cuda"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16/bf16 = automatic mixed precision
     channels_last: bool = False
@@ -168,6 +168,12 @@ class BenchmarkConfig(_Section):
     # alike by the harness rather than left to each framework's default.
     tf32: bool = True
     grad_accum: int = Field(1, gt=0)
+    # How the batch was spread over the processes (harness/scaling.py): "strong" keeps the global batch,
+    # "weak" keeps the images per process (--ims-per-gpu) and scales the learning rate with the batch.
+    scaling: Literal["strong", "weak"] = "strong"
+    # The most images one process takes through one forward/backward; a larger share is accumulated
+    # over several steps (None: any share fits).
+    max_ims_per_step: int | None = Field(None, gt=0)
     threads_per_rank: int | None = Field(None, gt=0)  # None: cores / processes
     num_workers: int = Field(2, ge=0)  # data-loader workers per process
     seed: int = 0

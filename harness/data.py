@@ -297,9 +297,14 @@ def make_synthetic(
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
         (tmp / "SYNTHETIC").write_text(json.dumps({"images": images, "size": size, "seed": seed, "categories": categories,
                                                    "version": SYNTH_VERSION}) + "\n")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "SYNTHETIC").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process (a second node) made the same set first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

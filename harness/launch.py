@@ -47,6 +47,71 @@ class LaunchOptions:
     force: bool = False
     interpreters: dict[str, str] = field(default_factory=dict)
     echo: bool = True
+    rdzv_timeout_s: float = 600.0  # how long the nodes wait for each other at start
+    slurm: "SlurmTask | None" = None  # --launcher slurm: this process is one task of an srun
+
+    @property
+    def world_size(self) -> int:
+        return self.slurm.world if self.slurm else self.nproc_per_node * self.nnodes
+
+    @property
+    def leader(self) -> bool:
+        """Whether this launch writes the results (node 0, or SLURM's task 0); the others only train."""
+        return self.slurm.rank == 0 if self.slurm else self.node_rank == 0
+
+    @property
+    def endpoint(self) -> str:
+        if self.slurm:
+            return f"{self.slurm.master_addr}:{self.slurm.master_port}"
+        return f"{self.master_addr or '127.0.0.1'}:{self.master_port or 29500}"
+
+
+@dataclass(frozen=True)
+class SlurmTask:
+    """One task of ``srun``: its rank and the job's geometry, from SLURM's environment."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    nnodes: int
+    master_addr: str
+    master_port: int
+
+    def environment(self) -> dict[str, str]:
+        """What torch.distributed's env:// initialisation and the worker read."""
+        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world), "LOCAL_RANK": str(self.local_rank),
+                "LOCAL_WORLD_SIZE": str(self.local_world), "MASTER_ADDR": self.master_addr,
+                "MASTER_PORT": str(self.master_port), "MRCNN_BENCH_LAUNCHER": "slurm"}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list ("gpu[03-05,09],cpu1" -> "gpu03"), as ``scontrol show
+    hostnames`` would give it."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def slurm_task(environ: dict[str, str] | None = None, master_port: int | None = None) -> SlurmTask:
+    """This process's task in the SLURM job (srun), or LaunchError naming the variable that is missing."""
+    env = os.environ if environ is None else environ
+
+    def need(name: str) -> str:
+        if not env.get(name):
+            raise LaunchError(f"--launcher slurm: ${name} is not set; start the benchmark with srun inside an "
+                              "allocation (sbatch/salloc), one task per GPU")
+        return env[name]
+
+    rank, world = int(need("SLURM_PROCID")), int(need("SLURM_NTASKS"))
+    nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    local_world = int(str(env.get("SLURM_NTASKS_PER_NODE") or world // nnodes).split("(")[0])
+    nodelist = need("SLURM_JOB_NODELIST") if "SLURM_JOB_NODELIST" in env or "SLURM_NODELIST" not in env else env["SLURM_NODELIST"]
+    port = master_port or int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    return SlurmTask(rank=rank, world=world, local_rank=int(need("SLURM_LOCALID")), local_world=local_world,
+                     nnodes=nnodes, master_addr=env.get("MASTER_ADDR") or first_host(nodelist), master_port=port)
 
 
 def interpreter_for(impl: str, interpreters: dict[str, str]) -> str:
@@ -92,6 +157,7 @@ def _launcher_args(opts: LaunchOptions) -> list[str]:
         return ["--standalone", *args]
     args += ["--nnodes", str(opts.nnodes), "--node-rank", str(opts.node_rank)]
     args += ["--master-addr", opts.master_addr or "127.0.0.1", "--master-port", str(opts.master_port or 29500)]
+    args += ["--rdzv-conf", f"timeout={int(opts.rdzv_timeout_s)}"]  # how long node 0 waits for the others
     return args
 
 
@@ -138,9 +204,12 @@ class _Streamer(threading.Thread):
                     sys.stderr.flush()
 
 
-def _diagnose(tail: list[str], returncode: int) -> tuple[str, str]:
+def _diagnose(tail: list[str], returncode: int, endpoint: str = "?") -> tuple[str, str]:
     """(status, reason) from what a failed worker group printed."""
     text = "\n".join(tail)
+    if "waiting for clients" in text or ("DistNetworkError" in text and "connect" in text) or "Timed out after" in text:
+        joined = next((ln.strip() for ln in tail if "clients joined" in ln or "connect" in ln), "")
+        return "failed", f"rendezvous at {endpoint} timed out: not every node joined ({joined})"
     if "Signal 9 (SIGKILL)" in text or returncode in (-9, 137):
         return "oom", "a worker was killed by SIGKILL (most often the kernel's out-of-memory killer)"
     if "OutOfMemoryError" in text or "out of memory" in text.lower():
@@ -159,11 +228,16 @@ def run_implementation(
     run_id: str,
     opts: LaunchOptions,
 ) -> dict:
-    """Run one implementation to its end and return its run record (always written to run.json)."""
+    """Run one implementation to its end and return its run record (written to run.json by the leader:
+    node 0, or SLURM's task 0; the other nodes train, log to log-<node>.txt and write no result, so a
+    shared results folder holds one run.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
-        stale.unlink(missing_ok=True)
-    threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(opts.nproc_per_node)
+    log_name = "log.txt" if opts.leader else f"log-{'task' if opts.slurm else 'node'}{opts.slurm.rank if opts.slurm else opts.node_rank}.txt"
+    if opts.leader:
+        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
+            stale.unlink(missing_ok=True)
+    local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+    threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
     atomic_write_json(
         run_dir / "launch.json",
         {
@@ -175,9 +249,10 @@ def run_implementation(
         },
     )
     python = interpreter_for(impl, opts.interpreters)
-    cmd = [python, "-m", "torch.distributed.run", *_launcher_args(opts)]
+    # torchrun starts a node's processes; under SLURM each task is one process, started by srun
+    cmd = [python] if opts.slurm else [python, "-m", "torch.distributed.run", *_launcher_args(opts)]
     cmd += ["-m", "mrcnn_bench.harness.worker", "--impl", impl, "--run-dir", str(run_dir)]
-    env = dict(os.environ)
+    env = dict(os.environ, **(opts.slurm.environment() if opts.slurm else {}))
     env.update(
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
@@ -194,7 +269,7 @@ def run_implementation(
         env=env,
         start_new_session=True,  # its own process group: a timeout or Ctrl-C reaches every rank
     )
-    streamer = _Streamer(proc.stdout, run_dir / "log.txt", f"[{impl}] ", opts.echo)
+    streamer = _Streamer(proc.stdout, run_dir / log_name, f"[{impl}] ", opts.echo)
     streamer.start()
     status, reason = None, None
     try:
@@ -206,10 +281,17 @@ def run_implementation(
     except KeyboardInterrupt:
         _stop_group(proc, first=signal.SIGINT)
         streamer.join(timeout=5)
-        record = _failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", "interrupted by the user (Ctrl-C)", started)
+        reason = "interrupted by the user (Ctrl-C)"
+        record = (_failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started) if opts.leader
+                  else {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
         raise KeyboardInterruptWithRecord(record) from None
     streamer.join(timeout=10)
 
+    if not opts.leader:  # the leader writes the result; this node says only how its part ended
+        if status is None:
+            status, reason = ("ok", None) if proc.returncode == 0 else _diagnose(list(streamer.tail), proc.returncode, opts.endpoint)
+        return {"impl": impl, "run_id": run_id, "status": status, "reason": reason, "follower": True,
+                "world_size": opts.world_size, "log": str(run_dir / log_name)}
     if status is None:
         if proc.returncode == 0 and (run_dir / "run.json").is_file():
             record = json.loads((run_dir / "run.json").read_text())
@@ -220,7 +302,7 @@ def run_implementation(
         if reports:
             status, reason = reports[0]["status"], f"rank {reports[0]['rank']}: {reports[0]['error']}"
         else:
-            status, reason = _diagnose(list(streamer.tail), proc.returncode)
+            status, reason = _diagnose(list(streamer.tail), proc.returncode, opts.endpoint)
     return _failure_record(impl, cfg, run_dir, run_id, opts, status, reason, started)
 
 
@@ -256,7 +338,7 @@ def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, 
         reason=reason,
         config=cfg.to_dict(),
         environment=capture_environment(cfg.benchmark.device),
-        world_size=opts.nproc_per_node * opts.nnodes,
+        world_size=opts.world_size,
         device=cfg.benchmark.device,
         dtype=cfg.benchmark.dtype,
         window={"warmup": cfg.benchmark.warmup, "end": cfg.benchmark.end, "iters": cfg.benchmark.iters},
@@ -298,7 +380,7 @@ def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str,
     records = []
     for n, impl in enumerate(impls, 1):
         print(f"== [{n}/{len(impls)}] {impl}: {cfg.benchmark.iters} iterations, "
-              f"{opts.nproc_per_node * opts.nnodes} process(es) on {cfg.benchmark.device}", file=sys.stderr, flush=True)
+              f"{opts.world_size} process(es) on {cfg.benchmark.device}", file=sys.stderr, flush=True)
         try:
             record = run_implementation(impl, cfg, data_paths, data_summary, run_root / impl, run_id, opts)
         except ResultError as e:

@@ -71,6 +71,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "warmup": w.get("warmup"),
                 "end": w.get("end"),
                 "world_size": r["world_size"],
+                "scaling": ((r.get("config") or {}).get("benchmark") or {}).get("scaling", "strong"),
+                "global_batch": ((r.get("config") or {}).get("solver") or {}).get("ims_per_batch"),
+                "nodes": env.get("nodes", 1),
                 "device": r["device"],
                 "dtype": r.get("dtype"),
                 "iterations_recorded": r.get("iterations_recorded"),
@@ -141,17 +144,22 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Weak scaling: img/s per process at each world size over that at the smallest one."""
+    """Throughput per process count, one series per implementation, dtype and scaling mode, with the
+    scaling efficiency img/s(N) / (N x img/s(1)) (against the smallest N of the series when it has no
+    N = 1). Strong scaling keeps the global batch; weak keeps the images per process."""
     ok = df[df["status"] == "ok"]
     rows = []
-    for (impl, dtype), g in ok.groupby(["impl", "dtype"]):
+    for (impl, dtype, mode), g in ok.groupby(["impl", "dtype", "scaling"]):
         if g["world_size"].nunique() < 2:
             continue
         per = g.groupby("world_size")["images_per_s"].median()
+        batch = g.groupby("world_size")["global_batch"].first()
+        nodes = g.groupby("world_size")["nodes"].max()
         base_n = per.index.min()
         for n, v in per.items():
-            rows.append({"Implementation": impl, "dtype": dtype, "World size": n, "img/s": f"{v:.3f}",
-                         "img/s per process": f"{v / n:.3f}", "Efficiency": f"{100 * (v / n) / (per[base_n] / base_n):.1f}%"})
+            rows.append({"Implementation": impl, "dtype": dtype, "Scaling": mode, "Processes": n, "Nodes": nodes[n],
+                         "Global batch": batch[n], "img/s": f"{v:.3f}", "img/s per process": f"{v / n:.3f}",
+                         f"Efficiency vs N={base_n}": f"{100 * (v / n) / (per[base_n] / base_n):.1f}%"})
     return pd.DataFrame(rows) if rows else None
 
 
@@ -226,7 +234,7 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
         return parts[0] + "\n"
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
-    for title, table in (("### Repeated runs", repeats_table(df)), ("### Weak scaling", scaling_table(df)),
+    for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
                          ("### AMP speed-up", amp_table(df))):
         if table is not None:
             parts += ["", title, "", _md(table)]

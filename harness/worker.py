@@ -99,6 +99,26 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
+def topology(world: int, local_world: int, backend: str | None) -> dict:
+    """Nodes, processes per node, the launcher, and the collective library and its transport where
+    visible (NCCL's version; the NCCL_* / GLOO_* settings of this process, e.g. NCCL_IB_DISABLE,
+    NCCL_SOCKET_IFNAME; with NCCL_DEBUG=INFO the log names the transport it chose)."""
+    import torch
+
+    nccl = None
+    if backend == "nccl":
+        v = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return {
+        "nodes": max(1, world // max(1, local_world)),
+        "processes_per_node": local_world,
+        "launcher": "slurm" if os.environ.get("MRCNN_BENCH_LAUNCHER") == "slurm" else "torchrun",
+        "backend": backend,
+        "nccl": nccl,
+        "transport_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_SOCKET"))},
+    }
+
+
 def set_tf32(on: bool) -> None:
     """TF32 for fp32 matmuls and cuDNN convolutions, the same for every implementation (torch's own
     defaults differ between the two: matmuls off, convolutions on)."""
@@ -191,7 +211,8 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         )
         rows = [dict(row, global_images=g) for row, g in zip(rows, world_images)]
         atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
-        env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version})
+        env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version,
+                                                               **topology(world, local_world, backend)})
         native_dict = extra.pop("native_config", None)
         if native_dict is None:
             native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)

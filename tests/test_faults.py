@@ -43,7 +43,9 @@ def _broken_data(root, tmp_path, how):
         ("unknown key", ["--set", "solver.lr=0.1"], r"unknown key 'solver.lr'"),
         ("wrong type", ["--set", "benchmark.iters=ten"], r"key 'benchmark.iters': Input should be a valid integer.*'ten'"),
         ("empty window", ["--set", "benchmark.warmup=40"], r"timed window \[warmup=40, end=30\) is empty"),
-        ("batch vs --gpus", ["--gpus", "3"], r"ims_per_batch=2 is not divisible by benchmark.gpus \(3\)"),
+        ("batch vs --gpus", ["--gpus", "3"], r"solver.ims_per_batch=2 cannot be split evenly over 3 processes.*\n.*"
+         r"This would run:\n  mrcnn-bench run .*--gpus 3 .*--ims-per-gpu 1"),
+        ("batch vs --set benchmark.gpus", ["--set", "benchmark.gpus=3"], r"ims_per_batch=2 is not divisible by benchmark.gpus \(3\)"),
         ("missing data", ["--data", "/nonexistent/coco"], r"/nonexistent/coco: data directory not found"),
         ("truncated json", ["--data", "{truncated}"], r"instances_train2017.json: not valid JSON \(truncated or corrupt\?\)"),
         ("images absent", ["--data", "{absent}"], r"1 image\(s\) listed under 'images' are absent from"),

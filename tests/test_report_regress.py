@@ -100,9 +100,10 @@ def test_report_detail_scaling_amp_and_environment(tmp_path):
     one = df[(df.world_size == 1) & (df.dtype == "fp32")].iloc[0]
     assert one.images_per_s_ci_low < one.images_per_s < one.images_per_s_ci_high
     assert f"{one.images_per_s:.3f} [{one.images_per_s_ci_low:.3f}, {one.images_per_s_ci_high:.3f}]" in md
-    assert "### Weak scaling" in md and "### AMP speed-up" in md and "### Environment" in md
+    assert "### Scaling" in md and "### AMP speed-up" in md and "### Environment" in md
     # efficiency at 4 processes: (img/s at 4 / 4) / (img/s at 1) = median 1 / median 1.25-ish
-    scaling = md.split("### Weak scaling")[1].split("###")[0]
+    scaling = md.split("### Scaling")[1].split("###")[0]
+    assert "Efficiency vs N=1" in scaling and "| strong " in scaling  # records without a mode are strong scaling
     eff4 = [line for line in scaling.splitlines() if line.startswith("| a ") and "| 4 " in line]
     assert eff4, md
     value = float(eff4[0].split("|")[-2].strip().rstrip("%"))
