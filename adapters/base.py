@@ -39,6 +39,38 @@ class DistInfo:
         return self.backend is not None and self.world_size > 1
 
 
+# What every adapter's ``effective_hparams`` reports, read back from the framework's own objects: the
+# canonical keys it can be compared on (``model.backbone.norm`` and ``freeze_at`` as the run uses them,
+# ``solver.ims_per_batch_per_process`` where the canonical config has the global batch), and ``info.*``
+# facts beyond the canonical config (how targets and matches are made). ``mrcnn-bench parity`` tabulates
+# them; ``tests/test_work_parity.py`` checks that each built-in adapter reports exactly these.
+CANONICAL_HPARAM_KEYS: tuple[str, ...] = (
+    "input.aspect_ratio_grouping", "input.filter_empty_annotations", "input.horizontal_flip_prob",
+    "input.max_size_test", "input.max_size_train", "input.min_size_test", "input.min_size_train",
+    "model.anchors.aspect_ratios", "model.anchors.sizes", "model.backbone.depth", "model.backbone.freeze_at",
+    "model.backbone.norm", "model.fpn_out_channels", "model.num_classes", "model.pixel_mean",
+    "model.pixel_std", "model.roi_heads.batch_size_per_image", "model.roi_heads.bg_iou_thresh",
+    "model.roi_heads.box_head_fc_dim", "model.roi_heads.box_head_num_fc",
+    "model.roi_heads.box_pooler_resolution", "model.roi_heads.detections_per_image",
+    "model.roi_heads.fg_iou_thresh", "model.roi_heads.mask_head_conv_dim",
+    "model.roi_heads.mask_head_num_conv", "model.roi_heads.mask_pooler_resolution",
+    "model.roi_heads.nms_thresh_test", "model.roi_heads.pooler_aligned",
+    "model.roi_heads.pooler_sampling_ratio", "model.roi_heads.positive_fraction",
+    "model.roi_heads.score_thresh_test", "model.roi_heads.smooth_l1_beta", "model.rpn.batch_size_per_image",
+    "model.rpn.bg_iou_thresh", "model.rpn.fg_iou_thresh", "model.rpn.nms_thresh",
+    "model.rpn.positive_fraction", "model.rpn.post_nms_topk_scope", "model.rpn.post_nms_topk_test",
+    "model.rpn.post_nms_topk_train", "model.rpn.pre_nms_topk_test", "model.rpn.pre_nms_topk_train",
+    "model.rpn.smooth_l1_beta", "solver.base_lr", "solver.gamma", "solver.ims_per_batch_per_process",
+    "solver.momentum", "solver.steps", "solver.warmup_factor", "solver.warmup_iters", "solver.warmup_method",
+    "solver.weight_decay", "solver.weight_decay_norm",
+)
+INFO_HPARAM_KEYS: tuple[str, ...] = (
+    "info.backbone_style", "info.mask_targets", "info.roi_gt_as_proposals", "info.roi_low_quality_matches",
+    "info.rpn_low_quality_matches",
+)
+EFFECTIVE_HPARAM_KEYS: frozenset[str] = frozenset(CANONICAL_HPARAM_KEYS + INFO_HPARAM_KEYS)
+
+
 class Adapter(abc.ABC):
     #: the name used on the command line (``--impl``) and in results
     name: str = ""
@@ -55,7 +87,7 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def effective_hparams(self, native) -> dict[str, Any]:
-        """Canonical dotted keys -> values read back out of ``native`` (not out of the canonical
+        """``EFFECTIVE_HPARAM_KEYS`` -> values read back out of ``native`` (not out of the canonical
         config). A ``_notes`` entry may map keys to a sentence on why the framework differs."""
 
     @abc.abstractmethod

@@ -409,12 +409,12 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
         _trajectory_parity(run_dir, band)
         return
     if check_forward:
-        _forward_parity(config_name, impl, data_root, dict(p.split("=", 1) for p in pythons))
+        _forward_parity(config_name, impl, data_root, _interpreters(pythons))
         return
     from .parity import canonical_values, effective_for, parity_frame
 
     cfg = load_config(resolve_config_path(config_name))
-    interpreters = dict(p.split("=", 1) for p in pythons)
+    interpreters = _interpreters(pythons)
     effective, failed = _each_installed(impl, interpreters, lambda name, python: effective_for(name, python, cfg, data_root))
     num_classes = 80  # what every adapter builds without a data set (COCO's classes)
     if data_root:

@@ -93,6 +93,34 @@ def unit_costs(cfg, num_classes: int, side: int = 256, rois: int = 64) -> UnitCo
     )
 
 
+def cached_unit_costs(cfg, num_classes: int) -> UnitCosts:
+    """``unit_costs`` kept on disk ($MRCNN_BENCH_FLOPS, default ~/.cache/mrcnn-bench/flops), keyed by
+    the model section, the classes and torch's version: each run counts them after its window, and the
+    count (a model built and stepped on the CPU) costs seconds that a short GPU visit would rather keep."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    key = json.dumps({"model": cfg.model.model_dump(mode="json"), "classes": num_classes, "torch": torch.__version__},
+                     sort_keys=True)
+    folder = Path(os.environ.get("MRCNN_BENCH_FLOPS", Path.home() / ".cache" / "mrcnn-bench" / "flops"))
+    path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    try:
+        return UnitCosts(**json.loads(path.read_text())["costs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    costs = unit_costs(cfg, num_classes)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": json.loads(key), "costs": costs.__dict__}))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: counted again next time
+    return costs
+
+
 def window_flops_per_image(costs: UnitCosts, rows: list[dict], warmup: int, end: int) -> float | None:
     """Model FLOPs per image over iterations [warmup, end) of one process's rows (``pixels``, ``rois``,
     ``positives`` and ``images``); None when some row lacks a counter."""

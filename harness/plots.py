@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .report import iterations_of, runs_frame  # noqa: E402
+from .frames import iterations_of, runs_frame  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from .results import ResultError, find_runs, load_run, read_jsonl
+from .statistics import bootstrap_ratio_ci
 
 
 @dataclass
@@ -47,15 +48,6 @@ def window_times(run_json: Path, record: dict) -> np.ndarray:
     if len(times) < 3:
         raise ResultError(f"{path}: only {len(times)} iterations in the window [{w['warmup']}, {w['end']}); need at least 3")
     return times
-
-
-def bootstrap_ratio_ci(base: np.ndarray, cand: np.ndarray, n: int = 4000, level: float = 0.95, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    b = rng.choice(base, size=(n, len(base)), replace=True)
-    c = rng.choice(cand, size=(n, len(cand)), replace=True)
-    ratios = np.median(c, axis=1) / np.median(b, axis=1)
-    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
 
 
 def compare_times(impl: str, base: np.ndarray, cand: np.ndarray, threshold: float, alpha: float = 0.01,

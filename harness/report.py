@@ -14,80 +14,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .results import find_runs, load_run, read_jsonl
-
-
-def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
-    return [load_run(p) for p in find_runs(paths)]
-
-
-def iterations_of(record: dict) -> list[dict]:
-    path = Path(record["_path"]).parent / "iterations.jsonl" if record.get("_path") else None
-    return read_jsonl(path) if path and path.is_file() else []
-
-
-def throughput_ci(rows: list[dict], warmup: int, end: int, n: int = 2000, seed: int = 0) -> tuple[float, float] | None:
-    """Bootstrap 95% interval of img/s, resampling the window's iterations."""
-    window = [r for r in rows if warmup <= r["iter"] < end]
-    if len(window) < 3:
-        return None
-    images = np.array([r.get("global_images", r["images"]) for r in window], dtype=float)
-    times = np.array([r["duration"] for r in window], dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(window), size=(n, len(window)))
-    samples = images[idx].sum(1) / times[idx].sum(1)
-    lo, hi = np.quantile(samples, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def runs_frame(records: list[dict]) -> pd.DataFrame:
-    rows = []
-    for r in records:
-        s = r.get("summary") or {}
-        w = r.get("window") or {}
-        env = r.get("environment") or {}
-        its = iterations_of(r)
-        ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" else None
-        peaks = [it["max_memory_mb"] for it in its if it.get("max_memory_mb") is not None]
-        rows.append(
-            {
-                "run_id": r["run_id"],
-                "impl": r["impl"],
-                "config": (r.get("config") or {}).get("name"),
-                "status": r["status"],
-                "reason": r.get("reason"),
-                "images_per_s": s.get("images_per_s"),
-                "images_per_s_ci_low": ci[0] if ci else None,
-                "images_per_s_ci_high": ci[1] if ci else None,
-                "s_per_iter_median": s.get("s_per_iter_median"),
-                "s_per_iter_p10": s.get("s_per_iter_p10"),
-                "s_per_iter_p90": s.get("s_per_iter_p90"),
-                "data_time_share": s.get("data_time_share"),
-                "peak_memory_mb": max(peaks) if peaks else None,
-                "positives_per_image": s.get("positives_per_image"),
-                "rois_per_image": s.get("rois_per_image"),
-                "proposals_per_image": s.get("proposals_per_image"),
-                "flops_per_image": s.get("flops_per_image"),
-                "mfu": s.get("mfu"),
-                "warmup": w.get("warmup"),
-                "end": w.get("end"),
-                "world_size": r["world_size"],
-                "scaling": ((r.get("config") or {}).get("benchmark") or {}).get("scaling", "strong"),
-                "global_batch": ((r.get("config") or {}).get("solver") or {}).get("ims_per_batch"),
-                "nodes": env.get("nodes", 1),
-                "device": r["device"],
-                "dtype": r.get("dtype"),
-                "iterations_recorded": r.get("iterations_recorded"),
-                "impl_version": env.get("impl_version"),
-                "torch": env.get("torch"),
-                "cpu": env.get("cpu"),
-                "gpus": ", ".join(sorted(set(env.get("gpus") or []))) or "-",
-                "threads": env.get("torch_threads"),
-                "load_average": env.get("load_average"),
-                "git_sha": env.get("git_sha"),
-                "path": r.get("_path"),
-            }
-        )
-    return pd.DataFrame(rows)
+from .frames import iterations_of, load_runs, runs_frame  # noqa: F401  (this module's public names before)
+from .statistics import throughput_ci  # noqa: F401
 
 
 def _fmt(value, spec: str) -> str:

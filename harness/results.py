@@ -18,7 +18,28 @@ from pathlib import Path
 from typing import Any, Iterable
 
 SCHEMA = "mrcnn-bench/run"
-SCHEMA_VERSION = 1
+# The format's history, as pyperf and asv keep theirs: each version, what it added, and how a record of
+# the version before is read as this one (``UPGRADES``). Records are never rewritten on disk.
+#   1  the first format
+#   2  config.benchmark.scaling ("strong"/"weak") and .tf32; environment.nodes, .processes_per_node,
+#      .launcher (multi-node and SLURM runs)
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(record: dict) -> dict:
+    """Version 1 had one launcher (torchrun), strong scaling only, and left TF32 to each framework."""
+    bench = record.setdefault("config", {}).setdefault("benchmark", {})
+    bench.setdefault("scaling", "strong")
+    bench.setdefault("tf32", None)  # not set by the harness: whatever the framework's default was
+    env = record.get("environment")
+    if isinstance(env, dict):
+        env.setdefault("launcher", "torchrun")
+        env.setdefault("nodes", None)  # not recorded
+        env.setdefault("processes_per_node", None)
+    return record
+
+
+UPGRADES = {1: _v1_to_v2}  # version -> its record read as version + 1
 STATUSES = ("ok", "failed", "timeout", "oom", "interrupted", "running")
 # Rank 0 streams each iteration here while training; the launcher turns it into iterations.jsonl when
 # a run dies part-way.
@@ -52,7 +73,7 @@ def _record_model():
 
     class RunRecord(BaseModel):
         model_config = ConfigDict(extra="allow")
-        schema_version: Literal[1]
+        schema_version: Literal[SCHEMA_VERSION]
         run_id: str
         impl: str
         status: Literal[STATUSES]
@@ -255,12 +276,19 @@ def load_run(path: str | os.PathLike) -> dict:
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         raise ResultError(f"{path}: not an mrcnn-bench run record (key 'schema' should be {SCHEMA!r})")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION and version not in UPGRADES:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise ResultError(
-            f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads version {SCHEMA_VERSION}"
+            f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads versions "
+            f"{min(UPGRADES, default=SCHEMA_VERSION)} to {SCHEMA_VERSION}"
             + (" (written by a newer mrcnn-bench: upgrade to read it)" if newer else " (re-run to regenerate it)")
         )
+    if version != SCHEMA_VERSION:
+        record["read_from_schema_version"] = version
+        while version != SCHEMA_VERSION:
+            record = UPGRADES[version](record)
+            version += 1
+        record["schema_version"] = version
     from pydantic import ValidationError
 
     try:

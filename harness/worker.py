@@ -200,9 +200,9 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         # Model FLOPs utilisation: the window's model FLOPs per image (from the pixels, RoIs and
         # positives it recorded) x images/s over the measured matmul peak of every process (calibrated
         # here, with this process's threads, after the window).
-        from mrcnn_bench.harness.flops import matmul_peak_flops, unit_costs, window_flops_per_image
+        from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image
 
-        flops = window_flops_per_image(unit_costs(cfg, num_classes(cfg, data)), rows, bench.warmup, bench.end)
+        flops = window_flops_per_image(cached_unit_costs(cfg, num_classes(cfg, data)), rows, bench.warmup, bench.end)
         peak = matmul_peak_flops(device, bench.dtype)
         summary.update(
             flops_per_image=flops,

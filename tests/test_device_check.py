@@ -49,8 +49,9 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     assert status["install"] == "not run"
     for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases"):
         assert status[name] == "ok", (name, steps)
-    # AMP on the CPU is bf16, which detectron2 v0.6 refuses: the step fails, with that run failed and its reason
-    assert status["amp"] == "failed" and status["mmdet-amp"] == "ok"
+    # AMP on the CPU is bf16, which detectron2 v0.6 and mmengine refuse there: those steps fail, with
+    # those runs failed and their reasons, the others ok
+    assert status["amp"] == "failed" and status["mmdet-amp"] == "failed"
     # the device tool brings back at most 8 files, no deeper than two folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.log", "results.tar.gz", "steps.jsonl", "summary.md"]
 
@@ -60,15 +61,17 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
         def load(name):
             return json.load(tar.extractfile(f"results/{name}"))
 
-        for run_id in ("fp32", "amp"):
-            for impl in ("reference", "torchvision", "mmdet"):
+        for run_id, impls in (("fp32", ("reference", "torchvision", "detectron2", "mmdet")), ("amp", ("reference", "torchvision"))):
+            for impl in impls:
                 record = load(f"{run_id}/{impl}/run.json")
                 assert record["status"] == "ok", (run_id, impl, record.get("reason"))
                 assert record["window"] == {"warmup": 1, "end": 3, "iters": 3}
                 assert record["dtype"] == {"fp32": "fp32", "amp": "bf16"}[run_id]
-        assert load("fp32/detectron2/run.json")["status"] == "ok"
-        refused = load("amp/detectron2/run.json")
-        assert refused["status"] == "failed" and "fp16 only" in refused["reason"]
+                # one process with 2 images: weak scaling at the config's own batch, the lr unchanged
+                assert record["config"]["benchmark"]["scaling"] == "weak" and record["config"]["solver"]["ims_per_batch"] == 2
+        for impl, why in (("detectron2", "fp16 only"), ("mmdet", "needs a GPU")):
+            refused = load(f"amp/{impl}/run.json")
+            assert refused["status"] == "failed" and why in refused["reason"]
         junit = tar.extractfile("results/cuda-tests.xml").read().decode()
         assert 'tests="' in junit and 'failures="0"' in junit and 'errors="0"' in junit
         report = tar.extractfile("results/report.md").read().decode()
@@ -112,3 +115,21 @@ def test_wheel_closure_names_what_the_gpu_machine_would_lack(tmp_path):
     assert "opencv" not in bad.stderr  # the machines carry opencv-python-headless: the same cv2
     assert "shapely-2.2.0-cp311-cp311-manylinux_2_17_x86_64.whl: built for ['cp311'], not CPython 3.12" in bad.stderr
     assert "more than 0.0001 MiB" in bad.stderr
+
+
+def test_tf32_is_set_alike_for_every_implementation():
+    """benchmark.tf32 (default on) sets both of torch's switches, whose own defaults differ (matmuls
+    off, cuDNN convolutions on); a worker on CUDA sets them before the framework starts."""
+    import torch
+
+    from mrcnn_bench.harness.config import builtin_config_dir, load_config
+    from mrcnn_bench.harness.worker import set_tf32
+
+    assert load_config(builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml").benchmark.tf32 is True
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        for on in (True, False):
+            set_tf32(on)
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (on, on)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

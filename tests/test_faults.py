@@ -145,3 +145,10 @@ def test_ctrl_c_keeps_finished_results_marks_the_interrupted_one_and_resume_fini
     assert again.returncode == 2 and "--force" in again.stderr
     forced = _run(tmp_path, "c", "--force", impls="busy")
     assert forced.returncode == 0 and (tmp_path / "c" / "busy" / "run.json").read_bytes() != finished
+
+
+def test_parity_checks_its_python_option_as_run_does():
+    for command in (["parity"], ["parity", "--check-forward"], ["run"]):
+        out = run_cli(*command, "--python", "detectron2")
+        assert out.returncode == 2 and "--python 'detectron2': expected IMPL=PATH" in out.stderr, (command, out.stderr[-500:])
+        assert "Traceback" not in out.stderr

@@ -32,6 +32,24 @@ def _record(**over):
     return rec
 
 
+def test_older_records_are_read_through_the_format_history(tmp_path):
+    """A version-1 record (the committed CPU baselines are) is read as the current version, with what
+    version 1 did not record made explicit, and says which version it was read from; the file is left
+    as it was."""
+    old = _record(schema_version=1, config={"name": "cpu_small", "benchmark": {"gpus": 1}}, environment={"cpu": "x"})
+    R.atomic_write_json(tmp_path / "run.json", old)
+    before = (tmp_path / "run.json").read_text()
+    record = R.load_run(tmp_path)
+    assert record["schema_version"] == R.SCHEMA_VERSION == 2 and record["read_from_schema_version"] == 1
+    assert record["config"]["benchmark"] == {"gpus": 1, "scaling": "strong", "tf32": None}
+    assert record["environment"] == {"cpu": "x", "launcher": "torchrun", "nodes": None, "processes_per_node": None}
+    assert (tmp_path / "run.json").read_text() == before
+    committed = R.load_run(R.Path(__file__).resolve().parent.parent / "results" / "baselines" / "cpu_small" / "reference")
+    assert committed["read_from_schema_version"] == 1 and committed["config"]["benchmark"]["scaling"] == "strong"
+    R.atomic_write_json(tmp_path / "new.json", _record())
+    assert "read_from_schema_version" not in R.load_run(tmp_path / "new.json")
+
+
 def test_load_run_checks_schema(tmp_path):
     p = tmp_path / "run.json"
     R.atomic_write_json(p, _record())
@@ -54,7 +72,7 @@ def test_load_run_checks_schema(tmp_path):
     bad = _record()
     bad["summary"]["images_per_s"] = "fast"
     R.atomic_write_json(p, bad)
-    with pytest.raises(R.ResultError, match=r"schema v1: key 'summary.images_per_s'"):
+    with pytest.raises(R.ResultError, match=r"schema v2: key 'summary.images_per_s'"):
         R.load_run(p)
     R.atomic_write_json(p, _record(status="exploded"))
     with pytest.raises(R.ResultError, match=r"key 'status'"):

@@ -164,3 +164,30 @@ def test_sweep_runs_the_series_and_prints_the_scaling_table(tmp_path, synth_root
     assert len(rows) == 2 and all("| strong " in r for r in rows) and "Efficiency vs N=1" in table
     bad = run_cli("sweep", "--gpus", "1,x", "--out", tmp_path)
     assert bad.returncode == 2 and "expected process counts such as 1,2,4,8" in bad.stderr
+
+
+def test_the_headline_command_on_an_8_gpu_node_runs_the_canonical_benchmark(monkeypatch, tmp_path):
+    """As typed on a node with 8 GPUs (CUDA faked: the launch itself is replaced by a capture)."""
+    import torch
+    from click.testing import CliRunner
+
+    from mrcnn_bench.harness import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    seen = {}
+
+    def capture(cfg, impl_text, opts, run_id, out_root, data_root):
+        seen.update(cfg=cfg, impl=impl_text, opts=opts)
+        return tmp_path, []
+
+    monkeypatch.setattr(cli, "_run_suite", capture)
+    result = CliRunner().invoke(cli.main, ["run", "--impl", "reference", "--gpus", "8"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "config: mask_rcnn_R_50_FPN_noaug_1x (8 CUDA device(s) visible)"
+    cfg, opts = seen["cfg"], seen["opts"]
+    assert (cfg.name, cfg.benchmark.device, cfg.benchmark.gpus, cfg.ims_per_gpu, cfg.benchmark.grad_accum) == (
+        "mask_rcnn_R_50_FPN_noaug_1x", "cuda", 8, 2, 1)
+    assert (cfg.solver.ims_per_batch, cfg.solver.base_lr, cfg.benchmark.scaling) == (16, 0.02, "strong")
+    assert (opts.nproc_per_node, opts.nnodes, opts.world_size, opts.leader) == (8, 1, 8, True)
+    assert "strong scaling: 8 process(es), global batch 16 (2 image(s) per process per step)" in result.output

@@ -51,6 +51,18 @@ def test_work_counters_belong_to_the_iteration_they_were_counted_in():
 
 
 # ------------------------------------------------------------------------------ FLOPs of the window
+@pytest.mark.parametrize("impl", ["reference", "torchvision", "detectron2", "mmdet"])
+def test_every_adapter_reports_exactly_the_declared_hyperparameter_keys(impl):
+    from mrcnn_bench.adapters.base import EFFECTIVE_HPARAM_KEYS
+
+    adapter = get_adapter(impl)
+    ok, why = adapter.available()
+    if not ok:
+        pytest.skip(why)
+    reported = {k for k in adapter.effective_hparams(adapter.translate(load_config(SMALL))) if not k.startswith("_")}
+    assert reported == EFFECTIVE_HPARAM_KEYS, (sorted(reported - EFFECTIVE_HPARAM_KEYS), sorted(EFFECTIVE_HPARAM_KEYS - reported))
+
+
 def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
     """Rank 0 alone counts the FLOPs after the window: a SyncBatchNorm in its model would wait for the
     other ranks' all-reduce forever. The count is made on plain batch norm, the same FLOPs."""
@@ -100,6 +112,25 @@ def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
     # the mask head: 4 convs 3x3 256->256 at 14x14, a 2x2 deconv to 28x28 and the class predictor, x3 for backward
     macs = 4 * 14 * 14 * 256 * 256 * 9 + 14 * 14 * 256 * 256 * 4 + 28 * 28 * 256 * 80
     assert costs.per_positive == pytest.approx(3 * 2 * macs, rel=0.02)
+
+
+def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
+    from mrcnn_bench.harness import flops
+
+    monkeypatch.setenv("MRCNN_BENCH_FLOPS", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(flops, "unit_costs", lambda cfg, n: calls.append(n) or flops.UnitCosts(1.0, 2.0, 3.0 * n))
+    cfg = load_config(SMALL)
+    assert flops.cached_unit_costs(cfg, 80) == flops.UnitCosts(1.0, 2.0, 240.0)
+    assert flops.cached_unit_costs(cfg, 80) == flops.UnitCosts(1.0, 2.0, 240.0) and calls == [80]  # from the file
+    assert flops.cached_unit_costs(cfg, 7).per_positive == 21.0 and calls == [80, 7]  # other classes: counted
+    other = cfg.with_overrides({"model.roi_heads.mask_head_num_conv": 2})
+    flops.cached_unit_costs(other, 80)
+    assert calls == [80, 7, 80] and len(list(tmp_path.glob("*.json"))) == 3
+    (next(tmp_path.glob("*.json"))).write_text("{corrupt")  # a damaged file is counted again, not trusted
+    for c, n in ((cfg, 80), (cfg, 7), (other, 80)):
+        flops.cached_unit_costs(c, n)
+    assert len(calls) == 4
 
 
 def test_window_flops_come_from_the_recorded_work():
