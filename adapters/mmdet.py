@@ -22,7 +22,6 @@ optimizer steps as elsewhere.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 
@@ -471,10 +470,7 @@ class MMDetAdapter(Adapter):
                 if (runner.iter + 1) % accum:  # stamped when the optimizer stepped
                     return
                 loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else None
-                if loss is not None and not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at iteration {timer.next_iter}: "
-                                             + ", ".join(f"{k}={float(v):.4g}" for k, v in outputs.items()))
-                timer.after_step(images_per_step, loss=loss, data_time=self.data_time, lr=self.lr)
+                timer.after_step(images_per_step, loss=loss, data_time=self.data_time, lr=self.lr, loss_parts=outputs)
 
         from mmengine.registry import DATA_SAMPLERS
 

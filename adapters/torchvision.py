@@ -10,10 +10,8 @@ Divergences that torchvision does not let us set (shown in the parity table):
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import io
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -297,6 +295,8 @@ class TorchvisionAdapter(Adapter):
     def train(self, cfg, data, timer, dist: DistInfo) -> dict:
         import torch
 
+        from mrcnn_bench.harness.timing import raise_if_not_finite
+
         native = self.translate(cfg, data)
         tr = native.train
         torch.manual_seed(tr["seed"] + dist.rank)
@@ -334,8 +334,7 @@ class TorchvisionAdapter(Adapter):
                     scaler.scale(loss / tr["grad_accum"]).backward()
                 images_seen += len(images)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at iteration {timer.next_iter}: {loss_dict}")
+            raise_if_not_finite(loss_value, timer.next_iter, loss_dict)  # before the step applies it
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -375,37 +374,31 @@ def _collate(batch):
     return tuple(zip(*batch))
 
 
-def _warmup_multistep(schedule: dict):
-    def factor(it: int) -> float:
-        warm = 1.0
-        if it < schedule["warmup_iters"]:
-            alpha = it / schedule["warmup_iters"]
-            warm = schedule["warmup_factor"] * (1 - alpha) + alpha
-        return warm * schedule["gamma"] ** bisect.bisect_right(schedule["steps"], it)
-
-    return factor
-
-
 def build_scheduler(optimizer, schedule: dict):
+    """torchvision's detection recipe (references/detection/train.py), per iteration: a LinearLR
+    warm-up from ``warmup_factor`` over ``warmup_iters`` chained with MultiStepLR at ``steps``."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_multistep(schedule))
+    sched = torch.optim.lr_scheduler
+    steps = sched.MultiStepLR(optimizer, milestones=list(schedule["steps"]), gamma=schedule["gamma"])
+    if schedule["warmup_iters"] <= 0:
+        return steps
+    warmup = sched.LinearLR(optimizer, start_factor=schedule["warmup_factor"], total_iters=schedule["warmup_iters"])
+    return sched.ChainedScheduler([warmup, steps], optimizer=optimizer)
 
 
 def build_optimizer(model, opt: dict):
+    """SGD as torchvision's recipe builds it with ``--norm-weight-decay``: normalization layers'
+    parameters (torchvision.ops._utils.split_normalization_params) in a group of their own."""
     import torch
+    from torchvision.ops._utils import split_normalization_params
 
-    norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
-    norm_params, other_params = [], []
-    for module in model.modules():
-        own = list(module.parameters(recurse=False))
-        (norm_params if isinstance(module, norm_types) else other_params).extend(own)
+    norm_params, other_params = split_normalization_params(model)
     groups = [
         {"params": [p for p in other_params if p.requires_grad], "weight_decay": opt["weight_decay"]},
         {"params": [p for p in norm_params if p.requires_grad], "weight_decay": opt["norm_weight_decay"]},
     ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"])
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=opt["lr"], momentum=opt["momentum"])
 
 
 def load_weights(model, path: str) -> None:

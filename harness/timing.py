@@ -12,6 +12,8 @@ where the "end of iteration -1" is the stamp taken by ``before_train``.
 """
 from __future__ import annotations
 
+import math
+
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -123,6 +125,14 @@ def _cpu_peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def raise_if_not_finite(loss: float, iteration: int, parts: dict | None = None) -> None:
+    """FloatingPointError when the loss is NaN or infinite, naming the iteration and the loss's parts:
+    a diverged run stops, the same way in every implementation."""
+    if not math.isfinite(float(loss)):
+        named = ", ".join(f"{k}={float(v):.4g}" for k, v in (parts or {}).items())
+        raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}" + (f": {named}" if named else ""))
+
+
 class IterationTimer:
     """Stamps the end of each training iteration; see the module docstring for the arithmetic.
 
@@ -188,9 +198,14 @@ class IterationTimer:
         loss: float | None = None,
         data_time: float | None = None,
         lr: float | None = None,
+        loss_parts: dict | None = None,
     ) -> IterationRecord:
+        """Stamp the end of an optimizer step. A loss that is NaN or infinite stops the run here, for
+        every implementation alike (``loss_parts``, the named losses, go into the message)."""
         if self._t0 is None:
             raise RuntimeError("IterationTimer.before_train() was not called")
+        if loss is not None:
+            raise_if_not_finite(loss, len(self.records), loss_parts)
         self._sync()
         now = self._clock()
         rec = IterationRecord(

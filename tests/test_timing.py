@@ -71,3 +71,16 @@ def test_after_step_before_start_is_an_error_and_callback_fires():
     t.before_train()
     t.after_step(1, loss=0.5)
     assert [r.iter for r in seen] == [0] and seen[0].loss == 0.5 and not t.done
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_naming_iteration_and_parts():
+    t = IterationTimer(5)
+    t.before_train()
+    t.after_step(2, loss=1.5)
+    with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 1: loss_mask=0\.7, loss_box_reg=inf"):
+        t.after_step(2, loss=float("nan"), loss_parts={"loss_mask": 0.7, "loss_box_reg": float("inf")})
+    assert len(t.records) == 1  # the diverged step is not recorded as an iteration
+    with pytest.raises(FloatingPointError, match=r"^loss became inf at iteration 1$"):
+        t.after_step(2, loss=float("inf"))
+    t.after_step(2)  # a framework that reports no loss is not checked
+    assert len(t.records) == 2
