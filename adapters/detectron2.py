@@ -27,7 +27,6 @@ from .common import (
     load_exact,
     load_initial_weights,
     num_classes,
-    ordered_batches,
     pillow_linear_alias,
     schedule_facts,
     schedule_length,
@@ -343,7 +342,6 @@ class Detectron2Adapter(Adapter):
         import torch.distributed as tdist
         from detectron2.data import DatasetCatalog
         from detectron2.data.datasets import register_coco_instances
-        from detectron2.engine import DefaultTrainer, HookBase, hooks
         from detectron2.utils import comm
 
         if dist.distributed and comm._LOCAL_PROCESS_GROUP is None:
@@ -358,37 +356,10 @@ class Detectron2Adapter(Adapter):
             register_coco_instances(_DATASET, {}, native.MRCNN_BENCH.TRAIN_JSON, native.MRCNN_BENCH.TRAIN_IMAGES)
         per_process = native.SOLVER.IMS_PER_BATCH // dist.world_size
 
-        class HarnessTimer(HookBase):
-            """Stamps each iteration for the harness, after the optimizer and LR-scheduler steps."""
-
-            def before_train(self):
-                timer.before_train()
-
-            def after_step(self):
-                storage = self.trainer.storage
-                loss = storage.history("total_loss").latest() if "total_loss" in storage.histories() else None
-                data_time = storage.history("data_time").latest() if "data_time" in storage.histories() else None
-                timer.after_step(per_process, loss=loss, data_time=data_time, lr=storage.history("lr").latest())
-
-        class Trainer(DefaultTrainer):
-            @classmethod
-            def build_train_loader(cls, c):
-                """detectron2's own loader over its own dataset dicts, sampled in the run's data order."""
-                from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
-
-                dicts = get_detection_dataset_dicts(c.DATASETS.TRAIN, filter_empty=c.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-                order = dict(train_json=c.MRCNN_BENCH.TRAIN_JSON, order=dict(c.MRCNN_BENCH.ORDER))
-                sampler = ordered_batches(order, dist, [d["image_id"] for d in dicts], f"detectron2 ({c.MRCNN_BENCH.TRAIN_JSON})", flat=True)
-                return build_detection_train_loader(c, dataset=dicts, sampler=sampler)
-
-            def build_hooks(self):
-                hook_list = super().build_hooks()
-                at = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.LRScheduler)) + 1
-                hook_list.insert(at, HarnessTimer())
-                return hook_list
+        from ._detectron2_hooks import OrderedTrainer
 
         torch.manual_seed(cfg.benchmark.seed + dist.rank)
-        trainer = Trainer(native)
+        trainer = OrderedTrainer(native, timer, per_process)
         # The schedule was built for SOLVER.MAX_ITER; the loop stops after the benchmark's iterations.
         trainer.max_iter = native.MRCNN_BENCH.ITERS
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model

@@ -441,43 +441,22 @@ class MMDetAdapter(Adapter):
         native = self.translate(cfg, data)
         shims = ["PIL.Image.LINEAR = BILINEAR (for detectron2, which mmdet imports when installed)"] if pillow_linear_alias() else []
         import torch
-        from mmengine.hooks import Hook
         from mmengine.runner import Runner
+
+        from ._mmdet_hooks import HarnessTimer
 
         accum = native.mrcnn_bench.grad_accum
         init_weights = native.mrcnn_bench.get("init_weights")
         images_per_step = native.train_dataloader.batch_size * accum
         native.launcher = "pytorch" if dist.distributed else "none"
 
-        class HarnessTimer(Hook):
-            """Stamps each optimizer step for the harness, after the LR scheduler's update."""
-
-            def before_train(self, runner):
-                # after mmengine's init_weights() and load_or_resume(), before the first iteration
-                if init_weights:
-                    load_exact(model, from_torchvision(load_initial_weights(init_weights)), init_weights)
-                timer.before_train()
-
-            def before_train_iter(self, runner, batch_idx, data_batch=None):
-                if runner.iter % accum == 0:  # the lr of this optimizer step, before the scheduler moves it
-                    self.lr = runner.optim_wrapper.get_lr()["lr"][0]
-                    self.data_time = 0.0
-
-            def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-                hub = runner.message_hub
-                if "train/data_time" in hub.log_scalars:  # IterTimerHook's, for this micro-batch
-                    self.data_time += hub.get_scalar("train/data_time").current()
-                if (runner.iter + 1) % accum:  # stamped when the optimizer stepped
-                    return
-                loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else None
-                timer.after_step(images_per_step, loss=loss, data_time=self.data_time, lr=self.lr, loss_parts=outputs)
-
         from mmengine.registry import DATA_SAMPLERS
 
         DATA_SAMPLERS.register_module(name=ORDER_SAMPLER, module=_ordered_sampler, force=True)
         runner = Runner.from_cfg(native)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        runner.register_hook(HarnessTimer(), priority=HOOK_PRIORITY)
+        runner.register_hook(HarnessTimer(timer, images_per_step, accum, init_weights,
+                                          lambda path: from_torchvision(load_initial_weights(path))), priority=HOOK_PRIORITY)
         _count_work(model, timer)
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
