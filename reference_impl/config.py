@@ -5,7 +5,7 @@ model is usable without any config system.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,13 @@ class PerfCfg:
     cuda_graph_shapes: int = 16  # at most this many shapes captured; further shapes run eagerly
 
 
+def _take(section, source, **explicit):
+    """``section`` (a dataclass) with the fields that ``source`` has under the same names (lists as
+    tuples), then ``explicit`` ones."""
+    values = {f.name: getattr(source, f.name) for f in fields(section) if f.name not in explicit and hasattr(source, f.name)}
+    return section(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, **explicit)
+
+
 @dataclass(frozen=True)
 class ReferenceConfig:
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
@@ -96,55 +103,18 @@ class ReferenceConfig:
 
     @classmethod
     def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
-        m, rpn, roi, inp, opts = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.reference
+        """Each section's fields from the canonical section of the same name, field by field (what the
+        canonical config does not have keeps the reference's default: ``min_box_size``, the box-coding
+        weights, the size divisibility); the backbone's norm and frozen stages as the run uses them."""
+        m = cfg.model
         return cls(
-            perf=PerfCfg(
-                fused_pooler=opts.fused_pooler, compile_heads=opts.compile_heads, batched_targets=opts.batched_targets,
-                cuda_graphs=opts.cuda_graphs, cuda_graph_shapes=opts.cuda_graph_shapes,
-            ),
-            backbone=BackboneCfg(
-                depth=m.backbone.depth, freeze_at=m.effective_freeze_at, norm=m.effective_norm, fpn_out_channels=m.fpn_out_channels
-            ),
-            anchors=AnchorCfg(sizes=tuple(m.anchors.sizes), aspect_ratios=tuple(m.anchors.aspect_ratios)),
-            rpn=RPNCfg(
-                fg_iou_thresh=rpn.fg_iou_thresh,
-                bg_iou_thresh=rpn.bg_iou_thresh,
-                batch_size_per_image=rpn.batch_size_per_image,
-                positive_fraction=rpn.positive_fraction,
-                nms_thresh=rpn.nms_thresh,
-                pre_nms_topk_train=rpn.pre_nms_topk_train,
-                post_nms_topk_train=rpn.post_nms_topk_train,
-                pre_nms_topk_test=rpn.pre_nms_topk_test,
-                post_nms_topk_test=rpn.post_nms_topk_test,
-                smooth_l1_beta=rpn.smooth_l1_beta,
-            ),
-            roi_heads=ROIHeadsCfg(
-                num_classes=num_classes,
-                fg_iou_thresh=roi.fg_iou_thresh,
-                bg_iou_thresh=roi.bg_iou_thresh,
-                batch_size_per_image=roi.batch_size_per_image,
-                positive_fraction=roi.positive_fraction,
-                box_pooler_resolution=roi.box_pooler_resolution,
-                mask_pooler_resolution=roi.mask_pooler_resolution,
-                pooler_sampling_ratio=roi.pooler_sampling_ratio,
-                pooler_aligned=roi.pooler_aligned,
-                box_head_num_fc=roi.box_head_num_fc,
-                box_head_fc_dim=roi.box_head_fc_dim,
-                mask_head_num_conv=roi.mask_head_num_conv,
-                mask_head_conv_dim=roi.mask_head_conv_dim,
-                score_thresh_test=roi.score_thresh_test,
-                nms_thresh_test=roi.nms_thresh_test,
-                detections_per_image=roi.detections_per_image,
-                smooth_l1_beta=roi.smooth_l1_beta,
-            ),
-            input=InputCfg(
-                min_size_train=tuple(inp.min_size_train),
-                max_size_train=inp.max_size_train,
-                min_size_test=inp.min_size_test,
-                max_size_test=inp.max_size_test,
-                pixel_mean=tuple(m.pixel_mean),
-                pixel_std=tuple(m.pixel_std),
-            ),
+            perf=_take(PerfCfg, cfg.reference),
+            backbone=_take(BackboneCfg, m.backbone, freeze_at=m.effective_freeze_at, norm=m.effective_norm,
+                           fpn_out_channels=m.fpn_out_channels),
+            anchors=_take(AnchorCfg, m.anchors),
+            rpn=_take(RPNCfg, m.rpn),
+            roi_heads=_take(ROIHeadsCfg, m.roi_heads, num_classes=num_classes),
+            input=_take(InputCfg, cfg.input, pixel_mean=tuple(m.pixel_mean), pixel_std=tuple(m.pixel_std)),
         )
 
     @classmethod
