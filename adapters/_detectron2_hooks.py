@@ -6,7 +6,7 @@ from __future__ import annotations
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 
 from .base import DistInfo
-from .common import ordered_batches
+from ._common import ordered_batches
 
 
 class HarnessTimer(HookBase):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mmengine.hooks import Hook
 
-from .common import load_exact
+from ._common import load_exact
 
 
 class HarnessTimer(Hook):

@@ -16,7 +16,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import (
+from ._common import (
     CAFFE_STYLE,
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
@@ -374,4 +374,4 @@ class Detectron2Adapter(Adapter):
         return {"native_config": native.dump(), "shims": shims}
 
 
-ADAPTER = Detectron2Adapter()
+ADAPTERS = [Detectron2Adapter()]

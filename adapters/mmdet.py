@@ -26,7 +26,7 @@ import os
 import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import (
+from ._common import (
     CAFFE_STYLE,
     PYTORCH_STYLE,
     attach_work_counters,
@@ -464,4 +464,4 @@ class MMDetAdapter(Adapter):
         return {"native_config": native.pretty_text, "shims": shims}
 
 
-ADAPTER = MMDetAdapter()
+ADAPTERS = [MMDetAdapter()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
-from .common import (
+from ._common import (
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
     attach_work_counters,
@@ -230,4 +230,4 @@ def build_scheduler(optimizer, solver: dict):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_multistep(**{k: solver[k] for k in keys}))
 
 
-ADAPTER = ReferenceAdapter()
+ADAPTERS = [ReferenceAdapter()]

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
-from .common import (
+from ._common import (
     LOW_QUALITY_ANY_IOU,
     PYTORCH_STYLE,
     attach_work_counters,
@@ -417,4 +417,4 @@ def load_weights(model, path: str) -> None:
         raise ValueError(f"{path}: unexpected keys in checkpoint: {unexpected[:5]}")
 
 
-ADAPTER = TorchvisionAdapter()
+ADAPTERS = [TorchvisionAdapter()]

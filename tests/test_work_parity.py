@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY, run_cli
 from mrcnn_bench.adapters import get_adapter
-from mrcnn_bench.adapters.common import WeightsMismatch, load_exact, schedule_facts
+from mrcnn_bench.adapters._common import WeightsMismatch, load_exact, schedule_facts
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
 from mrcnn_bench.harness.data import DataPaths
 from mrcnn_bench.harness.data_order import global_batches, rank_batches, usable_images
@@ -255,7 +255,7 @@ def _framework_model(impl, cfg):
         from detectron2.modeling import build_model
 
         return build_model(native)
-    from mrcnn_bench.adapters.common import pillow_linear_alias
+    from mrcnn_bench.adapters._common import pillow_linear_alias
 
     pillow_linear_alias()
     from mmdet.registry import MODELS
@@ -328,7 +328,7 @@ def test_every_framework_starts_from_the_shared_weights(impl, tmp_path):
     else:
         import importlib
 
-        from mrcnn_bench.adapters.common import load_initial_weights
+        from mrcnn_bench.adapters._common import load_initial_weights
 
         module = importlib.import_module(f"mrcnn_bench.adapters.{impl}")
         model = _framework_model(impl, cfg)
@@ -400,7 +400,7 @@ def test_loaders_follow_the_run_order(impl, synth_root):
 
 @pytest.mark.skipif(not _installed("detectron2"), reason="detectron2 is not installed")
 def test_detectron2_loader_follows_the_run_order(synth_root):
-    from mrcnn_bench.adapters.common import ordered_batches, data_spec
+    from mrcnn_bench.adapters._common import ordered_batches, data_spec
     from mrcnn_bench.adapters.base import DistInfo
     from mrcnn_bench.adapters.detectron2 import _DATASET, _apply_shims
 
@@ -426,7 +426,7 @@ def test_detectron2_loader_follows_the_run_order(synth_root):
 def test_mmdet_sampler_follows_the_run_order(synth_root):
     """The sampler the mmdet config names, over mmdet's own CocoDataset, yields the order's images in its
     batches (mmengine batches a sampler's indices in turn: no batch sampler of its own)."""
-    from mrcnn_bench.adapters.common import pillow_linear_alias
+    from mrcnn_bench.adapters._common import pillow_linear_alias
     from mrcnn_bench.adapters.mmdet import ORDER_SAMPLER, _ordered_sampler
 
     cfg = load_config(SMALL, {"benchmark.num_workers": 0})
