@@ -131,114 +131,16 @@ class Detectron2Adapter(Adapter):
 
     # ----------------------------------------------------------------- translate
     def translate(self, cfg, data=None):
+        """detectron2's default config (get_cfg) with the canonical values set in it, one section at a
+        time: model, input and data, solver, runtime."""
         from detectron2.config import get_cfg
 
-        m, rpn, roi, inp, sol, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
-        if inp.horizontal_flip_prob not in (0.0, 0.5):
-            raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
-        if bench.dtype == "bf16":
-            raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
-        if bench.dtype == "fp16" and bench.device != "cuda":
-            raise UnsupportedConfig("detectron2 v0.6's AMPTrainer needs CUDA (benchmark.dtype fp16 on cpu)")
-        if bench.grad_accum != 1:
-            raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")
+        _check_supported(cfg)
         c = get_cfg()
-        c.MODEL.DEVICE = bench.device
-        c.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-        c.MODEL.MASK_ON = True
-        c.MODEL.WEIGHTS = "" if m.init_weights else (m.weights or "")  # the shared initialisation holds model.weights
-        c.MODEL.PIXEL_MEAN = list(m.pixel_mean)
-        c.MODEL.PIXEL_STD = list(m.pixel_std)
-        c.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
-        c.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-        c.MODEL.BACKBONE.FREEZE_AT = m.effective_freeze_at
-        c.MODEL.RESNETS.DEPTH = m.backbone.depth
-        c.MODEL.RESNETS.NORM = m.effective_norm
-        c.MODEL.RESNETS.STRIDE_IN_1X1 = False  # pytorch-style (torchvision) ResNet: stride in the 3x3
-        c.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-        c.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-        c.MODEL.FPN.OUT_CHANNELS = m.fpn_out_channels
-        c.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in m.anchors.sizes]
-        c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(m.anchors.aspect_ratios)]
-        c.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-        c.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-        c.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
-        c.MODEL.RPN.IOU_LABELS = [0, -1, 1]
-        c.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
-        c.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
-        c.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
-        c.MODEL.RPN.PRE_NMS_TOPK_TRAIN = rpn.pre_nms_topk_train
-        c.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
-        c.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
-        c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
-        c.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
-        c.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
-        c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-        c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-        c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
-        c.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
-        c.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
-        if roi.bg_iou_thresh != roi.fg_iou_thresh:
-            raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
-        c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = roi.batch_size_per_image
-        c.MODEL.ROI_HEADS.POSITIVE_FRACTION = roi.positive_fraction
-        c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = roi.score_thresh_test
-        c.MODEL.ROI_HEADS.NMS_THRESH_TEST = roi.nms_thresh_test
-        c.TEST.DETECTIONS_PER_IMAGE = roi.detections_per_image
-        pooler = "ROIAlignV2" if roi.pooler_aligned else "ROIAlign"
-        c.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-        c.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
-        c.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
-        c.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
-        c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = roi.smooth_l1_beta
-        c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
-        c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
-        c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
-        c.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
-        c.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-        c.MODEL.ROI_MASK_HEAD.NUM_CONV = roi.mask_head_num_conv
-        c.MODEL.ROI_MASK_HEAD.CONV_DIM = roi.mask_head_conv_dim
-        c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = roi.mask_pooler_resolution
-        c.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
-        c.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler
-        c.INPUT.MIN_SIZE_TRAIN = tuple(inp.min_size_train)
-        c.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
-        c.INPUT.MAX_SIZE_TRAIN = inp.max_size_train
-        c.INPUT.MIN_SIZE_TEST = inp.min_size_test
-        c.INPUT.MAX_SIZE_TEST = inp.max_size_test
-        c.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
-        c.INPUT.MASK_FORMAT = "polygon"
-        c.DATASETS.TRAIN = (_DATASET,)
-        c.DATASETS.TEST = ()
-        c.DATALOADER.NUM_WORKERS = bench.num_workers
-        c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
-        # batches come from the run's one data order (grouped there by aspect ratio, as detectron2 does)
-        c.DATALOADER.ASPECT_RATIO_GROUPING = False
-        c.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
-        c.SOLVER.BASE_LR = sol.base_lr
-        c.SOLVER.MOMENTUM = sol.momentum
-        c.SOLVER.WEIGHT_DECAY = sol.weight_decay
-        c.SOLVER.WEIGHT_DECAY_NORM = sol.weight_decay_norm
-        c.SOLVER.WARMUP_METHOD = sol.warmup_method
-        c.SOLVER.WARMUP_ITERS = sol.warmup_iters
-        c.SOLVER.WARMUP_FACTOR = sol.warmup_factor
-        c.SOLVER.STEPS = tuple(sol.steps)
-        c.SOLVER.GAMMA = sol.gamma
-        # The canonical schedule's length: detectron2 places warm-up (WARMUP_ITERS / MAX_ITER of the
-        # schedule, capped at 1) and steps by it. The run stops after benchmark.iters (see train()).
-        c.SOLVER.MAX_ITER = sol.max_iter
-        c.SOLVER.CHECKPOINT_PERIOD = 10**9
-        c.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
-        c.TEST.EVAL_PERIOD = 0
-        c.SEED = bench.seed
-        c.VIS_PERIOD = 0
-        c.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
-        c.set_new_allowed(True)
-        c.MRCNN_BENCH = type(c)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
-                                 "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
-                                 "ITERS": bench.iters, "INIT_WEIGHTS": m.init_weights or "",
-                                 "ORDER": type(c)(data_spec(cfg, data)["order"])})
-        c.freeze()
+        _set_model(c, cfg, data)
+        _set_input(c, cfg)
+        _set_solver(c, cfg)
+        _set_runtime(c, cfg, data)
         return c
 
     # ------------------------------------------------------- effective hparams
@@ -372,6 +274,135 @@ class Detectron2Adapter(Adapter):
             load_exact(model, from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)), native.MRCNN_BENCH.INIT_WEIGHTS)
         trainer.train()
         return {"native_config": native.dump(), "shims": shims}
+
+
+def _check_supported(cfg) -> None:
+    """What detectron2 v0.6 cannot run as asked, before it is asked to."""
+    inp, bench, roi = cfg.input, cfg.benchmark, cfg.model.roi_heads
+    if inp.horizontal_flip_prob not in (0.0, 0.5):
+        raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
+    if bench.dtype == "bf16":
+        raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
+    if bench.dtype == "fp16" and bench.device != "cuda":
+        raise UnsupportedConfig("detectron2 v0.6's AMPTrainer needs CUDA (benchmark.dtype fp16 on cpu)")
+    if bench.grad_accum != 1:
+        raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")
+    if roi.bg_iou_thresh != roi.fg_iou_thresh:
+        raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
+
+
+def _set_model(c, cfg, data) -> None:
+    """MODEL: the ResNet + FPN, anchors, RPN, ROI heads and their box and mask heads."""
+    m, rpn, roi, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.benchmark
+    c.MODEL.DEVICE = bench.device
+    c.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    c.MODEL.MASK_ON = True
+    c.MODEL.WEIGHTS = "" if m.init_weights else (m.weights or "")  # the shared initialisation holds model.weights
+    c.MODEL.PIXEL_MEAN = list(m.pixel_mean)
+    c.MODEL.PIXEL_STD = list(m.pixel_std)
+    c.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
+    c.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    c.MODEL.BACKBONE.FREEZE_AT = m.effective_freeze_at
+    c.MODEL.RESNETS.DEPTH = m.backbone.depth
+    c.MODEL.RESNETS.NORM = m.effective_norm
+    c.MODEL.RESNETS.STRIDE_IN_1X1 = False  # pytorch-style (torchvision) ResNet: stride in the 3x3
+    c.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    c.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    c.MODEL.FPN.OUT_CHANNELS = m.fpn_out_channels
+    c.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in m.anchors.sizes]
+    c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(m.anchors.aspect_ratios)]
+    c.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    c.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    c.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
+    c.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+    c.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
+    c.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
+    c.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
+    c.MODEL.RPN.PRE_NMS_TOPK_TRAIN = rpn.pre_nms_topk_train
+    c.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
+    c.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
+    c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
+    c.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
+    c.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
+    c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
+    c.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
+    c.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+    c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = roi.batch_size_per_image
+    c.MODEL.ROI_HEADS.POSITIVE_FRACTION = roi.positive_fraction
+    c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = roi.score_thresh_test
+    c.MODEL.ROI_HEADS.NMS_THRESH_TEST = roi.nms_thresh_test
+    c.TEST.DETECTIONS_PER_IMAGE = roi.detections_per_image
+    pooler = "ROIAlignV2" if roi.pooler_aligned else "ROIAlign"
+    c.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    c.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
+    c.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
+    c.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+    c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = roi.smooth_l1_beta
+    c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+    c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
+    c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+    c.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
+    c.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    c.MODEL.ROI_MASK_HEAD.NUM_CONV = roi.mask_head_num_conv
+    c.MODEL.ROI_MASK_HEAD.CONV_DIM = roi.mask_head_conv_dim
+    c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = roi.mask_pooler_resolution
+    c.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+    c.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler
+
+
+def _set_input(c, cfg) -> None:
+    """INPUT, DATASETS, DATALOADER: sizes, flip, masks as polygons, the run's one data order."""
+    inp, bench = cfg.input, cfg.benchmark
+    c.INPUT.MIN_SIZE_TRAIN = tuple(inp.min_size_train)
+    c.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    c.INPUT.MAX_SIZE_TRAIN = inp.max_size_train
+    c.INPUT.MIN_SIZE_TEST = inp.min_size_test
+    c.INPUT.MAX_SIZE_TEST = inp.max_size_test
+    c.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
+    c.INPUT.MASK_FORMAT = "polygon"
+    c.DATASETS.TRAIN = (_DATASET,)
+    c.DATASETS.TEST = ()
+    c.DATALOADER.NUM_WORKERS = bench.num_workers
+    c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
+    # batches come from the run's one data order (grouped there by aspect ratio, as detectron2 does)
+    c.DATALOADER.ASPECT_RATIO_GROUPING = False
+
+
+def _set_solver(c, cfg) -> None:
+    """SOLVER: the global batch, SGD, warm-up and steps over the canonical schedule's length."""
+    sol, bench = cfg.solver, cfg.benchmark
+    c.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
+    c.SOLVER.BASE_LR = sol.base_lr
+    c.SOLVER.MOMENTUM = sol.momentum
+    c.SOLVER.WEIGHT_DECAY = sol.weight_decay
+    c.SOLVER.WEIGHT_DECAY_NORM = sol.weight_decay_norm
+    c.SOLVER.WARMUP_METHOD = sol.warmup_method
+    c.SOLVER.WARMUP_ITERS = sol.warmup_iters
+    c.SOLVER.WARMUP_FACTOR = sol.warmup_factor
+    c.SOLVER.STEPS = tuple(sol.steps)
+    c.SOLVER.GAMMA = sol.gamma
+    # The canonical schedule's length: detectron2 places warm-up (WARMUP_ITERS / MAX_ITER of the
+    # schedule, capped at 1) and steps by it. The run stops after benchmark.iters (see train()).
+    c.SOLVER.MAX_ITER = sol.max_iter
+    c.SOLVER.CHECKPOINT_PERIOD = 10**9
+    c.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
+
+
+def _set_runtime(c, cfg, data) -> None:
+    """Evaluation off, seed, output folder, and what the harness reads back (MRCNN_BENCH)."""
+    m, bench = cfg.model, cfg.benchmark
+    c.TEST.EVAL_PERIOD = 0
+    c.SEED = bench.seed
+    c.VIS_PERIOD = 0
+    c.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
+    c.set_new_allowed(True)
+    c.MRCNN_BENCH = type(c)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
+                             "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
+                             "ITERS": bench.iters, "INIT_WEIGHTS": m.init_weights or "",
+                             "ORDER": type(c)(data_spec(cfg, data)["order"])})
+    c.freeze()
 
 
 ADAPTERS = [Detectron2Adapter()]

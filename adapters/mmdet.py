@@ -172,157 +172,23 @@ class MMDetAdapter(Adapter):
 
     # ----------------------------------------------------------------- translate
     def translate(self, cfg, data=None):
+        """mmdet's stock Mask R-CNN 1x config (its own file) with the canonical values set in it, one
+        section at a time: model, data, schedule, runtime."""
         from pathlib import Path
 
         import mmdet
         from mmengine.config import Config
 
-        m, rpn, roi, inp, sol, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
-        if bench.dtype != "fp32" and bench.device != "cuda":
-            raise UnsupportedConfig(f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})")
-        if bench.device == "cpu":
-            import torch
-
-            if torch.cuda.is_available():
-                raise UnsupportedConfig("mmengine puts the model on the GPU whenever one is visible: for a CPU run set CUDA_VISIBLE_DEVICES=")
-        accum = bench.grad_accum
+        _check_supported(cfg.benchmark)
         stock = Path(mmdet.__file__).parent / ".mim" / "configs" / STOCK_CONFIG
         if not stock.is_file():
             raise FileNotFoundError(f"{stock}: mmdet's stock config is missing; reinstall with: make mmdet")
         c = Config.fromfile(stock)
-        model = c.model
-        model.data_preprocessor.mean = list(m.pixel_mean)
-        model.data_preprocessor.std = list(m.pixel_std)
-        model.data_preprocessor.bgr_to_rgb = True  # images load as BGR; the statistics are RGB
-
-        bb = model.backbone
-        bb.depth = m.backbone.depth
-        bb.frozen_stages = m.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
-        bb.norm_cfg, bb.norm_eval = _norm(m.effective_norm)
-        # never downloads; the shared initialisation (loaded before training) already holds model.weights
-        bb.init_cfg = dict(type="Pretrained", checkpoint=str(m.weights)) if m.weights and not m.init_weights else None
-
-        model.neck.out_channels = m.fpn_out_channels
-        head = model.rpn_head
-        head.in_channels = head.feat_channels = m.fpn_out_channels
-        head.loss_bbox = _box_loss(rpn.smooth_l1_beta, head.loss_bbox)
-        gen = head.anchor_generator
-        if len(m.anchors.sizes) != len(gen.strides):
-            raise UnsupportedConfig(f"model.anchors.sizes needs one size per FPN level {list(gen.strides)}")
-        scales = {size / stride for size, stride in zip(m.anchors.sizes, gen.strides)}
-        if len(scales) == 1:
-            gen.scales = [scales.pop()]
-        else:
-            gen.base_sizes, gen.scales = list(m.anchors.sizes), [1.0]
-        gen.ratios = list(m.anchors.aspect_ratios)
-
-        tr, te = model.train_cfg, model.test_cfg
-        tr.rpn.assigner.pos_iou_thr = rpn.fg_iou_thresh
-        tr.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
-        tr.rpn.sampler.num = rpn.batch_size_per_image
-        tr.rpn.sampler.pos_fraction = rpn.positive_fraction
-        tr.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
-        tr.rpn_proposal.max_per_img = rpn.post_nms_topk_train
-        tr.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
-        te.rpn.nms_pre = rpn.pre_nms_topk_test
-        te.rpn.max_per_img = rpn.post_nms_topk_test
-        te.rpn.nms.iou_threshold = rpn.nms_thresh
-        tr.rcnn.assigner.pos_iou_thr = roi.fg_iou_thresh
-        tr.rcnn.assigner.neg_iou_thr = roi.bg_iou_thresh
-        tr.rcnn.assigner.min_pos_iou = roi.fg_iou_thresh
-        tr.rcnn.sampler.num = roi.batch_size_per_image
-        tr.rcnn.sampler.pos_fraction = roi.positive_fraction
-        tr.rcnn.mask_size = 2 * roi.mask_pooler_resolution
-        te.rcnn.score_thr = roi.score_thresh_test
-        te.rcnn.nms.iou_threshold = roi.nms_thresh_test
-        te.rcnn.max_per_img = roi.detections_per_image
-
         classes = _class_names(cfg, data)
-        rh = model.roi_head
-        for extractor, size in ((rh.bbox_roi_extractor, roi.box_pooler_resolution), (rh.mask_roi_extractor, roi.mask_pooler_resolution)):
-            extractor.out_channels = m.fpn_out_channels
-            extractor.roi_layer.output_size = size
-            extractor.roi_layer.sampling_ratio = roi.pooler_sampling_ratio
-            extractor.roi_layer.aligned = roi.pooler_aligned
-        box = rh.bbox_head
-        if roi.box_head_num_fc != 2:  # Shared2FCBBoxHead is ConvFCBBoxHead with two shared fcs
-            box.type, box.num_shared_convs, box.num_shared_fcs = "ConvFCBBoxHead", 0, roi.box_head_num_fc
-        box.in_channels = m.fpn_out_channels
-        box.roi_feat_size = roi.box_pooler_resolution
-        box.fc_out_channels = roi.box_head_fc_dim
-        box.num_classes = len(classes)
-        box.loss_bbox = _box_loss(roi.smooth_l1_beta, box.loss_bbox)
-        mask = rh.mask_head
-        mask.in_channels = m.fpn_out_channels
-        mask.num_convs = roi.mask_head_num_conv
-        mask.conv_out_channels = roi.mask_head_conv_dim
-        mask.num_classes = len(classes)
-
-        if len(inp.min_size_train) == 1:
-            resize = dict(type="Resize", scale=(inp.max_size_train, inp.min_size_train[0]), keep_ratio=True)
-        else:
-            resize = dict(type="RandomChoiceResize", scales=[(inp.max_size_train, s) for s in inp.min_size_train], keep_ratio=True)
-        pipeline = [
-            dict(type="LoadImageFromFile", backend_args=None),
-            dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
-            resize,
-            dict(type="RandomFlip", prob=inp.horizontal_flip_prob),
-            dict(type="PackDetInputs"),
-        ]
-        test_pipeline = [
-            dict(type="LoadImageFromFile", backend_args=None),
-            dict(type="Resize", scale=(inp.max_size_test, inp.min_size_test), keep_ratio=True),
-            dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
-        ]
-        loader = c.train_dataloader
-        loader.batch_size = cfg.ims_per_gpu
-        loader.num_workers = bench.num_workers
-        loader.persistent_workers = bench.num_workers > 0
-        # the run's one data order, endless (mmdet's epoch-based DefaultSampler would restart the loader
-        # and its workers after every pass, inside the timed window), grouped by aspect ratio there: the
-        # stock AspectRatioBatchSampler would regroup it
-        loader.sampler = dict(type=ORDER_SAMPLER, order=data_spec(cfg, data)["order"], train_json=str(data.train_json) if data else "")
-        loader.batch_sampler = None
-        ds = loader.dataset
-        ds.data_root = ""
-        ds.ann_file = str(data.train_json) if data else ""
-        ds.data_prefix = dict(img=(str(data.train_images) + os.sep) if data else "")
-        ds.metainfo = dict(classes=classes)
-        ds.filter_cfg = dict(filter_empty_gt=inp.filter_empty_annotations, min_size=32)
-        ds.pipeline = pipeline
-        c.train_pipeline, c.test_pipeline = pipeline, test_pipeline  # the stock file's top-level copies
-        for key in ("val_dataloader", "val_evaluator", "val_cfg", "test_dataloader", "test_evaluator", "test_cfg"):
-            c[key] = None
-
-        c.optim_wrapper = dict(
-            type="OptimWrapper",
-            optimizer=dict(type="SGD", lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay),
-            paramwise_cfg=dict(norm_decay_mult=sol.weight_decay_norm / sol.weight_decay if sol.weight_decay else 0.0),
-            accumulative_counts=accum,
-        )
-        # mmengine's LinearLR reaches factor 1 at iteration end - begin - 1
-        c.param_scheduler = [
-            dict(type="LinearLR", start_factor=sol.warmup_factor, by_epoch=False, begin=0, end=sol.warmup_iters * accum + 1),
-            dict(type="MultiStepLR", by_epoch=False, begin=0, end=sol.max_iter * accum, milestones=[s * accum for s in sol.steps], gamma=sol.gamma),
-        ]
-        c.train_cfg = dict(type="IterBasedTrainLoop", max_iters=bench.iters * accum, val_interval=10**9)
-        c.default_hooks.checkpoint = None  # no 170 MB checkpoint at the end of a benchmark
-        c.default_hooks.logger = dict(type="LoggerHook", interval=50, log_metric_by_epoch=False)
-        c.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
-        c.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                         dist_cfg=dict(backend="nccl" if bench.device == "cuda" else "gloo"))
-        if bench.device == "cpu":  # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses on CPU
-            c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-        if bench.dtype != "fp32":
-            c.optim_wrapper.type = "AmpOptimWrapper"
-            c.optim_wrapper.dtype = {"fp16": "float16", "bf16": "bfloat16"}[bench.dtype]
-        c.log_level = "WARNING"  # the harness prints progress; mmengine's INFO lists every parameter group
-        c.randomness = dict(seed=bench.seed)
-        c.load_from = None
-        c.resume = False
-        c.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
-        c.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
-                             init_weights=m.init_weights)
+        _set_model(c.model, cfg, classes)
+        _set_data(c, cfg, data, classes)
+        _set_schedule(c, cfg)
+        _set_runtime(c, cfg)
         return c
 
     # ------------------------------------------------------- effective hparams
@@ -462,6 +328,170 @@ class MMDetAdapter(Adapter):
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
         return {"native_config": native.pretty_text, "shims": shims}
+
+
+def _check_supported(bench) -> None:
+    """What this adapter cannot run, before mmengine is asked to."""
+    if bench.dtype != "fp32" and bench.device != "cuda":
+        raise UnsupportedConfig(f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})")
+    if bench.device == "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            raise UnsupportedConfig("mmengine puts the model on the GPU whenever one is visible: for a CPU run set CUDA_VISIBLE_DEVICES=")
+
+
+def _set_model(model, cfg, classes) -> None:
+    """Backbone, FPN, RPN (anchors, matching, sampling, proposals) and RoI heads."""
+    m, rpn, roi = cfg.model, cfg.model.rpn, cfg.model.roi_heads
+    model.data_preprocessor.mean = list(m.pixel_mean)
+    model.data_preprocessor.std = list(m.pixel_std)
+    model.data_preprocessor.bgr_to_rgb = True  # images load as BGR; the statistics are RGB
+
+    bb = model.backbone
+    bb.depth = m.backbone.depth
+    bb.frozen_stages = m.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
+    bb.norm_cfg, bb.norm_eval = _norm(m.effective_norm)
+    # never downloads; the shared initialisation (loaded before training) already holds model.weights
+    bb.init_cfg = dict(type="Pretrained", checkpoint=str(m.weights)) if m.weights and not m.init_weights else None
+
+    model.neck.out_channels = m.fpn_out_channels
+    head = model.rpn_head
+    head.in_channels = head.feat_channels = m.fpn_out_channels
+    head.loss_bbox = _box_loss(rpn.smooth_l1_beta, head.loss_bbox)
+    gen = head.anchor_generator
+    if len(m.anchors.sizes) != len(gen.strides):
+        raise UnsupportedConfig(f"model.anchors.sizes needs one size per FPN level {list(gen.strides)}")
+    scales = {size / stride for size, stride in zip(m.anchors.sizes, gen.strides)}
+    if len(scales) == 1:
+        gen.scales = [scales.pop()]
+    else:
+        gen.base_sizes, gen.scales = list(m.anchors.sizes), [1.0]
+    gen.ratios = list(m.anchors.aspect_ratios)
+
+    tr, te = model.train_cfg, model.test_cfg
+    tr.rpn.assigner.pos_iou_thr = rpn.fg_iou_thresh
+    tr.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
+    tr.rpn.sampler.num = rpn.batch_size_per_image
+    tr.rpn.sampler.pos_fraction = rpn.positive_fraction
+    tr.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
+    tr.rpn_proposal.max_per_img = rpn.post_nms_topk_train
+    tr.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
+    te.rpn.nms_pre = rpn.pre_nms_topk_test
+    te.rpn.max_per_img = rpn.post_nms_topk_test
+    te.rpn.nms.iou_threshold = rpn.nms_thresh
+    tr.rcnn.assigner.pos_iou_thr = roi.fg_iou_thresh
+    tr.rcnn.assigner.neg_iou_thr = roi.bg_iou_thresh
+    tr.rcnn.assigner.min_pos_iou = roi.fg_iou_thresh
+    tr.rcnn.sampler.num = roi.batch_size_per_image
+    tr.rcnn.sampler.pos_fraction = roi.positive_fraction
+    tr.rcnn.mask_size = 2 * roi.mask_pooler_resolution
+    te.rcnn.score_thr = roi.score_thresh_test
+    te.rcnn.nms.iou_threshold = roi.nms_thresh_test
+    te.rcnn.max_per_img = roi.detections_per_image
+
+    rh = model.roi_head
+    for extractor, size in ((rh.bbox_roi_extractor, roi.box_pooler_resolution), (rh.mask_roi_extractor, roi.mask_pooler_resolution)):
+        extractor.out_channels = m.fpn_out_channels
+        extractor.roi_layer.output_size = size
+        extractor.roi_layer.sampling_ratio = roi.pooler_sampling_ratio
+        extractor.roi_layer.aligned = roi.pooler_aligned
+    box = rh.bbox_head
+    if roi.box_head_num_fc != 2:  # Shared2FCBBoxHead is ConvFCBBoxHead with two shared fcs
+        box.type, box.num_shared_convs, box.num_shared_fcs = "ConvFCBBoxHead", 0, roi.box_head_num_fc
+    box.in_channels = m.fpn_out_channels
+    box.roi_feat_size = roi.box_pooler_resolution
+    box.fc_out_channels = roi.box_head_fc_dim
+    box.num_classes = len(classes)
+    box.loss_bbox = _box_loss(roi.smooth_l1_beta, box.loss_bbox)
+    mask = rh.mask_head
+    mask.in_channels = m.fpn_out_channels
+    mask.num_convs = roi.mask_head_num_conv
+    mask.conv_out_channels = roi.mask_head_conv_dim
+    mask.num_classes = len(classes)
+
+
+
+def _set_data(c, cfg, data, classes) -> None:
+    """The training pipeline and loader, in the run's data order; no validation or test."""
+    inp, bench = cfg.input, cfg.benchmark
+    if len(inp.min_size_train) == 1:
+        resize = dict(type="Resize", scale=(inp.max_size_train, inp.min_size_train[0]), keep_ratio=True)
+    else:
+        resize = dict(type="RandomChoiceResize", scales=[(inp.max_size_train, s) for s in inp.min_size_train], keep_ratio=True)
+    pipeline = [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        resize,
+        dict(type="RandomFlip", prob=inp.horizontal_flip_prob),
+        dict(type="PackDetInputs"),
+    ]
+    test_pipeline = [
+        dict(type="LoadImageFromFile", backend_args=None),
+        dict(type="Resize", scale=(inp.max_size_test, inp.min_size_test), keep_ratio=True),
+        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+    ]
+    loader = c.train_dataloader
+    loader.batch_size = cfg.ims_per_gpu
+    loader.num_workers = bench.num_workers
+    loader.persistent_workers = bench.num_workers > 0
+    # the run's one data order, endless (mmdet's epoch-based DefaultSampler would restart the loader
+    # and its workers after every pass, inside the timed window), grouped by aspect ratio there: the
+    # stock AspectRatioBatchSampler would regroup it
+    loader.sampler = dict(type=ORDER_SAMPLER, order=data_spec(cfg, data)["order"], train_json=str(data.train_json) if data else "")
+    loader.batch_sampler = None
+    ds = loader.dataset
+    ds.data_root = ""
+    ds.ann_file = str(data.train_json) if data else ""
+    ds.data_prefix = dict(img=(str(data.train_images) + os.sep) if data else "")
+    ds.metainfo = dict(classes=classes)
+    ds.filter_cfg = dict(filter_empty_gt=inp.filter_empty_annotations, min_size=32)
+    ds.pipeline = pipeline
+    c.train_pipeline, c.test_pipeline = pipeline, test_pipeline  # the stock file's top-level copies
+    for key in ("val_dataloader", "val_evaluator", "val_cfg", "test_dataloader", "test_evaluator", "test_cfg"):
+        c[key] = None
+
+
+
+def _set_schedule(c, cfg) -> None:
+    """SGD with its weight decays, the warm-up and steps in mmengine's iterations (x accumulation)."""
+    sol, bench = cfg.solver, cfg.benchmark
+    accum = bench.grad_accum
+    c.optim_wrapper = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="SGD", lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay),
+        paramwise_cfg=dict(norm_decay_mult=sol.weight_decay_norm / sol.weight_decay if sol.weight_decay else 0.0),
+        accumulative_counts=accum,
+    )
+    # mmengine's LinearLR reaches factor 1 at iteration end - begin - 1
+    c.param_scheduler = [
+        dict(type="LinearLR", start_factor=sol.warmup_factor, by_epoch=False, begin=0, end=sol.warmup_iters * accum + 1),
+        dict(type="MultiStepLR", by_epoch=False, begin=0, end=sol.max_iter * accum, milestones=[s * accum for s in sol.steps], gamma=sol.gamma),
+    ]
+    c.train_cfg = dict(type="IterBasedTrainLoop", max_iters=bench.iters * accum, val_interval=10**9)
+
+
+def _set_runtime(c, cfg) -> None:
+    """Hooks, logging, distribution, precision, seed, and what the harness reads back."""
+    m, bench = cfg.model, cfg.benchmark
+    accum = bench.grad_accum
+    c.default_hooks.checkpoint = None  # no 170 MB checkpoint at the end of a benchmark
+    c.default_hooks.logger = dict(type="LoggerHook", interval=50, log_metric_by_epoch=False)
+    c.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
+    c.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                     dist_cfg=dict(backend="nccl" if bench.device == "cuda" else "gloo"))
+    if bench.device == "cpu":  # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses on CPU
+        c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    if bench.dtype != "fp32":
+        c.optim_wrapper.type = "AmpOptimWrapper"
+        c.optim_wrapper.dtype = {"fp16": "float16", "bf16": "bfloat16"}[bench.dtype]
+    c.log_level = "WARNING"  # the harness prints progress; mmengine's INFO lists every parameter group
+    c.randomness = dict(seed=bench.seed)
+    c.load_from = None
+    c.resume = False
+    c.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
+    c.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
+                         init_weights=m.init_weights)
 
 
 ADAPTERS = [MMDetAdapter()]
