@@ -129,51 +129,70 @@ def set_tf32(on: bool) -> None:
 
 
 def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int) -> int:
-    import torch
+    """One rank's whole part: set up, train with the timer, sum the global batch, and on rank 0 write
+    the record."""
     import torch.distributed as tdist
 
     from mrcnn_bench.adapters import get_adapter
-    from mrcnn_bench.adapters.base import DistInfo
     from mrcnn_bench.harness.config import Config
-    from mrcnn_bench.harness.data import DataPaths, num_classes
-    from mrcnn_bench.harness.results import (
-        PARTIAL_ITERATIONS,
-        atomic_write_json,
-        atomic_write_jsonl,
-        capture_environment,
-        make_run_record,
-    )
-    from mrcnn_bench.harness.timing import IterationTimer, work_per_image
+    from mrcnn_bench.harness.data import DataPaths
+    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
 
     cfg = Config.model_validate(spec["config"])
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
-    bench = cfg.benchmark
-    threads = spec["threads_per_rank"]
-    cpus = _pin_threads(threads, local_rank, local_world)
-
-    if bench.device == "cuda":
-        set_tf32(bench.tf32)
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-        backend = "nccl"
-    else:
-        device = "cpu"
-        backend = "gloo"
-    if world > 1:
-        tdist.init_process_group(backend=backend)
-    else:
-        backend = None
-    dist = DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+    cpus = _pin_threads(spec["threads_per_rank"], local_rank, local_world)
+    dist = _setup_distributed(cfg.benchmark, rank, world, local_rank)
 
     adapter = get_adapter(impl)
     version = adapter.require()
     native = adapter.translate(cfg, data)
-
-    partial = None
+    timer, partial = _timer(run_dir, cfg.benchmark, dist)
+    extra = adapter.train(cfg, data, timer, dist) or {}
+    if len(timer.records) != cfg.benchmark.iters:
+        raise RuntimeError(f"{impl}: the adapter ran {len(timer.records)} iterations, {cfg.benchmark.iters} were asked for")
+    world_images = _global_images(timer, dist)
     if rank == 0:
-        partial = open(run_dir / PARTIAL_ITERATIONS, "w")
+        env_extra = {"cpu_set": cpus, "impl_version": version, **topology(world, local_world, dist.backend)}
+        record = _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, dist, env_extra, run_dir)
+        partial.close()
+        (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
+        s, bench = record["summary"], cfg.benchmark
+        print(f"{impl}: {s['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
+              f"median {s['s_per_iter_median']:.3f} s/iter", file=sys.stderr, flush=True)
+    if dist.distributed:
+        tdist.barrier()
+        tdist.destroy_process_group()
+    return 0
 
-    progress = _progress_printer(rank, bench.iters, max(1, bench.iters // 20))
+
+def _setup_distributed(bench, rank: int, world: int, local_rank: int):
+    """This rank's device (TF32 set alike for every implementation on CUDA) and process group."""
+    import torch
+    import torch.distributed as tdist
+
+    from mrcnn_bench.adapters.base import DistInfo
+
+    if bench.device == "cuda":
+        set_tf32(bench.tf32)
+        torch.cuda.set_device(local_rank)
+        device, backend = f"cuda:{local_rank}", "nccl"
+    else:
+        device, backend = "cpu", "gloo"
+    if world > 1:
+        tdist.init_process_group(backend=backend)
+    else:
+        backend = None
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
+
+
+def _timer(run_dir: Path, bench, dist):
+    """The IterationTimer the adapter stamps; rank 0 streams each iteration to the partial file (kept
+    if the run dies) and prints progress. Returns (timer, the partial file or None)."""
+    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
+    from mrcnn_bench.harness.timing import IterationTimer
+
+    partial = open(run_dir / PARTIAL_ITERATIONS, "w") if dist.rank == 0 else None
+    progress = _progress_printer(dist.rank, bench.iters, max(1, bench.iters // 20))
 
     def on_iteration(rec):
         if partial is not None:
@@ -181,72 +200,69 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
             partial.flush()
         progress(rec)
 
-    timer = IterationTimer.for_device(bench.iters, device, on_iteration=on_iteration)
-    extra = adapter.train(cfg, data, timer, dist) or {}
-    if len(timer.records) != bench.iters:
-        raise RuntimeError(f"{impl}: the adapter ran {len(timer.records)} iterations, {bench.iters} were asked for")
+    return IterationTimer.for_device(bench.iters, dist.device, on_iteration=on_iteration), partial
 
-    # The global batch of each iteration: every rank's own image count, summed.
+
+def _global_images(timer, dist) -> list[int]:
+    """The global batch of each iteration: every rank's own image count, summed."""
+    import torch
+    import torch.distributed as tdist
+
     images = torch.tensor([r.images for r in timer.records], dtype=torch.int64)
     if dist.distributed:
-        images = images.to(device) if backend == "nccl" else images
+        images = images.to(dist.device) if dist.backend == "nccl" else images
         tdist.all_reduce(images)
-    world_images = images.cpu().tolist()
+    return images.cpu().tolist()
 
-    if rank == 0:
-        summary = timer.summary(bench.warmup, bench.end, world_images).to_dict()
-        rows = [r.to_dict() for r in timer.records]
-        summary.update(work_per_image(rows, bench.warmup, bench.end))
-        # Model FLOPs utilisation: the window's model FLOPs per image (from the pixels, RoIs and
-        # positives it recorded) x images/s over the measured matmul peak of every process (calibrated
-        # here, with this process's threads, after the window).
-        from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image
 
-        flops = window_flops_per_image(cached_unit_costs(cfg, num_classes(cfg, data)), rows, bench.warmup, bench.end)
-        peak = matmul_peak_flops(device, bench.dtype)
-        summary.update(
-            flops_per_image=flops,
-            matmul_peak_flops_per_process=peak,
-            mfu=(flops * summary["images_per_s"] / (peak * world)) if flops else None,
-        )
-        rows = [dict(row, global_images=g) for row, g in zip(rows, world_images)]
-        atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
-        env = capture_environment(bench.device, threads, extra={"cpu_set": cpus, "impl_version": version,
-                                                               **topology(world, local_world, backend)})
-        native_dict = extra.pop("native_config", None)
-        if native_dict is None:
-            native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)
-        record = make_run_record(
-            impl=impl,
-            run_id=spec["run_id"],
-            status="ok",
-            config=cfg.to_dict(),
-            native_config=native_dict,
-            effective_hparams=adapter.effective_hparams(native),
-            environment=env,
-            world_size=world,
-            device=bench.device,
-            dtype=bench.dtype,
-            window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
-            summary=summary,
-            iterations_recorded=len(timer.records),
-            data=spec.get("data_summary"),
-            extra={"adapter": extra} if extra else None,
-        )
-        atomic_write_json(run_dir / "run.json", record)
-        partial.close()
-        (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
-        print(
-            f"{impl}: {summary['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
-            f"median {summary['s_per_iter_median']:.3f} s/iter",
-            file=sys.stderr,
-            flush=True,
-        )
-    if dist.distributed:
-        tdist.barrier()
-        tdist.destroy_process_group()
-    return 0
+def _summary(cfg, data, rows: list[dict], timer, world_images: list[int], dist) -> dict:
+    """The window's throughput, its work per image, and its model FLOPs utilisation: the window's
+    model FLOPs per image (from the pixels, RoIs and positives it recorded) x images/s over the
+    measured matmul peak of every process (calibrated here, with this process's threads, after the window)."""
+    from mrcnn_bench.harness.data import num_classes
+    from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image
+    from mrcnn_bench.harness.timing import work_per_image
 
+    bench = cfg.benchmark
+    summary = timer.summary(bench.warmup, bench.end, world_images).to_dict()
+    summary.update(work_per_image(rows, bench.warmup, bench.end))
+    flops = window_flops_per_image(cached_unit_costs(cfg, num_classes(cfg, data)), rows, bench.warmup, bench.end)
+    peak = matmul_peak_flops(dist.device, bench.dtype)
+    summary.update(flops_per_image=flops, matmul_peak_flops_per_process=peak,
+                   mfu=(flops * summary["images_per_s"] / (peak * dist.world_size)) if flops else None)
+    return summary
+
+
+def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, dist, env_extra, run_dir: Path) -> dict:
+    """Rank 0: iterations.jsonl and run.json, each written atomically; returns the record."""
+    from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
+
+    bench = cfg.benchmark
+    rows = [r.to_dict() for r in timer.records]
+    summary = _summary(cfg, data, rows, timer, world_images, dist)
+    atomic_write_jsonl(run_dir / "iterations.jsonl", [dict(row, global_images=g) for row, g in zip(rows, world_images)])
+    native_dict = extra.pop("native_config", None)
+    if native_dict is None:
+        native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)
+    record = make_run_record(
+        impl=impl,
+        run_id=spec["run_id"],
+        status="ok",
+        config=cfg.to_dict(),
+        native_config=native_dict,
+        effective_hparams=adapter.effective_hparams(native),
+        environment=capture_environment(bench.device, spec["threads_per_rank"], extra=env_extra),
+        world_size=dist.world_size,
+        device=bench.device,
+        dtype=bench.dtype,
+        window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
+        summary=summary,
+        iterations_recorded=len(timer.records),
+        data=spec.get("data_summary"),
+        extra={"adapter": extra} if extra else None,
+    )
+    atomic_write_json(run_dir / "run.json", record)
+    return record
 
 if __name__ == "__main__":
     sys.exit(main())
