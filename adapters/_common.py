@@ -38,10 +38,10 @@ def data_spec(cfg, data) -> dict:
         train_images=str(data.train_images) if data else None,
         horizontal_flip_prob=cfg.input.horizontal_flip_prob,
         filter_empty=cfg.input.filter_empty_annotations,
-        batch_size_per_process=cfg.ims_per_gpu,
+        batch_size_per_process=cfg.ims_per_process_step,
         num_workers=cfg.benchmark.num_workers,
         # the run's one data order (harness.data_order), less the process's place in it
-        order=dict(per_process=cfg.ims_per_gpu, seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping),
+        order=dict(per_process=cfg.ims_per_process_step, seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping),
     )
 
 

@@ -432,7 +432,7 @@ def _set_data(c, cfg, data, classes) -> None:
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
     ]
     loader = c.train_dataloader
-    loader.batch_size = cfg.ims_per_gpu
+    loader.batch_size = cfg.ims_per_process_step
     loader.num_workers = bench.num_workers
     loader.persistent_workers = bench.num_workers > 0
     # the run's one data order, endless (mmdet's epoch-based DefaultSampler would restart the loader

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             per_round[name].append(timed(trainers[name], args.iters, device))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names),
               file=sys.stderr, flush=True)
-    print(f"reference levers, {cfg.name}, {cfg.ims_per_gpu} images/iteration, {torch.get_num_threads()} threads, {device}; "
+    print(f"reference levers, {cfg.name}, {cfg.ims_per_process_step} images/iteration, {torch.get_num_threads()} threads, {device}; "
           f"{args.rounds} rounds x {args.iters} iterations after {args.warmup} warm-up")
     print("| variant | what | host syncs / step | ms/iter (median) | speed-up vs baseline: median [min, max] |")
     print("|---|---|---:|---:|---:|")

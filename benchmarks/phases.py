@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     results = {impl: run(impl, cfg, paths, device, args.iters, args.warmup) for impl in args.impl.split(",")}
     impls = list(results)
-    print(f"ms per iteration (median of {args.iters - args.warmup}), {cfg.name}, {cfg.ims_per_gpu} images, "
+    print(f"ms per iteration (median of {args.iters - args.warmup}), {cfg.name}, {cfg.ims_per_process_step} images, "
           f"{torch.get_num_threads()} threads, {device}")
     print("| phase | " + " | ".join(impls) + " |")
     print("|---|" + "---:|" * len(impls))

@@ -239,8 +239,8 @@ class Config(_Section):
         return self
 
     @property
-    def ims_per_gpu(self) -> int:
-        """Images per process per forward pass."""
+    def ims_per_process_step(self) -> int:
+        """Images per process per forward/backward (the global batch over processes and accumulation)."""
         return self.solver.ims_per_batch // (self.benchmark.gpus * self.benchmark.grad_accum)
 
     def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "Config":

@@ -68,7 +68,7 @@ def rank_batches(train_json, *, per_process: int, rank: int, world_size: int, se
 
 def spec(cfg, train_json, rank: int, world_size: int) -> dict:
     """The arguments of :func:`rank_batches` for a run of ``cfg`` (what adapters pass their samplers)."""
-    return dict(train_json=str(train_json), per_process=cfg.ims_per_gpu, rank=rank, world_size=world_size,
+    return dict(train_json=str(train_json), per_process=cfg.ims_per_process_step, rank=rank, world_size=world_size,
                 seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping)
 
 

@@ -40,7 +40,7 @@ def canonical_values(cfg, num_classes: int | None = None) -> dict:
     flat["model.backbone.freeze_at"] = cfg.model.effective_freeze_at
     flat["model.num_classes"] = cfg.model.num_classes or num_classes
     flat["model.rpn.post_nms_topk_scope"] = "per image"
-    flat["solver.ims_per_batch_per_process"] = cfg.ims_per_gpu
+    flat["solver.ims_per_batch_per_process"] = cfg.ims_per_process_step
     return flat
 
 
@@ -191,7 +191,7 @@ FORWARD_RTOL = 1e-4
 
 
 def check_images(cfg, train_json, image_dir):
-    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_gpu`` images),
+    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_process_step`` images),
     resized here (short side ``min_size_train[0]``, long side at most ``max_size_train``, bilinear),
     normalised with the config's pixel statistics and padded with zeros to a multiple of 32."""
     import numpy as np
@@ -201,7 +201,7 @@ def check_images(cfg, train_json, image_dir):
 
     from .data_order import global_batches
 
-    ids = next(global_batches(train_json, batch=cfg.ims_per_gpu, seed=cfg.benchmark.seed,
+    ids = next(global_batches(train_json, batch=cfg.ims_per_process_step, seed=cfg.benchmark.seed,
                               group_by_aspect=cfg.input.aspect_ratio_grouping))
     files = {im["id"]: im["file_name"] for im in json.loads(Path(train_json).read_text())["images"]}
     mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)

@@ -31,7 +31,7 @@ class Busy(Adapter):
         return True, "test"
 
     def translate(self, cfg, data=None):
-        return {"iters": cfg.benchmark.iters, "batch": cfg.ims_per_gpu}
+        return {"iters": cfg.benchmark.iters, "batch": cfg.ims_per_process_step}
 
     def effective_hparams(self, native):
         return {"solver.ims_per_batch_per_process": native["batch"], "_notes": {}}
@@ -75,7 +75,7 @@ class Busy(Adapter):
             for _ in range(reps):
                 a = torch.tanh(a @ a) + 0.01
                 time.sleep(1e-3)
-            timer.after_step(cfg.ims_per_gpu, loss=float(a.mean()))
+            timer.after_step(cfg.ims_per_process_step, loss=float(a.mean()))
         return {}
 
 

@@ -19,7 +19,7 @@ def _flat(d, prefix=""):
 
 def test_canonical_config_has_the_detectron_baseline():
     cfg = load_config(CANONICAL)
-    assert cfg.solver.ims_per_batch == 16 and cfg.benchmark.gpus == 8 and cfg.ims_per_gpu == 2
+    assert cfg.solver.ims_per_batch == 16 and cfg.benchmark.gpus == 8 and cfg.ims_per_process_step == 2
     assert cfg.solver.base_lr == 0.02 and cfg.solver.momentum == 0.9 and cfg.solver.weight_decay == 1e-4
     assert cfg.input.min_size_train == [800] and cfg.input.max_size_train == 1333
     assert cfg.model.anchors.sizes == [32, 64, 128, 256, 512] and cfg.model.anchors.aspect_ratios == [0.5, 1.0, 2.0]

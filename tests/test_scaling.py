@@ -36,7 +36,7 @@ def test_strong_scaling_keeps_the_canonical_batch_and_accumulates_what_a_process
         p = plan(capped, world)
         assert (p.global_batch, p.ims_per_step, p.grad_accum) == (16, 2, steps)
         scaled = load_config(CANONICAL, {**p.overrides(), "benchmark.max_ims_per_step": 2})  # the config validates
-        assert scaled.ims_per_gpu * world * scaled.benchmark.grad_accum == 16
+        assert scaled.ims_per_process_step * world * scaled.benchmark.grad_accum == 16
     assert plan(load_config(CANONICAL, {"benchmark.max_ims_per_step": 3}), 2).grad_accum == 4  # 8 = 4 x 2, not 3 x 2.67
 
 
@@ -186,7 +186,7 @@ def test_the_headline_command_on_an_8_gpu_node_runs_the_canonical_benchmark(monk
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == "config: mask_rcnn_R_50_FPN_noaug_1x (8 CUDA device(s) visible)"
     cfg, opts = seen["cfg"], seen["opts"]
-    assert (cfg.name, cfg.benchmark.device, cfg.benchmark.gpus, cfg.ims_per_gpu, cfg.benchmark.grad_accum) == (
+    assert (cfg.name, cfg.benchmark.device, cfg.benchmark.gpus, cfg.ims_per_process_step, cfg.benchmark.grad_accum) == (
         "mask_rcnn_R_50_FPN_noaug_1x", "cuda", 8, 2, 1)
     assert (cfg.solver.ims_per_batch, cfg.solver.base_lr, cfg.benchmark.scaling) == (16, 0.02, "strong")
     assert (opts.nproc_per_node, opts.nnodes, opts.world_size, opts.leader) == (8, 1, 8, True)
