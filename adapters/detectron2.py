@@ -136,79 +136,79 @@ class Detectron2Adapter(Adapter):
         from detectron2.config import get_cfg
 
         _check_supported(cfg)
-        c = get_cfg()
-        _set_model(c, cfg, data)
-        _set_input(c, cfg)
-        _set_solver(c, cfg)
-        _set_runtime(c, cfg, data)
-        return c
+        d2cfg = get_cfg()
+        _set_model(d2cfg, cfg, data)
+        _set_input(d2cfg, cfg)
+        _set_solver(d2cfg, cfg)
+        _set_runtime(d2cfg, cfg, data)
+        return d2cfg
 
     # ------------------------------------------------------- effective hparams
     def effective_hparams(self, native) -> dict:
-        c = native
-        world = c.MRCNN_BENCH.WORLD_SIZE
-        pooler_aligned = c.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
-        flip = 0.5 if c.INPUT.RANDOM_FLIP == "horizontal" else 0.0  # RandomFlip's fixed probability
+        d2cfg = native
+        world = d2cfg.MRCNN_BENCH.WORLD_SIZE
+        pooler_aligned = d2cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
+        flip = 0.5 if d2cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0  # RandomFlip's fixed probability
         return {
-            "model.num_classes": c.MODEL.ROI_HEADS.NUM_CLASSES,
-            "model.pixel_mean": list(c.MODEL.PIXEL_MEAN),
-            "model.pixel_std": list(c.MODEL.PIXEL_STD),
-            "model.backbone.depth": c.MODEL.RESNETS.DEPTH,
-            "model.backbone.freeze_at": c.MODEL.BACKBONE.FREEZE_AT,
-            "model.backbone.norm": c.MODEL.RESNETS.NORM,
-            "model.fpn_out_channels": c.MODEL.FPN.OUT_CHANNELS,
-            "model.anchors.sizes": [s[0] for s in c.MODEL.ANCHOR_GENERATOR.SIZES],
-            "model.anchors.aspect_ratios": list(c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
-            "model.rpn.fg_iou_thresh": c.MODEL.RPN.IOU_THRESHOLDS[1],
-            "model.rpn.bg_iou_thresh": c.MODEL.RPN.IOU_THRESHOLDS[0],
-            "model.rpn.batch_size_per_image": c.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
-            "model.rpn.positive_fraction": c.MODEL.RPN.POSITIVE_FRACTION,
-            "model.rpn.nms_thresh": c.MODEL.RPN.NMS_THRESH,
-            "model.rpn.pre_nms_topk_train": c.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
-            "model.rpn.post_nms_topk_train": c.MODEL.RPN.POST_NMS_TOPK_TRAIN,
-            "model.rpn.pre_nms_topk_test": c.MODEL.RPN.PRE_NMS_TOPK_TEST,
-            "model.rpn.post_nms_topk_test": c.MODEL.RPN.POST_NMS_TOPK_TEST,
+            "model.num_classes": d2cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+            "model.pixel_mean": list(d2cfg.MODEL.PIXEL_MEAN),
+            "model.pixel_std": list(d2cfg.MODEL.PIXEL_STD),
+            "model.backbone.depth": d2cfg.MODEL.RESNETS.DEPTH,
+            "model.backbone.freeze_at": d2cfg.MODEL.BACKBONE.FREEZE_AT,
+            "model.backbone.norm": d2cfg.MODEL.RESNETS.NORM,
+            "model.fpn_out_channels": d2cfg.MODEL.FPN.OUT_CHANNELS,
+            "model.anchors.sizes": [s[0] for s in d2cfg.MODEL.ANCHOR_GENERATOR.SIZES],
+            "model.anchors.aspect_ratios": list(d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
+            "model.rpn.fg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[1],
+            "model.rpn.bg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
+            "model.rpn.batch_size_per_image": d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
+            "model.rpn.positive_fraction": d2cfg.MODEL.RPN.POSITIVE_FRACTION,
+            "model.rpn.nms_thresh": d2cfg.MODEL.RPN.NMS_THRESH,
+            "model.rpn.pre_nms_topk_train": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+            "model.rpn.post_nms_topk_train": d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+            "model.rpn.pre_nms_topk_test": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+            "model.rpn.post_nms_topk_test": d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
             "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
-            "model.roi_heads.fg_iou_thresh": c.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-            "model.roi_heads.bg_iou_thresh": c.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-            "model.roi_heads.batch_size_per_image": c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-            "model.roi_heads.positive_fraction": c.MODEL.ROI_HEADS.POSITIVE_FRACTION,
-            "model.roi_heads.box_pooler_resolution": c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
-            "model.roi_heads.mask_pooler_resolution": c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
-            "model.roi_heads.pooler_sampling_ratio": c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+            "model.roi_heads.fg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            "model.roi_heads.bg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            "model.roi_heads.batch_size_per_image": d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "model.roi_heads.positive_fraction": d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+            "model.roi_heads.box_pooler_resolution": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+            "model.roi_heads.mask_pooler_resolution": d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+            "model.roi_heads.pooler_sampling_ratio": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
             "model.roi_heads.pooler_aligned": pooler_aligned,
-            "model.roi_heads.box_head_num_fc": c.MODEL.ROI_BOX_HEAD.NUM_FC,
-            "model.roi_heads.box_head_fc_dim": c.MODEL.ROI_BOX_HEAD.FC_DIM,
-            "model.roi_heads.mask_head_num_conv": c.MODEL.ROI_MASK_HEAD.NUM_CONV,
-            "model.roi_heads.mask_head_conv_dim": c.MODEL.ROI_MASK_HEAD.CONV_DIM,
-            "model.roi_heads.score_thresh_test": c.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-            "model.roi_heads.nms_thresh_test": c.MODEL.ROI_HEADS.NMS_THRESH_TEST,
-            "model.roi_heads.detections_per_image": c.TEST.DETECTIONS_PER_IMAGE,
-            "input.min_size_train": list(c.INPUT.MIN_SIZE_TRAIN),
-            "input.max_size_train": c.INPUT.MAX_SIZE_TRAIN,
-            "input.min_size_test": c.INPUT.MIN_SIZE_TEST,
-            "input.max_size_test": c.INPUT.MAX_SIZE_TEST,
+            "model.roi_heads.box_head_num_fc": d2cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
+            "model.roi_heads.box_head_fc_dim": d2cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+            "model.roi_heads.mask_head_num_conv": d2cfg.MODEL.ROI_MASK_HEAD.NUM_CONV,
+            "model.roi_heads.mask_head_conv_dim": d2cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+            "model.roi_heads.score_thresh_test": d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            "model.roi_heads.nms_thresh_test": d2cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            "model.roi_heads.detections_per_image": d2cfg.TEST.DETECTIONS_PER_IMAGE,
+            "input.min_size_train": list(d2cfg.INPUT.MIN_SIZE_TRAIN),
+            "input.max_size_train": d2cfg.INPUT.MAX_SIZE_TRAIN,
+            "input.min_size_test": d2cfg.INPUT.MIN_SIZE_TEST,
+            "input.max_size_test": d2cfg.INPUT.MAX_SIZE_TEST,
             "input.horizontal_flip_prob": flip,
-            "input.filter_empty_annotations": c.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            "solver.ims_per_batch_per_process": c.SOLVER.IMS_PER_BATCH // world,
-            "solver.base_lr": c.SOLVER.BASE_LR,
-            "solver.momentum": c.SOLVER.MOMENTUM,
-            "solver.weight_decay": c.SOLVER.WEIGHT_DECAY,
-            "solver.weight_decay_norm": c.SOLVER.WEIGHT_DECAY_NORM,
-            "solver.warmup_method": c.SOLVER.WARMUP_METHOD,
+            "input.filter_empty_annotations": d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            "solver.ims_per_batch_per_process": d2cfg.SOLVER.IMS_PER_BATCH // world,
+            "solver.base_lr": d2cfg.SOLVER.BASE_LR,
+            "solver.momentum": d2cfg.SOLVER.MOMENTUM,
+            "solver.weight_decay": d2cfg.SOLVER.WEIGHT_DECAY,
+            "solver.weight_decay_norm": d2cfg.SOLVER.WEIGHT_DECAY_NORM,
+            "solver.warmup_method": d2cfg.SOLVER.WARMUP_METHOD,
             # from what detectron2's own scheduler does with this config, not from its keys
-            **schedule_facts(self.lr_trajectory(c, schedule_length(self._solver(c))), c.SOLVER.BASE_LR),
+            **schedule_facts(self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg))), d2cfg.SOLVER.BASE_LR),
             # not canonical keys, shown so the table says how each framework differs
-            "model.rpn.smooth_l1_beta": c.MODEL.RPN.SMOOTH_L1_BETA if c.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
-            "model.roi_heads.smooth_l1_beta": (c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
-                                               if c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
+            "model.rpn.smooth_l1_beta": d2cfg.MODEL.RPN.SMOOTH_L1_BETA if d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
+            "model.roi_heads.smooth_l1_beta": (d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+                                               if d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
             "info.mask_targets": "polygons rasterised per RoI",
             # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
-            "input.aspect_ratio_grouping": c.MRCNN_BENCH.ORDER.group_by_aspect and not c.DATALOADER.ASPECT_RATIO_GROUPING,
-            "info.backbone_style": CAFFE_STYLE if c.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
+            "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            "info.backbone_style": CAFFE_STYLE if d2cfg.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # RPN's Matcher(allow_low_quality_matches=True)
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
-            "info.roi_gt_as_proposals": c.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
+            "info.roi_gt_as_proposals": d2cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
             "_notes": {},
         }
 
@@ -225,8 +225,8 @@ class Detectron2Adapter(Adapter):
         return forward_outputs(levels, *rpn.rpn_head(levels))
 
     @staticmethod
-    def _solver(c) -> dict:
-        return dict(max_iter=c.SOLVER.MAX_ITER, warmup_iters=c.SOLVER.WARMUP_ITERS, steps=list(c.SOLVER.STEPS))
+    def _solver(d2cfg) -> dict:
+        return dict(max_iter=d2cfg.SOLVER.MAX_ITER, warmup_iters=d2cfg.SOLVER.WARMUP_ITERS, steps=list(d2cfg.SOLVER.STEPS))
 
     def lr_trajectory(self, native, n: int) -> list[float]:
         """The learning rate of iterations 0..n-1 as detectron2's ``build_lr_scheduler`` (what
@@ -291,118 +291,118 @@ def _check_supported(cfg) -> None:
         raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
 
 
-def _set_model(c, cfg, data) -> None:
+def _set_model(d2cfg, cfg, data) -> None:
     """MODEL: the ResNet + FPN, anchors, RPN, ROI heads and their box and mask heads."""
-    m, rpn, roi, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.benchmark
-    c.MODEL.DEVICE = bench.device
-    c.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    c.MODEL.MASK_ON = True
-    c.MODEL.WEIGHTS = "" if m.init_weights else (m.weights or "")  # the shared initialisation holds model.weights
-    c.MODEL.PIXEL_MEAN = list(m.pixel_mean)
-    c.MODEL.PIXEL_STD = list(m.pixel_std)
-    c.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
-    c.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    c.MODEL.BACKBONE.FREEZE_AT = m.effective_freeze_at
-    c.MODEL.RESNETS.DEPTH = m.backbone.depth
-    c.MODEL.RESNETS.NORM = m.effective_norm
-    c.MODEL.RESNETS.STRIDE_IN_1X1 = False  # pytorch-style (torchvision) ResNet: stride in the 3x3
-    c.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    c.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    c.MODEL.FPN.OUT_CHANNELS = m.fpn_out_channels
-    c.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in m.anchors.sizes]
-    c.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(m.anchors.aspect_ratios)]
-    c.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-    c.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    c.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
-    c.MODEL.RPN.IOU_LABELS = [0, -1, 1]
-    c.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
-    c.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
-    c.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
-    c.MODEL.RPN.PRE_NMS_TOPK_TRAIN = rpn.pre_nms_topk_train
-    c.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
-    c.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
-    c.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
-    c.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
-    c.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
-    c.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    c.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
-    c.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
-    c.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
-    c.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = roi.batch_size_per_image
-    c.MODEL.ROI_HEADS.POSITIVE_FRACTION = roi.positive_fraction
-    c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = roi.score_thresh_test
-    c.MODEL.ROI_HEADS.NMS_THRESH_TEST = roi.nms_thresh_test
-    c.TEST.DETECTIONS_PER_IMAGE = roi.detections_per_image
+    model_cfg, rpn, roi, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.benchmark
+    d2cfg.MODEL.DEVICE = bench.device
+    d2cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    d2cfg.MODEL.MASK_ON = True
+    d2cfg.MODEL.WEIGHTS = "" if model_cfg.init_weights else (model_cfg.weights or "")  # the shared initialisation holds model.weights
+    d2cfg.MODEL.PIXEL_MEAN = list(model_cfg.pixel_mean)
+    d2cfg.MODEL.PIXEL_STD = list(model_cfg.pixel_std)
+    d2cfg.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
+    d2cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    d2cfg.MODEL.BACKBONE.FREEZE_AT = model_cfg.effective_freeze_at
+    d2cfg.MODEL.RESNETS.DEPTH = model_cfg.backbone.depth
+    d2cfg.MODEL.RESNETS.NORM = model_cfg.effective_norm
+    d2cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False  # pytorch-style (torchvision) ResNet: stride in the 3x3
+    d2cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    d2cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    d2cfg.MODEL.FPN.OUT_CHANNELS = model_cfg.fpn_out_channels
+    d2cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[s] for s in model_cfg.anchors.sizes]
+    d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [list(model_cfg.anchors.aspect_ratios)]
+    d2cfg.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+    d2cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    d2cfg.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
+    d2cfg.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+    d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
+    d2cfg.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
+    d2cfg.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
+    d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = rpn.pre_nms_topk_train
+    d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = rpn.post_nms_topk_train
+    d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = rpn.pre_nms_topk_test
+    d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
+    d2cfg.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
+    d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
+    d2cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    d2cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    d2cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
+    d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS = [roi.fg_iou_thresh]
+    d2cfg.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+    d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = roi.batch_size_per_image
+    d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = roi.positive_fraction
+    d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = roi.score_thresh_test
+    d2cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = roi.nms_thresh_test
+    d2cfg.TEST.DETECTIONS_PER_IMAGE = roi.detections_per_image
     pooler = "ROIAlignV2" if roi.pooler_aligned else "ROIAlign"
-    c.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    c.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
-    c.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
-    c.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
-    c.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = roi.smooth_l1_beta
-    c.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
-    c.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
-    c.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
-    c.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
-    c.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    c.MODEL.ROI_MASK_HEAD.NUM_CONV = roi.mask_head_num_conv
-    c.MODEL.ROI_MASK_HEAD.CONV_DIM = roi.mask_head_conv_dim
-    c.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = roi.mask_pooler_resolution
-    c.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
-    c.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler
+    d2cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    d2cfg.MODEL.ROI_BOX_HEAD.NUM_FC = roi.box_head_num_fc
+    d2cfg.MODEL.ROI_BOX_HEAD.FC_DIM = roi.box_head_fc_dim
+    d2cfg.MODEL.ROI_BOX_HEAD.NUM_CONV = 0
+    d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = roi.smooth_l1_beta
+    d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+    d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = roi.box_pooler_resolution
+    d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+    d2cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = pooler
+    d2cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    d2cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = roi.mask_head_num_conv
+    d2cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = roi.mask_head_conv_dim
+    d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = roi.mask_pooler_resolution
+    d2cfg.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = roi.pooler_sampling_ratio
+    d2cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = pooler
 
 
-def _set_input(c, cfg) -> None:
+def _set_input(d2cfg, cfg) -> None:
     """INPUT, DATASETS, DATALOADER: sizes, flip, masks as polygons, the run's one data order."""
     inp, bench = cfg.input, cfg.benchmark
-    c.INPUT.MIN_SIZE_TRAIN = tuple(inp.min_size_train)
-    c.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
-    c.INPUT.MAX_SIZE_TRAIN = inp.max_size_train
-    c.INPUT.MIN_SIZE_TEST = inp.min_size_test
-    c.INPUT.MAX_SIZE_TEST = inp.max_size_test
-    c.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
-    c.INPUT.MASK_FORMAT = "polygon"
-    c.DATASETS.TRAIN = (_DATASET,)
-    c.DATASETS.TEST = ()
-    c.DATALOADER.NUM_WORKERS = bench.num_workers
-    c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
+    d2cfg.INPUT.MIN_SIZE_TRAIN = tuple(inp.min_size_train)
+    d2cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    d2cfg.INPUT.MAX_SIZE_TRAIN = inp.max_size_train
+    d2cfg.INPUT.MIN_SIZE_TEST = inp.min_size_test
+    d2cfg.INPUT.MAX_SIZE_TEST = inp.max_size_test
+    d2cfg.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
+    d2cfg.INPUT.MASK_FORMAT = "polygon"
+    d2cfg.DATASETS.TRAIN = (_DATASET,)
+    d2cfg.DATASETS.TEST = ()
+    d2cfg.DATALOADER.NUM_WORKERS = bench.num_workers
+    d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = inp.filter_empty_annotations
     # batches come from the run's one data order (grouped there by aspect ratio, as detectron2 does)
-    c.DATALOADER.ASPECT_RATIO_GROUPING = False
+    d2cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
 
 
-def _set_solver(c, cfg) -> None:
+def _set_solver(d2cfg, cfg) -> None:
     """SOLVER: the global batch, SGD, warm-up and steps over the canonical schedule's length."""
     sol, bench = cfg.solver, cfg.benchmark
-    c.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
-    c.SOLVER.BASE_LR = sol.base_lr
-    c.SOLVER.MOMENTUM = sol.momentum
-    c.SOLVER.WEIGHT_DECAY = sol.weight_decay
-    c.SOLVER.WEIGHT_DECAY_NORM = sol.weight_decay_norm
-    c.SOLVER.WARMUP_METHOD = sol.warmup_method
-    c.SOLVER.WARMUP_ITERS = sol.warmup_iters
-    c.SOLVER.WARMUP_FACTOR = sol.warmup_factor
-    c.SOLVER.STEPS = tuple(sol.steps)
-    c.SOLVER.GAMMA = sol.gamma
+    d2cfg.SOLVER.IMS_PER_BATCH = cfg.solver.ims_per_batch  # global: detectron2 divides by the world size
+    d2cfg.SOLVER.BASE_LR = sol.base_lr
+    d2cfg.SOLVER.MOMENTUM = sol.momentum
+    d2cfg.SOLVER.WEIGHT_DECAY = sol.weight_decay
+    d2cfg.SOLVER.WEIGHT_DECAY_NORM = sol.weight_decay_norm
+    d2cfg.SOLVER.WARMUP_METHOD = sol.warmup_method
+    d2cfg.SOLVER.WARMUP_ITERS = sol.warmup_iters
+    d2cfg.SOLVER.WARMUP_FACTOR = sol.warmup_factor
+    d2cfg.SOLVER.STEPS = tuple(sol.steps)
+    d2cfg.SOLVER.GAMMA = sol.gamma
     # The canonical schedule's length: detectron2 places warm-up (WARMUP_ITERS / MAX_ITER of the
     # schedule, capped at 1) and steps by it. The run stops after benchmark.iters (see train()).
-    c.SOLVER.MAX_ITER = sol.max_iter
-    c.SOLVER.CHECKPOINT_PERIOD = 10**9
-    c.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
+    d2cfg.SOLVER.MAX_ITER = sol.max_iter
+    d2cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
+    d2cfg.SOLVER.AMP.ENABLED = bench.dtype == "fp16"
 
 
-def _set_runtime(c, cfg, data) -> None:
+def _set_runtime(d2cfg, cfg, data) -> None:
     """Evaluation off, seed, output folder, and what the harness reads back (MRCNN_BENCH)."""
-    m, bench = cfg.model, cfg.benchmark
-    c.TEST.EVAL_PERIOD = 0
-    c.SEED = bench.seed
-    c.VIS_PERIOD = 0
-    c.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
-    c.set_new_allowed(True)
-    c.MRCNN_BENCH = type(c)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
+    model_cfg, bench = cfg.model, cfg.benchmark
+    d2cfg.TEST.EVAL_PERIOD = 0
+    d2cfg.SEED = bench.seed
+    d2cfg.VIS_PERIOD = 0
+    d2cfg.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
+    d2cfg.set_new_allowed(True)
+    d2cfg.MRCNN_BENCH = type(d2cfg)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
                              "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
-                             "ITERS": bench.iters, "INIT_WEIGHTS": m.init_weights or "",
-                             "ORDER": type(c)(data_spec(cfg, data)["order"])})
-    c.freeze()
+                             "ITERS": bench.iters, "INIT_WEIGHTS": model_cfg.init_weights or "",
+                             "ORDER": type(d2cfg)(data_spec(cfg, data)["order"])})
+    d2cfg.freeze()
 
 
 ADAPTERS = [Detectron2Adapter()]

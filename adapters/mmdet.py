@@ -60,7 +60,7 @@ def _class_names(cfg, data) -> tuple[str, ...]:
     if data is None:
         return tuple(f"class_{i}" for i in range(n))
     categories = json.loads(data.train_json.read_text())["categories"]
-    names = tuple(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
+    names = tuple(mmcfg["name"] for mmcfg in sorted(categories, key=lambda mmcfg: mmcfg["id"]))
     if len(names) != n:
         raise UnsupportedConfig(f"model.num_classes is {n} but {data.train_json} has {len(names)} categories; mmdet trains on the file's categories")
     return names
@@ -183,92 +183,92 @@ class MMDetAdapter(Adapter):
         stock = Path(mmdet.__file__).parent / ".mim" / "configs" / STOCK_CONFIG
         if not stock.is_file():
             raise FileNotFoundError(f"{stock}: mmdet's stock config is missing; reinstall with: make mmdet")
-        c = Config.fromfile(stock)
+        mmcfg = Config.fromfile(stock)
         classes = _class_names(cfg, data)
-        _set_model(c.model, cfg, classes)
-        _set_data(c, cfg, data, classes)
-        _set_schedule(c, cfg)
-        _set_runtime(c, cfg)
-        return c
+        _set_model(mmcfg.model, cfg, classes)
+        _set_data(mmcfg, cfg, data, classes)
+        _set_schedule(mmcfg, cfg)
+        _set_runtime(mmcfg, cfg)
+        return mmcfg
 
     # ------------------------------------------------------- effective hparams
     def effective_hparams(self, native) -> dict:
-        c = native
-        model, tr, te = c.model, c.model.train_cfg, c.model.test_cfg
-        bb, gen, rh = model.backbone, model.rpn_head.anchor_generator, model.roi_head
-        accum = c.mrcnn_bench.grad_accum
+        mmcfg = native
+        model, train_cfg, test_cfg = mmcfg.model, mmcfg.model.train_cfg, mmcfg.model.test_cfg
+        backbone, gen, roi_head = model.backbone, model.rpn_head.anchor_generator, model.roi_head
+        accum = mmcfg.mrcnn_bench.grad_accum
         bases = gen.get("base_sizes") or gen.strides
-        norm = bb.norm_cfg.type
-        if norm == "BN" and bb.norm_eval:
-            norm = "FrozenBN" if not bb.norm_cfg.get("requires_grad", True) else "BN (frozen statistics, trained affine)"
-        resize = next(t for t in c.train_dataloader.dataset.pipeline if t["type"] in ("Resize", "RandomChoiceResize"))
+        norm = backbone.norm_cfg.type
+        if norm == "BN" and backbone.norm_eval:
+            norm = "FrozenBN" if not backbone.norm_cfg.get("requires_grad", True) else "BN (frozen statistics, trained affine)"
+        resize = next(t for t in mmcfg.train_dataloader.dataset.pipeline if t["type"] in ("Resize", "RandomChoiceResize"))
         scales = [resize["scale"]] if resize["type"] == "Resize" else resize["scales"]
-        test_resize = next(t for t in c.test_pipeline if t["type"] == "Resize")
-        flip = next(t for t in c.train_dataloader.dataset.pipeline if t["type"] == "RandomFlip")
-        box = rh.bbox_head
-        linear, steps = c.param_scheduler
-        sgd = c.optim_wrapper.optimizer
+        test_resize = next(t for t in mmcfg.test_pipeline if t["type"] == "Resize")
+        flip = next(t for t in mmcfg.train_dataloader.dataset.pipeline if t["type"] == "RandomFlip")
+        box = roi_head.bbox_head
+        linear, steps = mmcfg.param_scheduler
+        sgd = mmcfg.optim_wrapper.optimizer
         return {
             "model.num_classes": box.num_classes,
             "model.pixel_mean": list(model.data_preprocessor.mean),
             "model.pixel_std": list(model.data_preprocessor.std),
-            "model.backbone.depth": bb.depth,
-            "model.backbone.freeze_at": bb.frozen_stages + 1,
+            "model.backbone.depth": backbone.depth,
+            "model.backbone.freeze_at": backbone.frozen_stages + 1,
             "model.backbone.norm": norm,
             "model.fpn_out_channels": model.neck.out_channels,
             "model.anchors.sizes": [b * gen.scales[0] for b in bases],
             "model.anchors.aspect_ratios": list(gen.ratios),
-            "model.rpn.fg_iou_thresh": tr.rpn.assigner.pos_iou_thr,
-            "model.rpn.bg_iou_thresh": tr.rpn.assigner.neg_iou_thr,
-            "model.rpn.batch_size_per_image": tr.rpn.sampler.num,
-            "model.rpn.positive_fraction": tr.rpn.sampler.pos_fraction,
-            "model.rpn.nms_thresh": tr.rpn_proposal.nms.iou_threshold,
-            "model.rpn.pre_nms_topk_train": tr.rpn_proposal.nms_pre,
-            "model.rpn.post_nms_topk_train": tr.rpn_proposal.max_per_img,
-            "model.rpn.pre_nms_topk_test": te.rpn.nms_pre,
-            "model.rpn.post_nms_topk_test": te.rpn.max_per_img,
+            "model.rpn.fg_iou_thresh": train_cfg.rpn.assigner.pos_iou_thr,
+            "model.rpn.bg_iou_thresh": train_cfg.rpn.assigner.neg_iou_thr,
+            "model.rpn.batch_size_per_image": train_cfg.rpn.sampler.num,
+            "model.rpn.positive_fraction": train_cfg.rpn.sampler.pos_fraction,
+            "model.rpn.nms_thresh": train_cfg.rpn_proposal.nms.iou_threshold,
+            "model.rpn.pre_nms_topk_train": train_cfg.rpn_proposal.nms_pre,
+            "model.rpn.post_nms_topk_train": train_cfg.rpn_proposal.max_per_img,
+            "model.rpn.pre_nms_topk_test": test_cfg.rpn.nms_pre,
+            "model.rpn.post_nms_topk_test": test_cfg.rpn.max_per_img,
             "model.rpn.post_nms_topk_scope": "per image",  # max_per_img
-            "model.roi_heads.fg_iou_thresh": tr.rcnn.assigner.pos_iou_thr,
-            "model.roi_heads.bg_iou_thresh": tr.rcnn.assigner.neg_iou_thr,
-            "model.roi_heads.batch_size_per_image": tr.rcnn.sampler.num,
-            "model.roi_heads.positive_fraction": tr.rcnn.sampler.pos_fraction,
-            "model.roi_heads.box_pooler_resolution": rh.bbox_roi_extractor.roi_layer.output_size,
-            "model.roi_heads.mask_pooler_resolution": rh.mask_roi_extractor.roi_layer.output_size,
-            "model.roi_heads.pooler_sampling_ratio": rh.bbox_roi_extractor.roi_layer.sampling_ratio,
-            "model.roi_heads.pooler_aligned": rh.bbox_roi_extractor.roi_layer.get("aligned", True),  # mmcv's default
+            "model.roi_heads.fg_iou_thresh": train_cfg.rcnn.assigner.pos_iou_thr,
+            "model.roi_heads.bg_iou_thresh": train_cfg.rcnn.assigner.neg_iou_thr,
+            "model.roi_heads.batch_size_per_image": train_cfg.rcnn.sampler.num,
+            "model.roi_heads.positive_fraction": train_cfg.rcnn.sampler.pos_fraction,
+            "model.roi_heads.box_pooler_resolution": roi_head.bbox_roi_extractor.roi_layer.output_size,
+            "model.roi_heads.mask_pooler_resolution": roi_head.mask_roi_extractor.roi_layer.output_size,
+            "model.roi_heads.pooler_sampling_ratio": roi_head.bbox_roi_extractor.roi_layer.sampling_ratio,
+            "model.roi_heads.pooler_aligned": roi_head.bbox_roi_extractor.roi_layer.get("aligned", True),  # mmcv's default
             "model.roi_heads.box_head_num_fc": 2 if box.type == "Shared2FCBBoxHead" else box.num_shared_fcs,
             "model.roi_heads.box_head_fc_dim": box.fc_out_channels,
-            "model.roi_heads.mask_head_num_conv": rh.mask_head.num_convs,
-            "model.roi_heads.mask_head_conv_dim": rh.mask_head.conv_out_channels,
-            "model.roi_heads.score_thresh_test": te.rcnn.score_thr,
-            "model.roi_heads.nms_thresh_test": te.rcnn.nms.iou_threshold,
-            "model.roi_heads.detections_per_image": te.rcnn.max_per_img,
+            "model.roi_heads.mask_head_num_conv": roi_head.mask_head.num_convs,
+            "model.roi_heads.mask_head_conv_dim": roi_head.mask_head.conv_out_channels,
+            "model.roi_heads.score_thresh_test": test_cfg.rcnn.score_thr,
+            "model.roi_heads.nms_thresh_test": test_cfg.rcnn.nms.iou_threshold,
+            "model.roi_heads.detections_per_image": test_cfg.rcnn.max_per_img,
             "input.min_size_train": [min(s) for s in scales],
             "input.max_size_train": max(scales[0]),
             "input.min_size_test": min(test_resize["scale"]),
             "input.max_size_test": max(test_resize["scale"]),
             "input.horizontal_flip_prob": flip["prob"],
-            "input.filter_empty_annotations": c.train_dataloader.dataset.filter_cfg.filter_empty_gt,
-            "solver.ims_per_batch_per_process": c.train_dataloader.batch_size,
+            "input.filter_empty_annotations": mmcfg.train_dataloader.dataset.filter_cfg.filter_empty_gt,
+            "solver.ims_per_batch_per_process": mmcfg.train_dataloader.batch_size,
             "solver.base_lr": sgd.lr,
             "solver.momentum": sgd.momentum,
             "solver.weight_decay": sgd.weight_decay,
-            "solver.weight_decay_norm": sgd.weight_decay * c.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
+            "solver.weight_decay_norm": sgd.weight_decay * mmcfg.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
             "solver.warmup_method": {"LinearLR": "linear"}.get(linear["type"], linear["type"]),
             # from what mmengine's own schedulers do with this config, per optimizer step
-            **schedule_facts(self.lr_trajectory(c, schedule_length(dict(
+            **schedule_facts(self.lr_trajectory(mmcfg, schedule_length(dict(
                 max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum, steps=[s // accum for s in steps["milestones"]]))), sgd.lr),
             # not canonical keys, shown so the table says how each framework differs
-            "info.backbone_style": PYTORCH_STYLE if bb.style == "pytorch" else CAFFE_STYLE,
+            "info.backbone_style": PYTORCH_STYLE if backbone.style == "pytorch" else CAFFE_STYLE,
             "model.rpn.smooth_l1_beta": _beta_of(model.rpn_head.loss_bbox),
             "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
             "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",
-            "input.aspect_ratio_grouping": (c.train_dataloader.sampler.type == ORDER_SAMPLER and c.train_dataloader.batch_sampler is None
-                                            and c.train_dataloader.sampler.order["group_by_aspect"]),
-            "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {tr.rpn.assigner.min_pos_iou}"
-                                             if tr.rpn.assigner.match_low_quality else False),
-            "info.roi_low_quality_matches": tr.rcnn.assigner.match_low_quality,
-            "info.roi_gt_as_proposals": tr.rcnn.sampler.add_gt_as_proposals,
+            "input.aspect_ratio_grouping": (mmcfg.train_dataloader.sampler.type == ORDER_SAMPLER and mmcfg.train_dataloader.batch_sampler is None
+                                            and mmcfg.train_dataloader.sampler.order["group_by_aspect"]),
+            "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {train_cfg.rpn.assigner.min_pos_iou}"
+                                             if train_cfg.rpn.assigner.match_low_quality else False),
+            "info.roi_low_quality_matches": train_cfg.rcnn.assigner.match_low_quality,
+            "info.roi_gt_as_proposals": train_cfg.rcnn.sampler.add_gt_as_proposals,
             "_notes": {
                 "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
             },
@@ -343,76 +343,76 @@ def _check_supported(bench) -> None:
 
 def _set_model(model, cfg, classes) -> None:
     """Backbone, FPN, RPN (anchors, matching, sampling, proposals) and RoI heads."""
-    m, rpn, roi = cfg.model, cfg.model.rpn, cfg.model.roi_heads
-    model.data_preprocessor.mean = list(m.pixel_mean)
-    model.data_preprocessor.std = list(m.pixel_std)
+    model_cfg, rpn, roi = cfg.model, cfg.model.rpn, cfg.model.roi_heads
+    model.data_preprocessor.mean = list(model_cfg.pixel_mean)
+    model.data_preprocessor.std = list(model_cfg.pixel_std)
     model.data_preprocessor.bgr_to_rgb = True  # images load as BGR; the statistics are RGB
 
-    bb = model.backbone
-    bb.depth = m.backbone.depth
-    bb.frozen_stages = m.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
-    bb.norm_cfg, bb.norm_eval = _norm(m.effective_norm)
+    backbone = model.backbone
+    backbone.depth = model_cfg.backbone.depth
+    backbone.frozen_stages = model_cfg.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
+    backbone.norm_cfg, backbone.norm_eval = _norm(model_cfg.effective_norm)
     # never downloads; the shared initialisation (loaded before training) already holds model.weights
-    bb.init_cfg = dict(type="Pretrained", checkpoint=str(m.weights)) if m.weights and not m.init_weights else None
+    backbone.init_cfg = dict(type="Pretrained", checkpoint=str(model_cfg.weights)) if model_cfg.weights and not model_cfg.init_weights else None
 
-    model.neck.out_channels = m.fpn_out_channels
+    model.neck.out_channels = model_cfg.fpn_out_channels
     head = model.rpn_head
-    head.in_channels = head.feat_channels = m.fpn_out_channels
+    head.in_channels = head.feat_channels = model_cfg.fpn_out_channels
     head.loss_bbox = _box_loss(rpn.smooth_l1_beta, head.loss_bbox)
     gen = head.anchor_generator
-    if len(m.anchors.sizes) != len(gen.strides):
+    if len(model_cfg.anchors.sizes) != len(gen.strides):
         raise UnsupportedConfig(f"model.anchors.sizes needs one size per FPN level {list(gen.strides)}")
-    scales = {size / stride for size, stride in zip(m.anchors.sizes, gen.strides)}
+    scales = {size / stride for size, stride in zip(model_cfg.anchors.sizes, gen.strides)}
     if len(scales) == 1:
         gen.scales = [scales.pop()]
     else:
-        gen.base_sizes, gen.scales = list(m.anchors.sizes), [1.0]
-    gen.ratios = list(m.anchors.aspect_ratios)
+        gen.base_sizes, gen.scales = list(model_cfg.anchors.sizes), [1.0]
+    gen.ratios = list(model_cfg.anchors.aspect_ratios)
 
-    tr, te = model.train_cfg, model.test_cfg
-    tr.rpn.assigner.pos_iou_thr = rpn.fg_iou_thresh
-    tr.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
-    tr.rpn.sampler.num = rpn.batch_size_per_image
-    tr.rpn.sampler.pos_fraction = rpn.positive_fraction
-    tr.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
-    tr.rpn_proposal.max_per_img = rpn.post_nms_topk_train
-    tr.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
-    te.rpn.nms_pre = rpn.pre_nms_topk_test
-    te.rpn.max_per_img = rpn.post_nms_topk_test
-    te.rpn.nms.iou_threshold = rpn.nms_thresh
-    tr.rcnn.assigner.pos_iou_thr = roi.fg_iou_thresh
-    tr.rcnn.assigner.neg_iou_thr = roi.bg_iou_thresh
-    tr.rcnn.assigner.min_pos_iou = roi.fg_iou_thresh
-    tr.rcnn.sampler.num = roi.batch_size_per_image
-    tr.rcnn.sampler.pos_fraction = roi.positive_fraction
-    tr.rcnn.mask_size = 2 * roi.mask_pooler_resolution
-    te.rcnn.score_thr = roi.score_thresh_test
-    te.rcnn.nms.iou_threshold = roi.nms_thresh_test
-    te.rcnn.max_per_img = roi.detections_per_image
+    train_cfg, test_cfg = model.train_cfg, model.test_cfg
+    train_cfg.rpn.assigner.pos_iou_thr = rpn.fg_iou_thresh
+    train_cfg.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
+    train_cfg.rpn.sampler.num = rpn.batch_size_per_image
+    train_cfg.rpn.sampler.pos_fraction = rpn.positive_fraction
+    train_cfg.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
+    train_cfg.rpn_proposal.max_per_img = rpn.post_nms_topk_train
+    train_cfg.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
+    test_cfg.rpn.nms_pre = rpn.pre_nms_topk_test
+    test_cfg.rpn.max_per_img = rpn.post_nms_topk_test
+    test_cfg.rpn.nms.iou_threshold = rpn.nms_thresh
+    train_cfg.rcnn.assigner.pos_iou_thr = roi.fg_iou_thresh
+    train_cfg.rcnn.assigner.neg_iou_thr = roi.bg_iou_thresh
+    train_cfg.rcnn.assigner.min_pos_iou = roi.fg_iou_thresh
+    train_cfg.rcnn.sampler.num = roi.batch_size_per_image
+    train_cfg.rcnn.sampler.pos_fraction = roi.positive_fraction
+    train_cfg.rcnn.mask_size = 2 * roi.mask_pooler_resolution
+    test_cfg.rcnn.score_thr = roi.score_thresh_test
+    test_cfg.rcnn.nms.iou_threshold = roi.nms_thresh_test
+    test_cfg.rcnn.max_per_img = roi.detections_per_image
 
-    rh = model.roi_head
-    for extractor, size in ((rh.bbox_roi_extractor, roi.box_pooler_resolution), (rh.mask_roi_extractor, roi.mask_pooler_resolution)):
-        extractor.out_channels = m.fpn_out_channels
+    roi_head = model.roi_head
+    for extractor, size in ((roi_head.bbox_roi_extractor, roi.box_pooler_resolution), (roi_head.mask_roi_extractor, roi.mask_pooler_resolution)):
+        extractor.out_channels = model_cfg.fpn_out_channels
         extractor.roi_layer.output_size = size
         extractor.roi_layer.sampling_ratio = roi.pooler_sampling_ratio
         extractor.roi_layer.aligned = roi.pooler_aligned
-    box = rh.bbox_head
+    box = roi_head.bbox_head
     if roi.box_head_num_fc != 2:  # Shared2FCBBoxHead is ConvFCBBoxHead with two shared fcs
         box.type, box.num_shared_convs, box.num_shared_fcs = "ConvFCBBoxHead", 0, roi.box_head_num_fc
-    box.in_channels = m.fpn_out_channels
+    box.in_channels = model_cfg.fpn_out_channels
     box.roi_feat_size = roi.box_pooler_resolution
     box.fc_out_channels = roi.box_head_fc_dim
     box.num_classes = len(classes)
     box.loss_bbox = _box_loss(roi.smooth_l1_beta, box.loss_bbox)
-    mask = rh.mask_head
-    mask.in_channels = m.fpn_out_channels
+    mask = roi_head.mask_head
+    mask.in_channels = model_cfg.fpn_out_channels
     mask.num_convs = roi.mask_head_num_conv
     mask.conv_out_channels = roi.mask_head_conv_dim
     mask.num_classes = len(classes)
 
 
 
-def _set_data(c, cfg, data, classes) -> None:
+def _set_data(mmcfg, cfg, data, classes) -> None:
     """The training pipeline and loader, in the run's data order; no validation or test."""
     inp, bench = cfg.input, cfg.benchmark
     if len(inp.min_size_train) == 1:
@@ -431,7 +431,7 @@ def _set_data(c, cfg, data, classes) -> None:
         dict(type="Resize", scale=(inp.max_size_test, inp.min_size_test), keep_ratio=True),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
     ]
-    loader = c.train_dataloader
+    loader = mmcfg.train_dataloader
     loader.batch_size = cfg.ims_per_process_step
     loader.num_workers = bench.num_workers
     loader.persistent_workers = bench.num_workers > 0
@@ -447,51 +447,51 @@ def _set_data(c, cfg, data, classes) -> None:
     ds.metainfo = dict(classes=classes)
     ds.filter_cfg = dict(filter_empty_gt=inp.filter_empty_annotations, min_size=32)
     ds.pipeline = pipeline
-    c.train_pipeline, c.test_pipeline = pipeline, test_pipeline  # the stock file's top-level copies
+    mmcfg.train_pipeline, mmcfg.test_pipeline = pipeline, test_pipeline  # the stock file's top-level copies
     for key in ("val_dataloader", "val_evaluator", "val_cfg", "test_dataloader", "test_evaluator", "test_cfg"):
-        c[key] = None
+        mmcfg[key] = None
 
 
 
-def _set_schedule(c, cfg) -> None:
+def _set_schedule(mmcfg, cfg) -> None:
     """SGD with its weight decays, the warm-up and steps in mmengine's iterations (x accumulation)."""
     sol, bench = cfg.solver, cfg.benchmark
     accum = bench.grad_accum
-    c.optim_wrapper = dict(
+    mmcfg.optim_wrapper = dict(
         type="OptimWrapper",
         optimizer=dict(type="SGD", lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay),
         paramwise_cfg=dict(norm_decay_mult=sol.weight_decay_norm / sol.weight_decay if sol.weight_decay else 0.0),
         accumulative_counts=accum,
     )
     # mmengine's LinearLR reaches factor 1 at iteration end - begin - 1
-    c.param_scheduler = [
+    mmcfg.param_scheduler = [
         dict(type="LinearLR", start_factor=sol.warmup_factor, by_epoch=False, begin=0, end=sol.warmup_iters * accum + 1),
         dict(type="MultiStepLR", by_epoch=False, begin=0, end=sol.max_iter * accum, milestones=[s * accum for s in sol.steps], gamma=sol.gamma),
     ]
-    c.train_cfg = dict(type="IterBasedTrainLoop", max_iters=bench.iters * accum, val_interval=10**9)
+    mmcfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=bench.iters * accum, val_interval=10**9)
 
 
-def _set_runtime(c, cfg) -> None:
+def _set_runtime(mmcfg, cfg) -> None:
     """Hooks, logging, distribution, precision, seed, and what the harness reads back."""
-    m, bench = cfg.model, cfg.benchmark
+    model_cfg, bench = cfg.model, cfg.benchmark
     accum = bench.grad_accum
-    c.default_hooks.checkpoint = None  # no 170 MB checkpoint at the end of a benchmark
-    c.default_hooks.logger = dict(type="LoggerHook", interval=50, log_metric_by_epoch=False)
-    c.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
-    c.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    mmcfg.default_hooks.checkpoint = None  # no 170 MB checkpoint at the end of a benchmark
+    mmcfg.default_hooks.logger = dict(type="LoggerHook", interval=50, log_metric_by_epoch=False)
+    mmcfg.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
+    mmcfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend="nccl" if bench.device == "cuda" else "gloo"))
     if bench.device == "cpu":  # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses on CPU
-        c.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+        mmcfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     if bench.dtype != "fp32":
-        c.optim_wrapper.type = "AmpOptimWrapper"
-        c.optim_wrapper.dtype = {"fp16": "float16", "bf16": "bfloat16"}[bench.dtype]
-    c.log_level = "WARNING"  # the harness prints progress; mmengine's INFO lists every parameter group
-    c.randomness = dict(seed=bench.seed)
-    c.load_from = None
-    c.resume = False
-    c.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
-    c.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
-                         init_weights=m.init_weights)
+        mmcfg.optim_wrapper.type = "AmpOptimWrapper"
+        mmcfg.optim_wrapper.dtype = {"fp16": "float16", "bf16": "bfloat16"}[bench.dtype]
+    mmcfg.log_level = "WARNING"  # the harness prints progress; mmengine's INFO lists every parameter group
+    mmcfg.randomness = dict(seed=bench.seed)
+    mmcfg.load_from = None
+    mmcfg.resume = False
+    mmcfg.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
+    mmcfg.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
+                         init_weights=model_cfg.init_weights)
 
 
 ADAPTERS = [MMDetAdapter()]
