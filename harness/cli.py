@@ -149,8 +149,10 @@ def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, ove
                    f"{'task' if slurm else 'node'} 0 under {run_dir}"
                    + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))
         sys.exit(1 if failed else 0)
+    from .report import render_markdown
+
     click.echo(f"\nresults: {run_dir}\n")
-    click.echo(render_records(records))
+    click.echo(render_markdown(records, detail=False))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
 
 
@@ -164,6 +166,7 @@ def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, o
     and print the scaling table; runs go to OUT/<run-id>-g<N>/."""
     from . import launch
     from .report import render_markdown
+    from .results import new_run_id
 
     try:
         counts = sorted({int(n) for n in gpu_counts.split(",") if n.strip()})
@@ -206,22 +209,11 @@ def _interpreters(pythons) -> dict[str, str]:
     return interpreters
 
 
-def render_records(records):
-    from .report import render_markdown
-
-    return render_markdown(records, detail=False)
-
-
-def new_run_id():
-    from .results import new_run_id as make
-
-    return make()
-
-
 def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root):
     """Probe, resume, data, shared weights, then every implementation in turn: (run folder, records)."""
     from . import launch
     from .data import resolve_data
+    from .results import new_run_id
 
     impls = _parse_impls(impl_text)
     if cfg.benchmark.device == "cuda":

@@ -108,7 +108,7 @@ def slurm_task(environ: dict[str, str] | None = None, master_port: int | None = 
     rank, world = int(need("SLURM_PROCID")), int(need("SLURM_NTASKS"))
     nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
     local_world = int(str(env.get("SLURM_NTASKS_PER_NODE") or world // nnodes).split("(")[0])
-    nodelist = need("SLURM_JOB_NODELIST") if "SLURM_JOB_NODELIST" in env or "SLURM_NODELIST" not in env else env["SLURM_NODELIST"]
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or need("SLURM_JOB_NODELIST")
     port = master_port or int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
     return SlurmTask(rank=rank, world=world, local_rank=int(need("SLURM_LOCALID")), local_world=local_world,
                      nnodes=nnodes, master_addr=env.get("MASTER_ADDR") or first_host(nodelist), master_port=port)
