@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,11 +89,8 @@ class SlurmTask:
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list ("gpu[03-05,09],cpu1" -> "gpu03"), as ``scontrol show
     hostnames`` would give it."""
-    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
-    if "[" not in head:
-        return head
-    prefix, ranges = head.split("[", 1)
-    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+    prefix, first = re.match(r"([^,\[]*)(?:\[([^\],-]*))?", nodelist).groups()
+    return prefix + (first or "")
 
 
 def slurm_task(environ: dict[str, str] | None = None, master_port: int | None = None) -> SlurmTask:
