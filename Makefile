@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean
+.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean gate gate-baseline
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,26 @@ baseline: setup detectron2 mmdet
 
 test: setup detectron2 mmdet
 	$(PY) -m pytest -q tests
+	$(MAKE) gate
+
+# The throughput regression gate on the CPU (README, "The regression gate"): GATE_ROUNDS interleaved
+# rounds of the reference and torchvision at cpu_small's size over a 10-iteration window, gated against
+# the committed baseline (five rounds) relative to torchvision in the same round. A failed
+# implementation fails the gate (regress exits 1), so `run`'s own exit status is left to it.
+GATE_SCENARIO = --impl reference,torchvision --config cpu_small --set benchmark.iters=15 --set benchmark.warmup=5 \
+	--set benchmark.window_end=15
+GATE_ROUNDS ?= 2
+GATE_BASELINE ?= results/baselines/gate-cpu
+GATE_RUN ?= results/runs/gate
+gate: setup
+	rm -rf $(GATE_RUN)
+	-$(BENCH) run $(GATE_SCENARIO) --repeats $(GATE_ROUNDS) --out $(dir $(GATE_RUN)) --run-id $(notdir $(GATE_RUN))
+	$(BENCH) regress --baseline $(GATE_BASELINE) --candidate $(GATE_RUN) --relative-to torchvision --impl reference
+
+gate-baseline: setup
+	rm -rf $(GATE_BASELINE)
+	$(BENCH) run $(GATE_SCENARIO) --repeats 5 --out $(dir $(GATE_BASELINE)) --run-id $(notdir $(GATE_BASELINE))
+	rm -f $(GATE_BASELINE)/*/*/launch.json
 
 # The lower end of the supported torch range (pyproject.toml), what the GPU machines carry: the package
 # and its extension built against torch $(TORCH_FLOOR) in a venv of their own (a copy of the sources,

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIRS = {
     "mrcnn_bench.harness": "harness",
     "mrcnn_bench.adapters": "adapters",
+    "mrcnn_bench.external": "external",
     "mrcnn_bench.reference_impl": "reference_impl",
     "mrcnn_bench.configs": "configs",
 }

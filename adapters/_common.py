@@ -109,6 +109,22 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
     count_work(timer, mask_pooler, "positives", rows)
 
 
+def phase_probe(cfg, timer, device, model, parts: dict, lacks: dict | None = None):
+    """With ``benchmark.phases``: a PhaseProbe (harness/phases.py) on ``model``, timing each key of
+    ``parts`` (phase -> modules or (object, method) pairs), ``lacks`` the phases this framework has no
+    part for (phase -> why). None otherwise."""
+    if not cfg.benchmark.phases:
+        return None
+    from mrcnn_bench.harness.phases import PhaseProbe
+
+    probe = PhaseProbe(device, count_syncs_at=0 if cfg.benchmark.warmup > 0 else None)
+    for key, members in parts.items():
+        probe.time(key, *members)
+    for phase, why in (lacks or {}).items():
+        probe.lacks(phase, why)
+    return probe.attach(timer, model)
+
+
 def schedule_length(solver) -> int:
     """Iterations that show a whole warm-up + multi-step schedule: past its last change."""
     return min(solver["max_iter"], max([solver["warmup_iters"], *solver["steps"]]) + 1)
@@ -149,6 +165,21 @@ def schedule_facts(lrs: list[float], base_lr: float) -> dict:
         "solver.warmup_factor": round(lrs[0] / base_lr, 12) if lrs else None,
         "solver.steps": steps,
         "solver.gamma": round(lrs[steps[0]] / lrs[steps[0] - 1], 12) if steps else None,
+    }
+
+
+def solver_hparams(*, ims_per_process: int, base_lr: float, momentum: float, weight_decay: float,
+                   weight_decay_norm: float, warmup_method: str, lrs: list[float]) -> dict:
+    """The parity table's solver rows: the optimizer's values as the framework holds them, and warm-up
+    and steps from ``lrs``, the learning rates its own scheduler gives (``schedule_facts``)."""
+    return {
+        "solver.ims_per_batch_per_process": ims_per_process,
+        "solver.base_lr": base_lr,
+        "solver.momentum": momentum,
+        "solver.weight_decay": weight_decay,
+        "solver.weight_decay_norm": weight_decay_norm,
+        "solver.warmup_method": warmup_method,
+        **schedule_facts(lrs, base_lr),
     }
 
 

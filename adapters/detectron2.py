@@ -27,10 +27,11 @@ from ._common import (
     load_exact,
     load_initial_weights,
     num_classes,
+    phase_probe,
     pillow_linear_alias,
-    schedule_facts,
     schedule_length,
     shifted,
+    solver_hparams,
     stand_in_optimizer,
     step_scheduler,
     to_torchvision_layout,
@@ -145,66 +146,18 @@ class Detectron2Adapter(Adapter):
 
     # ------------------------------------------------------- effective hparams
     def effective_hparams(self, native) -> dict:
+        """Read back from detectron2's CfgNode as its builders use it, section by section."""
         d2cfg = native
         world = d2cfg.MRCNN_BENCH.WORLD_SIZE
-        pooler_aligned = d2cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
-        flip = 0.5 if d2cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0  # RandomFlip's fixed probability
         return {
-            "model.num_classes": d2cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            "model.pixel_mean": list(d2cfg.MODEL.PIXEL_MEAN),
-            "model.pixel_std": list(d2cfg.MODEL.PIXEL_STD),
-            "model.backbone.depth": d2cfg.MODEL.RESNETS.DEPTH,
-            "model.backbone.freeze_at": d2cfg.MODEL.BACKBONE.FREEZE_AT,
-            "model.backbone.norm": d2cfg.MODEL.RESNETS.NORM,
-            "model.fpn_out_channels": d2cfg.MODEL.FPN.OUT_CHANNELS,
-            "model.anchors.sizes": [s[0] for s in d2cfg.MODEL.ANCHOR_GENERATOR.SIZES],
-            "model.anchors.aspect_ratios": list(d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
-            "model.rpn.fg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[1],
-            "model.rpn.bg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
-            "model.rpn.batch_size_per_image": d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
-            "model.rpn.positive_fraction": d2cfg.MODEL.RPN.POSITIVE_FRACTION,
-            "model.rpn.nms_thresh": d2cfg.MODEL.RPN.NMS_THRESH,
-            "model.rpn.pre_nms_topk_train": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
-            "model.rpn.post_nms_topk_train": d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
-            "model.rpn.pre_nms_topk_test": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
-            "model.rpn.post_nms_topk_test": d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
-            "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
-            "model.roi_heads.fg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-            "model.roi_heads.bg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-            "model.roi_heads.batch_size_per_image": d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-            "model.roi_heads.positive_fraction": d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
-            "model.roi_heads.box_pooler_resolution": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
-            "model.roi_heads.mask_pooler_resolution": d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
-            "model.roi_heads.pooler_sampling_ratio": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-            "model.roi_heads.pooler_aligned": pooler_aligned,
-            "model.roi_heads.box_head_num_fc": d2cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
-            "model.roi_heads.box_head_fc_dim": d2cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
-            "model.roi_heads.mask_head_num_conv": d2cfg.MODEL.ROI_MASK_HEAD.NUM_CONV,
-            "model.roi_heads.mask_head_conv_dim": d2cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
-            "model.roi_heads.score_thresh_test": d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
-            "model.roi_heads.nms_thresh_test": d2cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
-            "model.roi_heads.detections_per_image": d2cfg.TEST.DETECTIONS_PER_IMAGE,
-            "input.min_size_train": list(d2cfg.INPUT.MIN_SIZE_TRAIN),
-            "input.max_size_train": d2cfg.INPUT.MAX_SIZE_TRAIN,
-            "input.min_size_test": d2cfg.INPUT.MIN_SIZE_TEST,
-            "input.max_size_test": d2cfg.INPUT.MAX_SIZE_TEST,
-            "input.horizontal_flip_prob": flip,
-            "input.filter_empty_annotations": d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            "solver.ims_per_batch_per_process": d2cfg.SOLVER.IMS_PER_BATCH // world,
-            "solver.base_lr": d2cfg.SOLVER.BASE_LR,
-            "solver.momentum": d2cfg.SOLVER.MOMENTUM,
-            "solver.weight_decay": d2cfg.SOLVER.WEIGHT_DECAY,
-            "solver.weight_decay_norm": d2cfg.SOLVER.WEIGHT_DECAY_NORM,
-            "solver.warmup_method": d2cfg.SOLVER.WARMUP_METHOD,
-            # from what detectron2's own scheduler does with this config, not from its keys
-            **schedule_facts(self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg))), d2cfg.SOLVER.BASE_LR),
-            # not canonical keys, shown so the table says how each framework differs
-            "model.rpn.smooth_l1_beta": d2cfg.MODEL.RPN.SMOOTH_L1_BETA if d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
-            "model.roi_heads.smooth_l1_beta": (d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
-                                               if d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
+            **_model_hparams(d2cfg),
+            **_input_hparams(d2cfg),
+            # warm-up and steps from what detectron2's own scheduler does with this config, not from its keys
+            **solver_hparams(ims_per_process=d2cfg.SOLVER.IMS_PER_BATCH // world, base_lr=d2cfg.SOLVER.BASE_LR,
+                             momentum=d2cfg.SOLVER.MOMENTUM, weight_decay=d2cfg.SOLVER.WEIGHT_DECAY,
+                             weight_decay_norm=d2cfg.SOLVER.WEIGHT_DECAY_NORM, warmup_method=d2cfg.SOLVER.WARMUP_METHOD,
+                             lrs=self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg)))),
             "info.mask_targets": "polygons rasterised per RoI",
-            # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
-            "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,
             "info.backbone_style": CAFFE_STYLE if d2cfg.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # RPN's Matcher(allow_low_quality_matches=True)
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
@@ -267,6 +220,16 @@ class Detectron2Adapter(Adapter):
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
         attach_work_counters(timer, backbone=model.backbone, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
                        mask_pooler=model.roi_heads.mask_pooler)
+        roi = model.roi_heads
+        probe = phase_probe(cfg, timer, dist.device, model, {
+            # preprocess_image is a method (normalise, pad) of GeneralizedRCNN, not a module
+            "preprocess": [(model, "preprocess_image")], "backbone": [model.backbone.bottom_up], "backbone+fpn": [model.backbone],
+            "rpn": [model.proposal_generator], "rpn head": [model.proposal_generator.rpn_head], "roi heads": [roi],
+            "roi pooling": [roi.box_pooler, roi.mask_pooler], "box head": [roi.box_head, roi.box_predictor],
+            "mask head": [roi.mask_head],
+        })
+        if probe:
+            probe.notes.append("detectron2's mask head computes the mask loss inside its forward: in 'mask head'")
         if native.MRCNN_BENCH.CHANNELS_LAST:
             trainer.model.to(memory_format=torch.channels_last)
         trainer.resume_or_load(resume=False)
@@ -403,6 +366,67 @@ def _set_runtime(d2cfg, cfg, data) -> None:
                              "ITERS": bench.iters, "INIT_WEIGHTS": model_cfg.init_weights or "",
                              "ORDER": type(d2cfg)(data_spec(cfg, data)["order"])})
     d2cfg.freeze()
+
+
+# ------------------------------------------------------------- effective hparams, by section
+def _model_hparams(d2cfg) -> dict:
+    """MODEL.*: the backbone, anchors, RPN and ROI heads."""
+    pooler_aligned = d2cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2"
+    return {
+        "model.num_classes": d2cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        "model.pixel_mean": list(d2cfg.MODEL.PIXEL_MEAN),
+        "model.pixel_std": list(d2cfg.MODEL.PIXEL_STD),
+        "model.backbone.depth": d2cfg.MODEL.RESNETS.DEPTH,
+        "model.backbone.freeze_at": d2cfg.MODEL.BACKBONE.FREEZE_AT,
+        "model.backbone.norm": d2cfg.MODEL.RESNETS.NORM,
+        "model.fpn_out_channels": d2cfg.MODEL.FPN.OUT_CHANNELS,
+        "model.anchors.sizes": [s[0] for s in d2cfg.MODEL.ANCHOR_GENERATOR.SIZES],
+        "model.anchors.aspect_ratios": list(d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
+        "model.rpn.fg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[1],
+        "model.rpn.bg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
+        "model.rpn.batch_size_per_image": d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
+        "model.rpn.positive_fraction": d2cfg.MODEL.RPN.POSITIVE_FRACTION,
+        "model.rpn.nms_thresh": d2cfg.MODEL.RPN.NMS_THRESH,
+        "model.rpn.pre_nms_topk_train": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+        "model.rpn.post_nms_topk_train": d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+        "model.rpn.pre_nms_topk_test": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+        "model.rpn.post_nms_topk_test": d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
+        "model.roi_heads.fg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+        "model.roi_heads.bg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+        "model.roi_heads.batch_size_per_image": d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        "model.roi_heads.positive_fraction": d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+        "model.roi_heads.box_pooler_resolution": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+        "model.roi_heads.mask_pooler_resolution": d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
+        "model.roi_heads.pooler_sampling_ratio": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+        "model.roi_heads.pooler_aligned": pooler_aligned,
+        "model.roi_heads.box_head_num_fc": d2cfg.MODEL.ROI_BOX_HEAD.NUM_FC,
+        "model.roi_heads.box_head_fc_dim": d2cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+        "model.roi_heads.mask_head_num_conv": d2cfg.MODEL.ROI_MASK_HEAD.NUM_CONV,
+        "model.roi_heads.mask_head_conv_dim": d2cfg.MODEL.ROI_MASK_HEAD.CONV_DIM,
+        "model.roi_heads.score_thresh_test": d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        "model.roi_heads.nms_thresh_test": d2cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+        "model.roi_heads.detections_per_image": d2cfg.TEST.DETECTIONS_PER_IMAGE,
+        # not canonical keys, shown so the table says how each framework differs
+        "model.rpn.smooth_l1_beta": d2cfg.MODEL.RPN.SMOOTH_L1_BETA if d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
+        "model.roi_heads.smooth_l1_beta": (d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+                                           if d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
+    }
+
+
+def _input_hparams(d2cfg) -> dict:
+    """INPUT.* and DATALOADER.*: sizes, flips, filtering, grouping."""
+    flip = 0.5 if d2cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0  # RandomFlip's fixed probability
+    return {
+        "input.min_size_train": list(d2cfg.INPUT.MIN_SIZE_TRAIN),
+        "input.max_size_train": d2cfg.INPUT.MAX_SIZE_TRAIN,
+        "input.min_size_test": d2cfg.INPUT.MIN_SIZE_TEST,
+        "input.max_size_test": d2cfg.INPUT.MAX_SIZE_TEST,
+        "input.horizontal_flip_prob": flip,
+        "input.filter_empty_annotations": d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
+        "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+    }
 
 
 ADAPTERS = [Detectron2Adapter()]

@@ -37,10 +37,11 @@ from ._common import (
     load_initial_weights,
     num_classes,
     ordered_batches,
+    phase_probe,
     pillow_linear_alias,
-    schedule_facts,
     schedule_length,
     shifted,
+    solver_hparams,
     stand_in_optimizer,
     step_scheduler,
     to_torchvision_layout,
@@ -193,82 +194,27 @@ class MMDetAdapter(Adapter):
 
     # ------------------------------------------------------- effective hparams
     def effective_hparams(self, native) -> dict:
+        """Read back from the mmengine Config the Runner builds from, section by section."""
         mmcfg = native
-        model, train_cfg, test_cfg = mmcfg.model, mmcfg.model.train_cfg, mmcfg.model.test_cfg
-        backbone, gen, roi_head = model.backbone, model.rpn_head.anchor_generator, model.roi_head
+        model = mmcfg.model
         accum = mmcfg.mrcnn_bench.grad_accum
-        bases = gen.get("base_sizes") or gen.strides
-        norm = backbone.norm_cfg.type
-        if norm == "BN" and backbone.norm_eval:
-            norm = "FrozenBN" if not backbone.norm_cfg.get("requires_grad", True) else "BN (frozen statistics, trained affine)"
-        resize = next(t for t in mmcfg.train_dataloader.dataset.pipeline if t["type"] in ("Resize", "RandomChoiceResize"))
-        scales = [resize["scale"]] if resize["type"] == "Resize" else resize["scales"]
-        test_resize = next(t for t in mmcfg.test_pipeline if t["type"] == "Resize")
-        flip = next(t for t in mmcfg.train_dataloader.dataset.pipeline if t["type"] == "RandomFlip")
-        box = roi_head.bbox_head
         linear, steps = mmcfg.param_scheduler
         sgd = mmcfg.optim_wrapper.optimizer
         return {
-            "model.num_classes": box.num_classes,
-            "model.pixel_mean": list(model.data_preprocessor.mean),
-            "model.pixel_std": list(model.data_preprocessor.std),
-            "model.backbone.depth": backbone.depth,
-            "model.backbone.freeze_at": backbone.frozen_stages + 1,
-            "model.backbone.norm": norm,
-            "model.fpn_out_channels": model.neck.out_channels,
-            "model.anchors.sizes": [b * gen.scales[0] for b in bases],
-            "model.anchors.aspect_ratios": list(gen.ratios),
-            "model.rpn.fg_iou_thresh": train_cfg.rpn.assigner.pos_iou_thr,
-            "model.rpn.bg_iou_thresh": train_cfg.rpn.assigner.neg_iou_thr,
-            "model.rpn.batch_size_per_image": train_cfg.rpn.sampler.num,
-            "model.rpn.positive_fraction": train_cfg.rpn.sampler.pos_fraction,
-            "model.rpn.nms_thresh": train_cfg.rpn_proposal.nms.iou_threshold,
-            "model.rpn.pre_nms_topk_train": train_cfg.rpn_proposal.nms_pre,
-            "model.rpn.post_nms_topk_train": train_cfg.rpn_proposal.max_per_img,
-            "model.rpn.pre_nms_topk_test": test_cfg.rpn.nms_pre,
-            "model.rpn.post_nms_topk_test": test_cfg.rpn.max_per_img,
-            "model.rpn.post_nms_topk_scope": "per image",  # max_per_img
-            "model.roi_heads.fg_iou_thresh": train_cfg.rcnn.assigner.pos_iou_thr,
-            "model.roi_heads.bg_iou_thresh": train_cfg.rcnn.assigner.neg_iou_thr,
-            "model.roi_heads.batch_size_per_image": train_cfg.rcnn.sampler.num,
-            "model.roi_heads.positive_fraction": train_cfg.rcnn.sampler.pos_fraction,
-            "model.roi_heads.box_pooler_resolution": roi_head.bbox_roi_extractor.roi_layer.output_size,
-            "model.roi_heads.mask_pooler_resolution": roi_head.mask_roi_extractor.roi_layer.output_size,
-            "model.roi_heads.pooler_sampling_ratio": roi_head.bbox_roi_extractor.roi_layer.sampling_ratio,
-            "model.roi_heads.pooler_aligned": roi_head.bbox_roi_extractor.roi_layer.get("aligned", True),  # mmcv's default
-            "model.roi_heads.box_head_num_fc": 2 if box.type == "Shared2FCBBoxHead" else box.num_shared_fcs,
-            "model.roi_heads.box_head_fc_dim": box.fc_out_channels,
-            "model.roi_heads.mask_head_num_conv": roi_head.mask_head.num_convs,
-            "model.roi_heads.mask_head_conv_dim": roi_head.mask_head.conv_out_channels,
-            "model.roi_heads.score_thresh_test": test_cfg.rcnn.score_thr,
-            "model.roi_heads.nms_thresh_test": test_cfg.rcnn.nms.iou_threshold,
-            "model.roi_heads.detections_per_image": test_cfg.rcnn.max_per_img,
-            "input.min_size_train": [min(s) for s in scales],
-            "input.max_size_train": max(scales[0]),
-            "input.min_size_test": min(test_resize["scale"]),
-            "input.max_size_test": max(test_resize["scale"]),
-            "input.horizontal_flip_prob": flip["prob"],
-            "input.filter_empty_annotations": mmcfg.train_dataloader.dataset.filter_cfg.filter_empty_gt,
-            "solver.ims_per_batch_per_process": mmcfg.train_dataloader.batch_size,
-            "solver.base_lr": sgd.lr,
-            "solver.momentum": sgd.momentum,
-            "solver.weight_decay": sgd.weight_decay,
-            "solver.weight_decay_norm": sgd.weight_decay * mmcfg.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
-            "solver.warmup_method": {"LinearLR": "linear"}.get(linear["type"], linear["type"]),
-            # from what mmengine's own schedulers do with this config, per optimizer step
-            **schedule_facts(self.lr_trajectory(mmcfg, schedule_length(dict(
-                max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum, steps=[s // accum for s in steps["milestones"]]))), sgd.lr),
-            # not canonical keys, shown so the table says how each framework differs
-            "info.backbone_style": PYTORCH_STYLE if backbone.style == "pytorch" else CAFFE_STYLE,
-            "model.rpn.smooth_l1_beta": _beta_of(model.rpn_head.loss_bbox),
-            "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
+            **_backbone_hparams(model),
+            **_rpn_hparams(model.rpn_head, model.train_cfg, model.test_cfg),
+            **_roi_hparams(model.roi_head, model.train_cfg, model.test_cfg),
+            **_input_hparams(mmcfg),
+            # warm-up and steps from what mmengine's own schedulers do with this config, per optimizer step
+            **solver_hparams(
+                ims_per_process=mmcfg.train_dataloader.batch_size, base_lr=sgd.lr, momentum=sgd.momentum,
+                weight_decay=sgd.weight_decay,
+                weight_decay_norm=sgd.weight_decay * mmcfg.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
+                warmup_method={"LinearLR": "linear"}.get(linear["type"], linear["type"]),
+                lrs=self.lr_trajectory(mmcfg, schedule_length(dict(
+                    max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum,
+                    steps=[milestone // accum for milestone in steps["milestones"]])))),
             "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",
-            "input.aspect_ratio_grouping": (mmcfg.train_dataloader.sampler.type == ORDER_SAMPLER and mmcfg.train_dataloader.batch_sampler is None
-                                            and mmcfg.train_dataloader.sampler.order["group_by_aspect"]),
-            "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {train_cfg.rpn.assigner.min_pos_iou}"
-                                             if train_cfg.rpn.assigner.match_low_quality else False),
-            "info.roi_low_quality_matches": train_cfg.rcnn.assigner.match_low_quality,
-            "info.roi_gt_as_proposals": train_cfg.rcnn.sampler.add_gt_as_proposals,
             "_notes": {
                 "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
             },
@@ -324,6 +270,17 @@ class MMDetAdapter(Adapter):
         runner.register_hook(HarnessTimer(timer, images_per_step, accum, init_weights,
                                           lambda path: from_torchvision(load_initial_weights(path))), priority=HOOK_PRIORITY)
         _count_work(model, timer)
+        roi = model.roi_head
+        probe = phase_probe(cfg, timer, dist.device, model, {
+            "preprocess": [model.data_preprocessor], "backbone": [model.backbone], "fpn": [model.neck],
+            # mmdet's RPN and RoI head train through methods (loss_and_predict, loss); their convolutions
+            # and heads are modules called inside them
+            "rpn": [(model.rpn_head, "loss_and_predict")], "rpn head": [model.rpn_head], "roi heads": [(roi, "loss")],
+            "roi pooling": [roi.bbox_roi_extractor, roi.mask_roi_extractor], "box head": [roi.bbox_head],
+            "mask head": [roi.mask_head],
+        })
+        if probe:
+            probe.notes.append("mmdet's data_preprocessor also copies the batch to the device: in 'preprocess'")
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
@@ -492,6 +449,90 @@ def _set_runtime(mmcfg, cfg) -> None:
     mmcfg.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
     mmcfg.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
                          init_weights=model_cfg.init_weights)
+
+
+# ------------------------------------------------------------- effective hparams, by section
+def _backbone_hparams(model) -> dict:
+    """The ResNet, its norm, the FPN and the anchors."""
+    backbone, generator = model.backbone, model.rpn_head.anchor_generator
+    bases = generator.get("base_sizes") or generator.strides
+    norm = backbone.norm_cfg.type
+    if norm == "BN" and backbone.norm_eval:
+        norm = "FrozenBN" if not backbone.norm_cfg.get("requires_grad", True) else "BN (frozen statistics, trained affine)"
+    return {
+        "model.num_classes": model.roi_head.bbox_head.num_classes,
+        "model.pixel_mean": list(model.data_preprocessor.mean),
+        "model.pixel_std": list(model.data_preprocessor.std),
+        "model.backbone.depth": backbone.depth,
+        "model.backbone.freeze_at": backbone.frozen_stages + 1,
+        "model.backbone.norm": norm,
+        "model.fpn_out_channels": model.neck.out_channels,
+        "model.anchors.sizes": [base * generator.scales[0] for base in bases],
+        "model.anchors.aspect_ratios": list(generator.ratios),
+        "info.backbone_style": PYTORCH_STYLE if backbone.style == "pytorch" else CAFFE_STYLE,
+    }
+
+
+def _rpn_hparams(rpn_head, train_cfg, test_cfg) -> dict:
+    assigner = train_cfg.rpn.assigner
+    return {
+        "model.rpn.fg_iou_thresh": assigner.pos_iou_thr,
+        "model.rpn.bg_iou_thresh": assigner.neg_iou_thr,
+        "model.rpn.batch_size_per_image": train_cfg.rpn.sampler.num,
+        "model.rpn.positive_fraction": train_cfg.rpn.sampler.pos_fraction,
+        "model.rpn.nms_thresh": train_cfg.rpn_proposal.nms.iou_threshold,
+        "model.rpn.pre_nms_topk_train": train_cfg.rpn_proposal.nms_pre,
+        "model.rpn.post_nms_topk_train": train_cfg.rpn_proposal.max_per_img,
+        "model.rpn.pre_nms_topk_test": test_cfg.rpn.nms_pre,
+        "model.rpn.post_nms_topk_test": test_cfg.rpn.max_per_img,
+        "model.rpn.post_nms_topk_scope": "per image",  # max_per_img
+        "model.rpn.smooth_l1_beta": _beta_of(rpn_head.loss_bbox),
+        "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {assigner.min_pos_iou}"
+                                         if assigner.match_low_quality else False),
+    }
+
+
+def _roi_hparams(roi_head, train_cfg, test_cfg) -> dict:
+    box, roi_layer = roi_head.bbox_head, roi_head.bbox_roi_extractor.roi_layer
+    return {
+        "model.roi_heads.fg_iou_thresh": train_cfg.rcnn.assigner.pos_iou_thr,
+        "model.roi_heads.bg_iou_thresh": train_cfg.rcnn.assigner.neg_iou_thr,
+        "model.roi_heads.batch_size_per_image": train_cfg.rcnn.sampler.num,
+        "model.roi_heads.positive_fraction": train_cfg.rcnn.sampler.pos_fraction,
+        "model.roi_heads.box_pooler_resolution": roi_layer.output_size,
+        "model.roi_heads.mask_pooler_resolution": roi_head.mask_roi_extractor.roi_layer.output_size,
+        "model.roi_heads.pooler_sampling_ratio": roi_layer.sampling_ratio,
+        "model.roi_heads.pooler_aligned": roi_layer.get("aligned", True),  # mmcv's default
+        "model.roi_heads.box_head_num_fc": 2 if box.type == "Shared2FCBBoxHead" else box.num_shared_fcs,
+        "model.roi_heads.box_head_fc_dim": box.fc_out_channels,
+        "model.roi_heads.mask_head_num_conv": roi_head.mask_head.num_convs,
+        "model.roi_heads.mask_head_conv_dim": roi_head.mask_head.conv_out_channels,
+        "model.roi_heads.score_thresh_test": test_cfg.rcnn.score_thr,
+        "model.roi_heads.nms_thresh_test": test_cfg.rcnn.nms.iou_threshold,
+        "model.roi_heads.detections_per_image": test_cfg.rcnn.max_per_img,
+        "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
+        "info.roi_low_quality_matches": train_cfg.rcnn.assigner.match_low_quality,
+        "info.roi_gt_as_proposals": train_cfg.rcnn.sampler.add_gt_as_proposals,
+    }
+
+
+def _input_hparams(mmcfg) -> dict:
+    """The training and test pipelines' resize and flip, the dataset's filter, the sampler's grouping."""
+    loader = mmcfg.train_dataloader
+    resize = next(t for t in loader.dataset.pipeline if t["type"] in ("Resize", "RandomChoiceResize"))
+    scales = [resize["scale"]] if resize["type"] == "Resize" else resize["scales"]
+    test_resize = next(t for t in mmcfg.test_pipeline if t["type"] == "Resize")
+    flip = next(t for t in loader.dataset.pipeline if t["type"] == "RandomFlip")
+    return {
+        "input.min_size_train": [min(scale) for scale in scales],
+        "input.max_size_train": max(scales[0]),
+        "input.min_size_test": min(test_resize["scale"]),
+        "input.max_size_test": max(test_resize["scale"]),
+        "input.horizontal_flip_prob": flip["prob"],
+        "input.filter_empty_annotations": loader.dataset.filter_cfg.filter_empty_gt,
+        "input.aspect_ratio_grouping": (loader.sampler.type == ORDER_SAMPLER and loader.batch_sampler is None
+                                        and loader.sampler.order["group_by_aspect"]),
+    }
 
 
 ADAPTERS = [MMDetAdapter()]

@@ -13,9 +13,10 @@ from ._common import (
     forward_outputs,
     num_classes,
     ordered_batches,
+    phase_probe,
     pixels,
-    schedule_facts,
     schedule_length,
+    solver_hparams,
     stand_in_optimizer,
     step_scheduler,
     train_spec,
@@ -49,10 +50,10 @@ class ReferenceAdapter(Adapter):
         from importlib.metadata import PackageNotFoundError, version
 
         try:
-            v = version("mrcnn-bench")
+            installed = version("mrcnn-bench")
         except PackageNotFoundError:
-            v = "source"
-        return True, f"{v}, ops {ops.backend()}"
+            installed = "source"
+        return True, f"{installed}, ops {ops.backend()}"
 
     def translate(self, cfg, data=None) -> ReferenceNative:
         from mrcnn_bench.reference_impl.config import ReferenceConfig
@@ -93,65 +94,19 @@ class ReferenceAdapter(Adapter):
         return model
 
     def effective_hparams(self, native: ReferenceNative) -> dict:
+        """Read back from the built model, section by section (base.CANONICAL_HPARAM_KEYS)."""
         model = self.build_model(native)
-        pre, body, rpn, roi = model.preprocess, model.backbone.body, model.rpn, model.roi_heads
-        stages = ["conv1", "layer1", "layer2", "layer3", "layer4"]
-        frozen = [s for s in stages if not any(p.requires_grad for p in getattr(body, s).parameters())]
-        norm_of = {"FrozenBatchNorm2d": "FrozenBN", "BatchNorm2d": "BN", "SyncBatchNorm": "SyncBN"}
-        d, s = native.data, native.solver
+        solver = native.solver
         return {
-            "model.num_classes": roi.num_classes,
-            "model.pixel_mean": [round(float(v) * 255.0, 4) for v in pre.pixel_mean.flatten()],
-            "model.pixel_std": [round(float(v) * 255.0, 4) for v in pre.pixel_std.flatten()],
-            "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
-            "model.backbone.freeze_at": (stages.index(frozen[-1]) + 1) if frozen else 0,
-            # the norm of the trainable stages (frozen ones are always FrozenBN)
-            "model.backbone.norm": norm_of.get(type(body.layer4[0].bn1).__name__, type(body.layer4[0].bn1).__name__),
-            "model.fpn_out_channels": model.backbone.out_channels,
-            "model.anchors.sizes": list(rpn.anchor_generator.sizes),
-            "model.anchors.aspect_ratios": list(rpn.anchor_generator.aspect_ratios),
-            "model.rpn.fg_iou_thresh": rpn.matcher.high,
-            "model.rpn.bg_iou_thresh": rpn.matcher.low,
-            "model.rpn.batch_size_per_image": rpn.sampler.batch_size_per_image,
-            "model.rpn.positive_fraction": rpn.sampler.positive_fraction,
-            "model.rpn.nms_thresh": rpn.nms_thresh,
-            "model.rpn.pre_nms_topk_train": rpn.pre_nms_topk[0],
-            "model.rpn.post_nms_topk_train": rpn.post_nms_topk[0],
-            "model.rpn.pre_nms_topk_test": rpn.pre_nms_topk[1],
-            "model.rpn.post_nms_topk_test": rpn.post_nms_topk[1],
-            "model.rpn.post_nms_topk_scope": "per image",
-            "model.roi_heads.fg_iou_thresh": roi.matcher.high,
-            "model.roi_heads.bg_iou_thresh": roi.matcher.low,
-            "model.roi_heads.batch_size_per_image": roi.sampler.batch_size_per_image,
-            "model.roi_heads.positive_fraction": roi.sampler.positive_fraction,
-            "model.roi_heads.box_pooler_resolution": roi.box_pooler.output_size,
-            "model.roi_heads.mask_pooler_resolution": roi.mask_pooler.output_size,
-            "model.roi_heads.pooler_sampling_ratio": roi.box_pooler.sampling_ratio,
-            "model.roi_heads.pooler_aligned": roi.box_pooler.aligned,
-            "model.roi_heads.box_head_num_fc": len(roi.box_head.fcs),
-            "model.roi_heads.box_head_fc_dim": roi.box_head.fcs[0].out_features,
-            "model.roi_heads.mask_head_num_conv": len(roi.mask_head.convs),
-            "model.roi_heads.mask_head_conv_dim": roi.mask_head.convs[0].out_channels,
-            "model.roi_heads.score_thresh_test": roi.score_thresh,
-            "model.roi_heads.nms_thresh_test": roi.nms_thresh,
-            "model.roi_heads.detections_per_image": roi.detections_per_image,
-            "input.min_size_train": list(pre.min_size_train),
-            "input.max_size_train": pre.max_size_train,
-            "input.min_size_test": pre.min_size_test,
-            "input.max_size_test": pre.max_size_test,
-            "input.horizontal_flip_prob": d["horizontal_flip_prob"],
-            "input.filter_empty_annotations": d["filter_empty"],
-            "solver.ims_per_batch_per_process": d["batch_size_per_process"],
-            "solver.base_lr": s["base_lr"],
-            "solver.momentum": s["momentum"],
-            "solver.weight_decay": s["weight_decay"],
-            "solver.weight_decay_norm": s["weight_decay_norm"],
-            "solver.warmup_method": "linear",
-            **schedule_facts(self.lr_trajectory(native, schedule_length(s)), s["base_lr"]),
-            "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
-            "model.roi_heads.smooth_l1_beta": roi.smooth_l1_beta,
+            **_backbone_hparams(model),
+            **_rpn_hparams(model.rpn),
+            **_roi_hparams(model.roi_heads),
+            **_input_hparams(model.preprocess, native.data),
+            **solver_hparams(ims_per_process=native.data["batch_size_per_process"], base_lr=solver["base_lr"],
+                             momentum=solver["momentum"], weight_decay=solver["weight_decay"],
+                             weight_decay_norm=solver["weight_decay_norm"], warmup_method="linear",
+                             lrs=self.lr_trajectory(native, schedule_length(solver))),
             "info.mask_targets": "RoIAlign of full-image bitmasks",
-            "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,
             "info.roi_low_quality_matches": False,
@@ -177,32 +132,32 @@ class ReferenceAdapter(Adapter):
         from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer
 
         native = self.translate(cfg, data)
-        tr, d, s = native.train, native.data, native.solver
-        torch.manual_seed(tr["seed"] + dist.rank)
+        train_opts, data_opts, solver = native.train, native.data, native.solver
+        torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native)
         if native.model.backbone.norm == "SyncBN" and dist.distributed:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device)
-        if tr["channels_last"]:
+        if train_opts["channels_last"]:
             model.set_channels_last(True)
         optimizer = build_optimizer(
-            model, lr=s["base_lr"], momentum=s["momentum"], weight_decay=s["weight_decay"], weight_decay_norm=s["weight_decay_norm"]
+            model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
         )
-        scheduler = build_scheduler(optimizer, s)
-        dataset = COCOInstances(d["train_json"], d["train_images"], flip_prob=d["horizontal_flip_prob"], filter_empty=d["filter_empty"])
+        scheduler = build_scheduler(optimizer, solver)
+        dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"], filter_empty=data_opts["filter_empty"])
         loader = build_train_loader(
             dataset,
-            batch_size=d["batch_size_per_process"],
-            num_workers=d["num_workers"],
-            seed=tr["seed"],
+            batch_size=data_opts["batch_size_per_process"],
+            num_workers=data_opts["num_workers"],
+            seed=train_opts["seed"],
             rank=dist.rank,
             world_size=dist.world_size,
             pin_memory=device.type == "cuda",
-            batch_sampler=ordered_batches(d, dist, dataset.ids, f"reference ({d['train_json']})"),
+            batch_sampler=ordered_batches(data_opts, dist, dataset.ids, f"reference ({data_opts['train_json']})"),
         )
         trainer = Trainer(
-            model, optimizer, scheduler, loader, device=device, dtype=tr["dtype"], grad_accum=tr["grad_accum"],
+            model, optimizer, scheduler, loader, device=device, dtype=train_opts["dtype"], grad_accum=train_opts["grad_accum"],
             ddp=dist.distributed, after_step=after_step, autocast_cache=not native.model.perf.cuda_graphs,
         )
         return native, trainer
@@ -211,12 +166,18 @@ class ReferenceAdapter(Adapter):
         from mrcnn_bench.reference_impl import ops
 
         native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step)
-        model, tr = trainer.model, native.train
+        model, train_opts = trainer.model, native.train
         # the pixels from the preprocessor's padded batch: with CUDA graphs the backbone module is not called
         count_work(timer, model.preprocess, "pixels", lambda out: pixels(out[0].tensor))
         attach_work_counters(timer, backbone=None, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
+        roi = model.roi_heads
+        phase_probe(cfg, timer, dist.device, model, {
+            "preprocess": [model.preprocess], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
+            "rpn": [model.rpn], "rpn head": [model.rpn.head], "roi heads": [roi],
+            "roi pooling": [roi.box_pooler, roi.mask_pooler], "box head": [roi.box_head], "mask head": [roi.mask_head],
+        })
         timer.before_train()
-        trainer.train(tr["iters"])
+        trainer.train(train_opts["iters"])
         return {"native_config": native.to_dict(), "ops_backend": ops.backend()}
 
 
@@ -228,6 +189,77 @@ def build_scheduler(optimizer, solver: dict):
 
     keys = ("warmup_iters", "warmup_factor", "steps", "gamma")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_multistep(**{k: solver[k] for k in keys}))
+
+
+# ------------------------------------------------------------- effective hparams, by section
+_STAGES = ["conv1", "layer1", "layer2", "layer3", "layer4"]
+_NORM_OF = {"FrozenBatchNorm2d": "FrozenBN", "BatchNorm2d": "BN", "SyncBatchNorm": "SyncBN"}
+
+
+def _backbone_hparams(model) -> dict:
+    pre, body, anchors = model.preprocess, model.backbone.body, model.rpn.anchor_generator
+    frozen = [stage for stage in _STAGES if not any(p.requires_grad for p in getattr(body, stage).parameters())]
+    norm = type(body.layer4[0].bn1).__name__  # the norm of the trainable stages (frozen ones are always FrozenBN)
+    return {
+        "model.num_classes": model.roi_heads.num_classes,
+        "model.pixel_mean": [round(float(v) * 255.0, 4) for v in pre.pixel_mean.flatten()],
+        "model.pixel_std": [round(float(v) * 255.0, 4) for v in pre.pixel_std.flatten()],
+        "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
+        "model.backbone.freeze_at": (_STAGES.index(frozen[-1]) + 1) if frozen else 0,
+        "model.backbone.norm": _NORM_OF.get(norm, norm),
+        "model.fpn_out_channels": model.backbone.out_channels,
+        "model.anchors.sizes": list(anchors.sizes),
+        "model.anchors.aspect_ratios": list(anchors.aspect_ratios),
+    }
+
+
+def _rpn_hparams(rpn) -> dict:
+    return {
+        "model.rpn.fg_iou_thresh": rpn.matcher.high,
+        "model.rpn.bg_iou_thresh": rpn.matcher.low,
+        "model.rpn.batch_size_per_image": rpn.sampler.batch_size_per_image,
+        "model.rpn.positive_fraction": rpn.sampler.positive_fraction,
+        "model.rpn.nms_thresh": rpn.nms_thresh,
+        "model.rpn.pre_nms_topk_train": rpn.pre_nms_topk[0],
+        "model.rpn.post_nms_topk_train": rpn.post_nms_topk[0],
+        "model.rpn.pre_nms_topk_test": rpn.pre_nms_topk[1],
+        "model.rpn.post_nms_topk_test": rpn.post_nms_topk[1],
+        "model.rpn.post_nms_topk_scope": "per image",
+        "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
+    }
+
+
+def _roi_hparams(roi) -> dict:
+    return {
+        "model.roi_heads.fg_iou_thresh": roi.matcher.high,
+        "model.roi_heads.bg_iou_thresh": roi.matcher.low,
+        "model.roi_heads.batch_size_per_image": roi.sampler.batch_size_per_image,
+        "model.roi_heads.positive_fraction": roi.sampler.positive_fraction,
+        "model.roi_heads.box_pooler_resolution": roi.box_pooler.output_size,
+        "model.roi_heads.mask_pooler_resolution": roi.mask_pooler.output_size,
+        "model.roi_heads.pooler_sampling_ratio": roi.box_pooler.sampling_ratio,
+        "model.roi_heads.pooler_aligned": roi.box_pooler.aligned,
+        "model.roi_heads.box_head_num_fc": len(roi.box_head.fcs),
+        "model.roi_heads.box_head_fc_dim": roi.box_head.fcs[0].out_features,
+        "model.roi_heads.mask_head_num_conv": len(roi.mask_head.convs),
+        "model.roi_heads.mask_head_conv_dim": roi.mask_head.convs[0].out_channels,
+        "model.roi_heads.score_thresh_test": roi.score_thresh,
+        "model.roi_heads.nms_thresh_test": roi.nms_thresh,
+        "model.roi_heads.detections_per_image": roi.detections_per_image,
+        "model.roi_heads.smooth_l1_beta": roi.smooth_l1_beta,
+    }
+
+
+def _input_hparams(pre, data: dict) -> dict:
+    return {
+        "input.min_size_train": list(pre.min_size_train),
+        "input.max_size_train": pre.max_size_train,
+        "input.min_size_test": pre.min_size_test,
+        "input.max_size_test": pre.max_size_test,
+        "input.horizontal_flip_prob": data["horizontal_flip_prob"],
+        "input.filter_empty_annotations": data["filter_empty"],
+        "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
+    }
 
 
 ADAPTERS = [ReferenceAdapter()]

@@ -26,8 +26,9 @@ from ._common import (
     load_initial_weights,
     num_classes,
     ordered_batches,
-    schedule_facts,
+    phase_probe,
     schedule_length,
+    solver_hparams,
     stand_in_optimizer,
     step_scheduler,
     train_spec,
@@ -62,18 +63,18 @@ class TorchvisionAdapter(Adapter):
 
     # ----------------------------------------------------------------- translate
     def translate(self, cfg, data=None) -> TorchvisionNative:
-        m, rpn, roi, inp, sol, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
+        model_cfg, rpn, roi, inp, solver, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
         if roi.box_head_num_fc != 2:
             raise UnsupportedConfig("torchvision's TwoMLPHead has exactly 2 FC layers (model.roi_heads.box_head_num_fc)")
-        if m.effective_norm == "SyncBN" and bench.device != "cuda":
+        if model_cfg.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
-        n = len(m.anchors.sizes)
+        levels = len(model_cfg.anchors.sizes)
         model_kwargs = dict(
             num_classes=num_classes(cfg, data) + 1,  # torchvision counts the background class
             min_size=tuple(inp.min_size_train),
             max_size=inp.max_size_train,
-            image_mean=[v / 255.0 for v in m.pixel_mean],  # torchvision normalizes images in [0, 1]
-            image_std=[v / 255.0 for v in m.pixel_std],
+            image_mean=[v / 255.0 for v in model_cfg.pixel_mean],  # torchvision normalizes images in [0, 1]
+            image_std=[v / 255.0 for v in model_cfg.pixel_std],
             rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
             rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
             rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
@@ -94,14 +95,14 @@ class TorchvisionAdapter(Adapter):
         return TorchvisionNative(
             model_kwargs=model_kwargs,
             backbone=dict(
-                backbone_name=f"resnet{m.backbone.depth}",
-                trainable_layers=5 - m.effective_freeze_at,
-                norm=m.effective_norm,
-                weights=m.weights,
-                init_weights=m.init_weights,
-                fpn_out_channels=m.fpn_out_channels,
-                anchor_sizes=[[s] for s in m.anchors.sizes],
-                aspect_ratios=[list(m.anchors.aspect_ratios)] * n,
+                backbone_name=f"resnet{model_cfg.backbone.depth}",
+                trainable_layers=5 - model_cfg.effective_freeze_at,
+                norm=model_cfg.effective_norm,
+                weights=model_cfg.weights,
+                init_weights=model_cfg.init_weights,
+                fpn_out_channels=model_cfg.fpn_out_channels,
+                anchor_sizes=[[size] for size in model_cfg.anchors.sizes],
+                aspect_ratios=[list(model_cfg.anchors.aspect_ratios)] * levels,
             ),
             box_head=dict(representation_size=roi.box_head_fc_dim),
             mask_head=dict(layers=[roi.mask_head_conv_dim] * roi.mask_head_num_conv, dilation=1),
@@ -112,17 +113,17 @@ class TorchvisionAdapter(Adapter):
                 sampling_ratio=roi.pooler_sampling_ratio,
             ),
             optimizer=dict(
-                lr=sol.base_lr,
-                momentum=sol.momentum,
-                weight_decay=sol.weight_decay,
-                norm_weight_decay=sol.weight_decay_norm,
+                lr=solver.base_lr,
+                momentum=solver.momentum,
+                weight_decay=solver.weight_decay,
+                norm_weight_decay=solver.weight_decay_norm,
             ),
             schedule=dict(
-                warmup_iters=sol.warmup_iters,
-                warmup_factor=sol.warmup_factor,
-                steps=list(sol.steps),
-                gamma=sol.gamma,
-                max_iter=sol.max_iter,
+                warmup_iters=solver.warmup_iters,
+                warmup_factor=solver.warmup_factor,
+                steps=list(solver.steps),
+                gamma=solver.gamma,
+                max_iter=solver.max_iter,
             ),
             data=data_spec(cfg, data),
             train=train_spec(cfg),
@@ -138,99 +139,45 @@ class TorchvisionAdapter(Adapter):
         from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
         from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-        b = native.backbone
-        norm_layer = {"FrozenBN": FrozenBatchNorm2d, "BN": torch.nn.BatchNorm2d, "SyncBN": torch.nn.BatchNorm2d}[b["norm"]]
+        spec = native.backbone
+        norm_layer = {"FrozenBN": FrozenBatchNorm2d, "BN": torch.nn.BatchNorm2d, "SyncBN": torch.nn.BatchNorm2d}[spec["norm"]]
         backbone = resnet_fpn_backbone(
-            backbone_name=b["backbone_name"], weights=None, norm_layer=norm_layer, trainable_layers=b["trainable_layers"]
+            backbone_name=spec["backbone_name"], weights=None, norm_layer=norm_layer, trainable_layers=spec["trainable_layers"]
         )
-        p = native.pooler
-        box_pool = MultiScaleRoIAlign(p["featmap_names"], p["box_output_size"], p["sampling_ratio"])
-        mask_pool = MultiScaleRoIAlign(p["featmap_names"], p["mask_output_size"], p["sampling_ratio"])
-        out = backbone.out_channels
+        pooler = native.pooler
+        box_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["box_output_size"], pooler["sampling_ratio"])
+        mask_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["mask_output_size"], pooler["sampling_ratio"])
+        channels = backbone.out_channels
         model = MaskRCNN(
             backbone,
             rpn_anchor_generator=AnchorGenerator(
-                tuple(tuple(s) for s in b["anchor_sizes"]), tuple(tuple(a) for a in b["aspect_ratios"])
+                tuple(tuple(sizes) for sizes in spec["anchor_sizes"]), tuple(tuple(ratios) for ratios in spec["aspect_ratios"])
             ),
             box_roi_pool=box_pool,
-            box_head=TwoMLPHead(out * p["box_output_size"] ** 2, native.box_head["representation_size"]),
+            box_head=TwoMLPHead(channels * pooler["box_output_size"] ** 2, native.box_head["representation_size"]),
             mask_roi_pool=mask_pool,
-            mask_head=MaskRCNNHeads(out, native.mask_head["layers"], native.mask_head["dilation"]),
+            mask_head=MaskRCNNHeads(channels, native.mask_head["layers"], native.mask_head["dilation"]),
             **native.model_kwargs,
         )
-        if b.get("init_weights"):  # the shared initialisation already holds model.weights
-            load_exact(model, load_initial_weights(b["init_weights"]), b["init_weights"])
-        elif b["weights"]:
-            load_weights(model, b["weights"])
-        if b["norm"] == "SyncBN":
+        if spec.get("init_weights"):  # the shared initialisation already holds model.weights
+            load_exact(model, load_initial_weights(spec["init_weights"]), spec["init_weights"])
+        elif spec["weights"]:
+            load_weights(model, spec["weights"])
+        if spec["norm"] == "SyncBN":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
     # ------------------------------------------------------- effective hparams
     def effective_hparams(self, native: TorchvisionNative) -> dict:
-        from torchvision.ops import FrozenBatchNorm2d
-
+        """Read back from the built model, section by section (base.CANONICAL_HPARAM_KEYS)."""
         model = self.build_model(native)
-        t, rpn, roi = model.transform, model.rpn, model.roi_heads
-        body = model.backbone.body
-        frozen = [name for name in ("conv1", "layer1", "layer2", "layer3", "layer4")
-                  if not any(p.requires_grad for p in getattr(body, name).parameters())]
-        freeze_at = 0 if not frozen else (1 + ["conv1", "layer1", "layer2", "layer3", "layer4"].index(frozen[-1]))
-        box_fc = [mod for mod in model.roi_heads.box_head.modules() if mod.__class__.__name__ == "Linear"]
-        mask_convs = [mod for mod in model.roi_heads.mask_head.modules() if mod.__class__.__name__ == "Conv2d"]
-        d, o, s = native.data, native.optimizer, native.schedule
         return {
-            "model.num_classes": model.roi_heads.box_predictor.cls_score.out_features - 1,
-            "model.pixel_mean": [round(v * 255.0, 4) for v in t.image_mean],
-            "model.pixel_std": [round(v * 255.0, 4) for v in t.image_std],
-            "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
-            "model.backbone.freeze_at": freeze_at,
-            "model.backbone.norm": "FrozenBN" if isinstance(body.bn1, FrozenBatchNorm2d) else type(body.bn1).__name__.replace("BatchNorm2d", "BN"),
-            "model.fpn_out_channels": model.backbone.out_channels,
-            "model.anchors.sizes": [s[0] for s in rpn.anchor_generator.sizes],
-            "model.anchors.aspect_ratios": list(rpn.anchor_generator.aspect_ratios[0]),
-            "model.rpn.fg_iou_thresh": rpn.proposal_matcher.high_threshold,
-            "model.rpn.bg_iou_thresh": rpn.proposal_matcher.low_threshold,
-            "model.rpn.batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
-            "model.rpn.positive_fraction": rpn.fg_bg_sampler.positive_fraction,
-            "model.rpn.nms_thresh": rpn.nms_thresh,
-            "model.rpn.pre_nms_topk_train": rpn._pre_nms_top_n["training"],
-            "model.rpn.post_nms_topk_train": rpn._post_nms_top_n["training"],
-            "model.rpn.pre_nms_topk_test": rpn._pre_nms_top_n["testing"],
-            "model.rpn.post_nms_topk_test": rpn._post_nms_top_n["testing"],
-            "model.rpn.post_nms_topk_scope": "per image",
-            "model.roi_heads.fg_iou_thresh": roi.proposal_matcher.high_threshold,
-            "model.roi_heads.bg_iou_thresh": roi.proposal_matcher.low_threshold,
-            "model.roi_heads.batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
-            "model.roi_heads.positive_fraction": roi.fg_bg_sampler.positive_fraction,
-            "model.roi_heads.box_pooler_resolution": roi.box_roi_pool.output_size[0],
-            "model.roi_heads.mask_pooler_resolution": roi.mask_roi_pool.output_size[0],
-            "model.roi_heads.pooler_sampling_ratio": roi.box_roi_pool.sampling_ratio,
-            "model.roi_heads.pooler_aligned": False,  # hard-coded in MultiScaleRoIAlign.forward
-            "model.roi_heads.box_head_num_fc": len(box_fc),
-            "model.roi_heads.box_head_fc_dim": box_fc[0].out_features,
-            "model.roi_heads.mask_head_num_conv": len(mask_convs),
-            "model.roi_heads.mask_head_conv_dim": mask_convs[0].out_channels,
-            "model.roi_heads.score_thresh_test": roi.score_thresh,
-            "model.roi_heads.nms_thresh_test": roi.nms_thresh,
-            "model.roi_heads.detections_per_image": roi.detections_per_img,
-            "input.min_size_train": list(t.min_size),
-            "input.max_size_train": t.max_size,
-            "input.min_size_test": t.min_size[-1],
-            "input.max_size_test": t.max_size,
-            "input.horizontal_flip_prob": d["horizontal_flip_prob"],
-            "input.filter_empty_annotations": d["filter_empty"],
-            "solver.ims_per_batch_per_process": d["batch_size_per_process"],
-            "solver.base_lr": o["lr"],
-            "solver.momentum": o["momentum"],
-            "solver.weight_decay": o["weight_decay"],
-            "solver.weight_decay_norm": o["norm_weight_decay"],
-            "solver.warmup_method": "linear",
-            **schedule_facts(self.lr_trajectory(native, schedule_length(s)), o["lr"]),
-            "model.rpn.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py / roi_heads.py
-            "model.roi_heads.smooth_l1_beta": 1.0 / 9,
+            **_backbone_hparams(model),
+            **_rpn_hparams(model.rpn),
+            **_roi_hparams(model.roi_heads),
+            **_input_hparams(model.transform, native.data),
+            **self._solver_hparams(native),
             "info.mask_targets": "RoIAlign of full-image bitmasks",
-            "input.aspect_ratio_grouping": d["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
             "info.backbone_style": PYTORCH_STYLE,  # torchvision's ResNet (v1.5)
             "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # fixed in torchvision's rpn.py
             "info.roi_low_quality_matches": False,
@@ -243,6 +190,13 @@ class TorchvisionAdapter(Adapter):
                 "model.roi_heads.smooth_l1_beta": "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9",
             },
         }
+
+    def _solver_hparams(self, native: TorchvisionNative) -> dict:
+        optimizer = native.optimizer
+        return solver_hparams(ims_per_process=native.data["batch_size_per_process"], base_lr=optimizer["lr"],
+                              momentum=optimizer["momentum"], weight_decay=optimizer["weight_decay"],
+                              weight_decay_norm=optimizer["norm_weight_decay"], warmup_method="linear",
+                              lrs=self.lr_trajectory(native, schedule_length(native.schedule)))
 
     def forward_features(self, cfg, images) -> dict:
         model = self.build_model(self.translate(cfg)).train()
@@ -260,19 +214,19 @@ class TorchvisionAdapter(Adapter):
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
         from torchvision.transforms import v2
 
-        d = native.data
+        data_opts = native.data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
-            dataset = CocoDetection(d["train_images"], d["train_json"])
+            dataset = CocoDetection(data_opts["train_images"], data_opts["train_json"])
         coco = dataset.coco
         cat_ids = sorted(coco.getCatIds())
         label_of = {c: i + 1 for i, c in enumerate(cat_ids)}  # contiguous labels, 0 = background
-        if d["filter_empty"]:
+        if data_opts["filter_empty"]:
             dataset.ids = [i for i in dataset.ids if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))]
         dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd"))
         transforms = v2.Compose(
             [
                 v2.ToImage(),
-                v2.RandomHorizontalFlip(d["horizontal_flip_prob"]),
+                v2.RandomHorizontalFlip(data_opts["horizontal_flip_prob"]),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.SanitizeBoundingBoxes(labels_getter=lambda sample: (sample[1]["labels"], sample[1]["masks"], sample[1]["iscrowd"])),
             ]
@@ -280,13 +234,13 @@ class TorchvisionAdapter(Adapter):
         image_ids = list(dataset.ids)
         dataset = _Transformed(dataset, transforms, label_of)
         # the run's one data order, endless: no epoch restart (nor worker restart) inside the window
-        batch_sampler = ordered_batches(d, dist, image_ids, f"torchvision ({d['train_json']})")
+        batch_sampler = ordered_batches(data_opts, dist, image_ids, f"torchvision ({data_opts['train_json']})")
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batch_sampler,
-            num_workers=d["num_workers"],
+            num_workers=data_opts["num_workers"],
             collate_fn=_collate,
-            persistent_workers=d["num_workers"] > 0,
+            persistent_workers=data_opts["num_workers"] > 0,
             pin_memory=dist.device.startswith("cuda"),
         )
         return loader
@@ -298,12 +252,19 @@ class TorchvisionAdapter(Adapter):
         from mrcnn_bench.harness.timing import raise_if_not_finite
 
         native = self.translate(cfg, data)
-        tr = native.train
-        torch.manual_seed(tr["seed"] + dist.rank)
+        train_opts = native.train
+        torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native).to(device)
         attach_work_counters(timer, backbone=model.backbone, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
-        if tr["channels_last"]:
+        roi = model.roi_heads
+        phase_probe(cfg, timer, dist.device, model, {
+            "preprocess": [model.transform], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
+            "rpn": [model.rpn], "rpn head": [model.rpn.head], "roi heads": [roi],
+            "roi pooling": [roi.box_roi_pool, roi.mask_roi_pool], "box head": [roi.box_head, roi.box_predictor],
+            "mask head": [roi.mask_head, roi.mask_predictor],
+        })
+        if train_opts["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         optimizer = build_optimizer(model, native.optimizer)
@@ -313,25 +274,25 @@ class TorchvisionAdapter(Adapter):
             ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tr["dtype"]]
-        scaler = torch.amp.GradScaler(device.type, enabled=tr["dtype"] == "fp16")
+        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train_opts["dtype"]]
+        scaler = torch.amp.GradScaler(device.type, enabled=train_opts["dtype"] == "fp16")
         it = iter(self.build_loader(native, dist))
         timer.before_train()
-        for _ in range(tr["iters"]):
+        for _ in range(train_opts["iters"]):
             data_time = 0.0
             images_seen = 0
-            for micro in range(tr["grad_accum"]):
+            for micro in range(train_opts["grad_accum"]):
                 t0 = time.perf_counter()
                 images, targets = next(it)
                 data_time += time.perf_counter() - t0
                 images = [img.to(device, non_blocking=True) for img in images]
                 targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-                sync_ctx = ddp_model.no_sync() if (dist.distributed and micro < tr["grad_accum"] - 1) else contextlib.nullcontext()
+                sync_ctx = ddp_model.no_sync() if (dist.distributed and micro < train_opts["grad_accum"] - 1) else contextlib.nullcontext()
                 with sync_ctx:
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                         loss_dict = ddp_model(images, targets)
                         loss = sum(loss_dict.values())
-                    scaler.scale(loss / tr["grad_accum"]).backward()
+                    scaler.scale(loss / train_opts["grad_accum"]).backward()
                 images_seen += len(images)
             loss_value = float(loss.detach())
             raise_if_not_finite(loss_value, timer.next_iter, loss_dict)  # before the step applies it
@@ -415,6 +376,79 @@ def load_weights(model, path: str) -> None:
         )
     if unexpected:
         raise ValueError(f"{path}: unexpected keys in checkpoint: {unexpected[:5]}")
+
+
+# ------------------------------------------------------------- effective hparams, by section
+_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
+
+
+def _backbone_hparams(model) -> dict:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    body, anchors = model.backbone.body, model.rpn.anchor_generator
+    frozen = [name for name in _STAGES if not any(p.requires_grad for p in getattr(body, name).parameters())]
+    return {
+        "model.num_classes": model.roi_heads.box_predictor.cls_score.out_features - 1,
+        "model.pixel_mean": [round(v * 255.0, 4) for v in model.transform.image_mean],
+        "model.pixel_std": [round(v * 255.0, 4) for v in model.transform.image_std],
+        "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
+        "model.backbone.freeze_at": 0 if not frozen else 1 + _STAGES.index(frozen[-1]),
+        "model.backbone.norm": "FrozenBN" if isinstance(body.bn1, FrozenBatchNorm2d) else type(body.bn1).__name__.replace("BatchNorm2d", "BN"),
+        "model.fpn_out_channels": model.backbone.out_channels,
+        "model.anchors.sizes": [sizes[0] for sizes in anchors.sizes],
+        "model.anchors.aspect_ratios": list(anchors.aspect_ratios[0]),
+    }
+
+
+def _rpn_hparams(rpn) -> dict:
+    return {
+        "model.rpn.fg_iou_thresh": rpn.proposal_matcher.high_threshold,
+        "model.rpn.bg_iou_thresh": rpn.proposal_matcher.low_threshold,
+        "model.rpn.batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
+        "model.rpn.positive_fraction": rpn.fg_bg_sampler.positive_fraction,
+        "model.rpn.nms_thresh": rpn.nms_thresh,
+        "model.rpn.pre_nms_topk_train": rpn._pre_nms_top_n["training"],
+        "model.rpn.post_nms_topk_train": rpn._post_nms_top_n["training"],
+        "model.rpn.pre_nms_topk_test": rpn._pre_nms_top_n["testing"],
+        "model.rpn.post_nms_topk_test": rpn._post_nms_top_n["testing"],
+        "model.rpn.post_nms_topk_scope": "per image",
+        "model.rpn.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py
+    }
+
+
+def _roi_hparams(roi) -> dict:
+    box_fc = [mod for mod in roi.box_head.modules() if mod.__class__.__name__ == "Linear"]
+    mask_convs = [mod for mod in roi.mask_head.modules() if mod.__class__.__name__ == "Conv2d"]
+    return {
+        "model.roi_heads.fg_iou_thresh": roi.proposal_matcher.high_threshold,
+        "model.roi_heads.bg_iou_thresh": roi.proposal_matcher.low_threshold,
+        "model.roi_heads.batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
+        "model.roi_heads.positive_fraction": roi.fg_bg_sampler.positive_fraction,
+        "model.roi_heads.box_pooler_resolution": roi.box_roi_pool.output_size[0],
+        "model.roi_heads.mask_pooler_resolution": roi.mask_roi_pool.output_size[0],
+        "model.roi_heads.pooler_sampling_ratio": roi.box_roi_pool.sampling_ratio,
+        "model.roi_heads.pooler_aligned": False,  # hard-coded in MultiScaleRoIAlign.forward
+        "model.roi_heads.box_head_num_fc": len(box_fc),
+        "model.roi_heads.box_head_fc_dim": box_fc[0].out_features,
+        "model.roi_heads.mask_head_num_conv": len(mask_convs),
+        "model.roi_heads.mask_head_conv_dim": mask_convs[0].out_channels,
+        "model.roi_heads.score_thresh_test": roi.score_thresh,
+        "model.roi_heads.nms_thresh_test": roi.nms_thresh,
+        "model.roi_heads.detections_per_image": roi.detections_per_img,
+        "model.roi_heads.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's roi_heads.py
+    }
+
+
+def _input_hparams(transform, data: dict) -> dict:
+    return {
+        "input.min_size_train": list(transform.min_size),
+        "input.max_size_train": transform.max_size,
+        "input.min_size_test": transform.min_size[-1],
+        "input.max_size_test": transform.max_size,
+        "input.horizontal_flip_prob": data["horizontal_flip_prob"],
+        "input.filter_empty_annotations": data["filter_empty"],
+        "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
+    }
 
 
 ADAPTERS = [TorchvisionAdapter()]

@@ -118,11 +118,25 @@ def _run_options(fn):
 @click.option("--master-port", type=int, default=None)
 @click.option("--rdzv-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Seconds the nodes wait for each other at start.")
+@click.option("--container", default=None, metavar="IMAGE",
+              help="External systems (mrcnn-bench list): run in this docker image and ingest its log.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is even); "
+                   "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.")
 @_bad_input
 def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
-        gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout):
+        gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, repeats):
     """Train each implementation and time iterations [warmup, end); writes OUT/<run-id>/<impl>/run.json."""
+    from mrcnn_bench.external import system_names
+
     from . import launch
+
+    if impl in system_names():
+        cfg = _scaled_config(_default_config(config_name), _values(overrides, device, timeout), gpus, ims_per_gpu)
+        _run_external(impl, cfg, out_root, run_id, data_root, container)
+        return
+    if container:
+        raise BadInput(f"--container goes with an external system ({', '.join(system_names())}), not --impl {impl}")
 
     slurm = None
     if launcher == "slurm":
@@ -142,7 +156,12 @@ def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, ove
         threads_per_rank=threads, timeout_s=timeout, force=force, interpreters=_interpreters(pythons),
         rdzv_timeout_s=rdzv_timeout, slurm=slurm,
     )
-    run_dir, records = _run_suite(cfg, impl, opts, run_id, out_root, data_root)
+    if repeats > 1:
+        if nnodes > 1 or slurm:
+            raise BadInput("--repeats runs on one node; repeat a multi-node run by launching it again")
+        run_dir, records = _run_rounds(cfg, impl, opts, run_id, out_root, data_root, repeats)
+    else:
+        run_dir, records = _run_suite(cfg, impl, opts, run_id, out_root, data_root)
     if not opts.leader:
         failed = [r for r in records if r["status"] != "ok"]
         click.echo(f"\nthis {'task' if slurm else 'node'} is done; the results are written by "
@@ -209,7 +228,30 @@ def _interpreters(pythons) -> dict[str, str]:
     return interpreters
 
 
-def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root):
+def _run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int):
+    """``repeats`` rounds of the implementations, the order reversed every other round (ABBA: a drift of
+    the machine's speed over the rounds falls on every implementation alike); rounds already finished
+    under the run id are kept."""
+    from .launch import LaunchError
+    from .results import new_run_id
+
+    run_id = run_id or new_run_id()
+    records = []
+    for k in range(1, repeats + 1):
+        click.echo(f"== round {k}/{repeats}", err=True)
+        try:
+            records += _run_suite(cfg, impl_text, opts, f"{run_id}/r{k}", out_root, data_root, reverse=k % 2 == 0)[1]
+        except LaunchError as e:
+            if "finished results exist" not in str(e):
+                raise
+            from .frames import load_runs
+
+            click.echo(f"round {k}: finished earlier, kept (--force re-runs it)", err=True)
+            records += load_runs([Path(out_root) / run_id / f"r{k}"])
+    return Path(out_root) / run_id, records
+
+
+def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: bool = False):
     """Probe, resume, data, shared weights, then every implementation in turn: (run folder, records)."""
     from . import launch
     from .data import resolve_data
@@ -240,7 +282,7 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root):
         raise BadInput("no implementation is installed")
     run_id = run_id or new_run_id()
     run_dir = Path(out_root) / run_id
-    todo = launch.plan_resume(run_dir, runnable, opts.force)
+    todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
     kept = [i for i in runnable if i not in todo]
     if kept:
         click.echo(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)", err=True)
@@ -341,42 +383,84 @@ def report(paths, fmt, out, plots, title, into):
 
 # ------------------------------------------------------------------------------------- regress
 @main.command()
-@click.option("--baseline", required=True, type=click.Path(exists=True), help="A run folder (or run.json) to compare against.")
-@click.option("--candidate", required=True, type=click.Path(exists=True), help="The run folder (or run.json) under test.")
+@click.option("--baseline", default=None, type=click.Path(),
+              help="A run folder, or a folder of rounds (`run --repeats`), to compare against.")
+@click.option("--candidate", default=None, type=click.Path(), help="The run folder (or folder of rounds) under test.")
 @click.option("--threshold", default="5%", show_default=True, help="Slowdown tolerated before failing (e.g. 5% or 0.05).")
-@click.option("--alpha", default=0.01, show_default=True, type=float, help="Significance level of the Mann-Whitney U test.")
-@click.option("--relative-to", "relative_to", default=None, help="Compare time ratios to this implementation measured in the same run.")
-@click.option("--impl", "impls", default=None, help="Comma-separated implementations to gate [all in common].")
+@click.option("--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 1, max_open=True),
+              help="Level of the slowdown's interval; a regression's interval lies above 1.")
+@click.option("--relative-to", "relative_to", default=None,
+              help="Gate each implementation's throughput over this peer's in the same round (cancels the machine's speed).")
+@click.option("--impl", "impls", default=None, help="Comma-separated implementations to gate [all ok in the baseline].")
+@click.option("--history", "history_dir", default=None, type=click.Path(),
+              help="Instead: runs over commits in this folder; find the commit where throughput stepped.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="With --history: write the plot (PNG) here.")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @_bad_input
-def regress(baseline, candidate, threshold, alpha, relative_to, impls, fmt):
-    """Exit 1 when the candidate is significantly slower than the baseline by more than the threshold."""
-    import pandas as pd
-
-    from .regress import parse_threshold, regress as compare
+def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt):
+    """Exit 1 when the candidate is slower than the baseline beyond the threshold with the given
+    confidence, or an implementation failed or is missing in it; exit 2 when the two cannot be
+    compared. Rounds are runs: the interval includes run-to-run variance (README, "The regression gate")."""
+    from .regress import NotComparable, parse_threshold
 
     try:
         thr = parse_threshold(threshold)
     except ValueError as e:
         raise BadInput(f"--threshold: {e}") from None
-    results = compare(baseline, candidate, thr, alpha, relative_to, impls.split(",") if impls else None)
+    impl_list = [i.strip() for i in impls.split(",") if i.strip()] if impls else None
+    if history_dir:
+        if baseline or candidate:
+            raise BadInput("--history goes without --baseline/--candidate")
+        _history(history_dir, relative_to, impl_list, thr, plot, fmt)
+        return
+    if not (baseline and candidate):
+        raise BadInput("--baseline and --candidate are required (or --history DIR)")
+    from .regress import regress as gate
+
+    try:
+        results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list)
+    except NotComparable as e:
+        raise BadInput(str(e)) from None
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if fmt == "json":
-        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+        click.echo(json.dumps({"comparisons": [r.to_dict() for r in results], "failures": [f.to_dict() for f in failures]},
+                              indent=2))
     else:
-        table = pd.DataFrame(
-            {
+        import pandas as pd
+
+        value = f"img/s ÷ {relative_to}'s" if relative_to else "img/s"
+        if results:
+            click.echo(pd.DataFrame({
                 "Implementation": [r.impl for r in results],
-                "baseline s/iter": [f"{r.baseline_median_s:.4g}" for r in results],
-                "candidate s/iter": [f"{r.candidate_median_s:.4g}" for r in results],
-                "ratio [95% CI]": [f"{r.ratio:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in results],
-                "p (slower)": [f"{r.p_value:.2g}" for r in results],
+                "Runs (base/cand)": [f"{r.baseline_runs}/{r.candidate_runs}" for r in results],
+                f"baseline {value}": [f"{r.baseline_value:.4g}" for r in results],
+                f"candidate {value}": [f"{r.candidate_value:.4g}" for r in results],
+                f"slowdown [{100 * confidence:.0f}% CI]": [f"{r.slowdown:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in results],
                 "verdict": [r.verdict for r in results],
-            }
-        )
-        if relative_to:
-            click.echo(f"times relative to {relative_to} in the same run")
-        click.echo(table.to_markdown(index=False, disable_numparse=True))
-    sys.exit(1 if any(r.regression for r in results) else 0)
+            }).to_markdown(index=False, disable_numparse=True))
+        for f in failures:
+            click.echo(f"FAILED: {f.impl}: {f.reason}")
+    sys.exit(1 if failures or any(r.regression for r in results) else 0)
+
+
+def _history(history_dir, relative_to, impls, threshold, plot, fmt):
+    from .regress import history
+
+    steps = history(history_dir, relative_to, impls, threshold)
+    if plot:
+        from .plots import history_plot
+
+        history_plot(steps, Path(plot), relative_to)
+        click.echo(f"plot: {plot}", err=True)
+    if fmt == "json":
+        click.echo(json.dumps([{"impl": s.impl, "commits": s.commits, "values": s.values, "step_commit": s.commit,
+                                "change": s.change, "p_value": s.p_value} for s in steps], indent=2))
+        return
+    for s in steps:
+        where = (f"stepped at {s.commits[s.index]}: x{s.change:.3f} (p={s.p_value:.2g})" if s.significant
+                 else f"no step (best split x{s.change:.3f}, p={s.p_value:.2g})")
+        click.echo(f"{s.impl}: {len(s.commits)} commits; {where}")
 
 
 # -------------------------------------------------------------------------------------- parity
@@ -500,6 +584,128 @@ def _trajectory_parity(run_dir: str, band: float | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------- list
+# -------------------------------------------------------------------------------------- phases
+@main.command()
+@_run_options
+@click.option("--into", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Also put the phases table between the `mrcnn-bench phases` markers of this Markdown file.")
+@click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write the stacked-bar plot (phases.png) here.")
+@_bad_input
+def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+           into, plots):
+    """Where each implementation spends its training step, on one process: every phase timed inside its own
+    training loop by one method (harness/phases.py), the window's mean ms per iteration, and the host-device
+    waits of one step. A run of its own (benchmark.phases: the synchronizes change the throughput)."""
+    from . import launch
+    from .report import phases_markdown, write_into
+
+    values = {**_values(overrides, device, timeout), "benchmark.phases": True}
+    cfg = _scaled_config(_default_config(config_name), values, 1, ims_per_gpu)  # one process
+    opts = launch.LaunchOptions(nproc_per_node=cfg.benchmark.gpus, threads_per_rank=threads, timeout_s=timeout, force=force,
+                                interpreters=_interpreters(pythons))
+    run_dir, records = _run_suite(cfg, impl, opts, run_id, out_root, data_root)
+    text = phases_markdown(records)
+    failed = [r for r in records if r["status"] != "ok"]
+    click.echo(f"\nresults: {run_dir}\n")
+    click.echo(text or "_no phases measured_\n")
+    for r in failed:
+        click.echo(f"{r['impl']}: {r['status']}: {r['reason']}")
+    if plots:
+        from .plots import phases_plot
+
+        phases_plot(records, Path(plots) / "phases.png")
+        click.echo(f"plots: {plots}", err=True)
+    if into and text:
+        try:
+            sets = "".join(f" --set {o}" for o in overrides)
+            write_into(Path(into), text, f"mrcnn-bench phases --impl {impl} --config {cfg.name}{sets} --into {into}",
+                       section="phases")
+        except ValueError as e:
+            raise BadInput(f"--into: {e}") from e
+    sys.exit(1 if failed else 0)
+
+
+# -------------------------------------------------------------------------------------- ingest
+@main.command()
+@click.option("--impl", "name", required=True, help="The external system whose log this is (mrcnn-bench list).")
+@click.argument("logs", nargs=-1, required=True, type=click.Path())
+@click.option("--config", "config_name", default=CANONICAL, show_default=True, help="The canonical config it ran.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As `run --set` (e.g. benchmark.gpus=8).")
+@click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id].")
+@_bad_input
+def ingest(name, logs, config_name, overrides, out_root, run_id):
+    """Read an external system's own training log (the first LOG is rank 0's; more are checked against
+    it) into OUT/<run-id>/<impl>/run.json: the same window and throughput definition as a measured run,
+    marked measured_by: log."""
+    from mrcnn_bench.external import get_system
+
+    from .ingest import ingest as read_log
+    from .logs import LogError
+    from .results import new_run_id
+
+    try:
+        system = get_system(name)
+    except KeyError as e:
+        raise BadInput(f"--impl: {e.args[0]}") from None
+    cfg = load_config(resolve_config_path(config_name), dict(parse_override(o) for o in overrides))
+    run_id = run_id or new_run_id()
+    try:
+        record = read_log(system, list(logs), cfg, Path(out_root) / run_id / name, run_id)
+    except LogError as e:
+        raise BadInput(str(e)) from None
+    s = record["summary"]
+    click.echo(f"{name}: {s['images_per_s']:.3f} img/s over iterations [{s['warmup']}, {s['end']}) "
+               f"from {record['environment']['log_format']} log(s); measured_by: log")
+    for note in record["from_log"]["notes"]:
+        click.echo(f"  note: {note}")
+    click.echo(f"results: {Path(out_root) / run_id / name}")
+
+
+def _run_external(name, cfg, out_root, run_id, data_root, container):
+    """An external system: write its native config and the commands; with --container, docker and the
+    image present, run it and ingest its log."""
+    import shutil
+    import subprocess
+
+    from mrcnn_bench.external import get_system
+
+    from .ingest import ingest as read_log
+    from .results import atomic_write_text, new_run_id
+
+    system = get_system(name)
+    run_id = run_id or new_run_id()
+    run_dir = (Path(out_root) / run_id / name).resolve()
+    translation = system.translate(cfg)
+    for filename, text in translation.files.items():
+        atomic_write_text(run_dir / filename, text)
+    image = container or system.image
+    docker = system.docker_command(image or "<IMAGE>", str(run_dir), str(Path(data_root).resolve()) if data_root else None,
+                                   translation)
+    import shlex
+
+    ingest_cmd = shlex.join(["mrcnn-bench", "ingest", "--impl", name, str(run_dir / "train.log"), "--config", cfg.name,
+                             "--set", f"benchmark.gpus={cfg.benchmark.gpus}", "--out", str(out_root), "--run-id", run_id])
+    click.echo(f"{system.title} ({system.home}): native config written to {run_dir}")
+    for note in translation.mismatches:
+        click.echo(f"  cannot match: {note}")
+    ready = container and shutil.which("docker") and subprocess.run(
+        ["docker", "image", "inspect", container], capture_output=True).returncode == 0
+    if not ready:
+        why = ("no --container given" if not container else "docker is not on PATH" if not shutil.which("docker")
+               else f"image {container} is not present (docker pull/build it)")
+        click.echo(f"\nnot run here ({why}). In the system's own container"
+                   + (f" (docker/external/{name}.Dockerfile builds {system.image})" if system.image else "") + ":\n\n"
+                   f"  {shlex.join(docker)}\n\nthen read its log into the results:\n\n  {ingest_cmd}")
+        return
+    click.echo(f"running: {shlex.join(docker)}", err=True)
+    status = subprocess.run(docker).returncode
+    if status != 0:
+        raise click.ClickException(f"{name}: the container exited {status}; its log: {run_dir / 'train.log'}")
+    record = read_log(system, [run_dir / "train.log"], cfg, run_dir, run_id)
+    click.echo(f"{name}: {record['summary']['images_per_s']:.3f} img/s (measured_by: log)")
+
+
 @main.command("list")
 def list_impls():
     """The implementations this harness knows, and whether each is installed."""
@@ -511,6 +717,12 @@ def list_impls():
         python = launch.interpreter_for(name, {})
         ok, info = launch.probe(name, python)
         click.echo(f"{name:12s} {'installed' if ok else 'missing  '}  {info}  [{python}]")
+    from mrcnn_bench.external import get_system, system_names
+
+    for name in system_names():
+        system = get_system(name)
+        click.echo(f"{name:12s} external   {system.title}: its own container, measured from its log "
+                   f"(`run --impl {name}` prints the commands)")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,9 @@ class BenchmarkConfig(_Section):
     # One seeded initialisation of the whole model (model.init_weights), the same for every implementation.
     shared_init: bool = True
     timeout_s: float = Field(3600.0, gt=0)  # per implementation, a hang past this is a failure
+    # time each phase of the step inside the framework's loop (harness/phases.py): a run of its own, the
+    # synchronizes it adds change the throughput
+    phases: bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -204,6 +207,10 @@ class ReferenceOptions(_Section):
     batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
     cuda_graphs: bool = False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
     cuda_graph_shapes: int = Field(16, gt=0)  # at most this many batch shapes captured; others run eagerly
+    # Not a speed switch: a planted slowdown, real extra work for measuring the regression gate's power
+    # (README, "The regression gate"). Extra backbone + FPN forward passes per training iteration,
+    # without grad, results discarded; a fraction runs on that share of the batch's rows. 0: off.
+    recompute_backbone: float = Field(0.0, ge=0, le=8)
 
 
 class DataConfig(_Section):

@@ -28,7 +28,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
         w = r.get("window") or {}
         env = r.get("environment") or {}
         its = iterations_of(r)
-        ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" else None
+        measured = r.get("measured_by", "harness")
+        # a log's per-iteration times are interval means: no interval of img/s from them
+        ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" and measured == "harness" else None
         peaks = [it["max_memory_mb"] for it in its if it.get("max_memory_mb") is not None]
         rows.append(
             {
@@ -37,6 +39,15 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "config": (r.get("config") or {}).get("name"),
                 "status": r["status"],
                 "reason": r.get("reason"),
+                "measured_by": measured,
+                "log_derivation": (r.get("from_log") or {}).get("derivation"),
+                "log_notes": "; ".join((r.get("from_log") or {}).get("notes") or []) or None,
+                "parity_unverified": len(r.get("parity_unverified") or []),
+                "s_per_iter_mean": s.get("s_per_iter_mean"),
+                "phases_ms": s.get("phases_ms"),
+                "phases_missing": s.get("phases_missing"),
+                "phases_notes": s.get("phases_notes"),
+                "host_syncs": s.get("host_syncs_per_step"),
                 "images_per_s": s.get("images_per_s"),
                 "images_per_s_ci_low": ci[0] if ci else None,
                 "images_per_s_ci_high": ci[1] if ci else None,

@@ -137,3 +137,41 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     if scaling_curve(df, out_dir / "scaling.png"):
         written.append(out_dir / "scaling.png")
     return written
+
+
+def history_plot(steps, path: Path, relative_to: str | None = None) -> Path:
+    """Throughput over commits (``regress.history``), one panel per implementation, the step marked."""
+    width = max(6.0, 0.5 * max(len(s.commits) for s in steps))
+    fig, axes = plt.subplots(len(steps), 1, figsize=(width, 3 * len(steps)), squeeze=False)
+    for ax, step in zip(axes[:, 0], steps):
+        ax.plot(range(len(step.values)), step.values, "o-", color="tab:blue")
+        if step.significant:
+            ax.axvline(step.index - 0.5, color="tab:red", linestyle="--",
+                       label=f"step at {step.commits[step.index][:10]}: x{step.change:.3f}")
+            ax.legend(loc="best")
+        ax.set_xticks(range(len(step.commits)), [c[:7] for c in step.commits], rotation=60, fontsize=7)
+        ax.set_ylabel(f"img/s ÷ {relative_to}'s" if relative_to else "img/s")
+        ax.set_title(step.impl)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def phases_plot(records: list[dict], path: Path) -> Path:
+    """One stacked bar per implementation (fastest first): ms per iteration by phase."""
+    from .phases import PHASES
+    from .report import _phase_runs
+
+    ok = _phase_runs(runs_frame(records))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(ok)), 5))
+    colors = plt.get_cmap("tab20").colors
+    bottoms = np.zeros(len(ok))
+    for i, phase in enumerate(PHASES):
+        values = np.array([row["phases_ms"].get(phase, 0.0) for _, row in ok.iterrows()])
+        ax.bar(list(ok["impl"]), values, bottom=bottoms, label=phase, color=colors[i % len(colors)])
+        bottoms += values
+    ax.set_ylabel("ms per iteration (window mean)")
+    ax.set_title("Where the time goes")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, Path(path))
+    return Path(path)

@@ -1,35 +1,51 @@
-"""The throughput regression gate: candidate vs baseline, per implementation, by a statistical test.
+"""The throughput regression gate: a candidate's runs against a baseline's, per implementation.
 
-Per-iteration times of the timed window are compared, not one number: a Mann-Whitney U test
-(one-sided: is the candidate slower?) and a bootstrap confidence interval of the ratio of medians.
-A regression is reported only when it is significant (p < alpha and the interval lies above 1) and
-larger than the threshold. With ``relative_to``, each iteration time is first divided by the median
-iteration time of a peer implementation measured in the same run, which cancels the machine's speed.
+The model (README, "The regression gate"). The unit of evidence is a run: one round of the
+implementations (``mrcnn-bench run --repeats N`` interleaves N of them). In each run an
+implementation's value is its throughput over the window, images over wall seconds, so that a stall
+in a few iterations counts as it does for a user (a median would hide it). With ``relative_to`` the
+value is that throughput over the peer's in the same round, which cancels the machine's speed of
+the moment. Baseline and candidate give one log value per run; the slowdown is exp(mean(baseline) -
+mean(candidate)) and its interval a Student-t one whose per-run variance is pooled from both sides'
+run-to-run spread; with one run a side, the within-run variance (moving-block bootstrap of each run's
+iterations) stands in for it. A regression is a slowdown whose interval lies above 1 and which
+exceeds the threshold.
+
+Exit codes of the command: 0 no regression; 1 a regression, or an implementation that failed or is
+missing in the candidate; 2 runs that cannot be compared (what differs is said) or bad input.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from .results import ResultError, find_runs, load_run, read_jsonl
-from .statistics import bootstrap_ratio_ci
+from .frames import iterations_of
+from .results import ResultError, find_runs, load_run
+from .statistics import block_bootstrap_log_var, find_step, slowdown_interval
+
+
+class NotComparable(ResultError):
+    """Baseline and candidate measured different things (exit 2)."""
 
 
 @dataclass
 class Comparison:
     impl: str
-    baseline_median_s: float
-    candidate_median_s: float
-    ratio: float  # candidate / baseline median iteration time (> 1: slower)
+    relative_to: str | None
+    baseline_runs: int
+    candidate_runs: int
+    baseline_value: float  # geometric mean over runs: img/s, or the ratio to the peer's img/s
+    candidate_value: float
+    slowdown: float  # candidate's time per image over the baseline's (> 1: slower)
     ci_low: float
     ci_high: float
-    p_value: float
-    n_baseline: int
-    n_candidate: int
-    relative_to: str | None
+    sd_per_run: float  # of the log value, what the interval is built from
+    df: int | None  # degrees of freedom of the run-to-run variance; None: one run a side, within-run only
     regression: bool
     verdict: str
 
@@ -37,69 +53,185 @@ class Comparison:
         return asdict(self)
 
 
-def window_times(run_json: Path, record: dict) -> np.ndarray:
-    """Per-iteration wall times of the timed window [warmup, end)."""
-    path = Path(run_json).parent / "iterations.jsonl"
-    if not path.is_file():
-        raise ResultError(f"{path}: missing (needed for the per-iteration comparison)")
-    rows = read_jsonl(path)
+@dataclass
+class Failure:
+    """An implementation of the baseline that the candidate does not deliver: it fails the gate."""
+
+    impl: str
+    reason: str
+    regression: bool = field(default=True, init=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------ the runs
+def _window(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Images and seconds of each iteration in the window [warmup, end)."""
     w = record["window"]
-    times = np.array([r["duration"] for r in rows if w["warmup"] <= r["iter"] < w["end"]], dtype=float)
-    if len(times) < 3:
-        raise ResultError(f"{path}: only {len(times)} iterations in the window [{w['warmup']}, {w['end']}); need at least 3")
-    return times
+    rows = [r for r in iterations_of(record) if w["warmup"] <= r["iter"] < w["end"]]
+    if len(rows) < 3:
+        raise ResultError(f"{Path(record['_path']).parent / 'iterations.jsonl'}: {len(rows)} iterations in the window "
+                          f"[{w['warmup']}, {w['end']}); need at least 3")
+    return (np.array([r.get("global_images", r["images"]) for r in rows], float),
+            np.array([r["duration"] for r in rows], float))
 
 
-def compare_times(impl: str, base: np.ndarray, cand: np.ndarray, threshold: float, alpha: float = 0.01,
-                  relative_to: str | None = None) -> Comparison:
-    ratio = float(np.median(cand) / np.median(base))
-    lo, hi = bootstrap_ratio_ci(base, cand)
-    p = float(stats.mannwhitneyu(cand, base, alternative="greater").pvalue)
-    significant = p < alpha and lo > 1.0
-    regression = significant and ratio > 1.0 + threshold
-    if regression:
-        verdict = f"REGRESSION: {100 * (ratio - 1):.1f}% slower (95% CI {100 * (lo - 1):.1f}%..{100 * (hi - 1):.1f}%, p={p:.2g})"
-    elif significant:
-        verdict = f"slower by {100 * (ratio - 1):.1f}%, within the {100 * threshold:.0f}% threshold"
-    else:
-        verdict = f"no significant slowdown (ratio {ratio:.3f}, p={p:.2g})"
-    return Comparison(impl, float(np.median(base)), float(np.median(cand)), ratio, lo, hi, p, len(base), len(cand), relative_to, regression, verdict)
+def load_rounds(path: str | Path) -> dict[Path, dict[str, dict]]:
+    """The runs under ``path`` by round (the folder holding the implementations' folders), then by
+    implementation. A missing or empty folder, or a record of another schema, is an input error."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultError(f"{path}: no such file or folder")
+    found = find_runs([path])
+    if not found:
+        raise ResultError(f"{path}: no run.json below it (expected a run folder from `mrcnn-bench run`)")
+    rounds: dict[Path, dict[str, dict]] = defaultdict(dict)
+    for run_json in found:
+        record = load_run(run_json)  # names the file and the schema versions it can read
+        rounds[run_json.parent.parent][record["impl"]] = record
+    return dict(sorted(rounds.items()))
 
 
-def _runs_by_impl(path: str | Path) -> dict[str, tuple[Path, dict]]:
-    out = {}
-    for run_json in find_runs([path]):
-        record = load_run(run_json)
-        if record["status"] != "ok":
+_NOT_SCENARIO = ("description", "benchmark.timeout_s", "benchmark.threads_per_rank", "benchmark.num_workers")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _with_defaults(config: dict) -> dict:
+    """The config with the keys a record predates filled in with their defaults (a key added since
+    is no difference when the older record ran with what is now its default)."""
+    from .config import Config
+
+    try:
+        return Config.model_validate(config).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as written
+        return config
+
+
+def scenario(record: dict) -> dict:
+    """What two runs must share to be compared: the shared config (implementation switches such as
+    ``reference.*`` are what is under test, like code; file locations count by name only), dtype, world
+    size, window and the device kind (cpu, or the GPU's model)."""
+    config = {k: v for k, v in _flat(_with_defaults(record.get("config") or {})).items()
+              if not k.startswith("reference.") and k not in _NOT_SCENARIO}
+    for key in ("model.init_weights", "model.weights", "data.root"):
+        if isinstance(config.get(key), str):
+            config[key] = Path(config[key]).name
+    gpus = sorted(set((record.get("environment") or {}).get("gpus") or []))
+    return {
+        "config": config,
+        "config hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
+        "dtype": record.get("dtype"),
+        "world size": record.get("world_size"),
+        "window": f"[{record['window']['warmup']}, {record['window']['end']})",
+        "device kind": record["device"] if record["device"] == "cpu" else ", ".join(gpus) or record["device"],
+    }
+
+
+def check_comparable(base: dict, cand: dict, base_name: str, cand_name: str) -> None:
+    a, b = scenario(base), scenario(cand)
+    differs = [f"{key}: {a[key]} vs {b[key]}" for key in ("dtype", "world size", "window", "device kind") if a[key] != b[key]]
+    if a["config hash"] != b["config hash"]:
+        keys = sorted(set(a["config"]) | set(b["config"]))
+        changed = [f"{k} ({a['config'].get(k, '(absent)')!r} vs {b['config'].get(k, '(absent)')!r})"
+                   for k in keys if a["config"].get(k, "(absent)") != b["config"].get(k, "(absent)")]
+        differs.append(f"config hash: {a['config hash']} vs {b['config hash']}, at {', '.join(changed)}")
+    if differs:
+        raise NotComparable(f"{base_name} ({base['impl']}) and {cand_name} ({cand['impl']}) are not comparable; "
+                            f"{'; '.join(differs)}")
+
+
+# ----------------------------------------------------------------------------------- the gate
+def _values(rounds: dict[Path, dict[str, dict]], impl: str, peer: str | None) -> tuple[np.ndarray, float]:
+    """Per-run log values of ``impl`` over the rounds where it (and the peer) ran ok, and the mean
+    within-run variance of those values."""
+    logs, within = [], []
+    for recs in rounds.values():
+        if recs.get(impl, {}).get("status") != "ok" or (peer and recs.get(peer, {}).get("status") != "ok"):
             continue
-        if record["impl"] in out:
-            raise ResultError(f"{path}: holds more than one ok run of '{record['impl']}'; point at one run id")
-        out[record["impl"]] = (run_json, record)
-    if not out:
-        raise ResultError(f"{path}: no successful run found")
-    return out
+        images, seconds = _window(recs[impl])
+        value, var = np.log(images.sum() / seconds.sum()), block_bootstrap_log_var(images, seconds)
+        if peer:
+            p_images, p_seconds = _window(recs[peer])
+            value -= np.log(p_images.sum() / p_seconds.sum())
+            var += block_bootstrap_log_var(p_images, p_seconds)
+        logs.append(value)
+        within.append(var)
+    return np.array(logs), float(np.mean(within)) if within else 0.0
 
 
-def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05, alpha: float = 0.01,
-            relative_to: str | None = None, impls: list[str] | None = None) -> list[Comparison]:
-    base_runs, cand_runs = _runs_by_impl(baseline), _runs_by_impl(candidate)
-    common = [i for i in base_runs if i in cand_runs and (impls is None or i in impls)]
-    if relative_to:
-        for name, runs in (("baseline", base_runs), ("candidate", cand_runs)):
-            if relative_to not in runs:
-                raise ResultError(f"--relative-to {relative_to}: the {name} has no successful run of it")
-        common = [i for i in common if i != relative_to]
-    if not common:
-        raise ResultError(f"{baseline} and {candidate} have no implementation in common to compare")
-    results = []
-    for impl in common:
-        base = window_times(*base_runs[impl])
-        cand = window_times(*cand_runs[impl])
-        if relative_to:
-            base = base / np.median(window_times(*base_runs[relative_to]))
-            cand = cand / np.median(window_times(*cand_runs[relative_to]))
-        results.append(compare_times(impl, base, cand, threshold, alpha, relative_to))
-    return results
+def _candidate_failures(cand: dict[Path, dict[str, dict]], impls: list[str], peer: str | None) -> list[Failure]:
+    failures = []
+    for impl in impls + ([peer] if peer else []):
+        for where, recs in cand.items():
+            if impl not in recs:
+                failures.append(Failure(impl, f"{where}: no run of {impl}"))
+            elif recs[impl]["status"] != "ok":
+                failures.append(Failure(impl, f"{where / impl}: {recs[impl]['status']}: {recs[impl].get('reason')}"))
+    return failures
+
+
+def compare(impl: str, base_logs: np.ndarray, cand_logs: np.ndarray, within_var: float, threshold: float,
+            level: float = 0.95, relative_to: str | None = None) -> Comparison:
+    slowdown, lo, hi, sd, df = slowdown_interval(base_logs, cand_logs, within_var, level)
+    significant = lo > 1.0
+    regression = significant and slowdown > 1.0 + threshold
+    pct = f"{100 * (slowdown - 1):+.1f}% time per image ({100 * level:.0f}% CI {100 * (lo - 1):+.1f}%..{100 * (hi - 1):+.1f}%)"
+    if regression:
+        verdict = f"REGRESSION: {pct}"
+    elif significant:
+        verdict = f"slower, within the {100 * threshold:.0f}% threshold: {pct}"
+    else:
+        verdict = f"no significant slowdown: {pct}"
+    if df is None:
+        verdict += "; one run a side: run-to-run variance not measured (the threshold guards)"
+    return Comparison(impl, relative_to, len(base_logs), len(cand_logs), float(np.exp(base_logs.mean())),
+                      float(np.exp(cand_logs.mean())), slowdown, lo, hi, sd, df, regression, verdict)
+
+
+def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05, level: float = 0.95,
+            relative_to: str | None = None, impls: list[str] | None = None) -> tuple[list[Comparison], list[Failure], list[str]]:
+    """Gate ``candidate`` against ``baseline``: (comparisons, failures, warnings). Raises NotComparable
+    for runs that measured different things and ResultError for bad input."""
+    base, cand = load_rounds(baseline), load_rounds(candidate)
+    ok_in_base = sorted({i for recs in base.values() for i, r in recs.items() if r["status"] == "ok"})
+    if relative_to and relative_to not in ok_in_base:
+        raise ResultError(f"--relative-to {relative_to}: the baseline {baseline} has no successful run of it")
+    wanted = impls or ok_in_base
+    unknown = [i for i in wanted if i not in ok_in_base]
+    if unknown:
+        raise ResultError(f"--impl {','.join(unknown)}: the baseline {baseline} has no successful run of it")
+    wanted = [i for i in wanted if i != relative_to]
+    if not wanted:
+        raise ResultError(f"{baseline}: no implementation to gate besides the peer {relative_to}")
+    # every run on each side against the first of the baseline: one scenario throughout
+    first = next(r for recs in base.values() for r in recs.values() if r["status"] == "ok")
+    warnings = set()
+    for name, rounds in ((baseline, base), (candidate, cand)):
+        for where, recs in rounds.items():
+            for record in recs.values():
+                if record["status"] != "ok":
+                    continue  # a failed run has no window to compare; a failed candidate fails below
+                check_comparable(first, record, f"{baseline}", str(where / record["impl"]))
+                cpu = (record.get("environment") or {}).get("cpu")
+                if record["device"] == "cpu" and cpu != (first.get("environment") or {}).get("cpu"):
+                    warnings.add(f"{where / record['impl']}: measured on CPU {cpu!r}, the baseline on "
+                                 f"{(first.get('environment') or {}).get('cpu')!r}")
+    failures = _candidate_failures(cand, wanted, relative_to)
+    comparisons = []
+    for impl in wanted:
+        if any(f.impl in (impl, relative_to) for f in failures):
+            continue
+        base_logs, base_within = _values(base, impl, relative_to)
+        cand_logs, cand_within = _values(cand, impl, relative_to)
+        within = (base_within * len(base_logs) + cand_within * len(cand_logs)) / (len(base_logs) + len(cand_logs))
+        comparisons.append(compare(impl, base_logs, cand_logs, within, threshold, level, relative_to))
+    return comparisons, failures, sorted(warnings)
 
 
 def parse_threshold(text: str) -> float:
@@ -108,3 +240,54 @@ def parse_threshold(text: str) -> float:
     if not 0 <= value < 10:
         raise ValueError(f"threshold {text!r} out of range")
     return value
+
+
+# ---------------------------------------------------------------------------------- history
+@dataclass
+class Step:
+    impl: str
+    commits: list[str]  # in time order
+    values: list[float]  # geometric mean per commit: img/s, or the ratio to the peer's
+    index: int  # first commit after the step (0: none found)
+    change: float  # value after / value before (< 1: slower)
+    p_value: float
+    significant: bool
+
+    @property
+    def commit(self) -> str | None:
+        return self.commits[self.index] if self.significant else None
+
+
+def history(path: str | Path, relative_to: str | None = None, impls: list[str] | None = None, threshold: float = 0.05,
+            alpha: float = 0.01) -> list[Step]:
+    """Throughput over commits (runs grouped by ``environment.git_sha``, ordered by when each commit's
+    first run was measured), and per implementation the commit at which it stepped: the split into
+    two segments with the least squared error of the log values, kept if Welch's test gives p < alpha
+    and the step exceeds the threshold."""
+    rounds = load_rounds(path)
+    by_commit: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    first_time: dict[str, str] = {}
+    for recs in rounds.values():
+        for impl, record in recs.items():
+            if record["status"] != "ok" or impl == relative_to or (impls and impl not in impls):
+                continue
+            if relative_to and recs.get(relative_to, {}).get("status") != "ok":
+                continue
+            env = record.get("environment") or {}
+            sha = env.get("git_sha") or "unknown"
+            first_time[sha] = min(first_time.get(sha, env.get("time") or ""), env.get("time") or "")
+            value = np.log(record["summary"]["images_per_s"])
+            if relative_to:
+                value -= np.log(recs[relative_to]["summary"]["images_per_s"])
+            by_commit[impl][sha].append(value)
+    if not by_commit:
+        raise ResultError(f"{path}: no successful run" + (f" with {relative_to} beside it" if relative_to else ""))
+    steps = []
+    for impl, commits in sorted(by_commit.items()):
+        order = sorted(commits, key=lambda sha: first_time[sha])
+        logs = np.array([np.mean(commits[sha]) for sha in order])
+        index, size, p = find_step(logs)
+        significant = p < alpha and abs(np.expm1(size)) > threshold
+        steps.append(Step(impl, order, [float(np.exp(v)) for v in logs], index, float(np.exp(size)), p, significant))
+    return steps
+

@@ -153,24 +153,125 @@ def environment_table(df: pd.DataFrame) -> pd.DataFrame:
     ).drop_duplicates().reset_index(drop=True)
 
 
+def log_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs read from other systems' own logs (``mrcnn-bench ingest``): their throughput by the same
+    definition over the window the log allows, how it was derived, and that parity is unverified."""
+    df = df.sort_values("images_per_s", ascending=False)
+    return pd.DataFrame(
+        {
+            "System": df["impl"],
+            "Throughput (img/s)": df["images_per_s"].map(lambda v: _fmt(v, ".3f")),
+            "s/iter (mean)": df["s_per_iter_mean"].map(lambda v: _fmt(v, ".4f")),
+            "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
+            "World size": df["world_size"],
+            "dtype": df["dtype"],
+            "From the log": [d + (f"; {n}" if isinstance(n, str) else "") for d, n in zip(df["log_derivation"], df["log_notes"])],
+            "Parity": df["parity_unverified"].map(lambda n: f"unverified ({n} reasons in run.json)"),
+        }
+    ).reset_index(drop=True)
+
+
+def _phase_runs(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["status"] == "ok") & df["phases_ms"].map(lambda v: isinstance(v, dict))]
+    return ok.sort_values("s_per_iter_mean")
+
+
+def phases_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] | None:
+    """ms per iteration of each phase (the window's mean) per implementation, fastest first, and the
+    host-device waits of one step; the footnotes (why a phase is "— [n]") and the frameworks' notes."""
+    from .phases import PHASES
+
+    ok = _phase_runs(df)
+    if not len(ok):
+        return None
+    footnotes: list[str] = []
+    notes: list[str] = []
+    columns = {}
+    for _, row in ok.iterrows():
+        values, missing = row["phases_ms"], row["phases_missing"] or {}
+        cells = []
+        for phase in PHASES:
+            if phase in values:
+                cells.append(f"{values[phase]:.1f}")
+            else:
+                why = missing.get(phase, "not timed in this run")
+                footnotes.append(f"{row['impl']}, {phase}: {why}")
+                cells.append(f"— [{len(footnotes)}]")
+        cells.append(f"{1e3 * row['s_per_iter_mean']:.1f}")
+        cells.append(str(row["host_syncs"]) if row["host_syncs"] is not None else "—")
+        columns[row["impl"]] = cells
+        notes += [f"{row['impl']}: {n}" for n in row["phases_notes"] or []]
+    table = pd.DataFrame({"phase (ms per iteration)": PHASES + ["total", "host-device waits per step"], **columns})
+    return table, footnotes, notes
+
+
+def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
+    """For each implementation beside the fastest: its extra ms per iteration and the phases that
+    account for most of it, with their share. Numbers only."""
+    ok = _phase_runs(df)
+    if len(ok) < 2:
+        return None
+    fastest = ok.iloc[0]
+    lines = []
+    for _, row in ok.iloc[1:].iterrows():
+        gap = 1e3 * (row["s_per_iter_mean"] - fastest["s_per_iter_mean"])
+        common = [p for p in row["phases_ms"] if p in fastest["phases_ms"]]
+        diffs = sorted(((row["phases_ms"][p] - fastest["phases_ms"][p], p) for p in common), reverse=True)[:top]
+        parts = ", ".join(f"{p} {d:+.1f} ms ({100 * d / gap:.0f}%)" for d, p in diffs if d > 0) if gap > 0 else ""
+        lines.append(f"- {row['impl']}: {gap:+.1f} ms per iteration against {fastest['impl']}"
+                     + (f"; most of it: {parts}." if parts else "."))
+    return "\n".join(lines)
+
+
+def phases_markdown(records: list[dict]) -> str | None:
+    """The phases section: table, footnotes, and the paragraph on the gaps."""
+    df = runs_frame(records)
+    result = phases_table(df)
+    if result is None:
+        return None
+    table, footnotes, notes = result
+    parts = [_md(table)]
+    if footnotes or notes:
+        parts += [""] + [f"[{i}] {n}  " for i, n in enumerate(footnotes, 1)] + [f"{n}  " for n in notes]
+    paragraph = phases_paragraph(df)
+    if paragraph:
+        parts += ["", paragraph]
+    return "\n".join(parts) + "\n"
+
+
 def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
     df = runs_frame(records)
+    logs = df[df["measured_by"] == "log"]
+    df = df[df["measured_by"] != "log"]
+    log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
+                _md(log_table(logs))] if len(logs) else []
+    if not len(df):
+        return "\n".join(log_part[1:]) + "\n"
     parts = [_md(summary_table(df))]
     if not detail:
-        return parts[0] + "\n"
+        return "\n".join(parts + log_part) + "\n"
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
     for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
                          ("### AMP speed-up", amp_table(df))):
         if table is not None:
             parts += ["", title, "", _md(table)]
+    parts += log_part
+    phases = phases_markdown([r for r in records if r.get("measured_by", "harness") == "harness"])
+    if phases:
+        parts += ["", "### Where the time goes (ms per iteration, the window's mean)", "", phases.rstrip("\n")]
     parts += ["", "### Environment", "", _md(environment_table(df))]
     return "\n".join(parts) + "\n"
 
 
-INTO_BEGIN, INTO_END = "<!-- mrcnn-bench report: begin -->", "<!-- mrcnn-bench report: end -->"
+def into_markers(section: str = "report") -> tuple[str, str]:
+    """The lines between which ``write_into`` puts a generated block: one pair per section of a file."""
+    return f"<!-- mrcnn-bench {section}: begin -->", f"<!-- mrcnn-bench {section}: end -->"
+
+
+INTO_BEGIN, INTO_END = into_markers()
 
 
 def compact_markdown(records: list[dict]) -> str:
@@ -180,16 +281,17 @@ def compact_markdown(records: list[dict]) -> str:
     return _md(table if table is not None else summary_table(df)) + "\n"
 
 
-def write_into(path: Path, block: str, command: str) -> None:
+def write_into(path: Path, block: str, command: str, section: str = "report") -> None:
     """Replace what lies between the report markers in ``path`` (atomically); the markers must be there."""
     from .results import atomic_write_text
 
     text = path.read_text()
-    if text.count(INTO_BEGIN) != 1 or text.count(INTO_END) != 1 or text.index(INTO_BEGIN) > text.index(INTO_END):
-        raise ValueError(f"{path}: expected one '{INTO_BEGIN}' line followed by one '{INTO_END}' line")
-    head, rest = text.split(INTO_BEGIN)
-    _, tail = rest.split(INTO_END)
-    atomic_write_text(path, f"{head}{INTO_BEGIN}\n_Generated by `{command}`._\n\n{block}{INTO_END}{tail}")
+    begin, end = into_markers(section)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{path}: expected one '{begin}' line followed by one '{end}' line")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    atomic_write_text(path, f"{head}{begin}\n_Generated by `{command}`._\n\n{block}{end}{tail}")
 
 
 def render(records: list[dict], fmt: str = "md") -> str:

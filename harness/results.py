@@ -23,7 +23,10 @@ SCHEMA = "mrcnn-bench/run"
 #   1  the first format
 #   2  config.benchmark.scaling ("strong"/"weak") and .tf32; environment.nodes, .processes_per_node,
 #      .launcher (multi-node and SLURM runs)
-SCHEMA_VERSION = 2
+#   3  measured_by: "harness" (timed by mrcnn-bench's own timer) or "log" (read from another system's
+#      training log by `mrcnn-bench ingest`, with parity_unverified: the reasons its parity is not shown,
+#      and from_log: how the times were derived)
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(record: dict) -> dict:
@@ -39,7 +42,13 @@ def _v1_to_v2(record: dict) -> dict:
     return record
 
 
-UPGRADES = {1: _v1_to_v2}  # version -> its record read as version + 1
+def _v2_to_v3(record: dict) -> dict:
+    """Every version-2 record was timed by the harness."""
+    record.setdefault("measured_by", "harness")
+    return record
+
+
+UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}  # version -> its record read as version + 1
 STATUSES = ("ok", "failed", "timeout", "oom", "interrupted", "running")
 # Rank 0 streams each iteration here while training; the launcher turns it into iterations.jsonl when
 # a run dies part-way.
@@ -51,7 +60,7 @@ class ResultError(ValueError):
 
 
 def _record_model():
-    """The schema of run.json (version 1), checked on every read."""
+    """The schema of run.json (this version), checked on every read."""
     from typing import Literal, Optional
 
     from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveInt
@@ -85,6 +94,8 @@ def _record_model():
         summary: Optional[Summary] = None
         iterations_recorded: NonNegativeInt = 0
         config: dict
+        measured_by: Literal["harness", "log"] = "harness"
+        parity_unverified: Optional[list[str]] = None
 
     return RunRecord
 
@@ -256,6 +267,7 @@ def make_run_record(
         "effective_hparams": effective_hparams,
         "environment": environment,
         "data": data,
+        "measured_by": "harness",
     }
     if extra:
         record.update(extra)

@@ -38,6 +38,10 @@ class IterationRecord:
     proposals: int | None = None
     rois: int | None = None
     positives: int | None = None
+    # With benchmark.phases (harness/phases.py): seconds per phase of this iteration, and the host-device
+    # waits of the one step the sync counter saw.
+    phases: dict | None = None
+    host_syncs: int | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -154,6 +158,7 @@ class IterationTimer:
         self._memory = memory or _cpu_peak_rss_mb
         self._on_iteration = on_iteration
         self.records: list[IterationRecord] = []
+        self.probes: list = []  # each gets stamp(record) as the record is made (harness/phases.py)
         self._work: dict[str, int] = {}
         self._t0: float | None = None
         self._last: float | None = None
@@ -221,6 +226,8 @@ class IterationTimer:
         )
         self._work = {}
         self._last = now
+        for probe in self.probes:
+            probe.stamp(rec)
         self.records.append(rec)
         if self._on_iteration is not None:
             self._on_iteration(rec)

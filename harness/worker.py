@@ -230,6 +230,12 @@ def _summary(cfg, data, rows: list[dict], timer, world_images: list[int], dist) 
     peak = matmul_peak_flops(dist.device, bench.dtype)
     summary.update(flops_per_image=flops, matmul_peak_flops_per_process=peak,
                    mfu=(flops * summary["images_per_s"] / (peak * dist.world_size)) if flops else None)
+    if timer.probes:  # benchmark.phases: ms per phase over the window, what the framework lacks, its syncs
+        from mrcnn_bench.harness.phases import window_phases
+
+        probe = timer.probes[0]
+        summary.update(phases_ms=window_phases(rows, bench.warmup, bench.end), phases_missing=probe.missing,
+                       phases_notes=probe.notes, host_syncs_per_step=probe.host_syncs)
     return summary
 
 

@@ -80,6 +80,7 @@ class PerfCfg:
     # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image per stage)
     cuda_graphs: bool = False  # train the backbone + FPN through CUDA graphs, one pair per padded batch shape
     cuda_graph_shapes: int = 16  # at most this many shapes captured; further shapes run eagerly
+    recompute_backbone: float = 0.0  # a planted slowdown, not a speed switch: see MaskRCNN.recompute_backbone
 
 
 def _take(section, source, **explicit):

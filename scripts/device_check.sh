@@ -20,7 +20,8 @@
 #   4 report      the tables and plots of both runs
 #   5 mmdet       mmdet in the same two runs, if mmcv's CUDA ops were built in time
 #   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, channels-last, AMP, ...
-#   7 phases      benchmarks/phases.py --device cuda, with torch.profiler's top CUDA kernels
+#   7 phases      mrcnn-bench phases (reference, torchvision, detectron2): each phase of the step, host-device
+#                 waits; then benchmarks/phases.py --profile: torch.profiler's top CUDA kernels (two of them)
 #
 # What comes back under $OUT (the device tool returns at most 8 files): device_check.log (everything
 # printed), steps.jsonl (one line per step: status, seconds, what it left), summary.md, results.tar.gz
@@ -56,6 +57,7 @@ if [ "$REHEARSE" = 1 ]; then
   STRETCH=4  # each step may take 4x its GPU limit: a CPU (shared, 2 cores) is slower at every part
   LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,channels_last)
   PHASES=(--iters 3 --warmup 1)
+  PHASE_ITERS=3 PHASE_WARMUP=1
 else
   PYTHON=${PYTHON:-python3}
   INSTALL=${INSTALL:-1}
@@ -69,6 +71,7 @@ else
   # compile_heads is left out: torch.compile's first compile would take most of the step's two minutes
   LEVERS=(--rounds 3 --iters 5 --warmup 5 --only amp,channels_last,cuda_graphs)
   PHASES=(--iters 12 --warmup 4 --profile 3)
+  PHASE_ITERS=24 PHASE_WARMUP=8
 fi
 case "$PYTHON" in  # absolute (the steps change folders), without resolving a venv's symlink
   */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
@@ -257,8 +260,11 @@ fi
 # ------------------------------------------------------------------------------ 6, 7: levers, phases
 LEVERS_CFG=(--config "$CONFIG" --device "$DEVICE" --set solver.ims_per_batch=2 "${SIZE[@]}" "${THREADS[@]}")
 step levers 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/levers.md"' _ "$PYTHON" benchmarks/levers.py "${LEVERS_CFG[@]}" "${LEVERS[@]}"
-step phases 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/phases.md"' _ "$PYTHON" benchmarks/phases.py "${LEVERS_CFG[@]}" "${PHASES[@]}" \
-  --impl reference,torchvision  # the two it knows (issue 20 brings all four)
+step phases 150 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/phases.md"' _ "${BENCH[@]}" phases --impl reference,torchvision,detectron2 \
+  --config "$CONFIG" --device "$DEVICE" --out "$RESULTS" --run-id phases --ims-per-gpu 2 "${THREADS[@]}" "${SIZE[@]}" \
+  --set benchmark.iters="$PHASE_ITERS" --set benchmark.warmup="$PHASE_WARMUP" --set benchmark.window_end="$PHASE_ITERS"
+step kernels 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/kernels.md"' _ "$PYTHON" benchmarks/phases.py "${LEVERS_CFG[@]}" "${PHASES[@]}" \
+  --impl reference,torchvision  # torch.profiler's top operators/kernels, for the two it builds
 
 # ------------------------------------------------------------------------------ summary
 "$PYTHON" - "$STEPS" "$RESULTS" "$OUT/summary.md" <<'EOF'

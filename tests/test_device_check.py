@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "device_check.sh"
 STEPS = ["install", "cuda-tests", "fp32", "amp", "report", "mmdet-wait", "mmdet-fp32", "mmdet-amp", "report-mmdet",
-         "levers", "phases"]
+         "levers", "phases", "kernels"]
 
 
 def rehearse(out: Path, *args: str, timeout: int = 1800):
@@ -47,7 +47,7 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     assert [s["step"] for s in steps] == STEPS
     status = {s["step"]: s["status"] for s in steps}
     assert status["install"] == "not run"
-    for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases"):
+    for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases", "kernels"):
         assert status[name] == "ok", (name, steps)
     # AMP on the CPU is bf16, which detectron2 v0.6 and mmengine refuse there: those steps fail, with
     # those runs failed and their reasons, the others ok
@@ -80,7 +80,10 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
         levers = tar.extractfile("results/levers.md").read().decode()
         assert "| baseline |" in levers and "| amp |" in levers and "| channels_last |" in levers
         phases = tar.extractfile("results/phases.md").read().decode()
-        assert "| total |" in phases and "torchvision" in phases
+        assert "| host-device waits per step" in phases and "detectron2" in phases and "ms per iteration against" in phases
+        assert load("phases/detectron2/run.json")["summary"]["phases_ms"]["backward"] > 0
+        kernels = tar.extractfile("results/kernels.md").read().decode()
+        assert "| total |" in kernels and "torchvision" in kernels
     summary = (tmp_path / "summary.md").read_text()
     assert "| fp32 | reference | ok |" in summary and "| amp | detectron2 | failed |" in summary
 

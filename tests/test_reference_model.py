@@ -89,6 +89,8 @@ SWITCHES = {
     "per_level_pooler": {"perf.fused_pooler": False},
     "compile_heads": {"perf.compile_heads": True},
     "per_image_targets": {"perf.batched_targets": False},
+    # not a speed switch: the regression gate's planted slowdown, extra work only
+    "recompute_backbone": {"perf.recompute_backbone": 1.5},
 }
 
 
@@ -102,6 +104,7 @@ def test_train_losses_and_gradients_equal_torchvision(pair, switch):
         assert ours.roi_heads.box_pooler.fused == (switch != "per_level_pooler")
         assert (ours.roi_heads.mask_head._compiled_call_impl is not None) == (switch == "compile_heads")
         assert ours.rpn.batched_targets == ours.roi_heads.batched_targets == (switch != "per_image_targets")
+        assert ours.recompute_backbone == (1.5 if switch == "recompute_backbone" else 0.0)
     tv.train()
     ours.train()
     tv.zero_grad()
@@ -127,6 +130,24 @@ def test_train_losses_and_gradients_equal_torchvision(pair, switch):
             torch.testing.assert_close(p.grad, ref, rtol=1e-3, atol=1e-4 * ref.abs().max().item(), msg=name)
             checked += 1
     assert checked > 50
+
+
+def test_recompute_backbone_runs_the_backbone_again_on_whole_passes_and_a_slice():
+    """reference.recompute_backbone=1.5: one more whole backbone + FPN pass and one on the top half of the
+    rows (a multiple of 32), in training only; off by default."""
+    model = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.recompute_backbone": 1.5}))
+    shapes = []
+    model.backbone.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    model.train()
+    model(_images(), _targets())
+    assert len(shapes) == 3 and shapes[1] == shapes[0] and shapes[2][-2] == 32 * round(0.5 * shapes[0][-2] / 32)
+    assert model._recompute_backbone(torch.zeros(1, 3, 224, 64)) == 224 + 128  # 0.5 x 224 / 32 = 3.5 -> 4 x 32
+    shapes.clear()
+    model.eval()
+    with torch.no_grad():
+        model(_images())
+    assert len(shapes) == 1
+    assert MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE)).recompute_backbone == 0.0
 
 
 def test_channels_last_keeps_the_arithmetic(pair):

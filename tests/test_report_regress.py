@@ -1,13 +1,16 @@
 """Reports, plots and the regression gate: on recorded fixtures, and on real short runs."""
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from mrcnn_bench.harness.regress import compare_times, parse_threshold, regress
+from mrcnn_bench.harness.regress import history, parse_threshold, regress
+from mrcnn_bench.harness.statistics import block_bootstrap_log_var, slowdown_interval
 from mrcnn_bench.harness.report import load_runs, render_markdown, runs_frame
 from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, make_run_record
 from mrcnn_bench.harness.timing import IterationRecord, summarize_window
@@ -15,7 +18,8 @@ from mrcnn_bench.harness.timing import IterationRecord, summarize_window
 PLUGIN_ENV = {"MRCNN_BENCH_EXTRA_ADAPTERS": "plugin_adapters", "PYTHONPATH": str(ROOT / "tests")}
 
 
-def write_run(root: Path, run_id: str, impl: str, durations, world_size=1, dtype="fp32", images=2, warmup=5):
+def write_run(root: Path, run_id: str, impl: str, durations, world_size=1, dtype="fp32", images=2, warmup=5,
+              config=None, git_sha="abc", time="2026-11-26T10:00:00+00:00", status="ok", gpus=()):
     """A recorded run: run.json and iterations.jsonl as the worker writes them."""
     t, recs = 0.0, []
     for i, d in enumerate(durations):
@@ -26,10 +30,13 @@ def write_run(root: Path, run_id: str, impl: str, durations, world_size=1, dtype
     summary.update(flops_per_image=2e9, mfu=0.1)
     d = root / run_id / impl
     atomic_write_jsonl(d / "iterations.jsonl", [dict(r.to_dict(), global_images=images * world_size) for r in recs])
+    ok = status == "ok"
     atomic_write_json(d / "run.json", make_run_record(
-        impl=impl, run_id=run_id, status="ok", config={"name": "fixture"}, world_size=world_size, device="cpu", dtype=dtype,
-        window={"warmup": warmup, "end": end, "iters": end}, summary=summary, iterations_recorded=end,
-        environment={"torch": "2.14.1", "cpu": "fixture CPU", "torch_threads": 1, "load_average": [0.5, 0.4, 0.3], "git_sha": "abc"},
+        impl=impl, run_id=run_id, status=status, reason=None if ok else "RuntimeError: planted crash at iteration 3",
+        config=config or {"name": "fixture"}, world_size=world_size, device="cuda" if gpus else "cpu", dtype=dtype,
+        window={"warmup": warmup, "end": end, "iters": end}, summary=summary if ok else None, iterations_recorded=end,
+        environment={"torch": "2.14.1", "cpu": "fixture CPU", "torch_threads": 1, "load_average": [0.5, 0.4, 0.3],
+                     "git_sha": git_sha, "time": time, "gpus": list(gpus)},
     ))
     return d
 
@@ -38,55 +45,197 @@ def noisy(seed, n=60, scale=1.0, sd=0.04):
     return np.random.default_rng(seed).normal(scale, sd * scale, n).clip(0.5 * scale)
 
 
+def rounds(root: Path, name: str, count: int, seed: int, slowdown=1.0, costs=(("a", 1.0), ("peer", 1.6)), sd=0.04, **kw):
+    """``count`` rounds of the implementations, as on a shared machine: each round meets its own machine
+    speed (±15%, the same for every implementation of the round), each run its own offset (1%), and the
+    iterations an autocorrelated noise (AR(1), rho 0.6, ``sd``). ``slowdown`` multiplies a's iteration times."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        machine = rng.uniform(0.85, 1.15)
+        for impl, cost in costs:
+            noise = np.zeros(20)
+            for i in range(1, 20):
+                noise[i] = 0.6 * noise[i - 1] + rng.normal(0, sd * np.sqrt(1 - 0.36))
+            scale = cost * machine * rng.normal(1, 0.01) * (slowdown if impl == "a" else 1.0)
+            write_run(root / name, f"r{k + 1}", impl, scale * np.exp(noise), **kw)
+    return root / name
+
+
 # ------------------------------------------------------------------------------ statistics
-def test_noise_alone_is_not_a_regression():
-    flagged = [compare_times("x", noisy(s), noisy(s + 1000), threshold=0.05).regression for s in range(30)]
-    assert not any(flagged)
+def test_identical_code_raises_no_alarm_over_rounds():
+    """20 gates of 3 candidate rounds against 5 baseline rounds of the same code, machine speed varying ±15%
+    between rounds: relative to the peer, no alarm; absolute, the run-to-run variance keeps it quiet too."""
+    for seed in range(20):
+        with tempfile.TemporaryDirectory() as tmp:
+            base, cand = rounds(Path(tmp), "base", 5, seed), rounds(Path(tmp), "cand", 3, seed + 1000)
+            relative, failures, _ = regress(base, cand, relative_to="peer")
+            assert not failures and not relative[0].regression, relative[0].verdict
+            assert relative[0].df == 6 and 0.9 < relative[0].slowdown < 1.1
+            absolute, _, _ = regress(base, cand)
+            assert not any(c.regression for c in absolute), [c.verdict for c in absolute]
 
 
-def test_planted_20_percent_slowdown_is_caught_with_its_size():
-    for s in range(10):
-        c = compare_times("x", noisy(s), noisy(s + 1000) * 1.2, threshold=0.05)
-        assert c.regression, c.verdict
-        assert c.ci_low <= 1.2 * 1.03 and c.ci_high >= 1.2 * 0.97 and 1.1 < c.ratio < 1.3
+def test_ten_percent_slowdown_caught_with_its_size():
+    """2 candidate rounds against 5, iterations varying 2% (autocorrelated) on a machine whose speed varies
+    ±15% between rounds: a 10% slowdown is caught in at least 19 of 20 gates, and the interval holds
+    the true slowdown in about 95% of them."""
+    caught = covered = 0
+    for seed in range(20):
+        with tempfile.TemporaryDirectory() as tmp:
+            base = rounds(Path(tmp), "base", 5, seed, sd=0.02)
+            cand = rounds(Path(tmp), "cand", 2, seed + 1000, slowdown=1.1, sd=0.02)
+            c = regress(base, cand, relative_to="peer")[0][0]
+            caught += c.regression
+            covered += c.ci_low < 1.1 < c.ci_high
+            assert c.slowdown == pytest.approx(1.1, abs=0.07)
+    assert caught >= 19 and covered >= 17
 
 
-def test_small_significant_slowdown_within_threshold_passes():
-    c = compare_times("x", noisy(1, n=400, sd=0.01), noisy(2, n=400, sd=0.01) * 1.03, threshold=0.05)
-    assert not c.regression and "within the 5% threshold" in c.verdict
+def test_stalls_in_a_few_iterations_count():
+    """Every fifth iteration three times as long: the median iteration is unchanged, the throughput 40% lower
+    (a gate on medians passes this; one on images over seconds does not)."""
+    times = np.full(20, 1.0)
+    stalled = times.copy()
+    stalled[::5] = 3.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(3):
+            write_run(Path(tmp) / "base", f"r{k}", "a", times * (1 + 0.01 * k), warmup=0)
+            write_run(Path(tmp) / "cand", f"r{k}", "a", stalled * (1 + 0.01 * k), warmup=0)
+        assert np.median(stalled) == np.median(times)
+        c = regress(Path(tmp) / "base", Path(tmp) / "cand")[0][0]
+    assert c.regression and c.slowdown == pytest.approx(28 / 20, rel=0.01)
 
 
+def test_interval_is_the_pooled_two_sample_t_interval():
+    """The interval is the textbook pooled two-sample t interval (scipy's) of the per-run log values."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    base, cand = rng.normal(0.0, 0.02, 5), rng.normal(-0.05, 0.02, 3)
+    slowdown, lo, hi, sd, df = slowdown_interval(base, cand, within_var=0.0, level=0.95)
+    ci = stats.ttest_ind(base, cand).confidence_interval(0.95)
+    assert (np.log(lo), np.log(hi)) == pytest.approx((ci.low, ci.high), rel=1e-9) and df == 6
+    assert slowdown == pytest.approx(np.exp(base.mean() - cand.mean()))
+    # with runs to pool, the within-run variance is not used (it overstates the noise of runs that read the
+    # same batches in the same order: their iterations differ in work by design)
+    assert slowdown_interval(base, cand, within_var=0.05 ** 2) == (slowdown, lo, hi, sd, df)
+    # one run a side: the within-run interval (normal), and no degrees of freedom
+    one = slowdown_interval(base[:1], cand[:1], within_var=0.01 ** 2)
+    assert one[4] is None and np.log(one[2] / one[1]) == pytest.approx(2 * 1.959964 * 0.01 * np.sqrt(2), rel=1e-5)
+
+
+def test_block_bootstrap_keeps_autocorrelation():
+    """On AR(1) iteration times the moving-block variance exceeds the one of the same times shuffled
+    (which an iteration-wise bootstrap would give), and on white noise it does not."""
+    ratios = {}
+    for rho in (0.0, 0.8):
+        block, shuffled = [], []
+        for seed in range(50):
+            rng = np.random.default_rng(seed)
+            x = np.zeros(27)
+            for i in range(1, 27):
+                x[i] = rho * x[i - 1] + rng.normal(0, 0.05)
+            seconds, images = np.exp(x), np.full(27, 2.0)
+            block.append(block_bootstrap_log_var(images, seconds))
+            shuffled.append(block_bootstrap_log_var(images, rng.permutation(seconds)))
+        ratios[rho] = np.mean(block) / np.mean(shuffled)
+    assert 0.8 < ratios[0.0] < 1.2 and ratios[0.8] > 1.5, ratios
+
+
+# ------------------------------------------------------------------------- the gate's verdicts
 def test_relative_to_cancels_machine_speed(tmp_path):
-    write_run(tmp_path, "base", "a", noisy(1))
-    write_run(tmp_path, "base", "peer", noisy(2, scale=2.0))
-    # the whole machine 30% slower: both implementations
-    write_run(tmp_path, "slow_machine", "a", noisy(3) * 1.3)
-    write_run(tmp_path, "slow_machine", "peer", noisy(4, scale=2.0) * 1.3)
-    # a planted 20% regression of `a` on that slow machine
-    write_run(tmp_path, "planted", "a", noisy(5) * 1.3 * 1.2)
-    write_run(tmp_path, "planted", "peer", noisy(6, scale=2.0) * 1.3)
-    absolute = {c.impl: c for c in regress(tmp_path / "base", tmp_path / "slow_machine")}
+    base = rounds(tmp_path, "base", 4, 1)
+    slow = rounds(tmp_path, "slow_machine", 2, 2)
+    for run in slow.glob("r*/*"):  # the whole machine 30% slower for both implementations
+        rows = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+        write_run(slow, run.parent.name, run.name, [1.3 * r["duration"] for r in rows])
+    absolute = {c.impl: c for c in regress(base, slow)[0]}
     assert absolute["a"].regression and absolute["peer"].regression
-    relative = regress(tmp_path / "base", tmp_path / "slow_machine", relative_to="peer")
+    assert absolute["a"].slowdown == pytest.approx(1.3, abs=0.05)
+    relative = regress(base, slow, relative_to="peer")[0]
     assert [c.impl for c in relative] == ["a"] and not relative[0].regression
-    planted = regress(tmp_path / "base", tmp_path / "planted", relative_to="peer")
-    assert planted[0].regression and planted[0].ratio == pytest.approx(1.2, rel=0.05)
 
 
-def test_threshold_parsing_and_cli_exit_codes(tmp_path):
+def test_failed_or_missing_implementation_fails_the_gate(tmp_path):
+    base = rounds(tmp_path, "base", 3, 1)
+    cand = rounds(tmp_path, "cand", 2, 2)
+    write_run(cand, "r2", "a", noisy(1, n=20), status="failed")
+    out = run_cli("regress", "--baseline", base, "--candidate", cand, "--relative-to", "peer")
+    assert out.returncode == 1 and "FAILED: a:" in out.stdout and "planted crash at iteration 3" in out.stdout, out.stdout
+    shutil.rmtree(cand / "r2" / "a")
+    out = run_cli("regress", "--baseline", base, "--candidate", cand, "--relative-to", "peer", "--format", "json")
+    failures = json.loads(out.stdout)["failures"]
+    assert out.returncode == 1 and failures == [{"impl": "a", "reason": f"{cand / 'r2'}: no run of a", "regression": True}]
+    # the peer failing takes the relative value away: the gate fails too, naming it
+    write_run(cand, "r2", "a", noisy(1, n=20))
+    write_run(cand, "r2", "peer", noisy(2, n=20), status="failed")
+    out = run_cli("regress", "--baseline", base, "--candidate", cand, "--relative-to", "peer")
+    assert out.returncode == 1 and "FAILED: peer:" in out.stdout
+
+
+def test_incomparable_runs_exit_2_saying_what_differs(tmp_path):
+    config = {"name": "fixture", "benchmark": {"iters": 20, "timeout_s": 60}, "reference": {"recompute_backbone": 0.0}}
+    base = tmp_path / "base"
+    write_run(base, "r1", "a", noisy(1, n=20), config=config)
+    cases = {
+        "window": (dict(warmup=10), "window: [5, 20) vs [10, 20)"),
+        "dtype": (dict(dtype="bf16"), "dtype: fp32 vs bf16"),
+        "world": (dict(world_size=2), "world size: 1 vs 2"),
+        "config": (dict(config={**config, "benchmark": {"iters": 30, "timeout_s": 60}}), "benchmark.iters (20 vs 30)"),
+        "device": (dict(gpus=("NVIDIA H100 80GB HBM3",)), "device kind: cpu vs NVIDIA H100 80GB HBM3"),
+    }
+    for name, (kw, said) in cases.items():
+        write_run(tmp_path / name, "r1", "a", noisy(2, n=20), **{"config": config, **kw})
+        out = run_cli("regress", "--baseline", base, "--candidate", tmp_path / name)
+        assert out.returncode == 2 and said in out.stderr and "not comparable" in out.stderr, (name, out.stderr)
+    # what is under test is not a difference of scenario: implementation switches, timeouts
+    write_run(tmp_path / "switch", "r1", "a", noisy(3, n=20),
+              config={**config, "benchmark": {"iters": 20, "timeout_s": 999}, "reference": {"recompute_backbone": 1.0}})
+    out = run_cli("regress", "--baseline", base, "--candidate", tmp_path / "switch")
+    assert out.returncode == 0 and "one run a side" in out.stdout, out.stderr
+
+
+def test_threshold_parsing_bad_input_and_exit_codes(tmp_path):
     assert parse_threshold("5%") == pytest.approx(0.05) and parse_threshold("0.2") == pytest.approx(0.2)
-    write_run(tmp_path, "base", "a", noisy(1))
-    write_run(tmp_path, "same", "a", noisy(2))
-    write_run(tmp_path, "slower", "a", noisy(3) * 1.2)
-    ok = run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "same")
-    assert ok.returncode == 0 and "no significant slowdown" in ok.stdout
-    bad = run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "slower", "--format", "json")
-    assert bad.returncode == 1 and json.loads(bad.stdout)[0]["regression"] is True
-    loose = run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "slower", "--threshold", "30%")
-    assert loose.returncode == 0
-    usage = run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "slower", "--relative-to", "nope")
+    base, same, slower = rounds(tmp_path, "base", 3, 1), rounds(tmp_path, "same", 2, 2), rounds(tmp_path, "slower", 2, 3, slowdown=1.2)
+    ok = run_cli("regress", "--baseline", base, "--candidate", same, "--relative-to", "peer")
+    assert ok.returncode == 0 and "no significant slowdown" in ok.stdout, ok.stdout
+    bad = run_cli("regress", "--baseline", base, "--candidate", slower, "--relative-to", "peer", "--format", "json")
+    assert bad.returncode == 1 and json.loads(bad.stdout)["comparisons"][0]["regression"] is True
+    loose = run_cli("regress", "--baseline", base, "--candidate", slower, "--relative-to", "peer", "--threshold", "30%")
+    assert loose.returncode == 0 and "within the 30% threshold" in loose.stdout
+    usage = run_cli("regress", "--baseline", base, "--candidate", slower, "--relative-to", "nope")
     assert usage.returncode == 2 and "--relative-to nope" in usage.stderr
-    assert run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "same", "--threshold", "x").returncode == 2
+    assert run_cli("regress", "--baseline", base, "--candidate", same, "--threshold", "x").returncode == 2
+    # a baseline that is missing, empty, or of another schema version: one line naming it, exit 2
+    (tmp_path / "empty").mkdir()
+    future = write_run(tmp_path, "future", "a", noisy(4, n=20))
+    record = json.loads((future / "run.json").read_text())
+    (future / "run.json").write_text(json.dumps({**record, "schema_version": 99}))
+    for baseline, said in ((tmp_path / "nowhere", "no such file or folder"), (tmp_path / "empty", "no run.json below it"),
+                           (tmp_path / "future", "schema")):
+        out = run_cli("regress", "--baseline", baseline, "--candidate", same)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and str(baseline) in lines[0] and said in lines[0], out.stderr
+
+
+def test_history_finds_the_commit_where_throughput_stepped(tmp_path):
+    """Eight commits, two rounds each; from the sixth on, a is 15% slower: --history names the sixth and
+    plots it. A flat history has no step."""
+    for c in range(8):
+        sha = f"{c:02d}" + "f" * 38
+        rounds(tmp_path / "history", f"commit{c}", 2, c, slowdown=1.15 if c >= 5 else 1.0, git_sha=sha,
+               time=f"2026-11-{10 + c:02d}T10:00:00+00:00")
+    out = run_cli("regress", "--history", tmp_path / "history", "--relative-to", "peer", "--plot", tmp_path / "h.png")
+    assert out.returncode == 0, out.stderr
+    assert f"a: 8 commits; stepped at 05{'f' * 38}: x0.8" in out.stdout, out.stdout
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    steps = history(tmp_path / "history", relative_to="peer")
+    assert steps[0].commit == "05" + "f" * 38 and steps[0].change == pytest.approx(1 / 1.15, abs=0.03)
+    flat = tmp_path / "flat"
+    for c in range(8):
+        rounds(flat, f"commit{c}", 2, 100 + c, git_sha=f"{c:02d}" + "e" * 38, time=f"2026-11-{10 + c:02d}T10:00:00+00:00")
+    assert history(flat, relative_to="peer")[0].commit is None
 
 
 # ------------------------------------------------------------------------------------ report
@@ -162,22 +311,29 @@ def test_report_formats_and_plots(tmp_path):
 # ------------------------------------------------------------------------- real short runs
 @pytest.mark.slow
 def test_real_runs_planted_slowdown_caught_noise_not(tmp_path):
+    """Real runs through `run --repeats` (the busy fixtures: real matmuls and sleeps): a 30% slower machine
+    is cancelled by the peer of the same round, a planted 30% slowdown is caught with its size."""
     common = ["--impl", "busy,busy_peer", "--out", tmp_path, "--threads", "1", "--set", "benchmark.iters=45",
               "--set", "benchmark.warmup=5", "--set", "benchmark.window_end=45"]
-    # "noise": the same work on a 30% slower machine, which --relative-to must cancel. The planted
-    # slowdown is 50%: the two implementations run one after the other, and on this shared machine a
-    # planted 20% has been measured as 9.9% relative to the peer (the gate's power on small slowdowns,
-    # with interleaved repeats, is issue 14's).
-    for run_id, slowdown, machine in (("base", "1.0", "1.0"), ("noise", "1.0", "1.3"), ("planted", "1.5", "1.0")):
+    for run_id, repeats, slowdown, machine in (("base", "4", "1.0", "1.0"), ("noise", "2", "1.0", "1.3"),
+                                               ("planted", "2", "1.3", "1.0")):
         env = dict(PLUGIN_ENV, MRCNN_TEST_SLOWDOWN=slowdown, MRCNN_TEST_MACHINE=machine)
-        out = run_cli("run", *common, "--run-id", run_id, env=env)
+        out = run_cli("run", *common, "--run-id", run_id, "--repeats", repeats, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
+        assert sorted(p.parent.name for p in (tmp_path / run_id).glob("r1/*/run.json")) == ["busy", "busy_peer"]
+        # odd rounds in the order given, even rounds reversed
+        firsts = [part.split("== [1/2] ")[1].split(":")[0] for part in out.stderr.split("== round ")[1:]]
+        assert firsts == ["busy", "busy_peer", "busy", "busy_peer"][: int(repeats)], out.stderr[-2000:]
     gate = ["regress", "--baseline", tmp_path / "base", "--relative-to", "busy_peer", "--threshold", "10%"]
     noise = run_cli(*gate, "--candidate", tmp_path / "noise")
     assert noise.returncode == 0, noise.stdout
     planted = run_cli(*gate, "--candidate", tmp_path / "planted", "--format", "json")
     assert planted.returncode == 1, planted.stdout
-    assert json.loads(planted.stdout)[0]["ratio"] == pytest.approx(1.5, abs=0.15)
+    assert json.loads(planted.stdout)["comparisons"][0]["slowdown"] == pytest.approx(1.3, abs=0.1)
+    # --repeats resumes: finished rounds are kept
+    again = run_cli("run", *common, "--run-id", "noise", "--repeats", "3", env=dict(PLUGIN_ENV, MRCNN_TEST_MACHINE="1.3"))
+    assert again.returncode == 0 and again.stderr.count("finished earlier, kept") == 2, again.stderr[-2000:]
+    assert len(list((tmp_path / "noise").glob("r*/*/run.json"))) == 6
 
 
 def test_throughput_bars_aggregate_repeated_runs(tmp_path):
@@ -197,3 +353,24 @@ def test_throughput_bars_aggregate_repeated_runs(tmp_path):
     b, b_row = bars.iloc[0], df[df["impl"] == "b"].iloc[0]
     assert (b["low"], b["high"]) == pytest.approx((b_row["images_per_s_ci_low"], b_row["images_per_s_ci_high"]))
     assert b["low"] < b["value"] < b["high"]
+
+
+def test_ci_and_the_gpu_workflow_run_the_gate():
+    """`make test` (CI's command) ends with the gate; the GPU workflow fails on a failed implementation and
+    gates against the device's own baseline."""
+    import subprocess
+
+    import yaml
+
+    dry = subprocess.run(["make", "-n", "test", "gate"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "$(MAKE) gate" in (ROOT / "Makefile").read_text().split("\ntest:")[1].split("\n\n")[0]
+    assert "--repeats 2" in dry and "regress --baseline results/baselines/gate-cpu --candidate results/runs/gate" in dry
+    assert "--relative-to torchvision --impl reference" in dry
+    assert len(list((ROOT / "results/baselines/gate-cpu").glob("r*/*/run.json"))) == 10  # five rounds of two
+    steps = yaml.safe_load((ROOT / ".github/workflows/gpu-benchmark.yml").read_text())["jobs"]["benchmark"]["steps"]
+    runs = {s.get("name"): s.get("run", "") for s in steps}
+    bench = next(v for k, v in runs.items() if k and k.startswith("Benchmark"))
+    assert "--repeats 3" in bench and "::warning" not in bench
+    gate = next(v for k, v in runs.items() if k and k.startswith("Regression gate"))
+    assert 'results/baselines/gpu-$CARD-x$GPUS' in gate and "--relative-to torchvision" in gate
+    assert "exit 1" in runs["Fail on a failed implementation"]

@@ -40,8 +40,9 @@ def test_older_records_are_read_through_the_format_history(tmp_path):
     R.atomic_write_json(tmp_path / "run.json", old)
     before = (tmp_path / "run.json").read_text()
     record = R.load_run(tmp_path)
-    assert record["schema_version"] == R.SCHEMA_VERSION == 2 and record["read_from_schema_version"] == 1
+    assert record["schema_version"] == R.SCHEMA_VERSION == 3 and record["read_from_schema_version"] == 1
     assert record["config"]["benchmark"] == {"gpus": 1, "scaling": "strong", "tf32": None}
+    assert record["measured_by"] == "harness"  # version 3: every record before it was timed by the harness
     assert record["environment"] == {"cpu": "x", "launcher": "torchrun", "nodes": None, "processes_per_node": None}
     assert (tmp_path / "run.json").read_text() == before
     committed = R.load_run(R.Path(__file__).resolve().parent.parent / "results" / "baselines" / "cpu_small" / "reference")
@@ -72,7 +73,7 @@ def test_load_run_checks_schema(tmp_path):
     bad = _record()
     bad["summary"]["images_per_s"] = "fast"
     R.atomic_write_json(p, bad)
-    with pytest.raises(R.ResultError, match=r"schema v2: key 'summary.images_per_s'"):
+    with pytest.raises(R.ResultError, match=r"schema v3: key 'summary.images_per_s'"):
         R.load_run(p)
     R.atomic_write_json(p, _record(status="exploded"))
     with pytest.raises(R.ResultError, match=r"key 'status'"):

@@ -29,6 +29,9 @@ class MaskRCNN(nn.Module):
     """
 
     graphed_backbone: GraphedByShape | None = None  # set by enable_cuda_graphs()
+    # Extra backbone + FPN forward passes per training step (no grad, discarded): real work planted to
+    # measure the regression gate's power. The fraction runs on that share of the batch's rows.
+    recompute_backbone: float = 0.0
 
     def __init__(self, *, preprocess: Preprocessor, backbone: ResNetFPN, rpn: RPN, roi_heads: ROIHeads):
         super().__init__()
@@ -48,6 +51,7 @@ class MaskRCNN(nn.Module):
             model.roi_heads.mask_head.compile(dynamic=True)
         if cfg.perf.cuda_graphs:
             model.enable_cuda_graphs(max_shapes=cfg.perf.cuda_graph_shapes)
+        model.recompute_backbone = cfg.perf.recompute_backbone
         return model
 
     def enable_cuda_graphs(self, max_shapes: int = PerfCfg.cuda_graph_shapes, capture=None) -> "MaskRCNN":
@@ -67,11 +71,26 @@ class MaskRCNN(nn.Module):
         original_sizes = [tuple(im.shape[-2:]) for im in images]
         batch, targets = self.preprocess(images, targets)
         feats = (self.graphed_backbone or self.backbone)(batch.tensor)
+        if self.training and self.recompute_backbone:
+            self._recompute_backbone(batch.tensor)
         proposals, rpn_losses = self.rpn(batch, feats, targets)
         results, roi_losses = self.roi_heads(feats, proposals, batch.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
         return self.postprocess(results, batch.image_sizes, original_sizes)
+
+    @torch.no_grad()
+    def _recompute_backbone(self, tensor: torch.Tensor) -> int:
+        """The planted slowdown: the backbone + FPN again, whole passes then a top slice of the rows
+        (a multiple of 32, the FPN's stride); returns the rows computed, for the tests."""
+        whole, part = divmod(self.recompute_backbone, 1.0)
+        rows = int(whole) * tensor.shape[-2]
+        for _ in range(int(whole)):
+            self.backbone(tensor)
+        extra = int(round(part * tensor.shape[-2] / 32)) * 32
+        if extra:
+            self.backbone(tensor[..., :extra, :])
+        return rows + extra
 
     @staticmethod
     def postprocess(results, image_sizes, original_sizes):
