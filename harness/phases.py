@@ -27,7 +27,6 @@ PHASES = [
     "data", "preprocess", "backbone", "fpn", "rpn head", "rpn: anchors, matching, sampling, proposals, loss",
     "roi pooling", "box head", "mask head", "roi heads: matching, sampling, targets, loss", "backward", "optimizer", "other",
 ]
-NETWORK = {"rpn head", "roi pooling", "box head", "mask head"}
 RPN_REST, ROI_REST = PHASES[5], PHASES[9]
 
 
