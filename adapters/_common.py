@@ -302,3 +302,18 @@ def forward_outputs(features: list, objectness: list, deltas: list) -> dict:
     out.update({f"objectness.{n}": o.detach() for n, o in zip(names, objectness)})
     out.update({f"deltas.{n}": d.detach() for n, d in zip(names, deltas)})
     return out
+
+
+# ------------------------------------------------------------------------------------- inference
+def float_images(images: list, device, unit: bool = True) -> list:
+    """Decoded uint8 images [3, H, W] as float on ``device``: in [0, 1] (``unit``) or on the 0-255 scale."""
+    out = []
+    for image in images:
+        image = image.to(device, non_blocking=True).float()
+        out.append(image.div_(255.0) if unit else image)
+    return out
+
+
+def detections(boxes, scores, labels, masks) -> dict:
+    """One image's detections as ``Adapter.predictor`` returns them (``labels`` 1..K, ``masks`` [N, H, W])."""
+    return {"boxes": boxes, "scores": scores, "labels": labels, "masks": masks}

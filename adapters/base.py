@@ -76,6 +76,8 @@ class Adapter(abc.ABC):
     name: str = ""
     #: shown when the implementation is not installed
     install_hint: str = ""
+    #: the framework's model after ``train`` (what ``--task eval`` scores); None before
+    trained_model = None
 
     @abc.abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -109,9 +111,17 @@ class Adapter(abc.ABC):
         them between implementations: with shared weights they compute the same function."""
         raise NotImplementedError(f"{self.name}: no forward check")
 
-    def infer(self, cfg, data, timer, dist: DistInfo) -> dict:
-        """The inference benchmark; optional."""
-        raise NotImplementedError(f"{self.name}: no inference benchmark")
+    def predictor(self, cfg, data, dist: DistInfo, model=None):
+        """The framework's own eval path as a callable, for ``--task infer`` and ``--task eval``
+        (harness/inference.py): a list of decoded RGB images (uint8 tensors [3, H, W] on the host) ->
+        per image a dict of ``boxes`` [N, 4] (x1, y1, x2, y2 at the image's size), ``scores`` [N],
+        ``labels`` [N] (1..K, the K-th category by id) and ``masks`` [N, H, W] pasted at the image's size
+        (probabilities, or 0/1). The framework does its own copy to the device, resizing to
+        ``input.min_size_test``/``max_size_test``, normalising and pasting, with the test settings of
+        ``model.roi_heads`` (score and NMS thresholds, detections per image). ``model``: the framework's
+        model as ``train`` left it (``self.trained_model``); None: built from ``cfg`` with
+        ``model.init_weights`` loaded."""
+        raise NotImplementedError(f"{self.name}: no inference path")
 
     def require(self) -> str:
         ok, info = self.available()

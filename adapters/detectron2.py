@@ -22,6 +22,7 @@ from ._common import (
     PYTORCH_STYLE,
     attach_work_counters,
     data_spec,
+    detections,
     forward_outputs,
     from_torchvision_layout,
     load_exact,
@@ -236,7 +237,40 @@ class Detectron2Adapter(Adapter):
         if native.MRCNN_BENCH.INIT_WEIGHTS:
             load_exact(model, from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)), native.MRCNN_BENCH.INIT_WEIGHTS)
         trainer.train()
+        self.trained_model = model
         return {"native_config": native.dump(), "shims": shims}
+
+    def predictor(self, cfg, data, dist: DistInfo, model=None):
+        """What detectron2's DefaultPredictor does, for a batch: ResizeShortestEdge to INPUT.MIN_SIZE_TEST
+        / MAX_SIZE_TEST on the host array, then the model in eval mode with each image's height and
+        width, whose postprocessing pastes the masks at that size (pred_masks, thresholded at 0.5)."""
+        native = self.translate(cfg, data)
+        _apply_shims(cfg.benchmark.device)
+        import torch
+        from detectron2.data import transforms as T
+        from detectron2.modeling import build_model
+
+        if model is None:
+            model = build_model(native)  # on MODEL.DEVICE
+            if cfg.model.init_weights:
+                load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+        model.eval()
+        resize = T.ResizeShortestEdge([native.INPUT.MIN_SIZE_TEST] * 2, native.INPUT.MAX_SIZE_TEST)
+
+        def predict(images):
+            inputs = []
+            for image in images:
+                array = image.permute(1, 2, 0).numpy()  # H, W, C in INPUT.FORMAT (RGB)
+                resized = resize.get_transform(array).apply_image(array)
+                inputs.append({"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                               "height": array.shape[0], "width": array.shape[1]})
+            out = []
+            for result in model(inputs):
+                inst = result["instances"]
+                out.append(detections(inst.pred_boxes.tensor, inst.scores, inst.pred_classes + 1, inst.pred_masks))
+            return out
+
+        return predict
 
 
 def _check_supported(cfg) -> None:
@@ -244,9 +278,10 @@ def _check_supported(cfg) -> None:
     inp, bench, roi = cfg.input, cfg.benchmark, cfg.model.roi_heads
     if inp.horizontal_flip_prob not in (0.0, 0.5):
         raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
-    if bench.dtype == "bf16":
+    training = bench.task != "infer"  # inference runs under the harness's autocast, not AMPTrainer
+    if training and bench.dtype == "bf16":
         raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
-    if bench.dtype == "fp16" and bench.device != "cuda":
+    if training and bench.dtype == "fp16" and bench.device != "cuda":
         raise UnsupportedConfig("detectron2 v0.6's AMPTrainer needs CUDA (benchmark.dtype fp16 on cpu)")
     if bench.grad_accum != 1:
         raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")

@@ -31,6 +31,7 @@ from ._common import (
     PYTORCH_STYLE,
     attach_work_counters,
     data_spec,
+    detections,
     forward_outputs,
     from_torchvision_layout,
     load_exact,
@@ -284,12 +285,44 @@ class MMDetAdapter(Adapter):
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
+        self.trained_model = model
         return {"native_config": native.pretty_text, "shims": shims}
+
+    def predictor(self, cfg, data, dist: DistInfo, model=None):
+        """What mmdet's inference API (``mmdet.apis.inference_detector``) does, for a batch: the config's
+        test pipeline with ``LoadImageFromNDArray`` first (resize to the test scale, pack), then
+        ``model.test_step`` on the batch (data_preprocessor: to the device, BGR to RGB, normalise, pad;
+        predict with rescale: boxes and masks at the image's size, masks at mask_thr_binary)."""
+        native = self.translate(cfg, data)
+        pillow_linear_alias()
+        from mmcv.transforms import Compose
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules()
+        if model is None:
+            model = MODELS.build(native.model)
+            if cfg.model.init_weights:
+                load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+            model.to(dist.device)
+        model.eval()
+        steps = [dict(step) for step in native.test_pipeline]
+        steps[0] = dict(type="mmdet.LoadImageFromNDArray")  # as inference_detector does for arrays
+        pipeline = Compose(steps)
+
+        def predict(images):
+            # decoded RGB -> the BGR array mmdet's loaders give (its data_preprocessor turns it back)
+            packed = [pipeline(dict(img=image.permute(1, 2, 0).flip(-1).numpy(), img_id=i)) for i, image in enumerate(images)]
+            results = model.test_step(dict(inputs=[p["inputs"] for p in packed], data_samples=[p["data_samples"] for p in packed]))
+            return [detections(r.pred_instances.bboxes, r.pred_instances.scores, r.pred_instances.labels + 1, r.pred_instances.masks)
+                    for r in results]
+
+        return predict
 
 
 def _check_supported(bench) -> None:
     """What this adapter cannot run, before mmengine is asked to."""
-    if bench.dtype != "fp32" and bench.device != "cuda":
+    if bench.task != "infer" and bench.dtype != "fp32" and bench.device != "cuda":  # inference: the harness's autocast
         raise UnsupportedConfig(f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})")
     if bench.device == "cpu":
         import torch

@@ -10,6 +10,8 @@ from ._common import (
     attach_work_counters,
     count_work,
     data_spec,
+    detections,
+    float_images,
     forward_outputs,
     num_classes,
     ordered_batches,
@@ -178,7 +180,21 @@ class ReferenceAdapter(Adapter):
         })
         timer.before_train()
         trainer.train(train_opts["iters"])
+        self.trained_model = model
         return {"native_config": native.to_dict(), "ops_backend": ops.backend()}
+
+    def predictor(self, cfg, data, dist: DistInfo, model=None):
+        """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
+        path (score threshold, per-class NMS, top detections) and masks pasted at the image's size."""
+        if model is None:
+            model = self.build_model(self.translate(cfg, data)).to(dist.device)
+        model.eval()
+
+        def predict(images):
+            return [detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
+                    for r in model(float_images(images, dist.device))]
+
+        return predict
 
 
 def build_scheduler(optimizer, solver: dict):

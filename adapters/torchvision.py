@@ -21,6 +21,8 @@ from ._common import (
     PYTORCH_STYLE,
     attach_work_counters,
     data_spec,
+    detections,
+    float_images,
     forward_outputs,
     load_exact,
     load_initial_weights,
@@ -302,7 +304,24 @@ class TorchvisionAdapter(Adapter):
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             timer.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
+        self.trained_model = model
         return {"native_config": native.to_dict()}
+
+    def predictor(self, cfg, data, dist: DistInfo, model=None):
+        """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
+        otherwise reuses the last training size), normalises and batches; the RoI heads' test path;
+        ``transform.postprocess`` pastes the masks at the image's size."""
+        if model is None:
+            model = self.build_model(self.translate(cfg, data)).to(dist.device)
+        model.eval()
+        model.transform.min_size = (cfg.input.min_size_test,)
+        model.transform.max_size = cfg.input.max_size_test
+
+        def predict(images):
+            return [detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
+                    for r in model(float_images(images, dist.device))]
+
+        return predict
 
 
 class _Transformed:

@@ -120,16 +120,24 @@ def _run_options(fn):
               help="Seconds the nodes wait for each other at start.")
 @click.option("--container", default=None, metavar="IMAGE",
               help="External systems (mrcnn-bench list): run in this docker image and ingest its log.")
+@click.option("--task", type=click.Choice(["train", "infer", "eval"]), default=None,
+              help="train: throughput over the window; infer: latency per batch size of each framework's eval path; "
+                   "eval: train, then bbox and segm AP on the val split [config benchmark.task, train].")
+@click.option("--batch-sizes", default=None, metavar="1,2,4,8",
+              help="--task infer: images per timed call, each size in turn [config benchmark.batch_sizes].")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is even); "
                    "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.")
 @_bad_input
 def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
-        gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, repeats):
-    """Train each implementation and time iterations [warmup, end); writes OUT/<run-id>/<impl>/run.json."""
+        gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, task, batch_sizes, repeats):
+    """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
+    per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
     from mrcnn_bench.external import system_names
 
     from . import launch
+
+    overrides = list(overrides) + _task_overrides(task, batch_sizes)
 
     if impl in system_names():
         cfg = _scaled_config(_default_config(config_name), _values(overrides, device, timeout), gpus, ims_per_gpu)
@@ -207,6 +215,35 @@ def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, o
     click.echo(f"\nresults: {Path(out_root)}/{base_id}-g{{{','.join(map(str, counts))}}}\n")
     click.echo(render_markdown(records))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
+
+
+def _task_overrides(task: str | None, batch_sizes: str | None) -> list[str]:
+    """--task and --batch-sizes as config overrides (benchmark.task, benchmark.batch_sizes)."""
+    out = [f"benchmark.task={task}"] if task else []
+    if batch_sizes is not None:
+        try:
+            sizes = [int(part) for part in batch_sizes.split(",") if part.strip()]
+        except ValueError:
+            raise BadInput(f"--batch-sizes {batch_sizes!r}: expected positive integers such as 1,2,4,8") from None
+        if not sizes or min(sizes) < 1:
+            raise BadInput(f"--batch-sizes {batch_sizes!r}: expected one or more positive integers such as 1,2,4,8")
+        out.append(f"benchmark.batch_sizes=[{','.join(map(str, sizes))}]")
+    return out
+
+
+def _check_task(cfg, summary: dict) -> None:
+    """What --task infer and eval need: one process, and (infer) a val split with a batch's images."""
+    bench = cfg.benchmark
+    if bench.task == "train":
+        return
+    if bench.gpus != 1:
+        raise BadInput(f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1")
+    val = summary.get("val")
+    if not val or not val.get("images"):
+        raise BadInput(f"--task {bench.task}: the data set has no val split with images ({cfg.data.val_split})")
+    if bench.task == "infer" and max(bench.batch_sizes) > val["images"]:
+        raise BadInput(f"--batch-sizes {','.join(map(str, bench.batch_sizes))}: batch size {max(bench.batch_sizes)} is larger "
+                       f"than the val split ({val['images']} images, data.val_split {cfg.data.val_split})")
 
 
 def _values(overrides, device, timeout) -> dict:
@@ -289,7 +326,8 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: 
 
     paths, summary = resolve_data(cfg.data, data_root)
     click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images)", err=True)
-    cfg = _with_shared_init(cfg, paths)
+    _check_task(cfg, summary)
+    cfg = _with_shared_training(_with_shared_init(cfg, paths), paths)
     try:
         records = launch.run_suite(cfg, todo, paths, summary, Path(out_root), run_id, opts)
     except launch.KeyboardInterruptWithRecord as e:
@@ -345,6 +383,15 @@ def _with_shared_init(cfg, paths):
         cfg, message = with_shared_init(cfg, paths)
     except WeightsError as e:
         raise BadInput(str(e)) from None
+    if message:
+        click.echo(message, err=True)
+    return cfg
+
+
+def _with_shared_training(cfg, paths):
+    from .shared_training import with_shared_training
+
+    cfg, message = with_shared_training(cfg, paths)
     if message:
         click.echo(message, err=True)
     return cfg

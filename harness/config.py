@@ -183,9 +183,23 @@ class BenchmarkConfig(_Section):
     # time each phase of the step inside the framework's loop (harness/phases.py): a run of its own, the
     # synchronizes it adds change the throughput
     phases: bool = False
+    # What a run measures: "train", training throughput over the window; "infer", the latency of each
+    # framework's own eval path per batch size (harness/inference.py); "eval", training for ``iters``
+    # then bbox and segm AP on the val split with pycocotools.
+    task: Literal["train", "infer", "eval"] = "train"
+    batch_sizes: list[int] = [1, 2, 4, 8]  # infer: images per timed call, each size in turn
+    infer_warmup: int = Field(3, ge=0)  # infer: untimed calls per batch size before the timed ones
+    infer_batches: int = Field(20, gt=0)  # infer: timed calls per batch size
+    # infer: iterations of a short training of torchvision's model from the shared initialisation (the
+    # config's solver and data order), whose weights every implementation then loads: a trained model's
+    # detections are what the images hold, not an accident of the initialisation (none skips the mask
+    # head and the pasting; random logits can give the cap of 100 per image); 0: the weights as they are
+    shared_training_iters: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
+        if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes {self.batch_sizes}: expected one or more sizes > 0, e.g. [1, 2, 4, 8]")
         end = self.window_end if self.window_end is not None else self.iters
         if end <= self.warmup:
             raise ValueError(f"the timed window [warmup={self.warmup}, end={end}) is empty: end must exceed warmup")

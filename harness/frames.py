@@ -77,6 +77,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "threads": env.get("torch_threads"),
                 "load_average": env.get("load_average"),
                 "git_sha": env.get("git_sha"),
+                "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
+                "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
+                "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
                 "path": r.get("_path"),
             }
         )

@@ -42,6 +42,25 @@ class Trace:
     last_iteration: int = 0  # the furthest the log shows the run got, timed or not
     derivation: str = ""
     notes: list[str] = field(default_factory=list)
+    other_ranks: int = 0  # lines of ranks other than 0, dropped
+    repeated: int = 0  # lines of an iteration already kept, dropped
+
+    def keep(self, k: int, seconds: float, rank: int | None) -> None:
+        """Record a point once: rank 0's where ranks are labelled, else the first printed."""
+        if rank not in (None, 0):
+            self.other_ranks += 1
+        elif k in self.points:
+            self.repeated += 1
+        else:
+            self.points[k] = seconds
+
+    def finish(self) -> "Trace":
+        """The notes on the lines dropped; the trace."""
+        if self.other_ranks:
+            self.notes.append(f"{self.other_ranks} line(s) of other ranks dropped (rank 0's kept)")
+        if self.repeated:
+            self.notes.append(f"{self.repeated} repeated iteration line(s) dropped (interleaved ranks? the first kept)")
+        return self
 
     def window_seconds(self, warmup: int, end: int) -> tuple[int, int, float]:
         """The seconds of iterations [a, b): a the first timed point from ``warmup`` on, b the last
@@ -88,26 +107,6 @@ def _lines(path: Path):
             yield number, part[m.end():] if m else part, rank
 
 
-def _keep(trace: Trace, seen: dict[int, int | None], k: int, seconds: float, rank: int | None) -> None:
-    """Record a point once: rank 0's where ranks are labelled, else the first printed."""
-    if rank not in (None, 0):
-        seen.setdefault(-1, 0)
-        seen[-1] += 1
-        return
-    if k in trace.points:
-        seen.setdefault(-2, 0)
-        seen[-2] += 1
-        return
-    trace.points[k] = seconds
-
-
-def _dropped_note(trace: Trace, seen: dict) -> None:
-    if seen.get(-1):
-        trace.notes.append(f"{seen[-1]} line(s) of other ranks dropped (rank 0's kept)")
-    if seen.get(-2):
-        trace.notes.append(f"{seen[-2]} repeated iteration line(s) dropped (interleaved ranks? the first kept)")
-
-
 # ------------------------------------------------------------------------- maskrcnn-benchmark
 _MRB_ITER = re.compile(r"\biter:\s*(\d+)\b")
 _MRB_TIME = re.compile(r"\btime:\s*([0-9.]+)\s*\(\s*([0-9.]+)\s*\)")
@@ -117,7 +116,6 @@ def parse_maskrcnn_benchmark(path: str | Path) -> Trace:
     path = Path(path)
     trace = Trace(str(path), "maskrcnn-benchmark", derivation=(
         "running average of the iteration time (the bracketed number, 4 decimals) x iterations completed"))
-    seen: dict = {}
     for number, line, rank in _lines(path):
         m = _MRB_ITER.search(line)
         if not m or "eta:" not in line:
@@ -127,9 +125,8 @@ def parse_maskrcnn_benchmark(path: str | Path) -> Trace:
             raise LogError(f"{path}:{number}: an iteration line without 'time: <median> (<average>)': {line.strip()[:120]!r}")
         k, average = int(m.group(1)), float(t.group(2))
         trace.last_iteration = max(trace.last_iteration, k)
-        _keep(trace, seen, k, average * k, rank)
-    _dropped_note(trace, seen)
-    return trace
+        trace.keep(k, average * k, rank)
+    return trace.finish()
 
 
 # ---------------------------------------------------------------------------------- Detectron
@@ -140,7 +137,6 @@ def parse_detectron(path: str | Path) -> Trace:
     path = Path(path)
     trace = Trace(str(path), "detectron", derivation=(
         f"json_stats' average iteration time since the reset after iteration {_DETECTRON_RESET} x iterations since"))
-    seen: dict = {}
     for number, line, rank in _lines(path):
         if "json_stats:" not in line:
             continue
@@ -152,9 +148,8 @@ def parse_detectron(path: str | Path) -> Trace:
             raise LogError(f"{path}:{number}: json_stats line is not JSON with 'iter' and 'time' ({type(e).__name__}: {e})") from None
         trace.last_iteration = max(trace.last_iteration, it + 1)
         if it > _DETECTRON_RESET:  # iterations it+1 completed; the average covers iterations 21..it
-            _keep(trace, seen, it + 1, average * (it - _DETECTRON_RESET), rank)
-    _dropped_note(trace, seen)
-    return trace
+            trace.keep(it + 1, average * (it - _DETECTRON_RESET), rank)
+    return trace.finish()
 
 
 # --------------------------------------------------------------------------------- tensorpack
@@ -174,7 +169,6 @@ def humanized_seconds(text: str) -> float:
 def parse_tensorpack(path: str | Path) -> Trace:
     path = Path(path)
     trace = Trace(str(path), "tensorpack", derivation="the epochs' times as printed (whole seconds past a minute), summed")
-    seen: dict = {}
     total, epoch_steps = 0.0, None
     for number, line, rank in _lines(path):
         m = _TP_EPOCH.search(line)
@@ -189,14 +183,13 @@ def parse_tensorpack(path: str | Path) -> Trace:
                     epoch_steps = step // int(m.group(1)) if int(m.group(1)) else step
                     trace.points[step - epoch_steps] = 0.0
                 total += seconds
-            _keep(trace, seen, step, total, rank)
+            trace.keep(step, total, rank)
             trace.last_iteration = max(trace.last_iteration, step)
             continue
         s = _TP_STEP.search(line)
         if s and trace.points:
             trace.last_iteration = max(trace.last_iteration, max(trace.points) + int(s.group(1)))
-    _dropped_note(trace, seen)
-    return trace
+    return trace.finish()
 
 
 # ------------------------------------------------------------------- SimpleDet / MXNet Speedometer
@@ -210,7 +203,6 @@ def parse_speedometer(path: str | Path, images_per_iteration: int) -> Trace:
     trace = Trace(str(path), "speedometer", derivation=(
         f"each line's speed is the mean since the line before: that interval took batches x {images_per_iteration} "
         "images / speed seconds"))
-    seen: dict = {}
     total, completed, last = 0.0, 0, None  # last: (epoch, batch) of the previous line
     for number, line, rank in _lines(path):
         m = _SPEEDO.search(line)
@@ -220,13 +212,13 @@ def parse_speedometer(path: str | Path, images_per_iteration: int) -> Trace:
         if not speed:
             raise LogError(f"{path}:{number}: a Speedometer line without 'Speed: <n> samples/sec': {line.strip()[:120]!r}")
         if rank not in (None, 0):
-            _keep(trace, seen, -1, 0.0, rank)
+            trace.keep(-1, 0.0, rank)
             continue
         epoch, batch, value = int(m.group(1)), int(m.group(2)), float(speed.group(1))
         if value <= 0:
             raise LogError(f"{path}:{number}: speed {value} samples/sec")
         if last == (epoch, batch):
-            _keep(trace, seen, completed, total, None)  # the same line again: counted as repeated
+            trace.keep(completed, total, None)  # the same line again: counted as repeated
             continue
         batches = batch - last[1] if last and last[0] == epoch else batch
         it = _ITER.search(line)
@@ -238,8 +230,7 @@ def parse_speedometer(path: str | Path, images_per_iteration: int) -> Trace:
         trace.points[completed] = total
         trace.last_iteration = completed
         last = (epoch, batch)
-    _dropped_note(trace, seen)
-    return trace
+    return trace.finish()
 
 
 # ------------------------------------------------------------------------------------- Keras
@@ -252,11 +243,10 @@ _STEP_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 def parse_keras(path: str | Path) -> Trace:
     path = Path(path)
     trace = Trace(str(path), "keras", derivation="each epoch's time per step (1 ms resolution) x its steps, summed")
-    seen: dict = {}
     total, epoch, done = 0.0, None, 0
     for number, line, rank in _lines(path):
         if rank not in (None, 0):
-            _keep(trace, seen, -1, 0.0, rank)
+            trace.keep(-1, 0.0, rank)
             continue
         m = _KERAS_EPOCH.match(line)
         if m:
@@ -272,14 +262,13 @@ def parse_keras(path: str | Path) -> Trace:
                 trace.points[(epoch - 1) * steps] = 0.0
             total += seconds
             done = epoch * steps
-            _keep(trace, seen, done, total, None)
+            trace.keep(done, total, None)
             trace.last_iteration = max(trace.last_iteration, done)
             continue
         eta = _KERAS_ETA.match(line)
         if eta and epoch is not None:
             trace.last_iteration = max(trace.last_iteration, (epoch - 1) * int(eta.group(2)) + int(eta.group(1)))
-    _dropped_note(trace, seen)
-    return trace
+    return trace.finish()
 
 
 FORMATS = {

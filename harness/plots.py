@@ -126,9 +126,36 @@ def scaling_curve(df, path: Path) -> bool:
     return True
 
 
+def latency_plot(records: list[dict], path: Path) -> bool:
+    """--task infer: the distribution of each call's latency, one panel per batch size, one box per
+    implementation. False (nothing written) without an inference run."""
+    runs = [r for r in records if r["status"] == "ok" and ((r.get("config") or {}).get("benchmark") or {}).get("task") == "infer"]
+    if not runs:
+        return False
+    calls = pd.DataFrame([dict(impl=r["impl"], **row) for r in runs for row in iterations_of(r)])
+    sizes = sorted(calls["batch_size"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        mine = calls[calls["batch_size"] == size]
+        impls = sorted(mine["impl"].unique())
+        ax.boxplot([mine[mine["impl"] == i]["duration"] * 1e3 for i in impls], showfliers=True)
+        ax.set_xticks(range(1, len(impls) + 1), impls, rotation=30, ha="right")
+        ax.set_title(f"batch {size}")
+        ax.set_ylabel("latency per call (ms)" if size == sizes[0] else "")
+    fig.suptitle("Inference latency (each timed call)")
+    _save(fig, path)
+    return True
+
+
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     df = runs_frame(records)
     written = []
+    if latency_plot(records, out_dir / "latency.png"):
+        written.append(out_dir / "latency.png")
+        records = [r for r in records if ((r.get("config") or {}).get("benchmark") or {}).get("task") != "infer"]
+        if not records:
+            return written
+        df = runs_frame(records)
     if (df["status"] == "ok").any():
         throughput_bars(df, out_dir / "throughput.png")
         written.append(out_dir / "throughput.png")

@@ -239,10 +239,64 @@ def phases_markdown(records: list[dict]) -> str | None:
     return "\n".join(parts) + "\n"
 
 
+# AP of every implementation after the same short schedule must lie within this many AP points (0-100
+# scale) of the others' median, bbox and segm alike (README, "Inference and accuracy").
+AP_BAND = 1.5
+
+
+def latency_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """--task infer: a row per batch size, per implementation img/s and latency mean / p90 / p99 (ms),
+    with detections per image (the work behind the number)."""
+    runs = df[(df["task"] == "infer") & (df["status"] == "ok")]
+    if not len(runs):
+        return None
+    sizes = sorted({int(k) for lat in runs["latency"] for k in (lat or {})})
+    table = {"Batch size": sizes}
+    for _, run in runs.sort_values("impl").iterrows():
+        lat = run["latency"] or {}
+        cells = []
+        for size in sizes:
+            st = lat.get(str(size))
+            cells.append("-" if st is None else f"{st['images_per_s']:.2f} img/s, {st['latency_ms_mean']:.1f} / "
+                         f"{st['latency_ms_p90']:.1f} / {st['latency_ms_p99']:.1f} ms, {st['detections_per_image']:.1f} det")
+        table[run["impl"]] = cells
+    return pd.DataFrame(table)
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """--task eval: per implementation its img/s over the window, bbox and segm AP and AP50 (0-100),
+    detections per image, and its distance from the median AP (``AP_BAND``)."""
+    runs = df[(df["task"] == "eval") & (df["status"] == "ok") & df["accuracy"].notna()]
+    if not len(runs):
+        return None
+    bbox = runs["accuracy"].map(lambda a: 100 * a["bbox"]["AP"])
+    segm = runs["accuracy"].map(lambda a: 100 * a["segm"]["AP"])
+    off = np.maximum((bbox - bbox.median()).abs(), (segm - segm.median()).abs())
+    return pd.DataFrame({
+        "Implementation": runs["impl"],
+        "Throughput (img/s)": runs["images_per_s"].map(lambda v: _fmt(v, ".3f")),
+        "bbox AP / AP50": [f"{100 * a['bbox']['AP']:.1f} / {100 * a['bbox']['AP50']:.1f}" for a in runs["accuracy"]],
+        "segm AP / AP50": [f"{100 * a['segm']['AP']:.1f} / {100 * a['segm']['AP50']:.1f}" for a in runs["accuracy"]],
+        "Detections/img": runs["accuracy"].map(lambda a: f"{a['detections_per_image']:.1f}"),
+        f"Within {AP_BAND} AP of the median": ["yes" if o <= AP_BAND else f"no ({o:.1f})" for o in off],
+    }).reset_index(drop=True)
+
+
 def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
     df = runs_frame(records)
+    infer = df[df["task"] == "infer"]
+    df = df[df["task"] != "infer"]
+    infer_part = []
+    if len(infer):
+        latency = latency_table(infer)
+        failed = infer[infer["status"] != "ok"]
+        infer_part = ["", "### Inference (img/s, latency mean / p90 / p99, detections per image)", ""]
+        infer_part += [_md(latency)] if latency is not None else []
+        infer_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
+    if not len(df):
+        return "\n".join(infer_part[1:]) + "\n"
     logs = df[df["measured_by"] == "log"]
     df = df[df["measured_by"] != "log"]
     log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
@@ -250,15 +304,18 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not len(df):
         return "\n".join(log_part[1:]) + "\n"
     parts = [_md(summary_table(df))]
+    accuracy = accuracy_table(df)
+    if accuracy is not None:
+        parts += ["", "### Accuracy (pycocotools on the val split, after the same schedule)", "", _md(accuracy)]
     if not detail:
-        return "\n".join(parts + log_part) + "\n"
+        return "\n".join(parts + log_part + infer_part) + "\n"
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
     for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
                          ("### AMP speed-up", amp_table(df))):
         if table is not None:
             parts += ["", title, "", _md(table)]
-    parts += log_part
+    parts += log_part + infer_part
     phases = phases_markdown([r for r in records if r.get("measured_by", "harness") == "harness"])
     if phases:
         parts += ["", "### Where the time goes (ms per iteration, the window's mean)", "", phases.rstrip("\n")]

@@ -242,6 +242,8 @@ def make_run_record(
     iterations_recorded: int = 0,
     data: dict | None = None,
     extra: dict | None = None,
+    measures: str = ("training throughput in images/s over iterations [warmup, end) on the global batch; "
+                     "iteration end stamped after a device synchronize"),
 ) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
@@ -252,10 +254,7 @@ def make_run_record(
         "impl": impl,
         "status": status,
         "reason": reason,
-        "measures": (
-            "training throughput in images/s over iterations [warmup, end) on the global batch; "
-            "iteration end stamped after a device synchronize"
-        ),
+        "measures": measures,
         "world_size": world_size,
         "device": device,
         "dtype": dtype,

@@ -146,13 +146,18 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     adapter = get_adapter(impl)
     version = adapter.require()
     native = adapter.translate(cfg, data)
+    env_extra = {"cpu_set": cpus, "impl_version": version, **topology(world, local_world, dist.backend)}
+    if cfg.benchmark.task == "infer":
+        _infer(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir)
+        return 0
     timer, partial = _timer(run_dir, cfg.benchmark, dist)
     extra = adapter.train(cfg, data, timer, dist) or {}
     if len(timer.records) != cfg.benchmark.iters:
         raise RuntimeError(f"{impl}: the adapter ran {len(timer.records)} iterations, {cfg.benchmark.iters} were asked for")
     world_images = _global_images(timer, dist)
+    if cfg.benchmark.task == "eval":
+        extra["accuracy"] = _accuracy(impl, cfg, data, adapter, dist)
     if rank == 0:
-        env_extra = {"cpu_set": cpus, "impl_version": version, **topology(world, local_world, dist.backend)}
         record = _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, dist, env_extra, run_dir)
         partial.close()
         (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
@@ -163,6 +168,73 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         tdist.barrier()
         tdist.destroy_process_group()
     return 0
+
+
+def _accuracy(impl: str, cfg, data, adapter, dist) -> dict:
+    """``--task eval``: the trained model through the framework's eval path on the val split, scored by
+    pycocotools (bbox and segm AP, AP50), with detections and masks per image."""
+    from mrcnn_bench.harness.inference import evaluate
+
+    print(f"{impl}: evaluating on {data.val_json}", file=sys.stderr, flush=True)
+    result = evaluate(adapter.predictor(cfg, data, dist, model=adapter.trained_model), data.val_json, data.val_images)
+    print(f"{impl}: bbox AP {result['bbox']['AP']:.4f} (AP50 {result['bbox']['AP50']:.4f}), segm AP {result['segm']['AP']:.4f} "
+          f"(AP50 {result['segm']['AP50']:.4f}), {result['detections_per_image']:.1f} detections per image",
+          file=sys.stderr, flush=True)
+    return result
+
+
+def _infer(impl: str, spec: dict, cfg, data, adapter, native, dist, env_extra: dict, run_dir: Path) -> None:
+    """``--task infer``: the framework's eval path timed per batch size on the val split's images
+    (harness/inference.py); iterations.jsonl holds each timed call, run.json the stats per batch size.
+    A call that returned nothing fails the run (``EmptyPath``)."""
+    import torch
+
+    from mrcnn_bench.harness.inference import check_not_empty, inference_summary, load_images, time_batches
+    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS, atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
+
+    bench = cfg.benchmark
+    predict = adapter.predictor(cfg, data, dist)
+    images = [image for _, image in load_images(data.val_json, data.val_images)]
+    total = len(bench.batch_sizes) * bench.infer_batches
+    with open(run_dir / PARTIAL_ITERATIONS, "w") as partial:
+        def on_batch(row):
+            partial.write(json.dumps(row) + "\n")
+            partial.flush()
+            n = row["iter"] + 1
+            if n == total or n % bench.infer_batches == 0:
+                print(f"batch size {row['batch_size']}: {n}/{total} calls, last {row['duration'] * 1e3:.1f} ms, "
+                      f"{row['detections']} detections", file=sys.stderr, flush=True)
+
+        autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[bench.dtype]
+        rows = time_batches(predict, images, bench.batch_sizes, bench.infer_warmup, bench.infer_batches, dist.device,
+                            autocast_dtype=autocast, on_batch=on_batch)
+    check_not_empty(rows, impl)
+    summary = inference_summary(rows)
+    atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
+    record = make_run_record(
+        impl=impl, run_id=spec["run_id"], status="ok", config=cfg.to_dict(), native_config=_native_dict(native, {}),
+        effective_hparams=adapter.effective_hparams(native),
+        environment=capture_environment(bench.device, spec["threads_per_rank"], extra=env_extra),
+        world_size=dist.world_size, device=bench.device, dtype=bench.dtype,
+        window={"warmup": 0, "end": len(rows), "iters": len(rows)}, summary=summary, iterations_recorded=len(rows),
+        data=spec.get("data_summary"),
+        measures=("inference: images/s and latency per call of the framework's own eval path, decoded images in, "
+                  "detections with pasted masks out, per batch size; each call closed by a device synchronize"),
+    )
+    atomic_write_json(run_dir / "run.json", record)
+    (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
+    for size, stats in summary["batch_sizes"].items():
+        print(f"{impl}: batch {size}: {stats['images_per_s']:.2f} img/s, latency mean {stats['latency_ms_mean']:.1f} ms, "
+              f"p99 {stats['latency_ms_p99']:.1f} ms, {stats['detections_per_image']:.1f} detections per image",
+              file=sys.stderr, flush=True)
+
+
+def _native_dict(native, extra: dict):
+    """The native config as run.json holds it: what the adapter returned, else the object's own dict."""
+    native_dict = extra.pop("native_config", None)
+    if native_dict is None:
+        native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)
+    return native_dict
 
 
 def _setup_distributed(bench, rank: int, world: int, local_rank: int):
@@ -247,9 +319,10 @@ def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, 
     rows = [r.to_dict() for r in timer.records]
     summary = _summary(cfg, data, rows, timer, world_images, dist)
     atomic_write_jsonl(run_dir / "iterations.jsonl", [dict(row, global_images=g) for row, g in zip(rows, world_images)])
-    native_dict = extra.pop("native_config", None)
-    if native_dict is None:
-        native_dict = native.to_dict() if hasattr(native, "to_dict") else str(native)
+    native_dict = _native_dict(native, extra)
+    accuracy = extra.pop("accuracy", None)
+    if accuracy is not None:
+        summary["accuracy"] = accuracy
     record = make_run_record(
         impl=impl,
         run_id=spec["run_id"],

@@ -22,6 +22,7 @@
 #   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, channels-last, AMP, ...
 #   7 phases      mrcnn-bench phases (reference, torchvision, detectron2): each phase of the step, host-device
 #                 waits; then benchmarks/phases.py --profile: torch.profiler's top CUDA kernels (two of them)
+#   8 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8
 #
 # What comes back under $OUT (the device tool returns at most 8 files): device_check.log (everything
 # printed), steps.jsonl (one line per step: status, seconds, what it left), summary.md, results.tar.gz
@@ -265,6 +266,19 @@ step phases 150 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/phases.md"' _ "${BENCH[@]}
   --set benchmark.iters="$PHASE_ITERS" --set benchmark.warmup="$PHASE_WARMUP" --set benchmark.window_end="$PHASE_ITERS"
 step kernels 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/kernels.md"' _ "$PYTHON" benchmarks/phases.py "${LEVERS_CFG[@]}" "${PHASES[@]}" \
   --impl reference,torchvision  # torch.profiler's top operators/kernels, for the two it builds
+
+# ------------------------------------------------------------------------------ 8: inference
+# Each framework's eval path per batch size at the canonical test size (800/1333), with the weights of
+# cpu_infer's shared training (torchvision, 250 iterations at that size on the synthetic set) for all.
+if [ "$REHEARSE" = 1 ]; then
+  skip infer "rehearsal: the shared training takes minutes on a CPU (tests/test_inference.py runs the path)"
+else
+  step infer 150 60 on_cpus "${BENCH[@]}" run --task infer --config cpu_infer --device "$DEVICE" --gpus 1 --out "$RESULTS" \
+    --run-id infer --impl reference,torchvision,detectron2 --batch-sizes 1,2,4,8 --timeout "$TIMEOUT" "${THREADS[@]}" \
+    --set input.min_size_train=[800] --set input.max_size_train=1333 --set input.min_size_test=800 \
+    --set input.max_size_test=1333 --set benchmark.infer_batches=20 "${SIZE[@]}"
+  [ -d "$RESULTS/infer" ] && "${BENCH[@]}" report "$RESULTS/infer" --plots "$RESULTS/plots-infer" --out "$RESULTS/infer.md" && pack
+fi
 
 # ------------------------------------------------------------------------------ summary
 "$PYTHON" - "$STEPS" "$RESULTS" "$OUT/summary.md" <<'EOF'

@@ -52,6 +52,12 @@ def _broken_data(root, tmp_path, how):
         ("no annotations", ["--data", "{no_annotations}"], r"key 'annotations' is empty: nothing to train on"),
         ("unknown impl", ["--impl", "maskrcnn9000"], r"--impl: unknown implementation\(s\) maskrcnn9000; known: "),
         ("not installed", ["--impl", "busy"], r"--impl busy: busy is not installed \(a test fixture\); install: pip install"),
+        ("no batch sizes", ["--task", "infer", "--batch-sizes", ""], r"--batch-sizes '': expected one or more positive integers"),
+        ("batch size 0", ["--task", "infer", "--batch-sizes", "0,2"], r"--batch-sizes '0,2': expected one or more positive integers"),
+        ("batch size not a number", ["--task", "infer", "--batch-sizes", "1,two"], r"--batch-sizes '1,two': expected positive integers"),
+        ("batch larger than the data", ["--task", "infer", "--batch-sizes", "1,16"],
+         r"--batch-sizes 1,16: batch size 16 is larger than the val split \(8 images, data.val_split val2017\)"),
+        ("infer on two processes", ["--task", "infer", "--gpus", "2", "--ims-per-gpu", "1"], r"--task infer runs on one process \(benchmark.gpus=2\): use --gpus 1"),
     ],
 )
 def test_bad_input_exits_2_names_the_problem_and_writes_nothing(case, args, expected, tmp_path, synth_root):

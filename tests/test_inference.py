@@ -1,0 +1,263 @@
+"""The inference benchmark and the accuracy check (harness/inference.py; `run --task infer` and `--task eval`)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, TINY, run_cli
+
+from mrcnn_bench.harness.inference import (
+    EmptyPath,
+    check_not_empty,
+    coco_ap,
+    coco_results,
+    count_outputs,
+    inference_summary,
+    latency_stats,
+    load_images,
+    time_batches,
+)
+
+
+def _out(n: int, mask_value: float = 1.0, size: int = 4) -> dict:
+    return {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]] * n), "scores": torch.full((n,), 0.9),
+            "labels": torch.ones(n, dtype=torch.int64), "masks": torch.full((n, size, size), mask_value)}
+
+
+def test_latency_stats_are_numpys_percentiles_and_images_over_seconds():
+    st = latency_stats([0.1, 0.2, 0.3, 0.4, 1.0], batch_size=2)
+    assert st["images_per_s"] == pytest.approx(10 / 2.0)
+    assert st["latency_ms_mean"] == pytest.approx(400.0)
+    assert st["latency_ms_p50"] == pytest.approx(300.0)
+    assert st["latency_ms_p90"] == pytest.approx(760.0)  # linear between the 4th and 5th: 400 + 0.6 x 600
+    assert st["latency_ms_p95"] == pytest.approx(880.0)
+    assert st["latency_ms_p99"] == pytest.approx(976.0)
+    assert st["calls"] == 5 and st["batch_size"] == 2
+
+
+def test_masks_count_from_the_threshold_on():
+    outputs = [_out(2, mask_value=0.5), _out(3, mask_value=0.49), _out(0)]
+    assert count_outputs(outputs) == (5, 2)
+
+
+def test_time_batches_takes_the_images_in_turn_and_leaves_warmup_out():
+    images = [torch.full((3, 4, 4), i, dtype=torch.uint8) for i in range(5)]
+    seen = []
+
+    def predict(batch):
+        seen.append([int(im[0, 0, 0]) for im in batch])
+        return [_out(3) for _ in batch]
+
+    rows = time_batches(predict, images, [1, 2], warmup=1, batches=3, device="cpu")
+    assert seen == [[0], [1], [2], [3], [4, 0], [1, 2], [3, 4], [0, 1]]  # 1 warm-up + 3 timed per size
+    assert [r["iter"] for r in rows] == list(range(6))
+    assert [r["batch_size"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    assert [(r["detections"], r["masks"]) for r in rows] == [(3, 3)] * 3 + [(6, 6)] * 3
+    assert all(r["duration"] > 0 and r["max_memory_mb"] > 0 for r in rows)
+
+    summary = inference_summary(rows)
+    assert set(summary["batch_sizes"]) == {"1", "2"}
+    assert summary["images"] == 9 and summary["iterations"] == 6 and summary["task"] == "infer"
+    assert summary["images_per_s"] == pytest.approx(9 / sum(r["duration"] for r in rows))
+    two = summary["batch_sizes"]["2"]
+    assert two["detections_per_image"] == 3.0 and two["masks_per_image"] == 3.0 and two["calls"] == 3
+    assert two["images_per_s"] == pytest.approx(6 / sum(r["duration"] for r in rows[3:]))
+
+
+def test_a_call_with_no_detection_fails_the_run_with_its_reason():
+    rows = [{"batch_size": 1, "detections": 4, "masks": 4}, {"batch_size": 2, "detections": 0, "masks": 0}]
+    with pytest.raises(EmptyPath, match=r"mmdet: 1 of 2 timed calls returned no detection or no mask \(first: batch size 2"):
+        check_not_empty(rows, "mmdet")
+    with pytest.raises(EmptyPath, match="no mask"):
+        check_not_empty([{"batch_size": 1, "detections": 3, "masks": 0}], "x")
+    check_not_empty(rows[:1], "mmdet")
+
+
+def _ground_truth_as_outputs(coco, image_ids, shift: float = 0.0):
+    """Each image's annotations as a predictor's output: boxes x1y1x2y2 (moved right by ``shift`` x their
+    width), labels 1..K by category id, masks from pycocotools."""
+    cat_ids = sorted(coco.getCatIds())
+    outputs = []
+    for image_id in image_ids:
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([[a["bbox"][0] + shift * a["bbox"][2], a["bbox"][1],
+                               a["bbox"][0] + (1 + shift) * a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
+        outputs.append({"boxes": boxes, "scores": torch.linspace(0.9, 0.5, len(anns)),
+                        "labels": torch.tensor([cat_ids.index(a["category_id"]) + 1 for a in anns], dtype=torch.int64),
+                        "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns])).float()
+                        if anns else torch.zeros(0, 1, 1)})
+    return outputs
+
+
+def test_coco_results_scored_by_pycocotools_the_ground_truth_is_ap_1(synth_root):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(synth_root / "annotations" / "instances_val2017.json"))
+    ids = sorted(coco.getImgIds())
+    assert [i for i, _ in load_images(synth_root / "annotations" / "instances_val2017.json", synth_root / "val2017")] == ids
+    exact = coco_ap(coco, coco_results(_ground_truth_as_outputs(coco, ids), ids, sorted(coco.getCatIds())))
+    assert exact["bbox"]["AP"] == pytest.approx(1.0) and exact["segm"]["AP"] == pytest.approx(1.0)
+    # boxes moved by 0.6 of their width overlap their objects at IoU 0.25: no box counts; the masks still do
+    moved = coco_ap(coco, coco_results(_ground_truth_as_outputs(coco, ids, shift=0.6), ids, sorted(coco.getCatIds())))
+    assert moved["bbox"]["AP"] == pytest.approx(0.0) and moved["segm"]["AP"] == pytest.approx(1.0)
+    assert coco_ap(coco, []) == {"bbox": {"AP": 0.0, "AP50": 0.0}, "segm": {"AP": 0.0, "AP50": 0.0}}
+
+
+# ----------------------------------------------------------------------- the four eval paths
+def _tiny_config(**overrides):
+    from mrcnn_bench.harness.config import load_config
+
+    values = {TINY[i + 1].split("=")[0]: json.loads(TINY[i + 1].split("=")[1]) for i in range(0, len(TINY), 2)}
+    return load_config(ROOT / "configs" / "cpu_small.yaml", {**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def detecting_weights(tmp_path_factory, synth_root):
+    """The shared initialisation with the classifier's first class and its mask biased up: every
+    proposal scores ~0.97 for class 1 and its mask ~0.98, so every framework detects (up to 100 per image)
+    and runs its mask head and pasting."""
+    from mrcnn_bench.harness.data import DataPaths, num_classes
+    from mrcnn_bench.harness.init_weights import initial_weights
+
+    cfg = _tiny_config()
+    data = DataPaths.from_root(synth_root)
+    path, _ = initial_weights(cfg, num_classes(cfg, data), cache_dir=tmp_path_factory.mktemp("init"))
+    state = torch.load(path, weights_only=True)
+    state["roi_heads.box_predictor.cls_score.bias"][1] = 8.0
+    state["roi_heads.mask_predictor.mask_fcn_logits.bias"][1] = 4.0
+    out = path.with_name("detecting.pth")
+    torch.save(state, out)
+    state["roi_heads.box_predictor.cls_score.bias"][0] = 30.0  # background: no class reaches the score threshold
+    torch.save(state, path.with_name("silent.pth"))
+    return out, data
+
+
+def test_every_framework_eval_path_detects_alike_with_the_same_weights(detecting_weights):
+    """Same weights, same images: each installed framework's own eval path returns detections of class 1
+    with masks pasted at each image's size, and as many as the others."""
+    from mrcnn_bench.adapters import get_adapter
+    from mrcnn_bench.adapters.base import DistInfo
+
+    weights, data = detecting_weights
+    cfg = _tiny_config(**{"model.init_weights": str(weights)})
+    images = [im for _, im in load_images(data.val_json, data.val_images)][:2]
+    counts = {}
+    for name in ("reference", "torchvision", "detectron2", "mmdet"):
+        adapter = get_adapter(name)
+        if not adapter.available()[0]:
+            continue
+        with torch.inference_mode():
+            outputs = adapter.predictor(cfg, data, DistInfo())(images)
+        for image, out in zip(images, outputs):
+            h, w = image.shape[-2:]
+            n = len(out["boxes"])
+            assert 0 < n <= cfg.model.roi_heads.detections_per_image, name
+            assert out["masks"].shape == (n, h, w), name
+            assert set(out["labels"].tolist()) == {1}, name
+            assert bool((out["scores"] >= cfg.model.roi_heads.score_thresh_test).all()), name
+            boxes = out["boxes"]
+            assert bool((boxes[:, 0] >= -1e-3).all() and (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()), name
+        counts[name] = count_outputs(outputs)
+    assert {"reference", "torchvision"} <= set(counts)
+    detections = [d for d, _ in counts.values()]
+    assert max(detections) <= 1.1 * min(detections), counts
+    assert all(m >= 0.9 * d for d, m in counts.values()), counts
+
+
+def test_shared_training_trains_torchvision_once_and_caches(tmp_path, synth_root):
+    from mrcnn_bench.adapters._common import load_initial_weights
+    from mrcnn_bench.harness.data import DataPaths, num_classes
+    from mrcnn_bench.harness.init_weights import initial_weights
+    from mrcnn_bench.harness.shared_training import with_shared_training
+
+    data = DataPaths.from_root(synth_root)
+    cfg = _tiny_config(**{"benchmark.task": "infer", "benchmark.shared_training_iters": 2})
+    init, _ = initial_weights(cfg, num_classes(cfg, data), cache_dir=tmp_path)
+    cfg = cfg.with_overrides({"model.init_weights": str(init)})
+    assert with_shared_training(cfg.with_overrides({"benchmark.task": "train"}), data, tmp_path)[1] is None
+    trained_cfg, message = with_shared_training(cfg, data, tmp_path)
+    path = Path(trained_cfg.model.init_weights)
+    assert path.is_file() and "torchvision's model, 2 iterations" in message
+    before, after = load_initial_weights(str(init)), load_initial_weights(str(path))
+    assert set(before) <= set(after)
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert "roi_heads.box_predictor.cls_score.weight" in moved  # trained, not copied
+    stamp = path.stat().st_mtime_ns
+    assert Path(with_shared_training(cfg, data, tmp_path)[0].model.init_weights) == path
+    assert path.stat().st_mtime_ns == stamp  # cached: not trained again
+
+
+# ------------------------------------------------------------------------------ through the CLI
+@pytest.mark.slow
+def test_run_task_infer_writes_latency_per_batch_size_and_fails_an_empty_path(tmp_path, detecting_weights):
+    weights, data = detecting_weights
+    common = ["--config", "cpu_small", *TINY, "--data", data.root, "--task", "infer", "--batch-sizes", "1,2",
+              "--set", "benchmark.infer_batches=3", "--set", "benchmark.infer_warmup=1", "--out", tmp_path]
+    out = run_cli("run", "--impl", "reference,torchvision", *common, "--run-id", "inf", "--set", f"model.init_weights={weights}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for impl in ("reference", "torchvision"):
+        record = json.loads((tmp_path / "inf" / impl / "run.json").read_text())
+        assert record["status"] == "ok" and record["measures"].startswith("inference")
+        sizes = record["summary"]["batch_sizes"]
+        assert set(sizes) == {"1", "2"}
+        for size, st in sizes.items():
+            assert st["calls"] == 3 and st["detections_per_image"] > 0 and st["masks_per_image"] > 0
+            assert st["latency_ms_p50"] <= st["latency_ms_p99"] and st["images_per_s"] > 0
+        rows = [json.loads(line) for line in (tmp_path / "inf" / impl / "iterations.jsonl").read_text().splitlines()]
+        assert [r["batch_size"] for r in rows] == [1, 1, 1, 2, 2, 2]
+        assert sizes["2"]["latency_ms_mean"] == pytest.approx(1e3 * np.mean([r["duration"] for r in rows[3:]]))
+    report = run_cli("report", tmp_path / "inf", "--plots", tmp_path / "plots")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "### Inference" in report.stdout
+    assert re.search(r"\| Batch size +\| reference +\| torchvision +\|", report.stdout), report.stdout
+    assert (tmp_path / "plots" / "latency.png").is_file()
+    gate = run_cli("regress", "--baseline", tmp_path / "inf", "--candidate", tmp_path / "inf")
+    assert gate.returncode == 0, gate.stdout + gate.stderr[-2000:]
+
+    # weights whose background class wins everywhere: nothing above the score threshold, so the run fails, saying why
+    empty = run_cli("run", "--impl", "torchvision", *common, "--run-id", "empty",
+                    "--set", f"model.init_weights={weights.with_name('silent.pth')}")
+    assert empty.returncode == 1
+    record = json.loads((tmp_path / "empty" / "torchvision" / "run.json").read_text())
+    assert record["status"] == "failed" and "EmptyPath: torchvision:" in record["reason"]
+    assert "returned no detection" in record["reason"]
+
+
+@pytest.mark.slow
+def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synth_root):
+    out = run_cli("run", "--impl", "reference,torchvision", "--config", "cpu_small", *TINY, "--data", synth_root,
+                  "--task", "eval", "--out", tmp_path, "--run-id", "ev")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for impl in ("reference", "torchvision"):
+        record = json.loads((tmp_path / "ev" / impl / "run.json").read_text())
+        acc = record["summary"]["accuracy"]
+        assert record["summary"]["images_per_s"] > 0 and acc["images"] == 4
+        for kind in ("bbox", "segm"):
+            assert 0.0 <= acc[kind]["AP"] <= acc[kind]["AP50"] <= 1.0
+        assert f"{impl}: bbox AP" in out.stderr
+    report = run_cli("report", tmp_path / "ev")
+    assert "### Accuracy" in report.stdout and "bbox AP / AP50" in report.stdout
+
+
+def test_accuracy_table_flags_an_implementation_outside_the_band():
+    import pandas as pd
+
+    from mrcnn_bench.harness.report import AP_BAND, accuracy_table
+
+    def acc(bbox, segm):
+        return {"bbox": {"AP": bbox / 100, "AP50": 2 * bbox / 100}, "segm": {"AP": segm / 100, "AP50": 2 * segm / 100},
+                "detections_per_image": 50.0}
+
+    df = pd.DataFrame({"impl": ["a", "b", "c", "d"], "task": ["eval"] * 4, "status": ["ok"] * 4,
+                       "images_per_s": [1.0, 2.0, 3.0, 4.0],
+                       "accuracy": [acc(5.0, 4.0), acc(5.5, 4.2), acc(4.8, 3.9), acc(5.2, 1.0)]})
+    table = accuracy_table(df)
+    column = f"Within {AP_BAND} AP of the median"
+    assert table[column].tolist()[:3] == ["yes", "yes", "yes"]
+    assert table[column].tolist()[3] == "no (3.0)"  # segm 1.0 against the median 3.95
+    assert table["bbox AP / AP50"].tolist()[0] == "5.0 / 10.0"
+    assert accuracy_table(df.assign(task="train")) is None
