@@ -280,6 +280,23 @@ def to_torchvision_layout(state: dict, renames: list, heads: tuple[str, str, str
     return rename(own, renames, source)
 
 
+class LayoutConversion:
+    """A framework's Mask R-CNN state dicts to and from torchvision's layout: its renames each way and
+    its ``heads`` (classifier, box regressor and mask predictor prefixes; background last, no
+    background slot), for :func:`from_torchvision_layout` and :func:`to_torchvision_layout`."""
+
+    def __init__(self, framework: str, from_renames: list, to_renames: list, heads: tuple[str, str, str]):
+        self.framework, self.from_renames, self.to_renames, self.heads = framework, from_renames, to_renames, heads
+
+    def from_torchvision(self, state: dict) -> dict:
+        """A torchvision-layout state dict in the framework's names and layouts."""
+        return from_torchvision_layout(state, self.from_renames, self.heads, f"torchvision -> {self.framework}")
+
+    def to_torchvision(self, state: dict) -> dict:
+        """The framework's state dict in torchvision's layout (background slots zero)."""
+        return to_torchvision_layout(state, self.to_renames, self.heads, f"{self.framework} -> torchvision")
+
+
 def load_initial_weights(path: str) -> dict:
     """The run's shared initial weights: a state dict in torchvision's Mask R-CNN layout."""
     import torch

@@ -17,25 +17,9 @@ import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    CAFFE_STYLE,
-    LOW_QUALITY_ANY_IOU,
-    PYTORCH_STYLE,
-    attach_work_counters,
-    data_spec,
-    detections,
-    forward_outputs,
-    from_torchvision_layout,
-    load_exact,
-    load_initial_weights,
-    num_classes,
-    phase_probe,
-    pillow_linear_alias,
-    schedule_length,
-    shifted,
-    solver_hparams,
-    stand_in_optimizer,
-    step_scheduler,
-    to_torchvision_layout,
+    CAFFE_STYLE, LOW_QUALITY_ANY_IOU, LayoutConversion, PYTORCH_STYLE, attach_work_counters, data_spec, detections,
+    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias,
+    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler
 )
 
 _DATASET = "mrcnn_bench_train"
@@ -108,15 +92,8 @@ _TO_TORCHVISION = [
 # the framework's classifier, box regressor and mask predictor: background last, no background slot
 _HEADS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.predictor.")
 
-
-def from_torchvision(state: dict) -> dict:
-    """A torchvision-layout Mask R-CNN state dict in detectron2's names and layouts."""
-    return from_torchvision_layout(state, _FROM_TORCHVISION, _HEADS, "torchvision -> detectron2")
-
-
-def to_torchvision(state: dict) -> dict:
-    """A detectron2 Mask R-CNN state dict in torchvision's layout (background slots zero)."""
-    return to_torchvision_layout(state, _TO_TORCHVISION, _HEADS, "detectron2 -> torchvision")
+_LAYOUT = LayoutConversion("detectron2", _FROM_TORCHVISION, _TO_TORCHVISION, _HEADS)
+from_torchvision, to_torchvision = _LAYOUT.from_torchvision, _LAYOUT.to_torchvision
 
 
 class Detectron2Adapter(Adapter):

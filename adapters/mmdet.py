@@ -27,25 +27,9 @@ import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
-    CAFFE_STYLE,
-    PYTORCH_STYLE,
-    attach_work_counters,
-    data_spec,
-    detections,
-    forward_outputs,
-    from_torchvision_layout,
-    load_exact,
-    load_initial_weights,
-    num_classes,
-    ordered_batches,
-    phase_probe,
-    pillow_linear_alias,
-    schedule_length,
-    shifted,
-    solver_hparams,
-    stand_in_optimizer,
-    step_scheduler,
-    to_torchvision_layout,
+    CAFFE_STYLE, PYTORCH_STYLE, LayoutConversion, attach_work_counters, data_spec, detections, forward_outputs,
+    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias,
+    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler
 )
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
@@ -123,15 +107,8 @@ _TO_TORCHVISION = [
 # the framework's classifier, box regressor and mask predictor: background last, no background slot
 _HEADS = ("roi_head.bbox_head.fc_cls.", "roi_head.bbox_head.fc_reg.", "roi_head.mask_head.conv_logits.")
 
-
-def from_torchvision(state: dict) -> dict:
-    """A torchvision-layout Mask R-CNN state dict in mmdet's names and layouts."""
-    return from_torchvision_layout(state, _FROM_TORCHVISION, _HEADS, "torchvision -> mmdet")
-
-
-def to_torchvision(state: dict) -> dict:
-    """A mmdet Mask R-CNN state dict in torchvision's layout (background slots zero)."""
-    return to_torchvision_layout(state, _TO_TORCHVISION, _HEADS, "mmdet -> torchvision")
+_LAYOUT = LayoutConversion("mmdet", _FROM_TORCHVISION, _TO_TORCHVISION, _HEADS)
+from_torchvision, to_torchvision = _LAYOUT.from_torchvision, _LAYOUT.to_torchvision
 
 
 def _ordered_sampler(dataset, seed, order: dict, train_json: str):

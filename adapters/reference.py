@@ -5,23 +5,9 @@ from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
-    LOW_QUALITY_ANY_IOU,
-    PYTORCH_STYLE,
-    attach_work_counters,
-    count_work,
-    data_spec,
-    detections,
-    float_images,
-    forward_outputs,
-    num_classes,
-    ordered_batches,
-    phase_probe,
-    pixels,
-    schedule_length,
-    solver_hparams,
-    stand_in_optimizer,
-    step_scheduler,
-    train_spec,
+    LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, attach_work_counters, count_work, data_spec, detections, float_images,
+    forward_outputs, num_classes, ordered_batches, phase_probe, pixels, schedule_length, solver_hparams,
+    stand_in_optimizer, step_scheduler, train_spec
 )
 
 

@@ -17,23 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    LOW_QUALITY_ANY_IOU,
-    PYTORCH_STYLE,
-    attach_work_counters,
-    data_spec,
-    detections,
-    float_images,
-    forward_outputs,
-    load_exact,
-    load_initial_weights,
-    num_classes,
-    ordered_batches,
-    phase_probe,
-    schedule_length,
-    solver_hparams,
-    stand_in_optimizer,
-    step_scheduler,
-    train_spec,
+    LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, attach_work_counters, data_spec, detections, float_images, forward_outputs,
+    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, schedule_length, solver_hparams,
+    stand_in_optimizer, step_scheduler, train_spec
 )
 
 

@@ -19,12 +19,15 @@ class Translation:
 
 
 class ExternalSystem(abc.ABC):
-    name: str = ""  # --impl NAME
-    title: str = ""  # as the tables name it
-    home: str = ""  # where the system lives
-    log_format: str = ""  # a key of harness.logs.FORMATS
-    image: str | None = None  # a public container image (with docker/<name>.Dockerfile) or None
-    workdir: str = "/"  # where the command runs in the container
+    """One system; each module makes its instance, ``SYSTEM``, with the system's identity."""
+
+    def __init__(self, name: str, title: str, home: str, *, log_format: str, workdir: str = "/", image: str | None = None):
+        self.name = name  # --impl NAME
+        self.title = title  # as the tables name it
+        self.home = home  # where the system lives
+        self.log_format = log_format  # a key of harness.logs.FORMATS
+        self.workdir = workdir  # where the command runs in the container
+        self.image = image  # a public container image (with docker/<name>.Dockerfile) or None
 
     def images_per_iteration(self, cfg) -> int:
         """Images one iteration of the system consumes in all (what its log's iterations are worth)."""

@@ -7,12 +7,6 @@ from .base import ExternalSystem, Translation, common_mismatches, gpus_and_batch
 
 
 class Detectron(ExternalSystem):
-    name = "detectron"
-    title = "Detectron (Caffe2)"
-    home = "https://github.com/facebookresearch/Detectron"
-    log_format = "detectron"
-    workdir = "/detectron"
-
     def translate(self, cfg) -> Translation:
         m, rpn, roi, inp, sol = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver
         gpus, batch, per_gpu = gpus_and_batch(cfg)
@@ -69,4 +63,8 @@ class Detectron(ExternalSystem):
         return Translation({"detectron.yaml": text}, command, [n for n in notes if n])
 
 
-SYSTEM = Detectron()
+SYSTEM = Detectron(
+    "detectron", "Detectron (Caffe2)",
+    "https://github.com/facebookresearch/Detectron",
+    log_format="detectron", workdir="/detectron"
+)

@@ -6,12 +6,6 @@ from .base import ExternalSystem, Translation, shell
 
 
 class MaskrcnnBenchmark(ExternalSystem):
-    name = "maskrcnn-benchmark"
-    title = "maskrcnn-benchmark"
-    home = "https://github.com/facebookresearch/maskrcnn-benchmark"
-    log_format = "maskrcnn-benchmark"
-    workdir = "/maskrcnn-benchmark"
-
     def translate(self, cfg) -> Translation:
         native, notes = maskrcnn_benchmark_yaml(cfg, per_image_post_nms_key=True)
         native["PATHS_CATALOG"] = "/mrcnn-bench/paths_catalog.py"
@@ -44,4 +38,8 @@ class ModelCatalog(object):
         raise RuntimeError("mrcnn-bench: give MODEL.WEIGHT as a path (model.weights)")
 '''
 
-SYSTEM = MaskrcnnBenchmark()
+SYSTEM = MaskrcnnBenchmark(
+    "maskrcnn-benchmark", "maskrcnn-benchmark",
+    "https://github.com/facebookresearch/maskrcnn-benchmark",
+    log_format="maskrcnn-benchmark", workdir="/maskrcnn-benchmark"
+)

@@ -8,12 +8,6 @@ STEPS_PER_EPOCH = 100  # Keras logs time per epoch: epochs end on the window's b
 
 
 class Matterport(ExternalSystem):
-    name = "matterport"
-    title = "matterport Mask_RCNN (Keras)"
-    home = "https://github.com/matterport/Mask_RCNN"
-    log_format = "keras"
-    workdir = "/Mask_RCNN"
-
     def attributes(self, cfg) -> dict[str, object]:
         m, rpn, roi, inp, sol = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver
         gpus, batch, per_gpu = gpus_and_batch(cfg)
@@ -91,4 +85,8 @@ if __name__ == "__main__":
     model.train(train, val, learning_rate={lr}, epochs={epochs}, layers="all")
 '''
 
-SYSTEM = Matterport()
+SYSTEM = Matterport(
+    "matterport", "matterport Mask_RCNN (Keras)",
+    "https://github.com/matterport/Mask_RCNN",
+    log_format="keras", workdir="/Mask_RCNN"
+)

@@ -8,13 +8,6 @@ from .base import ExternalSystem, Translation, shell
 
 
 class NvidiaMaskRCNN(ExternalSystem):
-    name = "nvidia"
-    title = "NVIDIA Mask R-CNN (DeepLearningExamples)"
-    home = "https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Segmentation/MaskRCNN"
-    log_format = "maskrcnn-benchmark"
-    image = "mrcnn-bench/nvidia-maskrcnn"  # built by docker/external/nvidia.Dockerfile
-    workdir = "/workspace/object_detection"
-
     def translate(self, cfg) -> Translation:
         native, notes = maskrcnn_benchmark_yaml(cfg, per_image_post_nms_key=False)
         # the fork's own keys: input precision (AMP with float16) and NHWC convolutions, no checkpoint or eval
@@ -31,4 +24,9 @@ class NvidiaMaskRCNN(ExternalSystem):
         return Translation({"nvidia.yaml": dump(native), "paths_catalog.py": PATHS_CATALOG}, command, notes)
 
 
-SYSTEM = NvidiaMaskRCNN()
+SYSTEM = NvidiaMaskRCNN(
+    "nvidia", "NVIDIA Mask R-CNN (DeepLearningExamples)",
+    "https://github.com/NVIDIA/DeepLearningExamples/tree/master/PyTorch/Segmentation/MaskRCNN",
+    log_format="maskrcnn-benchmark", workdir="/workspace/object_detection",
+    image="mrcnn-bench/nvidia-maskrcnn",  # built by docker/external/nvidia.Dockerfile
+)

@@ -11,12 +11,6 @@ BASE_CONFIG = "config/mask_r50v1_fpn_1x.py"
 
 
 class SimpleDet(ExternalSystem):
-    name = "simpledet"
-    title = "SimpleDet (MXNet)"
-    home = "https://github.com/TuSimple/simpledet"
-    log_format = "speedometer"
-    workdir = "/simpledet"
-
     def values(self, cfg) -> dict[str, object]:
         """Class attribute (dotted path inside get_config) -> value."""
         m, rpn, roi, inp, sol = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver
@@ -111,4 +105,8 @@ def get_config(is_train):
     return scope["get_config"](is_train)
 '''
 
-SYSTEM = SimpleDet()
+SYSTEM = SimpleDet(
+    "simpledet", "SimpleDet (MXNet)",
+    "https://github.com/TuSimple/simpledet",
+    log_format="speedometer", workdir="/simpledet"
+)

@@ -7,12 +7,6 @@ STEPS_PER_EPOCH = 100  # epochs end on the window's boundaries (tensorpack logs 
 
 
 class Tensorpack(ExternalSystem):
-    name = "tensorpack"
-    title = "tensorpack (TensorFlow 1)"
-    home = "https://github.com/tensorpack/tensorpack/tree/master/examples/FasterRCNN"
-    log_format = "tensorpack"
-    workdir = "/tensorpack/examples/FasterRCNN"
-
     def images_per_iteration(self, cfg) -> int:
         return cfg.benchmark.gpus  # one image per GPU
 
@@ -66,4 +60,8 @@ class Tensorpack(ExternalSystem):
         return Translation({"tensorpack-overrides.txt": "\n".join(self.overrides(cfg)) + "\n"}, command, [n for n in notes if n])
 
 
-SYSTEM = Tensorpack()
+SYSTEM = Tensorpack(
+    "tensorpack", "tensorpack (TensorFlow 1)",
+    "https://github.com/tensorpack/tensorpack/tree/master/examples/FasterRCNN",
+    log_format="tensorpack", workdir="/tensorpack/examples/FasterRCNN"
+)

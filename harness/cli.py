@@ -405,16 +405,19 @@ def _with_shared_training(cfg, paths):
 @click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write PNG plots to this folder.")
 @click.option("--title", default=None, help="A Markdown heading (and a note of how the file was made) above the tables.")
 @click.option("--into", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Also put the short table (repeated runs, else the summary) between the report markers of this Markdown file.")
+              help="Also put the short table between the markers of this Markdown file: training runs (repeated runs, "
+                   "else the summary) between the 'report' markers, inference runs' latency table between the "
+                   "'inference' ones, accuracy runs' table between the 'accuracy' ones.")
 @_bad_input
 def report(paths, fmt, out, plots, title, into):
     """Tables from one or more run folders (results/runs/<id>, or any folder holding run.json files)."""
-    from .report import compact_markdown, load_runs, write_into, write_report
+    from .report import compact_markdown, load_runs, readme_section, write_into, write_report
 
     records = load_runs(paths)
     if into:
         try:
-            write_into(Path(into), compact_markdown(records), f"mrcnn-bench report {' '.join(paths)} --into {into}")
+            write_into(Path(into), compact_markdown(records), f"mrcnn-bench report {' '.join(paths)} --into {into}",
+                       section=readme_section(records))
         except ValueError as e:
             raise BadInput(f"--into: {e}") from e
 

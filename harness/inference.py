@@ -113,15 +113,17 @@ def time_batches(predict, images: list, batch_sizes: list[int], warmup: int, bat
 
 
 def check_not_empty(rows: list[dict], impl: str) -> None:
-    """Every timed call must have returned detections and masks, or the run is not a measurement."""
-    empty = [r for r in rows if r["detections"] == 0 or r["masks"] == 0]
-    if empty:
-        r = empty[0]
-        raise EmptyPath(
-            f"{impl}: {len(empty)} of {len(rows)} timed calls returned no detection or no mask (first: batch size "
-            f"{r['batch_size']}, {r['detections']} detections, {r['masks']} masks); a model with no detection above "
-            "the score threshold skips the mask head and the pasting. Set benchmark.shared_training_iters, or "
-            "model.weights to trained weights")
+    """The timed calls of every batch size must have returned detections and masks, or the run is not a
+    measurement (a single image with nothing on it is what that image holds; a batch size with nothing
+    at all is a model that never reaches its mask head)."""
+    for size in dict.fromkeys(r["batch_size"] for r in rows):
+        mine = [r for r in rows if r["batch_size"] == size]
+        detections, masks = sum(r["detections"] for r in mine), sum(r["masks"] for r in mine)
+        if detections == 0 or masks == 0:
+            raise EmptyPath(
+                f"{impl}: the {len(mine)} timed calls of batch size {size} returned {detections} detections and {masks} "
+                "masks; a model with no detection above the score threshold skips the mask head and the pasting. "
+                "Set benchmark.shared_training_iters, or model.weights to trained weights")
 
 
 def latency_stats(seconds: list[float], batch_size: int) -> dict:

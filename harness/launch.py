@@ -377,8 +377,12 @@ def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str,
     run_root = Path(out_root) / run_id
     records = []
     for n, impl in enumerate(impls, 1):
-        print(f"== [{n}/{len(impls)}] {impl}: {cfg.benchmark.iters} iterations, "
-              f"{opts.world_size} process(es) on {cfg.benchmark.device}", file=sys.stderr, flush=True)
+        bench = cfg.benchmark
+        work = {"train": f"{bench.iters} iterations",
+                "eval": f"{bench.iters} iterations, then AP on the val split",
+                "infer": f"inference, batch sizes {','.join(map(str, bench.batch_sizes))}, {bench.infer_batches} timed calls each"}
+        print(f"== [{n}/{len(impls)}] {impl}: {work[bench.task]}, {opts.world_size} process(es) on {bench.device}",
+              file=sys.stderr, flush=True)
         try:
             record = run_implementation(impl, cfg, data_paths, data_summary, run_root / impl, run_id, opts)
         except ResultError as e:

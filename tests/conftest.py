@@ -53,3 +53,19 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
         timeout=timeout,
         env=full_env,
     )
+
+
+def two_process_run(impl: str, synth_root, tmp_path) -> tuple[dict, list[dict]]:
+    """``run --impl IMPL --gpus 2`` on the CPU at TINY's size, 1 image per process: the record (its status
+    and world size checked) and its iterations (5, with the global batch of 2, each with a loss)."""
+    from mrcnn_bench.harness.results import load_run, read_jsonl
+
+    out = run_cli("run", "--impl", impl, "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path,
+                  "--run-id", "two", "--set", "solver.ims_per_batch=2", *TINY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = load_run(tmp_path / "two" / impl)
+    assert record["status"] == "ok" and record["world_size"] == 2
+    rows = read_jsonl(tmp_path / "two" / impl / "iterations.jsonl")
+    assert [r["iter"] for r in rows] == list(range(5)) and all(r["global_images"] == 2 for r in rows)
+    assert all(r["loss"] > 0 and r["data_time"] >= 0 for r in rows)
+    return record, rows

@@ -1,12 +1,11 @@
 """detectron2: translation to a CfgNode and back, a real 2-process CPU run, and parity with the others."""
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
 from mrcnn_bench.harness.data import DataPaths
 from mrcnn_bench.harness.parity import canonical_values, parity_frame
-from mrcnn_bench.harness.results import load_run, read_jsonl
 
 ADAPTER = get_adapter("detectron2")
 _ok, _why = ADAPTER.available()
@@ -45,15 +44,8 @@ def test_unsupported_settings_are_refused():
 
 @pytest.mark.slow
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
-    out = run_cli("run", "--impl", "detectron2", "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path,
-                  "--run-id", "d", "--set", "solver.ims_per_batch=2", *TINY)
-    assert out.returncode == 0, out.stderr[-3000:]
-    record = load_run(tmp_path / "d" / "detectron2")
-    assert record["status"] == "ok" and record["world_size"] == 2
+    record, rows = two_process_run("detectron2", synth_root, tmp_path)
     assert "MODEL:" in record["native_config"] and "ROIAlignV2" in record["native_config"]
-    rows = read_jsonl(tmp_path / "d" / "detectron2" / "iterations.jsonl")
-    assert [r["iter"] for r in rows] == list(range(5)) and all(r["global_images"] == 2 for r in rows)
-    assert all(r["loss"] > 0 and r["data_time"] >= 0 for r in rows)
     assert record["summary"]["flops_per_image"] > 1e9
 
     parity = run_cli("parity", "--data", synth_root)

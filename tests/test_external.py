@@ -60,10 +60,15 @@ def detectron_log(last_iter=500) -> str:
     return "\n".join(lines) + "\n"
 
 
+def epoch_seconds(epochs: int, steps: int):
+    """(epoch, its seconds) of a run of ``epochs`` epochs of ``steps`` iterations, on the sample clock."""
+    for e in range(1, epochs + 1):
+        yield e, cumulative(e * steps) - cumulative((e - 1) * steps)
+
+
 def tensorpack_log(epochs=5, steps=100) -> str:
     lines = []
-    for e in range(1, epochs + 1):
-        spent = cumulative(e * steps) - cumulative((e - 1) * steps)
+    for e, spent in epoch_seconds(epochs, steps):
         lines.append(f"  0%|          |0/{steps}[00:00<?,?it/s]\r 45%|####5     |45/{steps}[00:27<00:33,1.65it/s]\r"
                      f"100%|##########|{steps}/{steps}[01:00<00:00,1.66it/s]")
         whole = f"{int(spent // 60)} minute{'s' if spent >= 120 else ''} {spent % 60:.3g} seconds" if spent >= 60 else f"{spent:.3g} seconds"
@@ -83,8 +88,7 @@ def speedometer_log(with_iter=True, frequent=20, last=520) -> str:
 
 def keras_log(epochs=5, steps=100) -> str:
     out = []
-    for e in range(1, epochs + 1):
-        spent = cumulative(e * steps) - cumulative((e - 1) * steps)
+    for e, spent in epoch_seconds(epochs, steps):
         out.append(f"Epoch {e}/{epochs}\n")
         out.append("".join(f"\r {i:3d}/{steps} [{'=' * (i // 10)}>{'.' * (10 - i // 10)}] - ETA: 1:05 - loss: 2.3" for i in (1, 50)))
         out.append(f"\r{steps}/{steps} [==============================] - {int(spent)}s {1000 * spent / steps:.0f}ms/step - "

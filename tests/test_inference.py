@@ -68,13 +68,14 @@ def test_time_batches_takes_the_images_in_turn_and_leaves_warmup_out():
     assert two["images_per_s"] == pytest.approx(6 / sum(r["duration"] for r in rows[3:]))
 
 
-def test_a_call_with_no_detection_fails_the_run_with_its_reason():
-    rows = [{"batch_size": 1, "detections": 4, "masks": 4}, {"batch_size": 2, "detections": 0, "masks": 0}]
-    with pytest.raises(EmptyPath, match=r"mmdet: 1 of 2 timed calls returned no detection or no mask \(first: batch size 2"):
+def test_a_batch_size_with_no_detection_fails_the_run_with_its_reason():
+    rows = [{"batch_size": 1, "detections": 4, "masks": 4}, {"batch_size": 1, "detections": 0, "masks": 0},
+            {"batch_size": 2, "detections": 0, "masks": 0}, {"batch_size": 2, "detections": 0, "masks": 0}]
+    with pytest.raises(EmptyPath, match=r"mmdet: the 2 timed calls of batch size 2 returned 0 detections and 0 masks"):
         check_not_empty(rows, "mmdet")
-    with pytest.raises(EmptyPath, match="no mask"):
+    with pytest.raises(EmptyPath, match="returned 3 detections and 0 masks"):
         check_not_empty([{"batch_size": 1, "detections": 3, "masks": 0}], "x")
-    check_not_empty(rows[:1], "mmdet")
+    check_not_empty(rows[:2], "mmdet")  # one image with nothing on it: what that image holds
 
 
 def _ground_truth_as_outputs(coco, image_ids, shift: float = 0.0):
@@ -163,6 +164,10 @@ def test_every_framework_eval_path_detects_alike_with_the_same_weights(detecting
             assert bool((boxes[:, 0] >= -1e-3).all() and (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()), name
         counts[name] = count_outputs(outputs)
     assert {"reference", "torchvision"} <= set(counts)
+    for name in ("reference", "torchvision"):  # bf16: the call under torch.autocast, as --task infer runs it
+        predict = get_adapter(name).predictor(cfg, data, DistInfo())
+        rows = time_batches(predict, images, [2], warmup=0, batches=1, device="cpu", autocast_dtype=torch.bfloat16)
+        assert rows[0]["detections"] > 0 and rows[0]["masks"] > 0, name
     detections = [d for d, _ in counts.values()]
     assert max(detections) <= 1.1 * min(detections), counts
     assert all(m >= 0.9 * d for d, m in counts.values()), counts
@@ -196,25 +201,29 @@ def test_shared_training_trains_torchvision_once_and_caches(tmp_path, synth_root
 def test_run_task_infer_writes_latency_per_batch_size_and_fails_an_empty_path(tmp_path, detecting_weights):
     weights, data = detecting_weights
     common = ["--config", "cpu_small", *TINY, "--data", data.root, "--task", "infer", "--batch-sizes", "1,2",
-              "--set", "benchmark.infer_batches=3", "--set", "benchmark.infer_warmup=1", "--out", tmp_path]
-    out = run_cli("run", "--impl", "reference,torchvision", *common, "--run-id", "inf", "--set", f"model.init_weights={weights}")
+              "--set", "benchmark.infer_batches=2", "--set", "benchmark.infer_warmup=1", "--out", tmp_path]
+    out = run_cli("run", "--impl", "reference", *common, "--run-id", "inf", "--set", f"model.init_weights={weights}")
     assert out.returncode == 0, out.stderr[-3000:]
-    for impl in ("reference", "torchvision"):
+    for impl in ("reference",):  # every framework's path: test_every_framework_eval_path_detects_alike
         record = json.loads((tmp_path / "inf" / impl / "run.json").read_text())
         assert record["status"] == "ok" and record["measures"].startswith("inference")
         sizes = record["summary"]["batch_sizes"]
         assert set(sizes) == {"1", "2"}
         for size, st in sizes.items():
-            assert st["calls"] == 3 and st["detections_per_image"] > 0 and st["masks_per_image"] > 0
+            assert st["calls"] == 2 and st["detections_per_image"] > 0 and st["masks_per_image"] > 0
             assert st["latency_ms_p50"] <= st["latency_ms_p99"] and st["images_per_s"] > 0
         rows = [json.loads(line) for line in (tmp_path / "inf" / impl / "iterations.jsonl").read_text().splitlines()]
-        assert [r["batch_size"] for r in rows] == [1, 1, 1, 2, 2, 2]
-        assert sizes["2"]["latency_ms_mean"] == pytest.approx(1e3 * np.mean([r["duration"] for r in rows[3:]]))
+        assert [r["batch_size"] for r in rows] == [1, 1, 2, 2]
+        assert sizes["2"]["latency_ms_mean"] == pytest.approx(1e3 * np.mean([r["duration"] for r in rows[2:]]))
     report = run_cli("report", tmp_path / "inf", "--plots", tmp_path / "plots")
     assert report.returncode == 0, report.stderr[-2000:]
     assert "### Inference" in report.stdout
-    assert re.search(r"\| Batch size +\| reference +\| torchvision +\|", report.stdout), report.stdout
+    assert re.search(r"\| Batch size +\| reference +\|", report.stdout), report.stdout
     assert (tmp_path / "plots" / "latency.png").is_file()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- mrcnn-bench inference: begin -->\nold\n<!-- mrcnn-bench inference: end -->\n")
+    assert run_cli("report", tmp_path / "inf", "--into", readme).returncode == 0
+    assert "old" not in readme.read_text() and re.search(r"\| Batch size +\| reference", readme.read_text())
     gate = run_cli("regress", "--baseline", tmp_path / "inf", "--candidate", tmp_path / "inf")
     assert gate.returncode == 0, gate.stdout + gate.stderr[-2000:]
 
@@ -224,15 +233,15 @@ def test_run_task_infer_writes_latency_per_batch_size_and_fails_an_empty_path(tm
     assert empty.returncode == 1
     record = json.loads((tmp_path / "empty" / "torchvision" / "run.json").read_text())
     assert record["status"] == "failed" and "EmptyPath: torchvision:" in record["reason"]
-    assert "returned no detection" in record["reason"]
+    assert "returned 0 detections and 0 masks" in record["reason"]
 
 
 @pytest.mark.slow
 def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synth_root):
-    out = run_cli("run", "--impl", "reference,torchvision", "--config", "cpu_small", *TINY, "--data", synth_root,
+    out = run_cli("run", "--impl", "reference", "--config", "cpu_small", *TINY, "--data", synth_root,
                   "--task", "eval", "--out", tmp_path, "--run-id", "ev")
     assert out.returncode == 0, out.stderr[-3000:]
-    for impl in ("reference", "torchvision"):
+    for impl in ("reference",):  # the other three's eval paths: test_every_framework_eval_path_detects_alike
         record = json.loads((tmp_path / "ev" / impl / "run.json").read_text())
         acc = record["summary"]["accuracy"]
         assert record["summary"]["images_per_s"] > 0 and acc["images"] == 4
@@ -248,16 +257,86 @@ def test_accuracy_table_flags_an_implementation_outside_the_band():
 
     from mrcnn_bench.harness.report import AP_BAND, accuracy_table
 
-    def acc(bbox, segm):
-        return {"bbox": {"AP": bbox / 100, "AP50": 2 * bbox / 100}, "segm": {"AP": segm / 100, "AP50": 2 * segm / 100},
+    def acc(bbox50, segm50):
+        return {"bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100}, "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
                 "detections_per_image": 50.0}
 
     df = pd.DataFrame({"impl": ["a", "b", "c", "d"], "task": ["eval"] * 4, "status": ["ok"] * 4,
                        "images_per_s": [1.0, 2.0, 3.0, 4.0],
-                       "accuracy": [acc(5.0, 4.0), acc(5.5, 4.2), acc(4.8, 3.9), acc(5.2, 1.0)]})
+                       "accuracy": [acc(10.0, 8.0), acc(11.0, 8.4), acc(9.6, 7.8), acc(10.4, 2.0)]})
     table = accuracy_table(df)
-    column = f"Within {AP_BAND} AP of the median"
-    assert table[column].tolist()[:3] == ["yes", "yes", "yes"]
-    assert table[column].tolist()[3] == "no (3.0)"  # segm 1.0 against the median 3.95
-    assert table["bbox AP / AP50"].tolist()[0] == "5.0 / 10.0"
+    column = f"Within {AP_BAND} AP50 of the median"
+    assert table[column].tolist() == ["yes", "yes", "yes", "no (5.9)"]  # segm 2.0 against the median 7.9
+    assert table["bbox AP / AP50"].tolist()[0] == "3.3 / 10.0"
     assert accuracy_table(df.assign(task="train")) is None
+
+
+# ------------------------------------------------------------------------------ the committed runs
+BASELINES = ROOT / "results" / "baselines"
+FOUR = {"reference", "torchvision", "detectron2", "mmdet"}
+
+
+def test_committed_eval_paths_agree_with_the_same_weights():
+    """benchmarks/eval_paths.py: one set of trained weights through the four eval paths: as many detections
+    per image (within 10%), and AP50 within the band of the median, bbox and segm."""
+    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+
+    data = json.loads((BASELINES / "eval-paths" / "eval-paths.json").read_text())
+    results = data["results"]
+    assert set(results) == FOUR
+    detections = [r["detections_per_image"] for r in results.values()]
+    assert max(detections) <= 1.1 * min(detections), detections
+    assert max(ap50_offsets(list(results.values()))) <= AP_BAND
+    assert all(100 * r[kind]["AP50"] > 5 for r in results.values() for kind in ("bbox", "segm"))  # trained, not noise
+
+
+def _committed_eval() -> dict:
+    from mrcnn_bench.harness.frames import load_runs
+
+    records = {r["impl"]: r for r in load_runs([BASELINES / "eval-cpu"])}
+    assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
+    return records
+
+
+def test_committed_eval_reference_and_torchvision_learn_within_the_band():
+    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+
+    records = _committed_eval()
+    offsets = dict(zip(records, ap50_offsets([r["summary"]["accuracy"] for r in records.values()])))
+    assert offsets["reference"] <= AP_BAND and offsets["torchvision"] <= AP_BAND, offsets
+    for impl in ("reference", "torchvision"):
+        assert 100 * records[impl]["summary"]["accuracy"]["segm"]["AP50"] > 5  # learned (untrained: about 0)
+
+
+@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-cpu): detectron2 learns far less on cpu_eval's "
+                                       "schedule (bbox/segm AP50 3.0/1.2) and mmdet more (18.5/17.6) than the reference and "
+                                       "torchvision (9-11); not explained yet (README, 'Inference and accuracy')")
+def test_committed_eval_all_four_learn_within_the_band():
+    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+
+    records = _committed_eval()
+    assert max(ap50_offsets([r["summary"]["accuracy"] for r in records.values()])) <= AP_BAND
+
+
+def test_committed_inference_run_every_framework_detects_alike():
+    """results/baselines/infer-cpu (`run --task infer --config cpu_infer --impl all`): the four loaded the
+    shared training's weights, and over all their timed calls (the same images, in the same order) found as
+    many detections and masks per image, within 10%; every batch size timed with its stats."""
+    from mrcnn_bench.harness.frames import load_runs, iterations_of
+
+    records = {r["impl"]: r for r in load_runs([BASELINES / "infer-cpu"])}
+    assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
+    assert len({r["config"]["model"]["init_weights"] for r in records.values()}) == 1
+    assert "trained200-torchvision" in records["reference"]["config"]["model"]["init_weights"]
+    per_image = {}
+    for impl, record in records.items():
+        rows = iterations_of(record)
+        assert [r["batch_size"] for r in rows] == [b for b in (1, 2, 4, 8) for _ in range(5)]
+        images = sum(r["images"] for r in rows)
+        per_image[impl] = (sum(r["detections"] for r in rows) / images, sum(r["masks"] for r in rows) / images)
+        for size, st in record["summary"]["batch_sizes"].items():
+            assert st["latency_ms_p50"] <= st["latency_ms_p90"] <= st["latency_ms_p95"] <= st["latency_ms_p99"]
+            assert st["images_per_s"] == pytest.approx(int(size) * 1e3 / st["latency_ms_mean"])
+    for k in (0, 1):
+        values = [v[k] for v in per_image.values()]
+        assert max(values) <= 1.1 * min(values), per_image

@@ -7,12 +7,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
 from mrcnn_bench.harness.data import DataPaths
 from mrcnn_bench.harness.parity import canonical_values, parity_frame
-from mrcnn_bench.harness.results import load_run, read_jsonl
 
 ADAPTER = get_adapter("mmdet")
 _ok, _why = ADAPTER.available()
@@ -156,16 +155,9 @@ def test_compiled_mmcv_ops_match_torchvision():
 @needs_mmdet
 @pytest.mark.slow
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
-    out = run_cli("run", "--impl", "mmdet", "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path,
-                  "--run-id", "m", "--set", "solver.ims_per_batch=2", *TINY)
-    assert out.returncode == 0, out.stderr[-3000:]
-    record = load_run(tmp_path / "m" / "mmdet")
-    assert record["status"] == "ok" and record["world_size"] == 2
+    record, rows = two_process_run("mmdet", synth_root, tmp_path)
     assert "type='MaskRCNN'" in record["native_config"] and "IterBasedTrainLoop" in record["native_config"]
     assert record["effective_hparams"]["solver.ims_per_batch_per_process"] == 1
-    rows = read_jsonl(tmp_path / "m" / "mmdet" / "iterations.jsonl")
-    assert [r["iter"] for r in rows] == list(range(5)) and all(r["global_images"] == 2 for r in rows)
-    assert all(r["loss"] > 0 and r["data_time"] >= 0 for r in rows)
     # the lr each step used: the warm-up's factor 0.001 + 0.999 * i / 1000, as detectron2 records it
     base = record["config"]["solver"]["base_lr"]
     for r in rows:
