@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import Adapter, DistInfo, UnsupportedConfig
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
     LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, attach_work_counters, count_work, data_spec, detections, float_images,
     forward_outputs, num_classes, ordered_batches, phase_probe, pixels, schedule_length, solver_hparams,
@@ -31,11 +31,12 @@ class ReferenceAdapter(Adapter):
     install_hint = "make setup (builds mrcnn_bench.reference_impl._C; without it the ops fall back to pure PyTorch)"
 
     def available(self):
-        try:
-            from mrcnn_bench.reference_impl import ops
-        except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
-            return False, f"import mrcnn_bench.reference_impl failed: {type(e).__name__}: {e}"
+        ok, why = python_version_of("mrcnn_bench.reference_impl.ops")  # an import error: unavailable, with it
+        if not ok:
+            return False, why
         from importlib.metadata import PackageNotFoundError, version
+
+        from mrcnn_bench.reference_impl import ops
 
         try:
             installed = version("mrcnn-bench")
