@@ -23,12 +23,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MRCNN_BENCH_INIT", Path.home() / ".cache" / "mrcnn-bench" / "init"))
 
 
+def file_stamp(path: str | None) -> list | None:
+    """What a cache key holds of a file it depends on: its resolved path, size and modification time."""
+    if not path:
+        return None
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
 def _key(cfg, num_classes: int) -> str:
-    weights = cfg.model.weights
-    stamp = None
-    if weights:
-        st = Path(weights).stat()
-        stamp = [str(Path(weights).resolve()), st.st_size, st.st_mtime_ns]
+    stamp = file_stamp(cfg.model.weights)
     model = cfg.model.model_dump(mode="json", exclude={"init_weights", "num_classes"})  # the classes: num_classes
     text = json.dumps({"model": model, "num_classes": num_classes, "seed": cfg.benchmark.seed, "weights": stamp}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,20 +19,15 @@ import os
 import sys
 from pathlib import Path
 
-from .init_weights import default_cache_dir
+from .init_weights import default_cache_dir, file_stamp
 
 
 def _key(cfg) -> str:
     """What the trained weights depend on: the model and its initial weights' file, input, solver, the
     data, the seed and the iterations (not the inference settings)."""
-    init = cfg.model.init_weights
-    stamp = None
-    if init:
-        st = Path(init).stat()
-        stamp = [str(Path(init).resolve()), st.st_size, st.st_mtime_ns]
     bench = cfg.benchmark
     text = json.dumps({
-        "model": cfg.model.model_dump(mode="json", exclude={"init_weights"}), "init": stamp,
+        "model": cfg.model.model_dump(mode="json", exclude={"init_weights"}), "init": file_stamp(cfg.model.init_weights),
         "input": cfg.input.model_dump(mode="json"), "solver": cfg.solver.model_dump(mode="json"),
         "data": cfg.data.model_dump(mode="json"), "seed": bench.seed, "iters": bench.shared_training_iters,
         "device": bench.device, "dtype": bench.dtype,
