@@ -482,7 +482,7 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
         value = f"img/s ÷ {relative_to}'s" if relative_to else "img/s"
         if results:
             click.echo(pd.DataFrame({
-                "Implementation": [r.impl for r in results],
+                "Implementation": [r.label for r in results],
                 "Runs (base/cand)": [f"{r.baseline_runs}/{r.candidate_runs}" for r in results],
                 f"baseline {value}": [f"{r.baseline_value:.4g}" for r in results],
                 f"candidate {value}": [f"{r.candidate_value:.4g}" for r in results],
@@ -611,7 +611,7 @@ def _forward_parity(config_name: str, impl: str, data_root: str | None, interpre
 
 
 def _trajectory_parity(run_dir: str, band: float | None) -> None:
-    from .parity import POSITIVES_BAND, trajectory_frame
+    from .parity import PIXELS_RTOL, POSITIVES_BAND, trajectory_frame
     from .report import load_runs
 
     records = load_runs([run_dir])
@@ -620,10 +620,14 @@ def _trajectory_parity(run_dir: str, band: float | None) -> None:
     run_ids = sorted({r["run_id"] for r in records})
     if len(run_ids) > 1:
         raise BadInput(f"{run_dir}: holds runs {', '.join(run_ids)}; --run takes the folder of one run")
+    if all((r.get("summary") or {}).get("task") == "infer" for r in records):
+        raise BadInput(f"{run_dir}: an inference run (--task infer); --run checks what training runs did "
+                       "(the inference runs' own check is the detections per image beside their latency)")
     band = band or POSITIVES_BAND
     table, problems = trajectory_frame(records, band)
     click.echo(f"run {run_ids[0]}: lr against the canonical schedule (relative tolerance 1e-6), global batch, "
-               f"work per image over the timed window (positives within ±{100 * band:.0f}% of the median)\n")
+               f"work per image over the timed window (positives within ±{100 * band:.0f}% of the median, padded pixels "
+               f"within ±{100 * PIXELS_RTOL:.1f}% of the lower median)\n")
     click.echo(table.to_markdown(index=False, disable_numparse=True))
     if problems:
         click.echo("\nDivergences:")

@@ -9,12 +9,13 @@ be set) is listed.
 The trajectory check (:func:`trajectory_frame`): what each implementation of one run actually did,
 from its ``iterations.jsonl``: the learning rate of every iteration against the canonical schedule,
 the global batch of every iteration, and the work per image over the timed window (positive RoIs
-through the mask head) against the other implementations'.
+through the mask head, padded input pixels into the backbone) against the other implementations'.
 """
 from __future__ import annotations
 
 import bisect
 import json
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -110,6 +111,11 @@ LR_RTOL = 1e-6
 #: median before the run is called divergent (same weights and data order make them close; the
 #: frameworks' own divergences, listed in the static table, keep them from being equal)
 POSITIVES_BAND = 0.25
+#: how far padded input pixels per image over the window may lie from the implementations' lower median:
+#: the same images at the same sizes pad alike, but a resize that rounds the scaled side where another
+#: floors it (detectron2 and mmdet against torchvision and the reference) pads an image whose floored
+#: side is a multiple of 32 to the next one
+PIXELS_RTOL = 0.005
 
 
 def canonical_lr(solver: dict, it: int) -> float:
@@ -142,7 +148,7 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
     from .report import iterations_of
     from .timing import work_per_image
 
-    rows, problems, positives = [], [], {}
+    rows, problems, positives, pixels = [], [], {}, {}
     for rec in records:
         impl, cfg, w = rec["impl"], rec["config"], rec.get("window")
         its = iterations_of(rec) if rec["status"] == "ok" else []
@@ -163,9 +169,11 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         first = its[0]
         row["positives/img at iteration 0"] = "-" if first.get("positives") is None else f"{first['positives'] / first['images']:.1f}"
         work = work_per_image(its, w["warmup"], w["end"])
-        for key in ("proposals", "rois", "positives"):
+        for key in ("pixels", "proposals", "rois", "positives"):
             v = work[f"{key}_per_image"]
             row[f"{key}/img"] = "-" if v is None else f"{v:.1f}"
+        if work["pixels_per_image"] is not None:
+            pixels[impl] = work["pixels_per_image"]
         if work["positives_per_image"] is None:
             problems.append(f"{impl}: no work counters in its iterations.jsonl (recorded before they existed?)")
         else:
@@ -182,6 +190,13 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
             if abs(off) > band:
                 problems.append(f"{row['Implementation']}: {p:.1f} positives per image, {100 * off:+.1f}% from the median "
                                 f"{median:.1f} (band ±{100 * band:.0f}%)")
+    if pixels:
+        median = statistics.median_low(pixels.values())  # one implementation's value: a tie of two groups names the larger
+        for impl, p in pixels.items():
+            off = p / median - 1
+            if abs(off) > PIXELS_RTOL:
+                problems.append(f"{impl}: {p:.1f} padded pixels per image, {100 * off:+.1f}% from the lower median {median:.1f} "
+                                f"(tolerance ±{100 * PIXELS_RTOL:.1f}%: the same images at the same sizes pad alike)")
     return pd.DataFrame(rows), problems
 
 

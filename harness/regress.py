@@ -48,6 +48,11 @@ class Comparison:
     df: int | None  # degrees of freedom of the run-to-run variance; None: one run a side, within-run only
     regression: bool
     verdict: str
+    batch_size: int | None = None  # inference runs: each batch size is gated on its own
+
+    @property
+    def label(self) -> str:
+        return self.impl if self.batch_size is None else f"{self.impl} (batch {self.batch_size})"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,13 +71,16 @@ class Failure:
 
 
 # ------------------------------------------------------------------------------------ the runs
-def _window(record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Images and seconds of each iteration in the window [warmup, end)."""
+def _window(record: dict, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and seconds of each iteration in the window [warmup, end); of an inference run, each
+    timed call of one batch size."""
     w = record["window"]
-    rows = [r for r in iterations_of(record) if w["warmup"] <= r["iter"] < w["end"]]
-    if len(rows) < 3:
-        raise ResultError(f"{Path(record['_path']).parent / 'iterations.jsonl'}: {len(rows)} iterations in the window "
-                          f"[{w['warmup']}, {w['end']}); need at least 3")
+    rows = [r for r in iterations_of(record)
+            if w["warmup"] <= r["iter"] < w["end"] and (batch_size is None or r.get("batch_size") == batch_size)]
+    if len(rows) < 2 or (batch_size is None and len(rows) < 3):
+        where = f"the window [{w['warmup']}, {w['end']})" + (f" at batch size {batch_size}" if batch_size else "")
+        raise ResultError(f"{Path(record['_path']).parent / 'iterations.jsonl'}: {len(rows)} iterations in {where}; "
+                          f"need at least {3 if batch_size is None else 2}")
     return (np.array([r.get("global_images", r["images"]) for r in rows], float),
             np.array([r["duration"] for r in rows], float))
 
@@ -147,17 +155,18 @@ def check_comparable(base: dict, cand: dict, base_name: str, cand_name: str) -> 
 
 
 # ----------------------------------------------------------------------------------- the gate
-def _values(rounds: dict[Path, dict[str, dict]], impl: str, peer: str | None) -> tuple[np.ndarray, float]:
-    """Per-run log values of ``impl`` over the rounds where it (and the peer) ran ok, and the mean
-    within-run variance of those values."""
+def _values(rounds: dict[Path, dict[str, dict]], impl: str, peer: str | None,
+            batch_size: int | None = None) -> tuple[np.ndarray, float]:
+    """Per-run log values of ``impl`` (at one batch size, for inference runs) over the rounds where it
+    (and the peer) ran ok, and the mean within-run variance of those values."""
     logs, within = [], []
     for recs in rounds.values():
         if recs.get(impl, {}).get("status") != "ok" or (peer and recs.get(peer, {}).get("status") != "ok"):
             continue
-        images, seconds = _window(recs[impl])
+        images, seconds = _window(recs[impl], batch_size)
         value, var = np.log(images.sum() / seconds.sum()), block_bootstrap_log_var(images, seconds)
         if peer:
-            p_images, p_seconds = _window(recs[peer])
+            p_images, p_seconds = _window(recs[peer], batch_size)
             value -= np.log(p_images.sum() / p_seconds.sum())
             var += block_bootstrap_log_var(p_images, p_seconds)
         logs.append(value)
@@ -177,7 +186,7 @@ def _candidate_failures(cand: dict[Path, dict[str, dict]], impls: list[str], pee
 
 
 def compare(impl: str, base_logs: np.ndarray, cand_logs: np.ndarray, within_var: float, threshold: float,
-            level: float = 0.95, relative_to: str | None = None) -> Comparison:
+            level: float = 0.95, relative_to: str | None = None, batch_size: int | None = None) -> Comparison:
     slowdown, lo, hi, sd, df = slowdown_interval(base_logs, cand_logs, within_var, level)
     significant = lo > 1.0
     regression = significant and slowdown > 1.0 + threshold
@@ -191,7 +200,7 @@ def compare(impl: str, base_logs: np.ndarray, cand_logs: np.ndarray, within_var:
     if df is None:
         verdict += "; one run a side: run-to-run variance not measured (the threshold guards)"
     return Comparison(impl, relative_to, len(base_logs), len(cand_logs), float(np.exp(base_logs.mean())),
-                      float(np.exp(cand_logs.mean())), slowdown, lo, hi, sd, df, regression, verdict)
+                      float(np.exp(cand_logs.mean())), slowdown, lo, hi, sd, df, regression, verdict, batch_size)
 
 
 def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05, level: float = 0.95,
@@ -223,14 +232,17 @@ def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05
                     warnings.add(f"{where / record['impl']}: measured on CPU {cpu!r}, the baseline on "
                                  f"{(first.get('environment') or {}).get('cpu')!r}")
     failures = _candidate_failures(cand, wanted, relative_to)
+    # an inference run times several batch sizes (the same ones on both sides: they are in the config)
+    sizes = sorted(int(b) for b in (first.get("summary") or {}).get("batch_sizes") or {}) or [None]
     comparisons = []
     for impl in wanted:
         if any(f.impl in (impl, relative_to) for f in failures):
             continue
-        base_logs, base_within = _values(base, impl, relative_to)
-        cand_logs, cand_within = _values(cand, impl, relative_to)
-        within = (base_within * len(base_logs) + cand_within * len(cand_logs)) / (len(base_logs) + len(cand_logs))
-        comparisons.append(compare(impl, base_logs, cand_logs, within, threshold, level, relative_to))
+        for size in sizes:
+            base_logs, base_within = _values(base, impl, relative_to, size)
+            cand_logs, cand_within = _values(cand, impl, relative_to, size)
+            within = (base_within * len(base_logs) + cand_within * len(cand_logs)) / (len(base_logs) + len(cand_logs))
+            comparisons.append(compare(impl, base_logs, cand_logs, within, threshold, level, relative_to, size))
     return comparisons, failures, sorted(warnings)
 
 

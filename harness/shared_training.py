@@ -44,7 +44,7 @@ def training_config(cfg):
                                "solver.ims_per_batch": cfg.ims_per_process_step}, source="shared training")
 
 
-def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None, log=None) -> Path:
+def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> Path:
     """The path of the weights after the shared training for ``cfg`` on ``paths``, trained now unless
     cached (written atomically)."""
     import torch
@@ -59,14 +59,13 @@ def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None, log=
     path = cache / f"mask_rcnn_R_50_FPN-trained{n}-torchvision-{_key(cfg)}.pth"
     if path.is_file():
         return path
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     train_cfg = training_config(cfg)
     adapter = get_adapter("torchvision")
     every = max(1, n // 10)
 
     def progress(rec):
         if (rec.iter + 1) % every == 0 or rec.iter + 1 == n:
-            say(f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}")
+            print(f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}", file=sys.stderr, flush=True)
 
     device = "cuda:0" if cfg.benchmark.device == "cuda" else "cpu"
     timer = IterationTimer.for_device(n, device, on_iteration=progress)

@@ -11,6 +11,7 @@ that fails writes ``error-rank<N>.json`` before exiting non-zero.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -37,6 +38,27 @@ def _pin_threads(threads: int, local_rank: int, local_world: int) -> list[int] |
         os.sched_setaffinity(0, mine)
         return mine
     return cpus
+
+
+class PartialIterations:
+    """Rank 0's stream of each iteration (or timed call) as it is measured, flushed line by line: what
+    is kept of a run that dies. ``done`` removes it once iterations.jsonl and run.json are written."""
+
+    def __init__(self, run_dir: Path, rank: int):
+        from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
+
+        self.path = run_dir / PARTIAL_ITERATIONS
+        self._file = open(self.path, "w") if rank == 0 else None
+
+    def write(self, row: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+
+    def done(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
 
 
 def _progress_printer(rank: int, total: int, every: int):
@@ -136,7 +158,6 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.harness.config import Config
     from mrcnn_bench.harness.data import DataPaths
-    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
 
     cfg = Config.model_validate(spec["config"])
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
@@ -159,12 +180,17 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         extra["accuracy"] = _accuracy(impl, cfg, data, adapter, dist)
     if rank == 0:
         record = _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, dist, env_extra, run_dir)
-        partial.close()
-        (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
+        partial.done()
         s, bench = record["summary"], cfg.benchmark
         print(f"{impl}: {s['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
               f"median {s['s_per_iter_median']:.3f} s/iter", file=sys.stderr, flush=True)
     if dist.distributed:
+        # The trained model's parameters still carry DistributedDataParallel's gradient hooks, and with
+        # them its reducer and the process group: released while the interpreter is whole, so that no
+        # gloo/NCCL object is left for the interpreter's own teardown to destroy (a rank aborted there,
+        # "terminate called without an active exception", after a finished run).
+        adapter.trained_model = None
+        gc.collect()
         tdist.barrier()
         tdist.destroy_process_group()
     return 0
@@ -190,24 +216,24 @@ def _infer(impl: str, spec: dict, cfg, data, adapter, native, dist, env_extra: d
     import torch
 
     from mrcnn_bench.harness.inference import check_not_empty, inference_summary, load_images, time_batches
-    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS, atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
+    from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
 
     bench = cfg.benchmark
     predict = adapter.predictor(cfg, data, dist)
     images = [image for _, image in load_images(data.val_json, data.val_images)]
     total = len(bench.batch_sizes) * bench.infer_batches
-    with open(run_dir / PARTIAL_ITERATIONS, "w") as partial:
-        def on_batch(row):
-            partial.write(json.dumps(row) + "\n")
-            partial.flush()
-            n = row["iter"] + 1
-            if n == total or n % bench.infer_batches == 0:
-                print(f"batch size {row['batch_size']}: {n}/{total} calls, last {row['duration'] * 1e3:.1f} ms, "
-                      f"{row['detections']} detections", file=sys.stderr, flush=True)
+    partial = PartialIterations(run_dir, dist.rank)
 
-        autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[bench.dtype]
-        rows = time_batches(predict, images, bench.batch_sizes, bench.infer_warmup, bench.infer_batches, dist.device,
-                            autocast_dtype=autocast, on_batch=on_batch)
+    def on_batch(row):
+        partial.write(row)
+        n = row["iter"] + 1
+        if n == total or n % bench.infer_batches == 0:
+            print(f"batch size {row['batch_size']}: {n}/{total} calls, last {row['duration'] * 1e3:.1f} ms, "
+                  f"{row['detections']} detections", file=sys.stderr, flush=True)
+
+    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[bench.dtype]
+    rows = time_batches(predict, images, bench.batch_sizes, bench.infer_warmup, bench.infer_batches, dist.device,
+                        autocast_dtype=autocast, on_batch=on_batch)
     check_not_empty(rows, impl)
     summary = inference_summary(rows)
     atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
@@ -222,7 +248,7 @@ def _infer(impl: str, spec: dict, cfg, data, adapter, native, dist, env_extra: d
                   "detections with pasted masks out, per batch size; each call closed by a device synchronize"),
     )
     atomic_write_json(run_dir / "run.json", record)
-    (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
+    partial.done()
     for size, stats in summary["batch_sizes"].items():
         print(f"{impl}: batch {size}: {stats['images_per_s']:.2f} img/s, latency mean {stats['latency_ms_mean']:.1f} ms, "
               f"p99 {stats['latency_ms_p99']:.1f} ms, {stats['detections_per_image']:.1f} detections per image",
@@ -259,17 +285,14 @@ def _setup_distributed(bench, rank: int, world: int, local_rank: int):
 
 def _timer(run_dir: Path, bench, dist):
     """The IterationTimer the adapter stamps; rank 0 streams each iteration to the partial file (kept
-    if the run dies) and prints progress. Returns (timer, the partial file or None)."""
-    from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
+    if the run dies) and prints progress. Returns (timer, its PartialIterations)."""
     from mrcnn_bench.harness.timing import IterationTimer
 
-    partial = open(run_dir / PARTIAL_ITERATIONS, "w") if dist.rank == 0 else None
+    partial = PartialIterations(run_dir, dist.rank)
     progress = _progress_printer(dist.rank, bench.iters, max(1, bench.iters // 20))
 
     def on_iteration(rec):
-        if partial is not None:
-            partial.write(json.dumps(rec.to_dict()) + "\n")
-            partial.flush()
+        partial.write(rec.to_dict())
         progress(rec)
 
     return IterationTimer.for_device(bench.iters, dist.device, on_iteration=on_iteration), partial
@@ -344,4 +367,16 @@ def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, 
     return record
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # A finished rank of a process group: its part is written and the group destroyed. It leaves
+        # without the interpreter's teardown, where objects still held by a framework's globals (e.g.
+        # detectron2's per-machine group) are destroyed while gloo's threads run: once in CI this aborted
+        # a finished rank ("terminate called without an active exception", SIGABRT) and with it the run.
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -156,6 +156,50 @@ def test_relative_to_cancels_machine_speed(tmp_path):
     assert [c.impl for c in relative] == ["a"] and not relative[0].regression
 
 
+def write_infer_run(root: Path, run_id: str, impl: str, latency: dict[int, np.ndarray]):
+    """A recorded inference run: each timed call per batch size in iterations.jsonl, as the worker writes."""
+    rows = [{"iter": i, "batch_size": size, "images": size, "duration": float(d), "detections": 20 * size,
+             "masks": 20 * size, "max_memory_mb": 100.0}
+            for i, (size, d) in enumerate((size, d) for size, calls in latency.items() for d in calls)]
+    sizes = {str(size): {"batch_size": size, "calls": len(calls), "images_per_s": size * len(calls) / float(np.sum(calls))}
+             for size, calls in latency.items()}
+    d = root / run_id / impl
+    atomic_write_jsonl(d / "iterations.jsonl", rows)
+    atomic_write_json(d / "run.json", make_run_record(
+        impl=impl, run_id=run_id, status="ok", config={"name": "fixture", "benchmark": {"task": "infer"}}, world_size=1,
+        device="cpu", dtype="fp32", window={"warmup": 0, "end": len(rows), "iters": len(rows)}, iterations_recorded=len(rows),
+        summary={"warmup": 0, "end": len(rows), "iterations": len(rows),
+                 "s_per_iter_median": float(np.median([r["duration"] for r in rows])),
+                 "images": sum(r["images"] for r in rows), "seconds": sum(r["duration"] for r in rows),
+                 "images_per_s": sum(r["images"] for r in rows) / sum(r["duration"] for r in rows), "task": "infer",
+                 "batch_sizes": sizes},
+        environment={"torch": "2.14.1", "cpu": "fixture CPU", "git_sha": "abc", "time": "2026-11-26T10:00:00+00:00"},
+    ))
+
+
+def test_inference_runs_are_gated_per_batch_size(tmp_path):
+    """A slowdown at one batch size is found at that size, not diluted by (or blamed on) the others."""
+    rng = np.random.default_rng(0)
+
+    def latency(slow_at_4=1.0):  # five calls per size, seconds ~ 0.1 + 0.05 per image, 2% noise
+        return {size: (0.1 + 0.05 * size) * (slow_at_4 if size == 4 else 1.0) * rng.normal(1, 0.02, 5) for size in (1, 2, 4)}
+
+    for k in range(4):
+        write_infer_run(tmp_path / "base", f"r{k}", "a", latency())
+    for k in range(3):
+        write_infer_run(tmp_path / "cand", f"r{k}", "a", latency(slow_at_4=1.25))
+    comparisons, failures, _ = regress(tmp_path / "base", tmp_path / "cand")
+    assert not failures and [(c.impl, c.batch_size) for c in comparisons] == [("a", 1), ("a", 2), ("a", 4)]
+    by_size = {c.batch_size: c for c in comparisons}
+    assert by_size[4].regression and by_size[4].slowdown == pytest.approx(1.25, abs=0.03), by_size[4].verdict
+    assert not by_size[1].regression and not by_size[2].regression
+    assert by_size[1].slowdown == pytest.approx(1.0, abs=0.03) and by_size[2].slowdown == pytest.approx(1.0, abs=0.03)
+    out = run_cli("regress", "--baseline", tmp_path / "base", "--candidate", tmp_path / "cand")
+    assert out.returncode == 1 and "| a (batch 4)" in out.stdout and "REGRESSION" in out.stdout, out.stdout + out.stderr
+    parity = run_cli("parity", "--run", tmp_path / "base" / "r0")  # checks training runs: said, exit 2
+    assert parity.returncode == 2 and "an inference run (--task infer)" in parity.stderr, parity.stderr
+
+
 def test_failed_or_missing_implementation_fails_the_gate(tmp_path):
     base = rounds(tmp_path, "base", 3, 1)
     cand = rounds(tmp_path, "cand", 2, 2)

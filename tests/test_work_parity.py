@@ -448,11 +448,11 @@ def test_mmdet_sampler_follows_the_run_order(synth_root):
 
 
 # ---------------------------------------------------------------------------- trajectory parity
-def _record(root: Path, impl, lrs, positives, images=2, status="ok"):
+def _record(root: Path, impl, lrs, positives, images=2, status="ok", pixels=None):
     solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
     config = {"name": "fixture", "solver": dict(solver, ims_per_batch=2), "benchmark": {"warmup": 2, "iters": len(lrs)}}
     rows = [dict(iter=i, end_time=float(i + 1), duration=1.0, images=2, global_images=images, lr=lr, proposals=2000, rois=1024,
-                 positives=p) for i, (lr, p) in enumerate(zip(lrs, positives))]
+                 positives=p, pixels=px) for i, (lr, p, px) in enumerate(zip(lrs, positives, pixels or [98304] * len(lrs)))]
     d = root / "run" / impl
     atomic_write_jsonl(d / "iterations.jsonl", rows)
     summary = dict(warmup=2, end=len(lrs), iterations=len(lrs) - 2, images=2 * (len(lrs) - 2), seconds=len(lrs) - 2.0,
@@ -483,6 +483,25 @@ def test_trajectory_parity_passes_the_same_work_and_names_each_divergence(tmp_pa
     # a wider band lets the work through, not the schedule
     wide = run_cli("parity", "--run", tmp_path / "run", "--band", "1.0")
     assert wide.returncode == 1 and "positives per image" not in wide.stdout
+
+
+def test_trajectory_parity_names_an_implementation_that_padded_more_pixels(tmp_path):
+    """Rounding the scaled side where the others floor it: 128x85 -> 193 px wide, padded to 224 not 192."""
+    solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
+    good = [canonical_lr(solver, i) for i in range(8)]
+    floored = [2 * 128 * 192] * 8
+    rounded = [2 * 128 * (224 if i % 2 else 192) for i in range(8)]  # every other batch holds a 2:3 image
+    for impl, pixels in (("a", floored), ("b", floored), ("c", rounded), ("d", rounded)):
+        _record(tmp_path, impl, good, [40] * 8, pixels=pixels)
+    out = run_cli("parity", "--run", tmp_path / "run")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "| 24576.0 " in out.stdout and "| 26624.0 " in out.stdout  # padded pixels per image over the window [2, 8)
+    problems = [line for line in out.stdout.splitlines() if line.startswith("- ")]
+    assert problems == [f"- {impl}: 26624.0 padded pixels per image, +8.3% from the lower median 24576.0 (tolerance ±0.5%: "
+                        "the same images at the same sizes pad alike)" for impl in ("c", "d")], out.stdout
+    _record(tmp_path, "c", good, [40] * 8, pixels=floored)
+    _record(tmp_path, "d", good, [40] * 8, pixels=floored)
+    assert run_cli("parity", "--run", tmp_path / "run").returncode == 0
 
 
 def test_trajectory_parity_reports_a_failed_implementation(tmp_path):
