@@ -77,10 +77,11 @@ def _window(record: dict, batch_size: int | None = None) -> tuple[np.ndarray, np
     w = record["window"]
     rows = [r for r in iterations_of(record)
             if w["warmup"] <= r["iter"] < w["end"] and (batch_size is None or r.get("batch_size") == batch_size)]
-    if len(rows) < 2 or (batch_size is None and len(rows) < 3):
-        where = f"the window [{w['warmup']}, {w['end']})" + (f" at batch size {batch_size}" if batch_size else "")
+    need = 3 if batch_size is None else 2
+    if len(rows) < need:
+        where = f"the window [{w['warmup']}, {w['end']})" + ("" if batch_size is None else f" at batch size {batch_size}")
         raise ResultError(f"{Path(record['_path']).parent / 'iterations.jsonl'}: {len(rows)} iterations in {where}; "
-                          f"need at least {3 if batch_size is None else 2}")
+                          f"need at least {need}")
     return (np.array([r.get("global_images", r["images"]) for r in rows], float),
             np.array([r["duration"] for r in rows], float))
 
