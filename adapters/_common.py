@@ -7,7 +7,30 @@ import json
 # info.* parity values several adapters report: one spelling, so the table compares them equal
 PYTORCH_STYLE = "pytorch (stride in the 3x3 conv)"
 CAFFE_STYLE = "caffe (stride in the 1x1 conv)"
-LOW_QUALITY_ANY_IOU = "best anchor per box, any IoU"
+
+
+# info.resize_interpolation: how the resized pixels are computed. The same sizes, but not the same pixels:
+# on upscaled images the RoI positives of iteration 0 differ (README, "Same work")
+FLOAT_BILINEAR = "bilinear on float pixels (torch interpolate)"
+
+
+def rule_value(cfg, key: str):
+    """The canonical config's value at a dotted key (``model.rpn.low_quality_min_iou``)."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def unsupported(cfg, rules: dict) -> dict[str, str]:
+    """``rules``: canonical key -> (does the framework support this value?, what it does instead). The
+    keys whose value in ``cfg`` it does not support -> that sentence (``Adapter.divergences``)."""
+    return {key: why for key, (supports, why) in rules.items() if not supports(rule_value(cfg, key))}
+
+
+def rule_notes(rules: dict) -> dict[str, str]:
+    """The parity table's notes for the keys of ``rules``: shown where the effective value differs."""
+    return {key: why for key, (_, why) in rules.items()}
 
 
 def pillow_linear_alias() -> bool:
@@ -69,6 +92,20 @@ def count_work(timer, module, counter: str, count) -> None:
             timer.count(**{counter: count(output)})
 
     module.register_forward_hook(hook)
+
+
+def count_result(timer, owner, attr: str, counter: str, count) -> None:
+    """Count ``counter`` for the harness timer from what ``owner.attr(...)`` returns: ``count(result)``.
+    The callable (a method, or an object such as torchvision's sampler) is replaced on this instance only,
+    by one that calls it and counts; for steps that run in training only (samplers, target builders)."""
+    inner = getattr(owner, attr)
+
+    def counted(*args, **kwargs):
+        result = inner(*args, **kwargs)
+        timer.count(**{counter: count(result)})
+        return result
+
+    setattr(owner, attr, counted)
 
 
 def rows(output) -> int:

@@ -37,6 +37,14 @@ class OrderedTrainer(DefaultTrainer):
         super().__init__(cfg)
 
     @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model, with the RPN's low-quality rule as the canonical config asks
+        (``RPN.from_config`` builds its matcher with it on)."""
+        model = super().build_model(cfg)
+        model.proposal_generator.anchor_matcher.allow_low_quality_matches = bool(cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES)
+        return model
+
+    @classmethod
     def build_train_loader(cls, cfg):
         from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
         from detectron2.utils import comm

@@ -47,27 +47,26 @@ class DistInfo:
 CANONICAL_HPARAM_KEYS: tuple[str, ...] = (
     "input.aspect_ratio_grouping", "input.filter_empty_annotations", "input.horizontal_flip_prob",
     "input.max_size_test", "input.max_size_train", "input.min_size_test", "input.min_size_train",
-    "model.anchors.aspect_ratios", "model.anchors.sizes", "model.backbone.depth", "model.backbone.freeze_at",
+    "input.resize_rounding", "model.anchors.aspect_ratios", "model.anchors.round_to_pixels", "model.anchors.sizes", "model.backbone.depth", "model.backbone.freeze_at",
     "model.backbone.norm", "model.fpn_out_channels", "model.num_classes", "model.pixel_mean",
     "model.pixel_std", "model.roi_heads.batch_size_per_image", "model.roi_heads.bg_iou_thresh",
     "model.roi_heads.box_head_fc_dim", "model.roi_heads.box_head_num_fc",
     "model.roi_heads.box_pooler_resolution", "model.roi_heads.detections_per_image",
     "model.roi_heads.fg_iou_thresh", "model.roi_heads.mask_head_conv_dim",
-    "model.roi_heads.mask_head_num_conv", "model.roi_heads.mask_pooler_resolution",
+    "model.roi_heads.mask_head_num_conv", "model.roi_heads.mask_pooler_resolution", "model.roi_heads.mask_target",
     "model.roi_heads.nms_thresh_test", "model.roi_heads.pooler_aligned",
     "model.roi_heads.pooler_sampling_ratio", "model.roi_heads.positive_fraction",
     "model.roi_heads.score_thresh_test", "model.roi_heads.smooth_l1_beta", "model.rpn.batch_size_per_image",
-    "model.rpn.bg_iou_thresh", "model.rpn.fg_iou_thresh", "model.rpn.nms_thresh",
+    "model.rpn.bg_iou_thresh", "model.rpn.fg_iou_thresh", "model.rpn.low_quality_matches",
+    "model.rpn.low_quality_min_iou", "model.rpn.min_proposal_size", "model.rpn.nms_thresh",
     "model.rpn.positive_fraction", "model.rpn.post_nms_topk_scope", "model.rpn.post_nms_topk_test",
     "model.rpn.post_nms_topk_train", "model.rpn.pre_nms_topk_test", "model.rpn.pre_nms_topk_train",
     "model.rpn.smooth_l1_beta", "solver.base_lr", "solver.gamma", "solver.ims_per_batch_per_process",
     "solver.momentum", "solver.steps", "solver.warmup_factor", "solver.warmup_iters", "solver.warmup_method",
     "solver.weight_decay", "solver.weight_decay_norm",
 )
-INFO_HPARAM_KEYS: tuple[str, ...] = (
-    "info.backbone_style", "info.mask_targets", "info.roi_gt_as_proposals", "info.roi_low_quality_matches",
-    "info.rpn_low_quality_matches",
-)
+INFO_HPARAM_KEYS: tuple[str, ...] = ("info.backbone_style", "info.resize_interpolation", "info.roi_gt_as_proposals",
+                                     "info.roi_low_quality_matches")
 EFFECTIVE_HPARAM_KEYS: frozenset[str] = frozenset(CANONICAL_HPARAM_KEYS + INFO_HPARAM_KEYS)
 
 
@@ -97,6 +96,12 @@ class Adapter(abc.ABC):
         """Run the framework's own training loop for ``cfg.benchmark.iters`` iterations, calling
         ``timer.before_train()`` once and ``timer.after_step(...)`` after every optimizer step.
         Returns extra facts for run.json (e.g. the native config as text)."""
+
+    def divergences(self, cfg) -> dict[str, str]:
+        """The canonical keys whose value in ``cfg`` this framework cannot run as asked -> what it does
+        instead (or what it supports). Pure Python, no framework import: the harness asks it before
+        anything starts, and stops the run (exit 2) on a key not in ``benchmark.allow_divergent``."""
+        return {}
 
     def lr_trajectory(self, native, n: int) -> list[float]:
         """The learning rate of optimizer steps 0..n-1 as the framework's own scheduler, built from

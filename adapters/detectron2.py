@@ -17,12 +17,20 @@ import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    CAFFE_STYLE, LOW_QUALITY_ANY_IOU, LayoutConversion, PYTORCH_STYLE, attach_work_counters, data_spec, detections,
-    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias,
-    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler
+    CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
+    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias, rule_notes,
+    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler, unsupported
 )
 
 _DATASET = "mrcnn_bench_train"
+# the work rules detectron2 cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
+RULES = {
+    "model.anchors.round_to_pixels": (lambda v: not v, "detectron2's DefaultAnchorGenerator keeps fractional corners (False only)"),
+    "model.rpn.low_quality_min_iou": (lambda v: v == 0, "detectron2's Matcher keeps a box's best anchors at any IoU (0 only)"),
+    "input.resize_rounding": (lambda v: v == "round", "detectron2's ResizeShortestEdge rounds the resized sides ('round' only)"),
+    "model.roi_heads.mask_target": (lambda v: v != "bitmask_soft", "detectron2 rasterises polygons or binarises aligned "
+                                    "RoIAlign crops of bitmasks (INPUT.MASK_FORMAT); it trains with 'bitmask_binarized'"),
+}
 
 
 def _apply_shims(device: str | None = None) -> list[str]:
@@ -135,13 +143,15 @@ class Detectron2Adapter(Adapter):
                              momentum=d2cfg.SOLVER.MOMENTUM, weight_decay=d2cfg.SOLVER.WEIGHT_DECAY,
                              weight_decay_norm=d2cfg.SOLVER.WEIGHT_DECAY_NORM, warmup_method=d2cfg.SOLVER.WARMUP_METHOD,
                              lrs=self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg)))),
-            "info.mask_targets": "polygons rasterised per RoI",
             "info.backbone_style": CAFFE_STYLE if d2cfg.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
-            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # RPN's Matcher(allow_low_quality_matches=True)
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
+            "info.resize_interpolation": "bilinear on uint8 pixels (PIL, ResizeTransform)",
             "info.roi_gt_as_proposals": d2cfg.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT,
-            "_notes": {},
+            "_notes": rule_notes(RULES),
         }
+
+    def divergences(self, cfg) -> dict:
+        return unsupported(cfg, RULES)
 
     def forward_features(self, cfg, images) -> dict:
         native = self.translate(cfg)
@@ -198,6 +208,8 @@ class Detectron2Adapter(Adapter):
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
         attach_work_counters(timer, backbone=model.backbone, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
                        mask_pooler=model.roi_heads.mask_pooler)
+        # the RPN's sampled anchors, per image: label 1 positive, 0 negative, -1 not sampled
+        count_result(timer, model.proposal_generator, "_subsample_labels", "rpn_positives", lambda label: int((label == 1).sum()))
         roi = model.roi_heads
         probe = phase_probe(cfg, timer, dist.device, model, {
             # preprocess_image is a method (normalise, pad) of GeneralizedRCNN, not a module
@@ -290,6 +302,9 @@ def _set_model(d2cfg, cfg, data) -> None:
     d2cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
     d2cfg.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
     d2cfg.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+    # sides > MIN_SIZE kept (Boxes.nonempty(threshold)); the low-quality rule is set on the built RPN's
+    # matcher (RPN.from_config makes it with allow_low_quality_matches=True): MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES
+    d2cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = rpn.min_proposal_size
     d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
     d2cfg.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
     d2cfg.MODEL.RPN.NMS_THRESH = rpn.nms_thresh
@@ -336,7 +351,7 @@ def _set_input(d2cfg, cfg) -> None:
     d2cfg.INPUT.MIN_SIZE_TEST = inp.min_size_test
     d2cfg.INPUT.MAX_SIZE_TEST = inp.max_size_test
     d2cfg.INPUT.RANDOM_FLIP = "horizontal" if inp.horizontal_flip_prob > 0 else "none"
-    d2cfg.INPUT.MASK_FORMAT = "polygon"
+    d2cfg.INPUT.MASK_FORMAT = "polygon" if cfg.model.roi_heads.mask_target == "polygon" else "bitmask"
     d2cfg.DATASETS.TRAIN = (_DATASET,)
     d2cfg.DATASETS.TEST = ()
     d2cfg.DATALOADER.NUM_WORKERS = bench.num_workers
@@ -376,6 +391,7 @@ def _set_runtime(d2cfg, cfg, data) -> None:
     d2cfg.MRCNN_BENCH = type(d2cfg)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
                              "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
                              "ITERS": bench.iters, "INIT_WEIGHTS": model_cfg.init_weights or "",
+                             "RPN_LOW_QUALITY_MATCHES": model_cfg.rpn.low_quality_matches,
                              "ORDER": type(d2cfg)(data_spec(cfg, data)["order"])})
     d2cfg.freeze()
 
@@ -404,6 +420,11 @@ def _model_hparams(d2cfg) -> dict:
         "model.rpn.pre_nms_topk_test": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
         "model.rpn.post_nms_topk_test": d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
         "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
+        "model.rpn.low_quality_matches": d2cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES,  # set on the built matcher
+        "model.rpn.low_quality_min_iou": 0.0,  # Matcher._set_low_quality_matches_: any IoU
+        "model.rpn.min_proposal_size": d2cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
+        "model.anchors.round_to_pixels": False,  # DefaultAnchorGenerator.generate_cell_anchors: no rounding
+        "model.roi_heads.mask_target": "polygon" if d2cfg.INPUT.MASK_FORMAT == "polygon" else "bitmask_binarized",
         "model.roi_heads.fg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
         "model.roi_heads.bg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
         "model.roi_heads.batch_size_per_image": d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
@@ -435,6 +456,7 @@ def _input_hparams(d2cfg) -> dict:
         "input.min_size_test": d2cfg.INPUT.MIN_SIZE_TEST,
         "input.max_size_test": d2cfg.INPUT.MAX_SIZE_TEST,
         "input.horizontal_flip_prob": flip,
+        "input.resize_rounding": "round",  # ResizeShortestEdge.get_output_shape: int(side + 0.5)
         "input.filter_empty_annotations": d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
         "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,

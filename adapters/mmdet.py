@@ -7,10 +7,12 @@ names are changed, and ``effective_hparams`` reads them back out of the built mm
 The harness timer is an mmengine hook that runs after mmengine's own IterTimerHook and the
 ParamSchedulerHook, i.e. after the optimizer step and the LR update of each iteration.
 
-mmdet's stock configs differ from the other implementations in ways the parity table lists as
-``info.*`` rows: RPN anchors may match a ground-truth box with IoU as low as 0.3 (``min_pos_iou``),
-the RoI assigner also matches low-quality boxes, samplers add ground-truth boxes as proposals, images
-are grouped by aspect ratio. mmdet also ships caffe-style R-50 configs (``mask-rcnn_r50-caffe_fpn``:
+mmdet's stock configs differ from the other implementations in ways the canonical keys set: its RPN
+assigner keeps a box's best anchors only at IoU >= 0.3 (``min_pos_iou``; set from
+``model.rpn.low_quality_min_iou``), its loader turns polygons into bitmaps (``poly2mask``; set from
+``model.roi_heads.mask_target``), its proposals' minimum size (``min_bbox_size``). The ``info.*`` rows
+list what stays mmdet's own: the RoI assigner's low-quality matching (at the foreground threshold, so
+it adds nothing), ground-truth boxes added as proposals. mmdet also ships caffe-style R-50 configs (``mask-rcnn_r50-caffe_fpn``:
 stride in the 1x1 conv, BGR input without std, caffe weights); the 1x config used here is pytorch-style
 like the other implementations, and the table's ``info.backbone_style`` row says so.
 
@@ -27,9 +29,9 @@ import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
-    CAFFE_STYLE, PYTORCH_STYLE, LayoutConversion, attach_work_counters, data_spec, detections, forward_outputs,
-    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias,
-    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler
+    CAFFE_STYLE, PYTORCH_STYLE, LayoutConversion, attach_work_counters, count_result, data_spec, detections, forward_outputs,
+    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias, rule_notes,
+    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler, unsupported
 )
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
@@ -38,6 +40,13 @@ STOCK_CONFIG = "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"
 ORDER_SAMPLER = "MrcnnBenchOrderedSampler"
 # after ParamSchedulerHook (LOW = 70), before CheckpointHook (VERY_LOW = 90)
 HOOK_PRIORITY = 75
+# the work rules mmdet cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
+RULES = {
+    "model.anchors.round_to_pixels": (lambda v: not v, "mmdet's AnchorGenerator keeps fractional corners (False only)"),
+    "input.resize_rounding": (lambda v: v == "round", "mmdet's Resize rounds the resized sides (mmcv.rescale_size; 'round' only)"),
+    "model.roi_heads.mask_target": (lambda v: v != "bitmask_soft", "mmdet's mask_target binarises its crops ('polygon' or "
+                                    "'bitmask_binarized'); it trains with 'bitmask_binarized'"),
+}
 
 
 def _class_names(cfg, data) -> tuple[str, ...]:
@@ -123,16 +132,11 @@ def _ordered_sampler(dataset, seed, order: dict, train_json: str):
 
 def _count_work(model, timer) -> None:
     """The work counters on mmdet's modules: RoIs and positives from the RoI extractors' outputs; the
-    proposals from what ``rpn_head.loss_and_predict`` (a method, not a forward) returns."""
+    proposals from what ``rpn_head.loss_and_predict`` (a method, not a forward) returns; the RPN's sampled
+    positive anchors from each image's ``_get_targets_single`` (its ``pos_inds``, the fifth result)."""
     attach_work_counters(timer, backbone=model.backbone, rpn=None, box_pooler=model.roi_head.bbox_roi_extractor, mask_pooler=model.roi_head.mask_roi_extractor)
-    loss_and_predict = model.rpn_head.loss_and_predict
-
-    def counted(*args, **kwargs):
-        losses, proposals = loss_and_predict(*args, **kwargs)
-        timer.count(proposals=sum(len(p) for p in proposals))
-        return losses, proposals
-
-    model.rpn_head.loss_and_predict = counted
+    count_result(timer, model.rpn_head, "loss_and_predict", "proposals", lambda out: sum(len(p) for p in out[1]))
+    count_result(timer, model.rpn_head, "_get_targets_single", "rpn_positives", lambda out: len(out[4]))
 
 
 class MMDetAdapter(Adapter):
@@ -148,6 +152,9 @@ class MMDetAdapter(Adapter):
         except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
             return False, f"{type(e).__name__}: {e}"
         return True, f"{mmdet.__version__} (mmcv {mmcv.__version__}, mmengine {mmengine.__version__})"
+
+    def divergences(self, cfg) -> dict:
+        return unsupported(cfg, RULES)
 
     # ----------------------------------------------------------------- translate
     def translate(self, cfg, data=None):
@@ -181,7 +188,7 @@ class MMDetAdapter(Adapter):
         return {
             **_backbone_hparams(model),
             **_rpn_hparams(model.rpn_head, model.train_cfg, model.test_cfg),
-            **_roi_hparams(model.roi_head, model.train_cfg, model.test_cfg),
+            **_roi_hparams(model.roi_head, model.train_cfg, model.test_cfg, mmcfg.train_dataloader.dataset.pipeline),
             **_input_hparams(mmcfg),
             # warm-up and steps from what mmengine's own schedulers do with this config, per optimizer step
             **solver_hparams(
@@ -192,9 +199,9 @@ class MMDetAdapter(Adapter):
                 lrs=self.lr_trajectory(mmcfg, schedule_length(dict(
                     max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum,
                     steps=[milestone // accum for milestone in steps["milestones"]])))),
-            "info.mask_targets": "bitmaps cropped with RoIAlign per RoI",
             "_notes": {
                 "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
+                **rule_notes(RULES),
             },
         }
 
@@ -341,6 +348,9 @@ def _set_model(model, cfg, classes) -> None:
     train_cfg.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
     train_cfg.rpn.sampler.num = rpn.batch_size_per_image
     train_cfg.rpn.sampler.pos_fraction = rpn.positive_fraction
+    train_cfg.rpn.assigner.match_low_quality = rpn.low_quality_matches
+    train_cfg.rpn.assigner.min_pos_iou = rpn.low_quality_min_iou
+    train_cfg.rpn_proposal.min_bbox_size = test_cfg.rpn.min_bbox_size = rpn.min_proposal_size  # sides > it kept
     train_cfg.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
     train_cfg.rpn_proposal.max_per_img = rpn.post_nms_topk_train
     train_cfg.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
@@ -388,7 +398,8 @@ def _set_data(mmcfg, cfg, data, classes) -> None:
         resize = dict(type="RandomChoiceResize", scales=[(inp.max_size_train, s) for s in inp.min_size_train], keep_ratio=True)
     pipeline = [
         dict(type="LoadImageFromFile", backend_args=None),
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+        # polygons kept as polygons (PolygonMasks): mask_target rasterises them inside each RoI
+        dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=cfg.model.roi_heads.mask_target != "polygon"),
         resize,
         dict(type="RandomFlip", prob=inp.horizontal_flip_prob),
         dict(type="PackDetInputs"),
@@ -479,6 +490,7 @@ def _backbone_hparams(model) -> dict:
         "model.fpn_out_channels": model.neck.out_channels,
         "model.anchors.sizes": [base * generator.scales[0] for base in bases],
         "model.anchors.aspect_ratios": list(generator.ratios),
+        "model.anchors.round_to_pixels": False,  # AnchorGenerator.gen_single_level_base_anchors: no rounding
         "info.backbone_style": PYTORCH_STYLE if backbone.style == "pytorch" else CAFFE_STYLE,
     }
 
@@ -497,13 +509,15 @@ def _rpn_hparams(rpn_head, train_cfg, test_cfg) -> dict:
         "model.rpn.post_nms_topk_test": test_cfg.rpn.max_per_img,
         "model.rpn.post_nms_topk_scope": "per image",  # max_per_img
         "model.rpn.smooth_l1_beta": _beta_of(rpn_head.loss_bbox),
-        "info.rpn_low_quality_matches": (f"best anchor per box if IoU >= {assigner.min_pos_iou}"
-                                         if assigner.match_low_quality else False),
+        "model.rpn.low_quality_matches": assigner.match_low_quality,
+        "model.rpn.low_quality_min_iou": assigner.min_pos_iou,
+        "model.rpn.min_proposal_size": train_cfg.rpn_proposal.get("min_bbox_size", 0),
     }
 
 
-def _roi_hparams(roi_head, train_cfg, test_cfg) -> dict:
+def _roi_hparams(roi_head, train_cfg, test_cfg, pipeline) -> dict:
     box, roi_layer = roi_head.bbox_head, roi_head.bbox_roi_extractor.roi_layer
+    loads = next(t for t in pipeline if t["type"] == "LoadAnnotations")
     return {
         "model.roi_heads.fg_iou_thresh": train_cfg.rcnn.assigner.pos_iou_thr,
         "model.roi_heads.bg_iou_thresh": train_cfg.rcnn.assigner.neg_iou_thr,
@@ -521,7 +535,10 @@ def _roi_hparams(roi_head, train_cfg, test_cfg) -> dict:
         "model.roi_heads.nms_thresh_test": test_cfg.rcnn.nms.iou_threshold,
         "model.roi_heads.detections_per_image": test_cfg.rcnn.max_per_img,
         "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
+        # mask_target crops PolygonMasks by rasterising, BitmapMasks with aligned RoIAlign, binarised (binarize=True)
+        "model.roi_heads.mask_target": "bitmask_binarized" if loads.get("poly2mask", True) else "polygon",
         "info.roi_low_quality_matches": train_cfg.rcnn.assigner.match_low_quality,
+        "info.resize_interpolation": "bilinear on uint8 pixels (cv2, mmcv.imresize)",
         "info.roi_gt_as_proposals": train_cfg.rcnn.sampler.add_gt_as_proposals,
     }
 
@@ -539,6 +556,7 @@ def _input_hparams(mmcfg) -> dict:
         "input.min_size_test": min(test_resize["scale"]),
         "input.max_size_test": max(test_resize["scale"]),
         "input.horizontal_flip_prob": flip["prob"],
+        "input.resize_rounding": "round",  # mmcv.rescale_size: int(side * scale + 0.5)
         "input.filter_empty_annotations": loader.dataset.filter_cfg.filter_empty_gt,
         "input.aspect_ratio_grouping": (loader.sampler.type == ORDER_SAMPLER and loader.batch_sampler is None
                                         and loader.sampler.order["group_by_aspect"]),

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, attach_work_counters, count_work, data_spec, detections, float_images,
+    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, count_work, data_spec, detections, float_images,
     forward_outputs, num_classes, ordered_batches, phase_probe, pixels, schedule_length, solver_hparams,
     stand_in_optimizer, step_scheduler, train_spec
 )
@@ -95,10 +95,9 @@ class ReferenceAdapter(Adapter):
                              momentum=solver["momentum"], weight_decay=solver["weight_decay"],
                              weight_decay_norm=solver["weight_decay_norm"], warmup_method="linear",
                              lrs=self.lr_trajectory(native, schedule_length(solver))),
-            "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.backbone_style": PYTORCH_STYLE,
-            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,
             "info.roi_low_quality_matches": False,
+            "info.resize_interpolation": FLOAT_BILINEAR,
             "info.roi_gt_as_proposals": True,
             "_notes": {},
         }
@@ -134,7 +133,9 @@ class ReferenceAdapter(Adapter):
             model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
         )
         scheduler = build_scheduler(optimizer, solver)
-        dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"], filter_empty=data_opts["filter_empty"])
+        dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"],
+                                filter_empty=data_opts["filter_empty"],
+                                mask_format="polygon" if native.model.roi_heads.mask_target == "polygon" else "bitmask")
         loader = build_train_loader(
             dataset,
             batch_size=data_opts["batch_size_per_process"],
@@ -159,6 +160,9 @@ class ReferenceAdapter(Adapter):
         # the pixels from the preprocessor's padded batch: with CUDA graphs the backbone module is not called
         count_work(timer, model.preprocess, "pixels", lambda out: pixels(out[0].tensor))
         attach_work_counters(timer, backbone=None, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
+        # the RPN's sampled positive anchors: the targets builders return (labels, positives, negatives, targets)
+        for builder in ("_targets_batched", "_targets_per_image"):
+            count_result(timer, model.rpn, builder, "rpn_positives", lambda out: out[1].numel())
         roi = model.roi_heads
         phase_probe(cfg, timer, dist.device, model, {
             "preprocess": [model.preprocess], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
@@ -213,6 +217,7 @@ def _backbone_hparams(model) -> dict:
         "model.fpn_out_channels": model.backbone.out_channels,
         "model.anchors.sizes": list(anchors.sizes),
         "model.anchors.aspect_ratios": list(anchors.aspect_ratios),
+        "model.anchors.round_to_pixels": anchors.round_to_pixels,
     }
 
 
@@ -229,6 +234,9 @@ def _rpn_hparams(rpn) -> dict:
         "model.rpn.post_nms_topk_test": rpn.post_nms_topk[1],
         "model.rpn.post_nms_topk_scope": "per image",
         "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
+        "model.rpn.low_quality_matches": rpn.matcher.allow_low_quality_matches,
+        "model.rpn.low_quality_min_iou": rpn.matcher.low_quality_min,
+        "model.rpn.min_proposal_size": rpn.min_proposal_size,
     }
 
 
@@ -250,6 +258,7 @@ def _roi_hparams(roi) -> dict:
         "model.roi_heads.nms_thresh_test": roi.nms_thresh,
         "model.roi_heads.detections_per_image": roi.detections_per_image,
         "model.roi_heads.smooth_l1_beta": roi.smooth_l1_beta,
+        "model.roi_heads.mask_target": roi.mask_target,
     }
 
 
@@ -260,6 +269,7 @@ def _input_hparams(pre, data: dict) -> dict:
         "input.min_size_test": pre.min_size_test,
         "input.max_size_test": pre.max_size_test,
         "input.horizontal_flip_prob": data["horizontal_flip_prob"],
+        "input.resize_rounding": pre.resize_rounding,
         "input.filter_empty_annotations": data["filter_empty"],
         "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
     }

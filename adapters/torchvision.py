@@ -4,23 +4,47 @@ torchvision has no trainer of its own: the loop here follows ``references/detect
 (SGD on the parameters that require grad, warm-up, autocast + GradScaler, DDP), iteration-based,
 and the data come through torchvision's own COCO dataset and transforms v2.
 
-Divergences that torchvision does not let us set (shown in the parity table):
+The model is built from torchvision's own parts, as its constructor takes them: anchors without
+rounding (``model.anchors.round_to_pixels`` False) are its AnchorGenerator with the rounding left out,
+a rounded resize (``input.resize_rounding`` round) is its GeneralizedRCNNTransform with the sides
+rounded, and the RPN's low-quality rule is set on its Matcher.
+
+Divergences that torchvision does not let us set (``RULES``; the parity table shows them):
 - ``MultiScaleRoIAlign`` always calls ``roi_align(aligned=False)``;
+- the box losses are smooth L1 with beta 1/9, the mask targets fractional unaligned RoIAlign crops;
+- its RPN keeps proposals whose sides are >= ``min_size`` (so 0 would keep empty boxes: it runs 1e-3);
 - test-time resizing reuses the training sizes (``min_size[-1]``, the one ``max_size``).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import time
+import types
 from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    LOW_QUALITY_ANY_IOU, PYTORCH_STYLE, attach_work_counters, data_spec, detections, float_images, forward_outputs,
-    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, schedule_length, solver_hparams,
-    stand_in_optimizer, step_scheduler, train_spec
+    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections, float_images, forward_outputs,
+    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, rule_notes, schedule_length,
+    solver_hparams, stand_in_optimizer, step_scheduler, train_spec, unsupported
 )
+
+#: torchvision's RPN default min_size (remove_small_boxes keeps sides >= it)
+TORCHVISION_MIN_SIZE = 1e-3
+_FIXED_BETA = 1.0 / 9
+# the work rules torchvision cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
+RULES = {
+    "model.roi_heads.pooler_aligned": (lambda v: not v, "torchvision's MultiScaleRoIAlign always uses aligned=False"),
+    "model.rpn.smooth_l1_beta": (lambda v: v == _FIXED_BETA, "torchvision's rpn.py computes the loss with a fixed smooth L1, beta 1/9"),
+    "model.roi_heads.smooth_l1_beta": (lambda v: v == _FIXED_BETA, "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9"),
+    "model.rpn.low_quality_min_iou": (lambda v: v == 0, "torchvision's Matcher keeps a box's best anchors at any IoU (0 only)"),
+    "model.rpn.min_proposal_size": (lambda v: v > 0, "torchvision's RPN keeps sides >= min_size, so 0 would keep empty "
+                                    "proposals; it runs its default 1e-3"),
+    "model.roi_heads.mask_target": (lambda v: v == "bitmask_soft", "torchvision's maskrcnn_loss crops the full-image bitmask "
+                                    "with unaligned RoIAlign and keeps fractions ('bitmask_soft' only)"),
+}
 
 
 @dataclass
@@ -72,6 +96,7 @@ class TorchvisionAdapter(Adapter):
             rpn_bg_iou_thresh=rpn.bg_iou_thresh,
             rpn_batch_size_per_image=rpn.batch_size_per_image,
             rpn_positive_fraction=rpn.positive_fraction,
+            rpn_min_size=rpn.min_proposal_size if rpn.min_proposal_size > 0 else TORCHVISION_MIN_SIZE,
             box_score_thresh=roi.score_thresh_test,
             box_nms_thresh=roi.nms_thresh_test,
             box_detections_per_img=roi.detections_per_image,
@@ -91,6 +116,9 @@ class TorchvisionAdapter(Adapter):
                 fpn_out_channels=model_cfg.fpn_out_channels,
                 anchor_sizes=[[size] for size in model_cfg.anchors.sizes],
                 aspect_ratios=[list(model_cfg.anchors.aspect_ratios)] * levels,
+                round_anchors=model_cfg.anchors.round_to_pixels,
+                rpn_low_quality_matches=rpn.low_quality_matches,
+                resize_rounding=inp.resize_rounding,
             ),
             box_head=dict(representation_size=roi.box_head_fc_dim),
             mask_head=dict(layers=[roi.mask_head_conv_dim] * roi.mask_head_num_conv, dilation=1),
@@ -136,9 +164,10 @@ class TorchvisionAdapter(Adapter):
         box_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["box_output_size"], pooler["sampling_ratio"])
         mask_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["mask_output_size"], pooler["sampling_ratio"])
         channels = backbone.out_channels
+        anchors = AnchorGenerator if spec.get("round_anchors", True) else parts().anchors
         model = MaskRCNN(
             backbone,
-            rpn_anchor_generator=AnchorGenerator(
+            rpn_anchor_generator=anchors(
                 tuple(tuple(sizes) for sizes in spec["anchor_sizes"]), tuple(tuple(ratios) for ratios in spec["aspect_ratios"])
             ),
             box_roi_pool=box_pool,
@@ -147,6 +176,12 @@ class TorchvisionAdapter(Adapter):
             mask_head=MaskRCNNHeads(channels, native.mask_head["layers"], native.mask_head["dilation"]),
             **native.model_kwargs,
         )
+        matcher = model.rpn.proposal_matcher
+        model.rpn.proposal_matcher = type(matcher)(matcher.high_threshold, matcher.low_threshold,
+                                                   allow_low_quality_matches=spec.get("rpn_low_quality_matches", True))
+        if spec.get("resize_rounding", "floor") == "round":
+            t = model.transform
+            model.transform = parts().transform(t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible)
         if spec.get("init_weights"):  # the shared initialisation already holds model.weights
             load_exact(model, load_initial_weights(spec["init_weights"]), spec["init_weights"])
         elif spec["weights"]:
@@ -165,19 +200,19 @@ class TorchvisionAdapter(Adapter):
             **_roi_hparams(model.roi_heads),
             **_input_hparams(model.transform, native.data),
             **self._solver_hparams(native),
-            "info.mask_targets": "RoIAlign of full-image bitmasks",
             "info.backbone_style": PYTORCH_STYLE,  # torchvision's ResNet (v1.5)
-            "info.rpn_low_quality_matches": LOW_QUALITY_ANY_IOU,  # fixed in torchvision's rpn.py
             "info.roi_low_quality_matches": False,
+            "info.resize_interpolation": FLOAT_BILINEAR,
             "info.roi_gt_as_proposals": True,
             "_notes": {
-                "model.roi_heads.pooler_aligned": "torchvision's MultiScaleRoIAlign always uses aligned=False",
+                **rule_notes(RULES),
                 "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",
                 "input.max_size_test": "torchvision uses one max_size for training and test",
-                "model.rpn.smooth_l1_beta": "torchvision's rpn.py computes the loss with a fixed smooth L1, beta 1/9",
-                "model.roi_heads.smooth_l1_beta": "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9",
             },
         }
+
+    def divergences(self, cfg) -> dict:
+        return unsupported(cfg, RULES)
 
     def _solver_hparams(self, native: TorchvisionNative) -> dict:
         optimizer = native.optimizer
@@ -245,6 +280,8 @@ class TorchvisionAdapter(Adapter):
         device = torch.device(dist.device)
         model = self.build_model(native).to(device)
         attach_work_counters(timer, backbone=model.backbone, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
+        # the RPN's sampled positive anchors: its sampler returns per-image masks (positives, negatives)
+        count_result(timer, model.rpn, "fg_bg_sampler", "rpn_positives", lambda out: sum(int(p.sum()) for p in out[0]))
         roi = model.roi_heads
         phase_probe(cfg, timer, dist.device, model, {
             "preprocess": [model.transform], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
@@ -402,6 +439,7 @@ def _backbone_hparams(model) -> dict:
         "model.fpn_out_channels": model.backbone.out_channels,
         "model.anchors.sizes": [sizes[0] for sizes in anchors.sizes],
         "model.anchors.aspect_ratios": list(anchors.aspect_ratios[0]),
+        "model.anchors.round_to_pixels": not isinstance(anchors, parts().anchors),
     }
 
 
@@ -417,7 +455,10 @@ def _rpn_hparams(rpn) -> dict:
         "model.rpn.pre_nms_topk_test": rpn._pre_nms_top_n["testing"],
         "model.rpn.post_nms_topk_test": rpn._post_nms_top_n["testing"],
         "model.rpn.post_nms_topk_scope": "per image",
-        "model.rpn.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's rpn.py
+        "model.rpn.smooth_l1_beta": _FIXED_BETA,  # fixed in torchvision's rpn.py
+        "model.rpn.low_quality_matches": rpn.proposal_matcher.allow_low_quality_matches,
+        "model.rpn.low_quality_min_iou": 0.0,  # Matcher.set_low_quality_matches_: any IoU
+        "model.rpn.min_proposal_size": rpn.min_size,
     }
 
 
@@ -440,7 +481,8 @@ def _roi_hparams(roi) -> dict:
         "model.roi_heads.score_thresh_test": roi.score_thresh,
         "model.roi_heads.nms_thresh_test": roi.nms_thresh,
         "model.roi_heads.detections_per_image": roi.detections_per_img,
-        "model.roi_heads.smooth_l1_beta": 1.0 / 9,  # fixed in torchvision's roi_heads.py
+        "model.roi_heads.smooth_l1_beta": _FIXED_BETA,  # fixed in torchvision's roi_heads.py
+        "model.roi_heads.mask_target": "bitmask_soft",  # roi_heads.project_masks_on_boxes
     }
 
 
@@ -451,9 +493,52 @@ def _input_hparams(transform, data: dict) -> dict:
         "input.min_size_test": transform.min_size[-1],
         "input.max_size_test": transform.max_size,
         "input.horizontal_flip_prob": data["horizontal_flip_prob"],
+        "input.resize_rounding": "round" if isinstance(transform, parts().transform) else "floor",
         "input.filter_empty_annotations": data["filter_empty"],
         "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
     }
+
+
+# ------------------------------------------------------------- torchvision's parts, other rules
+@functools.cache
+def parts():
+    """torchvision's parts with another rule: ``parts().anchors`` and ``parts().transform`` (made on first
+    use: importing this module never imports torchvision)."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+    class FractionalAnchorGenerator(AnchorGenerator):
+        """torchvision's AnchorGenerator with its cell anchors' corners kept as computed, not rounded
+        to whole pixels (detectron2's and mmdet's anchors)."""
+
+        def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+            scales = torch.as_tensor(scales, dtype=dtype, device=device)
+            aspect_ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+            h_ratios = torch.sqrt(aspect_ratios)
+            ws = (1 / h_ratios[:, None] * scales[None, :]).view(-1)
+            hs = (h_ratios[:, None] * scales[None, :]).view(-1)
+            return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+    class RoundingTransform(GeneralizedRCNNTransform):
+        """torchvision's transform with the resized sides rounded to the nearest pixel (detectron2's
+        and mmdet's rule) where its own floors them; the scale, its draw and the interpolation as its own."""
+
+        def resize(self, image, target=None):
+            h, w = image.shape[-2:]
+            size = float(self.torch_choice(self.min_size) if self.training else self.min_size[-1])
+            scale = min(size / min(h, w), float(self.max_size) / max(h, w))
+            out = [int(h * scale + 0.5), int(w * scale + 0.5)]
+            image = F.interpolate(image[None], size=out, mode="bilinear", align_corners=False)[0]
+            if target is None:
+                return image, target
+            target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+            if "masks" in target:
+                target["masks"] = F.interpolate(target["masks"][:, None].float(), size=out)[:, 0].byte()
+            return image, target
+
+    return types.SimpleNamespace(anchors=FractionalAnchorGenerator, transform=RoundingTransform)
 
 
 ADAPTERS = [TorchvisionAdapter()]

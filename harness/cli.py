@@ -102,6 +102,9 @@ def _run_options(fn):
         click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s]."),
         click.option("--force", is_flag=True, help="Overwrite existing results of the same run id."),
         click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv)."),
+        click.option("--allow-divergent", "allow_divergent", multiple=True, metavar="KEY",
+                     help="Run an implementation that cannot express this canonical key's value anyway (recorded in "
+                          "run.json, ✗ in the report) [config benchmark.allow_divergent]."),
     ]):
         fn = decorator(fn)
     return fn
@@ -129,7 +132,7 @@ def _run_options(fn):
               help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is even); "
                    "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.")
 @_bad_input
-def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons, allow_divergent,
         gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, task, batch_sizes, repeats):
     """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
     per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
@@ -140,7 +143,8 @@ def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, ove
     overrides = list(overrides) + _task_overrides(task, batch_sizes)
 
     if impl in system_names():
-        cfg = _scaled_config(_default_config(config_name), _values(overrides, device, timeout), gpus, ims_per_gpu)
+        cfg = _allowing(_scaled_config(_default_config(config_name), _values(overrides, device, timeout), gpus, ims_per_gpu),
+                        allow_divergent)
         _run_external(impl, cfg, out_root, run_id, data_root, container)
         return
     if container:
@@ -154,8 +158,8 @@ def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, ove
         raise BadInput(f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)")
     if node_rank >= nnodes:
         raise BadInput(f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})")
-    cfg = _scaled_config(_default_config(config_name), _values(overrides, device, timeout),
-                         gpus * nnodes if gpus is not None else None, ims_per_gpu)
+    cfg = _allowing(_scaled_config(_default_config(config_name), _values(overrides, device, timeout),
+                                   gpus * nnodes if gpus is not None else None, ims_per_gpu), allow_divergent)
     nproc = cfg.benchmark.gpus // nnodes
     if nproc * nnodes != cfg.benchmark.gpus:
         raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
@@ -187,7 +191,7 @@ def run(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, ove
 @_run_options
 @click.option("--gpus", "gpu_counts", required=True, help="Process counts of the series, e.g. 1,2,4,8 (one node).")
 @_bad_input
-def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons, allow_divergent,
           gpu_counts):
     """Run the benchmark at each process count of --gpus (strong scaling, or weak with --ims-per-gpu)
     and print the scaling table; runs go to OUT/<run-id>-g<N>/."""
@@ -204,7 +208,7 @@ def sweep(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, o
     config_name = _default_config(config_name)
     values = _values(overrides, device, timeout)
     # every point of the series is checked before the first one runs
-    configs = {n: _scaled_config(config_name, values, n, ims_per_gpu) for n in counts}
+    configs = {n: _allowing(_scaled_config(config_name, values, n, ims_per_gpu), allow_divergent) for n in counts}
     base_id = run_id or new_run_id()
     records = []
     for n, cfg in configs.items():
@@ -317,6 +321,11 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: 
             raise BadInput(f"--impl {name}: {info}")
     if not runnable:
         raise BadInput("no implementation is installed")
+    from .parity import check_divergences
+
+    for name, divergences in check_divergences(cfg, runnable).items():
+        for key, why in divergences.items():
+            click.echo(f"{name}: runs {key} otherwise (allowed): {why}", err=True)
     run_id = run_id or new_run_id()
     run_dir = Path(out_root) / run_id
     todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
@@ -374,6 +383,14 @@ def _scaled_config(config_name: str, values: dict, world: int | None, ims_per_gp
         raise BadInput(str(e)) from None
     click.echo(p.describe(), err=True)
     return load_config(path, {**values, **p.overrides()})
+
+
+def _allowing(cfg, keys):
+    """The config with --allow-divergent's keys added to benchmark.allow_divergent."""
+    if not keys:
+        return cfg
+    merged = list(dict.fromkeys([*cfg.benchmark.allow_divergent, *keys]))
+    return cfg.with_overrides({"benchmark.allow_divergent": merged}, source="--allow-divergent")
 
 
 def _with_shared_init(cfg, paths):
@@ -645,7 +662,7 @@ def _trajectory_parity(run_dir: str, band: float | None) -> None:
               help="Also put the phases table between the `mrcnn-bench phases` markers of this Markdown file.")
 @click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write the stacked-bar plot (phases.png) here.")
 @_bad_input
-def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons,
+def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, overrides, threads, timeout, force, pythons, allow_divergent,
            into, plots):
     """Where each implementation spends its training step, on one process: every phase timed inside its own
     training loop by one method (harness/phases.py), the window's mean ms per iteration, and the host-device
@@ -654,7 +671,7 @@ def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, 
     from .report import phases_markdown, write_into
 
     values = {**_values(overrides, device, timeout), "benchmark.phases": True}
-    cfg = _scaled_config(_default_config(config_name), values, 1, ims_per_gpu)  # one process
+    cfg = _allowing(_scaled_config(_default_config(config_name), values, 1, ims_per_gpu), allow_divergent)  # one process
     opts = launch.LaunchOptions(nproc_per_node=cfg.benchmark.gpus, threads_per_rank=threads, timeout_s=timeout, force=force,
                                 interpreters=_interpreters(pythons))
     run_dir, records = _run_suite(cfg, impl, opts, run_id, out_root, data_root)

@@ -43,6 +43,11 @@ class BackboneConfig(_Section):
 class AnchorConfig(_Section):
     sizes: list[int] = [32, 64, 128, 256, 512]
     aspect_ratios: list[float] = [0.5, 1.0, 2.0]
+    # Anchor corners rounded to whole pixels (torchvision's AnchorGenerator) or kept as computed
+    # (detectron2's, mmdet's): a 32-px square anchor is 32x32 either way, its 0.5 and 2 ratios 22x45 or
+    # 22.6x45.3. On objects near the smallest anchor's size, the rounding decides which anchors tie for a
+    # box's best overlap, so how many become positive.
+    round_to_pixels: bool = False
 
     @model_validator(mode="after")
     def _check(self):
@@ -65,6 +70,14 @@ class RPNConfig(_Section):
     post_nms_topk_test: int = Field(1000, gt=0)
     # The anchor box regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
     smooth_l1_beta: float = Field(0.0, ge=0)
+    # Low-quality matches (Faster R-CNN's RPN rule): each ground-truth box also makes the anchors that
+    # overlap it best positive, whatever their IoU below fg_iou_thresh, if that best IoU is at least
+    # low_quality_min_iou (0: any; detectron2 and torchvision; mmdet's stock RPN uses 0.3).
+    low_quality_matches: bool = True
+    low_quality_min_iou: float = Field(0.0, ge=0, le=1)
+    # Proposals are kept when both sides exceed this many pixels after clipping (detectron2's
+    # MODEL.PROPOSAL_GENERATOR.MIN_SIZE, mmdet's min_bbox_size); torchvision keeps sides >= its min_size.
+    min_proposal_size: float = Field(0.0, ge=0)
 
 
 class ROIHeadsConfig(_Section):
@@ -86,6 +99,12 @@ class ROIHeadsConfig(_Section):
     detections_per_image: int = Field(100, gt=0)
     # The box head's regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
     smooth_l1_beta: float = Field(0.0, ge=0)
+    # How a positive RoI's mask target is made: "polygon", the ground truth's polygons rasterised inside
+    # the RoI at 2 x mask_pooler_resolution (Detectron, detectron2's default); "bitmask_binarized", the
+    # full-image bitmask cropped with aligned RoIAlign and thresholded at 0.5 (mmdet's default,
+    # detectron2's INPUT.MASK_FORMAT bitmask); "bitmask_soft", the bitmask cropped with legacy
+    # (unaligned) RoIAlign and kept as fractions (torchvision's).
+    mask_target: Literal["polygon", "bitmask_binarized", "bitmask_soft"] = "polygon"
 
 
 class ModelConfig(_Section):
@@ -127,6 +146,9 @@ class InputConfig(_Section):
     min_size_test: int = Field(800, gt=0)
     max_size_test: int = Field(1333, gt=0)
     horizontal_flip_prob: float = Field(0.5, ge=0, le=1)
+    # The resized image's sides from the scale (computed in float64): "round" to the nearest pixel
+    # (detectron2's ResizeShortestEdge, mmcv's rescale_size) or "floor" (torchvision's interpolate).
+    resize_rounding: Literal["round", "floor"] = "round"
     # Every implementation drops images with no annotation from training (Detectron's default).
     filter_empty_annotations: bool = True
     # Batches of images of one orientation (wider than tall, or not), as detectron2 and mmdet group
@@ -195,6 +217,10 @@ class BenchmarkConfig(_Section):
     # detections are what the images hold, not an accident of the initialisation (none skips the mask
     # head and the pasting; random logits can give the cap of 100 per image); 0: the weights as they are
     shared_training_iters: int = Field(0, ge=0)
+    # Canonical keys an implementation may run differently from the config (``--allow-divergent KEY``):
+    # the run goes on, run.json records each divergence and the report marks it. A key a framework
+    # cannot express and that is not listed here stops the run with exit 2 before anything starts.
+    allow_divergent: list[str] = []
 
     @model_validator(mode="after")
     def _check(self):

@@ -57,6 +57,7 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "data_time_share": s.get("data_time_share"),
                 "peak_memory_mb": max(peaks) if peaks else None,
                 "positives_per_image": s.get("positives_per_image"),
+                "rpn_positives_per_image": s.get("rpn_positives_per_image"),
                 "rois_per_image": s.get("rois_per_image"),
                 "proposals_per_image": s.get("proposals_per_image"),
                 "flops_per_image": s.get("flops_per_image"),

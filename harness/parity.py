@@ -45,6 +45,33 @@ def canonical_values(cfg, num_classes: int | None = None) -> dict:
     return flat
 
 
+def check_divergences(cfg, impls: list[str]) -> dict[str, dict[str, str]]:
+    """Each implementation's divergences from ``cfg`` (the canonical keys it cannot run as asked ->
+    what it does instead), from its adapter without importing the framework. A divergence whose key is
+    not in ``benchmark.allow_divergent`` is a ConfigError (exit 2) naming the key, the framework and
+    what it supports; so is an allowed key that is not a canonical key."""
+    from mrcnn_bench.adapters import get_adapter
+    from mrcnn_bench.adapters.base import CANONICAL_HPARAM_KEYS
+
+    from .config import ConfigError
+
+    allowed = set(cfg.benchmark.allow_divergent)
+    unknown = sorted(allowed - set(CANONICAL_HPARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"--allow-divergent / benchmark.allow_divergent: unknown key(s) {', '.join(unknown)}; "
+                          f"expected canonical keys such as model.rpn.low_quality_min_iou")
+    found = {impl: get_adapter(impl).divergences(cfg) for impl in impls}
+    refused = [f"  {key} = {_show(canonical_values(cfg).get(key))}: {impl} cannot run it: {why}"
+               for impl, divergences in found.items() for key, why in divergences.items() if key not in allowed]
+    if refused:
+        keys = sorted({line.split(" = ")[0].strip() for line in refused})
+        raise ConfigError("the implementations would not do the same work:\n" + "\n".join(refused)
+                          + "\nchange the config, leave those implementations out, or run them anyway with "
+                          + " ".join(f"--allow-divergent {k}" for k in keys)
+                          + " (recorded in run.json and marked ✗ in the report)")
+    return found
+
+
 def _ask(impl: str, python: str, question: str, cfg, *args: str, failed: str, timeout: float) -> str:
     """``python -m mrcnn_bench.harness.probe QUESTION IMPL CONFIG_JSON ARGS...`` in ``impl``'s own
     interpreter; its stdout, or a RuntimeError with its last line of stderr."""
@@ -144,11 +171,13 @@ def _lr_divergence(rows: list[dict], solver: dict) -> tuple[float | None, str | 
 
 def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple[pd.DataFrame, list[str]]:
     """(table, divergences) for the implementations of one run; no divergence means the same schedule,
-    the same global batch at every iteration and positives per image within ``band`` of the median."""
+    the same global batch at every iteration, and positive RoIs and sampled positive anchors (the RPN's)
+    per image within ``band`` of the median."""
     from .report import iterations_of
     from .timing import work_per_image
 
-    rows, problems, positives, pixels = [], [], {}, {}
+    rows, problems, pixels = [], [], {}
+    banded = {"positives": {}, "rpn_positives": {}}  # counter -> impl -> per image over the window
     for rec in records:
         impl, cfg, w = rec["impl"], rec["config"], rec.get("window")
         its = iterations_of(rec) if rec["status"] == "ok" else []
@@ -167,28 +196,33 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         if wrong:
             problems.append(f"{impl}: global batch is not {batch} at iteration(s) {wrong[:5]}")
         first = its[0]
-        row["positives/img at iteration 0"] = "-" if first.get("positives") is None else f"{first['positives'] / first['images']:.1f}"
+        for key, label in (("rpn_positives", "RPN positives"), ("positives", "positives")):
+            row[f"{label}/img at iteration 0"] = "-" if first.get(key) is None else f"{first[key] / first['images']:.1f}"
         work = work_per_image(its, w["warmup"], w["end"])
-        for key in ("pixels", "proposals", "rois", "positives"):
+        for key in ("pixels", "proposals", "rois", "rpn_positives", "positives"):
             v = work[f"{key}_per_image"]
-            row[f"{key}/img"] = "-" if v is None else f"{v:.1f}"
+            row[f"{key.replace('_', ' ')}/img"] = "-" if v is None else f"{v:.1f}"
         if work["pixels_per_image"] is not None:
             pixels[impl] = work["pixels_per_image"]
         if work["positives_per_image"] is None:
             problems.append(f"{impl}: no work counters in its iterations.jsonl (recorded before they existed?)")
-        else:
-            positives[impl] = work["positives_per_image"]
+        for key, per_impl in banded.items():
+            if work[f"{key}_per_image"] is not None:
+                per_impl[impl] = work[f"{key}_per_image"]
         rows.append(row)
-    if positives:
-        median = float(pd.Series(positives).median())
+    for key, per_impl in banded.items():
+        if not per_impl:
+            continue
+        label = key.replace("_", " ")
+        median = float(pd.Series(per_impl).median())
         for row in rows:
-            p = positives.get(row["Implementation"])
+            p = per_impl.get(row["Implementation"])
             if p is None:
                 continue
             off = p / median - 1 if median else 0.0
-            row["positives vs median"] = f"{100 * off:+.1f}%"
+            row[f"{label} vs median"] = f"{100 * off:+.1f}%"
             if abs(off) > band:
-                problems.append(f"{row['Implementation']}: {p:.1f} positives per image, {100 * off:+.1f}% from the median "
+                problems.append(f"{row['Implementation']}: {p:.1f} {label} per image, {100 * off:+.1f}% from the median "
                                 f"{median:.1f} (band ±{100 * band:.0f}%)")
     if pixels:
         median = statistics.median_low(pixels.values())  # one implementation's value: a tie of two groups names the larger

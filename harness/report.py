@@ -60,9 +60,10 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
                                           zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])],
             "data wait": ok["data_time_share"].map(lambda v: _fmt(100 * v if v is not None else None, ".1f") + ("%" if v is not None else "")),
             "peak mem (MB)": ok["peak_memory_mb"].map(lambda v: _fmt(v, ".0f")),
-            "proposals / RoIs / positives per img": [
-                f"{_fmt(p, '.0f')} / {_fmt(r, '.0f')} / {_fmt(q, '.1f')}"
-                for p, r, q in zip(ok["proposals_per_image"], ok["rois_per_image"], ok["positives_per_image"])],
+            "RPN positives / proposals / RoIs / positives per img": [
+                f"{_fmt(a, '.1f')} / {_fmt(p, '.0f')} / {_fmt(r, '.0f')} / {_fmt(q, '.1f')}"
+                for a, p, r, q in zip(ok["rpn_positives_per_image"], ok["proposals_per_image"], ok["rois_per_image"],
+                                      ok["positives_per_image"])],
             "GFLOPs/img": ok["flops_per_image"].map(lambda v: _fmt(v / 1e9 if v else None, ".1f")),
             "MFU": ok["mfu"].map(lambda v: _fmt(100 * v if v else None, ".2f") + ("%" if v else "")),
             "World": ok["world_size"],

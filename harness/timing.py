@@ -32,12 +32,14 @@ class IterationRecord:
     lr: float | None = None
     # The work of the iteration on this process, counted from the shapes the model's own modules
     # see (no device synchronisation): padded input pixels into the backbone (images x H x W),
-    # proposals out of the RPN, RoIs sampled for the box head, positive RoIs through the mask head.
+    # proposals out of the RPN, RoIs sampled for the box head, positive RoIs through the mask head,
+    # and the RPN's sampled positive anchors (what its box loss is computed on).
     # None where an adapter does not count them.
     pixels: int | None = None
     proposals: int | None = None
     rois: int | None = None
     positives: int | None = None
+    rpn_positives: int | None = None
     # With benchmark.phases (harness/phases.py): seconds per phase of this iteration, and the host-device
     # waits of the one step the sync counter saw.
     phases: dict | None = None
@@ -48,7 +50,7 @@ class IterationRecord:
 
 
 #: the work counters every adapter reports per iteration (IterationRecord fields)
-WORK_COUNTERS = ("pixels", "proposals", "rois", "positives")
+WORK_COUNTERS = ("pixels", "proposals", "rois", "positives", "rpn_positives")
 
 
 @dataclass
@@ -190,7 +192,7 @@ class IterationTimer:
         self._work = {}
 
     def count(self, **work: int) -> None:
-        """Add to this iteration's work counters (``pixels``, ``proposals``, ``rois``, ``positives``); called from
+        """Add to this iteration's work counters (``WORK_COUNTERS``); called from
         hooks on the model's modules, once per forward pass (micro-batches add up)."""
         for key, n in work.items():
             if key not in WORK_COUNTERS:

@@ -361,7 +361,9 @@ def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, 
         summary=summary,
         iterations_recorded=len(timer.records),
         data=spec.get("data_summary"),
-        extra={"adapter": extra} if extra else None,
+        extra={**({"adapter": extra} if extra else {}),
+               # the canonical keys this framework ran otherwise, allowed by benchmark.allow_divergent
+               "divergent": adapter.divergences(cfg)},
     )
     atomic_write_json(run_dir / "run.json", record)
     return record

@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 
+#: torchvision's RPN keeps proposals whose sides are >= 1e-3 (``remove_small_boxes``); the reference keeps
+#: sides > min_proposal_size: the two part only on a side of exactly 1e-3
+TORCHVISION_MIN_SIZE = 1e-3
+
+
 @dataclass(frozen=True)
 class BackboneCfg:
     depth: int = 50
@@ -20,6 +25,7 @@ class BackboneCfg:
 class AnchorCfg:
     sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    round_to_pixels: bool = False  # corners rounded to whole pixels (torchvision) or kept (detectron2, mmdet)
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,10 @@ class RPNCfg:
     post_nms_topk_train: int = 1000
     pre_nms_topk_test: int = 1000
     post_nms_topk_test: int = 1000
-    min_box_size: float = 1e-3
     smooth_l1_beta: float = 1.0 / 9
+    low_quality_matches: bool = True  # a box's best-overlapping anchors are positive too ...
+    low_quality_min_iou: float = 0.0  # ... when that best IoU is at least this
+    min_proposal_size: float = 0.0  # proposals kept when both sides exceed this (after clipping)
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class ROIHeadsCfg:
     nms_thresh_test: float = 0.5
     detections_per_image: int = 100
     smooth_l1_beta: float = 1.0 / 9
+    mask_target: str = "polygon"  # polygon | bitmask_binarized | bitmask_soft (see structures/masks.py)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class InputCfg:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0-255
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisibility: int = 32
+    resize_rounding: str = "round"  # the resized sides: "round" (detectron2, mmdet) or "floor" (torchvision)
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,8 @@ class ReferenceConfig:
     @classmethod
     def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
         """Each section's fields from the canonical section of the same name, field by field (what the
-        canonical config does not have keeps the reference's default: ``min_box_size``, the box-coding
-        weights, the size divisibility); the backbone's norm and frozen stages as the run uses them."""
+        canonical config does not have keeps the reference's default: the box-coding weights, the size
+        divisibility); the backbone's norm and frozen stages as the run uses them."""
         m = cfg.model
         return cls(
             perf=_take(PerfCfg, cfg.reference),
@@ -120,9 +130,14 @@ class ReferenceConfig:
 
     @classmethod
     def like_torchvision(cls, num_classes: int, **overrides) -> "ReferenceConfig":
-        """Configured as torchvision's maskrcnn_resnet50_fpn defaults (for the equality tests)."""
+        """Configured as torchvision's maskrcnn_resnet50_fpn defaults (for the equality tests): its anchors
+        rounded to whole pixels, its resize floored, proposals of sides >= 1e-3, legacy RoIAlign with
+        2 samples, fractional bitmask targets, smooth L1 with beta 1/9."""
         cfg = cls(
-            roi_heads=ROIHeadsCfg(num_classes=num_classes, pooler_sampling_ratio=2, pooler_aligned=False),
+            anchors=AnchorCfg(round_to_pixels=True),
+            rpn=RPNCfg(min_proposal_size=TORCHVISION_MIN_SIZE),
+            roi_heads=ROIHeadsCfg(num_classes=num_classes, pooler_sampling_ratio=2, pooler_aligned=False, mask_target="bitmask_soft"),
+            input=InputCfg(resize_rounding="floor"),
         )
         for key, value in overrides.items():
             section, _, name = key.partition(".")

@@ -3,6 +3,7 @@ outputs (eval) and losses (train, same sampling seed); it trains through the har
 and it learns on the synthetic set."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
@@ -278,3 +279,62 @@ def test_bf16_autocast_learns_as_well(tmp_path):
     print(f"bf16 mAP after 250 iterations: {after}")
     assert after["bbox"]["AP"] > 0.018 - 0.01 and after["segm"]["AP"] > 0.022 - 0.01
     assert after["bbox"]["AP50"] > 0.05 and after["segm"]["AP50"] > 0.05
+
+
+def _match_detections(expected: dict, got: dict) -> int:
+    """How many of ``expected``'s detections ``got`` has (order-free): the same label, score within
+    1e-5, box within 1e-2 px and mask probabilities within 1e-2 at every pixel, each used once."""
+    free = list(range(len(got["boxes"])))
+    matched = 0
+    for k in range(len(expected["boxes"])):
+        for j in free:
+            if (int(got["labels"][j]) == int(expected["labels"][k]) and abs(float(got["scores"][j] - expected["scores"][k])) <= 1e-5
+                    and float((got["boxes"][j] - expected["boxes"][k]).abs().max()) <= 1e-2
+                    and float((got["masks"][j] - expected["masks"][k]).abs().max()) < 1e-2):
+                free.remove(j)
+                matched += 1
+                break
+    return matched
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cpu_small", "cpu_eval"])
+def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_image(config):
+    """torchvision's Mask R-CNN (random weights, frozen BN with random statistics) imported into the
+    reference configured like it: the same detections, order-free, on every training and val image of the
+    scenario's synthetic set, at the scenario's test size (a 154 x 192 image resized to 192 rows by both)."""
+    from PIL import Image
+
+    from mrcnn_bench.harness.config import load_config, resolve_config_path
+    from mrcnn_bench.harness.data import resolve_data
+
+    cfg = load_config(resolve_config_path(config))
+    paths, _ = resolve_data(cfg.data)
+    size = {"input.min_size_test": cfg.input.min_size_test, "input.max_size_test": cfg.input.max_size_test,
+            "input.min_size_train": (cfg.input.min_size_test,), "input.max_size_train": cfg.input.max_size_test}
+    torch.manual_seed(1)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+    tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **size))
+    load_torchvision_weights(ours, tv.state_dict())
+    tv.eval()
+    ours.eval()
+    files = sorted(paths.train_images.glob("*.jpg")) + sorted(paths.val_images.glob("*.jpg"))
+    assert len(files) >= 32
+    total = 0
+    for f in files:
+        with Image.open(f) as im:
+            image = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
+        with torch.no_grad():
+            (expected,), (got,) = tv([image]), ours([image])
+        assert len(got["boxes"]) == len(expected["boxes"]), f.name
+        assert _match_detections(expected, got) == len(expected["boxes"]), f.name
+        total += len(expected["boxes"])
+    assert total > 10 * len(files)  # detections to compare on every image, not empty outputs

@@ -11,15 +11,23 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..structures import flip_polygons, usable_polygons
+
 
 class COCOInstances(torch.utils.data.Dataset):
-    """One item: (uint8 image [3, H, W], {"boxes", "labels", "masks", "image_id"}).
+    """One item: (uint8 image [3, H, W], {"boxes", "labels", "masks" or "polygons", "image_id"}).
 
     Crowd annotations are skipped, labels are contiguous (1..num_classes, in category-id order),
-    and images without a usable annotation are dropped when ``filter_empty``.
+    and images without a usable annotation are dropped when ``filter_empty``. ``mask_format``
+    "bitmask": full-image 0/1 masks [K, H, W]; "polygon": per instance its polygons
+    (structures/masks.py), what the ``polygon`` mask target rasterises inside each RoI.
     """
 
-    def __init__(self, json_file: str | Path, image_dir: str | Path, *, flip_prob: float = 0.0, filter_empty: bool = True, with_masks: bool = True):
+    def __init__(self, json_file: str | Path, image_dir: str | Path, *, flip_prob: float = 0.0, filter_empty: bool = True,
+                 with_masks: bool = True, mask_format: str = "bitmask"):
+        if mask_format not in ("bitmask", "polygon"):
+            raise ValueError(f"mask_format {mask_format!r}: expected 'bitmask' or 'polygon'")
+        self.mask_format = mask_format
         from pycocotools.coco import COCO
 
         with contextlib.redirect_stdout(io.StringIO()):
@@ -32,6 +40,13 @@ class COCOInstances(torch.utils.data.Dataset):
             ids = [i for i in ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
         self.ids = ids
         self.flip_prob, self.with_masks = flip_prob, with_masks
+
+    def _polygons(self, ann: dict) -> list[np.ndarray]:
+        segmentation = ann.get("segmentation")
+        if not isinstance(segmentation, list):
+            raise ValueError(f"annotation {ann.get('id')} (image {ann.get('image_id')}): its segmentation is not a polygon list "
+                             f"(RLE?), which the 'polygon' mask target cannot rasterise; use model.roi_heads.mask_target bitmask_binarized")
+        return usable_polygons(segmentation)
 
     @property
     def num_classes(self) -> int:
@@ -57,15 +72,19 @@ class COCOInstances(torch.utils.data.Dataset):
             "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)[keep],
             "image_id": image_id,
         }
-        if self.with_masks:
+        if self.with_masks and self.mask_format == "polygon":
+            target["polygons"] = [self._polygons(a) for a, k in zip(anns, keep.tolist()) if k]
+        elif self.with_masks:
             masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
             target["masks"] = torch.from_numpy(masks)[keep]
         if self.flip_prob > 0 and torch.rand(1).item() < self.flip_prob:
             image = image.flip(-1)
             b = target["boxes"]
             target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
-            if self.with_masks:
+            if "masks" in target:
                 target["masks"] = target["masks"].flip(-1)
+            if "polygons" in target:
+                target["polygons"] = flip_polygons(target["polygons"], w)
         return image, target
 
 

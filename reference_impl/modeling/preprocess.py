@@ -1,8 +1,9 @@
 """Normalisation and resizing of input images (and their targets), then batching.
 
-Resizing follows the Detectron rule torchvision implements: scale the shorter side to ``min_size``
-unless the longer side would exceed ``max_size``; bilinear for images, nearest for masks. With
-several training sizes, one is drawn per image.
+Resizing follows the Detectron rule: scale the shorter side to ``min_size`` unless the longer side
+would exceed ``max_size``, the scale in float64; the resized sides are rounded to the nearest pixel
+(detectron2, mmdet) or floored (torchvision), ``resize_rounding``. Bilinear for images, nearest for
+masks, polygons scaled by the same ratios. With several training sizes, one is drawn per image.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..structures import ImageList, resize_boxes
+from ..structures import ImageList, resize_boxes, scale_polygons
 
 
 class Preprocessor(nn.Module):
@@ -24,8 +25,12 @@ class Preprocessor(nn.Module):
         pixel_mean: tuple[float, float, float],
         pixel_std: tuple[float, float, float],
         size_divisibility: int = 32,
+        resize_rounding: str = "round",
     ):
         super().__init__()
+        if resize_rounding not in ("round", "floor"):
+            raise ValueError(f"resize_rounding {resize_rounding!r}: expected 'round' or 'floor'")
+        self.resize_rounding = resize_rounding
         self.min_size_train, self.max_size_train = tuple(min_size_train), max_size_train
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.size_divisibility = size_divisibility
@@ -48,6 +53,7 @@ class Preprocessor(nn.Module):
             pixel_mean=i.pixel_mean,
             pixel_std=i.pixel_std,
             size_divisibility=i.size_divisibility,
+            resize_rounding=i.resize_rounding,
         )
 
     def _target_size(self) -> tuple[float, float]:
@@ -57,19 +63,27 @@ class Preprocessor(nn.Module):
         k = int(torch.empty(1).uniform_(0.0, float(len(self.min_size_train))).item())
         return float(self.min_size_train[k]), float(self.max_size_train)
 
+    def resized_size(self, h: int, w: int, min_size: float, max_size: float) -> tuple[int, int]:
+        """The (h, w) an image of (h, w) is resized to: the scale in float64 (a float32 scale turns
+        154 x 192 at 192 into 191 rows), the sides rounded or floored."""
+        scale = min(min_size / min(h, w), max_size / max(h, w))
+        if self.resize_rounding == "floor":
+            return int(h * scale), int(w * scale)
+        return int(h * scale + 0.5), int(w * scale + 0.5)
+
     def _resize(self, image: torch.Tensor, target: dict | None):
         h, w = image.shape[-2:]
-        min_size, max_size = self._target_size()
-        shape = torch.tensor(image.shape[-2:])
-        scale = torch.min(min_size / torch.min(shape).to(torch.float32), max_size / torch.max(shape).to(torch.float32)).item()
-        image = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False)[0]
+        size = self.resized_size(h, w, *self._target_size())
+        # an explicit size samples as scale_factor with recompute_scale_factor=True does for that size
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if target is None:
             return image, None
         target = dict(target)
-        target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+        target["boxes"] = resize_boxes(target["boxes"], (h, w), size)
         if "masks" in target:
-            masks = target["masks"]
-            target["masks"] = F.interpolate(masks[:, None].float(), scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+            target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
+        if "polygons" in target:
+            target["polygons"] = scale_polygons(target["polygons"], size[1] / w, size[0] / h)
         return image, target
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageList, list[dict] | None]:

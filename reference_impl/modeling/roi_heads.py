@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..structures import BalancedSampler, Matcher, nonempty, pad_stack, pairwise_iou
+from ..structures import MASK_TARGETS, BalancedSampler, Matcher, nonempty, pad_stack, pairwise_iou
+from ..structures import mask_targets as mask_targets_of
 
 
 class MultiLevelPooler(nn.Module):
@@ -91,6 +92,7 @@ class ROIHeads(nn.Module):
         nms_thresh_test: float,
         detections_per_image: int,
         smooth_l1_beta: float = 1.0 / 9,
+        mask_target: str = "polygon",
         fused_pooler: bool = True,
         batched_targets: bool = True,
     ):
@@ -109,6 +111,9 @@ class ROIHeads(nn.Module):
         self.bbox_reg_weights = tuple(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh_test, nms_thresh_test, detections_per_image
         self.smooth_l1_beta, self.batched_targets = smooth_l1_beta, batched_targets
+        if mask_target not in MASK_TARGETS:
+            raise ValueError(f"mask_target {mask_target!r}: expected one of {', '.join(MASK_TARGETS)}")
+        self.mask_target = mask_target
 
     @classmethod
     def from_config(cls, cfg, in_channels: int) -> "ROIHeads":
@@ -185,16 +190,13 @@ class ROIHeads(nn.Module):
         return loss_cls, loss_box
 
     def _mask_loss(self, mask_logits, boxes, labels, matched, targets):
-        """Binary cross-entropy of the label's mask channel against the ground-truth mask, cropped to
-        each box and resampled to the mask size with RoIAlign (legacy, adaptive sampling). ``boxes``
-        and ``matched`` per image, ``labels`` for all of them."""
+        """Binary cross-entropy of the label's mask channel against the ground truth's mask target by
+        ``self.mask_target`` (structures/masks.py). ``boxes`` and ``matched`` per image, ``labels`` for
+        all of them."""
         m = mask_logits.shape[-1]
-        mask_targets = []
-        for b, idx, t in zip(boxes, matched, targets):
-            gt_masks = t["masks"]
-            rois = torch.cat([idx[:, None].to(b.dtype), b], 1)
-            mask_targets.append(ops.roi_align(gt_masks[:, None].to(b.dtype), rois, (m, m), 1.0, 0, False)[:, 0])
-        mask_targets = torch.cat(mask_targets)
+        with torch.no_grad():
+            mask_targets = torch.cat([mask_targets_of(self.mask_target, t, b, idx, m, ops.roi_align)
+                                      for b, idx, t in zip(boxes, matched, targets)])
         if mask_targets.numel() == 0:
             return mask_logits.sum() * 0
         picked = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]

@@ -12,11 +12,16 @@ from ..syncs import to_host
 
 
 class AnchorGenerator(nn.Module):
-    """One anchor size per FPN level, several aspect ratios; anchors at every feature-map cell."""
+    """One anchor size per FPN level, several aspect ratios; anchors at every feature-map cell.
 
-    def __init__(self, *, sizes: tuple[int, ...], aspect_ratios: tuple[float, ...]):
+    ``round_to_pixels``: corners rounded to whole pixels, as torchvision's generator does; otherwise
+    kept as computed, as detectron2's and mmdet's are (a ratio-0.5 anchor of size 32 is 22.6 x 45.3,
+    not 22 x 46). On objects near the smallest anchor's size this decides which anchors tie for a box's
+    best overlap, and so how many the low-quality rule makes positive."""
+
+    def __init__(self, *, sizes: tuple[int, ...], aspect_ratios: tuple[float, ...], round_to_pixels: bool = False):
         super().__init__()
-        self.sizes, self.aspect_ratios = tuple(sizes), tuple(aspect_ratios)
+        self.sizes, self.aspect_ratios, self.round_to_pixels = tuple(sizes), tuple(aspect_ratios), round_to_pixels
         cells = []
         for size in sizes:
             ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
@@ -24,7 +29,8 @@ class AnchorGenerator(nn.Module):
             w_ratios = 1 / h_ratios
             ws = (w_ratios * size).view(-1)
             hs = (h_ratios * size).view(-1)
-            cells.append((torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round())
+            cell = torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+            cells.append(cell.round() if round_to_pixels else cell)
         self.cell_anchors = cells
         self.num_anchors = len(aspect_ratios)
         self._cache: dict = {}
@@ -92,18 +98,22 @@ class RPN(nn.Module):
         nms_thresh: float,
         pre_nms_topk: tuple[int, int],  # (train, test), per level per image
         post_nms_topk: tuple[int, int],  # (train, test), per image
-        min_box_size: float = 1e-3,
+        min_proposal_size: float = 0.0,  # proposals kept when both sides exceed it
         smooth_l1_beta: float = 1.0 / 9,
+        low_quality_matches: bool = True,
+        low_quality_min_iou: float = 0.0,
+        round_anchors: bool = False,
         batched_targets: bool = True,
     ):
         super().__init__()
-        self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios)
+        self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios, round_to_pixels=round_anchors)
         self.head = RPNHead(in_channels=in_channels, num_anchors=self.anchor_generator.num_anchors)
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=low_quality_matches,
+                               low_quality_min=low_quality_min_iou)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.nms_thresh = nms_thresh
         self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
-        self.min_box_size, self.smooth_l1_beta = min_box_size, smooth_l1_beta
+        self.min_proposal_size, self.smooth_l1_beta = min_proposal_size, smooth_l1_beta
         self.batched_targets = batched_targets
 
     @classmethod
@@ -120,8 +130,11 @@ class RPN(nn.Module):
             nms_thresh=r.nms_thresh,
             pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
             post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
-            min_box_size=r.min_box_size,
+            min_proposal_size=r.min_proposal_size,
             smooth_l1_beta=r.smooth_l1_beta,
+            low_quality_matches=r.low_quality_matches,
+            low_quality_min_iou=r.low_quality_min_iou,
+            round_anchors=cfg.anchors.round_to_pixels,
             batched_targets=cfg.perf.batched_targets,
         )
 
@@ -162,7 +175,7 @@ class RPN(nn.Module):
         out = []
         for b, s, l, (h, w) in zip(boxes, scores, levels, image_sizes):
             b = _clip(b, h, w)
-            keep = nonempty(b, self.min_box_size)
+            keep = nonempty(b, self.min_proposal_size)
             b, s, l = b[keep], s[keep], l[keep]
             keep = ops.batched_nms(b, s, l, self.nms_thresh)[:post_k]
             out.append(b[keep])
@@ -176,7 +189,7 @@ class RPN(nn.Module):
         n, k = scores.shape
         boxes = torch.stack([_clip(b, h, w) for b, (h, w) in zip(boxes, image_sizes)])  # bounds as numbers: no copy to the device
         wh = boxes[..., 2:] - boxes[..., :2]
-        big_enough = (wh >= self.min_box_size).all(-1)
+        big_enough = (wh > self.min_proposal_size).all(-1)
         image = torch.arange(n, device=boxes.device)[:, None]
         # too small: a group of their own (NMS among themselves only), dropped below
         group = torch.where(big_enough, image * len(self.anchor_generator.sizes) + levels, -1)

@@ -35,9 +35,9 @@ def pad_stack(tensors: list[torch.Tensor], min_rows: int = 1, value: float = 0) 
 
 
 def nonempty(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
-    """Indices of boxes whose width and height are both >= min_size."""
+    """Indices of boxes whose width and height both exceed min_size (detectron2's ``nonempty``)."""
     ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.where((ws >= min_size) & (hs >= min_size))[0]
+    return torch.where((ws > min_size) & (hs > min_size))[0]
 
 
 def resize_boxes(boxes: torch.Tensor, original_size, new_size) -> torch.Tensor:
@@ -57,17 +57,19 @@ class Matcher:
 
     Result per prediction: the matched row index, or ``BELOW_LOW`` (-1, background) when the best IoU
     is below ``low``, or ``BETWEEN`` (-2, ignored) when it is in [low, high). With
-    ``allow_low_quality_matches``, each ground truth also keeps the predictions that overlap it best,
-    whatever their IoU (Faster R-CNN's RPN rule).
+    ``allow_low_quality_matches``, each ground truth also keeps the predictions that overlap it best
+    (Faster R-CNN's RPN rule), if that best overlap is at least ``low_quality_min`` (0: whatever it is,
+    as detectron2 and torchvision; mmdet's stock RPN asks 0.3, its ``min_pos_iou``).
     """
 
     BELOW_LOW = -1
     BETWEEN = -2
 
-    def __init__(self, high: float, low: float, allow_low_quality_matches: bool):
+    def __init__(self, high: float, low: float, allow_low_quality_matches: bool, low_quality_min: float = 0.0):
         if low > high:
             raise ValueError(f"low threshold {low} > high threshold {high}")
         self.high, self.low, self.allow_low_quality_matches = high, low, allow_low_quality_matches
+        self.low_quality_min = low_quality_min
 
     def __call__(self, quality: torch.Tensor, valid_rows: torch.Tensor | None = None) -> torch.Tensor:
         """``quality`` [G, P], or [N, G, P] for a batch of images whose ground truth is padded: then
@@ -82,7 +84,10 @@ class Matcher:
         if not self.allow_low_quality_matches:
             return labelled
         # every prediction that ties for the best overlap with some (real) ground truth keeps its match
-        ties = quality == quality.max(dim=-1, keepdim=True).values
+        best_per_row = quality.max(dim=-1, keepdim=True).values
+        ties = quality == best_per_row
+        if self.low_quality_min > 0:
+            ties &= best_per_row >= self.low_quality_min
         if valid_rows is not None:
             ties &= valid_rows[..., None]
         return torch.where(ties.any(dim=-2), matches, labelled)
