@@ -29,8 +29,18 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     table, notes = parity_frame(canonical, {"torchvision": eff})
     assert all("UNEXPLAINED" not in n for n in notes), notes
     diverging = {n.split(":")[1].split("=")[0].strip() for n in notes}
-    # aligned=False RoIAlign and the fixed smooth-L1 beta 1/9 of its box losses (canonical: L1)
-    assert diverging == {"model.roi_heads.pooler_aligned", "model.rpn.smooth_l1_beta", "model.roi_heads.smooth_l1_beta"}
+    # aligned=False RoIAlign, the fixed smooth-L1 beta 1/9 of its box losses (canonical: L1), fractional
+    # bitmask crops as mask targets, proposals of sides >= 1e-3: exactly what its adapter declares it cannot run
+    assert diverging == {"model.roi_heads.pooler_aligned", "model.rpn.smooth_l1_beta", "model.roi_heads.smooth_l1_beta",
+                         "model.roi_heads.mask_target", "model.rpn.min_proposal_size"} == set(adapter.divergences(cfg))
+    # the rules it runs as asked, read back from its parts
+    assert eff["model.anchors.round_to_pixels"] is False and eff["input.resize_rounding"] == "round"
+    assert eff["model.rpn.low_quality_matches"] is True
+    off = cfg.with_overrides({"model.rpn.low_quality_matches": False, "model.anchors.round_to_pixels": True,
+                              "input.resize_rounding": "floor"})
+    eff_off = adapter.effective_hparams(adapter.translate(off, data))
+    assert eff_off["model.rpn.low_quality_matches"] is False and eff_off["model.anchors.round_to_pixels"] is True
+    assert eff_off["input.resize_rounding"] == "floor"
     assert eff["model.num_classes"] == 80
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.rpn.post_nms_topk_train"] == 1000
     # no weights: BN and nothing frozen, for every implementation alike

@@ -43,9 +43,10 @@ def test_work_counters_belong_to_the_iteration_they_were_counted_in():
     assert "positives" not in second.to_dict() and third.positives == 7 and third.rois is None
     with pytest.raises(KeyError, match="unknown work counter 'masks'"):
         timer.count(masks=1)
-    rows = [dict(iter=i, images=2, pixels=2 * 192 * 256, proposals=2000, rois=1024, positives=p) for i, p in enumerate([10, 20, 30, 40])]
+    rows = [dict(iter=i, images=2, pixels=2 * 192 * 256, proposals=2000, rois=1024, positives=p, rpn_positives=4 * p)
+            for i, p in enumerate([10, 20, 30, 40])]
     assert work_per_image(rows, 1, 4) == {"pixels_per_image": 192 * 256, "proposals_per_image": 1000.0, "rois_per_image": 512.0,
-                                          "positives_per_image": 15.0}
+                                          "positives_per_image": 15.0, "rpn_positives_per_image": 60.0}
     rows[2].pop("positives")
     assert work_per_image(rows, 1, 4)["positives_per_image"] is None
 
