@@ -175,7 +175,7 @@ class RPN(nn.Module):
         out = []
         for b, s, l, (h, w) in zip(boxes, scores, levels, image_sizes):
             b = _clip(b, h, w)
-            keep = nonempty(b, self.min_proposal_size)
+            keep = nonempty(b, self.min_proposal_size, strictly=True)
             b, s, l = b[keep], s[keep], l[keep]
             keep = ops.batched_nms(b, s, l, self.nms_thresh)[:post_k]
             out.append(b[keep])

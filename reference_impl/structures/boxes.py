@@ -34,10 +34,13 @@ def pad_stack(tensors: list[torch.Tensor], min_rows: int = 1, value: float = 0) 
     return out, valid
 
 
-def nonempty(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
-    """Indices of boxes whose width and height both exceed min_size (detectron2's ``nonempty``)."""
+def nonempty(boxes: torch.Tensor, min_size: float, *, strictly: bool = False) -> torch.Tensor:
+    """Indices of boxes whose width and height are both >= min_size (torchvision's ``remove_small_boxes``),
+    or, ``strictly``, both > min_size (detectron2's ``Boxes.nonempty``)."""
     ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.where((ws > min_size) & (hs > min_size))[0]
+    if strictly:
+        return torch.where((ws > min_size) & (hs > min_size))[0]
+    return torch.where((ws >= min_size) & (hs >= min_size))[0]
 
 
 def resize_boxes(boxes: torch.Tensor, original_size, new_size) -> torch.Tensor:
