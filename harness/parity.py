@@ -61,11 +61,12 @@ def check_divergences(cfg, impls: list[str]) -> dict[str, dict[str, str]]:
         raise ConfigError(f"--allow-divergent / benchmark.allow_divergent: unknown key(s) {', '.join(unknown)}; "
                           f"expected canonical keys such as model.rpn.low_quality_min_iou")
     found = {impl: get_adapter(impl).divergences(cfg) for impl in impls}
-    refused = [f"  {key} = {_show(canonical_values(cfg).get(key))}: {impl} cannot run it: {why}"
-               for impl, divergences in found.items() for key, why in divergences.items() if key not in allowed]
+    refused = [(impl, key, why) for impl, divergences in found.items() for key, why in divergences.items() if key not in allowed]
     if refused:
-        keys = sorted({line.split(" = ")[0].strip() for line in refused})
-        raise ConfigError("the implementations would not do the same work:\n" + "\n".join(refused)
+        canonical = canonical_values(cfg)
+        keys = sorted({key for _, key, _ in refused})
+        raise ConfigError("the implementations would not do the same work:\n"
+                          + "\n".join(f"  {key} = {_show(canonical.get(key))}: {impl} cannot run it: {why}" for impl, key, why in refused)
                           + "\nchange the config, leave those implementations out, or run them anyway with "
                           + " ".join(f"--allow-divergent {k}" for k in keys)
                           + " (recorded in run.json and marked ✗ in the report)")

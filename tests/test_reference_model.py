@@ -19,12 +19,12 @@ NUM_CLASSES = 6
 SIZE = {"input.min_size_test": 160, "input.max_size_test": 256, "input.min_size_train": (160,), "input.max_size_train": 256}
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """A randomly initialised torchvision Mask R-CNN (frozen BN with random statistics) and ours with its weights."""
-    torch.manual_seed(0)
+def _random_pair(seed: int, min_size: int, max_size: int):
+    """A randomly initialised torchvision Mask R-CNN (frozen BN with random statistics) at these test
+    sizes, and ours configured like it with its weights."""
+    torch.manual_seed(seed)
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
-    tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=160, max_size=256)
+    tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=min_size, max_size=max_size)
     with torch.no_grad():
         for m in tv.modules():
             if isinstance(m, FrozenBatchNorm2d):
@@ -32,9 +32,16 @@ def pair():
                 m.bias.uniform_(-0.1, 0.1)
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE))
+    size = {"input.min_size_test": min_size, "input.max_size_test": max_size, "input.min_size_train": (min_size,),
+            "input.max_size_train": max_size}
+    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **size))
     load_torchvision_weights(ours, tv.state_dict())
     return tv, ours
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _random_pair(0, SIZE["input.min_size_test"], SIZE["input.max_size_test"])
 
 
 def _images():
@@ -311,20 +318,7 @@ def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_ima
 
     cfg = load_config(resolve_config_path(config))
     paths, _ = resolve_data(cfg.data)
-    size = {"input.min_size_test": cfg.input.min_size_test, "input.max_size_test": cfg.input.max_size_test,
-            "input.min_size_train": (cfg.input.min_size_test,), "input.max_size_train": cfg.input.max_size_test}
-    torch.manual_seed(1)
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
-    tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test)
-    with torch.no_grad():
-        for m in tv.modules():
-            if isinstance(m, FrozenBatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **size))
-    load_torchvision_weights(ours, tv.state_dict())
+    tv, ours = _random_pair(1, cfg.input.min_size_test, cfg.input.max_size_test)
     tv.eval()
     ours.eval()
     files = sorted(paths.train_images.glob("*.jpg")) + sorted(paths.val_images.glob("*.jpg"))

@@ -24,31 +24,28 @@ def usable_polygons(segmentation) -> list[np.ndarray]:
     return [np.asarray(p, dtype=np.float64) for p in segmentation if len(p) >= 6]
 
 
-def scale_polygons(polygons: list[list[np.ndarray]], sx: float, sy: float) -> list[list[np.ndarray]]:
-    """Every polygon of every instance with x scaled by ``sx`` and y by ``sy``."""
+def _mapped(polygons: list[list[np.ndarray]], sx: float, sy: float, tx: float = 0.0) -> list[list[np.ndarray]]:
+    """Every polygon of every instance with x -> sx * x + tx and y -> sy * y (new arrays)."""
     out = []
     for instance in polygons:
-        scaled = []
+        mapped = []
         for p in instance:
             q = p.copy()
-            q[0::2] *= sx
+            q[0::2] = q[0::2] * sx + tx
             q[1::2] *= sy
-            scaled.append(q)
-        out.append(scaled)
+            mapped.append(q)
+        out.append(mapped)
     return out
+
+
+def scale_polygons(polygons: list[list[np.ndarray]], sx: float, sy: float) -> list[list[np.ndarray]]:
+    """Every polygon of every instance with x scaled by ``sx`` and y by ``sy``."""
+    return _mapped(polygons, sx, sy)
 
 
 def flip_polygons(polygons: list[list[np.ndarray]], width: int) -> list[list[np.ndarray]]:
     """Mirrored left-right in an image ``width`` pixels wide (x -> width - x), as the boxes are."""
-    out = []
-    for instance in polygons:
-        flipped = []
-        for p in instance:
-            q = p.copy()
-            q[0::2] = width - q[0::2]
-            flipped.append(q)
-        out.append(flipped)
-    return out
+    return _mapped(polygons, -1.0, 1.0, float(width))
 
 
 def rasterize_in_box(instance: list[np.ndarray], box, size: int) -> np.ndarray:
