@@ -1,7 +1,6 @@
 """Helpers shared by adapters (not an adapter itself: the registry skips this module)."""
 from __future__ import annotations
 
-import json
 
 
 # info.* parity values several adapters report: one spelling, so the table compares them equal
@@ -47,11 +46,9 @@ def pillow_linear_alias() -> bool:
 
 def num_classes(cfg, data) -> int:
     """Foreground classes: the config's, else the training set's categories, else COCO's 80."""
-    if cfg.model.num_classes is not None:
-        return cfg.model.num_classes
-    if data is None:
-        return 80
-    return len(json.loads(data.train_json.read_text())["categories"])
+    from mrcnn_bench.harness.data import num_classes as of_run
+
+    return of_run(cfg, data)
 
 
 def data_spec(cfg, data) -> dict:

@@ -1,10 +1,13 @@
 """The ``mrcnn-bench`` command line.
 
 Exit codes: 0 success; 1 a benchmark ran but an implementation failed (or a regression was found);
-2 bad input (config, data, arguments, an implementation that is not installed), nothing started.
+2 bad input (config, data, arguments, an implementation that is not installed, a run id in use),
+nothing started; 128 + the signal's number when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP:
+the running implementation is recorded as interrupted, finished ones are kept).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -23,18 +26,33 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _bad_input(fn):
     """Turn the harness's own input errors into exit code 2 with the message, no traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .launch import LaunchError
+        from .launch import Interrupted, LaunchError
         from .results import ResultError
 
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, ResultError, LaunchError) as e:
             raise BadInput(str(e)) from None
+        except OSError as e:
+            where = f"{e.filename or 'a result file'}: {e.strerror}"
+            if e.errno in _DISK_FULL:  # the machine's state, not the input: exit 1
+                raise click.ClickException(f"{where}; free space and re-run with the same --run-id to resume") from None
+            if e.errno in _UNWRITABLE:  # an --out that cannot be written
+                raise BadInput(where) from None
+            raise
+        except KeyboardInterrupt as e:
+            stop = Interrupted.of(e)
+            click.echo(f"interrupted {stop.how}", err=True)
+            sys.exit(stop.exit_code)
 
     return wrapper
 
@@ -44,6 +62,22 @@ def _bad_input(fn):
 def main():
     """Train Mask R-CNN R-50-FPN in several implementations on identical hyperparameters and compare
     their training throughput."""
+    from .launch import interrupt_on_stop_signals
+
+    interrupt_on_stop_signals()  # SIGTERM and SIGHUP stop a command as Ctrl-C does
+
+
+def _run_id_option(fn):
+    def check(ctx, param, value):
+        from .launch import LaunchError
+        from .run_folder import check_run_id
+
+        try:
+            return check_run_id(value)
+        except LaunchError as e:
+            raise BadInput(str(e)) from None
+
+    return click.option("--run-id", default=None, callback=check, help="Folder name under --out [a new timestamped id].")(fn)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -77,10 +111,14 @@ def _parse_impls(text: str) -> list[str]:
     known = adapter_names()
     if text == "all":
         return known
-    impls = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [i for i in impls if i not in known]
+    named = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [i for i in named if i not in known]
     if unknown:
         raise BadInput(f"--impl: unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}, or 'all'")
+    impls = list(dict.fromkeys(named))
+    if len(impls) < len(named):
+        twice = sorted({i for i in named if named.count(i) > 1})
+        click.echo(f"--impl: {', '.join(twice)} named more than once; each runs once", err=True)
     return impls
 
 
@@ -96,7 +134,7 @@ def _run_options(fn):
         click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]"),
         click.option("--data", "data_root", default=None, type=click.Path(), help="COCO root (annotations/, train2017/); default: synthetic."),
         click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False)),
-        click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id]."),
+        _run_id_option,
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. benchmark.iters=20."),
         click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes]."),
         click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s]."),
@@ -276,19 +314,22 @@ def _run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats:
     from .launch import LaunchError
     from .results import new_run_id
 
+    from .run_folder import RunLock
+
     run_id = run_id or new_run_id()
     records = []
-    for k in range(1, repeats + 1):
-        click.echo(f"== round {k}/{repeats}", err=True)
-        try:
-            records += _run_suite(cfg, impl_text, opts, f"{run_id}/r{k}", out_root, data_root, reverse=k % 2 == 0)[1]
-        except LaunchError as e:
-            if "finished results exist" not in str(e):
-                raise
-            from .frames import load_runs
+    with RunLock(Path(out_root) / run_id):
+        for k in range(1, repeats + 1):
+            click.echo(f"== round {k}/{repeats}", err=True)
+            try:
+                records += _run_suite(cfg, impl_text, opts, f"{run_id}/r{k}", out_root, data_root, reverse=k % 2 == 0)[1]
+            except LaunchError as e:
+                if "finished results exist" not in str(e):
+                    raise
+                from .frames import load_runs
 
-            click.echo(f"round {k}: finished earlier, kept (--force re-runs it)", err=True)
-            records += load_runs([Path(out_root) / run_id / f"r{k}"])
+                click.echo(f"round {k}: finished earlier, kept (--force re-runs it)", err=True)
+                records += load_runs([Path(out_root) / run_id / f"r{k}"])
     return Path(out_root) / run_id, records
 
 
@@ -297,6 +338,7 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: 
     from . import launch
     from .data import resolve_data
     from .results import new_run_id
+    from .run_folder import RunLock
 
     impls = _parse_impls(impl_text)
     if cfg.benchmark.device == "cuda":
@@ -326,29 +368,63 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: 
     for name, divergences in check_divergences(cfg, runnable).items():
         for key, why in divergences.items():
             click.echo(f"{name}: runs {key} otherwise (allowed): {why}", err=True)
-    run_id = run_id or new_run_id()
-    run_dir = Path(out_root) / run_id
-    todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
-    kept = [i for i in runnable if i not in todo]
-    if kept:
-        click.echo(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)", err=True)
-
-    paths, summary = resolve_data(cfg.data, data_root)
-    click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images)", err=True)
+    paths, summary = resolve_data(cfg.data, data_root)  # bad data: exit 2 before anything is written
+    dropped = summary["train"].get("dropped")
+    click.echo(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images"
+               + (f"; {dropped['annotations']} unusable annotation(s) and {dropped['short_polygons']} polygon(s) of "
+                  f"fewer than 3 points dropped for every implementation" if dropped else "") + ")", err=True)
     _check_task(cfg, summary)
-    cfg = _with_shared_training(_with_shared_init(cfg, paths), paths)
-    try:
-        records = launch.run_suite(cfg, todo, paths, summary, Path(out_root), run_id, opts)
-    except launch.KeyboardInterruptWithRecord as e:
-        click.echo(f"interrupted: {e.record['impl']} marked interrupted; finished results are intact; "
-                   f"re-run with --run-id {run_id} to resume", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted between implementations; finished results are intact; re-run with --run-id {run_id} to resume", err=True)
-        sys.exit(130)
+    run_id = run_id or new_run_id()
+    with RunLock(Path(out_root) / run_id.split("/")[0]):  # the run id's folder, whatever round this is
+        return _run_locked(cfg, runnable, opts, Path(out_root), run_id, paths, summary, reverse)
+
+
+def _run_locked(cfg, runnable: list[str], opts, out_root: Path, run_id: str, paths, summary: dict, reverse: bool):
+    """_run_suite's part under the run folder's lock: resume, shared weights, the implementations."""
+    from . import launch
     from .results import load_run
 
-    return run_dir, [load_run(run_dir / i) for i in kept] + records
+    run_dir = out_root / run_id
+    cfg = _with_shared_training(_with_shared_init(cfg, paths), paths)
+    kept = [] if opts.force else [i for i in runnable if launch.finished(run_dir, i)]
+    kept_records = [load_run(run_dir / i) for i in kept]
+    if kept:  # checked before anything else: a round of --repeats finished earlier is a resumed run too
+        from .run_folder import resume_mismatches
+
+        differ = resume_mismatches(kept_records, cfg.to_dict(), summary, _machine(cfg, opts))
+        if differ:
+            raise BadInput(f"{run_dir}: resuming with other settings than the finished results of {', '.join(kept)} "
+                           f"({'; '.join(differ)}); pass --force to start the run afresh, or choose another --run-id")
+    todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
+    if kept:
+        click.echo(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)", err=True)
+    try:
+        records = launch.run_suite(cfg, todo, paths, summary, out_root, run_id, opts)
+    except launch.KeyboardInterruptWithRecord as e:
+        click.echo(f"interrupted {e.how}: {e.record['impl']} marked interrupted; finished results are intact; "
+                   f"re-run with --run-id {run_id.split('/')[0]} to resume", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        stop = launch.Interrupted.of(e)
+        click.echo(f"interrupted {stop.how} between implementations; finished results are intact; "
+                   f"re-run with --run-id {run_id.split('/')[0]} to resume", err=True)
+        sys.exit(stop.exit_code)
+    return run_dir, kept_records + records
+
+
+def _machine(cfg, opts) -> dict:
+    """What a resumed run's finished part must have run on: the CPU, the GPUs, the threads per process."""
+    from . import launch
+    from .results import cpu_model
+
+    gpus = []
+    if cfg.benchmark.device == "cuda":
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    local = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+    return {"cpu": cpu_model(), "gpus": gpus,
+            "torch_threads": opts.threads_per_rank or cfg.benchmark.threads_per_rank or launch.default_threads(local)}
 
 
 def _default_config(name: str | None) -> str:
@@ -428,13 +504,16 @@ def _with_shared_training(cfg, paths):
 @_bad_input
 def report(paths, fmt, out, plots, title, into):
     """Tables from one or more run folders (results/runs/<id>, or any folder holding run.json files)."""
-    from .report import compact_markdown, load_runs, readme_section, write_into, write_report
+    from .report import compact_markdown, load_runs, readme_section, scenario_section, write_into, write_report
 
     records = load_runs(paths)
+    if not records:
+        raise BadInput(f"{', '.join(paths)}: no run.json below; nothing to report")
     if into:
         try:
+            names = {(r.get("config") or {}).get("name") for r in records}
             write_into(Path(into), compact_markdown(records), f"mrcnn-bench report {' '.join(paths)} --into {into}",
-                       section=readme_section(records))
+                       section=scenario_section(Path(into), readme_section(records), names.pop() if len(names) == 1 else None))
         except ValueError as e:
             raise BadInput(f"--into: {e}") from e
 
@@ -484,6 +563,9 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
         raise BadInput("--baseline and --candidate are required (or --history DIR)")
     from .regress import regress as gate
 
+    if Path(baseline).resolve() == Path(candidate).resolve():
+        click.echo(f"warning: --baseline and --candidate are the same folder ({baseline}): the runs are compared "
+                   "with themselves, which says nothing about a change", err=True)
     try:
         results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list)
     except NotComparable as e:
@@ -689,8 +771,10 @@ def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, 
     if into and text:
         try:
             sets = "".join(f" --set {o}" for o in overrides)
+            from .report import scenario_section
+
             write_into(Path(into), text, f"mrcnn-bench phases --impl {impl} --config {cfg.name}{sets} --into {into}",
-                       section="phases")
+                       section=scenario_section(Path(into), "phases", cfg.name))
         except ValueError as e:
             raise BadInput(f"--into: {e}") from e
     sys.exit(1 if failed else 0)
@@ -703,7 +787,7 @@ def phases(impl, config_name, ims_per_gpu, device, data_root, out_root, run_id, 
 @click.option("--config", "config_name", default=CANONICAL, show_default=True, help="The canonical config it ran.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As `run --set` (e.g. benchmark.gpus=8).")
 @click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False))
-@click.option("--run-id", default=None, help="Folder name under --out [a new timestamped id].")
+@_run_id_option
 @_bad_input
 def ingest(name, logs, config_name, overrides, out_root, run_id):
     """Read an external system's own training log (the first LOG is rank 0's; more are checked against

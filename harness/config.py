@@ -22,8 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    # strict: "2" is not an int, 1 is not a float list; extra keys are errors, not silently dropped.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # strict: "2" is not an int, 1 is not a float list; extra keys are errors, not silently dropped;
+    # inf and nan are no value of any key (a learning rate of .inf would fail 90 s into the run).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class BackboneConfig(_Section):

@@ -336,46 +336,31 @@ def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataP
 
 
 def check_coco_split(json_path: Path, image_dir: Path, need_annotations: bool = True) -> dict:
-    """Validate one COCO split; returns the summary. Raises DataError naming the file and the problem."""
-    if not json_path.is_file():
-        raise DataError(f"{json_path}: annotation file not found")
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder not found (listed by {json_path})")
-    try:
-        coco = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{json_path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{json_path}: not valid JSON (truncated or corrupt?): {e}") from None
-    if not isinstance(coco, dict):
-        raise DataError(f"{json_path}: expected a COCO object at the top level, got {type(coco).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise DataError(f"{json_path}: key '{key}' missing or not a list (expected COCO instances format)")
-    if not coco["images"]:
-        raise DataError(f"{json_path}: key 'images' is empty")
-    if not coco["categories"]:
-        raise DataError(f"{json_path}: key 'categories' is empty")
-    if need_annotations and not coco["annotations"]:
-        raise DataError(f"{json_path}: key 'annotations' is empty: nothing to train on")
-    missing = [im.get("file_name") for im in coco["images"] if not (image_dir / str(im.get("file_name"))).is_file()]
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise DataError(f"{json_path}: {len(missing)} image(s) listed under 'images' are absent from {image_dir}: {shown}")
-    return {
-        "images": len(coco["images"]),
-        "annotations": len(coco["annotations"]),
-        "categories": len(coco["categories"]),
-    }
+    """Validate one COCO split (harness/data_check.py); returns its summary. Raises DataError naming the
+    file and the problem."""
+    from .data_check import inspect_split
+
+    return inspect_split(json_path, image_dir, need_annotations)[0]
 
 
-def num_classes(cfg, paths: DataPaths) -> int:
-    """Foreground classes of a run: the config's, else the training set's categories."""
-    return cfg.model.num_classes or len(json.loads(paths.train_json.read_text())["categories"])
+def num_classes(cfg, paths: DataPaths | None) -> int:
+    """Foreground classes of a run: the config's, else the training set's categories (from the split's
+    index: no parse in a worker), else COCO's 80 (no data)."""
+    from .data_check import index_of
+
+    if cfg.model.num_classes is not None:
+        return cfg.model.num_classes
+    return index_of(paths.train_json)["categories"] if paths is not None else len(COCO_CATEGORIES)
 
 
 def resolve_data(data_cfg, data_arg: str | None = None) -> tuple[DataPaths, dict]:
-    """The data set a run uses (``--data`` beats the config; neither = synthetic), validated."""
+    """The data set a run uses (``--data`` beats the config; neither = synthetic), validated in one pass
+    per split; the paths returned are those the frameworks read (a split with a few unusable
+    annotations: its cleaned copy)."""
+    import dataclasses
+
+    from .data_check import inspect_split
+
     root = data_arg or data_cfg.root
     if root is None:
         paths = synthetic_for(data_cfg)
@@ -385,7 +370,9 @@ def resolve_data(data_cfg, data_arg: str | None = None) -> tuple[DataPaths, dict
             raise DataError(f"{root}: data directory not found (expected annotations/ and {data_cfg.train_split}/)")
         paths = DataPaths.from_root(root, data_cfg.train_split, data_cfg.val_split)
         kind = "synthetic" if (Path(root) / "SYNTHETIC").is_file() else "coco"
-    summary = {"kind": kind, "train": check_coco_split(paths.train_json, paths.train_images)}
+    train, train_json = inspect_split(paths.train_json, paths.train_images, train=True)
+    summary = {"kind": kind, "train": train}
+    val_json = paths.val_json
     if paths.val_json.is_file():
-        summary["val"] = check_coco_split(paths.val_json, paths.val_images, need_annotations=False)
-    return paths, summary
+        summary["val"], val_json = inspect_split(paths.val_json, paths.val_images, need_annotations=False)
+    return dataclasses.replace(paths, train_json=train_json, val_json=val_json), summary

@@ -20,7 +20,6 @@ dataset lacks an id gets an error naming it, never a silent substitute.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -44,7 +43,9 @@ def global_batches(train_json: str | Path, *, batch: int, seed: int, group_by_as
     """The endless sequence of global batches (lists of ``batch`` image ids)."""
     import numpy as np
 
-    images = usable_images(json.loads(Path(train_json).read_text()))
+    from .data_check import index_of
+
+    images = dict(index_of(train_json)["usable"])  # from the run's one pass over the file (launch spec)
     ids = list(images)
     if len(ids) < batch:
         raise ValueError(f"{train_json}: {len(ids)} usable training images cannot fill one batch of {batch}")

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .results import find_runs, load_run, read_jsonl
+from .results import find_runs, load_run, read_iterations
 from .statistics import throughput_ci
 
 
@@ -18,7 +18,7 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> list[dict]:
 
 def iterations_of(record: dict) -> list[dict]:
     path = Path(record["_path"]).parent / "iterations.jsonl" if record.get("_path") else None
-    return read_jsonl(path) if path and path.is_file() else []
+    return read_iterations(path) if path and path.is_file() else []
 
 
 def runs_frame(records: list[dict]) -> pd.DataFrame:

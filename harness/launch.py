@@ -3,8 +3,14 @@
 Each implementation runs as ``python -m torch.distributed.run ... -m mrcnn_bench.harness.worker``
 with its own interpreter (so frameworks with clashing pins can live in separate venvs). A crash, a
 hang past the time limit or an out-of-memory kill marks that implementation failed, with its reason
-and the iterations it did record; the next implementation still runs. Ctrl-C marks the running one
-interrupted and leaves every finished result as it was.
+and the iterations it did record; the next implementation still runs. Ctrl-C, SIGTERM and SIGHUP mark
+the running one interrupted and leave every finished result as it was.
+
+One process group, one fate: torchrun starts each worker in a session of its own, so a killed torchrun
+would leave its workers training beside the next implementation. Each worker therefore leaves its pid
+in the run folder (``WORKER_PIDS``) and watches its launcher and this process (``worker.Watchdog``);
+whatever is left when the launcher has ended is stopped here before the verdict is written, and the
+verdict is final: a worker writes run.json only where none exists.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import data_check
 from .results import (
     PARTIAL_ITERATIONS,
     ResultError,
@@ -34,6 +42,56 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class LaunchError(RuntimeError):
     """A run that cannot start (the message says why); nothing was written."""
+
+
+# Each worker's pid and start time, written when it starts (one file per host and rank), so that the
+# launcher can find a worker that outlived its torchrun.
+WORKER_PIDS = ".worker-{host}-rank{rank}.json"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), SIGTERM (a scheduler, `timeout`, a CI cancel) or SIGHUP (the terminal closed),
+    all handled as Ctrl-C is; the command exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def how(self) -> str:
+        return "by the user (Ctrl-C)" if self.signum == signal.SIGINT else f"by {signal.Signals(self.signum).name}"
+
+    @staticmethod
+    def of(e: BaseException) -> "Interrupted":
+        return e if isinstance(e, Interrupted) else Interrupted()
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as SIGINT raises KeyboardInterrupt."""
+
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise)
+
+
+class _SignalsHeld:
+    """Stop signals ignored while an interrupted implementation is stopped and recorded (a second
+    SIGTERM must not cut its record short); the handlers in force are restored after."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __enter__(self):
+        self.saved = {s: signal.signal(s, signal.SIG_IGN) for s in self.SIGNALS}
+
+    def __exit__(self, *exc):
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
 
 
 @dataclass
@@ -231,9 +289,11 @@ def run_implementation(
     shared results folder holds one run.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = "log.txt" if opts.leader else f"log-{'task' if opts.slurm else 'node'}{opts.slurm.rank if opts.slurm else opts.node_rank}.txt"
-    if opts.leader:
-        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt"]:
+    if opts.leader:  # a worker writes run.json only where there is none: an earlier attempt's goes first
+        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt", run_dir / "run.json"]:
             stale.unlink(missing_ok=True)
+    for stale in _worker_pid_files(run_dir):
+        stale.unlink(missing_ok=True)
     local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
     threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
     atomic_write_json(
@@ -243,6 +303,8 @@ def run_implementation(
             "config": cfg.to_dict(),
             "data_paths": data_paths.to_dict(),
             "data_summary": data_summary,
+            # the training split's class count and usable images: the workers parse no annotation file
+            "data_index": data_check.registered(),
             "threads_per_rank": threads,
         },
     )
@@ -256,6 +318,7 @@ def run_implementation(
         MKL_NUM_THREADS=str(threads),
         PYTHONUNBUFFERED="1",
         TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
+        MRCNN_BENCH_PID=str(os.getpid()),  # the worker's watchdog: it exits when this process is gone
     )
     timeout = opts.timeout_s or cfg.benchmark.timeout_s
     started = time.time()
@@ -276,14 +339,22 @@ def run_implementation(
         except subprocess.TimeoutExpired:
             _stop_group(proc)
             status, reason = "timeout", f"no result after {timeout:.0f} s (--timeout); the worker group was stopped"
-    except KeyboardInterrupt:
-        _stop_group(proc, first=signal.SIGINT)
-        streamer.join(timeout=5)
-        reason = "interrupted by the user (Ctrl-C)"
-        record = (_failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started) if opts.leader
-                  else {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
-        raise KeyboardInterruptWithRecord(record) from None
+    except KeyboardInterrupt as e:
+        interrupted = Interrupted.of(e)
+        with _SignalsHeld():
+            _stop_group(proc, first=signal.SIGINT)
+            left = stop_leftover_workers(run_dir)
+            streamer.join(timeout=5)
+            reason = f"interrupted {interrupted.how}" + (f"; {left}" if left else "")
+            record = (_failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started) if opts.leader
+                      else {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
+        raise KeyboardInterruptWithRecord(record, interrupted.signum) from None
+    left = stop_leftover_workers(run_dir)
     streamer.join(timeout=10)
+    if status is None and proc.returncode < 0 and not opts.slurm:
+        # torchrun itself ended by a signal (a worker's death makes it exit 1, naming the signal)
+        status, reason = "failed", (f"the launcher (torchrun, pid {proc.pid}) was killed by "
+                                    f"{signal.Signals(-proc.returncode).name}" + (f"; {left}" if left else ""))
 
     if not opts.leader:  # the leader writes the result; this node says only how its part ended
         if status is None:
@@ -304,9 +375,43 @@ def run_implementation(
     return _failure_record(impl, cfg, run_dir, run_id, opts, status, reason, started)
 
 
-class KeyboardInterruptWithRecord(KeyboardInterrupt):
-    def __init__(self, record: dict):
-        super().__init__("interrupted")
+def _worker_pid_files(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob(WORKER_PIDS.format(host=socket.gethostname(), rank="*")))
+
+
+def stop_leftover_workers(run_dir: Path, grace: float = 10.0) -> str | None:
+    """Stop this host's workers of ``run_dir`` that are still alive once their launcher has ended (its
+    own session's signal does not reach them); returns what was stopped, or None. A pid is taken as the
+    worker's only while its start time is the one the worker wrote (a reused pid is left alone)."""
+    import psutil
+
+    alive = []
+    for path in _worker_pid_files(run_dir):
+        try:
+            info = json.loads(path.read_text())
+            proc = psutil.Process(info["pid"])
+            if abs(proc.create_time() - info["started"]) < 1e-3 and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        path.unlink(missing_ok=True)
+    if not alive:
+        return None
+    for proc in alive:
+        proc.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace)
+    for proc in still:
+        proc.kill()
+    psutil.wait_procs(still, timeout=grace)
+    pids = ", ".join(str(p.pid) for p in alive)
+    return f"{len(alive)} worker(s) left running (pid {pids}) were stopped"
+
+
+class KeyboardInterruptWithRecord(Interrupted):
+    """An implementation interrupted part-way: its record (written by the leader) goes with it."""
+
+    def __init__(self, record: dict, signum: int = signal.SIGINT):
+        super().__init__(signum)
         self.record = record
 
 

@@ -352,6 +352,14 @@ def readme_section(records: list[dict]) -> str:
     return "inference" if _all_of_task(df, "infer") else "accuracy" if _all_of_task(df, "eval") else "report"
 
 
+def scenario_section(path: Path, section: str, scenario: str | None) -> str:
+    """``section`` of ``path``, or "<section> <scenario>" where the file has markers of its own for that
+    scenario (the README keeps one table per scenario: "report cpu_canonical", "phases cpu_canonical")."""
+    if scenario and into_markers(f"{section} {scenario}")[0] in path.read_text():
+        return f"{section} {scenario}"
+    return section
+
+
 def compact_markdown(records: list[dict]) -> str:
     """The short form for a README: the latency table of inference runs, the accuracy table of accuracy
     runs; else the repeated-runs table when runs repeat, else the summary table."""

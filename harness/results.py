@@ -60,18 +60,35 @@ class ResultError(ValueError):
 
 
 def _record_model():
-    """The schema of run.json (this version), checked on every read."""
-    from typing import Literal, Optional
+    """The schema of run.json (this version), checked on every read: every field that the report,
+    regress, parity and the plots read is typed here (others may be added: extra keys are allowed)."""
+    from typing import Literal, Optional, Union
 
     from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
 
     class Window(BaseModel):
         warmup: NonNegativeInt
         end: PositiveInt
         iters: PositiveInt
 
-    class Summary(BaseModel):
-        model_config = ConfigDict(extra="allow")
+    class Score(Open):
+        AP: float
+        AP50: float
+
+    class Accuracy(Open):
+        bbox: Score
+        segm: Score
+        detections_per_image: Optional[NonNegativeFloat] = None
+
+    class BatchStats(Open):
+        batch_size: PositiveInt
+        images_per_s: NonNegativeFloat
+        latency_ms_mean: NonNegativeFloat
+
+    class Summary(Open):
         warmup: NonNegativeInt
         end: PositiveInt
         iterations: PositiveInt
@@ -79,9 +96,40 @@ def _record_model():
         seconds: NonNegativeFloat
         images_per_s: NonNegativeFloat
         s_per_iter_median: NonNegativeFloat
+        s_per_iter_mean: Optional[NonNegativeFloat] = None
+        s_per_iter_p10: Optional[NonNegativeFloat] = None
+        s_per_iter_p90: Optional[NonNegativeFloat] = None
+        data_time_share: Optional[NonNegativeFloat] = None
+        pixels_per_image: Optional[NonNegativeFloat] = None
+        proposals_per_image: Optional[NonNegativeFloat] = None
+        rois_per_image: Optional[NonNegativeFloat] = None
+        positives_per_image: Optional[NonNegativeFloat] = None
+        rpn_positives_per_image: Optional[NonNegativeFloat] = None
+        flops_per_image: Optional[NonNegativeFloat] = None
+        matmul_peak_flops_per_process: Optional[NonNegativeFloat] = None
+        mfu: Optional[NonNegativeFloat] = None
+        phases_ms: Optional[dict[str, float]] = None
+        phases_missing: Optional[dict[str, str]] = None
+        phases_notes: Optional[list[str]] = None
+        host_syncs_per_step: Optional[NonNegativeFloat] = None
+        accuracy: Optional[Accuracy] = None
+        task: Optional[str] = None
+        batch_sizes: Optional[dict[str, BatchStats]] = None
 
-    class RunRecord(BaseModel):
-        model_config = ConfigDict(extra="allow")
+    class Environment(Open):
+        hostname: Optional[str] = None
+        cpu: Optional[str] = None
+        torch: Optional[str] = None
+        torch_threads: Optional[PositiveInt] = None
+        load_average: Optional[list[float]] = None
+        git_sha: Optional[str] = None
+        time: Optional[str] = None
+        gpus: Optional[list[str]] = None
+        nodes: Optional[PositiveInt] = None
+        processes_per_node: Optional[PositiveInt] = None
+        launcher: Optional[str] = None
+
+    class RunRecord(Open):
         schema_version: Literal[SCHEMA_VERSION]
         run_id: str
         impl: str
@@ -94,10 +142,51 @@ def _record_model():
         summary: Optional[Summary] = None
         iterations_recorded: NonNegativeInt = 0
         config: dict
+        environment: Optional[Environment] = None
+        effective_hparams: Optional[dict] = None
+        data: Optional[dict] = None
+        divergent: Optional[dict[str, str]] = None
+        wall_s: Optional[NonNegativeFloat] = None
         measured_by: Literal["harness", "log"] = "harness"
         parity_unverified: Optional[list[str]] = None
+        from_log: Optional[Union[str, dict]] = None
 
     return RunRecord
+
+
+def _iteration_model():
+    """One row of iterations.jsonl: a training iteration or a timed inference call (the fields read)."""
+    from typing import Optional
+
+    from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt
+
+    class Iteration(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        iter: NonNegativeInt
+        duration: NonNegativeFloat
+        images: NonNegativeInt
+        global_images: Optional[NonNegativeInt] = None
+        end_time: Optional[float] = None
+        data_time: Optional[NonNegativeFloat] = None
+        loss: Optional[float] = None
+        lr: Optional[float] = None
+        max_memory_mb: Optional[NonNegativeFloat] = None
+        pixels: Optional[NonNegativeInt] = None
+        proposals: Optional[NonNegativeInt] = None
+        rois: Optional[NonNegativeInt] = None
+        positives: Optional[NonNegativeInt] = None
+        rpn_positives: Optional[NonNegativeInt] = None
+        phases: Optional[dict[str, float]] = None
+        host_syncs: Optional[NonNegativeInt] = None
+        batch_size: Optional[NonNegativeInt] = None
+        detections: Optional[NonNegativeInt] = None
+        masks: Optional[NonNegativeInt] = None
+
+    return Iteration
+
+
+def _problems(error) -> str:
+    return "; ".join(f"key '{'.'.join(map(str, err['loc']))}': {err['msg']}" for err in error.errors())
 
 
 def _umask() -> int:
@@ -106,7 +195,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    """Write ``text`` to ``path`` whole or not at all. ``replace=False``: only where no file of that name
+    exists (FileExistsError otherwise, nothing written), decided atomically by the file system."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -116,17 +207,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists
+    finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, replace: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", replace=replace)
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -145,6 +238,20 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 # A partial file streamed by a worker that was killed may end in a cut line.
                 raise ResultError(f"{path}:{lineno}: not valid JSON") from None
+    return rows
+
+
+def read_iterations(path: str | os.PathLike) -> list[dict]:
+    """iterations.jsonl, each row checked against the schema (ResultError naming the line and key)."""
+    from pydantic import ValidationError
+
+    model = _iteration_model()
+    rows = read_jsonl(path)
+    for lineno, row in enumerate(rows, 1):
+        try:
+            model.model_validate(row)
+        except ValidationError as e:
+            raise ResultError(f"{path}: row {lineno} does not match the iteration schema: {_problems(e)}") from None
     return rows
 
 
@@ -305,8 +412,7 @@ def load_run(path: str | os.PathLike) -> dict:
     try:
         _record_model().model_validate({k: v for k, v in record.items() if k != "schema"})
     except ValidationError as e:
-        problems = "; ".join(f"key '{'.'.join(map(str, err['loc']))}': {err['msg']}" for err in e.errors())
-        raise ResultError(f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {problems}") from None
+        raise ResultError(f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {_problems(e)}") from None
     if record["status"] == "ok" and not isinstance(record.get("summary"), dict):
         raise ResultError(f"{path}: status 'ok' but key 'summary' is missing")
     record["_path"] = str(path)

@@ -6,7 +6,9 @@ It pins its threads (and, where there are enough cores, its CPU set), joins the 
 asks the adapter to train with an :class:`IterationTimer` attached, and on rank 0 writes
 ``run.json`` and ``iterations.jsonl`` atomically. While training, rank 0 streams every iteration to
 ``results.PARTIAL_ITERATIONS`` so that a run killed part-way still leaves what it measured; any rank
-that fails writes ``error-rank<N>.json`` before exiting non-zero.
+that fails writes ``error-rank<N>.json`` before exiting non-zero. No worker outlives its run: each
+leaves its pid for the launcher (``launch.WORKER_PIDS``) and a :class:`Watchdog` ends it when its
+launcher or ``mrcnn-bench`` is gone; run.json is written only where the launcher has not written its own.
 """
 from __future__ import annotations
 
@@ -14,10 +16,70 @@ import argparse
 import gc
 import json
 import os
+import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+
+
+class Watchdog(threading.Thread):
+    """Ends this worker (exit 143, no record) once its launcher (the parent it started under: torchrun,
+    or ``mrcnn-bench`` under SLURM) or ``mrcnn-bench`` itself ($MRCNN_BENCH_PID) is gone: torchrun starts
+    each worker in a session of its own, so no signal of theirs reaches it when they are killed."""
+
+    def __init__(self, owner_pid: int | None, interval: float = 0.5):
+        import psutil
+
+        super().__init__(daemon=True, name="mrcnn-bench-watchdog")
+        self.parent = os.getppid()
+        self.owner = None
+        if owner_pid:
+            try:
+                self.owner = psutil.Process(owner_pid)
+            except psutil.NoSuchProcess:
+                self._end(f"mrcnn-bench (pid {owner_pid}) was gone before this worker started")
+        self.interval = interval
+
+    def gone(self) -> str | None:
+        import psutil
+
+        if os.getppid() != self.parent:
+            return f"its launcher (pid {self.parent}) is gone"
+        try:
+            if self.owner is not None and (not self.owner.is_running() or self.owner.status() == psutil.STATUS_ZOMBIE):
+                return f"mrcnn-bench (pid {self.owner.pid}) is gone"
+        except psutil.NoSuchProcess:
+            return f"mrcnn-bench (pid {self.owner.pid}) is gone"
+        return None
+
+    def run(self):
+        while True:
+            why = self.gone()
+            if why:
+                self._end(why)
+            time.sleep(self.interval)
+
+    @staticmethod
+    def _end(why: str) -> None:
+        try:
+            print(f"worker {os.getpid()}: {why}; stopping (its run is recorded by the launcher)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass  # its output pipe went with the launcher
+        os._exit(143)
+
+
+def _leave_pid(run_dir: Path, rank: int) -> None:
+    """This worker's pid and start time, for the launcher to stop it should it outlive torchrun."""
+    import psutil
+
+    from mrcnn_bench.harness.launch import WORKER_PIDS
+    from mrcnn_bench.harness.results import atomic_write_json
+
+    me = psutil.Process()
+    atomic_write_json(run_dir / WORKER_PIDS.format(host=socket.gethostname(), rank=rank),
+                      {"pid": me.pid, "started": me.create_time()})
 
 
 
@@ -94,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    _leave_pid(run_dir, rank)
+    Watchdog(int(os.environ.get("MRCNN_BENCH_PID", 0)) or None).start()
     try:
         return _run(args.impl, run_dir, spec, rank, world, local_rank, local_world)
     except BaseException as e:
@@ -159,8 +223,11 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     from mrcnn_bench.harness.config import Config
     from mrcnn_bench.harness.data import DataPaths
 
+    from mrcnn_bench.harness import data_check
+
     cfg = Config.model_validate(spec["config"])
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
+    data_check.register(spec.get("data_index", {}))
     cpus = _pin_threads(spec["threads_per_rank"], local_rank, local_world)
     dist = _setup_distributed(cfg.benchmark, rank, world, local_rank)
 
@@ -216,7 +283,7 @@ def _infer(impl: str, spec: dict, cfg, data, adapter, native, dist, env_extra: d
     import torch
 
     from mrcnn_bench.harness.inference import check_not_empty, inference_summary, load_images, time_batches
-    from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
+    from mrcnn_bench.harness.results import atomic_write_jsonl, capture_environment, make_run_record
 
     bench = cfg.benchmark
     predict = adapter.predictor(cfg, data, dist)
@@ -247,7 +314,7 @@ def _infer(impl: str, spec: dict, cfg, data, adapter, native, dist, env_extra: d
         measures=("inference: images/s and latency per call of the framework's own eval path, decoded images in, "
                   "detections with pasted masks out, per batch size; each call closed by a device synchronize"),
     )
-    atomic_write_json(run_dir / "run.json", record)
+    _write_final(run_dir, record)
     partial.done()
     for size, stats in summary["batch_sizes"].items():
         print(f"{impl}: batch {size}: {stats['images_per_s']:.2f} img/s, latency mean {stats['latency_ms_mean']:.1f} ms, "
@@ -336,7 +403,7 @@ def _summary(cfg, data, rows: list[dict], timer, world_images: list[int], dist) 
 
 def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, dist, env_extra, run_dir: Path) -> dict:
     """Rank 0: iterations.jsonl and run.json, each written atomically; returns the record."""
-    from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, capture_environment, make_run_record
+    from mrcnn_bench.harness.results import atomic_write_jsonl, capture_environment, make_run_record
 
     bench = cfg.benchmark
     rows = [r.to_dict() for r in timer.records]
@@ -365,8 +432,19 @@ def _record(impl, spec, cfg, data, adapter, native, extra, timer, world_images, 
                # the canonical keys this framework ran otherwise, allowed by benchmark.allow_divergent
                "divergent": adapter.divergences(cfg)},
     )
-    atomic_write_json(run_dir / "run.json", record)
+    _write_final(run_dir, record)
     return record
+
+
+def _write_final(run_dir: Path, record: dict) -> None:
+    """run.json, unless the launcher has already written its verdict there (it is final)."""
+    from mrcnn_bench.harness.results import atomic_write_json
+
+    try:
+        atomic_write_json(run_dir / "run.json", record, replace=False)
+    except FileExistsError:
+        raise RuntimeError(f"{run_dir / 'run.json'}: the launcher has already recorded this run; "
+                           "this worker's result is discarded") from None
 
 if __name__ == "__main__":
     code = main()

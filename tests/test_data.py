@@ -110,3 +110,41 @@ def test_cli_synth(tmp_path):
     assert "train: 3 images" in out.stdout
     again = run_cli("data", "synth", "--out", tmp_path / "s", "--images", 3)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
+
+
+def test_a_few_unusable_annotations_are_dropped_alike_and_counted(tmp_path, synth_root, monkeypatch):
+    """Below data_check.MAX_DROPPED_SHARE, unusable annotations (here: one polygon of 2 points, one box of
+    no width) are dropped from the file every implementation reads, and polygons of fewer than 3 points
+    from the annotations that keep others; the summary counts both; the index (class count, usable
+    images) is the cleaned file's."""
+    import shutil
+
+    from mrcnn_bench.harness import data_check
+    from mrcnn_bench.harness.config import DataConfig
+    from mrcnn_bench.harness.data_order import usable_images
+
+    monkeypatch.setenv("MRCNN_BENCH_DATA", str(tmp_path / "cache" / "data"))
+    monkeypatch.setattr(data_check, "MAX_DROPPED_SHARE", 0.1)
+    root = tmp_path / "set"
+    shutil.copytree(synth_root, root)
+    ann = root / "annotations" / "instances_train2017.json"
+    coco = json.loads(ann.read_text())
+    plain = [a for a in coco["annotations"] if not a["iscrowd"]]
+    plain[0]["segmentation"] = [[1.0, 2.0, 5.0, 6.0]]  # unusable: its only polygon has 2 points
+    plain[1]["bbox"][2] = 0.0  # unusable: no width
+    plain[2]["segmentation"] = plain[2]["segmentation"] + [[3.0, 3.0]]  # kept, without its 1-point polygon
+    ann.write_text(json.dumps(coco))
+
+    paths, summary = resolve_data(DataConfig(), str(root))
+    assert summary["train"]["dropped"] == {"annotations": 2, "short_polygons": 2}
+    assert summary["train"]["annotations"] == len(coco["annotations"])
+    assert summary["train"]["headers_checked"] == len(coco["images"])
+    assert paths.train_json != ann and paths.train_json.is_relative_to(tmp_path / "cache")
+    cleaned = json.loads(paths.train_json.read_text())
+    ids = {a["id"] for a in cleaned["annotations"]}
+    assert len(ids) == len(coco["annotations"]) - 2 and plain[0]["id"] not in ids and plain[1]["id"] not in ids
+    third = next(a for a in cleaned["annotations"] if a["id"] == plain[2]["id"])
+    assert third["segmentation"] == plain[2]["segmentation"][:-1]
+    index = data_check.index_of(paths.train_json)
+    assert index == {"categories": 80, "usable": [[i, w] for i, w in usable_images(cleaned).items()]}
+    assert "dropped" not in summary["val"] and paths.val_json == root / "annotations" / "instances_val2017.json"

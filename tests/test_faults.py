@@ -31,6 +31,25 @@ def _broken_data(root, tmp_path, how):
     elif how == "no_annotations":
         coco["annotations"] = []
         ann.write_text(json.dumps(coco))
+    elif how == "negative_boxes":
+        for a in coco["annotations"]:
+            a["bbox"][2] = -a["bbox"][2]
+        ann.write_text(json.dumps(coco))
+    elif how == "short_polygon":  # one of ~30 annotations: more than the 1% dropped alike
+        first = next(a for a in coco["annotations"] if not a["iscrowd"])
+        first["id"], first["segmentation"] = 4242, [[1.0, 2.0, 5.0, 6.0]]
+        ann.write_text(json.dumps(coco))
+    elif how == "resized":
+        coco["images"][0]["width"] += 10
+        ann.write_text(json.dumps(coco))
+    elif how == "exif":
+        from PIL import Image
+
+        path = bad / "train2017" / coco["images"][0]["file_name"]
+        with Image.open(path) as im:
+            exif = im.getexif()
+            exif[0x0112] = 6  # rotate 90° clockwise to display
+            im.save(path, exif=exif)
     return bad
 
 
@@ -41,6 +60,7 @@ def _broken_data(root, tmp_path, how):
         ("config is a folder", ["--config", "{tmp}"], r": is a directory, expected a YAML config file"),
         ("config not text", ["--config", "{binary}"], r"binary.yaml: cannot read config file: not UTF-8"),
         ("unknown key", ["--set", "solver.lr=0.1"], r"unknown key 'solver.lr'"),
+        ("infinite lr", ["--set", "solver.base_lr=.inf"], r"key 'solver.base_lr': Input should be a finite number"),
         ("wrong type", ["--set", "benchmark.iters=ten"], r"key 'benchmark.iters': Input should be a valid integer.*'ten'"),
         ("empty window", ["--set", "benchmark.warmup=40"], r"timed window \[warmup=40, end=30\) is empty"),
         ("batch vs --gpus", ["--gpus", "3"], r"solver.ims_per_batch=2 cannot be split evenly over 3 processes.*\n.*"
@@ -50,6 +70,14 @@ def _broken_data(root, tmp_path, how):
         ("truncated json", ["--data", "{truncated}"], r"instances_train2017.json: not valid JSON \(truncated or corrupt\?\)"),
         ("images absent", ["--data", "{absent}"], r"1 image\(s\) listed under 'images' are absent from"),
         ("no annotations", ["--data", "{no_annotations}"], r"key 'annotations' is empty: nothing to train on"),
+        ("every box negative", ["--data", "{negative_boxes}"], r"instances_train2017.json: every annotation cannot be "
+         r"trained on: annotation id 1: key 'bbox': expected width and height > 0, got -\d+\.0 x \d+\.0; .*and \d+ more"),
+        ("short polygons", ["--data", "{short_polygon}"], r"instances_train2017.json: 1 of \d+ annotations \(over 1%\) cannot "
+         r"be trained on: annotation id 4242: key 'segmentation': expected a polygon of at least 3 points"),
+        ("size not the json's", ["--data", "{resized}"], r"instances_train2017.json: image id 1 \(.*000000000001.jpg\): the file "
+         r"is (\d+)x\d+, the json says (?!\1)\d+x\d+"),
+        ("EXIF rotation", ["--data", "{exif}"], r"image id 1 \(.*\): EXIF orientation 6 \(expected none or 1\): detectron2 and mmdet "
+         r"would rotate it"),
         ("unknown impl", ["--impl", "maskrcnn9000"], r"--impl: unknown implementation\(s\) maskrcnn9000; known: "),
         ("not installed", ["--impl", "busy"], r"--impl busy: busy is not installed \(a test fixture\); install: pip install"),
         ("no batch sizes", ["--task", "infer", "--batch-sizes", ""], r"--batch-sizes '': expected one or more positive integers"),
@@ -65,7 +93,7 @@ def test_bad_input_exits_2_names_the_problem_and_writes_nothing(case, args, expe
 
     (tmp_path / "binary.yaml").write_bytes(b"name: \xff\xfe\n")
     subs = {"{tmp}": str(tmp_path), "{binary}": str(tmp_path / "binary.yaml")}
-    for how in ("truncated", "absent", "no_annotations"):
+    for how in ("truncated", "absent", "no_annotations", "negative_boxes", "short_polygon", "resized", "exif"):
         if f"{{{how}}}" in args:
             subs[f"{{{how}}}"] = str(_broken_data(synth_root, tmp_path, how))
     args = [subs.get(a, a) for a in args]
@@ -159,3 +187,148 @@ def test_parity_checks_its_python_option_as_run_does():
         out = run_cli(*command, "--python", "detectron2")
         assert out.returncode == 2 and "--python 'detectron2': expected IMPL=PATH" in out.stderr, (command, out.stderr[-500:])
         assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- one process group, one fate (issue 27)
+
+def _workers_of(run_dir) -> list:
+    """Live worker processes whose --run-dir is ``run_dir`` or below it (from the process list; torchrun,
+    whose command line names the worker module too, is not one)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if ("mrcnn_bench.harness.worker" in cmd and any(c == str(run_dir) or c.startswith(f"{run_dir}/") for c in cmd) and "torch.distributed.run" not in cmd
+                and proc.info["status"] != psutil.STATUS_ZOMBIE):
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Starts `run --impl busy,busy_peer` in the background; whatever a failed test leaves is killed."""
+    started = []
+
+    def _start(run_id, fault, *extra):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", MRCNN_TEST_FAULT=fault, **PLUGIN_ENV)
+        cmd = [sys.executable, "-m", "mrcnn_bench.harness.cli", "run", "--impl", "busy,busy_peer", "--out", str(tmp_path),
+               "--run-id", run_id, *SHORT, *extra]
+        started.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield _start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    for worker in _workers_of(tmp_path):
+        worker.kill()
+
+
+def _wait_for_iterations(proc, partial, n: int, within: float = 300):
+    deadline = time.time() + within
+    while time.time() < deadline and not (partial.is_file() and len(partial.read_text().splitlines()) >= n):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    assert partial.is_file(), (proc.kill(), proc.communicate(timeout=60))
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_leaves_no_worker_and_its_verdict_stands(tmp_path, start):
+    """kill -9 of torchrun while busy trains (hanging at iteration 3, as a worker deaf to everything would):
+    busy is recorded failed with the launcher's death as reason, no busy worker is alive while busy_peer
+    is timed, and nothing rewrites busy's record afterwards."""
+    import psutil
+
+    proc = start("k", "busy:hang@3")
+    busy, peer = tmp_path / "k" / "busy", tmp_path / "k" / "busy_peer"
+    _wait_for_iterations(proc, busy / ".iterations.partial.jsonl", 3)
+    assert len(_workers_of(busy)) == 1
+    torchrun = [c for c in psutil.Process(proc.pid).children() if "torch.distributed.run" in " ".join(c.cmdline())]
+    assert len(torchrun) == 1
+    torchrun[0].kill()
+    seen_during_peer = None
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if seen_during_peer is None and (peer / ".iterations.partial.jsonl").is_file():
+            seen_during_peer = _workers_of(busy)  # busy_peer is training now
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert seen_during_peer == [], seen_during_peer
+    rec = load_run(busy)
+    assert rec["status"] == "failed" and "the launcher (torchrun, pid" in rec["reason"] and "SIGKILL" in rec["reason"], rec["reason"]
+    assert rec["iterations_recorded"] == 3
+    assert load_run(peer)["status"] == "ok"
+    written = (busy / "run.json").read_bytes()
+    time.sleep(2)
+    assert (busy / "run.json").read_bytes() == written and _workers_of(busy) == []
+    assert not list((tmp_path / "k").rglob(".worker-*")) and not (tmp_path / "k" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_is_ctrl_c_the_run_id_is_locked_and_a_stale_lock_taken_over(tmp_path, start):
+    proc = start("t", "busy_peer:hang@3")
+    peer = tmp_path / "t" / "busy_peer"
+    _wait_for_iterations(proc, peer / ".iterations.partial.jsonl", 3)
+    finished = (tmp_path / "t" / "busy" / "run.json").read_bytes()
+    # a second command on the same run id while the first holds it: refused, naming the holder
+    second = _run(tmp_path, "t")
+    assert second.returncode == 2 and f"run id in use by another mrcnn-bench command (pid {proc.pid})" in second.stderr, second.stderr
+    proc.send_signal(signal.SIGTERM)  # what a scheduler, `timeout` or a CI cancel sends
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "interrupted by SIGTERM" in stderr and "--run-id t to resume" in stderr
+    rec = load_run(peer)
+    assert rec["status"] == "interrupted" and rec["reason"].startswith("interrupted by SIGTERM") and rec["iterations_recorded"] == 3
+    assert (tmp_path / "t" / "busy" / "run.json").read_bytes() == finished
+    assert _workers_of(peer) == []
+    # a lock file left by a process that is gone (kill -9 leaves it): taken over
+    (tmp_path / "t" / ".lock").write_text("999999999\n")
+    resumed = _run(tmp_path, "t")
+    assert resumed.returncode == 0 and "keeping the finished results of busy" in resumed.stderr, resumed.stderr[-2000:]
+    assert load_run(peer)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused_and_duplicates_run_once(tmp_path):
+    first = _run(tmp_path, "r", fault="busy_peer:crash@2", impls="busy,busy_peer,busy")
+    assert first.returncode == 1 and first.stderr.count("named more than once") == 1, first.stderr[-2000:]
+    assert "== [1/2] busy:" in first.stderr and "== [3/" not in first.stderr  # busy ran once, of two
+    other = _run(tmp_path, "r", "--set", "solver.base_lr=0.02")
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert "resuming with other settings than the finished results of busy (solver.base_lr: 0.0025 -> 0.02)" in other.stderr
+    threads = _run(tmp_path, "r", "--threads", "2")
+    assert threads.returncode == 2 and "environment.torch_threads: 1 -> 2" in threads.stderr, threads.stderr[-2000:]
+    assert load_run(tmp_path / "r" / "busy_peer")["status"] == "failed"  # nothing was run
+    forced = _run(tmp_path, "r", "--set", "solver.base_lr=0.02", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert {load_run(tmp_path / "r" / i)["config"]["solver"]["base_lr"] for i in ("busy", "busy_peer")} == {0.02}
+
+
+@pytest.mark.parametrize("run_id", ["../escape", "/abs/path", "a/b", ".hidden", ".."])
+def test_a_run_id_is_one_folder_name(run_id, tmp_path):
+    out = run_cli("run", "--impl", "torchvision", "--out", tmp_path / "out", "--run-id", run_id)
+    assert out.returncode == 2 and f"--run-id {run_id!r}: expected one folder name" in out.stderr, out.stderr[-1000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
+
+
+def test_an_unwritable_out_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("")
+    for out_root in ("/sys/mrcnn-bench-out", tmp_path / "file" / "out"):
+        out = run_cli("run", "--impl", "busy", "--out", out_root, "--run-id", "u", *SHORT, env=PLUGIN_ENV)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert f"Error: {out_root}" in out.stderr, out.stderr[-500:]
+
+
+def test_a_worker_never_overwrites_the_launchers_verdict(tmp_path):
+    from mrcnn_bench.harness.worker import _write_final
+
+    (tmp_path / "run.json").write_text('{"status": "failed"}\n')
+    with pytest.raises(RuntimeError, match="the launcher has already recorded this run"):
+        _write_final(tmp_path, {"status": "ok"})
+    assert json.loads((tmp_path / "run.json").read_text()) == {"status": "failed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+    _write_final(tmp_path / "fresh", {"status": "ok"})
+    assert json.loads((tmp_path / "fresh" / "run.json").read_text()) == {"status": "ok"}

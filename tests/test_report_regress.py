@@ -161,7 +161,8 @@ def write_infer_run(root: Path, run_id: str, impl: str, latency: dict[int, np.nd
     rows = [{"iter": i, "batch_size": size, "images": size, "duration": float(d), "detections": 20 * size,
              "masks": 20 * size, "max_memory_mb": 100.0}
             for i, (size, d) in enumerate((size, d) for size, calls in latency.items() for d in calls)]
-    sizes = {str(size): {"batch_size": size, "calls": len(calls), "images_per_s": size * len(calls) / float(np.sum(calls))}
+    sizes = {str(size): {"batch_size": size, "calls": len(calls), "images_per_s": size * len(calls) / float(np.sum(calls)),
+                         "latency_ms_mean": 1e3 * float(np.mean(calls))}
              for size, calls in latency.items()}
     d = root / run_id / impl
     atomic_write_jsonl(d / "iterations.jsonl", rows)
@@ -418,3 +419,42 @@ def test_ci_and_the_gpu_workflow_run_the_gate():
     gate = next(v for k, v in runs.items() if k and k.startswith("Regression gate"))
     assert 'results/baselines/gpu-$CARD-x$GPUS' in gate and "--relative-to torchvision" in gate
     assert "exit 1" in runs["Fail on a failed implementation"]
+
+
+@pytest.mark.parametrize("where, change, expected", [
+    ("run.json", lambda r: r.update(environment="oops"), r"run.json: does not match the run.json schema v3: key 'environment': "),
+    ("run.json", lambda r: r["summary"].update(mfu="high"), r"run.json: does not match .*key 'summary.mfu': Input should be a valid number"),
+    ("run.json", lambda r: r.update(divergent=["x"]), r"run.json: does not match .*key 'divergent': Input should be a valid dictionary"),
+    ("iterations.jsonl", lambda rows: rows[3].update(duration="slow"),
+     r"iterations.jsonl: row 4 does not match the iteration schema: key 'duration': Input should be a valid number"),
+    ("iterations.jsonl", lambda rows: rows[0].pop("images"), r"iterations.jsonl: row 1 does not match .*key 'images': Field required"),
+])
+def test_a_record_outside_the_schema_is_exit_2_naming_file_and_key(where, change, expected, tmp_path):
+    """Whatever field is wrong, report and regress say which (exit 2), never a traceback or regress's exit 1."""
+    import re
+
+    run = tmp_path / "bad" / "reference"
+    shutil.copytree(ROOT / "results" / "baselines" / "cpu_small" / "reference", run)
+    if where == "run.json":
+        record = json.loads((run / "run.json").read_text())
+        change(record)
+        (run / "run.json").write_text(json.dumps(record))
+    else:
+        rows = [json.loads(line) for line in (run / where).read_text().splitlines()]
+        change(rows)
+        (run / where).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for command in (["report", tmp_path / "bad"], ["regress", "--baseline", ROOT / "results" / "baselines" / "cpu_small",
+                                                  "--candidate", tmp_path / "bad"]):
+        out = run_cli(*command)
+        assert out.returncode == 2 and re.search(expected, out.stderr) and "Traceback" not in out.stderr, (command, out.stderr[-1500:])
+
+
+def test_report_of_nothing_and_regress_of_one_folder_against_itself_say_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- mrcnn-bench report: begin -->\n<!-- mrcnn-bench report: end -->\n")
+    out = run_cli("report", tmp_path / "empty", "--into", readme)
+    assert out.returncode == 2 and "empty: no run.json below; nothing to report" in out.stderr and "Traceback" not in out.stderr
+    same = ROOT / "results" / "baselines" / "gate-cpu"
+    out = run_cli("regress", "--baseline", same, "--candidate", same, "--relative-to", "torchvision")
+    assert "warning: --baseline and --candidate are the same folder" in out.stderr, out.stderr[-1000:]

@@ -1,0 +1,182 @@
+"""The one validating pass over a COCO split, in the ``mrcnn-bench`` process.
+
+It refuses (``DataError``, exit 2, naming the file, the annotation or image id and what was expected)
+what would make the implementations train on different data: every annotation unusable, more than
+``MAX_DROPPED_SHARE`` of them unusable, an image whose size differs from the json's, an image stored
+with an EXIF rotation (detectron2 and mmdet rotate it, the reference and torchvision do not). A few
+unusable annotations among many (COCO has some: polygons of fewer than 3 points) are dropped for
+every implementation alike: the frameworks then read a cleaned copy of the file, and run.json's data
+summary counts what was dropped.
+
+What the harness needs of the training split (its class count, the images every implementation trains
+on, with their orientation: the run's data order is a function of these) is kept as the split's
+*index*; it reaches each worker through the launch spec (:func:`registered` / :func:`register`), so
+that no worker parses the annotation file for the harness: the framework's own loader is the only one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .data import DataError, default_cache_dir
+
+MAX_DROPPED_SHARE = 0.01  # more unusable annotations than this share: refused, not dropped
+SIZE_SAMPLE = 500  # images whose header is read (size, EXIF orientation): all of a smaller set
+EXIF_ORIENTATION = 0x0112
+
+_INDEX: dict[str, dict] = {}  # annotation file -> its index, in this process
+
+
+def register(index: dict[str, dict]) -> None:
+    """Indexes computed elsewhere (the launch spec's ``data_index``), keyed by annotation file."""
+    _INDEX.update(index)
+
+
+def registered() -> dict[str, dict]:
+    return dict(_INDEX)
+
+
+def index_of(json_path: str | os.PathLike) -> dict:
+    """The index of a training split: ``{"categories": n, "usable": [[image id, wider than tall], ...]}``
+    from this process's one pass, or (outside a run: tests, tools) from a parse of the file now."""
+    key = str(json_path)
+    if key not in _INDEX:
+        _INDEX[key] = _index(json.loads(Path(json_path).read_text()))
+    return _INDEX[key]
+
+
+def _index(coco: dict) -> dict:
+    from .data_order import usable_images
+
+    return {"categories": len(coco["categories"]), "usable": [[i, wide] for i, wide in usable_images(coco).items()]}
+
+
+def _read(json_path: Path) -> dict:
+    try:
+        coco = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{json_path}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{json_path}: not valid JSON (truncated or corrupt?): {e}") from None
+    if not isinstance(coco, dict):
+        raise DataError(f"{json_path}: expected a COCO object at the top level, got {type(coco).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise DataError(f"{json_path}: key '{key}' missing or not a list (expected COCO instances format)")
+    return coco
+
+
+def _unusable(ann: dict) -> tuple[str | None, int]:
+    """(why this annotation cannot be trained on, or None; how many of its polygons have fewer than 3 points)."""
+    box = ann.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        return "key 'bbox': expected [x, y, width, height]", 0
+    if box[2] <= 0 or box[3] <= 0:
+        return f"key 'bbox': expected width and height > 0, got {box[2]} x {box[3]}", 0
+    segm = ann.get("segmentation")
+    if isinstance(segm, list) and not ann.get("iscrowd", 0):
+        short = sum(1 for poly in segm if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0))
+        if short == len(segm):
+            return "key 'segmentation': expected a polygon of at least 3 points (6 numbers)", short
+        return None, short
+    return None, 0
+
+
+def _clean(coco: dict, dropped: set[int]) -> dict:
+    """The file as every implementation reads it: unusable annotations dropped, and polygons of fewer
+    than 3 points removed from the others."""
+    kept = []
+    for ann in coco["annotations"]:
+        if ann.get("id") in dropped:
+            continue
+        if isinstance(ann.get("segmentation"), list) and not ann.get("iscrowd", 0):
+            ann = dict(ann, segmentation=[p for p in ann["segmentation"] if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0])
+        kept.append(ann)
+    return dict(coco, annotations=kept)
+
+
+def _check_annotations(json_path: Path, coco: dict) -> tuple[dict, dict | None]:
+    """(what was dropped, the cleaned file's content or None when nothing was)."""
+    bad: list[tuple[object, str]] = []
+    short_parts = 0
+    for ann in coco["annotations"]:
+        why, short = _unusable(ann)
+        short_parts += short
+        if why:
+            bad.append((ann.get("id"), why))
+    total = len(coco["annotations"])
+    if bad and (len(bad) == total or len(bad) > MAX_DROPPED_SHARE * total):
+        shown = "; ".join(f"annotation id {i}: {why}" for i, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        every = "every annotation" if len(bad) == total else f"{len(bad)} of {total} annotations (over {MAX_DROPPED_SHARE:.0%})"
+        raise DataError(f"{json_path}: {every} cannot be trained on: {shown}")
+    if not bad and not short_parts:
+        return {}, None
+    return ({"annotations": len(bad), "short_polygons": short_parts},
+            _clean(coco, {i for i, _ in bad}))
+
+
+def _check_images(json_path: Path, image_dir: Path, images: list[dict]) -> int:
+    """Read the header (no decoding) of up to SIZE_SAMPLE images spread over the split: the size must be
+    the json's and the EXIF orientation none or 1. Returns how many were read."""
+    from PIL import Image, UnidentifiedImageError
+
+    step = max(1, len(images) // SIZE_SAMPLE)
+    sample = images[::step][:SIZE_SAMPLE]
+    for im in sample:
+        path = image_dir / str(im.get("file_name"))
+        try:
+            with Image.open(path) as f:
+                size, orientation = f.size, f.getexif().get(EXIF_ORIENTATION, 1)
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{json_path}: image id {im.get('id')} ({path}): cannot read its header: {e}") from None
+        if size != (im.get("width"), im.get("height")):
+            raise DataError(f"{json_path}: image id {im.get('id')} ({path}): the file is {size[0]}x{size[1]}, the json says "
+                            f"{im.get('width')}x{im.get('height')} (width x height); the masks would not lie on the objects")
+        if orientation != 1:
+            raise DataError(f"{json_path}: image id {im.get('id')} ({path}): EXIF orientation {orientation} (expected none or 1): "
+                            "detectron2 and mmdet would rotate it, the reference and torchvision would not; "
+                            "store the pixels upright and drop the tag (e.g. `mogrify -auto-orient`)")
+    return len(sample)
+
+
+def _cleaned_path(json_path: Path) -> Path:
+    st = json_path.stat()
+    key = hashlib.sha1(f"{json_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return default_cache_dir().parent / "cleaned" / key / json_path.name
+
+
+def inspect_split(json_path: Path, image_dir: Path, need_annotations: bool = True, train: bool = False) -> tuple[dict, Path]:
+    """Validate one COCO split in one parse; returns (its summary, the annotation file the frameworks
+    are to read: ``json_path``, or its cleaned copy). A training split's index is registered."""
+    from .results import atomic_write_text
+
+    if not json_path.is_file():
+        raise DataError(f"{json_path}: annotation file not found")
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: image folder not found (listed by {json_path})")
+    coco = _read(json_path)
+    if not coco["images"]:
+        raise DataError(f"{json_path}: key 'images' is empty")
+    if not coco["categories"]:
+        raise DataError(f"{json_path}: key 'categories' is empty")
+    if need_annotations and not coco["annotations"]:
+        raise DataError(f"{json_path}: key 'annotations' is empty: nothing to train on")
+    missing = [im.get("file_name") for im in coco["images"] if not (image_dir / str(im.get("file_name"))).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(f"{json_path}: {len(missing)} image(s) listed under 'images' are absent from {image_dir}: {shown}")
+    dropped, cleaned = _check_annotations(json_path, coco)
+    summary = {"images": len(coco["images"]), "annotations": len(coco["annotations"]), "categories": len(coco["categories"]),
+               "headers_checked": _check_images(json_path, image_dir, coco["images"])}
+    read_from = json_path
+    if cleaned is not None:
+        summary["dropped"] = dropped
+        read_from = _cleaned_path(json_path)
+        if not read_from.is_file():
+            atomic_write_text(read_from, json.dumps(cleaned))
+        coco = cleaned
+    if train:
+        _INDEX[str(read_from)] = _index(coco)
+    return summary, read_from
