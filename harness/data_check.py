@@ -141,21 +141,37 @@ def _check_images(json_path: Path, image_dir: Path, images: list[dict]) -> int:
     return len(sample)
 
 
-def _cleaned_path(json_path: Path) -> Path:
-    st = json_path.stat()
-    key = hashlib.sha1(f"{json_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return default_cache_dir().parent / "cleaned" / key / json_path.name
+CHECK_VERSION = 1  # bumped whenever what the pass checks or records changes (the cache is keyed by it)
+
+
+def _stamp(json_path: Path, image_dir: Path, need_annotations: bool) -> str:
+    """What the pass's verdict depends on: the file (path, size, modification time), the image folder's
+    modification time (a file added or removed changes it), the checks' settings."""
+    st, folder = json_path.stat(), image_dir.stat()
+    return hashlib.sha1(f"{json_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{image_dir.resolve()}:{folder.st_mtime_ns}:"
+                        f"{need_annotations}:{MAX_DROPPED_SHARE}:{SIZE_SAMPLE}:{CHECK_VERSION}".encode()).hexdigest()[:16]
 
 
 def inspect_split(json_path: Path, image_dir: Path, need_annotations: bool = True, train: bool = False) -> tuple[dict, Path]:
     """Validate one COCO split in one parse; returns (its summary, the annotation file the frameworks
-    are to read: ``json_path``, or its cleaned copy). A training split's index is registered."""
+    are to read: ``json_path``, or its cleaned copy). A training split's index is registered. The
+    verdict of a split that passed is kept (data cache, ``checked/``) under its :func:`_stamp`: a later
+    command on the same files reads it instead of parsing the file again."""
     from .results import atomic_write_text
 
     if not json_path.is_file():
         raise DataError(f"{json_path}: annotation file not found")
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: image folder not found (listed by {json_path})")
+    cache = default_cache_dir().parent / "checked" / _stamp(json_path, image_dir, need_annotations)
+    try:
+        kept = json.loads((cache / "verdict.json").read_text())
+        if Path(kept["read_from"]).is_file():
+            if train:
+                _INDEX[kept["read_from"]] = kept["index"]
+            return kept["summary"], Path(kept["read_from"])
+    except (OSError, ValueError, KeyError):
+        pass  # not checked yet (or the cache is unreadable): check now
     coco = _read(json_path)
     if not coco["images"]:
         raise DataError(f"{json_path}: key 'images' is empty")
@@ -173,10 +189,11 @@ def inspect_split(json_path: Path, image_dir: Path, need_annotations: bool = Tru
     read_from = json_path
     if cleaned is not None:
         summary["dropped"] = dropped
-        read_from = _cleaned_path(json_path)
-        if not read_from.is_file():
-            atomic_write_text(read_from, json.dumps(cleaned))
+        read_from = cache / json_path.name
+        atomic_write_text(read_from, json.dumps(cleaned))
         coco = cleaned
+    index = _index(coco)
     if train:
-        _INDEX[str(read_from)] = _index(coco)
+        _INDEX[str(read_from)] = index
+    atomic_write_text(cache / "verdict.json", json.dumps({"summary": summary, "read_from": str(read_from), "index": index}))
     return summary, read_from

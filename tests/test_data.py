@@ -148,3 +148,29 @@ def test_a_few_unusable_annotations_are_dropped_alike_and_counted(tmp_path, synt
     index = data_check.index_of(paths.train_json)
     assert index == {"categories": 80, "usable": [[i, w] for i, w in usable_images(cleaned).items()]}
     assert "dropped" not in summary["val"] and paths.val_json == root / "annotations" / "instances_val2017.json"
+
+
+def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path, synth_root, monkeypatch):
+    import os
+    import shutil
+
+    from mrcnn_bench.harness import data_check
+
+    monkeypatch.setenv("MRCNN_BENCH_DATA", str(tmp_path / "cache" / "data"))
+    root = tmp_path / "set"
+    shutil.copytree(synth_root, root)
+    ann, images = root / "annotations" / "instances_train2017.json", root / "train2017"
+    parses = []
+    real_read = data_check._read
+    monkeypatch.setattr(data_check, "_read", lambda path: parses.append(path) or real_read(path))
+    first = data_check.inspect_split(ann, images, train=True)
+    data_check._INDEX.clear()
+    again = data_check.inspect_split(ann, images, train=True)
+    assert again == first and parses == [ann]  # the second answer came from the kept verdict
+    assert data_check.registered()[str(ann)] == data_check._index(json.loads(ann.read_text()))  # and so did the index
+    st = ann.stat()
+    os.utime(ann, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: checked again
+    data_check.inspect_split(ann, images, train=True)
+    (images / "extra.jpg").write_bytes(b"")  # the folder changed: checked again
+    data_check.inspect_split(ann, images, train=True)
+    assert parses == [ann, ann, ann]
