@@ -382,3 +382,24 @@ def resolve_config_path(name_or_path: str) -> Path:
     if p.exists() or p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
         return p
     return builtin_config_dir() / f"{name_or_path}.yaml"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} for every leaf of a nested dict (a config, a record's section)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def with_defaults(config: dict) -> dict:
+    """A recorded config with the keys it predates filled in with their defaults (a key added since is
+    no difference when the older record ran with what is now its default); one this version cannot read
+    is returned as written."""
+    try:
+        return Config.model_validate(config).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - compared as written
+        return config

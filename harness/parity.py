@@ -22,21 +22,12 @@ from pathlib import Path
 
 import pandas as pd
 
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+from .config import flatten
 
 
 def canonical_values(cfg, num_classes: int | None = None) -> dict:
     """The canonical config in the keys adapters report, with derived keys resolved."""
-    flat = _flatten(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     flat["model.backbone.norm"] = cfg.model.effective_norm
     flat["model.backbone.freeze_at"] = cfg.model.effective_freeze_at
     flat["model.num_classes"] = cfg.model.num_classes or num_classes

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import flatten, with_defaults
 from .frames import iterations_of
 from .results import ResultError, find_runs, load_run
 from .statistics import block_bootstrap_log_var, find_step, slowdown_interval
@@ -105,28 +106,11 @@ def load_rounds(path: str | Path) -> dict[Path, dict[str, dict]]:
 _NOT_SCENARIO = ("description", "benchmark.timeout_s", "benchmark.threads_per_rank", "benchmark.num_workers")
 
 
-def _flat(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: node}
-
-
-def _with_defaults(config: dict) -> dict:
-    """The config with the keys a record predates filled in with their defaults (a key added since
-    is no difference when the older record ran with what is now its default)."""
-    from .config import Config
-
-    try:
-        return Config.model_validate(config).model_dump(mode="json")
-    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as written
-        return config
-
-
 def scenario(record: dict) -> dict:
     """What two runs must share to be compared: the shared config (implementation switches such as
     ``reference.*`` are what is under test, like code; file locations count by name only), dtype, world
     size, window and the device kind (cpu, or the GPU's model)."""
-    config = {k: v for k, v in _flat(_with_defaults(record.get("config") or {})).items()
+    config = {k: v for k, v in flatten(with_defaults(record.get("config") or {})).items()
               if not k.startswith("reference.") and k not in _NOT_SCENARIO}
     for key in ("model.init_weights", "model.weights", "data.root"):
         if isinstance(config.get(key), str):

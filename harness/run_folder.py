@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from .config import flatten, with_defaults
 from .launch import LaunchError
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -85,27 +86,16 @@ class RunLock:
                 pass
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def resume_mismatches(kept: list[dict], config: dict, data: dict, machine: dict) -> list[str]:
     """``key: finished value -> this command's value`` for every setting in which the command resuming a
     run differs from a finished implementation's record: a config key (those of ``RESUMABLE_KEYS``
     aside), the data set's counts (``data.*``), and ``machine``'s facts (``environment.*``: the CPU, the
     GPUs, the threads per process)."""
-    now = {**{k: v for k, v in _flat({"config": config, "data": data}).items()},
-           **{f"environment.{k}": v for k, v in machine.items()}}
+    now = {**flatten({"config": config, "data": data}), **{f"environment.{k}": v for k, v in machine.items()}}
     problems: dict[str, str] = {}
     for record in kept:
         env = record.get("environment") or {}
-        then = {**_flat({"config": record.get("config") or {}, "data": record.get("data") or {}}),
+        then = {**flatten({"config": with_defaults(record.get("config") or {}), "data": record.get("data") or {}}),
                 **{f"environment.{k}": env.get(k) for k in machine}}
         for key in sorted(set(now) | set(then)):
             if now.get(key) != then.get(key) and key.removeprefix("config.") not in RESUMABLE_KEYS:

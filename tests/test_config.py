@@ -1,20 +1,10 @@
 import pytest
 import yaml
 
-from mrcnn_bench.harness.config import ConfigError, builtin_config_dir, load_config, parse_override
+from mrcnn_bench.harness.config import ConfigError, builtin_config_dir, flatten, load_config, parse_override
 
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 SMALL = builtin_config_dir() / "cpu_small.yaml"
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def test_canonical_config_has_the_detectron_baseline():
@@ -34,8 +24,8 @@ def test_canonical_config_has_the_detectron_baseline():
 
 
 def test_cpu_scenario_changes_only_size_batch_iterations_window():
-    canonical = _flat(yaml.safe_load(CANONICAL.read_text()))
-    small = _flat(yaml.safe_load(SMALL.read_text()))
+    canonical = flatten(yaml.safe_load(CANONICAL.read_text()))
+    small = flatten(yaml.safe_load(SMALL.read_text()))
     changed = {k for k in canonical if canonical[k] != small[k]}
     allowed = {
         "name", "description",

@@ -149,39 +149,6 @@ def test_a_hang_past_the_timeout_is_stopped(tmp_path):
     assert not subprocess.run(["pgrep", "-f", "MRCNN_TEST_FAULT"], capture_output=True).stdout  # nothing left behind
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_finished_results_marks_the_interrupted_one_and_resume_finishes(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MRCNN_TEST_FAULT="busy_peer:hang@3", **PLUGIN_ENV)
-    cmd = [sys.executable, "-m", "mrcnn_bench.harness.cli", "run", "--impl", "busy,busy_peer", "--out", str(tmp_path), "--run-id", "c", *SHORT]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = tmp_path / "c" / "busy_peer" / ".iterations.partial.jsonl"
-    # bounds for a loaded machine (here, alone: the partial file in ~11 s, the exit ~3 s after Ctrl-C)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (partial.is_file() and len(partial.read_text().splitlines()) >= 3):
-        time.sleep(0.2)
-    assert partial.is_file() and len(partial.read_text().splitlines()) == 3, (proc.kill(), proc.communicate(timeout=60))
-    finished = (tmp_path / "c" / "busy" / "run.json").read_bytes()
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
-    stdout, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "marked interrupted" in stderr and "--run-id c to resume" in stderr
-    assert (tmp_path / "c" / "busy" / "run.json").read_bytes() == finished
-    rec = load_run(tmp_path / "c" / "busy_peer")
-    assert rec["status"] == "interrupted" and rec["iterations_recorded"] == 3
-
-    resumed = _run(tmp_path, "c")  # no fault now
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "keeping the finished results of busy" in resumed.stderr
-    assert (tmp_path / "c" / "busy" / "run.json").read_bytes() == finished
-    assert load_run(tmp_path / "c" / "busy_peer")["status"] == "ok"
-    assert "busy_peer" in resumed.stdout and "busy " in resumed.stdout  # the table shows both
-
-    again = _run(tmp_path, "c")
-    assert again.returncode == 2 and "--force" in again.stderr
-    forced = _run(tmp_path, "c", "--force", impls="busy")
-    assert forced.returncode == 0 and (tmp_path / "c" / "busy" / "run.json").read_bytes() != finished
-
-
 def test_parity_checks_its_python_option_as_run_does():
     for command in (["parity"], ["parity", "--check-forward"], ["run"]):
         out = run_cli(*command, "--python", "detectron2")
@@ -268,27 +235,49 @@ def test_a_killed_launcher_leaves_no_worker_and_its_verdict_stands(tmp_path, sta
 
 
 @pytest.mark.slow
-def test_sigterm_is_ctrl_c_the_run_id_is_locked_and_a_stale_lock_taken_over(tmp_path, start):
-    proc = start("t", "busy_peer:hang@3")
-    peer = tmp_path / "t" / "busy_peer"
+def test_a_stop_signal_keeps_finished_results_marks_the_interrupted_one_and_resume_finishes(tmp_path, start):
+    """SIGTERM (what a scheduler, `timeout` or a CI cancel sends; handled as Ctrl-C is, only the exit code
+    differs: see test_stop_signals_map_to_their_exit_codes) while busy_peer trains; the run id is locked
+    meanwhile; a lock file left behind is taken over; the re-run resumes; a finished run needs --force."""
+    proc = start("c", "busy_peer:hang@3")
+    peer = tmp_path / "c" / "busy_peer"
+    # bounds for a loaded machine (here, alone: the partial file in ~11 s, the exit ~3 s after the signal)
     _wait_for_iterations(proc, peer / ".iterations.partial.jsonl", 3)
-    finished = (tmp_path / "t" / "busy" / "run.json").read_bytes()
-    # a second command on the same run id while the first holds it: refused, naming the holder
-    second = _run(tmp_path, "t")
+    assert len((peer / ".iterations.partial.jsonl").read_text().splitlines()) == 3
+    finished = (tmp_path / "c" / "busy" / "run.json").read_bytes()
+    second = _run(tmp_path, "c")  # a second command on the same run id while the first holds it
     assert second.returncode == 2 and f"run id in use by another mrcnn-bench command (pid {proc.pid})" in second.stderr, second.stderr
-    proc.send_signal(signal.SIGTERM)  # what a scheduler, `timeout` or a CI cancel sends
+    proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 143, stderr[-2000:]
-    assert "interrupted by SIGTERM" in stderr and "--run-id t to resume" in stderr
+    assert "interrupted by SIGTERM: busy_peer marked interrupted" in stderr and "--run-id c to resume" in stderr
     rec = load_run(peer)
     assert rec["status"] == "interrupted" and rec["reason"].startswith("interrupted by SIGTERM") and rec["iterations_recorded"] == 3
-    assert (tmp_path / "t" / "busy" / "run.json").read_bytes() == finished
+    assert (tmp_path / "c" / "busy" / "run.json").read_bytes() == finished
     assert _workers_of(peer) == []
-    # a lock file left by a process that is gone (kill -9 leaves it): taken over
-    (tmp_path / "t" / ".lock").write_text("999999999\n")
-    resumed = _run(tmp_path, "t")
-    assert resumed.returncode == 0 and "keeping the finished results of busy" in resumed.stderr, resumed.stderr[-2000:]
+
+    (tmp_path / "c" / ".lock").write_text("999999999\n")  # what a kill -9 leaves: taken over
+    resumed = _run(tmp_path, "c")  # no fault now
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "keeping the finished results of busy" in resumed.stderr
+    assert (tmp_path / "c" / "busy" / "run.json").read_bytes() == finished
     assert load_run(peer)["status"] == "ok"
+    assert "busy_peer" in resumed.stdout and "busy " in resumed.stdout  # the table shows both
+
+    again = _run(tmp_path, "c")
+    assert again.returncode == 2 and "--force" in again.stderr
+    forced = _run(tmp_path, "c", "--force", impls="busy")
+    assert forced.returncode == 0 and (tmp_path / "c" / "busy" / "run.json").read_bytes() != finished
+
+
+def test_stop_signals_map_to_their_exit_codes():
+    from mrcnn_bench.harness.launch import Interrupted, KeyboardInterruptWithRecord
+
+    assert Interrupted.of(KeyboardInterrupt()).exit_code == 130 and Interrupted.of(KeyboardInterrupt()).how == "by the user (Ctrl-C)"
+    assert Interrupted(signal.SIGTERM).exit_code == 143 and Interrupted(signal.SIGTERM).how == "by SIGTERM"
+    assert Interrupted(signal.SIGHUP).exit_code == 129
+    e = KeyboardInterruptWithRecord({"impl": "x"}, signal.SIGHUP)
+    assert isinstance(e, KeyboardInterrupt) and e.exit_code == 129 and Interrupted.of(e) is e
 
 
 @pytest.mark.slow
@@ -307,10 +296,14 @@ def test_resuming_with_other_settings_is_refused_and_duplicates_run_once(tmp_pat
     assert {load_run(tmp_path / "r" / i)["config"]["solver"]["base_lr"] for i in ("busy", "busy_peer")} == {0.02}
 
 
-@pytest.mark.parametrize("run_id", ["../escape", "/abs/path", "a/b", ".hidden", ".."])
-def test_a_run_id_is_one_folder_name(run_id, tmp_path):
-    out = run_cli("run", "--impl", "torchvision", "--out", tmp_path / "out", "--run-id", run_id)
-    assert out.returncode == 2 and f"--run-id {run_id!r}: expected one folder name" in out.stderr, out.stderr[-1000:]
+def test_a_run_id_is_one_folder_name(tmp_path):
+    from click.testing import CliRunner
+
+    from mrcnn_bench.harness import cli
+
+    for run_id in ("../escape", "/abs/path", "a/b", ".hidden", ".."):
+        out = CliRunner().invoke(cli.main, ["run", "--impl", "torchvision", "--out", str(tmp_path / "out"), "--run-id", run_id])
+        assert out.exit_code == 2 and f"--run-id {run_id!r}: expected one folder name" in out.output, out.output[-1000:]
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape").exists()
 
 
