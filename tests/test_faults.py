@@ -325,3 +325,28 @@ def test_a_worker_never_overwrites_the_launchers_verdict(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
     _write_final(tmp_path / "fresh", {"status": "ok"})
     assert json.loads((tmp_path / "fresh" / "run.json").read_text()) == {"status": "ok"}
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    """ENOSPC while a result is written (here `report --out`'s file; the same wrapper serves `run`): one
+    line naming the file and what to do, exit 1, no traceback; an unwritable target is exit 2."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from mrcnn_bench.harness import cli, results
+
+    def full(path, text, replace=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(results, "atomic_write_text", full)
+    out = CliRunner().invoke(cli.main, ["report", str(ROOT / "results" / "baselines" / "cpu_small"), "--out", str(tmp_path / "r.md")])
+    assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.output[-1000:]
+    assert f"Error: {tmp_path / 'r.md'}: No space left on device; free space and re-run with the same --run-id to resume" in out.output
+
+    def denied(path, text, replace=True):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(results, "atomic_write_text", denied)
+    out = CliRunner().invoke(cli.main, ["report", str(ROOT / "results" / "baselines" / "cpu_small"), "--out", str(tmp_path / "r.md")])
+    assert out.exit_code == 2 and f"Error: {tmp_path / 'r.md'}: Permission denied" in out.output, out.output[-1000:]
