@@ -318,7 +318,7 @@ def _run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats:
 
     run_id = run_id or new_run_id()
     records = []
-    with RunLock(Path(out_root) / run_id):
+    with RunLock(Path(out_root) / run_id, opts.part):
         for k in range(1, repeats + 1):
             click.echo(f"== round {k}/{repeats}", err=True)
             try:
@@ -375,7 +375,7 @@ def _run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: 
                   f"fewer than 3 points dropped for every implementation" if dropped else "") + ")", err=True)
     _check_task(cfg, summary)
     run_id = run_id or new_run_id()
-    with RunLock(Path(out_root) / run_id.split("/")[0]):  # the run id's folder, whatever round this is
+    with RunLock(Path(out_root) / run_id.split("/")[0], opts.part):  # the run id's folder, whatever round this is
         return _run_locked(cfg, runnable, opts, Path(out_root), run_id, paths, summary, reverse)
 
 

@@ -119,6 +119,22 @@ class LaunchOptions:
         return self.slurm.rank == 0 if self.slurm else self.node_rank == 0
 
     @property
+    def ranks(self) -> range:
+        """The global ranks this launch starts (its workers' pid files are these ranks' only: the tasks or
+        nodes of one run may share a host and a run folder)."""
+        if self.slurm:
+            return range(self.slurm.rank, self.slurm.rank + 1)
+        return range(self.node_rank * self.nproc_per_node, (self.node_rank + 1) * self.nproc_per_node)
+
+    @property
+    def part(self) -> str:
+        """This launch's part of a run: '' for the leader, else ``task<N>`` or ``node<N>`` (its log's and
+        its run-folder lock's suffix)."""
+        if self.leader:
+            return ""
+        return f"task{self.slurm.rank}" if self.slurm else f"node{self.node_rank}"
+
+    @property
     def endpoint(self) -> str:
         if self.slurm:
             return f"{self.slurm.master_addr}:{self.slurm.master_port}"
@@ -288,11 +304,11 @@ def run_implementation(
     node 0, or SLURM's task 0; the other nodes train, log to log-<node>.txt and write no result, so a
     shared results folder holds one run.json)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_name = "log.txt" if opts.leader else f"log-{'task' if opts.slurm else 'node'}{opts.slurm.rank if opts.slurm else opts.node_rank}.txt"
+    log_name = f"log-{opts.part}.txt" if opts.part else "log.txt"
     if opts.leader:  # a worker writes run.json only where there is none: an earlier attempt's goes first
         for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt", run_dir / "run.json"]:
             stale.unlink(missing_ok=True)
-    for stale in _worker_pid_files(run_dir):
+    for stale in _worker_pid_files(run_dir, opts.ranks):
         stale.unlink(missing_ok=True)
     local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
     threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
@@ -343,13 +359,13 @@ def run_implementation(
         interrupted = Interrupted.of(e)
         with _SignalsHeld():
             _stop_group(proc, first=signal.SIGINT)
-            left = stop_leftover_workers(run_dir)
+            left = stop_leftover_workers(run_dir, opts.ranks)
             streamer.join(timeout=5)
             reason = f"interrupted {interrupted.how}" + (f"; {left}" if left else "")
             record = (_failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started) if opts.leader
                       else {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
         raise KeyboardInterruptWithRecord(record, interrupted.signum) from None
-    left = stop_leftover_workers(run_dir)
+    left = stop_leftover_workers(run_dir, opts.ranks)
     streamer.join(timeout=10)
     if status is None and proc.returncode < 0 and not opts.slurm:
         # torchrun itself ended by a signal (a worker's death makes it exit 1, naming the signal)
@@ -375,18 +391,20 @@ def run_implementation(
     return _failure_record(impl, cfg, run_dir, run_id, opts, status, reason, started)
 
 
-def _worker_pid_files(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob(WORKER_PIDS.format(host=socket.gethostname(), rank="*")))
+def _worker_pid_files(run_dir: Path, ranks: range) -> list[Path]:
+    host = socket.gethostname()
+    return [p for p in (run_dir / WORKER_PIDS.format(host=host, rank=r) for r in ranks) if p.exists()]
 
 
-def stop_leftover_workers(run_dir: Path, grace: float = 10.0) -> str | None:
-    """Stop this host's workers of ``run_dir`` that are still alive once their launcher has ended (its
-    own session's signal does not reach them); returns what was stopped, or None. A pid is taken as the
+def stop_leftover_workers(run_dir: Path, ranks: range, grace: float = 10.0) -> str | None:
+    """Stop this host's workers of ``run_dir`` among ``ranks`` (this launch's) that are still alive once
+    their launcher has ended (its own session's signal does not reach them); returns what was stopped, or
+    None. A pid is taken as the
     worker's only while its start time is the one the worker wrote (a reused pid is left alone)."""
     import psutil
 
     alive = []
-    for path in _worker_pid_files(run_dir):
+    for path in _worker_pid_files(run_dir, ranks):
         try:
             info = json.loads(path.read_text())
             proc = psutil.Process(info["pid"])

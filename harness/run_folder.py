@@ -3,7 +3,9 @@ a resumed run continues the run that is there, not another.
 
 - :func:`check_run_id`: ``--run-id`` is one folder name (no separator, no ``..``, no leading dot).
 - :class:`RunLock`: an exclusive ``fcntl.flock`` on ``<run folder>/.lock`` for the whole command; a second
-  command on the same run id is refused, naming the holder's pid. The kernel releases the lock of a
+  command on the same run id is refused, naming the holder's pid. The other nodes or SLURM tasks of one
+  multi-process run share its folder and lock ``.lock-node<N>`` / ``.lock-task<N>`` each, so two of the
+  same part still exclude each other. The kernel releases the lock of a
   process that died, so a stale lock file is simply taken over.
 - :func:`resume_mismatches`: what differs between the finished part of a run and the command resuming it
   (the config, the data, the device, the threads), each named by its key.
@@ -36,15 +38,15 @@ class RunLock:
     """Held while a command writes under ``folder``; re-entrant within one process (the rounds of
     ``--repeats`` each take it again)."""
 
-    _held: dict[Path, list] = {}  # folder -> [fd, depth]
+    _held: dict[Path, list] = {}  # lock file -> [fd, depth]
     created = False
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, part: str = ""):
         self.folder = Path(folder).resolve()
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / (f"{LOCK_NAME}-{part}" if part else LOCK_NAME)
 
     def __enter__(self) -> "RunLock":
-        held = self._held.get(self.folder)
+        held = self._held.get(self.path)
         if held:
             held[1] += 1
             return self
@@ -57,7 +59,8 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise LaunchError(f"{self.folder}: run id in use by another mrcnn-bench command (pid {holder}); "
+                raise LaunchError(f"{self.folder}: run id in use by another mrcnn-bench command (pid {holder}"
+                                  f"{', as ' + self.path.name[len(LOCK_NAME) + 1:] if self.path.name != LOCK_NAME else ''}); "
                                   "wait for it to finish, or choose another --run-id") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -68,15 +71,15 @@ class RunLock:
             os.close(fd)  # the holder removed the file as we opened it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._held[self.folder] = [fd, 1]
+        self._held[self.path] = [fd, 1]
         return self
 
     def __exit__(self, *exc) -> None:
-        held = self._held[self.folder]
+        held = self._held[self.path]
         held[1] -= 1
         if held[1]:
             return
-        del self._held[self.folder]
+        del self._held[self.path]
         self.path.unlink(missing_ok=True)  # while still held: a waiting opener re-checks the inode
         os.close(held[0])
         if self.created:  # made for this command and nothing written in it (bad input): not left behind

@@ -350,3 +350,35 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "atomic_write_text", denied)
     out = CliRunner().invoke(cli.main, ["report", str(ROOT / "results" / "baselines" / "cpu_small"), "--out", str(tmp_path / "r.md")])
     assert out.exit_code == 2 and f"Error: {tmp_path / 'r.md'}: Permission denied" in out.output, out.output[-1000:]
+
+
+def test_the_parts_of_one_multi_process_run_share_its_folder_but_not_a_lock(tmp_path):
+    """Two SLURM tasks (or torchrun nodes) of one run on one host: each locks its own part and stops only
+    its own ranks' leftover workers; two commands of the same part still exclude each other."""
+    import socket
+
+    from mrcnn_bench.harness.launch import WORKER_PIDS, LaunchOptions, SlurmTask, stop_leftover_workers
+    from mrcnn_bench.harness.run_folder import RunLock
+
+    tasks = [LaunchOptions(slurm=SlurmTask(rank=r, world=2, local_rank=r, local_world=2, nnodes=1, master_addr="127.0.0.1",
+                                           master_port=1)) for r in (0, 1)]
+    nodes = [LaunchOptions(nproc_per_node=2, nnodes=2, node_rank=k) for k in (0, 1)]
+    assert [o.part for o in tasks + nodes] == ["", "task1", "", "node1"]
+    assert [list(o.ranks) for o in tasks + nodes] == [[0], [1], [0, 1], [2, 3]]
+    with RunLock(tmp_path / "run", tasks[0].part), RunLock(tmp_path / "run", tasks[1].part):
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", ".lock-task1"]
+        second = subprocess.run([sys.executable, "-c", "import sys; from mrcnn_bench.harness.run_folder import RunLock; "
+                                 "RunLock(sys.argv[1], 'task1').__enter__()", tmp_path / "run"], capture_output=True, text=True)
+        assert f"run id in use by another mrcnn-bench command (pid {os.getpid()}, as task1)" in second.stderr, second.stderr
+    # task 1's worker alive beside task 0's: task 0's end stops neither it nor touches its pid file
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import psutil
+
+        pid_file = tmp_path / WORKER_PIDS.format(host=socket.gethostname(), rank=1)
+        pid_file.write_text(json.dumps({"pid": other.pid, "started": psutil.Process(other.pid).create_time()}))
+        assert stop_leftover_workers(tmp_path, tasks[0].ranks) is None and other.poll() is None and pid_file.exists()
+        assert stop_leftover_workers(tmp_path, tasks[1].ranks, grace=5) == f"1 worker(s) left running (pid {other.pid}) were stopped"
+        assert other.wait(timeout=10) is not None and not pid_file.exists()
+    finally:
+        other.kill()
