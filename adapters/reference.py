@@ -127,7 +127,7 @@ class ReferenceAdapter(Adapter):
         if native.model.backbone.norm == "SyncBN" and dist.distributed:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device)
-        if train_opts["channels_last"]:
+        if train_opts["channels_last"] or native.model.perf.channels_last:
             model.set_channels_last(True)
         optimizer = build_optimizer(
             model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]

@@ -9,9 +9,10 @@ training iterations in turn, so the machine's drift hits them alike. A variant's
 the baseline's time per iteration in that round over the variant's; the table gives the median over
 rounds and the range, and how many times one training step makes the host wait for the device
 (``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on).
-A lever that the baseline already uses (the fused pooler, batched targets, the data-loader worker) is
-measured by turning it off: its own gain is the inverse of that row. CUDA graphs are measured with
-``--device cuda`` only (the CPU has none).
+A lever that the baseline already uses (folded FrozenBN, the fused pooler, batched targets, the
+data-loader worker; channels-last where the config sets it) is measured by turning it off: its own gain
+is the inverse of that row. The ``layout`` row runs the layout the config does not (NCHW or NHWC).
+CUDA graphs are measured with ``--device cuda`` only (the CPU has none).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
 VARIANTS = {
-    "baseline": ({}, "fp32, NCHW, fused multi-level RoIAlign, heads eager, data-loader workers as configured"),
+    "baseline": ({}, "fp32, the config's layout, FrozenBN folded, fused multi-level RoIAlign, heads eager, data-loader workers as configured"),
     "amp": ({"benchmark.dtype": None}, "AMP: {dtype} autocast"),  # dtype from --amp-dtype
-    "channels_last": ({"benchmark.channels_last": True}, "channels-last (NHWC) activations and weights"),
+    "layout": ({}, "the other memory layout: {layout}"),  # reference.channels_last flipped from the config's
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
+    "unfolded_bn": ({"reference.fold_frozen_bn": False}, "off: each FrozenBN an affine pass after its convolution"),
     "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
     "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
     "per_image_targets": ({"reference.batched_targets": False},
@@ -84,11 +86,15 @@ def main(argv=None) -> int:
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
     amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
+    layout = "NCHW"
     trainers, syncs = {}, {}
     for name in names:
         overrides = dict(VARIANTS[name][0])
         if name == "amp":
             overrides["benchmark.dtype"] = amp_dtype
+        if name == "layout":
+            overrides["reference.channels_last"] = not load_config(resolve_config_path(args.config), base).reference.channels_last
+            layout = "channels-last (NHWC)" if overrides["reference.channels_last"] else "NCHW"
         cfg = load_config(resolve_config_path(args.config), {**base, **overrides})
         paths, _ = resolve_data(cfg.data)
         cfg, _ = with_shared_init(cfg, paths)  # every variant from the same weights: the same work
@@ -109,7 +115,7 @@ def main(argv=None) -> int:
     for name in names:
         ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
         cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype, layout=layout)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
     return 0
 
 

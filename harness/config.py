@@ -245,6 +245,10 @@ class ReferenceOptions(_Section):
 
     fused_pooler: bool = True  # RoIAlign over all FPN levels in one native call (False: one call per level)
     compile_heads: bool = False  # torch.compile the box and mask heads
+    # NHWC (channels-last) activations and weights end to end, the reference only (benchmark.channels_last
+    # puts all four in NHWC); on where measured faster: cpu_canonical (README, "Levers")
+    channels_last: bool = False
+    fold_frozen_bn: bool = True  # each conv + FrozenBN of the backbone computed as one convolution
     batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
     cuda_graphs: bool = False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
     cuda_graph_shapes: int = Field(16, gt=0)  # at most this many batch shapes captured; others run eagerly

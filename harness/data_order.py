@@ -67,12 +67,6 @@ def rank_batches(train_json, *, per_process: int, rank: int, world_size: int, se
         yield ids[rank * per_process : (rank + 1) * per_process]
 
 
-def spec(cfg, train_json, rank: int, world_size: int) -> dict:
-    """The arguments of :func:`rank_batches` for a run of ``cfg`` (what adapters pass their samplers)."""
-    return dict(train_json=str(train_json), per_process=cfg.ims_per_process_step, rank=rank, world_size=world_size,
-                seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping)
-
-
 def indices_for(image_ids: list[int], source: str) -> dict[int, int]:
     """{image id: index} of a framework's dataset (listed in its own order), refusing duplicates."""
     index = {}

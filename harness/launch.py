@@ -105,7 +105,6 @@ class LaunchOptions:
     timeout_s: float | None = None
     force: bool = False
     interpreters: dict[str, str] = field(default_factory=dict)
-    echo: bool = True
     rdzv_timeout_s: float = 600.0  # how long the nodes wait for each other at start
     slurm: "SlurmTask | None" = None  # --launcher slurm: this process is one task of an srun
 
@@ -260,9 +259,9 @@ def _error_reports(run_dir: Path) -> list[dict]:
 class _Streamer(threading.Thread):
     """Copies a worker group's output to a log file and (prefixed) to our stderr, keeping a tail."""
 
-    def __init__(self, stream, log_path: Path, prefix: str, echo: bool):
+    def __init__(self, stream, log_path: Path, prefix: str):
         super().__init__(daemon=True)
-        self.stream, self.log_path, self.prefix, self.echo = stream, log_path, prefix, echo
+        self.stream, self.log_path, self.prefix = stream, log_path, prefix
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
 
     def run(self):
@@ -271,9 +270,8 @@ class _Streamer(threading.Thread):
                 log.write(line)
                 log.flush()
                 self.tail.append(line.rstrip("\n"))
-                if self.echo:
-                    sys.stderr.write(f"{self.prefix}{line}")
-                    sys.stderr.flush()
+                sys.stderr.write(f"{self.prefix}{line}")
+                sys.stderr.flush()
 
 
 def _diagnose(tail: list[str], returncode: int, endpoint: str = "?") -> tuple[str, str]:
@@ -346,7 +344,7 @@ def run_implementation(
         env=env,
         start_new_session=True,  # its own process group: a timeout or Ctrl-C reaches every rank
     )
-    streamer = _Streamer(proc.stdout, run_dir / log_name, f"[{impl}] ", opts.echo)
+    streamer = _Streamer(proc.stdout, run_dir / log_name, f"[{impl}] ")
     streamer.start()
     status, reason = None, None
     try:

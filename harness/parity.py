@@ -165,7 +165,7 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
     """(table, divergences) for the implementations of one run; no divergence means the same schedule,
     the same global batch at every iteration, and positive RoIs and sampled positive anchors (the RPN's)
     per image within ``band`` of the median."""
-    from .report import iterations_of
+    from .frames import iterations_of
     from .timing import work_per_image
 
     rows, problems, pixels = [], [], {}

@@ -14,8 +14,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .frames import iterations_of, load_runs, runs_frame  # noqa: F401  (this module's public names before)
-from .statistics import throughput_ci  # noqa: F401
+from .frames import load_runs, runs_frame
 
 
 def _fmt(value, spec: str) -> str:
@@ -338,7 +337,6 @@ def into_markers(section: str = "report") -> tuple[str, str]:
     return f"<!-- mrcnn-bench {section}: begin -->", f"<!-- mrcnn-bench {section}: end -->"
 
 
-INTO_BEGIN, INTO_END = into_markers()
 
 
 def _all_of_task(df: pd.DataFrame, task: str) -> bool:

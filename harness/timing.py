@@ -86,7 +86,6 @@ def summarize_window(
     warmup: int,
     end: int,
     world_images: list[int] | None = None,
-    start_time: float = 0.0,
 ) -> WindowSummary:
     """Throughput and per-iteration statistics over iterations [warmup, end).
 
@@ -101,7 +100,7 @@ def summarize_window(
     for i, r in enumerate(records[:end]):
         if r.iter != i:
             raise ValueError(f"iteration records out of order: position {i} holds iteration {r.iter}")
-    t0 = records[warmup - 1].end_time if warmup > 0 else start_time
+    t0 = records[warmup - 1].end_time if warmup > 0 else 0.0  # end times count from before_train()
     t1 = records[end - 1].end_time
     seconds = t1 - t0
     if seconds <= 0:

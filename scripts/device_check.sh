@@ -56,7 +56,7 @@ if [ "$REHEARSE" = 1 ]; then
   BENCH_CPUS=
   THREADS=()
   STRETCH=4  # each step may take 4x its GPU limit: a CPU (shared, 2 cores) is slower at every part
-  LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,channels_last)
+  LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,layout)
   PHASES=(--iters 3 --warmup 1)
   PHASE_ITERS=3 PHASE_WARMUP=1
 else
@@ -70,7 +70,7 @@ else
   BENCH_CPUS=0-9  # the background mmcv build keeps to cores 10-15
   STRETCH=1
   # compile_heads is left out: torch.compile's first compile would take most of the step's two minutes
-  LEVERS=(--rounds 3 --iters 5 --warmup 5 --only amp,channels_last,cuda_graphs)
+  LEVERS=(--rounds 3 --iters 5 --warmup 5 --only amp,layout,cuda_graphs)
   PHASES=(--iters 12 --warmup 4 --profile 3)
   PHASE_ITERS=24 PHASE_WARMUP=8
 fi

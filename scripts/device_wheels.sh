@@ -44,7 +44,7 @@ fi
 # The dependencies the GPU image lacks, by distribution name: mrcnn-bench's own (pyproject.toml),
 # detectron2's (scripts/install_detectron2.py), mmengine's, mmdet's and mmcv's pure-Python ones.
 NAMES=(
-  pydantic pydantic-core annotated-types typing-inspection pycocotools dockerfile-parse
+  pydantic pydantic-core annotated-types typing-inspection pycocotools dockerfile-parse orjson
   yacs fvcore iopath termcolor omegaconf hydra-core antlr4-python3-runtime
   mmengine mmdet shapely terminaltables addict yapf platformdirs
 )

@@ -174,3 +174,57 @@ def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path
     (images / "extra.jpg").write_bytes(b"")  # the folder changed: checked again
     data_check.inspect_split(ann, images, train=True)
     assert parses == [ann, ann, ann]
+
+
+def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
+    """data_check._plain decides most annotations without building a verdict; whatever it passes, the
+    full check (_unusable) must pass too, and what it sends on is judged by the full check."""
+    from mrcnn_bench.harness.data_check import _plain, _unusable
+
+    square = [0, 0, 10, 0, 10, 10, 0, 10]
+    cases = [
+        {"bbox": [1, 2, 3, 4], "segmentation": [square]},
+        {"bbox": [1.5, 2, 3.25, 4], "segmentation": [square, square[:6]], "iscrowd": 0},
+        {"bbox": [1, 2, 3, 4], "segmentation": {"counts": "abc", "size": [10, 10]}, "iscrowd": 1},
+        {"bbox": [1, 2, 3, 4], "segmentation": [[0, 0, 1, 1]], "iscrowd": 1},  # a crowd's polygons are not judged
+        {"bbox": [1, 2, 3, 4]},
+        {"bbox": [1, 2, 0, 4], "segmentation": [square]},
+        {"bbox": [1, 2, 3, -1], "segmentation": [square]},
+        {"bbox": [1, 2, 3], "segmentation": [square]},
+        {"bbox": [1, "2", 3, 4], "segmentation": [square]},
+        {"bbox": (1, 2, 3, 4), "segmentation": [square]},
+        {"bbox": [True, 2, 3, 4], "segmentation": [square]},
+        {"bbox": [1, 2, float("nan"), 4], "segmentation": [square]},
+        {"bbox": [1, 2, 3, 4], "segmentation": [[0, 0, 1, 1]]},
+        {"bbox": [1, 2, 3, 4], "segmentation": [square, [0, 0, 1, 1]]},
+        {"bbox": [1, 2, 3, 4], "segmentation": [square + [5]]},
+        {"bbox": [1, 2, 3, 4], "segmentation": ["not a polygon"]},
+        {"segmentation": [square]},
+    ]
+    fast = [_plain(a) for a in cases]
+    full = [_unusable(a) for a in cases]
+    assert all(f == (None, 0) for f, p in zip(full, fast) if p)
+    assert fast == [True, True, True, True, True] + [False] * 12
+    assert [why is None for why, _ in full] == [True] * 5 + [False] * 5 + [True, True, False, True, False, False, False]
+
+
+def test_the_pass_finds_images_by_one_listing_and_reads_what_json_reads(tmp_path, synth_root):
+    """Images in a subfolder of the image folder are found; a dangling link is absent; a file with NaN
+    (Python's json module takes it, as the frameworks' loaders do) is read, not refused."""
+    from mrcnn_bench.harness.data_check import _absent, _read
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"x")
+    (images / "sub" / "b.jpg").write_bytes(b"x")
+    (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (images / "linked.jpg").symlink_to(images / "a.jpg")
+    listed = [{"file_name": n} for n in ("a.jpg", "sub/b.jpg", "gone.jpg", "linked.jpg", "sub/c.jpg", "c.jpg")]
+    assert _absent(images, listed) == ["gone.jpg", "sub/c.jpg", "c.jpg"]
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"images": [], "annotations": [{"bbox": [NaN, 1, 2, 3]}], "categories": []}')
+    assert np.isnan(_read(nan)["annotations"][0]["bbox"][0])
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"images": [\xff')
+    with pytest.raises(DataError, match=r"bad\.json: not valid JSON"):
+        _read(bad)

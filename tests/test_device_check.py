@@ -80,7 +80,7 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
         assert "reference" in report and "mmdet" in report
         assert {"results/plots/throughput.png", "results/machine.txt"} <= names
         levers = tar.extractfile("results/levers.md").read().decode()
-        assert "| baseline |" in levers and "| amp |" in levers and "| channels_last |" in levers
+        assert "| baseline |" in levers and "| amp |" in levers and "| layout |" in levers
         phases = tar.extractfile("results/phases.md").read().decode()
         assert "| host-device waits per step" in phases and "detectron2" in phases and "ms per iteration against" in phases
         assert load("phases/detectron2/run.json")["summary"]["phases_ms"]["backward"] > 0

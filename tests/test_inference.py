@@ -330,9 +330,9 @@ def test_committed_eval_all_four_learned_from_the_same_pixels_and_work():
 
 @pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-cpu, seed 0, the work rules aligned): bbox/segm AP50 "
                                        "detectron2 14.0/14.2, mmdet 13.0/13.4, reference 12.8/11.9, torchvision 16.4/14.3: the "
-                                       "reference 1.8 and torchvision 2.9 AP50 from the median, outside the 1.5-point band; one "
-                                       "seed of cpu_eval's 200 iterations moved AP50 by 5-15 points before (README, 'Inference "
-                                       "and accuracy')")
+                                       "reference 1.8 and torchvision 2.9 AP50 from the median, outside the 1.5-point band; seed 1 "
+                                       "moved detectron2 by 6 points, and at seed 2 mmdet and torchvision diverged (NaN at "
+                                       "iterations 50 and 81; results/baselines/eval-seeds, README 'Inference and accuracy')")
 def test_committed_eval_all_four_learn_within_the_band():
     from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
 

@@ -158,21 +158,26 @@ def test_recompute_backbone_runs_the_backbone_again_on_whole_passes_and_a_slice(
     assert MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE)).recompute_backbone == 0.0
 
 
-def test_channels_last_keeps_the_arithmetic(pair):
-    """NHWC is a layout, not a model change: in float64 (where NHWC's other convolution algorithms, e.g.
-    oneDNN's Winograd, no longer round differently) losses and gradients equal the NCHW model's, which
-    equals torchvision's (above). In float32 this random network with ~1e3 activations amplifies that
-    rounding to ~1% in some weight gradients, so float32 is not the place to compare."""
+@pytest.mark.parametrize("lever", ["channels_last", "fold_frozen_bn", "both"])
+def test_layout_and_folding_keep_the_arithmetic(pair, lever):
+    """NHWC is a layout and a FrozenBN folded into its convolution the same function, not model changes:
+    in float64 (where NHWC's other convolution algorithms, e.g. oneDNN's Winograd, and the scale applied
+    to the weights instead of the activations no longer round differently) losses and gradients equal
+    the plain model's, which equals torchvision's (above). In float32 this random network with ~1e3
+    activations amplifies that rounding to ~1% in some weight gradients, and a flipped proposal or
+    sample changes the mask loss by ~1e-3, so float32 is not the place to compare."""
     tv, _ = pair
     models = []
-    for nhwc in (False, True):
-        m = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE))
+    for on in (False, True):
+        m = MaskRCNN.from_config(ReferenceConfig.like_torchvision(
+            NUM_CLASSES, **SIZE, **{"perf.fold_frozen_bn": on and lever in ("fold_frozen_bn", "both")}))
         load_torchvision_weights(m, tv.state_dict())
-        m.set_channels_last(nhwc).double().train()
+        m.set_channels_last(on and lever in ("channels_last", "both")).double().train()
         models.append(m)
-    plain, nhwc = models
-    assert nhwc.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    plain, lever_on = models
+    assert lever_on.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last) == (lever != "fold_frozen_bn")
     assert not plain.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert lever_on.backbone.body.layer3[2].fold_norm == (lever != "channels_last") and not plain.backbone.body.layer3[2].fold_norm
     images = [im.double() for im in _images()]
     targets = [dict(t, boxes=t["boxes"].double()) for t in _targets()]
     losses = []
@@ -182,7 +187,7 @@ def test_channels_last_keeps_the_arithmetic(pair):
         sum(losses[-1].values()).backward()
     for k in losses[0]:
         torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-9, atol=1e-12, msg=k)
-    for (name, p), q in zip(plain.named_parameters(), nhwc.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), lever_on.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-9 * p.grad.abs().max().item(), msg=name)
 

@@ -55,7 +55,6 @@ class Trainer:
         grad_accum: int = 1,
         ddp: bool = False,
         after_step: Callable | None = None,
-        check_finite: bool = True,
         autocast_cache: bool = True,
     ):
         self.model = model
@@ -70,7 +69,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
         self.autocast_cache = autocast_cache  # CUDA graphs need it off (make_graphed_callables refuses the cache)
         self.after_step = after_step
-        self.check_finite = check_finite
         self.iter = 0
         self._data_iter = None
 
@@ -101,7 +99,7 @@ class Trainer:
         # the step's one read of device values by the host: the loss and its parts, together
         loss_value, *parts = to_host(torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float())
         self.last_losses = dict(zip(losses, parts))
-        if self.check_finite and not math.isfinite(loss_value):
+        if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at iteration {self.iter}: " + ", ".join(f"{k}={v:.4g}" for k, v in self.last_losses.items()))
         self.scaler.step(self.optimizer)
         self.scaler.update()

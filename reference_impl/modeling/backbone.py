@@ -25,9 +25,12 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)  # present in BatchNorm2d checkpoints
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x):
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x):
+        scale, shift = self.scale_shift()
         return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
 
     @classmethod
@@ -46,6 +49,18 @@ class FrozenBatchNorm2d(nn.Module):
             if new is not child:
                 setattr(module, name, new)
         return module
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, fold: bool) -> torch.Tensor:
+    """``norm(conv(x))``; with ``fold`` and a FrozenBN, one convolution whose weights carry the scale and
+    whose bias is the shift: the same function (equal up to fp32 rounding, gradients included), without
+    the two passes over the activations that the separate affine costs forward and the one backward."""
+    if not (fold and type(norm) is FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def norm_layer(kind: str):
@@ -67,12 +82,14 @@ class Bottleneck(nn.Module):
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels))
+        self.fold_norm = False  # ResNet.fold_frozen_bn
 
     def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu_(self.bn1(self.conv1(x)))
-        out = F.relu_(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        fold = self.fold_norm
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, fold)
+        out = F.relu_(conv_norm(self.conv1, self.bn1, x, fold))
+        out = F.relu_(conv_norm(self.conv2, self.bn2, out, fold))
+        out = conv_norm(self.conv3, self.bn3, out, fold)
         return F.relu_(out + identity)
 
 
@@ -95,8 +112,17 @@ class ResNet(nn.Module):
                 in_channels = width * Bottleneck.expansion
             setattr(self, f"layer{i}", nn.Sequential(*layers))
         self.out_channels = [256, 512, 1024, 2048]
+        self.fold_norm = False
         self._init_weights()
         self.freeze(freeze_at)
+
+    def fold_frozen_bn(self, enabled: bool = True) -> "ResNet":
+        """Compute each conv + FrozenBN pair as one convolution (:func:`conv_norm`)."""
+        self.fold_norm = enabled
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                m.fold_norm = enabled
+        return self
 
     def _init_weights(self):
         for m in self.modules():
@@ -118,7 +144,7 @@ class ResNet(nn.Module):
                 setattr(self, name, FrozenBatchNorm2d.convert(module))
 
     def forward(self, x):
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(conv_norm(self.conv1, self.bn1, x, self.fold_norm))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         outs = []
         for i in range(1, 5):

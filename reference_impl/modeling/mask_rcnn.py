@@ -46,6 +46,7 @@ class MaskRCNN(nn.Module):
             rpn=RPN.from_config(cfg, backbone.out_channels),
             roi_heads=ROIHeads.from_config(cfg, backbone.out_channels),
         )
+        backbone.body.fold_frozen_bn(cfg.perf.fold_frozen_bn)
         if cfg.perf.compile_heads:  # in place: parameter names (and state dicts) stay as they are
             model.roi_heads.box_head.compile(dynamic=True)
             model.roi_heads.mask_head.compile(dynamic=True)
