@@ -649,6 +649,9 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
         num_classes = len(json.loads(paths.train_json.read_text())["categories"])
     table, notes = parity_frame(canonical_values(cfg, num_classes), effective)
     click.echo(table.to_markdown(index=False, disable_numparse=True))
+    if "reference" in effective:  # its levers: the same model and work, so settings rather than divergences
+        click.echo("\nThe reference's speed settings (the same arithmetic and work; README, \"Levers\"): "
+                   + ", ".join(f"reference.{k}={v}" for k, v in cfg.reference.model_dump().items()))
     if notes:
         click.echo("\nDivergences (✗):")
         for note in notes:

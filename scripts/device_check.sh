@@ -19,7 +19,7 @@
 #                 2 images per GPU), fp32 with TF32, then AMP (fp16), timed over iterations [WARMUP, ITERS)
 #   4 report      the tables and plots of both runs
 #   5 mmdet       mmdet in the same two runs, if mmcv's CUDA ops were built in time
-#   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, channels-last, AMP, ...
+#   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, the other layout (NCHW or NHWC), AMP, ...
 #   7 phases      mrcnn-bench phases (reference, torchvision, detectron2): each phase of the step, host-device
 #                 waits; then benchmarks/phases.py --profile: torch.profiler's top CUDA kernels (two of them)
 #   8 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8

@@ -23,6 +23,16 @@ def test_levers_benchmark_measures_each_variant_against_the_baseline():
         median, low, high = map(float, re.search(r"([\d.]+) \[([\d.]+), ([\d.]+)\] \|$", rows[name]).groups())
         assert 0 < low <= median <= high
     assert "round 2/2" in out.stderr
+    assert "the other memory layout: channels-last (NHWC)" in rows["layout"]  # cpu_small trains NCHW
+
+
+def test_backbone_levers_time_each_layout_and_folding():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backbone_levers.py"), "--size", "64", "96", "--rounds", "2",
+                          "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"variant", "nchw", "nchw+fold", "channels_last", "channels_last+fold"}, out.stdout
+    assert rows["nchw"].rstrip().endswith("| 1.000 |") and "round 2/2" in out.stderr
 
 
 def test_levers_benchmark_refuses_an_unknown_variant():

@@ -53,3 +53,6 @@ def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     header = parity.stdout.splitlines()[0]
     assert "reference" in header and "torchvision" in header and "detectron2" in header
     assert "UNEXPLAINED" not in parity.stdout
+    # the reference's levers are its settings, listed as such (cpu_small: NCHW), not divergences
+    assert "The reference's speed settings" in parity.stdout and "reference.channels_last=False" in parity.stdout
+    assert "reference.fold_frozen_bn=True" in parity.stdout and "channels_last ✗" not in parity.stdout
