@@ -129,6 +129,10 @@ class ReferenceAdapter(Adapter):
         model.to(device)
         if train_opts["channels_last"] or native.model.perf.channels_last:
             model.set_channels_last(True)
+        if native.model.perf.keep_freed_memory:
+            from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
+
+            keep_freed_memory(True)
         optimizer = build_optimizer(
             model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
         )

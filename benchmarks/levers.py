@@ -28,6 +28,7 @@ from mrcnn_bench.adapters.base import DistInfo
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
 from mrcnn_bench.harness.data import resolve_data
 from mrcnn_bench.harness.init_weights import with_shared_init
+from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
 from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
@@ -37,6 +38,7 @@ VARIANTS = {
     "layout": ({}, "the other memory layout: {layout}"),  # reference.channels_last flipped from the config's
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
     "unfolded_bn": ({"reference.fold_frozen_bn": False}, "off: each FrozenBN an affine pass after its convolution"),
+    "keep_freed_memory": ({"reference.keep_freed_memory": True}, "glibc keeps freed host memory (no mmap and page faults per large tensor)"),
     "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
     "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
     "per_image_targets": ({"reference.batched_targets": False},
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
     layout = "NCHW"
-    trainers, syncs = {}, {}
+    trainers, syncs, keep = {}, {}, {}
     for name in names:
         overrides = dict(VARIANTS[name][0])
         if name == "amp":
@@ -99,12 +101,15 @@ def main(argv=None) -> int:
         paths, _ = resolve_data(cfg.data)
         cfg, _ = with_shared_init(cfg, paths)  # every variant from the same weights: the same work
         trainers[name] = build(cfg, paths, args.device)
+        keep[name] = cfg.reference.keep_freed_memory  # process-wide: set before each variant's iterations
         print(f"warming up {name} ({args.warmup} iterations)", file=sys.stderr, flush=True)
+        keep_freed_memory(keep[name])
         timed(trainers[name], args.warmup, device)
         syncs[name] = count_trainer_step_syncs(trainers[name], sites=False).total
     per_round = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:
+            keep_freed_memory(keep[name])
             per_round[name].append(timed(trainers[name], args.iters, device))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names),
               file=sys.stderr, flush=True)

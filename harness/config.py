@@ -249,6 +249,7 @@ class ReferenceOptions(_Section):
     # puts all four in NHWC); on where measured faster: cpu_canonical (README, "Levers")
     channels_last: bool = False
     fold_frozen_bn: bool = True  # each conv + FrozenBN of the backbone computed as one convolution
+    keep_freed_memory: bool = False  # glibc keeps freed host memory for reuse (reference_impl/engine/allocator.py)
     batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
     cuda_graphs: bool = False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
     cuda_graph_shapes: int = Field(16, gt=0)  # at most this many batch shapes captured; others run eagerly

@@ -88,6 +88,7 @@ class PerfCfg:
     compile_heads: bool = False  # torch.compile the box and mask heads (dynamic shapes: RoI counts vary)
     fold_frozen_bn: bool = False  # each conv + FrozenBN of the backbone as one convolution (backbone.conv_norm)
     channels_last: bool = False  # NHWC activations and weights end to end (applied where the model is trained)
+    keep_freed_memory: bool = False  # the training process's allocator keeps freed memory (engine/allocator.py)
     batched_targets: bool = True  # proposals, matching, sampling and targets for the whole batch at once on the
     # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image per stage)
     cuda_graphs: bool = False  # train the backbone + FPN through CUDA graphs, one pair per padded batch shape
