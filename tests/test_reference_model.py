@@ -343,3 +343,27 @@ def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_ima
     assert total > 10 * len(files)  # detections to compare on every image, not empty outputs
     # measured: cpu_small 2010 of 2011 detections, 39 of 40 images exact; cpu_eval 2856 of 2857, 79 of 80
     assert matched >= total - 2 and exact >= len(files) - 2
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_a_reallocated_tensor():
+    """reference.keep_freed_memory: freed memory stays in the heap, so a 64 MiB tensor allocated after a
+    larger one was freed touches pages already mapped (few minor page faults) where glibc's default maps
+    it afresh (one fault per 4 KiB page); off again restores glibc's default."""
+    import resource
+
+    from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
+
+    def faults_of_a_fresh_tensor() -> int:
+        torch.ones(32 * 2**20)  # 128 MiB, freed at once: room for the next one, if kept
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(16 * 2**20)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    try:
+        assert keep_freed_memory(True)
+        kept = faults_of_a_fresh_tensor()
+        assert keep_freed_memory(False)
+        default = faults_of_a_fresh_tensor()
+    finally:
+        keep_freed_memory(False)
+    assert default > 8000 and kept < default / 10, (kept, default)  # 64 MiB = 16384 pages
