@@ -88,15 +88,15 @@ def main(argv=None) -> int:
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
     amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
-    layout = "NCHW"
+    flipped = not load_config(resolve_config_path(args.config), base).reference.channels_last  # the layout row's
+    layout = "channels-last (NHWC)" if flipped else "NCHW"
     trainers, syncs, keep = {}, {}, {}
     for name in names:
         overrides = dict(VARIANTS[name][0])
         if name == "amp":
             overrides["benchmark.dtype"] = amp_dtype
         if name == "layout":
-            overrides["reference.channels_last"] = not load_config(resolve_config_path(args.config), base).reference.channels_last
-            layout = "channels-last (NHWC)" if overrides["reference.channels_last"] else "NCHW"
+            overrides["reference.channels_last"] = flipped
         cfg = load_config(resolve_config_path(args.config), {**base, **overrides})
         paths, _ = resolve_data(cfg.data)
         cfg, _ = with_shared_init(cfg, paths)  # every variant from the same weights: the same work

@@ -56,7 +56,7 @@ def _index(coco: dict) -> dict:
 
 
 def _read(json_path: Path) -> dict:
-    import orjson  # faster than json on a file of COCO's size (README, "The data")
+    import orjson  # here, not at the top: the workers (any framework's venv) import this module without it
 
     try:
         raw = json_path.read_bytes()

@@ -397,8 +397,8 @@ def _worker_pid_files(run_dir: Path, ranks: range) -> list[Path]:
 def stop_leftover_workers(run_dir: Path, ranks: range, grace: float = 10.0) -> str | None:
     """Stop this host's workers of ``run_dir`` among ``ranks`` (this launch's) that are still alive once
     their launcher has ended (its own session's signal does not reach them); returns what was stopped, or
-    None. A pid is taken as the
-    worker's only while its start time is the one the worker wrote (a reused pid is left alone)."""
+    None. A pid is taken as the worker's only while its start time is the one the worker wrote (a reused
+    pid is left alone)."""
     import psutil
 
     alive = []

@@ -337,8 +337,6 @@ def into_markers(section: str = "report") -> tuple[str, str]:
     return f"<!-- mrcnn-bench {section}: begin -->", f"<!-- mrcnn-bench {section}: end -->"
 
 
-
-
 def _all_of_task(df: pd.DataFrame, task: str) -> bool:
     return bool(len(df)) and bool((df["task"] == task).all())
 

@@ -42,7 +42,7 @@ class RunLock:
     created = False
 
     def __init__(self, folder: str | os.PathLike, part: str = ""):
-        self.folder = Path(folder).resolve()
+        self.folder, self.part = Path(folder).resolve(), part
         self.path = self.folder / (f"{LOCK_NAME}-{part}" if part else LOCK_NAME)
 
     def __enter__(self) -> "RunLock":
@@ -60,7 +60,7 @@ class RunLock:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise LaunchError(f"{self.folder}: run id in use by another mrcnn-bench command (pid {holder}"
-                                  f"{', as ' + self.path.name[len(LOCK_NAME) + 1:] if self.path.name != LOCK_NAME else ''}); "
+                                  f"{', as ' + self.part if self.part else ''}); "
                                   "wait for it to finish, or choose another --run-id") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
