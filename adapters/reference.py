@@ -1,7 +1,8 @@
 """The native reference Mask R-CNN (mrcnn_bench.reference_impl), with its own ops and training loop."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
@@ -19,6 +20,8 @@ class ReferenceNative:
     train: dict = field(default_factory=dict)
     weights: str | None = None
     init_weights: str | None = None  # the run's shared initialisation (torchvision's layout), loaded over ours
+    # speed switches that cannot act on this device, turned off: {"lever", "why"} each (not part of to_dict)
+    fallbacks: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights,
@@ -50,8 +53,6 @@ class ReferenceAdapter(Adapter):
         bench, sol = cfg.benchmark, cfg.solver
         if cfg.model.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA")
-        if cfg.reference.cuda_graphs and bench.device != "cuda":
-            raise UnsupportedConfig("reference.cuda_graphs needs CUDA (benchmark.device=cuda)")
         if bench.device == "cuda":
             from mrcnn_bench.reference_impl import ops
 
@@ -59,8 +60,12 @@ class ReferenceAdapter(Adapter):
                 # Timing the pure-PyTorch ops as "the reference" would misreport it.
                 raise UnsupportedConfig(f"benchmark.device=cuda, but {ops.NO_CUDA_KERNELS} "
                                         "(or MRCNN_BENCH_OPS=fallback to time the fallback on purpose)")
+        model, fallbacks = ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)), []
+        if model.perf.cuda_graphs and bench.device != "cuda":
+            model = replace(model, perf=replace(model.perf, cuda_graphs=False))
+            fallbacks.append({"lever": "reference.cuda_graphs", "why": f"CUDA graphs need CUDA, the run is on {bench.device}"})
         return ReferenceNative(
-            model=ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)),
+            model=model,
             solver=dict(
                 base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
                 warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,
@@ -70,6 +75,7 @@ class ReferenceAdapter(Adapter):
             train=train_spec(cfg),
             weights=cfg.model.weights,
             init_weights=cfg.model.init_weights,
+            fallbacks=fallbacks,
         )
 
     def build_model(self, native: ReferenceNative):
@@ -129,10 +135,14 @@ class ReferenceAdapter(Adapter):
         model.to(device)
         if train_opts["channels_last"] or native.model.perf.channels_last:
             model.set_channels_last(True)
+        for fallback in native.fallbacks:
+            warnings.warn(f"{fallback['lever']}: {fallback['why']}; running without it")
+        model.lever_fallbacks[:0] = native.fallbacks
         if native.model.perf.keep_freed_memory:
             from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
 
-            keep_freed_memory(True)
+            if not keep_freed_memory(True):  # it has warned why
+                model.lever_fallbacks.append({"lever": "reference.keep_freed_memory", "why": "glibc's mallopt unavailable or refused"})
         optimizer = build_optimizer(
             model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
         )
@@ -176,7 +186,8 @@ class ReferenceAdapter(Adapter):
         timer.before_train()
         trainer.train(train_opts["iters"])
         self.trained_model = model
-        return {"native_config": native.to_dict(), "ops_backend": ops.backend()}
+        # the switches that fell back to the eager path (this device, no compiler, no glibc): run.json keeps them
+        return {"native_config": native.to_dict(), "ops_backend": ops.backend(), "lever_fallbacks": model.lever_fallbacks}
 
     def predictor(self, cfg, data, dist: DistInfo, model=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test

@@ -13,9 +13,11 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import UnsupportedConfig
+from mrcnn_bench.harness.results import load_run
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
 from mrcnn_bench.reference_impl.config import ReferenceConfig
 from mrcnn_bench.reference_impl.modeling import MaskRCNN
+from conftest import TINY, run_cli
 from test_reference_model import NUM_CLASSES, SIZE, _targets
 
 
@@ -143,10 +145,12 @@ def test_real_capture_needs_cuda_and_the_harness_says_so(monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA graphs need the model on a CUDA device"):
         model(*_batch(128, 160, 0))
     cfg = load_config(builtin_config_dir() / "cpu_small.yaml", {"reference.cuda_graphs": True, "reference.cuda_graph_shapes": 3})
-    with pytest.raises(UnsupportedConfig, match="reference.cuda_graphs needs CUDA"):
-        get_adapter("reference").translate(cfg)
+    # on the CPU the lever falls back to the eager backbone, and says so (the run is not failed for it)
+    native = get_adapter("reference").translate(cfg)
+    assert not native.model.perf.cuda_graphs
+    assert native.fallbacks == [{"lever": "reference.cuda_graphs", "why": "CUDA graphs need CUDA, the run is on cpu"}]
     native = get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cuda"}))
-    assert native.model.perf.cuda_graphs and native.model.perf.cuda_graph_shapes == 3
+    assert native.model.perf.cuda_graphs and native.model.perf.cuda_graph_shapes == 3 and not native.fallbacks
 
 
 def test_an_extension_without_cuda_kernels_is_not_timed_on_cuda(monkeypatch):
@@ -174,3 +178,21 @@ def test_real_cuda_graphs_equal_eager_on_a_gpu():
     _assert_same_step(eager, graphed, [_batch(*small, 3, "cuda"), _batch(*large, 4, "cuda")], rtol=1e-4, atol=1e-5)
     stats = graphed.graphed_backbone.stats
     assert stats["captured"] == 2 and stats["eager"] == 0
+
+
+def test_levers_that_cannot_act_here_fall_back_with_one_warning_each_and_run_json_says_so(synth_root, tmp_path):
+    """CUDA graphs on the CPU, and torch.compile with no working C++ compiler (CXX pointing nowhere):
+    the run finishes eagerly, each lever warns once, and run.json records both fallbacks."""
+    out = run_cli("run", "--impl", "reference", "--config", "cpu_small", *TINY, "--data", synth_root, "--out", tmp_path,
+                  "--run-id", "fb", "--set", "reference.cuda_graphs=true", "--set", "reference.compile_heads=true",
+                  env={"CXX": "/nonexistent/c++"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = load_run(tmp_path / "fb" / "reference")
+    assert record["status"] == "ok"
+    fallbacks = record["adapter"]["lever_fallbacks"]
+    assert [f["lever"] for f in fallbacks] == ["reference.cuda_graphs"] + ["reference.compile_heads"] * 2  # box and mask heads
+    assert "CUDA graphs need CUDA" in fallbacks[0]["why"] and "C++ compiler" in fallbacks[1]["why"]
+    assert sorted(f["module"] for f in fallbacks[1:]) == ["BoxHead", "MaskHead"]
+    assert out.stderr.count("reference.cuda_graphs: CUDA graphs need CUDA") == 1
+    assert out.stderr.count("reference.compile_heads: torch.compile failed") == 1
+

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ class MaskRCNN(nn.Module):
     """
 
     graphed_backbone: GraphedByShape | None = None  # set by enable_cuda_graphs()
+    # Speed switches that could not act here and left the eager path in place: {"lever", "why"} each
+    lever_fallbacks: list[dict]
     # Extra backbone + FPN forward passes per training step (no grad, discarded): real work planted to
     # measure the regression gate's power. The fraction runs on that share of the batch's rows.
     recompute_backbone: float = 0.0
@@ -36,6 +39,7 @@ class MaskRCNN(nn.Module):
     def __init__(self, *, preprocess: Preprocessor, backbone: ResNetFPN, rpn: RPN, roi_heads: ROIHeads):
         super().__init__()
         self.preprocess, self.backbone, self.rpn, self.roi_heads = preprocess, backbone, rpn, roi_heads
+        self.lever_fallbacks = []
 
     @classmethod
     def from_config(cls, cfg: ReferenceConfig) -> "MaskRCNN":
@@ -48,8 +52,8 @@ class MaskRCNN(nn.Module):
         )
         backbone.body.fold_frozen_bn(cfg.perf.fold_frozen_bn)
         if cfg.perf.compile_heads:  # in place: parameter names (and state dicts) stay as they are
-            model.roi_heads.box_head.compile(dynamic=True)
-            model.roi_heads.mask_head.compile(dynamic=True)
+            compile_or_stay_eager(model.roi_heads.box_head, "reference.compile_heads", model.lever_fallbacks)
+            compile_or_stay_eager(model.roi_heads.mask_head, "reference.compile_heads", model.lever_fallbacks)
         if cfg.perf.cuda_graphs:
             model.enable_cuda_graphs(max_shapes=cfg.perf.cuda_graph_shapes)
         model.recompute_backbone = cfg.perf.recompute_backbone
@@ -168,3 +172,28 @@ def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:
     own = model.state_dict()
     converted.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in converted})
     model.load_state_dict(converted, strict=True)
+
+
+def compile_or_stay_eager(module: nn.Module, lever: str, fallbacks: list[dict]) -> None:
+    """``module.compile(dynamic=True)``, in place; if compiling fails at the first call (no C++ compiler
+    for inductor, a device it cannot serve), the module runs eagerly from then on, with one warning
+    and a ``{"lever", "why"}`` entry in ``fallbacks``. Errors of the module's own code still raise."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InductorError
+
+    module.compile(dynamic=True)
+    compiled = module._compiled_call_impl  # what nn.Module calls instead of forward once compiled
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except (BackendCompilerFailed, InductorError) as e:
+            module._compiled_call_impl = None
+            why = f"torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            if not any(f["lever"] == lever for f in fallbacks):  # one warning per lever, not per module
+                warnings.warn(f"{lever}: {why}; running eagerly")
+            fallbacks.append({"lever": lever, "module": type(module).__name__, "why": why})
+            return module(*args, **kwargs)
+
+    module._compiled_call_impl = call
+
