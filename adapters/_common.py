@@ -143,17 +143,20 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
     count_work(timer, mask_pooler, "positives", rows)
 
 
-def phase_probe(cfg, timer, device, model, parts: dict, lacks: dict | None = None):
-    """With ``benchmark.phases``: a PhaseProbe (harness/phases.py) on ``model``, timing each key of
-    ``parts`` (phase -> modules or (object, method) pairs), ``lacks`` the phases this framework has no
-    part for (phase -> why). None otherwise."""
+def phase_probe(cfg, timer, device, model, lacks: dict | None = None, **parts):
+    """With ``benchmark.phases``: a PhaseProbe (harness/phases.py) on ``model``, timing each of ``parts``
+    (a keyword of phases.PARTS, e.g. ``rpn_head=[...]``: modules or (object, method) pairs), ``lacks`` the
+    phases this framework has no part for (phase -> why). None otherwise."""
     if not cfg.benchmark.phases:
         return None
-    from mrcnn_bench.harness.phases import PhaseProbe
+    from mrcnn_bench.harness.phases import PARTS, PhaseProbe
 
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise TypeError(f"phase_probe: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
     probe = PhaseProbe(device, count_syncs_at=0 if cfg.benchmark.warmup > 0 else None)
-    for key, members in parts.items():
-        probe.time(key, *members)
+    for name, members in parts.items():
+        probe.time(PARTS[name], *members)
     for phase, why in (lacks or {}).items():
         probe.lacks(phase, why)
     return probe.attach(timer, model)

@@ -211,13 +211,13 @@ class Detectron2Adapter(Adapter):
         # the RPN's sampled anchors, per image: label 1 positive, 0 negative, -1 not sampled
         count_result(timer, model.proposal_generator, "_subsample_labels", "rpn_positives", lambda label: int((label == 1).sum()))
         roi = model.roi_heads
-        probe = phase_probe(cfg, timer, dist.device, model, {
+        probe = phase_probe(cfg, timer, dist.device, model,
             # preprocess_image is a method (normalise, pad) of GeneralizedRCNN, not a module
-            "preprocess": [(model, "preprocess_image")], "backbone": [model.backbone.bottom_up], "backbone+fpn": [model.backbone],
-            "rpn": [model.proposal_generator], "rpn head": [model.proposal_generator.rpn_head], "roi heads": [roi],
-            "roi pooling": [roi.box_pooler, roi.mask_pooler], "box head": [roi.box_head, roi.box_predictor],
-            "mask head": [roi.mask_head],
-        })
+            preprocess=[(model, "preprocess_image")], backbone=[model.backbone.bottom_up], backbone_fpn=[model.backbone],
+            rpn=[model.proposal_generator], rpn_head=[model.proposal_generator.rpn_head], roi_heads=[roi],
+            roi_pooling=[roi.box_pooler, roi.mask_pooler], box_head=[roi.box_head, roi.box_predictor],
+            mask_head=[roi.mask_head],
+        )
         if probe:
             probe.notes.append("detectron2's mask head computes the mask loss inside its forward: in 'mask head'")
         if native.MRCNN_BENCH.CHANNELS_LAST:

@@ -256,14 +256,14 @@ class MMDetAdapter(Adapter):
                                           lambda path: from_torchvision(load_initial_weights(path))), priority=HOOK_PRIORITY)
         _count_work(model, timer)
         roi = model.roi_head
-        probe = phase_probe(cfg, timer, dist.device, model, {
-            "preprocess": [model.data_preprocessor], "backbone": [model.backbone], "fpn": [model.neck],
+        probe = phase_probe(cfg, timer, dist.device, model,
+            preprocess=[model.data_preprocessor], backbone=[model.backbone], fpn=[model.neck],
             # mmdet's RPN and RoI head train through methods (loss_and_predict, loss); their convolutions
             # and heads are modules called inside them
-            "rpn": [(model.rpn_head, "loss_and_predict")], "rpn head": [model.rpn_head], "roi heads": [(roi, "loss")],
-            "roi pooling": [roi.bbox_roi_extractor, roi.mask_roi_extractor], "box head": [roi.bbox_head],
-            "mask head": [roi.mask_head],
-        })
+            rpn=[(model.rpn_head, "loss_and_predict")], rpn_head=[model.rpn_head], roi_heads=[(roi, "loss")],
+            roi_pooling=[roi.bbox_roi_extractor, roi.mask_roi_extractor], box_head=[roi.bbox_head],
+            mask_head=[roi.mask_head],
+        )
         if probe:
             probe.notes.append("mmdet's data_preprocessor also copies the batch to the device: in 'preprocess'")
         if native.mrcnn_bench.channels_last:

@@ -178,11 +178,11 @@ class ReferenceAdapter(Adapter):
         for builder in ("_targets_batched", "_targets_per_image"):
             count_result(timer, model.rpn, builder, "rpn_positives", lambda out: out[1].numel())
         roi = model.roi_heads
-        phase_probe(cfg, timer, dist.device, model, {
-            "preprocess": [model.preprocess], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
-            "rpn": [model.rpn], "rpn head": [model.rpn.head], "roi heads": [roi],
-            "roi pooling": [roi.box_pooler, roi.mask_pooler], "box head": [roi.box_head], "mask head": [roi.mask_head],
-        })
+        phase_probe(cfg, timer, dist.device, model,
+            preprocess=[model.preprocess], backbone=[model.backbone.body], fpn=[model.backbone.fpn],
+            rpn=[model.rpn], rpn_head=[model.rpn.head], roi_heads=[roi],
+            roi_pooling=[roi.box_pooler, roi.mask_pooler], box_head=[roi.box_head], mask_head=[roi.mask_head],
+        )
         timer.before_train()
         trainer.train(train_opts["iters"])
         self.trained_model = model

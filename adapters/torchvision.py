@@ -283,12 +283,12 @@ class TorchvisionAdapter(Adapter):
         # the RPN's sampled positive anchors: its sampler returns per-image masks (positives, negatives)
         count_result(timer, model.rpn, "fg_bg_sampler", "rpn_positives", lambda out: sum(int(p.sum()) for p in out[0]))
         roi = model.roi_heads
-        phase_probe(cfg, timer, dist.device, model, {
-            "preprocess": [model.transform], "backbone": [model.backbone.body], "fpn": [model.backbone.fpn],
-            "rpn": [model.rpn], "rpn head": [model.rpn.head], "roi heads": [roi],
-            "roi pooling": [roi.box_roi_pool, roi.mask_roi_pool], "box head": [roi.box_head, roi.box_predictor],
-            "mask head": [roi.mask_head, roi.mask_predictor],
-        })
+        phase_probe(cfg, timer, dist.device, model,
+            preprocess=[model.transform], backbone=[model.backbone.body], fpn=[model.backbone.fpn],
+            rpn=[model.rpn], rpn_head=[model.rpn.head], roi_heads=[roi],
+            roi_pooling=[roi.box_roi_pool, roi.mask_roi_pool], box_head=[roi.box_head, roi.box_predictor],
+            mask_head=[roi.mask_head, roi.mask_predictor],
+        )
         if train_opts["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         model.train()

@@ -44,6 +44,10 @@ class LaunchError(RuntimeError):
     """A run that cannot start (the message says why); nothing was written."""
 
 
+class AlreadyFinished(LaunchError):
+    """Every implementation asked for has finished results under the run id (and no --force)."""
+
+
 # Each worker's pid and start time, written when it starts (one file per host and rank), so that the
 # launcher can find a worker that outlived its torchrun.
 WORKER_PIDS = ".worker-{host}-rank{rank}.json"
@@ -53,9 +57,9 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT), SIGTERM (a scheduler, `timeout`, a CI cancel) or SIGHUP (the terminal closed),
     all handled as Ctrl-C is; the command exits with 128 + the signal's number."""
 
-    def __init__(self, signum: int = signal.SIGINT):
+    def __init__(self, signum: int = signal.SIGINT, detail: str = ""):
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.detail = signum, detail  # detail: what was stopped and what to do, after ``how``
 
     @property
     def exit_code(self) -> int:
@@ -64,6 +68,10 @@ class Interrupted(KeyboardInterrupt):
     @property
     def how(self) -> str:
         return "by the user (Ctrl-C)" if self.signum == signal.SIGINT else f"by {signal.Signals(self.signum).name}"
+
+    @property
+    def message(self) -> str:
+        return f"interrupted {self.how}{self.detail}"
 
     @staticmethod
     def of(e: BaseException) -> "Interrupted":
@@ -486,7 +494,7 @@ def plan_resume(run_root: Path, impls: list[str], force: bool) -> list[str]:
         return list(impls)
     todo = [i for i in impls if not finished(run_root, i)]
     if not todo:
-        raise LaunchError(
+        raise AlreadyFinished(
             f"{run_root}: finished results exist for {', '.join(impls)}; pass --force to overwrite, "
             "or choose another --run-id"
         )

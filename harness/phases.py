@@ -23,14 +23,43 @@ import functools
 import time
 from collections import defaultdict
 
-PHASES = [
-    "data", "preprocess", "backbone", "fpn", "rpn head", "rpn: anchors, matching, sampling, proposals, loss",
-    "roi pooling", "box head", "mask head", "roi heads: matching, sampling, targets, loss", "backward", "optimizer", "other",
-]
-RPN_REST, ROI_REST = PHASES[5], PHASES[9]
+from .timing import TimerListener
+
+# The phases, by name; PHASES gives the table's order.
+DATA, PREPROCESS, BACKBONE, FPN = "data", "preprocess", "backbone", "fpn"
+RPN_HEAD, RPN_REST = "rpn head", "rpn: anchors, matching, sampling, proposals, loss"
+ROI_POOLING, BOX_HEAD, MASK_HEAD = "roi pooling", "box head", "mask head"
+ROI_REST = "roi heads: matching, sampling, targets, loss"
+BACKWARD, OPTIMIZER, OTHER = "backward", "optimizer", "other"
+PHASES = [DATA, PREPROCESS, BACKBONE, FPN, RPN_HEAD, RPN_REST, ROI_POOLING, BOX_HEAD, MASK_HEAD, ROI_REST, BACKWARD, OPTIMIZER,
+          OTHER]
+# Wholes an adapter may time instead of (or besides) their parts: phase = whole less the parts timed.
+RPN, ROI_HEADS, BACKBONE_FPN = "rpn", "roi heads", "backbone+fpn"
+DERIVED = {FPN: (BACKBONE_FPN, (BACKBONE,)), RPN_REST: (RPN, (RPN_HEAD,)), ROI_REST: (ROI_HEADS, (ROI_POOLING, BOX_HEAD, MASK_HEAD))}
+# The framework parts an adapter names (adapters/_common.phase_probe's keywords) and the phase or whole each times.
+PARTS = {"preprocess": PREPROCESS, "backbone": BACKBONE, "fpn": FPN, "rpn_head": RPN_HEAD, "roi_pooling": ROI_POOLING,
+         "box_head": BOX_HEAD, "mask_head": MASK_HEAD, "rpn": RPN, "roi_heads": ROI_HEADS, "backbone_fpn": BACKBONE_FPN}
 
 
-class PhaseProbe:
+class _Rebound:
+    """A method replaced on an instance by its timed wrapper; ``remove`` puts back what was there."""
+
+    def __init__(self, obj, name: str):
+        self.obj, self.name = obj, name
+        self.own = obj.__dict__.get(name)  # an instance attribute already there (else the class's method)
+
+    def remove(self) -> None:
+        if self.own is None:
+            self.obj.__dict__.pop(self.name, None)
+        else:
+            setattr(self.obj, self.name, self.own)
+
+
+class PhaseProbe(TimerListener):
+    """Times the phases of each iteration and puts them on its record (a listener that completes it)."""
+
+    completes_record = True
+
     def __init__(self, device: str, count_syncs_at: int | None = 0):
         import torch
 
@@ -58,7 +87,9 @@ class PhaseProbe:
 
     def time(self, key: str, *parts) -> None:
         """Time every call of each part (a module, or an (object, method name) pair) into ``key``:
-        a phase of PHASES, or "rpn"/"roi heads"/"backbone+fpn" (wholes that rests are derived from)."""
+        a phase of PHASES, or a whole of DERIVED that a phase is derived from."""
+        if key not in PARTS.values():
+            raise ValueError(f"phase {key!r}: expected one of {', '.join(PARTS.values())}")
         for part in parts:
             if isinstance(part, tuple):
                 obj, name = part
@@ -72,6 +103,7 @@ class PhaseProbe:
                     finally:
                         self._end(_key)
 
+                self._handles.append(_Rebound(obj, name))
                 setattr(obj, name, timed)
             else:
                 self._handles.append(part.register_forward_pre_hook(lambda m, a, _k=key: self._begin(_k)))
@@ -83,7 +115,7 @@ class PhaseProbe:
     # ------------------------------------------------------------------------- the whole step
     def attach(self, timer, model) -> "PhaseProbe":
         """Hooks on the model's forward (the backward's start, the sync counter) and on every optimizer's
-        step; the timer calls ``stamp`` with each iteration's record."""
+        step; the timer gives it each iteration's record and, at the end, has it remove them."""
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         def before_forward(module, args, kwargs):
@@ -100,24 +132,24 @@ class PhaseProbe:
 
         def before_step(optimizer, args, kwargs):
             self._backward_until_now()
-            self._begin("optimizer")
+            self._begin(OPTIMIZER)
 
         def after_step(optimizer, args, kwargs):
-            self._end("optimizer")
+            self._end(OPTIMIZER)
 
         self._handles += [model.register_forward_pre_hook(before_forward, with_kwargs=True),
                           model.register_forward_hook(after_forward, with_kwargs=True),
                           register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
-        timer.probes.append(self)
+        timer.listen(self)
         return self
 
     def _backward_until_now(self) -> None:
         if self._forward_end is not None:
             self._sync()
-            self.acc["backward"] += self._clock() - self._forward_end
+            self.acc[BACKWARD] += self._clock() - self._forward_end
             self._forward_end = None
 
-    def stamp(self, record) -> None:
+    def after_step(self, record) -> None:
         """The iteration's phases (seconds) onto its record; resets for the next iteration."""
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
@@ -126,22 +158,20 @@ class PhaseProbe:
         self._backward_until_now()
         acc, phases = dict(self.acc), {}
         if record.data_time is not None:
-            phases["data"] = record.data_time
+            phases[DATA] = record.data_time
         for phase in PHASES:
             if phase in acc:
                 phases[phase] = acc[phase]
-        if "backbone+fpn" in acc and "backbone" in acc:
-            phases["fpn"] = acc["backbone+fpn"] - acc["backbone"]
-        if "rpn" in acc:
-            phases[RPN_REST] = acc["rpn"] - acc.get("rpn head", 0.0)
-        if "roi heads" in acc:
-            phases[ROI_REST] = acc["roi heads"] - sum(acc.get(p, 0.0) for p in ("roi pooling", "box head", "mask head"))
-        phases["other"] = record.duration - sum(v for k, v in phases.items() if k != "other")
+        for phase, (whole, parts) in DERIVED.items():
+            if whole in acc and any(p in acc for p in parts):
+                phases[phase] = acc[whole] - sum(acc.get(p, 0.0) for p in parts)
+        phases[OTHER] = record.duration - sum(v for k, v in phases.items() if k != OTHER)
         record.phases = phases
         self.acc.clear()
         self._iteration += 1
 
-    def detach(self) -> None:
+    def after_train(self) -> None:
+        """Remove the hooks (the optimizer hooks are global: they would time every later optimizer)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()

@@ -288,3 +288,38 @@ def history(path: str | Path, relative_to: str | None = None, impls: list[str] |
         steps.append(Step(impl, order, [float(np.exp(v)) for v in logs], index, float(np.exp(size)), p, significant))
     return steps
 
+
+def verdict_text(results: list[Comparison], failures: list[Failure], relative_to: str | None, confidence: float,
+                 fmt: str = "md") -> str:
+    """The gate's answer: a table of the comparisons and a FAILED line per failure (md), or both as JSON."""
+    if fmt == "json":
+        return json.dumps({"comparisons": [r.to_dict() for r in results], "failures": [f.to_dict() for f in failures]}, indent=2)
+    import pandas as pd
+
+    value = f"img/s ÷ {relative_to}'s" if relative_to else "img/s"
+    lines = []
+    if results:
+        lines.append(pd.DataFrame({
+            "Implementation": [r.label for r in results],
+            "Runs (base/cand)": [f"{r.baseline_runs}/{r.candidate_runs}" for r in results],
+            f"baseline {value}": [f"{r.baseline_value:.4g}" for r in results],
+            f"candidate {value}": [f"{r.candidate_value:.4g}" for r in results],
+            f"slowdown [{100 * confidence:.0f}% CI]": [f"{r.slowdown:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in results],
+            "verdict": [r.verdict for r in results],
+        }).to_markdown(index=False, disable_numparse=True))
+    lines += [f"FAILED: {f.impl}: {f.reason}" for f in failures]
+    return "\n".join(lines)
+
+
+def history_text(steps: list[Step], fmt: str = "md") -> str:
+    """Per implementation: where its throughput stepped over the commits (or the best split when it did not)."""
+    if fmt == "json":
+        return json.dumps([{"impl": s.impl, "commits": s.commits, "values": s.values, "step_commit": s.commit,
+                            "change": s.change, "p_value": s.p_value} for s in steps], indent=2)
+    lines = []
+    for s in steps:
+        where = (f"stepped at {s.commits[s.index]}: x{s.change:.3f} (p={s.p_value:.2g})" if s.significant
+                 else f"no step (best split x{s.change:.3f}, p={s.p_value:.2g})")
+        lines.append(f"{s.impl}: {len(s.commits)} commits; {where}")
+    return "\n".join(lines)
+

@@ -368,12 +368,19 @@ def compact_markdown(records: list[dict]) -> str:
     return _md(table if table is not None else summary_table(df)) + "\n"
 
 
-def write_into(path: Path, block: str, command: str, section: str = "report") -> None:
-    """Replace what lies between the report markers in ``path`` (atomically); the markers must be there."""
+def write_report_into(path: Path, records: list[dict], command: str) -> None:
+    """``report --into``: the runs' short table into the file's section for their task (and scenario)."""
+    names = {(r.get("config") or {}).get("name") for r in records}
+    write_into(path, compact_markdown(records), command, readme_section(records), names.pop() if len(names) == 1 else None)
+
+
+def write_into(path: Path, block: str, command: str, section: str = "report", scenario: str | None = None) -> None:
+    """Replace what lies between the ``section`` markers in ``path`` (atomically; those of the scenario's
+    own section where the file has them); the markers must be there."""
     from .results import atomic_write_text
 
     text = path.read_text()
-    begin, end = into_markers(section)
+    begin, end = into_markers(scenario_section(path, section, scenario))
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"{path}: expected one '{begin}' line followed by one '{end}' line")
     head, rest = text.split(begin)

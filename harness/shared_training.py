@@ -52,7 +52,7 @@ def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> P
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
 
-    from .timing import IterationTimer
+    from .timing import IterationTimer, TimerListener
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     n = cfg.benchmark.shared_training_iters
@@ -63,13 +63,17 @@ def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> P
     adapter = get_adapter("torchvision")
     every = max(1, n // 10)
 
-    def progress(rec):
-        if (rec.iter + 1) % every == 0 or rec.iter + 1 == n:
-            print(f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}", file=sys.stderr, flush=True)
+    class Progress(TimerListener):
+        def after_step(self, rec):
+            if (rec.iter + 1) % every == 0 or rec.iter + 1 == n:
+                print(f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}", file=sys.stderr, flush=True)
 
     device = "cuda:0" if cfg.benchmark.device == "cuda" else "cpu"
-    timer = IterationTimer.for_device(n, device, on_iteration=progress)
-    adapter.train(train_cfg, paths, timer, DistInfo(device=device))
+    timer = IterationTimer.for_device(n, device, listeners=[Progress()])
+    try:
+        adapter.train(train_cfg, paths, timer, DistInfo(device=device))
+    finally:
+        timer.after_train()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({k: v.detach().cpu() for k, v in adapter.trained_model.state_dict().items()}, tmp)

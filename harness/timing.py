@@ -138,11 +138,54 @@ def raise_if_not_finite(loss: float, iteration: int, parts: dict | None = None) 
         raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}" + (f": {named}" if named else ""))
 
 
+class TimerListener:
+    """What an IterationTimer tells those listening to it (progress, the partial stream, the work
+    counters, the phases): ``before_train`` when the clock starts, ``after_step`` with each iteration's
+    record as it is made, ``after_train`` once training has returned (or failed). A listener that
+    ``completes_record`` (work counts, phases) is told first and may add to the record; the others see
+    it complete, in the order they started listening."""
+
+    completes_record = False
+
+    def before_train(self) -> None:
+        pass
+
+    def after_step(self, record: "IterationRecord") -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class WorkCounts(TimerListener):
+    """This iteration's work counters (``WORK_COUNTERS``), added to by hooks on the model's modules once
+    per forward pass (micro-batches add up), put on the iteration's record and reset."""
+
+    completes_record = True
+
+    def __init__(self):
+        self._work: dict[str, int] = {}
+
+    def add(self, **work: int) -> None:
+        for key, n in work.items():
+            if key not in WORK_COUNTERS:
+                raise KeyError(f"unknown work counter {key!r}; known: {', '.join(WORK_COUNTERS)}")
+            self._work[key] = self._work.get(key, 0) + int(n)
+
+    def before_train(self) -> None:
+        self._work = {}
+
+    def after_step(self, record: IterationRecord) -> None:
+        for key, n in self._work.items():
+            setattr(record, key, n)
+        self._work = {}
+
+
 class IterationTimer:
     """Stamps the end of each training iteration; see the module docstring for the arithmetic.
 
     ``sync`` is called before every stamp (``torch.cuda.synchronize`` on CUDA, nothing on CPU).
-    ``on_iteration`` is called with each record (progress bars, streaming to disk).
+    ``listeners`` (TimerListener) are told of the start, of each record and of the end.
     """
 
     def __init__(
@@ -151,18 +194,29 @@ class IterationTimer:
         sync: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         memory: Callable[[], float] | None = None,
-        on_iteration: Callable[[IterationRecord], None] | None = None,
+        listeners: list[TimerListener] = (),
     ):
         self.total_iters = total_iters
         self._sync = sync or (lambda: None)
         self._clock = clock
         self._memory = memory or _cpu_peak_rss_mb
-        self._on_iteration = on_iteration
         self.records: list[IterationRecord] = []
-        self.probes: list = []  # each gets stamp(record) as the record is made (harness/phases.py)
-        self._work: dict[str, int] = {}
+        self.work = WorkCounts()
+        self.listeners: list[TimerListener] = []
+        for listener in (self.work, *listeners):
+            self.listen(listener)
         self._t0: float | None = None
         self._last: float | None = None
+
+    def listen(self, listener: TimerListener) -> TimerListener:
+        """Tell ``listener`` of this timer's events from now on (those that complete a record before the others)."""
+        at = sum(1 for l in self.listeners if l.completes_record) if listener.completes_record else len(self.listeners)
+        self.listeners.insert(at, listener)
+        return listener
+
+    def of_type(self, kind: type) -> list:
+        """The listeners of one kind (e.g. the phase probe a run attached)."""
+        return [l for l in self.listeners if isinstance(l, kind)]
 
     @classmethod
     def for_device(cls, total_iters: int, device: str, **kwargs) -> "IterationTimer":
@@ -178,25 +232,24 @@ class IterationTimer:
         return cls(total_iters, **kwargs)
 
     @property
-    def done(self) -> bool:
-        return len(self.records) >= self.total_iters
-
-    @property
     def next_iter(self) -> int:
         return len(self.records)
 
     def before_train(self) -> None:
         self._sync()
         self._t0 = self._last = self._clock()
-        self._work = {}
+        for listener in self.listeners:
+            listener.before_train()
 
     def count(self, **work: int) -> None:
-        """Add to this iteration's work counters (``WORK_COUNTERS``); called from
-        hooks on the model's modules, once per forward pass (micro-batches add up)."""
-        for key, n in work.items():
-            if key not in WORK_COUNTERS:
-                raise KeyError(f"unknown work counter {key!r}; known: {', '.join(WORK_COUNTERS)}")
-            self._work[key] = self._work.get(key, 0) + int(n)
+        """Add to this iteration's work counters (``WORK_COUNTERS``); called from hooks on the model's
+        modules, once per forward pass (micro-batches add up)."""
+        self.work.add(**work)
+
+    def after_train(self) -> None:
+        """Training has returned or failed: each listener lets go of what it holds (hooks, files)."""
+        for listener in self.listeners:
+            listener.after_train()
 
     def after_step(
         self,
@@ -223,15 +276,15 @@ class IterationTimer:
             loss=None if loss is None else float(loss),
             max_memory_mb=self._memory(),
             lr=lr,
-            **self._work,
         )
-        self._work = {}
         self._last = now
-        for probe in self.probes:
-            probe.stamp(rec)
+        for listener in self.listeners:
+            if listener.completes_record:
+                listener.after_step(rec)
         self.records.append(rec)
-        if self._on_iteration is not None:
-            self._on_iteration(rec)
+        for listener in self.listeners:
+            if not listener.completes_record:
+                listener.after_step(rec)
         return rec
 
     def summary(self, warmup: int, end: int, world_images: list[int] | None = None) -> WindowSummary:

@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from mrcnn_bench.harness.timing import TimerListener
+
 
 class Watchdog(threading.Thread):
     """Ends this worker (exit 143, no record) once its launcher (the parent it started under: torchrun,
@@ -102,7 +104,7 @@ def _pin_threads(threads: int, local_rank: int, local_world: int) -> list[int] |
     return cpus
 
 
-class PartialIterations:
+class PartialIterations(TimerListener):
     """Rank 0's stream of each iteration (or timed call) as it is measured, flushed line by line: what
     is kept of a run that dies. ``done`` removes it once iterations.jsonl and run.json are written."""
 
@@ -117,31 +119,33 @@ class PartialIterations:
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
 
+    def after_step(self, record) -> None:
+        self.write(record.to_dict())
+
     def done(self) -> None:
         if self._file is not None:
             self._file.close()
             self.path.unlink(missing_ok=True)
 
 
-def _progress_printer(rank: int, total: int, every: int):
-    start = time.perf_counter()
+class Progress(TimerListener):
+    """Rank 0 prints the iteration, its loss, time and data wait, and the time left, every ``every`` iterations."""
 
-    def on_iteration(rec):
-        if rank != 0:
-            return
+    def __init__(self, rank: int, total: int, every: int):
+        self.rank, self.total, self.every = rank, total, every
+        self._start = time.perf_counter()
+
+    def before_train(self) -> None:
+        self._start = time.perf_counter()
+
+    def after_step(self, rec) -> None:
         n = rec.iter + 1
-        if n % every == 0 or n == total or n == 1:
-            elapsed = time.perf_counter() - start
-            eta = elapsed / n * (total - n)
-            loss = f"loss {rec.loss:.3f}  " if rec.loss is not None else ""
-            data = f"data {rec.data_time:.3f}s  " if rec.data_time is not None else ""
-            print(
-                f"iter {n}/{total}  {loss}time {rec.duration:.3f}s  {data}eta {eta:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    return on_iteration
+        if self.rank != 0 or not (n % self.every == 0 or n == self.total or n == 1):
+            return
+        eta = (time.perf_counter() - self._start) / n * (self.total - n)
+        loss = f"loss {rec.loss:.3f}  " if rec.loss is not None else ""
+        data = f"data {rec.data_time:.3f}s  " if rec.data_time is not None else ""
+        print(f"iter {n}/{self.total}  {loss}time {rec.duration:.3f}s  {data}eta {eta:.0f}s", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +243,10 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
         _infer(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir)
         return 0
     timer, partial = _timer(run_dir, cfg.benchmark, dist)
-    extra = adapter.train(cfg, data, timer, dist) or {}
+    try:
+        extra = adapter.train(cfg, data, timer, dist) or {}
+    finally:
+        timer.after_train()
     if len(timer.records) != cfg.benchmark.iters:
         raise RuntimeError(f"{impl}: the adapter ran {len(timer.records)} iterations, {cfg.benchmark.iters} were asked for")
     world_images = _global_images(timer, dist)
@@ -356,13 +363,8 @@ def _timer(run_dir: Path, bench, dist):
     from mrcnn_bench.harness.timing import IterationTimer
 
     partial = PartialIterations(run_dir, dist.rank)
-    progress = _progress_printer(dist.rank, bench.iters, max(1, bench.iters // 20))
-
-    def on_iteration(rec):
-        partial.write(rec.to_dict())
-        progress(rec)
-
-    return IterationTimer.for_device(bench.iters, dist.device, on_iteration=on_iteration), partial
+    progress = Progress(dist.rank, bench.iters, max(1, bench.iters // 20))
+    return IterationTimer.for_device(bench.iters, dist.device, listeners=[partial, progress]), partial
 
 
 def _global_images(timer, dist) -> list[int]:
@@ -392,10 +394,9 @@ def _summary(cfg, data, rows: list[dict], timer, world_images: list[int], dist) 
     peak = matmul_peak_flops(dist.device, bench.dtype)
     summary.update(flops_per_image=flops, matmul_peak_flops_per_process=peak,
                    mfu=(flops * summary["images_per_s"] / (peak * dist.world_size)) if flops else None)
-    if timer.probes:  # benchmark.phases: ms per phase over the window, what the framework lacks, its syncs
-        from mrcnn_bench.harness.phases import window_phases
+    from mrcnn_bench.harness.phases import PhaseProbe, window_phases
 
-        probe = timer.probes[0]
+    for probe in timer.of_type(PhaseProbe):  # benchmark.phases: ms per phase over the window, what the framework lacks, its syncs
         summary.update(phases_ms=window_phases(rows, bench.warmup, bench.end), phases_missing=probe.missing,
                        phases_notes=probe.notes, host_syncs_per_step=probe.host_syncs)
     return summary

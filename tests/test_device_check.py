@@ -1,6 +1,5 @@
 """scripts/device_check.sh, the one command a GPU machine runs, rehearsed on the CPU; and the wheel set
 (scripts/wheel_closure.py) that it installs there."""
-import io
 import json
 import os
 import subprocess

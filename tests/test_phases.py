@@ -69,7 +69,12 @@ def test_probe_times_each_phase_and_derives_the_rests():
             optimizer.zero_grad()
             timer.after_step(2, data_time=0.0)
     finally:
-        probe.detach()
+        timer.after_train()
+    model(torch.ones(3)).backward()
+    optimizer.step()  # after training the hooks are gone, the global optimizer ones too
+    assert not probe.acc and probe._forward_end is None
+    with pytest.raises(ValueError, match="phase 'box heads': expected one of"):
+        probe.time("box heads", model.box)  # a misspelt phase is refused, not timed apart
     rows = [r.to_dict() for r in timer.records]
     assert rows[0]["host_syncs"] >= 1 and "host_syncs" not in rows[1]  # counted on iteration 0 only
     ms = window_phases(rows, 1, 4)

@@ -171,7 +171,7 @@ def test_the_headline_command_on_an_8_gpu_node_runs_the_canonical_benchmark(monk
     import torch
     from click.testing import CliRunner
 
-    from mrcnn_bench.harness import cli
+    from mrcnn_bench.harness import cli, suite
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
@@ -181,7 +181,7 @@ def test_the_headline_command_on_an_8_gpu_node_runs_the_canonical_benchmark(monk
         seen.update(cfg=cfg, impl=impl_text, opts=opts)
         return tmp_path, []
 
-    monkeypatch.setattr(cli, "_run_suite", capture)
+    monkeypatch.setattr(suite, "run_suite", capture)
     result = CliRunner().invoke(cli.main, ["run", "--impl", "reference", "--gpus", "8"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == "config: mask_rcnn_R_50_FPN_noaug_1x (8 CUDA device(s) visible)"

@@ -63,14 +63,54 @@ def test_bad_windows_are_refused():
         summarize_window(recs, 0, 3)
 
 
-def test_after_step_before_start_is_an_error_and_callback_fires():
-    seen = []
-    t = IterationTimer(2, on_iteration=seen.append)
+def test_after_step_before_start_is_an_error_and_listeners_hear_each_event_in_order():
+    """Listeners that complete a record (work counts, phases) come first, whatever order they came in;
+    the others see the complete record, in the order they started listening; after_train reaches all."""
+    from mrcnn_bench.harness.timing import TimerListener
+
+    events = []
+
+    class Reader(TimerListener):
+        def __init__(self, name):
+            self.name = name
+
+        def before_train(self):
+            events.append((self.name, "before_train"))
+
+        def after_step(self, record):
+            events.append((self.name, record.iter, record.phases, record.rois))
+
+        def after_train(self):
+            events.append((self.name, "after_train"))
+
+    class Completer(Reader):
+        completes_record = True
+
+        def after_step(self, record):
+            record.phases = {"backbone": 1.0}
+            super().after_step(record)
+
+    t = IterationTimer(2, listeners=[Reader("progress")])
+    t.listen(Reader("partial"))
+    t.listen(Completer("phases"))
     with pytest.raises(RuntimeError, match="before_train"):
         t.after_step(1)
     t.before_train()
-    t.after_step(1, loss=0.5)
-    assert [r.iter for r in seen] == [0] and seen[0].loss == 0.5 and not t.done
+    t.count(rois=3)
+    t.count(rois=4)  # a second micro-batch adds up
+    rec = t.after_step(1, loss=0.5)
+    assert rec.rois == 7 and rec.loss == 0.5 and rec.phases == {"backbone": 1.0}
+    t.after_step(1)
+    t.after_train()
+    completed = {"backbone": 1.0}
+    assert events == [
+        ("phases", "before_train"), ("progress", "before_train"), ("partial", "before_train"),
+        ("phases", 0, completed, 7), ("progress", 0, completed, 7), ("partial", 0, completed, 7),
+        ("phases", 1, completed, None), ("progress", 1, completed, None), ("partial", 1, completed, None),
+        ("phases", "after_train"), ("progress", "after_train"), ("partial", "after_train"),
+    ]
+    with pytest.raises(KeyError, match="unknown work counter 'boxes'"):
+        t.count(boxes=1)
 
 
 def test_a_loss_that_is_not_finite_stops_the_run_naming_iteration_and_parts():

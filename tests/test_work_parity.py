@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import run_cli
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters._common import WeightsMismatch, load_exact, schedule_facts
 from mrcnn_bench.harness.config import builtin_config_dir, load_config

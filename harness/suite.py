@@ -1,0 +1,393 @@
+"""A benchmark run from a request to its records: the config, the implementations that can run, the
+data, the shared weights, the rounds, then ``launch.run_suite`` for each implementation in turn.
+
+The command line (cli.py) parses into a ``RunRequest`` and prints what comes back; this module raises
+``RequestError`` for input that cannot run (the command exits 2) and ``launch.Interrupted`` when a
+signal stops the run (128 + its number), and says its progress on stderr.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import load_config, parse_override, resolve_config_path
+from .launch import AlreadyFinished, Interrupted, KeyboardInterruptWithRecord, LaunchOptions
+
+CANONICAL = "mask_rcnn_R_50_FPN_noaug_1x"  # the default config where CUDA is visible
+
+
+class RequestError(Exception):
+    """Input that cannot run (an option, a config, the data, an implementation not installed); nothing started."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `run`, `sweep` and `phases` share: the implementations, the config and how to change it,
+    where the data and the results are."""
+
+    impl: str = "torchvision"
+    config_name: str | None = None
+    ims_per_gpu: int | None = None
+    device: str | None = None
+    data_root: str | None = None
+    out_root: str = "results/runs"
+    run_id: str | None = None
+    overrides: tuple[str, ...] = ()
+    threads: int | None = None
+    timeout: float | None = None
+    force: bool = False
+    pythons: tuple[str, ...] = ()
+    allow_divergent: tuple[str, ...] = ()
+
+    def config(self, world: int | None = None, extra: dict | None = None):
+        """The config named (or the default one), with --set, --device, --timeout and ``extra``, its batch
+        spread over ``world`` processes, and --allow-divergent's keys allowed."""
+        values = dict(parse_override(o) for o in self.overrides)
+        if self.device is not None:
+            values["benchmark.device"] = self.device
+        if self.timeout is not None:
+            values["benchmark.timeout_s"] = self.timeout
+        cfg = scaled_config(default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu)
+        if not self.allow_divergent:
+            return cfg
+        merged = list(dict.fromkeys([*cfg.benchmark.allow_divergent, *self.allow_divergent]))
+        return cfg.with_overrides({"benchmark.allow_divergent": merged}, source="--allow-divergent")
+
+    def launch_options(self, nproc_per_node: int, **more) -> LaunchOptions:
+        return LaunchOptions(nproc_per_node=nproc_per_node, threads_per_rank=self.threads, timeout_s=self.timeout,
+                             force=self.force, interpreters=interpreters(self.pythons), **more)
+
+
+def parse_impls(text: str) -> list[str]:
+    """--impl: 'all' or names of known implementations, each once."""
+    from mrcnn_bench.adapters import adapter_names
+
+    known = adapter_names()
+    if text == "all":
+        return known
+    named = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [i for i in named if i not in known]
+    if unknown:
+        raise RequestError(f"--impl: unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}, or 'all'")
+    impls = list(dict.fromkeys(named))
+    if len(impls) < len(named):
+        twice = sorted({i for i in named if named.count(i) > 1})
+        say(f"--impl: {', '.join(twice)} named more than once; each runs once")
+    return impls
+
+
+def interpreters(pythons) -> dict[str, str]:
+    """--python IMPL=PATH, as {impl: path}."""
+    found = {}
+    for p in pythons:
+        name, sep, path = p.partition("=")
+        if not sep:
+            raise RequestError(f"--python {p!r}: expected IMPL=PATH")
+        found[name] = path
+    return found
+
+
+def task_overrides(task: str | None, batch_sizes: str | None) -> list[str]:
+    """--task and --batch-sizes as config overrides (benchmark.task, benchmark.batch_sizes)."""
+    out = [f"benchmark.task={task}"] if task else []
+    if batch_sizes is not None:
+        try:
+            sizes = [int(part) for part in batch_sizes.split(",") if part.strip()]
+        except ValueError:
+            raise RequestError(f"--batch-sizes {batch_sizes!r}: expected positive integers such as 1,2,4,8") from None
+        if not sizes or min(sizes) < 1:
+            raise RequestError(f"--batch-sizes {batch_sizes!r}: expected one or more positive integers such as 1,2,4,8")
+        out.append(f"benchmark.batch_sizes=[{','.join(map(str, sizes))}]")
+    return out
+
+
+def default_config(name: str | None) -> str:
+    """--config as given; else the canonical config where CUDA is visible and cpu_small elsewhere, said."""
+    if name is not None:
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        name, why = CANONICAL, f"{torch.cuda.device_count()} CUDA device(s) visible"
+    else:
+        name, why = "cpu_small", f"no CUDA device visible; --config {CANONICAL} is the canonical benchmark"
+    say(f"config: {name} ({why})")
+    return name
+
+
+def scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu: int | None):
+    """The config with its batch spread over ``world`` processes (harness/scaling.py): strong scaling,
+    or weak with --ims-per-gpu. A batch that cannot be spread is a RequestError naming the command that can."""
+    from .scaling import ScalingError, plan
+
+    path = resolve_config_path(config_name)
+    if world is None and ims_per_gpu is None:
+        return load_config(path, values)
+    base = load_config(path, {k: v for k, v in values.items() if k != "benchmark.gpus"})
+    # an accumulation the config or --set asks for is kept; otherwise benchmark.max_ims_per_step decides
+    accum = base.benchmark.grad_accum if "benchmark.grad_accum" in values or base.benchmark.grad_accum != 1 else None
+    try:
+        p = plan(base, world or base.benchmark.gpus, ims_per_gpu, accum)
+    except ScalingError as e:
+        raise RequestError(str(e)) from None
+    say(p.describe())
+    return base.with_overrides(p.overrides(), source=f"{path} (with overrides)")
+
+
+def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int):
+    """``repeats`` rounds of the implementations, the order reversed every other round (ABBA: a drift of
+    the machine's speed over the rounds falls on every implementation alike); rounds already finished
+    under the run id are kept. (run folder, records)"""
+    from .frames import load_runs
+    from .results import new_run_id
+    from .run_folder import RunLock
+
+    run_id = run_id or new_run_id()
+    records = []
+    with RunLock(Path(out_root) / run_id, opts.part):
+        for k in range(1, repeats + 1):
+            say(f"== round {k}/{repeats}")
+            try:
+                records += run_suite(cfg, impl_text, opts, f"{run_id}/r{k}", out_root, data_root, reverse=k % 2 == 0)[1]
+            except AlreadyFinished:
+                say(f"round {k}: finished earlier, kept (--force re-runs it)")
+                records += load_runs([Path(out_root) / run_id / f"r{k}"])
+    return Path(out_root) / run_id, records
+
+
+def runnable_impls(impl_text: str, interpreters: dict, device: str, local_world: int) -> list[str]:
+    """The implementations of --impl that can run here: one named explicitly but not installed is a
+    RequestError; with 'all' it is skipped and said so. On CUDA, enough devices must be visible."""
+    from . import launch
+
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RequestError("--device cuda: no CUDA device is visible to this process (use --device cpu)")
+        if torch.cuda.device_count() < local_world:
+            raise RequestError(f"--gpus {local_world}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    runnable = []
+    for name in parse_impls(impl_text):
+        ok, info = launch.probe(name, launch.interpreter_for(name, interpreters))
+        if ok:
+            runnable.append(name)
+            say(f"{name}: available ({info})")
+        elif impl_text == "all":
+            say(f"{name}: skipped, not installed: {info}")
+        else:
+            raise RequestError(f"--impl {name}: {info}")
+    if not runnable:
+        raise RequestError("no implementation is installed")
+    return runnable
+
+
+def run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: bool = False):
+    """Probe, data, then (under the run folder's lock) resume, shared weights and every implementation
+    in turn: (run folder, records)."""
+    from .data import resolve_data
+    from .parity import check_divergences
+    from .results import new_run_id
+    from .run_folder import RunLock
+
+    local = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+    runnable = runnable_impls(impl_text, opts.interpreters, cfg.benchmark.device, local)
+    for name, divergences in check_divergences(cfg, runnable).items():
+        for key, why in divergences.items():
+            say(f"{name}: runs {key} otherwise (allowed): {why}")
+    paths, summary = resolve_data(cfg.data, data_root)  # bad data: exit 2 before anything is written
+    dropped = summary["train"].get("dropped")
+    say(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images"
+        + (f"; {dropped['annotations']} unusable annotation(s) and {dropped['short_polygons']} polygon(s) of "
+           f"fewer than 3 points dropped for every implementation" if dropped else "") + ")")
+    check_task(cfg, summary)
+    run_id = run_id or new_run_id()
+    with RunLock(Path(out_root) / run_id.split("/")[0], opts.part):  # the run id's folder, whatever round this is
+        return _run_locked(cfg, runnable, opts, Path(out_root), run_id, paths, summary, reverse)
+
+
+def check_task(cfg, summary: dict) -> None:
+    """What --task infer and eval need: one process, and (infer) a val split with a batch's images."""
+    bench = cfg.benchmark
+    if bench.task == "train":
+        return
+    if bench.gpus != 1:
+        raise RequestError(f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1")
+    val = summary.get("val")
+    if not val or not val.get("images"):
+        raise RequestError(f"--task {bench.task}: the data set has no val split with images ({cfg.data.val_split})")
+    if bench.task == "infer" and max(bench.batch_sizes) > val["images"]:
+        raise RequestError(f"--batch-sizes {','.join(map(str, bench.batch_sizes))}: batch size {max(bench.batch_sizes)} is "
+                           f"larger than the val split ({val['images']} images, data.val_split {cfg.data.val_split})")
+
+
+def _run_locked(cfg, runnable: list[str], opts, out_root: Path, run_id: str, paths, summary: dict, reverse: bool):
+    """run_suite's part under the run folder's lock: resume, shared weights, the implementations."""
+    from . import launch
+    from .results import load_run
+
+    run_dir = out_root / run_id
+    cfg = shared_weights(cfg, paths, training=True)
+    kept = [] if opts.force else [i for i in runnable if launch.finished(run_dir, i)]
+    kept_records = [load_run(run_dir / i) for i in kept]
+    if kept:  # checked before anything else: a round of --repeats finished earlier is a resumed run too
+        from .run_folder import resume_mismatches
+
+        differ = resume_mismatches(kept_records, cfg.to_dict(), summary, machine(cfg, opts))
+        if differ:
+            raise RequestError(f"{run_dir}: resuming with other settings than the finished results of {', '.join(kept)} "
+                               f"({'; '.join(differ)}); pass --force to start the run afresh, or choose another --run-id")
+    todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
+    if kept:
+        say(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)")
+    resume = f"finished results are intact; re-run with --run-id {run_id.split('/')[0]} to resume"
+    try:
+        records = launch.run_suite(cfg, todo, paths, summary, out_root, run_id, opts)
+    except KeyboardInterruptWithRecord as e:
+        raise Interrupted(e.signum, f": {e.record['impl']} marked interrupted; {resume}") from None
+    except KeyboardInterrupt as e:
+        raise Interrupted(Interrupted.of(e).signum, f" between implementations; {resume}") from None
+    return run_dir, kept_records + records
+
+
+def machine(cfg, opts) -> dict:
+    """What a resumed run's finished part must have run on: the CPU, the GPUs, the threads per process."""
+    from . import launch
+    from .results import cpu_model
+
+    gpus = []
+    if cfg.benchmark.device == "cuda":
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    local = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+    return {"cpu": cpu_model(), "gpus": gpus,
+            "torch_threads": opts.threads_per_rank or cfg.benchmark.threads_per_rank or launch.default_threads(local)}
+
+
+def shared_weights(cfg, paths, training: bool = False):
+    """The config with the run's shared initial weights (and, ``training``, the shared pre-training of
+    benchmark.shared_training_iters), each said when made or reused."""
+    from .init_weights import WeightsError, with_shared_init
+    from .shared_training import with_shared_training
+
+    try:
+        cfg, message = with_shared_init(cfg, paths)
+    except WeightsError as e:
+        raise RequestError(str(e)) from None
+    if message:
+        say(message)
+    if training:
+        cfg, message = with_shared_training(cfg, paths)
+        if message:
+            say(message)
+    return cfg
+
+
+def each_installed(impl: str, interpreters: dict, ask) -> tuple[dict, list[str]]:
+    """({name: ask(name, python)} for every installed implementation --impl names, [names that failed]);
+    one failing (RuntimeError) leaves the others' answers, one not installed is skipped and said so."""
+    from . import launch
+
+    answers, failed = {}, []
+    for name in parse_impls(impl):
+        python = launch.interpreter_for(name, interpreters)
+        ok, info = launch.probe(name, python)
+        if not ok:
+            say(f"{name}: skipped, not installed: {info}")
+            continue
+        try:
+            answers[name] = ask(name, python)
+        except RuntimeError as e:
+            say(f"{name}: failed: {e}")
+            failed.append(name)
+    return answers, failed
+
+
+class RunFailed(Exception):
+    """A run that started and failed as a whole (an external system's container); the command exits 1."""
+
+
+def run_external(name, cfg, out_root, run_id, data_root, container):
+    """An external system: write its native config and the commands; with --container, docker and the
+    image present, run it and ingest its log."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from mrcnn_bench.external import get_system
+
+    from .ingest import ingest as read_log
+    from .results import atomic_write_text, new_run_id
+
+    system = get_system(name)
+    run_id = run_id or new_run_id()
+    run_dir = (Path(out_root) / run_id / name).resolve()
+    translation = system.translate(cfg)
+    for filename, text in translation.files.items():
+        atomic_write_text(run_dir / filename, text)
+    image = container or system.image
+    docker = system.docker_command(image or "<IMAGE>", str(run_dir), str(Path(data_root).resolve()) if data_root else None,
+                                   translation)
+    ingest_cmd = shlex.join(["mrcnn-bench", "ingest", "--impl", name, str(run_dir / "train.log"), "--config", cfg.name,
+                             "--set", f"benchmark.gpus={cfg.benchmark.gpus}", "--out", str(out_root), "--run-id", run_id])
+    print(f"{system.title} ({system.home}): native config written to {run_dir}")
+    for note in translation.mismatches:
+        print(f"  cannot match: {note}")
+    ready = container and shutil.which("docker") and subprocess.run(
+        ["docker", "image", "inspect", container], capture_output=True).returncode == 0
+    if not ready:
+        why = ("no --container given" if not container else "docker is not on PATH" if not shutil.which("docker")
+               else f"image {container} is not present (docker pull/build it)")
+        print(f"\nnot run here ({why}). In the system's own container"
+              + (f" (docker/external/{name}.Dockerfile builds {system.image})" if system.image else "") + ":\n\n"
+              f"  {shlex.join(docker)}\n\nthen read its log into the results:\n\n  {ingest_cmd}")
+        return
+    say(f"running: {shlex.join(docker)}")
+    status = subprocess.run(docker).returncode
+    if status != 0:
+        raise RunFailed(f"{name}: the container exited {status}; its log: {run_dir / 'train.log'}")
+    record = read_log(system, [run_dir / "train.log"], cfg, run_dir, run_id)
+    print(f"{name}: {record['summary']['images_per_s']:.3f} img/s (measured_by: log)")
+
+
+def ingest_log(name: str, logs: list, cfg, out_root, run_id: str | None):
+    """An external system's own training log(s) read into OUT/<run-id>/<name>/run.json: (run folder, record)."""
+    from mrcnn_bench.external import get_system
+
+    from .ingest import ingest as read_log
+    from .logs import LogError
+    from .results import new_run_id
+
+    try:
+        system = get_system(name)
+    except KeyError as e:
+        raise RequestError(f"--impl: {e.args[0]}") from None
+    run_dir = Path(out_root) / (run_id or new_run_id()) / name
+    try:
+        return run_dir, read_log(system, logs, cfg, run_dir, run_dir.parent.name)
+    except LogError as e:
+        raise RequestError(str(e)) from None
+
+
+def implementations():
+    """A line per implementation this harness knows: installed or not (and why), or external."""
+    from mrcnn_bench.adapters import adapter_names
+    from mrcnn_bench.external import get_system, system_names
+
+    from . import launch
+
+    for name in adapter_names():
+        python = launch.interpreter_for(name, {})
+        ok, info = launch.probe(name, python)
+        yield f"{name:12s} {'installed' if ok else 'missing  '}  {info}  [{python}]"
+    for name in system_names():
+        system = get_system(name)
+        yield (f"{name:12s} external   {system.title}: its own container, measured from its log "
+               f"(`run --impl {name}` prints the commands)")
+
