@@ -205,6 +205,19 @@ def schedule_facts(lrs: list[float], base_lr: float) -> dict:
     }
 
 
+def sampling_hparams(section: str, fg_iou: float, bg_iou: float, batch: int, fraction: float) -> dict:
+    """A matcher's and its sampler's rows of the parity table (``section``: "rpn" or "roi_heads")."""
+    return {f"model.{section}.fg_iou_thresh": fg_iou, f"model.{section}.bg_iou_thresh": bg_iou,
+            f"model.{section}.batch_size_per_image": batch, f"model.{section}.positive_fraction": fraction}
+
+
+def proposal_hparams(nms: float, pre_train: int, post_train: int, pre_test: int, post_test: int) -> dict:
+    """The RPN's NMS threshold and its top-k before and after NMS, training and test (kept per image)."""
+    return {"model.rpn.nms_thresh": nms, "model.rpn.pre_nms_topk_train": pre_train, "model.rpn.post_nms_topk_train": post_train,
+            "model.rpn.pre_nms_topk_test": pre_test, "model.rpn.post_nms_topk_test": post_test,
+            "model.rpn.post_nms_topk_scope": "per image"}
+
+
 def solver_hparams(*, ims_per_process: int, base_lr: float, momentum: float, weight_decay: float,
                    weight_decay_norm: float, warmup_method: str, lrs: list[float]) -> dict:
     """The parity table's solver rows: the optimizer's values as the framework holds them, and warm-up

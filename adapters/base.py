@@ -92,10 +92,15 @@ class Adapter(abc.ABC):
         config). A ``_notes`` entry may map keys to a sentence on why the framework differs."""
 
     @abc.abstractmethod
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+    def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         """Run the framework's own training loop for ``cfg.benchmark.iters`` iterations, calling
         ``timer.before_train()`` once and ``timer.after_step(...)`` after every optimizer step.
-        Returns extra facts for run.json (e.g. the native config as text)."""
+        ``native``: ``translate(cfg, data)`` as the worker made it (translated once per run; None: translate
+        here). Returns extra facts for run.json (e.g. the native config as text)."""
+
+    def translated(self, cfg, data, native=None):
+        """``native`` where the caller has translated ``cfg`` already, else ``translate(cfg, data)``."""
+        return native if native is not None else self.translate(cfg, data)
 
     def divergences(self, cfg) -> dict[str, str]:
         """The canonical keys whose value in ``cfg`` this framework cannot run as asked -> what it does
@@ -116,7 +121,7 @@ class Adapter(abc.ABC):
         them between implementations: with shared weights they compute the same function."""
         raise NotImplementedError(f"{self.name}: no forward check")
 
-    def predictor(self, cfg, data, dist: DistInfo, model=None):
+    def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The framework's own eval path as a callable, for ``--task infer`` and ``--task eval``
         (harness/inference.py): a list of decoded RGB images (uint8 tensors [3, H, W] on the host) ->
         per image a dict of ``boxes`` [N, 4] (x1, y1, x2, y2 at the image's size), ``scores`` [N],
@@ -124,8 +129,8 @@ class Adapter(abc.ABC):
         (probabilities, or 0/1). The framework does its own copy to the device, resizing to
         ``input.min_size_test``/``max_size_test``, normalising and pasting, with the test settings of
         ``model.roi_heads`` (score and NMS thresholds, detections per image). ``model``: the framework's
-        model as ``train`` left it (``self.trained_model``); None: built from ``cfg`` with
-        ``model.init_weights`` loaded."""
+        model as ``train`` left it (``self.trained_model``); None: built from ``cfg`` (``native``, its
+        translation where the caller has made it) with ``model.init_weights`` loaded."""
         raise NotImplementedError(f"{self.name}: no inference path")
 
     def require(self) -> str:

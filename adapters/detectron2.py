@@ -18,8 +18,9 @@ import tempfile
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
     CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
-    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias, rule_notes,
-    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler, unsupported
+    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias, proposal_hparams,
+    rule_notes, sampling_hparams, schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler,
+    unsupported
 )
 
 _DATASET = "mrcnn_bench_train"
@@ -178,8 +179,8 @@ class Detectron2Adapter(Adapter):
         return step_scheduler(optimizer, build_lr_scheduler(native, optimizer).step, n)
 
     # ----------------------------------------------------------------- train
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
-        native = self.translate(cfg, data)
+    def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
+        native = self.translated(cfg, data, native)
         shims = _apply_shims(cfg.benchmark.device)
         import torch
         import torch.distributed as tdist
@@ -229,11 +230,11 @@ class Detectron2Adapter(Adapter):
         self.trained_model = model
         return {"native_config": native.dump(), "shims": shims}
 
-    def predictor(self, cfg, data, dist: DistInfo, model=None):
+    def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What detectron2's DefaultPredictor does, for a batch: ResizeShortestEdge to INPUT.MIN_SIZE_TEST
         / MAX_SIZE_TEST on the host array, then the model in eval mode with each image's height and
         width, whose postprocessing pastes the masks at that size (pred_masks, thresholded at 0.5)."""
-        native = self.translate(cfg, data)
+        native = self.translated(cfg, data, native)
         _apply_shims(cfg.benchmark.device)
         import torch
         from detectron2.data import transforms as T
@@ -279,8 +280,8 @@ def _check_supported(cfg) -> None:
 
 
 def _set_model(d2cfg, cfg, data) -> None:
-    """MODEL: the ResNet + FPN, anchors, RPN, ROI heads and their box and mask heads."""
-    model_cfg, rpn, roi, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.benchmark
+    """MODEL: the ResNet + FPN, anchors, RPN, then the ROI heads (``_set_roi_heads``)."""
+    model_cfg, rpn, bench = cfg.model, cfg.model.rpn, cfg.benchmark
     d2cfg.MODEL.DEVICE = bench.device
     d2cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     d2cfg.MODEL.MASK_ON = True
@@ -314,6 +315,12 @@ def _set_model(d2cfg, cfg, data) -> None:
     d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST = rpn.post_nms_topk_test
     d2cfg.MODEL.RPN.SMOOTH_L1_BETA = rpn.smooth_l1_beta
     d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # with beta 0 it is the L1 loss
+    _set_roi_heads(d2cfg, cfg, data)
+
+
+def _set_roi_heads(d2cfg, cfg, data) -> None:
+    """MODEL.ROI_HEADS and its box and mask heads (poolers, layers, losses, test thresholds)."""
+    roi = cfg.model.roi_heads
     d2cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
     d2cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
     d2cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes(cfg, data)
@@ -410,25 +417,20 @@ def _model_hparams(d2cfg) -> dict:
         "model.fpn_out_channels": d2cfg.MODEL.FPN.OUT_CHANNELS,
         "model.anchors.sizes": [s[0] for s in d2cfg.MODEL.ANCHOR_GENERATOR.SIZES],
         "model.anchors.aspect_ratios": list(d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
-        "model.rpn.fg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[1],
-        "model.rpn.bg_iou_thresh": d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
-        "model.rpn.batch_size_per_image": d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
-        "model.rpn.positive_fraction": d2cfg.MODEL.RPN.POSITIVE_FRACTION,
-        "model.rpn.nms_thresh": d2cfg.MODEL.RPN.NMS_THRESH,
-        "model.rpn.pre_nms_topk_train": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
-        "model.rpn.post_nms_topk_train": d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
-        "model.rpn.pre_nms_topk_test": d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
-        "model.rpn.post_nms_topk_test": d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
-        "model.rpn.post_nms_topk_scope": "per image",  # detectron2 >= 0.1 (Detectron 1: per batch)
+        **sampling_hparams("rpn", d2cfg.MODEL.RPN.IOU_THRESHOLDS[1], d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
+                           d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE, d2cfg.MODEL.RPN.POSITIVE_FRACTION),
+        # post_nms_topk per image: detectron2 >= 0.1 (Detectron 1: per batch)
+        **proposal_hparams(d2cfg.MODEL.RPN.NMS_THRESH, d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+                           d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN, d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+                           d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
         "model.rpn.low_quality_matches": d2cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES,  # set on the built matcher
         "model.rpn.low_quality_min_iou": 0.0,  # Matcher._set_low_quality_matches_: any IoU
         "model.rpn.min_proposal_size": d2cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
         "model.anchors.round_to_pixels": False,  # DefaultAnchorGenerator.generate_cell_anchors: no rounding
         "model.roi_heads.mask_target": "polygon" if d2cfg.INPUT.MASK_FORMAT == "polygon" else "bitmask_binarized",
-        "model.roi_heads.fg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-        "model.roi_heads.bg_iou_thresh": d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-        "model.roi_heads.batch_size_per_image": d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-        "model.roi_heads.positive_fraction": d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+        **sampling_hparams("roi_heads", d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+                           d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0], d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+                           d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION),
         "model.roi_heads.box_pooler_resolution": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
         "model.roi_heads.mask_pooler_resolution": d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
         "model.roi_heads.pooler_sampling_ratio": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,

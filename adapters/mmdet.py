@@ -29,9 +29,10 @@ import tempfile
 
 from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
-    CAFFE_STYLE, PYTORCH_STYLE, LayoutConversion, attach_work_counters, count_result, data_spec, detections, forward_outputs,
-    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias, rule_notes,
-    schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler, unsupported
+    CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
+    forward_outputs, load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias,
+    proposal_hparams, rule_notes, sampling_hparams, schedule_length, shifted, solver_hparams, stand_in_optimizer,
+    step_scheduler, unsupported
 )
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
@@ -234,8 +235,8 @@ class MMDetAdapter(Adapter):
         return step_scheduler(optimizer, step, n)
 
     # ----------------------------------------------------------------- train
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
-        native = self.translate(cfg, data)
+    def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
+        native = self.translated(cfg, data, native)
         shims = ["PIL.Image.LINEAR = BILINEAR (for detectron2, which mmdet imports when installed)"] if pillow_linear_alias() else []
         import torch
         from mmengine.runner import Runner
@@ -272,12 +273,12 @@ class MMDetAdapter(Adapter):
         self.trained_model = model
         return {"native_config": native.pretty_text, "shims": shims}
 
-    def predictor(self, cfg, data, dist: DistInfo, model=None):
+    def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What mmdet's inference API (``mmdet.apis.inference_detector``) does, for a batch: the config's
         test pipeline with ``LoadImageFromNDArray`` first (resize to the test scale, pack), then
         ``model.test_step`` on the batch (data_preprocessor: to the device, BGR to RGB, normalise, pad;
         predict with rescale: boxes and masks at the image's size, masks at mask_thr_binary)."""
-        native = self.translate(cfg, data)
+        native = self.translated(cfg, data, native)
         pillow_linear_alias()
         from mmcv.transforms import Compose
         from mmdet.registry import MODELS
@@ -316,7 +317,8 @@ def _check_supported(bench) -> None:
 
 
 def _set_model(model, cfg, classes) -> None:
-    """Backbone, FPN, RPN (anchors, matching, sampling, proposals) and RoI heads."""
+    """Backbone, FPN, RPN (anchors, matching, sampling, proposals), the training and test settings, then
+    the RoI head (``_set_roi_head``)."""
     model_cfg, rpn, roi = cfg.model, cfg.model.rpn, cfg.model.roi_heads
     model.data_preprocessor.mean = list(model_cfg.pixel_mean)
     model.data_preprocessor.std = list(model_cfg.pixel_std)
@@ -344,10 +346,7 @@ def _set_model(model, cfg, classes) -> None:
     gen.ratios = list(model_cfg.anchors.aspect_ratios)
 
     train_cfg, test_cfg = model.train_cfg, model.test_cfg
-    train_cfg.rpn.assigner.pos_iou_thr = rpn.fg_iou_thresh
-    train_cfg.rpn.assigner.neg_iou_thr = rpn.bg_iou_thresh
-    train_cfg.rpn.sampler.num = rpn.batch_size_per_image
-    train_cfg.rpn.sampler.pos_fraction = rpn.positive_fraction
+    _set_sampling(train_cfg.rpn, rpn)
     train_cfg.rpn.assigner.match_low_quality = rpn.low_quality_matches
     train_cfg.rpn.assigner.min_pos_iou = rpn.low_quality_min_iou
     train_cfg.rpn_proposal.min_bbox_size = test_cfg.rpn.min_bbox_size = rpn.min_proposal_size  # sides > it kept
@@ -357,17 +356,24 @@ def _set_model(model, cfg, classes) -> None:
     test_cfg.rpn.nms_pre = rpn.pre_nms_topk_test
     test_cfg.rpn.max_per_img = rpn.post_nms_topk_test
     test_cfg.rpn.nms.iou_threshold = rpn.nms_thresh
-    train_cfg.rcnn.assigner.pos_iou_thr = roi.fg_iou_thresh
-    train_cfg.rcnn.assigner.neg_iou_thr = roi.bg_iou_thresh
+    _set_sampling(train_cfg.rcnn, roi)
     train_cfg.rcnn.assigner.min_pos_iou = roi.fg_iou_thresh
-    train_cfg.rcnn.sampler.num = roi.batch_size_per_image
-    train_cfg.rcnn.sampler.pos_fraction = roi.positive_fraction
     train_cfg.rcnn.mask_size = 2 * roi.mask_pooler_resolution
     test_cfg.rcnn.score_thr = roi.score_thresh_test
     test_cfg.rcnn.nms.iou_threshold = roi.nms_thresh_test
     test_cfg.rcnn.max_per_img = roi.detections_per_image
+    _set_roi_head(model.roi_head, cfg, classes)
 
-    roi_head = model.roi_head
+
+def _set_sampling(part, section) -> None:
+    """A train_cfg part's assigner and sampler (rpn or rcnn) from the canonical model.rpn or model.roi_heads."""
+    part.assigner.pos_iou_thr, part.assigner.neg_iou_thr = section.fg_iou_thresh, section.bg_iou_thresh
+    part.sampler.num, part.sampler.pos_fraction = section.batch_size_per_image, section.positive_fraction
+
+
+def _set_roi_head(roi_head, cfg, classes) -> None:
+    """The RoI extractors (RoIAlign), the box head and the mask head."""
+    model_cfg, roi = cfg.model, cfg.model.roi_heads
     for extractor, size in ((roi_head.bbox_roi_extractor, roi.box_pooler_resolution), (roi_head.mask_roi_extractor, roi.mask_pooler_resolution)):
         extractor.out_channels = model_cfg.fpn_out_channels
         extractor.roi_layer.output_size = size
@@ -498,16 +504,11 @@ def _backbone_hparams(model) -> dict:
 def _rpn_hparams(rpn_head, train_cfg, test_cfg) -> dict:
     assigner = train_cfg.rpn.assigner
     return {
-        "model.rpn.fg_iou_thresh": assigner.pos_iou_thr,
-        "model.rpn.bg_iou_thresh": assigner.neg_iou_thr,
-        "model.rpn.batch_size_per_image": train_cfg.rpn.sampler.num,
-        "model.rpn.positive_fraction": train_cfg.rpn.sampler.pos_fraction,
-        "model.rpn.nms_thresh": train_cfg.rpn_proposal.nms.iou_threshold,
-        "model.rpn.pre_nms_topk_train": train_cfg.rpn_proposal.nms_pre,
-        "model.rpn.post_nms_topk_train": train_cfg.rpn_proposal.max_per_img,
-        "model.rpn.pre_nms_topk_test": test_cfg.rpn.nms_pre,
-        "model.rpn.post_nms_topk_test": test_cfg.rpn.max_per_img,
-        "model.rpn.post_nms_topk_scope": "per image",  # max_per_img
+        **sampling_hparams("rpn", assigner.pos_iou_thr, assigner.neg_iou_thr, train_cfg.rpn.sampler.num,
+                           train_cfg.rpn.sampler.pos_fraction),
+        # post_nms_topk per image: max_per_img
+        **proposal_hparams(train_cfg.rpn_proposal.nms.iou_threshold, train_cfg.rpn_proposal.nms_pre,
+                           train_cfg.rpn_proposal.max_per_img, test_cfg.rpn.nms_pre, test_cfg.rpn.max_per_img),
         "model.rpn.smooth_l1_beta": _beta_of(rpn_head.loss_bbox),
         "model.rpn.low_quality_matches": assigner.match_low_quality,
         "model.rpn.low_quality_min_iou": assigner.min_pos_iou,
@@ -519,10 +520,8 @@ def _roi_hparams(roi_head, train_cfg, test_cfg, pipeline) -> dict:
     box, roi_layer = roi_head.bbox_head, roi_head.bbox_roi_extractor.roi_layer
     loads = next(t for t in pipeline if t["type"] == "LoadAnnotations")
     return {
-        "model.roi_heads.fg_iou_thresh": train_cfg.rcnn.assigner.pos_iou_thr,
-        "model.roi_heads.bg_iou_thresh": train_cfg.rcnn.assigner.neg_iou_thr,
-        "model.roi_heads.batch_size_per_image": train_cfg.rcnn.sampler.num,
-        "model.roi_heads.positive_fraction": train_cfg.rcnn.sampler.pos_fraction,
+        **sampling_hparams("roi_heads", train_cfg.rcnn.assigner.pos_iou_thr, train_cfg.rcnn.assigner.neg_iou_thr,
+                           train_cfg.rcnn.sampler.num, train_cfg.rcnn.sampler.pos_fraction),
         "model.roi_heads.box_pooler_resolution": roi_layer.output_size,
         "model.roi_heads.mask_pooler_resolution": roi_head.mask_roi_extractor.roi_layer.output_size,
         "model.roi_heads.pooler_sampling_ratio": roi_layer.sampling_ratio,

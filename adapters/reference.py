@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
     FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, count_work, data_spec, detections, float_images,
-    forward_outputs, num_classes, ordered_batches, phase_probe, pixels, schedule_length, solver_hparams,
-    stand_in_optimizer, step_scheduler, train_spec
+    forward_outputs, num_classes, ordered_batches, phase_probe, pixels, proposal_hparams, sampling_hparams,
+    schedule_length, solver_hparams, stand_in_optimizer, step_scheduler, train_spec
 )
 
 
@@ -118,14 +118,14 @@ class ReferenceAdapter(Adapter):
         optimizer = stand_in_optimizer(native.solver["base_lr"])
         return step_scheduler(optimizer, build_scheduler(optimizer, native.solver).step, n)
 
-    def build_trainer(self, cfg, data, dist: DistInfo, after_step=None):
+    def build_trainer(self, cfg, data, dist: DistInfo, after_step=None, native=None):
         """(native config, reference Trainer) as a run builds them: model, optimizer, schedule, loader."""
         import torch
 
         from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
         from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer
 
-        native = self.translate(cfg, data)
+        native = self.translated(cfg, data, native)
         train_opts, data_opts, solver = native.train, native.data, native.solver
         torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
@@ -166,10 +166,10 @@ class ReferenceAdapter(Adapter):
         )
         return native, trainer
 
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+    def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         from mrcnn_bench.reference_impl import ops
 
-        native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step)
+        native, trainer = self.build_trainer(cfg, data, dist, after_step=timer.after_step, native=native)
         model, train_opts = trainer.model, native.train
         # the pixels from the preprocessor's padded batch: with CUDA graphs the backbone module is not called
         count_work(timer, model.preprocess, "pixels", lambda out: pixels(out[0].tensor))
@@ -189,11 +189,11 @@ class ReferenceAdapter(Adapter):
         # the switches that fell back to the eager path (this device, no compiler, no glibc): run.json keeps them
         return {"native_config": native.to_dict(), "ops_backend": ops.backend(), "lever_fallbacks": model.lever_fallbacks}
 
-    def predictor(self, cfg, data, dist: DistInfo, model=None):
+    def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
         path (score threshold, per-class NMS, top detections) and masks pasted at the image's size."""
         if model is None:
-            model = self.build_model(self.translate(cfg, data)).to(dist.device)
+            model = self.build_model(self.translated(cfg, data, native)).to(dist.device)
         model.eval()
 
         def predict(images):
@@ -238,16 +238,10 @@ def _backbone_hparams(model) -> dict:
 
 def _rpn_hparams(rpn) -> dict:
     return {
-        "model.rpn.fg_iou_thresh": rpn.matcher.high,
-        "model.rpn.bg_iou_thresh": rpn.matcher.low,
-        "model.rpn.batch_size_per_image": rpn.sampler.batch_size_per_image,
-        "model.rpn.positive_fraction": rpn.sampler.positive_fraction,
-        "model.rpn.nms_thresh": rpn.nms_thresh,
-        "model.rpn.pre_nms_topk_train": rpn.pre_nms_topk[0],
-        "model.rpn.post_nms_topk_train": rpn.post_nms_topk[0],
-        "model.rpn.pre_nms_topk_test": rpn.pre_nms_topk[1],
-        "model.rpn.post_nms_topk_test": rpn.post_nms_topk[1],
-        "model.rpn.post_nms_topk_scope": "per image",
+        **sampling_hparams("rpn", rpn.matcher.high, rpn.matcher.low, rpn.sampler.batch_size_per_image,
+                           rpn.sampler.positive_fraction),
+        **proposal_hparams(rpn.nms_thresh, rpn.pre_nms_topk[0], rpn.post_nms_topk[0], rpn.pre_nms_topk[1],
+                           rpn.post_nms_topk[1]),
         "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
         "model.rpn.low_quality_matches": rpn.matcher.allow_low_quality_matches,
         "model.rpn.low_quality_min_iou": rpn.matcher.low_quality_min,
@@ -257,10 +251,8 @@ def _rpn_hparams(rpn) -> dict:
 
 def _roi_hparams(roi) -> dict:
     return {
-        "model.roi_heads.fg_iou_thresh": roi.matcher.high,
-        "model.roi_heads.bg_iou_thresh": roi.matcher.low,
-        "model.roi_heads.batch_size_per_image": roi.sampler.batch_size_per_image,
-        "model.roi_heads.positive_fraction": roi.sampler.positive_fraction,
+        **sampling_hparams("roi_heads", roi.matcher.high, roi.matcher.low, roi.sampler.batch_size_per_image,
+                           roi.sampler.positive_fraction),
         "model.roi_heads.box_pooler_resolution": roi.box_pooler.output_size,
         "model.roi_heads.mask_pooler_resolution": roi.mask_pooler.output_size,
         "model.roi_heads.pooler_sampling_ratio": roi.box_pooler.sampling_ratio,

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections, float_images, forward_outputs,
-    load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, rule_notes, schedule_length,
-    solver_hparams, stand_in_optimizer, step_scheduler, train_spec, unsupported
+    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections, float_images,
+    forward_outputs, load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, proposal_hparams,
+    rule_notes, sampling_hparams, schedule_length, solver_hparams, stand_in_optimizer, step_scheduler, train_spec,
+    unsupported
 )
 
 #: torchvision's RPN default min_size (remove_small_boxes keeps sides >= it)
@@ -65,6 +66,35 @@ class TorchvisionNative:
         return asdict(self)
 
 
+def _model_kwargs(cfg, data) -> dict:
+    """torchvision's maskrcnn_resnet50_fpn keywords: classes, transform sizes and normalisation, the RPN's
+    and the box head's settings."""
+    model_cfg, rpn, roi, inp = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input
+    return dict(
+        num_classes=num_classes(cfg, data) + 1,  # torchvision counts the background class
+        min_size=tuple(inp.min_size_train),
+        max_size=inp.max_size_train,
+        image_mean=[v / 255.0 for v in model_cfg.pixel_mean],  # torchvision normalizes images in [0, 1]
+        image_std=[v / 255.0 for v in model_cfg.pixel_std],
+        rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
+        rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
+        rpn_post_nms_top_n_test=rpn.post_nms_topk_test,
+        rpn_nms_thresh=rpn.nms_thresh,
+        rpn_fg_iou_thresh=rpn.fg_iou_thresh,
+        rpn_bg_iou_thresh=rpn.bg_iou_thresh,
+        rpn_batch_size_per_image=rpn.batch_size_per_image,
+        rpn_positive_fraction=rpn.positive_fraction,
+        rpn_min_size=rpn.min_proposal_size if rpn.min_proposal_size > 0 else TORCHVISION_MIN_SIZE,
+        box_score_thresh=roi.score_thresh_test,
+        box_nms_thresh=roi.nms_thresh_test,
+        box_detections_per_img=roi.detections_per_image,
+        box_fg_iou_thresh=roi.fg_iou_thresh,
+        box_bg_iou_thresh=roi.bg_iou_thresh,
+        box_batch_size_per_image=roi.batch_size_per_image,
+        box_positive_fraction=roi.positive_fraction,
+    )
+
 
 class TorchvisionAdapter(Adapter):
     name = "torchvision"
@@ -81,32 +111,8 @@ class TorchvisionAdapter(Adapter):
         if model_cfg.effective_norm == "SyncBN" and bench.device != "cuda":
             raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
         levels = len(model_cfg.anchors.sizes)
-        model_kwargs = dict(
-            num_classes=num_classes(cfg, data) + 1,  # torchvision counts the background class
-            min_size=tuple(inp.min_size_train),
-            max_size=inp.max_size_train,
-            image_mean=[v / 255.0 for v in model_cfg.pixel_mean],  # torchvision normalizes images in [0, 1]
-            image_std=[v / 255.0 for v in model_cfg.pixel_std],
-            rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
-            rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
-            rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
-            rpn_post_nms_top_n_test=rpn.post_nms_topk_test,
-            rpn_nms_thresh=rpn.nms_thresh,
-            rpn_fg_iou_thresh=rpn.fg_iou_thresh,
-            rpn_bg_iou_thresh=rpn.bg_iou_thresh,
-            rpn_batch_size_per_image=rpn.batch_size_per_image,
-            rpn_positive_fraction=rpn.positive_fraction,
-            rpn_min_size=rpn.min_proposal_size if rpn.min_proposal_size > 0 else TORCHVISION_MIN_SIZE,
-            box_score_thresh=roi.score_thresh_test,
-            box_nms_thresh=roi.nms_thresh_test,
-            box_detections_per_img=roi.detections_per_image,
-            box_fg_iou_thresh=roi.fg_iou_thresh,
-            box_bg_iou_thresh=roi.bg_iou_thresh,
-            box_batch_size_per_image=roi.batch_size_per_image,
-            box_positive_fraction=roi.positive_fraction,
-        )
         return TorchvisionNative(
-            model_kwargs=model_kwargs,
+            model_kwargs=_model_kwargs(cfg, data),
             backbone=dict(
                 backbone_name=f"resnet{model_cfg.backbone.depth}",
                 trainable_layers=5 - model_cfg.effective_freeze_at,
@@ -269,12 +275,12 @@ class TorchvisionAdapter(Adapter):
         return loader
 
     # ----------------------------------------------------------------- train
-    def train(self, cfg, data, timer, dist: DistInfo) -> dict:
+    def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         import torch
 
         from mrcnn_bench.harness.timing import raise_if_not_finite
 
-        native = self.translate(cfg, data)
+        native = self.translated(cfg, data, native)
         train_opts = native.train
         torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
@@ -330,12 +336,12 @@ class TorchvisionAdapter(Adapter):
         self.trained_model = model
         return {"native_config": native.to_dict()}
 
-    def predictor(self, cfg, data, dist: DistInfo, model=None):
+    def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
         otherwise reuses the last training size), normalises and batches; the RoI heads' test path;
         ``transform.postprocess`` pastes the masks at the image's size."""
         if model is None:
-            model = self.build_model(self.translate(cfg, data)).to(dist.device)
+            model = self.build_model(self.translated(cfg, data, native)).to(dist.device)
         model.eval()
         model.transform.min_size = (cfg.input.min_size_test,)
         model.transform.max_size = cfg.input.max_size_test
@@ -445,16 +451,10 @@ def _backbone_hparams(model) -> dict:
 
 def _rpn_hparams(rpn) -> dict:
     return {
-        "model.rpn.fg_iou_thresh": rpn.proposal_matcher.high_threshold,
-        "model.rpn.bg_iou_thresh": rpn.proposal_matcher.low_threshold,
-        "model.rpn.batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
-        "model.rpn.positive_fraction": rpn.fg_bg_sampler.positive_fraction,
-        "model.rpn.nms_thresh": rpn.nms_thresh,
-        "model.rpn.pre_nms_topk_train": rpn._pre_nms_top_n["training"],
-        "model.rpn.post_nms_topk_train": rpn._post_nms_top_n["training"],
-        "model.rpn.pre_nms_topk_test": rpn._pre_nms_top_n["testing"],
-        "model.rpn.post_nms_topk_test": rpn._post_nms_top_n["testing"],
-        "model.rpn.post_nms_topk_scope": "per image",
+        **sampling_hparams("rpn", rpn.proposal_matcher.high_threshold, rpn.proposal_matcher.low_threshold,
+                           rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction),
+        **proposal_hparams(rpn.nms_thresh, rpn._pre_nms_top_n["training"], rpn._post_nms_top_n["training"],
+                           rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]),
         "model.rpn.smooth_l1_beta": _FIXED_BETA,  # fixed in torchvision's rpn.py
         "model.rpn.low_quality_matches": rpn.proposal_matcher.allow_low_quality_matches,
         "model.rpn.low_quality_min_iou": 0.0,  # Matcher.set_low_quality_matches_: any IoU
@@ -466,10 +466,8 @@ def _roi_hparams(roi) -> dict:
     box_fc = [mod for mod in roi.box_head.modules() if mod.__class__.__name__ == "Linear"]
     mask_convs = [mod for mod in roi.mask_head.modules() if mod.__class__.__name__ == "Conv2d"]
     return {
-        "model.roi_heads.fg_iou_thresh": roi.proposal_matcher.high_threshold,
-        "model.roi_heads.bg_iou_thresh": roi.proposal_matcher.low_threshold,
-        "model.roi_heads.batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
-        "model.roi_heads.positive_fraction": roi.fg_bg_sampler.positive_fraction,
+        **sampling_hparams("roi_heads", roi.proposal_matcher.high_threshold, roi.proposal_matcher.low_threshold,
+                           roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction),
         "model.roi_heads.box_pooler_resolution": roi.box_roi_pool.output_size[0],
         "model.roi_heads.mask_pooler_resolution": roi.mask_roi_pool.output_size[0],
         "model.roi_heads.pooler_sampling_ratio": roi.box_roi_pool.sampling_ratio,

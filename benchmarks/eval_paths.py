@@ -11,7 +11,6 @@ AP over IoU 0.50:0.95 is where RoIAlign's alignment shows (torchvision's is unal
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def main(argv=None) -> int:
     from mrcnn_bench.harness.data import resolve_data
     from mrcnn_bench.harness.inference import evaluate
     from mrcnn_bench.harness.init_weights import with_shared_init
-    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
     from mrcnn_bench.harness.results import atomic_write_json
     from mrcnn_bench.harness.shared_training import trained_weights
 

@@ -9,9 +9,10 @@ training iterations in turn, so the machine's drift hits them alike. A variant's
 the baseline's time per iteration in that round over the variant's; the table gives the median over
 rounds and the range, and how many times one training step makes the host wait for the device
 (``reference_impl/syncs.py``: counted from the ops, so the CPU gives the number a GPU would stall on).
-A lever that the baseline already uses (folded FrozenBN, the fused pooler, batched targets, the
-data-loader worker; channels-last where the config sets it) is measured by turning it off: its own gain
-is the inverse of that row. The ``layout`` row runs the layout the config does not (NCHW or NHWC).
+A lever that the baseline already uses (folded FrozenBN, batched targets, the data-loader worker) is
+measured by turning it off: its own gain is the inverse of that row. The ``layout`` and ``pooler`` rows
+run what the config does not: the other memory layout (NCHW or NHWC), the other RoIAlign (one fused
+call over the FPN levels, or a call per level).
 CUDA graphs are measured with ``--device cuda`` only (the CPU has none).
 """
 from __future__ import annotations
@@ -33,13 +34,13 @@ from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
 VARIANTS = {
-    "baseline": ({}, "fp32, the config's layout, FrozenBN folded, fused multi-level RoIAlign, heads eager, data-loader workers as configured"),
+    "baseline": ({}, "fp32, the config's layout and RoIAlign (fused or per level), FrozenBN folded, heads eager, data-loader workers as configured"),
     "amp": ({"benchmark.dtype": None}, "AMP: {dtype} autocast"),  # dtype from --amp-dtype
     "layout": ({}, "the other memory layout: {layout}"),  # reference.channels_last flipped from the config's
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
     "unfolded_bn": ({"reference.fold_frozen_bn": False}, "off: each FrozenBN an affine pass after its convolution"),
     "keep_freed_memory": ({"reference.keep_freed_memory": True}, "glibc keeps freed host memory (no mmap and page faults per large tensor)"),
-    "unfused_pooler": ({"reference.fused_pooler": False}, "off: one RoIAlign call per FPN level instead of one fused call"),
+    "pooler": ({}, "the other RoIAlign: {pooler}"),  # reference.fused_pooler flipped from the config's
     "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
     "per_image_targets": ({"reference.batched_targets": False},
                           "off: proposals, matching, sampling and targets image by image (torchvision's way)"),
@@ -88,15 +89,17 @@ def main(argv=None) -> int:
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
     amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
-    flipped = not load_config(resolve_config_path(args.config), base).reference.channels_last  # the layout row's
-    layout = "channels-last (NHWC)" if flipped else "NCHW"
+    own = load_config(resolve_config_path(args.config), base).reference
+    flipped = {"layout": {"reference.channels_last": not own.channels_last},  # the rows that run what the config does not
+               "pooler": {"reference.fused_pooler": not own.fused_pooler}}
+    layout = "channels-last (NHWC)" if not own.channels_last else "NCHW"
+    pooler = "one fused call over all FPN levels" if not own.fused_pooler else "a RoIAlign call per FPN level"
     trainers, syncs, keep = {}, {}, {}
     for name in names:
         overrides = dict(VARIANTS[name][0])
         if name == "amp":
             overrides["benchmark.dtype"] = amp_dtype
-        if name == "layout":
-            overrides["reference.channels_last"] = flipped
+        overrides.update(flipped.get(name, {}))
         cfg = load_config(resolve_config_path(args.config), {**base, **overrides})
         paths, _ = resolve_data(cfg.data)
         cfg, _ = with_shared_init(cfg, paths)  # every variant from the same weights: the same work
@@ -120,7 +123,7 @@ def main(argv=None) -> int:
     for name in names:
         ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
         cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype, layout=layout)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype, layout=layout, pooler=pooler)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
     return 0
 
 

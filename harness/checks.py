@@ -4,7 +4,6 @@ of one run did (``--run``). Each returns (Markdown text, whether it found nothin
 cannot be checked is a ``suite.RequestError``."""
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -18,13 +17,11 @@ def static_parity(config_name: str, impl: str, data_root: str | None, interprete
 
     cfg = load_config(resolve_config_path(config_name))
     effective, failed = each_installed(impl, interpreters, lambda name, python: effective_for(name, python, cfg, data_root))
-    num_classes = 80  # what every adapter builds without a data set (COCO's classes)
-    if data_root:
-        from .data import DataPaths
+    from .data import DataPaths, num_classes
 
-        paths = DataPaths.from_root(data_root, cfg.data.train_split, cfg.data.val_split)
-        num_classes = len(json.loads(paths.train_json.read_text())["categories"])
-    table, notes = parity_frame(canonical_values(cfg, num_classes), effective)
+    # the classes every adapter builds: model.num_classes, else the data set's, else COCO's 80
+    paths = DataPaths.from_root(data_root, cfg.data.train_split, cfg.data.val_split) if data_root else None
+    table, notes = parity_frame(canonical_values(cfg, num_classes(cfg, paths)), effective)
     parts = [table.to_markdown(index=False, disable_numparse=True)]
     if "reference" in effective:  # its levers: the same model and work, so settings rather than divergences
         parts.append("\nThe reference's speed settings (the same arithmetic and work; README, \"Levers\"): "

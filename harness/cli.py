@@ -20,6 +20,7 @@ from . import suite
 from .config import ConfigError, load_config, parse_override, resolve_config_path
 from .data import DataError
 from .suite import CANONICAL
+from .tasks import tasks
 
 
 class BadInput(click.ClickException):
@@ -146,9 +147,8 @@ def _run_options(fn):
               help="Seconds the nodes wait for each other at start.")
 @click.option("--container", default=None, metavar="IMAGE",
               help="External systems (mrcnn-bench list): run in this docker image and ingest its log.")
-@click.option("--task", type=click.Choice(["train", "infer", "eval"]), default=None,
-              help="train: throughput over the window; infer: latency per batch size of each framework's eval path; "
-                   "eval: train, then bbox and segm AP on the val split [config benchmark.task, train].")
+@click.option("--task", type=click.Choice(list(tasks())), default=None,
+              help="; ".join(t.help for t in tasks().values()) + " [config benchmark.task, train].")
 @click.option("--batch-sizes", default=None, metavar="1,2,4,8",
               help="--task infer: images per timed call, each size in turn [config benchmark.batch_sizes].")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,

@@ -209,7 +209,7 @@ class BenchmarkConfig(_Section):
     # What a run measures: "train", training throughput over the window; "infer", the latency of each
     # framework's own eval path per batch size (harness/inference.py); "eval", training for ``iters``
     # then bbox and segm AP on the val split with pycocotools.
-    task: Literal["train", "infer", "eval"] = "train"
+    task: str = "train"  # a task of harness/tasks (train, infer, eval, and any a plugin adds)
     batch_sizes: list[int] = [1, 2, 4, 8]  # infer: images per timed call, each size in turn
     infer_warmup: int = Field(3, ge=0)  # infer: untimed calls per batch size before the timed ones
     infer_batches: int = Field(20, gt=0)  # infer: timed calls per batch size
@@ -225,6 +225,10 @@ class BenchmarkConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self):
+        from .tasks import tasks
+
+        if self.task not in tasks():
+            raise ValueError(f"task {self.task!r}: expected one of {', '.join(tasks())}")
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
             raise ValueError(f"batch_sizes {self.batch_sizes}: expected one or more sizes > 0, e.g. [1, 2, 4, 8]")
         end = self.window_end if self.window_end is not None else self.iters

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data_check import DataError, default_cache_dir
+
 # COCO 2017's 80 categories with their ids (1..90, with gaps, as in instances_*.json).
 COCO_CATEGORIES = [
     (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
@@ -36,7 +38,6 @@ COCO_CATEGORIES = [
     (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
     (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
 ]
-CATEGORIES = [name for _, name in COCO_CATEGORIES]
 # Each category is drawn as one of these shapes, stretched and coloured its own way.
 SHAPES = ["rectangle", "ellipse", "triangle", "star", "hexagon", "diamond"]
 # COCO train2017's image proportions (short side / long side), most often 480/640 and 427/640.
@@ -46,10 +47,6 @@ MEAN_INSTANCES = 7.0  # COCO train2017: 7.3 instances per image
 CROWD_SHARE = 0.1  # images with one crowd region (COCO: about 1% of instances, in ~9% of images)
 SYNTH_VERSION = 2  # bumped whenever the generator changes what it writes (the cache is keyed by it)
 MULTIPART_SHARE = 0.1  # objects whose mask has two polygons (occluded in two pieces)
-
-
-class DataError(ValueError):
-    """A data set that cannot be used; the message names the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -309,10 +306,6 @@ def make_synthetic(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return DataPaths.from_root(out, train_split, val_split)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MRCNN_BENCH_DATA", Path.home() / ".cache" / "mrcnn-bench" / "data"))
 
 
 def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataPaths:

@@ -22,7 +22,27 @@ import json
 import os
 from pathlib import Path
 
-from .data import DataError, default_cache_dir
+
+class DataError(ValueError):
+    """A data set that cannot be used; the message names the file and what is wrong."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MRCNN_BENCH_DATA", Path.home() / ".cache" / "mrcnn-bench" / "data"))
+
+
+#: mmdet's stock ``filter_cfg.min_size``: images with a side under this are not trained on
+MIN_SIDE = 32
+
+
+def usable_images(coco: dict) -> dict[int, bool]:
+    """{image id: wider than tall} for the images every implementation trains on, by id."""
+    keep = {a["image_id"] for a in coco["annotations"] if not a.get("iscrowd", 0)}
+    return {
+        im["id"]: im["width"] > im["height"]
+        for im in sorted(coco["images"], key=lambda im: im["id"])
+        if im["id"] in keep and min(im["width"], im["height"]) >= MIN_SIDE
+    }
 
 MAX_DROPPED_SHARE = 0.01  # more unusable annotations than this share: refused, not dropped
 SIZE_SAMPLE = 500  # images whose header is read (size, EXIF orientation): all of a smaller set
@@ -50,7 +70,6 @@ def index_of(json_path: str | os.PathLike) -> dict:
 
 
 def _index(coco: dict) -> dict:
-    from .data_order import usable_images
 
     return {"categories": len(coco["categories"]), "usable": [[i, wide] for i, wide in usable_images(coco).items()]}
 

@@ -25,20 +25,6 @@ from typing import Iterator
 
 import torch
 
-#: mmdet's stock ``filter_cfg.min_size``: images with a side under this are not trained on
-MIN_SIDE = 32
-
-
-def usable_images(coco: dict) -> dict[int, bool]:
-    """{image id: wider than tall} for the images every implementation trains on, by id."""
-    keep = {a["image_id"] for a in coco["annotations"] if not a.get("iscrowd", 0)}
-    return {
-        im["id"]: im["width"] > im["height"]
-        for im in sorted(coco["images"], key=lambda im: im["id"])
-        if im["id"] in keep and min(im["width"], im["height"]) >= MIN_SIDE
-    }
-
-
 def global_batches(train_json: str | Path, *, batch: int, seed: int, group_by_aspect: bool) -> Iterator[list[int]]:
     """The endless sequence of global batches (lists of ``batch`` image ids)."""
     import numpy as np

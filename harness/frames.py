@@ -8,6 +8,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .metrics import METRICS
 from .results import find_runs, load_run, read_iterations
 from .statistics import throughput_ci
 
@@ -31,7 +32,6 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
         measured = r.get("measured_by", "harness")
         # a log's per-iteration times are interval means: no interval of img/s from them
         ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" and measured == "harness" else None
-        peaks = [it["max_memory_mb"] for it in its if it.get("max_memory_mb") is not None]
         rows.append(
             {
                 "run_id": r["run_id"],
@@ -43,25 +43,13 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "log_derivation": (r.get("from_log") or {}).get("derivation"),
                 "log_notes": "; ".join((r.get("from_log") or {}).get("notes") or []) or None,
                 "parity_unverified": len(r.get("parity_unverified") or []),
-                "s_per_iter_mean": s.get("s_per_iter_mean"),
                 "phases_ms": s.get("phases_ms"),
                 "phases_missing": s.get("phases_missing"),
                 "phases_notes": s.get("phases_notes"),
                 "host_syncs": s.get("host_syncs_per_step"),
-                "images_per_s": s.get("images_per_s"),
+                **{m.name: m.value(s, its) for m in METRICS},  # the measures (harness/metrics.py)
                 "images_per_s_ci_low": ci[0] if ci else None,
                 "images_per_s_ci_high": ci[1] if ci else None,
-                "s_per_iter_median": s.get("s_per_iter_median"),
-                "s_per_iter_p10": s.get("s_per_iter_p10"),
-                "s_per_iter_p90": s.get("s_per_iter_p90"),
-                "data_time_share": s.get("data_time_share"),
-                "peak_memory_mb": max(peaks) if peaks else None,
-                "positives_per_image": s.get("positives_per_image"),
-                "rpn_positives_per_image": s.get("rpn_positives_per_image"),
-                "rois_per_image": s.get("rois_per_image"),
-                "proposals_per_image": s.get("proposals_per_image"),
-                "flops_per_image": s.get("flops_per_image"),
-                "mfu": s.get("mfu"),
                 "warmup": w.get("warmup"),
                 "end": w.get("end"),
                 "world_size": r["world_size"],
@@ -81,7 +69,15 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
+                "summary": s,  # the whole summary: what a task's own section reads (harness/tasks)
                 "path": r.get("_path"),
             }
         )
     return pd.DataFrame(rows)
+
+
+def phase_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs that measured phases (``mrcnn-bench phases``), fastest first."""
+    ok = df[(df["status"] == "ok") & df["phases_ms"].map(lambda v: isinstance(v, dict))]
+    return ok.sort_values("s_per_iter_mean")
+

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data_check
+from .tasks import task_of
 from .results import (
     PARTIAL_ITERATIONS,
     ResultError,
@@ -306,9 +307,10 @@ def run_implementation(
     run_id: str,
     opts: LaunchOptions,
 ) -> dict:
-    """Run one implementation to its end and return its run record (written to run.json by the leader:
-    node 0, or SLURM's task 0; the other nodes train, log to log-<node>.txt and write no result, so a
-    shared results folder holds one run.json)."""
+    """Run one implementation to its end and return its run record (written to run.json by rank 0 of
+    the leader's part: node 0, or SLURM's task 0; the other nodes train, log to log-<node>.txt and write
+    no result, so a shared results folder holds one run.json). The launcher writes a record only where
+    the workers could not: a timeout, a failure, an interruption."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = f"log-{opts.part}.txt" if opts.part else "log.txt"
     if opts.leader:  # a worker writes run.json only where there is none: an earlier attempt's goes first
@@ -316,34 +318,9 @@ def run_implementation(
             stale.unlink(missing_ok=True)
     for stale in _worker_pid_files(run_dir, opts.ranks):
         stale.unlink(missing_ok=True)
-    local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
-    threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
-    atomic_write_json(
-        run_dir / "launch.json",
-        {
-            "run_id": run_id,
-            "config": cfg.to_dict(),
-            "data_paths": data_paths.to_dict(),
-            "data_summary": data_summary,
-            # the training split's class count and usable images: the workers parse no annotation file
-            "data_index": data_check.registered(),
-            "threads_per_rank": threads,
-        },
-    )
-    python = interpreter_for(impl, opts.interpreters)
-    # torchrun starts a node's processes; under SLURM each task is one process, started by srun
-    cmd = [python] if opts.slurm else [python, "-m", "torch.distributed.run", *_launcher_args(opts)]
-    cmd += ["-m", "mrcnn_bench.harness.worker", "--impl", impl, "--run-dir", str(run_dir)]
-    env = dict(os.environ, **(opts.slurm.environment() if opts.slurm else {}))
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        PYTHONUNBUFFERED="1",
-        TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
-        MRCNN_BENCH_PID=str(os.getpid()),  # the worker's watchdog: it exits when this process is gone
-    )
-    timeout = opts.timeout_s or cfg.benchmark.timeout_s
     started = time.time()
+    cmd, env = _worker_command(impl, cfg, data_paths, data_summary, run_dir, run_id, opts, started)
+    timeout = opts.timeout_s or cfg.benchmark.timeout_s
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -377,23 +354,59 @@ def run_implementation(
         # torchrun itself ended by a signal (a worker's death makes it exit 1, naming the signal)
         status, reason = "failed", (f"the launcher (torchrun, pid {proc.pid}) was killed by "
                                     f"{signal.Signals(-proc.returncode).name}" + (f"; {left}" if left else ""))
+    return _verdict(impl, cfg, run_dir, run_id, opts, status, reason, proc.returncode, list(streamer.tail), log_name, started)
 
+
+def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, run_id: str, opts: LaunchOptions,
+                    started: float) -> tuple[list[str], dict]:
+    """launch.json (what every rank reads) written, and the command and environment that start the workers."""
+    local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
+    threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
+    atomic_write_json(
+        run_dir / "launch.json",
+        {
+            "run_id": run_id,
+            "config": cfg.to_dict(),
+            "data_paths": data_paths.to_dict(),
+            "data_summary": data_summary,
+            # the training split's class count and usable images: the workers parse no annotation file
+            "data_index": data_check.registered(),
+            "threads_per_rank": threads,
+            "started": started,  # the launch's start (epoch seconds): run.json's wall_s counts from it
+        },
+    )
+    python = interpreter_for(impl, opts.interpreters)
+    # torchrun starts a node's processes; under SLURM each task is one process, started by srun
+    cmd = [python] if opts.slurm else [python, "-m", "torch.distributed.run", *_launcher_args(opts)]
+    cmd += ["-m", "mrcnn_bench.harness.worker", "--impl", impl, "--run-dir", str(run_dir)]
+    env = dict(os.environ, **(opts.slurm.environment() if opts.slurm else {}))
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONUNBUFFERED="1",
+        TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
+        MRCNN_BENCH_PID=str(os.getpid()),  # the worker's watchdog: it exits when this process is gone
+    )
+    return cmd, env
+
+
+def _verdict(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str | None, reason: str | None,
+             returncode: int, tail: list[str], log_name: str, started: float) -> dict:
+    """How the workers ended, as a record: the workers' own run.json when they finished; else the error
+    they reported, or what their output and exit code say (written to run.json by the leader)."""
     if not opts.leader:  # the leader writes the result; this node says only how its part ended
         if status is None:
-            status, reason = ("ok", None) if proc.returncode == 0 else _diagnose(list(streamer.tail), proc.returncode, opts.endpoint)
+            status, reason = ("ok", None) if returncode == 0 else _diagnose(tail, returncode, opts.endpoint)
         return {"impl": impl, "run_id": run_id, "status": status, "reason": reason, "follower": True,
                 "world_size": opts.world_size, "log": str(run_dir / log_name)}
     if status is None:
-        if proc.returncode == 0 and (run_dir / "run.json").is_file():
-            record = json.loads((run_dir / "run.json").read_text())
-            record["wall_s"] = round(time.time() - started, 2)
-            atomic_write_json(run_dir / "run.json", record)
-            return record
+        if returncode == 0 and (run_dir / "run.json").is_file():
+            return json.loads((run_dir / "run.json").read_text())
         reports = _error_reports(run_dir)
         if reports:
             status, reason = reports[0]["status"], f"rank {reports[0]['rank']}: {reports[0]['error']}"
         else:
-            status, reason = _diagnose(list(streamer.tail), proc.returncode, opts.endpoint)
+            status, reason = _diagnose(tail, returncode, opts.endpoint)
     return _failure_record(impl, cfg, run_dir, run_id, opts, status, reason, started)
 
 
@@ -507,10 +520,8 @@ def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str,
     records = []
     for n, impl in enumerate(impls, 1):
         bench = cfg.benchmark
-        work = {"train": f"{bench.iters} iterations",
-                "eval": f"{bench.iters} iterations, then AP on the val split",
-                "infer": f"inference, batch sizes {','.join(map(str, bench.batch_sizes))}, {bench.infer_batches} timed calls each"}
-        print(f"== [{n}/{len(impls)}] {impl}: {work[bench.task]}, {opts.world_size} process(es) on {bench.device}",
+        work = task_of(bench.task).work(bench)
+        print(f"== [{n}/{len(impls)}] {impl}: {work}, {opts.world_size} process(es) on {bench.device}",
               file=sys.stderr, flush=True)
         try:
             record = run_implementation(impl, cfg, data_paths, data_summary, run_root / impl, run_id, opts)

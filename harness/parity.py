@@ -203,19 +203,7 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
                 per_impl[impl] = work[f"{key}_per_image"]
         rows.append(row)
     for key, per_impl in banded.items():
-        if not per_impl:
-            continue
-        label = key.replace("_", " ")
-        median = float(pd.Series(per_impl).median())
-        for row in rows:
-            p = per_impl.get(row["Implementation"])
-            if p is None:
-                continue
-            off = p / median - 1 if median else 0.0
-            row[f"{label} vs median"] = f"{100 * off:+.1f}%"
-            if abs(off) > band:
-                problems.append(f"{row['Implementation']}: {p:.1f} {label} per image, {100 * off:+.1f}% from the median "
-                                f"{median:.1f} (band ±{100 * band:.0f}%)")
+        problems += _against_median(rows, key.replace("_", " "), per_impl, band)
     if pixels:
         median = statistics.median_low(pixels.values())  # one implementation's value: a tie of two groups names the larger
         for impl, p in pixels.items():
@@ -224,6 +212,24 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
                 problems.append(f"{impl}: {p:.1f} padded pixels per image, {100 * off:+.1f}% from the lower median {median:.1f} "
                                 f"(tolerance ±{100 * PIXELS_RTOL:.1f}%: the same images at the same sizes pad alike)")
     return pd.DataFrame(rows), problems
+
+
+def _against_median(rows: list[dict], label: str, per_impl: dict[str, float], band: float) -> list[str]:
+    """Each implementation's distance from the median of ``per_impl`` into its row; the divergences past ``band``."""
+    if not per_impl:
+        return []
+    problems = []
+    median = float(pd.Series(per_impl).median())
+    for row in rows:
+        p = per_impl.get(row["Implementation"])
+        if p is None:
+            continue
+        off = p / median - 1 if median else 0.0
+        row[f"{label} vs median"] = f"{100 * off:+.1f}%"
+        if abs(off) > band:
+            problems.append(f"{row['Implementation']}: {p:.1f} {label} per image, {100 * off:+.1f}% from the median "
+                            f"{median:.1f} (band ±{100 * band:.0f}%)")
+    return problems
 
 
 # ------------------------------------------------------------------------------- the same function

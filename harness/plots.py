@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .frames import iterations_of, runs_frame  # noqa: E402
+from .frames import iterations_of, phase_runs, runs_frame  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -187,9 +187,8 @@ def history_plot(steps, path: Path, relative_to: str | None = None) -> Path:
 def phases_plot(records: list[dict], path: Path) -> Path:
     """One stacked bar per implementation (fastest first): ms per iteration by phase."""
     from .phases import PHASES
-    from .report import _phase_runs
 
-    ok = _phase_runs(runs_frame(records))
+    ok = phase_runs(runs_frame(records))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(ok)), 5))
     colors = plt.get_cmap("tab20").colors
     bottoms = np.zeros(len(ok))

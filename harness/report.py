@@ -14,13 +14,20 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .frames import load_runs, runs_frame
+from .frames import load_runs, phase_runs, runs_frame
+from .metrics import show
+from .tasks import Task, tasks
 
 
 def _fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
     return format(value, spec)
+
+
+def _show(df: pd.DataFrame, metric: str) -> list[str]:
+    """A measure's column as its declaration shows it (harness/metrics.py)."""
+    return [show(metric, v) for v in df[metric]]
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -34,10 +41,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "Implementation": df["impl"] + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
-            "Throughput (img/s)": df["images_per_s"].map(lambda v: _fmt(v, ".3f")),
-            "s/iter (median)": df["s_per_iter_median"].map(lambda v: _fmt(v, ".4f")),
+            "Throughput (img/s)": _show(df, "images_per_s"),
+            "s/iter (median)": _show(df, "s_per_iter_median"),
             # the work behind the number: RoIs through the mask head, per image, in the window
-            "Positives/img": df["positives_per_image"].map(lambda v: _fmt(v, ".1f")),
+            "Positives/img": _show(df, "positives_per_image"),
             "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
             "World size": df["world_size"],
             "Device": df["device"],
@@ -57,14 +64,12 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
                                zip(ok["images_per_s"], ok["images_per_s_ci_low"], ok["images_per_s_ci_high"])],
             "s/iter median / p10 / p90": [f"{_fmt(m, '.3f')} / {_fmt(a, '.3f')} / {_fmt(b, '.3f')}" for m, a, b in
                                           zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])],
-            "data wait": ok["data_time_share"].map(lambda v: _fmt(100 * v if v is not None else None, ".1f") + ("%" if v is not None else "")),
-            "peak mem (MB)": ok["peak_memory_mb"].map(lambda v: _fmt(v, ".0f")),
-            "RPN positives / proposals / RoIs / positives per img": [
-                f"{_fmt(a, '.1f')} / {_fmt(p, '.0f')} / {_fmt(r, '.0f')} / {_fmt(q, '.1f')}"
-                for a, p, r, q in zip(ok["rpn_positives_per_image"], ok["proposals_per_image"], ok["rois_per_image"],
-                                      ok["positives_per_image"])],
-            "GFLOPs/img": ok["flops_per_image"].map(lambda v: _fmt(v / 1e9 if v else None, ".1f")),
-            "MFU": ok["mfu"].map(lambda v: _fmt(100 * v if v else None, ".2f") + ("%" if v else "")),
+            "data wait": _show(ok, "data_time_share"),
+            "peak mem (MB)": _show(ok, "peak_memory_mb"),
+            "RPN positives / proposals / RoIs / positives per img": [" / ".join(cells) for cells in zip(
+                *(_show(ok, f"{c}_per_image") for c in ("rpn_positives", "proposals", "rois", "positives")))],
+            "GFLOPs/img": _show(ok, "flops_per_image"),
+            "MFU": _show(ok, "mfu"),
             "World": ok["world_size"],
             "dtype": ok["dtype"],
         }
@@ -171,17 +176,12 @@ def log_table(df: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def _phase_runs(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[(df["status"] == "ok") & df["phases_ms"].map(lambda v: isinstance(v, dict))]
-    return ok.sort_values("s_per_iter_mean")
-
-
 def phases_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] | None:
     """ms per iteration of each phase (the window's mean) per implementation, fastest first, and the
     host-device waits of one step; the footnotes (why a phase is "— [n]") and the frameworks' notes."""
     from .phases import PHASES
 
-    ok = _phase_runs(df)
+    ok = phase_runs(df)
     if not len(ok):
         return None
     footnotes: list[str] = []
@@ -208,7 +208,7 @@ def phases_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
 def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
     """For each implementation beside the fastest: its extra ms per iteration and the phases that
     account for most of it, with their share. Numbers only."""
-    ok = _phase_runs(df)
+    ok = phase_runs(df)
     if len(ok) < 2:
         return None
     fastest = ok.iloc[0]
@@ -239,73 +239,23 @@ def phases_markdown(records: list[dict]) -> str | None:
     return "\n".join(parts) + "\n"
 
 
-# Every implementation's AP50 (0-100 scale), bbox and segm alike, must lie within this many points of the
-# four's median (README, "Inference and accuracy"). AP50, not AP over IoU 0.50:0.95: on 128-px images the
-# higher thresholds turn on sub-pixel placement, where RoIAlign's half-pixel alignment (torchvision's is
-# unaligned) moves AP by up to 2 points for the same weights while AP50 moves by 0.6.
-AP_BAND = 1.5
-
-
-def ap50_offsets(accuracies: list[dict]) -> list[float]:
-    """Each result's larger distance, bbox or segm, from the median AP50 of all (0-100 scale)."""
-    def column(kind):
-        values = np.array([100 * a[kind]["AP50"] for a in accuracies])
-        return np.abs(values - np.median(values))
-
-    return list(np.maximum(column("bbox"), column("segm")))
-
-
-def latency_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """--task infer: a row per batch size, per implementation img/s and latency mean / p90 / p99 (ms),
-    with detections per image (the work behind the number)."""
-    runs = df[(df["task"] == "infer") & (df["status"] == "ok")]
-    if not len(runs):
-        return None
-    sizes = sorted({int(k) for lat in runs["latency"] for k in (lat or {})})
-    table = {"Batch size": sizes}
-    for _, run in runs.sort_values("impl").iterrows():
-        lat = run["latency"] or {}
-        cells = []
-        for size in sizes:
-            st = lat.get(str(size))
-            cells.append("-" if st is None else f"{st['images_per_s']:.2f} img/s, {st['latency_ms_mean']:.1f} / "
-                         f"{st['latency_ms_p90']:.1f} / {st['latency_ms_p99']:.1f} ms, {st['detections_per_image']:.1f} det")
-        table[run["impl"]] = cells
-    return pd.DataFrame(table)
-
-
-def accuracy_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """--task eval: per implementation its img/s over the window, bbox and segm AP and AP50 (0-100),
-    detections per image, and its distance from the median AP50 (``AP_BAND``)."""
-    runs = df[(df["task"] == "eval") & (df["status"] == "ok") & df["accuracy"].notna()]
-    if not len(runs):
-        return None
-    off = ap50_offsets(list(runs["accuracy"]))
-    return pd.DataFrame({
-        "Implementation": runs["impl"],
-        "Throughput (img/s)": runs["images_per_s"].map(lambda v: _fmt(v, ".3f")),
-        "bbox AP / AP50": [f"{100 * a['bbox']['AP']:.1f} / {100 * a['bbox']['AP50']:.1f}" for a in runs["accuracy"]],
-        "segm AP / AP50": [f"{100 * a['segm']['AP']:.1f} / {100 * a['segm']['AP50']:.1f}" for a in runs["accuracy"]],
-        "Detections/img": runs["accuracy"].map(lambda a: f"{a['detections_per_image']:.1f}"),
-        f"Within {AP_BAND} AP50 of the median": ["yes" if o <= AP_BAND else f"no ({o:.1f})" for o in off],
-    }).reset_index(drop=True)
-
-
 def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
     df = runs_frame(records)
-    infer = df[df["task"] == "infer"]
-    df = df[df["task"] != "infer"]
-    infer_part = []
-    if len(infer):
-        latency = latency_table(infer)
-        failed = infer[infer["status"] != "ok"]
-        infer_part = ["", "### Inference (img/s, latency mean / p90 / p99, detections per image)", ""]
-        infer_part += [_md(latency)] if latency is not None else []
-        infer_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
+    # the sections of tasks that do not train (inference) close the report; those that do follow the summary
+    apart = [task for task in tasks().values() if not task.trains]
+    apart_part = []
+    for task in apart:
+        runs = df[df["task"] == task.name]
+        if len(runs):
+            table = task.section(runs)
+            failed = runs[runs["status"] != "ok"]
+            apart_part += ["", f"### {task.section_title}", ""] + ([_md(table)] if table is not None else [])
+            apart_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
+    df = df[~df["task"].isin([task.name for task in apart])]
     if not len(df):
-        return "\n".join(infer_part[1:]) + "\n"
+        return "\n".join(apart_part[1:]) + "\n"
     logs = df[df["measured_by"] == "log"]
     df = df[df["measured_by"] != "log"]
     log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
@@ -313,18 +263,19 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not len(df):
         return "\n".join(log_part[1:]) + "\n"
     parts = [_md(summary_table(df))]
-    accuracy = accuracy_table(df)
-    if accuracy is not None:
-        parts += ["", "### Accuracy (pycocotools on the val split, after the same schedule)", "", _md(accuracy)]
+    for task in tasks().values():
+        table = task.section(df) if task.trains and task.section_title else None
+        if table is not None:
+            parts += ["", f"### {task.section_title}", "", _md(table)]
     if not detail:
-        return "\n".join(parts + log_part + infer_part) + "\n"
+        return "\n".join(parts + log_part + apart_part) + "\n"
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
     for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
                          ("### AMP speed-up", amp_table(df))):
         if table is not None:
             parts += ["", title, "", _md(table)]
-    parts += log_part + infer_part
+    parts += log_part + apart_part
     phases = phases_markdown([r for r in records if r.get("measured_by", "harness") == "harness"])
     if phases:
         parts += ["", "### Where the time goes (ms per iteration, the window's mean)", "", phases.rstrip("\n")]
@@ -337,15 +288,17 @@ def into_markers(section: str = "report") -> tuple[str, str]:
     return f"<!-- mrcnn-bench {section}: begin -->", f"<!-- mrcnn-bench {section}: end -->"
 
 
-def _all_of_task(df: pd.DataFrame, task: str) -> bool:
-    return bool(len(df)) and bool((df["task"] == task).all())
+def _only_task(df: pd.DataFrame):
+    """The task of every run in ``df`` when they share one, else None."""
+    names = set(df["task"]) if len(df) else set()
+    return tasks().get(names.pop()) if len(names) == 1 else None
 
 
 def readme_section(records: list[dict]) -> str:
-    """The README section a set of runs goes into with ``report --into``: inference runs into
-    "inference", accuracy runs into "accuracy", training runs into "report"."""
-    df = runs_frame(records)
-    return "inference" if _all_of_task(df, "infer") else "accuracy" if _all_of_task(df, "eval") else "report"
+    """The README section a set of runs goes into with ``report --into``: their task's (inference runs
+    into "inference", accuracy runs into "accuracy"); training runs, or a mix, into "report"."""
+    task = _only_task(runs_frame(records))
+    return task.readme_section if task else "report"
 
 
 def scenario_section(path: Path, section: str, scenario: str | None) -> str:
@@ -357,13 +310,14 @@ def scenario_section(path: Path, section: str, scenario: str | None) -> str:
 
 
 def compact_markdown(records: list[dict]) -> str:
-    """The short form for a README: the latency table of inference runs, the accuracy table of accuracy
-    runs; else the repeated-runs table when runs repeat, else the summary table."""
+    """The short form for a README: the task's own table when all the runs share a task that has one
+    (latency of inference runs, accuracy of accuracy runs); else the repeated-runs table when runs
+    repeat, else the summary table."""
     df = runs_frame(records)
-    for task, make_table in (("infer", latency_table), ("eval", accuracy_table)):
-        if _all_of_task(df, task):
-            table = make_table(df)
-            return _md(table) + "\n" if table is not None else "_no run finished_\n"
+    task = _only_task(df)
+    if task is not None and type(task).compact is not Task.compact:
+        table = task.compact(df)
+        return _md(table) + "\n" if table is not None else "_no run finished_\n"
     table = repeats_table(df) if len(df) else None
     return _md(table if table is not None else summary_table(df)) + "\n"
 
@@ -391,7 +345,7 @@ def write_into(path: Path, block: str, command: str, section: str = "report", sc
 def render(records: list[dict], fmt: str = "md") -> str:
     if fmt == "md":
         return render_markdown(records)
-    df = runs_frame(records)
+    df = runs_frame(records).drop(columns=["summary"])  # its measures are columns already
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":

@@ -59,20 +59,13 @@ class ResultError(ValueError):
     """A result file that cannot be read as this version's schema."""
 
 
-def _record_model():
-    """The schema of run.json (this version), checked on every read: every field that the report,
-    regress, parity and the plots read is typed here (others may be added: extra keys are allowed)."""
-    from typing import Literal, Optional, Union
+def _summary_model(Open):
+    """What every summary may hold: the window, each measure of harness/metrics.py, and the tasks' own parts."""
+    from typing import Optional
 
-    from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveInt
+    from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, create_model
 
-    class Open(BaseModel):
-        model_config = ConfigDict(extra="allow")
-
-    class Window(BaseModel):
-        warmup: NonNegativeInt
-        end: PositiveInt
-        iters: PositiveInt
+    from .metrics import METRICS
 
     class Score(Open):
         AP: float
@@ -88,33 +81,32 @@ def _record_model():
         images_per_s: NonNegativeFloat
         latency_ms_mean: NonNegativeFloat
 
-    class Summary(Open):
+    count, amount = (Optional[NonNegativeInt], None), (Optional[NonNegativeFloat], None)
+    return create_model(
+        "Summary", __base__=Open, warmup=count, end=count, iterations=count, images=count, seconds=amount,
+        matmul_peak_flops_per_process=amount, **{m.name: amount for m in METRICS},
+        phases_ms=(Optional[dict[str, float]], None), phases_missing=(Optional[dict[str, str]], None),
+        phases_notes=(Optional[list[str]], None), host_syncs_per_step=amount,
+        accuracy=(Optional[Accuracy], None), task=(Optional[str], None), batch_sizes=(Optional[dict[str, BatchStats]], None),
+    )
+
+
+def _record_model():
+    """The schema of run.json (this version), checked on every read: every field that the report,
+    regress, parity and the plots read is typed here (others may be added: extra keys are allowed)."""
+    from typing import Literal, Optional, Union
+
+    from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    class Window(BaseModel):
         warmup: NonNegativeInt
         end: PositiveInt
-        iterations: PositiveInt
-        images: NonNegativeInt
-        seconds: NonNegativeFloat
-        images_per_s: NonNegativeFloat
-        s_per_iter_median: NonNegativeFloat
-        s_per_iter_mean: Optional[NonNegativeFloat] = None
-        s_per_iter_p10: Optional[NonNegativeFloat] = None
-        s_per_iter_p90: Optional[NonNegativeFloat] = None
-        data_time_share: Optional[NonNegativeFloat] = None
-        pixels_per_image: Optional[NonNegativeFloat] = None
-        proposals_per_image: Optional[NonNegativeFloat] = None
-        rois_per_image: Optional[NonNegativeFloat] = None
-        positives_per_image: Optional[NonNegativeFloat] = None
-        rpn_positives_per_image: Optional[NonNegativeFloat] = None
-        flops_per_image: Optional[NonNegativeFloat] = None
-        matmul_peak_flops_per_process: Optional[NonNegativeFloat] = None
-        mfu: Optional[NonNegativeFloat] = None
-        phases_ms: Optional[dict[str, float]] = None
-        phases_missing: Optional[dict[str, str]] = None
-        phases_notes: Optional[list[str]] = None
-        host_syncs_per_step: Optional[NonNegativeFloat] = None
-        accuracy: Optional[Accuracy] = None
-        task: Optional[str] = None
-        batch_sizes: Optional[dict[str, BatchStats]] = None
+        iters: PositiveInt
+
+    Summary = _summary_model(Open)
 
     class Environment(Open):
         hostname: Optional[str] = None

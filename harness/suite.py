@@ -212,18 +212,13 @@ def run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: b
 
 
 def check_task(cfg, summary: dict) -> None:
-    """What --task infer and eval need: one process, and (infer) a val split with a batch's images."""
-    bench = cfg.benchmark
-    if bench.task == "train":
-        return
-    if bench.gpus != 1:
-        raise RequestError(f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1")
-    val = summary.get("val")
-    if not val or not val.get("images"):
-        raise RequestError(f"--task {bench.task}: the data set has no val split with images ({cfg.data.val_split})")
-    if bench.task == "infer" and max(bench.batch_sizes) > val["images"]:
-        raise RequestError(f"--batch-sizes {','.join(map(str, bench.batch_sizes))}: batch size {max(bench.batch_sizes)} is "
-                           f"larger than the val split ({val['images']} images, data.val_split {cfg.data.val_split})")
+    """What the task needs (harness/tasks: e.g. one process and a val split for infer and eval)."""
+    from .tasks import TaskError, task_of
+
+    try:
+        task_of(cfg.benchmark.task).check(cfg, summary)
+    except TaskError as e:
+        raise RequestError(str(e)) from None
 
 
 def _run_locked(cfg, runnable: list[str], opts, out_root: Path, run_id: str, paths, summary: dict, reverse: bool):

@@ -87,7 +87,7 @@ from pathlib import Path
 sys.path.insert(0, "scripts")
 from install_mmdet import MMCV_SHA256, MMCV_VERSION
 from pypi_sdist import fetch_sdist
-print(fetch_sdist("mmcv", f"mmcv-{MMCV_VERSION}.tar.gz", MMCV_SHA256, Path(sys.argv[1])))
+print(fetch_sdist("mmcv", MMCV_VERSION, MMCV_SHA256, Path(sys.argv[1])))
 EOF
 
 if [ -n "$MMCV_PYTHON" ]; then

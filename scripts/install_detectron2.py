@@ -84,7 +84,7 @@ def main() -> int:
         filename = f"{PACKAGE}-{VERSION}.tar.gz"
         if args.sdist:  # a local copy: checked like a download
             shutil.copyfile(args.sdist, tmp / filename)
-        sdist = fetch_sdist(PACKAGE, filename, SHA256, tmp)
+        sdist = fetch_sdist(PACKAGE, VERSION, SHA256, tmp)
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
         src = tmp / f"{PACKAGE}-{VERSION}"

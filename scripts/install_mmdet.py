@@ -132,7 +132,7 @@ def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
     key.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
         tmp = Path(tmp)
-        sdist = fetch_sdist("mmcv", f"mmcv-{MMCV_VERSION}.tar.gz", MMCV_SHA256, cache / "sdists")
+        sdist = fetch_sdist("mmcv", MMCV_VERSION, MMCV_SHA256, cache / "sdists")
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
         src = tmp / f"mmcv-{MMCV_VERSION}"
@@ -154,7 +154,7 @@ def build_offline(sdist: Path | None, wheel_dir: Path, cuda: bool, jobs: int) ->
     wheel_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        local = fetch_sdist("mmcv", f"mmcv-{MMCV_VERSION}.tar.gz", MMCV_SHA256, sdist.parent)  # verifies, no download
+        local = fetch_sdist("mmcv", MMCV_VERSION, MMCV_SHA256, sdist.parent)  # verifies, no download
         with tarfile.open(local) as tar:
             tar.extractall(tmp, filter="data")
         src = tmp / f"mmcv-{MMCV_VERSION}"

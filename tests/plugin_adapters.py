@@ -61,7 +61,7 @@ class Busy(Adapter):
             resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, resource.RLIM_INFINITY))
             torch.empty(8 * 2**30, dtype=torch.uint8).fill_(1)
 
-    def train(self, cfg, data, timer, dist):
+    def train(self, cfg, data, timer, dist, native=None):
         import torch
 
         reps = 10 * float(os.environ.get("MRCNN_TEST_MACHINE", "1"))

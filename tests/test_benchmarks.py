@@ -14,16 +14,17 @@ SMALL = ["--set", "input.min_size_train=[128]", "--set", "input.max_size_train=1
 @pytest.mark.slow
 def test_levers_benchmark_measures_each_variant_against_the_baseline():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "levers.py"), "--rounds", "2", "--iters", "1", "--warmup", "1",
-                          "--threads", "2", "--only", "unfused_pooler,layout", *SMALL],
+                          "--threads", "2", "--only", "pooler,layout", *SMALL],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line}
-    assert set(rows) == {"variant", "baseline", "unfused_pooler", "layout"}, out.stdout
-    for name in ("unfused_pooler", "layout"):
+    assert set(rows) == {"variant", "baseline", "pooler", "layout"}, out.stdout
+    for name in ("pooler", "layout"):
         median, low, high = map(float, re.search(r"([\d.]+) \[([\d.]+), ([\d.]+)\] \|$", rows[name]).groups())
         assert 0 < low <= median <= high
     assert "round 2/2" in out.stderr
     assert "the other memory layout: channels-last (NHWC)" in rows["layout"]  # cpu_small trains NCHW
+    assert "the other RoIAlign: a RoIAlign call per FPN level" in rows["pooler"]  # and pools in one fused call
 
 
 def test_backbone_levers_time_each_layout_and_folding():

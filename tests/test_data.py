@@ -121,7 +121,7 @@ def test_a_few_unusable_annotations_are_dropped_alike_and_counted(tmp_path, synt
 
     from mrcnn_bench.harness import data_check
     from mrcnn_bench.harness.config import DataConfig
-    from mrcnn_bench.harness.data_order import usable_images
+    from mrcnn_bench.harness.data_check import usable_images
 
     monkeypatch.setenv("MRCNN_BENCH_DATA", str(tmp_path / "cache" / "data"))
     monkeypatch.setattr(data_check, "MAX_DROPPED_SHARE", 0.1)

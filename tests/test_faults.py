@@ -316,7 +316,7 @@ def test_an_unwritable_out_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_worker_never_overwrites_the_launchers_verdict(tmp_path):
-    from mrcnn_bench.harness.worker import _write_final
+    from mrcnn_bench.harness.tasks.rank import write_final as _write_final
 
     (tmp_path / "run.json").write_text('{"status": "failed"}\n')
     with pytest.raises(RuntimeError, match="the launcher has already recorded this run"):

@@ -255,7 +255,7 @@ def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synt
 def test_accuracy_table_flags_an_implementation_outside_the_band():
     import pandas as pd
 
-    from mrcnn_bench.harness.report import AP_BAND, accuracy_table
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, accuracy_table
 
     def acc(bbox50, segm50):
         return {"bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100}, "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
@@ -283,7 +283,7 @@ def test_committed_eval_paths_agree_with_the_same_weights():
     RoIAlign is the one these weights were trained with, scores higher on these 128-px images (measured:
     bbox / segm AP50 16.4 / 14.3 against 12.8-13.7 / 9.6-10.8): the alignment, not the paths' other
     steps, is where they part (README, "Their eval paths")."""
-    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     data = json.loads((BASELINES / "eval-paths" / "eval-paths.json").read_text())
     results = data["results"]
@@ -334,7 +334,7 @@ def test_committed_eval_all_four_learned_from_the_same_pixels_and_work():
                                        "moved detectron2 by 6 points, and at seed 2 mmdet and torchvision diverged (NaN at "
                                        "iterations 50 and 81; results/baselines/eval-seeds, README 'Inference and accuracy')")
 def test_committed_eval_all_four_learn_within_the_band():
-    from mrcnn_bench.harness.report import AP_BAND, ap50_offsets
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     records = _committed_eval()
     assert max(ap50_offsets([r["summary"]["accuracy"] for r in records.values()])) <= AP_BAND

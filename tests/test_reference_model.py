@@ -242,16 +242,32 @@ def _learning_setup(tmp_path, dtype="fp32"):
     return root, val, make_trainer
 
 
+@torch.no_grad()
+def _predict(model, dataset, batch_size: int = 2) -> list[dict]:
+    """COCO results of the model in eval mode on every image of the reference's ``dataset``, converted
+    as the harness converts every implementation's detections (harness/inference.py)."""
+    from mrcnn_bench.harness.inference import coco_results
+
+    model.eval()
+    results = []
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        outputs = [{**out, "masks": out["masks"][:, 0]} for out in model([im for im, _ in items])]
+        results += coco_results(outputs, [target["image_id"] for _, target in items], dataset.cat_ids)
+    return results
+
+
 @pytest.mark.slow
 def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     """From scratch: bbox and segm mAP clearly above the untrained model's, through a save/resume."""
     from pycocotools.coco import COCO
 
-    from mrcnn_bench.reference_impl.engine import coco_map, export_predictions, predict
+    from mrcnn_bench.harness.inference import coco_ap
+    from mrcnn_bench.harness.results import atomic_write_text
 
     root, val, make_trainer = _learning_setup(tmp_path)
     first = make_trainer(0)
-    before = coco_map(val.coco, predict(first.model, val, device="cpu"))
+    before = coco_ap(val.coco, _predict(first.model, val))
     ckpt = tmp_path / "ckpt" / "model.pth"
     first.train(150, checkpoint_path=ckpt)
     assert ckpt.is_file() and not list(ckpt.parent.glob(".*tmp"))
@@ -262,11 +278,10 @@ def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(first.optimizer.param_groups[0]["lr"])
     resumed.train(250)
 
-    results = predict(resumed.model, val, device="cpu")
-    export_predictions(results, tmp_path / "predictions.json")
+    atomic_write_text(tmp_path / "predictions.json", json.dumps(_predict(resumed.model, val)))
     exported = json.loads((tmp_path / "predictions.json").read_text())
     assert exported and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(exported[0])
-    after = coco_map(COCO(str(root / "annotations/instances_val2017.json")), exported)
+    after = coco_ap(COCO(str(root / "annotations/instances_val2017.json")), exported)
     print(f"mAP before: {before}\nmAP after 250 iterations: {after}")
     # measured on the COCO-like synthetic set (6 categories, 7.3 instances per image, many small): after 250
     # iterations bbox AP 0.018 (AP50 0.086), segm 0.022 (0.090); the bars are about 60% of that
@@ -281,13 +296,13 @@ def test_bf16_autocast_learns_as_well(tmp_path):
     iterations on the COCO-like synthetic set: bf16 bbox AP 0.028 (AP50 0.102), segm 0.035 (0.143); fp32
     0.018 (0.086), 0.022 (0.090). The stated margin: bf16 within 0.01 AP of fp32 on this short schedule;
     the bars below are fp32's measured AP less that margin (untrained: AP50 < 0.01)."""
-    from mrcnn_bench.reference_impl.engine import coco_map, predict
+    from mrcnn_bench.harness.inference import coco_ap
 
     _, val, make_trainer = _learning_setup(tmp_path, dtype="bf16")
     trainer = make_trainer(0)
     assert trainer.autocast_dtype == torch.bfloat16
     trainer.train(250)
-    after = coco_map(val.coco, predict(trainer.model, val, device="cpu"))
+    after = coco_ap(val.coco, _predict(trainer.model, val))
     print(f"bf16 mAP after 250 iterations: {after}")
     assert after["bbox"]["AP"] > 0.018 - 0.01 and after["segm"]["AP"] > 0.022 - 0.01
     assert after["bbox"]["AP50"] > 0.05 and after["segm"]["AP50"] > 0.05

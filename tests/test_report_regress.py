@@ -462,3 +462,24 @@ def test_report_of_nothing_and_regress_of_one_folder_against_itself_say_so(tmp_p
     same = ROOT / "results" / "baselines" / "gate-cpu"
     out = run_cli("regress", "--baseline", same, "--candidate", same, "--relative-to", "torchvision")
     assert "warning: --baseline and --candidate are the same folder" in out.stderr, out.stderr[-1000:]
+
+
+def test_a_task_in_one_file_runs_end_to_end_and_reports_its_section(tmp_path):
+    """tests/plugin_tasks.py adds `--task warm` (registered through MRCNN_BENCH_TASKS) and nothing else:
+    the command line offers it, the launcher announces its work, its check refuses what it cannot do,
+    the worker runs its body, and the report renders its section."""
+    env = {"MRCNN_BENCH_TASKS": "plugin_tasks", "MRCNN_BENCH_EXTRA_ADAPTERS": "plugin_adapters", "PYTHONPATH": str(ROOT / "tests")}
+    common = ["--impl", "busy", "--task", "warm", "--out", tmp_path, "--threads", "1", "--set", "benchmark.warmup=0"]
+    out = run_cli("run", *common, "--run-id", "w", "--set", "benchmark.iters=50", "--set", "benchmark.window_end=50", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "busy: 50 translations, 1 process(es) on cpu" in out.stderr and "translations/s" in out.stderr
+    record = json.loads((tmp_path / "w" / "busy" / "run.json").read_text())
+    assert record["status"] == "ok" and record["summary"]["translations_per_s"] > 0 and record["wall_s"] > 0
+    assert len((tmp_path / "w" / "busy" / "iterations.jsonl").read_text().splitlines()) == 50
+    report = run_cli("report", tmp_path / "w", env=env)
+    assert report.returncode == 0 and "### Warm (translations per second)" in report.stdout, report.stdout
+    too_many = run_cli("run", *common, "--run-id", "x", "--set", "benchmark.iters=2000", "--set", "benchmark.window_end=2000",
+                       env=env)
+    assert too_many.returncode == 2 and "--task warm: benchmark.iters=2000 is more than 1000 translations" in too_many.stderr
+    unknown = run_cli("run", *common, "--run-id", "y")  # without the plugin the task does not exist
+    assert unknown.returncode == 2 and "Invalid value for '--task'" in unknown.stderr

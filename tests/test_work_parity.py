@@ -12,7 +12,8 @@ from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters._common import WeightsMismatch, load_exact, schedule_facts
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
 from mrcnn_bench.harness.data import DataPaths
-from mrcnn_bench.harness.data_order import global_batches, rank_batches, usable_images
+from mrcnn_bench.harness.data_check import usable_images
+from mrcnn_bench.harness.data_order import global_batches, rank_batches
 from mrcnn_bench.harness.parity import canonical_lr, trajectory_frame
 from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, make_run_record
 from mrcnn_bench.harness.timing import IterationTimer, work_per_image
@@ -201,7 +202,7 @@ def test_parity_table_catches_detectron2_warmup_capped_at_max_iter():
     native = adapter.translate(cfg)
     assert native.SOLVER.MAX_ITER == 90000  # the canonical schedule; the run stops at benchmark.iters
     native.defrost()
-    native.SOLVER.MAX_ITER = 30  # what the adapter used to do
+    native.SOLVER.MAX_ITER = 30  # the schedule cut to the run's length
     eff = adapter.effective_hparams(native)
     assert eff["solver.warmup_iters"] is None and eff["solver.steps"] == []
     _, notes = parity_frame(canonical_values(cfg, 3), {"detectron2": eff})

@@ -106,59 +106,45 @@ class MaskRCNN(nn.Module):
         return results
 
 
-# torchvision's maskrcnn_resnet50_fpn parameter names -> ours
-_TORCHVISION_RENAMES = [
-    (r"^backbone\.fpn\.inner_blocks\.(\d+)\.0\.", r"backbone.fpn.lateral.\1."),
-    (r"^backbone\.fpn\.layer_blocks\.(\d+)\.0\.", r"backbone.fpn.output.\1."),
-    (r"^rpn\.head\.conv\.0\.0\.", "rpn.head.conv."),
-    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
-    (r"^rpn\.head\.bbox_pred\.", "rpn.head.deltas."),
-    (r"^roi_heads\.box_head\.fc6\.", "roi_heads.box_head.fcs.0."),
-    (r"^roi_heads\.box_head\.fc7\.", "roi_heads.box_head.fcs.1."),
-    (r"^roi_heads\.box_predictor\.", "roi_heads.box_head."),
-    (r"^roi_heads\.mask_head\.(\d+)\.0\.", r"roi_heads.mask_head.convs.\1."),
-    (r"^roi_heads\.mask_predictor\.conv5_mask\.", "roi_heads.mask_head.deconv."),
-    (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", "roi_heads.mask_head.predictor."),
+# torchvision's maskrcnn_resnet50_fpn parameter-name prefixes and ours ("{}": a level or layer number);
+# the first pair whose prefix a key starts with renames it, either way
+_NAMES = [
+    ("backbone.fpn.inner_blocks.{}.0.", "backbone.fpn.lateral.{}."),
+    ("backbone.fpn.layer_blocks.{}.0.", "backbone.fpn.output.{}."),
+    ("rpn.head.conv.0.0.", "rpn.head.conv."),
+    ("rpn.head.cls_logits.", "rpn.head.objectness."),
+    ("rpn.head.bbox_pred.", "rpn.head.deltas."),
+    ("roi_heads.box_head.fc6.", "roi_heads.box_head.fcs.0."),
+    ("roi_heads.box_head.fc7.", "roi_heads.box_head.fcs.1."),
+    ("roi_heads.box_predictor.", "roi_heads.box_head."),  # cls_score, bbox_pred
+    ("roi_heads.mask_head.{}.0.", "roi_heads.mask_head.convs.{}."),
+    ("roi_heads.mask_predictor.conv5_mask.", "roi_heads.mask_head.deconv."),
+    ("roi_heads.mask_predictor.mask_fcn_logits.", "roi_heads.mask_head.predictor."),
 ]
 
 
-def _renamed(state: dict, renames: list[tuple[str, str]]) -> dict:
-    """``state`` with every rename applied to each key, BatchNorm's step counters left out."""
+def _renamed(state: dict, pairs: list[tuple[str, str]]) -> dict:
+    """``state`` with each key renamed by the first pair (from-prefix, to-prefix) it starts with, BatchNorm's
+    step counters left out."""
+    rules = [(re.compile("^" + re.escape(a).replace(r"\{\}", r"(\d+)")), b.replace("{}", r"\1")) for a, b in pairs]
     out = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
             continue
-        for pattern, repl in renames:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
+        rule = next(((pattern, repl) for pattern, repl in rules if pattern.match(key)), None)
+        out[rule[0].sub(rule[1], key, count=1) if rule else key] = value
     return out
 
 
 def convert_torchvision_state_dict(state: dict) -> dict:
     """A torchvision ``maskrcnn_resnet50_fpn`` state dict in this model's parameter names."""
-    return _renamed(state, _TORCHVISION_RENAMES)
-
-
-# ours -> torchvision's (the inverse of _TORCHVISION_RENAMES)
-_TO_TORCHVISION = [
-    (r"^backbone\.fpn\.lateral\.(\d+)\.", r"backbone.fpn.inner_blocks.\1.0."),
-    (r"^backbone\.fpn\.output\.(\d+)\.", r"backbone.fpn.layer_blocks.\1.0."),
-    (r"^rpn\.head\.conv\.", "rpn.head.conv.0.0."),
-    (r"^rpn\.head\.objectness\.", "rpn.head.cls_logits."),
-    (r"^rpn\.head\.deltas\.", "rpn.head.bbox_pred."),
-    (r"^roi_heads\.box_head\.fcs\.0\.", "roi_heads.box_head.fc6."),
-    (r"^roi_heads\.box_head\.fcs\.1\.", "roi_heads.box_head.fc7."),
-    (r"^roi_heads\.box_head\.(cls_score|bbox_pred)\.", r"roi_heads.box_predictor.\1."),
-    (r"^roi_heads\.mask_head\.convs\.(\d+)\.", r"roi_heads.mask_head.\1.0."),
-    (r"^roi_heads\.mask_head\.deconv\.", "roi_heads.mask_predictor.conv5_mask."),
-    (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
-]
+    return _renamed(state, _NAMES)
 
 
 def to_torchvision_state_dict(state: dict) -> dict:
     """This model's state dict in torchvision ``maskrcnn_resnet50_fpn``'s parameter names (the
     layout the harness's shared initial weights use); BatchNorm's step counters are left out."""
-    return _renamed(state, _TO_TORCHVISION)
+    return _renamed(state, [(ours, theirs) for theirs, ours in _NAMES])
 
 
 def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:

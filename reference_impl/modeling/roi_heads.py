@@ -30,8 +30,8 @@ class MultiLevelPooler(nn.Module):
         max_h = max(h for h, _ in image_sizes)
         scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in feats]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-        pool = ops.multilevel_roi_align if self.fused else ops.per_level_roi_align
-        return pool(feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned, self.canonical_level, self.canonical_scale)
+        return ops.multilevel_roi_align(feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned,
+                                        self.canonical_level, self.canonical_scale, fused=self.fused)
 
 
 class BoxHead(nn.Module):

@@ -161,14 +161,22 @@ def multilevel_roi_align(
     aligned: bool = True,
     canonical_level: int = 4,
     canonical_scale: int = 224,
+    fused: bool = True,
 ) -> torch.Tensor:
-    """RoIAlign over FPN levels in one call: each RoI is pooled from the level the FPN paper assigns
-    it (canonical level 4 for a 224-pixel box), as torchvision's MultiScaleRoIAlign, without the
-    per-level Python loop."""
+    """RoIAlign over FPN levels: each RoI is pooled from the level the FPN paper assigns it (canonical
+    level 4 for a 224-pixel box), as torchvision's MultiScaleRoIAlign. ``fused``: in one native call,
+    without the per-level Python loop; else as torchvision computes it, a ``roi_align`` call per level
+    (the same values; ``reference.fused_pooler``)."""
     ph, pw = _pair(output_size)
     features = list(features)
-    rois = _rois_for(features[0], rois)
     scales = [float(s) for s in scales]
+    if not fused:
+        def one_level(feat, level_rois, scale, ph, pw, sampling_ratio, aligned):
+            return roi_align(feat, level_rois, (ph, pw), scale, sampling_ratio, aligned)
+
+        return fallback.multilevel_roi_align(features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned),
+                                             int(canonical_level), int(canonical_scale), roi_align=one_level)
+    rois = _rois_for(features[0], rois)
     if native_on(rois.device):
         return torch.ops.mrcnn_bench.multilevel_roi_align(
             features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
@@ -176,27 +184,6 @@ def multilevel_roi_align(
     return fallback.multilevel_roi_align(
         features, rois.to(features[0].dtype), scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
     )
-
-
-def per_level_roi_align(
-    features: Sequence[torch.Tensor],
-    rois: torch.Tensor,
-    scales: Sequence[float],
-    output_size,
-    sampling_ratio: int = 0,
-    aligned: bool = True,
-    canonical_level: int = 4,
-    canonical_scale: int = 224,
-) -> torch.Tensor:
-    """The same values as ``multilevel_roi_align``, as torchvision's MultiScaleRoIAlign computes them:
-    a ``roi_align`` call per level (for measuring what the fused call saves)."""
-    ph, pw = _pair(output_size)
-
-    def one_level(feat, level_rois, scale, ph, pw, sampling_ratio, aligned):
-        return roi_align(feat, level_rois, (ph, pw), scale, sampling_ratio, aligned)
-
-    return fallback.multilevel_roi_align(list(features), rois, [float(s) for s in scales], ph, pw, int(sampling_ratio), bool(aligned),
-                                         int(canonical_level), int(canonical_scale), roi_align=one_level)
 
 
 def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int = 4, canonical_scale: int = 224):

@@ -101,7 +101,7 @@ def fpn_levels(rois, k_min: int, k_max: int, canonical_level: int = 4, canonical
 def multilevel_roi_align(features, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_level, canonical_scale,
                          roi_align=roi_align):
     """One ``roi_align(feat, rois, scale, ph, pw, sampling_ratio, aligned)`` call per FPN level (this
-    module's kernel by default; ops.per_level_roi_align passes the native one)."""
+    module's kernel by default; ops.multilevel_roi_align(fused=False) passes the native one)."""
     k_min = round(-math.log2(scales[0]))
     levels = fpn_levels(rois, k_min, k_min + len(features) - 1, canonical_level, canonical_scale)
     C = features[0].shape[1]

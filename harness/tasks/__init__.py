@@ -1,0 +1,106 @@
+"""The tasks of a run (``benchmark.task``, ``run --task``), as a table: each task is one module with a
+``Task`` that says what it needs before anything starts (``check``), what the launcher announces
+(``work``), what each worker rank does (``run``) and its part of the report (``section``, and the
+``compact`` table that ``report --into`` puts in the README's ``readme_section``).
+
+A new task is a module here and a line in ``_BUILTIN``; a plugin's tasks come from the modules named in
+``MRCNN_BENCH_TASKS`` (comma-separated), each defining ``TASKS``, a list of Task instances. Importing
+this package imports no framework and no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class TaskError(ValueError):
+    """A run this task cannot do with the given config or data (the command exits 2, nothing started)."""
+
+
+@dataclass
+class RankContext:
+    """What a task's body gets in each worker rank: the run's spec (launch.json), the validated config,
+    the data, the adapter and its translation of the config (made once), the process group and where
+    the results go."""
+
+    impl: str
+    spec: dict
+    cfg: Any
+    data: Any  # harness.data.DataPaths
+    adapter: Any
+    native: Any
+    dist: Any  # adapters.base.DistInfo
+    env_extra: dict  # environment facts of this rank for run.json (cpu set, version, topology)
+    run_dir: Path
+    trained: dict = field(default_factory=dict)  # what the adapter's train() returned (for run.json)
+
+
+class Task:
+    name: str = ""
+    help: str = ""  # --task's help
+    trains: bool = True  # its runs train and have a throughput window (the training tables show them)
+    readme_section: str = "report"  # `report --into`'s section for runs of this task alone
+    section_title: str | None = None  # its part of the full report (None: none of its own)
+
+    def check(self, cfg, data_summary: dict) -> None:
+        """Raise TaskError when this task cannot run with ``cfg`` on this data."""
+
+    def work(self, bench) -> str:
+        """What the launcher announces for one implementation."""
+        return f"{bench.iters} iterations"
+
+    def run(self, rank: RankContext) -> None:
+        """This rank's part: train or time, and (rank 0) write iterations.jsonl and run.json."""
+        raise NotImplementedError
+
+    def section(self, df) -> Any:
+        """The table of this task's part of the full report (a DataFrame), or None."""
+        return None
+
+    def compact(self, df) -> Any:
+        """The README's table for runs of this task alone (None: the training summary's)."""
+        return None
+
+
+_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer"}
+_loaded: dict[str, Task] | None = None
+
+
+def tasks() -> dict[str, Task]:
+    """Every task by name: the built-in ones, then those of the modules in MRCNN_BENCH_TASKS."""
+    global _loaded
+    if _loaded is None:
+        found = {}
+        for name, where in _BUILTIN.items():
+            module, cls = where.split(":")
+            found[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+        for module in filter(None, os.environ.get("MRCNN_BENCH_TASKS", "").split(",")):
+            for task in importlib.import_module(module.strip()).TASKS:
+                found[task.name] = task
+        _loaded = found
+    return _loaded
+
+
+def task_of(name: str) -> Task:
+    try:
+        return tasks()[name]
+    except KeyError:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(tasks())}") from None
+
+
+def one_process(cfg) -> None:
+    """A check: the task runs on one process."""
+    bench = cfg.benchmark
+    if bench.gpus != 1:
+        raise TaskError(f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1")
+
+
+def val_split(cfg, data_summary: dict) -> dict:
+    """A check: the data set has a val split with images; returns its summary."""
+    val = data_summary.get("val")
+    if not val or not val.get("images"):
+        raise TaskError(f"--task {cfg.benchmark.task}: the data set has no val split with images ({cfg.data.val_split})")
+    return val
