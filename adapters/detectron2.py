@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from mrcnn_bench.harness.tasks import task_of
+
 from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
     CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
@@ -268,7 +270,7 @@ def _check_supported(cfg) -> None:
     inp, bench, roi = cfg.input, cfg.benchmark, cfg.model.roi_heads
     if inp.horizontal_flip_prob not in (0.0, 0.5):
         raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
-    training = bench.task != "infer"  # inference runs under the harness's autocast, not AMPTrainer
+    training = task_of(bench.task).trains  # inference runs under the harness's autocast, not AMPTrainer
     if training and bench.dtype == "bf16":
         raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
     if training and bench.dtype == "fp16" and bench.device != "cuda":

@@ -27,6 +27,8 @@ import json
 import os
 import tempfile
 
+from mrcnn_bench.harness.tasks import task_of
+
 from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
     CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
@@ -307,7 +309,7 @@ class MMDetAdapter(Adapter):
 
 def _check_supported(bench) -> None:
     """What this adapter cannot run, before mmengine is asked to."""
-    if bench.task != "infer" and bench.dtype != "fp32" and bench.device != "cuda":  # inference: the harness's autocast
+    if task_of(bench.task).trains and bench.dtype != "fp32" and bench.device != "cuda":  # inference: the harness's autocast
         raise UnsupportedConfig(f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})")
     if bench.device == "cpu":
         import torch

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import load_config, resolve_config_path
 from .suite import RequestError, each_installed, say, shared_weights
+from .tasks import task_of
 
 
 def static_parity(config_name: str, impl: str, data_root: str | None, interpreters: dict) -> tuple[str, bool]:
@@ -74,9 +75,9 @@ def trajectory_parity(run_dir: str, band: float | None) -> tuple[str, bool]:
     run_ids = sorted({r["run_id"] for r in records})
     if len(run_ids) > 1:
         raise RequestError(f"{run_dir}: holds runs {', '.join(run_ids)}; --run takes the folder of one run")
-    if all((r.get("summary") or {}).get("task") == "infer" for r in records):
-        raise RequestError(f"{run_dir}: an inference run (--task infer); --run checks what training runs did "
-                           "(the inference runs' own check is the detections per image beside their latency)")
+    if not any(task_of(_task(r)).trains for r in records):
+        raise RequestError(f"{run_dir}: an inference run (--task {_task(records[0])}), which does not train; --run checks what "
+                           "training runs did (the inference runs' own check is the detections per image beside their latency)")
     band = band or POSITIVES_BAND
     table, problems = trajectory_frame(records, band)
     text = (f"run {run_ids[0]}: lr against the canonical schedule (relative tolerance 1e-6), global batch, work per "
@@ -85,3 +86,8 @@ def trajectory_parity(run_dir: str, band: float | None) -> tuple[str, bool]:
     if problems:
         return text + "\n\nDivergences:" + "".join(f"\n- {p}" for p in problems), False
     return text + "\n\nno divergence", True
+
+
+def _task(record: dict) -> str:
+    return ((record.get("config") or {}).get("benchmark") or {}).get("task", "train")
+

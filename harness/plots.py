@@ -126,10 +126,10 @@ def scaling_curve(df, path: Path) -> bool:
     return True
 
 
-def latency_plot(records: list[dict], path: Path) -> bool:
-    """--task infer: the distribution of each call's latency, one panel per batch size, one box per
-    implementation. False (nothing written) without an inference run."""
-    runs = [r for r in records if r["status"] == "ok" and ((r.get("config") or {}).get("benchmark") or {}).get("task") == "infer"]
+def latency_plot(runs: list[dict], path: Path) -> bool:
+    """Inference runs (--task infer): the distribution of each call's latency, one panel per batch size, one
+    box per implementation. False (nothing written) without a finished run."""
+    runs = [r for r in runs if r["status"] == "ok"]
     if not runs:
         return False
     calls = pd.DataFrame([dict(impl=r["impl"], **row) for r in runs for row in iterations_of(r)])
@@ -148,14 +148,20 @@ def latency_plot(records: list[dict], path: Path) -> bool:
 
 
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
+    """The plots of the runs: each task's own (harness/tasks) for the runs of tasks that do not train,
+    then throughput, iteration times and scaling for the training runs."""
+    from .tasks import tasks
+
+    def task_of_run(r):
+        return ((r.get("config") or {}).get("benchmark") or {}).get("task", "train")
+
+    written, apart = [], {t.name for t in tasks().values() if not t.trains}
+    for task in tasks().values():
+        written += task.plots([r for r in records if task_of_run(r) == task.name], out_dir)
+    records = [r for r in records if task_of_run(r) not in apart]
+    if not records:
+        return written
     df = runs_frame(records)
-    written = []
-    if latency_plot(records, out_dir / "latency.png"):
-        written.append(out_dir / "latency.png")
-        records = [r for r in records if ((r.get("config") or {}).get("benchmark") or {}).get("task") != "infer"]
-        if not records:
-            return written
-        df = runs_frame(records)
     if (df["status"] == "ok").any():
         throughput_bars(df, out_dir / "throughput.png")
         written.append(out_dir / "throughput.png")

@@ -84,8 +84,10 @@ def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> P
 def with_shared_training(cfg, paths, cache_dir: str | os.PathLike | None = None) -> tuple[object, str | None]:
     """(``cfg`` with ``model.init_weights`` naming the weights after the shared training, a line saying
     so) for an inference run with ``benchmark.shared_training_iters``; else (``cfg``, None)."""
+    from .tasks import task_of
+
     bench = cfg.benchmark
-    if bench.task != "infer" or not bench.shared_training_iters:
+    if task_of(bench.task).trains or not bench.shared_training_iters:  # a task that trains starts from the initialisation
         return cfg, None
     path = trained_weights(cfg, paths, cache_dir)
     message = (f"shared training: torchvision's model, {bench.shared_training_iters} iterations from the shared "

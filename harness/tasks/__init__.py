@@ -64,6 +64,10 @@ class Task:
         """The README's table for runs of this task alone (None: the training summary's)."""
         return None
 
+    def plots(self, records: list[dict], out_dir: Path) -> list[Path]:
+        """This task's own plots of its runs' records (``report --plots``); the paths written."""
+        return []
+
 
 _BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer"}
 _loaded: dict[str, Task] | None = None

@@ -67,6 +67,11 @@ class Infer(Task):
     def compact(self, df):
         return latency_table(df)
 
+    def plots(self, records, out_dir):
+        from mrcnn_bench.harness.plots import latency_plot
+
+        return [out_dir / "latency.png"] if latency_plot(records, out_dir / "latency.png") else []
+
 
 def latency_table(df):
     """A row per batch size, per implementation img/s and latency mean / p90 / p99 (ms), with detections
