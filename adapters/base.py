@@ -98,6 +98,13 @@ class Adapter(abc.ABC):
         ``native``: ``translate(cfg, data)`` as the worker made it (translated once per run; None: translate
         here). Returns extra facts for run.json (e.g. the native config as text)."""
 
+    def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
+        """The training input pipeline alone, for ``--task data``: (an iterator of the batches the
+        framework's own training loop consumes, in the run's data order, from its own dataset, mapper,
+        sampler and collate; ``to_device(batch) -> images``, the copy to the device its loop makes,
+        returning how many images the batch holds)."""
+        raise NotImplementedError(f"{self.name}: no input pipeline for --task data yet")
+
     def translated(self, cfg, data, native=None):
         """``native`` where the caller has translated ``cfg`` already, else ``translate(cfg, data)``."""
         return native if native is not None else self.translate(cfg, data)

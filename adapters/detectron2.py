@@ -186,8 +186,6 @@ class Detectron2Adapter(Adapter):
         shims = _apply_shims(cfg.benchmark.device)
         import torch
         import torch.distributed as tdist
-        from detectron2.data import DatasetCatalog
-        from detectron2.data.datasets import register_coco_instances
         from detectron2.utils import comm
 
         if dist.distributed and comm._LOCAL_PROCESS_GROUP is None:
@@ -198,8 +196,7 @@ class Detectron2Adapter(Adapter):
                 group = tdist.new_group(ranks)
                 if dist.rank in ranks:
                     comm._LOCAL_PROCESS_GROUP = group
-        if _DATASET not in DatasetCatalog.list():
-            register_coco_instances(_DATASET, {}, native.MRCNN_BENCH.TRAIN_JSON, native.MRCNN_BENCH.TRAIN_IMAGES)
+        _register_train_set(native)
         per_process = native.SOLVER.IMS_PER_BATCH // dist.world_size
 
         from ._detectron2_hooks import OrderedTrainer
@@ -231,6 +228,25 @@ class Detectron2Adapter(Adapter):
         trainer.train()
         self.trained_model = model
         return {"native_config": native.dump(), "shims": shims}
+
+    def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
+        """The trainer's own ``build_train_loader`` (its dataset dicts, DatasetMapper, the run's order as its
+        sampler, its collate) and the copy to the device its model makes of each image and its instances."""
+        import torch
+
+        native = self.translated(cfg, data, native)
+        _apply_shims(cfg.benchmark.device)
+        _register_train_set(native)
+        from ._detectron2_hooks import OrderedTrainer
+
+        device = torch.device(dist.device)
+
+        def to_device(batch) -> int:
+            moved = [d["image"].to(device, non_blocking=True) for d in batch]
+            moved += [d["instances"].to(device) for d in batch if "instances" in d]
+            return len(batch)
+
+        return iter(OrderedTrainer.build_train_loader(native)), to_device
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What detectron2's DefaultPredictor does, for a batch: ResizeShortestEdge to INPUT.MIN_SIZE_TEST
@@ -279,6 +295,15 @@ def _check_supported(cfg) -> None:
         raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")
     if roi.bg_iou_thresh != roi.fg_iou_thresh:
         raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
+
+
+def _register_train_set(native) -> None:
+    """The training split in detectron2's DatasetCatalog (once per process), as its COCO loader reads it."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    if _DATASET not in DatasetCatalog.list():
+        register_coco_instances(_DATASET, {}, native.MRCNN_BENCH.TRAIN_JSON, native.MRCNN_BENCH.TRAIN_IMAGES)
 
 
 def _set_model(d2cfg, cfg, data) -> None:

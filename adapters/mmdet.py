@@ -275,6 +275,28 @@ class MMDetAdapter(Adapter):
         self.trained_model = model
         return {"native_config": native.pretty_text, "shims": shims}
 
+    def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
+        """mmengine's ``Runner.build_dataloader`` over the config's train_dataloader (mmdet's CocoDataset and
+        pipeline, the run's order as its sampler, pseudo_collate), as the runner builds it for training,
+        and the copy to the device its data_preprocessor makes of the inputs and data samples."""
+        import torch
+        from mmengine.registry import DATA_SAMPLERS, init_default_scope
+        from mmengine.runner import Runner
+
+        native = self.translated(cfg, data, native)
+        pillow_linear_alias()
+        init_default_scope("mmdet")
+        DATA_SAMPLERS.register_module(name=ORDER_SAMPLER, module=_ordered_sampler, force=True)
+        device = torch.device(dist.device)
+
+        def to_device(batch) -> int:
+            moved = [t.to(device, non_blocking=True) for t in batch["inputs"]]
+            moved += [sample.to(device) for sample in batch["data_samples"]]
+            return len(batch["inputs"])
+
+        loader = Runner.build_dataloader(native.train_dataloader, seed=cfg.benchmark.seed)
+        return iter(loader), to_device
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What mmdet's inference API (``mmdet.apis.inference_detector``) does, for a batch: the config's
         test pipeline with ``LoadImageFromNDArray`` first (resize to the test scale, pack), then

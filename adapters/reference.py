@@ -122,11 +122,10 @@ class ReferenceAdapter(Adapter):
         """(native config, reference Trainer) as a run builds them: model, optimizer, schedule, loader."""
         import torch
 
-        from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
         from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer
 
         native = self.translated(cfg, data, native)
-        train_opts, data_opts, solver = native.train, native.data, native.solver
+        train_opts, solver = native.train, native.solver
         torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native)
@@ -147,19 +146,7 @@ class ReferenceAdapter(Adapter):
             model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
         )
         scheduler = build_scheduler(optimizer, solver)
-        dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"],
-                                filter_empty=data_opts["filter_empty"],
-                                mask_format="polygon" if native.model.roi_heads.mask_target == "polygon" else "bitmask")
-        loader = build_train_loader(
-            dataset,
-            batch_size=data_opts["batch_size_per_process"],
-            num_workers=data_opts["num_workers"],
-            seed=train_opts["seed"],
-            rank=dist.rank,
-            world_size=dist.world_size,
-            pin_memory=device.type == "cuda",
-            batch_sampler=ordered_batches(data_opts, dist, dataset.ids, f"reference ({data_opts['train_json']})"),
-        )
+        loader = _train_loader(native, dist)
         trainer = Trainer(
             model, optimizer, scheduler, loader, device=device, dtype=train_opts["dtype"], grad_accum=train_opts["grad_accum"],
             ddp=dist.distributed, after_step=after_step, autocast_cache=not native.model.perf.cuda_graphs,
@@ -189,6 +176,21 @@ class ReferenceAdapter(Adapter):
         # the switches that fell back to the eager path (this device, no compiler, no glibc): run.json keeps them
         return {"native_config": native.to_dict(), "ops_backend": ops.backend(), "lever_fallbacks": model.lever_fallbacks}
 
+    def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
+        """The reference's loader (COCOInstances, its collate, the run's batch order) and its Trainer's copy
+        of images and targets to the device."""
+        import torch
+
+        device = torch.device(dist.device)
+
+        def to_device(batch) -> int:
+            images, targets = batch
+            moved = [im.to(device, non_blocking=True) for im in images]
+            moved += [v.to(device, non_blocking=True) for t in targets for v in t.values() if torch.is_tensor(v)]
+            return len(images)
+
+        return iter(_train_loader(self.translated(cfg, data, native), dist)), to_device
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
         path (score threshold, per-class NMS, top detections) and masks pasted at the image's size."""
@@ -201,6 +203,26 @@ class ReferenceAdapter(Adapter):
                     for r in model(float_images(images, dist.device))]
 
         return predict
+
+
+def _train_loader(native: ReferenceNative, dist: DistInfo):
+    """The reference's training loader: its dataset and collate, the run's batch order, its workers."""
+    from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
+
+    data_opts, train_opts = native.data, native.train
+    dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"],
+                            filter_empty=data_opts["filter_empty"],
+                            mask_format="polygon" if native.model.roi_heads.mask_target == "polygon" else "bitmask")
+    return build_train_loader(
+        dataset,
+        batch_size=data_opts["batch_size_per_process"],
+        num_workers=data_opts["num_workers"],
+        seed=train_opts["seed"],
+        rank=dist.rank,
+        world_size=dist.world_size,
+        pin_memory=str(dist.device).startswith("cuda"),
+        batch_sampler=ordered_batches(data_opts, dist, dataset.ids, f"reference ({data_opts['train_json']})"),
+    )
 
 
 def build_scheduler(optimizer, solver: dict):

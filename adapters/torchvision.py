@@ -336,6 +336,21 @@ class TorchvisionAdapter(Adapter):
         self.trained_model = model
         return {"native_config": native.to_dict()}
 
+    def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
+        """``build_loader`` (CocoDetection wrapped for transforms v2, the run's batch order) and the copy of
+        images and targets to the device that ``train`` makes."""
+        import torch
+
+        device = torch.device(dist.device)
+
+        def to_device(batch) -> int:
+            images, targets = batch
+            moved = [img.to(device, non_blocking=True) for img in images]
+            moved += [v.to(device, non_blocking=True) for t in targets for v in t.values()]
+            return len(images)
+
+        return iter(self.build_loader(self.translated(cfg, data, native), dist)), to_device
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
         otherwise reuses the last training size), normalises and batches; the RoI heads' test path;

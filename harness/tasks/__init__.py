@@ -69,7 +69,7 @@ class Task:
         return []
 
 
-_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer"}
+_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data"}
 _loaded: dict[str, Task] | None = None
 
 

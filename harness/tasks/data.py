@@ -1,0 +1,122 @@
+"""``--task data``: each implementation's own training input pipeline without the model — its dataset,
+mapper, sampler in the run's data order, collate, and the copy of each batch to the device that its
+training loop makes (``Adapter.input_pipeline``) — timed batch by batch: batches and images per second
+over the window [warmup, end), the latency of each batch (p50/p90/p99), the time from start to the first
+batch, and the memory of the process and of its loader workers (psutil: RSS, and USS/PSS of workers).
+"""
+from __future__ import annotations
+
+import gc
+import time
+
+from . import RankContext, Task, one_process
+from .rank import PartialIterations, native_dict, say, write_record
+
+
+class Data(Task):
+    name = "data"
+    help = "data: the training input pipeline alone (batches/s, latency per batch, start-up, memory)"
+    trains = False
+    readme_section = "data"
+    section_title = "Input pipeline (each framework's own training loader, without the model)"
+
+    def check(self, cfg, data_summary: dict) -> None:
+        one_process(cfg)
+
+    def work(self, bench) -> str:
+        return f"{bench.iters} batches of its training loader, {bench.num_workers} loader worker(s)"
+
+    def run(self, rank: RankContext) -> None:
+        import torch
+
+        from mrcnn_bench.harness.results import atomic_write_jsonl
+
+        bench, dist = rank.cfg.benchmark, rank.dist
+        sync = torch.cuda.synchronize if str(dist.device).startswith("cuda") else (lambda: None)
+        partial = PartialIterations(rank.run_dir, dist.rank)
+        start = time.perf_counter()
+        batches, to_device = rank.adapter.input_pipeline(rank.cfg, rank.data, dist, native=rank.native)
+        rows, last = [], start
+        for i in range(bench.iters):
+            images = to_device(next(batches))
+            sync()
+            now = time.perf_counter()
+            rows.append({"iter": i, "duration": now - last, "images": images, "end_time": now - start})
+            partial.write(rows[-1])
+            last = now
+        memory = loader_memory()  # while the loader's workers are alive
+        del batches
+        gc.collect()
+        summary = {**data_summary(rows, bench.warmup, bench.end), **memory, "num_workers": bench.num_workers, "task": self.name}
+        atomic_write_jsonl(rank.run_dir / "iterations.jsonl", rows)
+        write_record(rank, dict(
+            native_config=native_dict(rank.native, {}), summary=summary, iterations_recorded=len(rows),
+            window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
+            measures=("the training input pipeline alone: batches and images per second over iterations [warmup, end), "
+                      "each batch taken from the framework's own loader and copied to the device as its loop does"),
+        ))
+        partial.done()
+        say(f"{rank.impl}: {summary['images_per_s']:.2f} img/s, {summary['batches_per_s']:.2f} batches/s, latency p50 "
+            f"{summary['latency_ms_p50']:.1f} ms, first batch after {summary['first_batch_s']:.2f} s")
+
+    def section(self, df):
+        return data_table(df)
+
+    def compact(self, df):
+        return data_table(df)
+
+
+def data_summary(rows: list[dict], warmup: int, end: int) -> dict:
+    """The window's rates and the latency of its batches; the time to the first batch."""
+    import numpy as np
+
+    t0 = rows[warmup - 1]["end_time"] if warmup > 0 else 0.0
+    seconds = rows[end - 1]["end_time"] - t0
+    window = rows[warmup:end]
+    ms = 1e3 * np.array([r["duration"] for r in window])
+    images = sum(r["images"] for r in window)
+    return {"warmup": warmup, "end": end, "iterations": len(window), "images": images, "seconds": seconds,
+            "images_per_s": images / seconds, "batches_per_s": len(window) / seconds,
+            "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
+            "latency_ms_p99": float(np.percentile(ms, 99)), "first_batch_s": rows[0]["end_time"]}
+
+
+def loader_memory() -> dict:
+    """MB: this process's resident memory, and its loader workers' (child processes) unique and
+    proportional set sizes, summed (psutil; USS/PSS where the system reports them)."""
+    import psutil
+
+    me = psutil.Process()
+    uss = pss = 0.0
+    workers = me.children(recursive=True)
+    for child in workers:
+        try:
+            info = child.memory_full_info()
+        except (psutil.Error, OSError):
+            continue
+        uss += info.uss
+        pss += getattr(info, "pss", 0.0)
+    mb = 2.0 ** 20
+    return {"rss_mb": me.memory_info().rss / mb, "workers": len(workers), "workers_uss_mb": uss / mb,
+            "workers_pss_mb": pss / mb}
+
+
+def data_table(df):
+    """Per implementation: img/s and batches/s over the window, latency per batch, the first batch, memory."""
+    import pandas as pd
+
+    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    if not len(runs):
+        return None
+    s = list(runs["summary"])
+    return pd.DataFrame({
+        "Implementation": list(runs["impl"]),
+        "img/s": [f"{x['images_per_s']:.2f}" for x in s],
+        "batches/s": [f"{x['batches_per_s']:.2f}" for x in s],
+        "latency p50 / p90 / p99 (ms)": [f"{x['latency_ms_p50']:.1f} / {x['latency_ms_p90']:.1f} / {x['latency_ms_p99']:.1f}"
+                                         for x in s],
+        "first batch (s)": [f"{x['first_batch_s']:.2f}" for x in s],
+        "workers": [str(x["num_workers"]) for x in s],
+        "RSS (MB)": [f"{x['rss_mb']:.0f}" for x in s],
+        "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
+    })
