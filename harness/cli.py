@@ -151,12 +151,15 @@ def _run_options(fn):
               help="; ".join(t.help for t in tasks().values()) + " [config benchmark.task, train].")
 @click.option("--batch-sizes", default=None, metavar="1,2,4,8",
               help="--task infer: images per timed call, each size in turn [config benchmark.batch_sizes].")
+@click.option("--workers", default=None, metavar="0,1,2,4",
+              help="--task data: the loader worker counts, each in turn (OUT/<run-id>/w<N>/<impl>/) [0 up to the threads "
+                   "per process].")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is even); "
                    "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.")
 @_bad_input
-def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, task, batch_sizes, repeats,
-        **common):
+def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, task, batch_sizes, workers,
+        repeats, **common):
     """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
     per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
     from mrcnn_bench.external import system_names
@@ -186,7 +189,12 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
         raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
     opts = req.launch_options(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                               rdzv_timeout_s=rdzv_timeout, slurm=slurm)
-    if repeats > 1:
+    counts = suite.worker_counts(workers, cfg, opts)
+    if counts and repeats > 1:
+        raise BadInput("--workers goes without --repeats (each worker count is one run)")
+    if counts:
+        run_dir, records = suite.run_workers(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, counts)
+    elif repeats > 1:
         run_dir, records = suite.run_rounds(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats)
     else:
         run_dir, records = suite.run_suite(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
@@ -214,12 +222,7 @@ def sweep(gpu_counts, **common):
     from .report import render_markdown
     from .results import new_run_id
 
-    try:
-        counts = sorted({int(n) for n in gpu_counts.split(",") if n.strip()})
-    except ValueError:
-        raise BadInput(f"--gpus {gpu_counts!r}: expected process counts such as 1,2,4,8") from None
-    if not counts or counts[0] < 1:
-        raise BadInput(f"--gpus {gpu_counts!r}: expected process counts of at least 1")
+    counts = suite.counts_of(gpu_counts, "--gpus", "process counts", "1,2,4,8", least=1)
     req = suite.RunRequest(**common)
     req = replace(req, config_name=suite.default_config(req.config_name))
     configs = {n: req.config(n) for n in counts}  # every point of the series is checked before the first one runs

@@ -160,6 +160,53 @@ def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: 
     return Path(out_root) / run_id, records
 
 
+def worker_counts(text: str | None, cfg, opts) -> list[int]:
+    """--workers as loader worker counts; for --task data without it, 0 up to the threads per process
+    (the worker sweep); otherwise none (the config's benchmark.num_workers)."""
+    from . import launch
+
+    if text is None:
+        if cfg.benchmark.task != "data":
+            return []
+        threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or launch.default_threads(opts.nproc_per_node)
+        return list(range(threads + 1))
+    if cfg.benchmark.task != "data":
+        raise RequestError(f"--workers goes with --task data (this run's task is {cfg.benchmark.task})")
+    return counts_of(text, "--workers", "worker counts", "0,1,2,4", least=0)
+
+
+def counts_of(text: str, option: str, what: str, example: str, least: int) -> list[int]:
+    """A comma-separated list of counts (--gpus of sweep, --workers), sorted, each once, each >= ``least``."""
+    try:
+        counts = sorted({int(n) for n in text.split(",") if n.strip()})
+    except ValueError:
+        raise RequestError(f"{option} {text!r}: expected {what} such as {example}") from None
+    if not counts or counts[0] < least:
+        raise RequestError(f"{option} {text!r}: expected {what} of at least {least}")
+    return counts
+
+
+def run_workers(cfg, impl_text: str, opts, run_id, out_root, data_root, counts: list[int]):
+    """The implementations once per loader worker count (benchmark.num_workers), each count under
+    OUT/<run-id>/w<N>/; counts finished earlier under the run id are kept. (run folder, records)"""
+    from .frames import load_runs
+    from .results import new_run_id
+    from .run_folder import RunLock
+
+    run_id = run_id or new_run_id()
+    records = []
+    with RunLock(Path(out_root) / run_id, opts.part):
+        for n in counts:
+            say(f"== {n} loader worker(s)")
+            part = cfg.with_overrides({"benchmark.num_workers": n}, source="--workers")
+            try:
+                records += run_suite(part, impl_text, opts, f"{run_id}/w{n}", out_root, data_root)[1]
+            except AlreadyFinished:
+                say(f"{n} worker(s): finished earlier, kept (--force re-runs it)")
+                records += load_runs([Path(out_root) / run_id / f"w{n}"])
+    return Path(out_root) / run_id, records
+
+
 def runnable_impls(impl_text: str, interpreters: dict, device: str, local_world: int) -> list[str]:
     """The implementations of --impl that can run here: one named explicitly but not installed is a
     RequestError; with 'all' it is skipped and said so. On CUDA, enough devices must be visible."""

@@ -60,10 +60,32 @@ class Data(Task):
             f"{summary['latency_ms_p50']:.1f} ms, first batch after {summary['first_batch_s']:.2f} s")
 
     def section(self, df):
-        return data_table(df)
+        return sweep_table(df) if _counts(df) > 1 else data_table(df)
 
     def compact(self, df):
-        return data_table(df)
+        return self.section(df)
+
+    def plots(self, records, out_dir):
+        """With a worker sweep: img/s against loader workers, a line per implementation."""
+        import matplotlib.pyplot as plt
+
+        from mrcnn_bench.harness.frames import runs_frame
+        from mrcnn_bench.harness.plots import _save
+
+        ok = [r for r in records if r["status"] == "ok"]
+        df = runs_frame(ok) if ok else None
+        if df is None or _counts(df) < 2:
+            return []
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for impl, runs in df.groupby("impl"):
+            points = sorted((s["num_workers"], s["images_per_s"]) for s in runs["summary"])
+            ax.plot([w for w, _ in points], [v for _, v in points], marker="o", label=impl)
+        ax.set_xlabel("loader workers")
+        ax.set_ylabel("img/s (input pipeline alone)")
+        ax.set_xticks(sorted({s["num_workers"] for s in df["summary"]}))
+        ax.legend(fontsize=8)
+        _save(fig, out_dir / "data-workers.png")
+        return [out_dir / "data-workers.png"]
 
 
 def data_summary(rows: list[dict], warmup: int, end: int) -> dict:
@@ -120,3 +142,22 @@ def data_table(df):
         "RSS (MB)": [f"{x['rss_mb']:.0f}" for x in s],
         "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
     })
+
+
+def _counts(df) -> int:
+    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    return len({s["num_workers"] for s in runs["summary"]})
+
+
+def sweep_table(df):
+    """The worker sweep: a row per loader worker count, a column per implementation (img/s, and the
+    latency p50 of a batch)."""
+    import pandas as pd
+
+    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    cells = {(s["num_workers"], impl): f"{s['images_per_s']:.1f} img/s, p50 {s['latency_ms_p50']:.1f} ms"
+             for impl, s in zip(runs["impl"], runs["summary"])}
+    counts = sorted({w for w, _ in cells})
+    impls = list(dict.fromkeys(runs["impl"]))
+    return pd.DataFrame({"loader workers": counts, **{i: [cells.get((w, i), "-") for w in counts] for i in impls}})
+
