@@ -249,7 +249,7 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     for task in apart:
         runs = df[df["task"] == task.name]
         if len(runs):
-            table = task.section(runs)
+            table = task.section(df)  # the whole frame: a section may set its runs beside others (data: training)
             failed = runs[runs["status"] != "ok"]
             apart_part += ["", f"### {task.section_title}", ""] + ([_md(table)] if table is not None else [])
             apart_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]

@@ -1,7 +1,9 @@
 """``run --task data``: each implementation's own training input pipeline without the model, batch by batch."""
 import json
+import statistics
 
-from conftest import run_cli
+import pandas as pd
+from conftest import ROOT, run_cli
 
 from mrcnn_bench.harness.frames import load_runs
 
@@ -29,6 +31,15 @@ def test_the_input_pipeline_of_every_implementation_alone(tmp_path):
     assert "### Input pipeline (each framework's own training loader, without the model)" in out.stdout
     report = run_cli("report", tmp_path / "d")
     assert report.returncode == 0 and "latency p50 / p90 / p99 (ms)" in report.stdout
+    # beside the committed training runs of the same scenario: the loader's headroom over the training step
+    baseline = ROOT / "results" / "baselines" / "cpu_small"
+    both = run_cli("report", tmp_path / "d", baseline)
+    train = {}
+    for r in load_runs([baseline]):
+        train.setdefault(r["impl"], []).append(r["summary"]["images_per_s"])
+    row = next(line for line in both.stdout.splitlines() if line.startswith("| reference ") and "×" in line)
+    expected = records["reference"]["summary"]["images_per_s"] / statistics.median(train["reference"])
+    assert f"| {expected:.1f}× " in row and "likely the bottleneck" not in row, row
     two = run_cli("run", "--impl", "reference", "--task", "data", "--workers", "1", "--gpus", "2", "--out", tmp_path, "--run-id", "e")
     assert two.returncode == 2 and "--task data runs on one process" in two.stderr
 
@@ -51,3 +62,15 @@ def test_the_worker_sweep_makes_a_row_per_worker_count_and_a_plot(tmp_path):
     assert report.returncode == 0 and (tmp_path / "plots" / "data-workers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli("run", "--impl", "reference", "--workers", "1", "--out", tmp_path, "--run-id", "t")
     assert bad.returncode == 2 and "--workers goes with --task data" in bad.stderr
+
+
+def test_headroom_flags_a_loader_under_one_and_a_half_times_the_training_step():
+    from mrcnn_bench.harness.tasks.data import headroom
+
+    df = pd.DataFrame({"impl": ["a", "a", "a", "b"], "config": ["s", "s", "other", "s"], "status": ["ok", "ok", "ok", "ok"],
+                       "task": ["train", "eval", "train", "train"], "images_per_s": [2.0, 4.0, 100.0, 1.0],
+                       "data_time_share": [0.10, 0.30, 0.0, None]})
+    assert headroom(df, "a", "s", 9.0) == ("3.0×", "20.0%")  # the median of the same scenario's training runs
+    assert headroom(df, "b", "s", 1.2) == ("1.2× (< 1.5×: likely the bottleneck)", "-")
+    assert headroom(df, "c", "s", 5.0) == ("-", "-")
+

@@ -57,7 +57,8 @@ class Task:
         raise NotImplementedError
 
     def section(self, df) -> Any:
-        """The table of this task's part of the full report (a DataFrame), or None."""
+        """The table of this task's part of the full report (a DataFrame), or None. ``df`` is the runs
+        frame of every run reported (the section picks its task's runs, and may read others beside)."""
         return None
 
     def compact(self, df) -> Any:

@@ -123,14 +123,38 @@ def loader_memory() -> dict:
             "workers_pss_mb": pss / mb}
 
 
+#: a loader under this many times the training step's img/s is flagged as a likely bottleneck
+HEADROOM_FLAG = 1.5
+
+
+def headroom(df, impl: str, scenario: str, images_per_s: float) -> tuple[str, str]:
+    """(loader img/s ÷ training img/s, the training runs' data-wait share) against the finished training
+    runs of the same implementation and scenario in ``df`` (their median); "-" without one."""
+    train = df[(df["impl"] == impl) & (df["config"] == scenario) & (df["status"] == "ok") & (df["task"].isin(_training(df)))]
+    if not len(train):
+        return "-", "-"
+    ratio = images_per_s / float(train["images_per_s"].median())
+    share = train["data_time_share"].dropna()
+    flag = f" (< {HEADROOM_FLAG}×: likely the bottleneck)" if ratio < HEADROOM_FLAG else ""
+    return f"{ratio:.1f}×{flag}", f"{100 * float(share.median()):.1f}%" if len(share) else "-"
+
+
+def _training(df) -> list[str]:
+    from . import tasks
+
+    return [name for name, task in tasks().items() if task.trains]
+
+
 def data_table(df):
-    """Per implementation: img/s and batches/s over the window, latency per batch, the first batch, memory."""
+    """Per implementation: img/s and batches/s over the window, latency per batch, the first batch, memory;
+    and the headroom over a training run of the same scenario where the report holds one."""
     import pandas as pd
 
     runs = df[(df["task"] == "data") & (df["status"] == "ok")]
     if not len(runs):
         return None
     s = list(runs["summary"])
+    room = [headroom(df, impl, scenario, x["images_per_s"]) for impl, scenario, x in zip(runs["impl"], runs["config"], s)]
     return pd.DataFrame({
         "Implementation": list(runs["impl"]),
         "img/s": [f"{x['images_per_s']:.2f}" for x in s],
@@ -141,6 +165,8 @@ def data_table(df):
         "workers": [str(x["num_workers"]) for x in s],
         "RSS (MB)": [f"{x['rss_mb']:.0f}" for x in s],
         "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
+        "loader ÷ training img/s": [r[0] for r in room],
+        "training's data wait": [r[1] for r in room],
     })
 
 
@@ -150,13 +176,16 @@ def _counts(df) -> int:
 
 
 def sweep_table(df):
-    """The worker sweep: a row per loader worker count, a column per implementation (img/s, and the
-    latency p50 of a batch)."""
+    """The worker sweep: a row per loader worker count, a column per implementation (img/s, the latency
+    p50 of a batch, and the headroom over a training run of the same scenario where the report has one)."""
     import pandas as pd
 
     runs = df[(df["task"] == "data") & (df["status"] == "ok")]
-    cells = {(s["num_workers"], impl): f"{s['images_per_s']:.1f} img/s, p50 {s['latency_ms_p50']:.1f} ms"
-             for impl, s in zip(runs["impl"], runs["summary"])}
+    cells = {}
+    for impl, scenario, s in zip(runs["impl"], runs["config"], runs["summary"]):
+        ratio, _ = headroom(df, impl, scenario, s["images_per_s"])
+        cells[s["num_workers"], impl] = (f"{s['images_per_s']:.1f} img/s, p50 {s['latency_ms_p50']:.1f} ms"
+                                         + (f", {ratio} training's" if ratio != "-" else ""))
     counts = sorted({w for w, _ in cells})
     impls = list(dict.fromkeys(runs["impl"]))
     return pd.DataFrame({"loader workers": counts, **{i: [cells.get((w, i), "-") for w in counts] for i in impls}})
