@@ -40,6 +40,10 @@ def test_the_input_pipeline_of_every_implementation_alone(tmp_path):
     row = next(line for line in both.stdout.splitlines() if line.startswith("| reference ") and "×" in line)
     expected = records["reference"]["summary"]["images_per_s"] / statistics.median(train["reference"])
     assert f"| {expected:.1f}× " in row and "likely the bottleneck" not in row, row
+    # the gate reads data runs as it reads training runs: img/s from the rows, a slowdown per implementation
+    gate = run_cli("regress", "--baseline", tmp_path / "d" / "w1", "--candidate", tmp_path / "d" / "w1", "--threshold", "50%")
+    assert gate.returncode == 0 and all(f"| {impl} " in gate.stdout for impl in records), gate.stdout + gate.stderr
+    assert "1.000 [" in gate.stdout
     two = run_cli("run", "--impl", "reference", "--task", "data", "--workers", "1", "--gpus", "2", "--out", tmp_path, "--run-id", "e")
     assert two.returncode == 2 and "--task data runs on one process" in two.stderr
 

@@ -360,25 +360,33 @@ def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_ima
     assert matched >= total - 2 and exact >= len(files) - 2
 
 
+_FAULTS = """
+import json, resource, torch
+from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
+
+def faults_of_a_fresh_tensor():
+    torch.ones(32 * 2**20)  # 128 MiB, freed at once: room for the next one, if kept
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+assert keep_freed_memory(True)
+kept = faults_of_a_fresh_tensor()
+assert keep_freed_memory(False)
+print(json.dumps([kept, faults_of_a_fresh_tensor()]))
+"""
+
+
 def test_keep_freed_memory_stops_the_page_faults_of_a_reallocated_tensor():
     """reference.keep_freed_memory: freed memory stays in the heap, so a 64 MiB tensor allocated after a
     larger one was freed touches pages already mapped (few minor page faults) where glibc's default maps
-    it afresh (one fault per 4 KiB page); off again restores glibc's default."""
-    import resource
+    it afresh (one fault per 4 KiB page); off again restores glibc's default. In a fresh process: the
+    allocator's state is the process's, and a test session's heap holds whatever earlier tests freed."""
+    import json
+    import subprocess
+    import sys
 
-    from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
-
-    def faults_of_a_fresh_tensor() -> int:
-        torch.ones(32 * 2**20)  # 128 MiB, freed at once: room for the next one, if kept
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(16 * 2**20)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    try:
-        assert keep_freed_memory(True)
-        kept = faults_of_a_fresh_tensor()
-        assert keep_freed_memory(False)
-        default = faults_of_a_fresh_tensor()
-    finally:
-        keep_freed_memory(False)
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kept, default = json.loads(out.stdout)
     assert default > 8000 and kept < default / 10, (kept, default)  # 64 MiB = 16384 pages
