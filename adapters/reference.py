@@ -181,15 +181,10 @@ class ReferenceAdapter(Adapter):
         of images and targets to the device."""
         import torch
 
+        from mrcnn_bench.reference_impl.engine.trainer import to_device
+
         device = torch.device(dist.device)
-
-        def to_device(batch) -> int:
-            images, targets = batch
-            moved = [im.to(device, non_blocking=True) for im in images]
-            moved += [v.to(device, non_blocking=True) for t in targets for v in t.values() if torch.is_tensor(v)]
-            return len(images)
-
-        return iter(_train_loader(self.translated(cfg, data, native), dist)), to_device
+        return iter(_train_loader(self.translated(cfg, data, native), dist)), lambda batch: len(to_device(*batch, device)[0])
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test

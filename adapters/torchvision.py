@@ -66,6 +66,12 @@ class TorchvisionNative:
         return asdict(self)
 
 
+def _to_device(images: list, targets: list[dict], device) -> tuple[list, list[dict]]:
+    """A batch of the loader on ``device``, as the training loop copies it."""
+    return ([img.to(device, non_blocking=True) for img in images],
+            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
+
+
 def _model_kwargs(cfg, data) -> dict:
     """torchvision's maskrcnn_resnet50_fpn keywords: classes, transform sizes and normalisation, the RPN's
     and the box head's settings."""
@@ -314,10 +320,9 @@ class TorchvisionAdapter(Adapter):
             images_seen = 0
             for micro in range(train_opts["grad_accum"]):
                 t0 = time.perf_counter()
-                images, targets = next(it)
+                batch = next(it)
                 data_time += time.perf_counter() - t0
-                images = [img.to(device, non_blocking=True) for img in images]
-                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                images, targets = _to_device(*batch, device)
                 sync_ctx = ddp_model.no_sync() if (dist.distributed and micro < train_opts["grad_accum"] - 1) else contextlib.nullcontext()
                 with sync_ctx:
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -342,14 +347,7 @@ class TorchvisionAdapter(Adapter):
         import torch
 
         device = torch.device(dist.device)
-
-        def to_device(batch) -> int:
-            images, targets = batch
-            moved = [img.to(device, non_blocking=True) for img in images]
-            moved += [v.to(device, non_blocking=True) for t in targets for v in t.values()]
-            return len(images)
-
-        return iter(self.build_loader(self.translated(cfg, data, native), dist)), to_device
+        return iter(self.build_loader(self.translated(cfg, data, native), dist)), lambda batch: len(_to_device(*batch, device)[0])
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision

@@ -143,6 +143,13 @@ def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: 
     """``repeats`` rounds of the implementations, the order reversed every other round (ABBA: a drift of
     the machine's speed over the rounds falls on every implementation alike); rounds already finished
     under the run id are kept. (run folder, records)"""
+    return _run_parts(impl_text, opts, run_id, out_root, data_root,
+                      [(f"round {k}/{repeats}", f"round {k}", f"r{k}", cfg, k % 2 == 0) for k in range(1, repeats + 1)])
+
+
+def _run_parts(impl_text: str, opts, run_id, out_root, data_root, parts: list):
+    """The implementations once per part (heading, label, subfolder, config, reversed order) under
+    OUT/<run-id>/<subfolder>/, all under the run folder's lock; a part finished earlier is kept."""
     from .frames import load_runs
     from .results import new_run_id
     from .run_folder import RunLock
@@ -150,13 +157,13 @@ def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: 
     run_id = run_id or new_run_id()
     records = []
     with RunLock(Path(out_root) / run_id, opts.part):
-        for k in range(1, repeats + 1):
-            say(f"== round {k}/{repeats}")
+        for heading, label, sub, cfg, reverse in parts:
+            say(f"== {heading}")
             try:
-                records += run_suite(cfg, impl_text, opts, f"{run_id}/r{k}", out_root, data_root, reverse=k % 2 == 0)[1]
+                records += run_suite(cfg, impl_text, opts, f"{run_id}/{sub}", out_root, data_root, reverse=reverse)[1]
             except AlreadyFinished:
-                say(f"round {k}: finished earlier, kept (--force re-runs it)")
-                records += load_runs([Path(out_root) / run_id / f"r{k}"])
+                say(f"{label}: finished earlier, kept (--force re-runs it)")
+                records += load_runs([Path(out_root) / run_id / sub])
     return Path(out_root) / run_id, records
 
 
@@ -189,22 +196,9 @@ def counts_of(text: str, option: str, what: str, example: str, least: int) -> li
 def run_workers(cfg, impl_text: str, opts, run_id, out_root, data_root, counts: list[int]):
     """The implementations once per loader worker count (benchmark.num_workers), each count under
     OUT/<run-id>/w<N>/; counts finished earlier under the run id are kept. (run folder, records)"""
-    from .frames import load_runs
-    from .results import new_run_id
-    from .run_folder import RunLock
-
-    run_id = run_id or new_run_id()
-    records = []
-    with RunLock(Path(out_root) / run_id, opts.part):
-        for n in counts:
-            say(f"== {n} loader worker(s)")
-            part = cfg.with_overrides({"benchmark.num_workers": n}, source="--workers")
-            try:
-                records += run_suite(part, impl_text, opts, f"{run_id}/w{n}", out_root, data_root)[1]
-            except AlreadyFinished:
-                say(f"{n} worker(s): finished earlier, kept (--force re-runs it)")
-                records += load_runs([Path(out_root) / run_id / f"w{n}"])
-    return Path(out_root) / run_id, records
+    return _run_parts(impl_text, opts, run_id, out_root, data_root,
+                      [(f"{n} loader worker(s)", f"{n} worker(s)", f"w{n}",
+                        cfg.with_overrides({"benchmark.num_workers": n}, source="--workers"), False) for n in counts])
 
 
 def runnable_impls(impl_text: str, interpreters: dict, device: str, local_world: int) -> list[str]:

@@ -39,6 +39,13 @@ def warmup_multistep(*, warmup_iters: int, warmup_factor: float, steps: list[int
     return factor
 
 
+def to_device(images: list, targets: list[dict], device) -> tuple[list, list[dict]]:
+    """A batch from the loader on ``device``: the images, and each target's tensors (other values as they are)."""
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
 class Trainer:
     """Runs iterations of (forward, backward, optimizer step); ``after_step(images, loss, data_time,
     lr)`` is called after each step (the harness timer hooks in there)."""
@@ -75,10 +82,7 @@ class Trainer:
     def next_batch(self):
         if self._data_iter is None:
             self._data_iter = iter(self.data_loader)
-        images, targets = next(self._data_iter)
-        images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        return images, targets
+        return to_device(*next(self._data_iter), self.device)
 
     def step(self) -> float:
         self.model.train()
