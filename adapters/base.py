@@ -105,6 +105,11 @@ class Adapter(abc.ABC):
         returning how many images the batch holds)."""
         raise NotImplementedError(f"{self.name}: no input pipeline for --task data yet")
 
+    def loader_stages(self, native):
+        """The calls of the training loader that hold each stage of ``--task data``'s split (read, decode,
+        transform, collate): a ``harness.data_stages.LoaderStages``."""
+        raise NotImplementedError(f"{self.name}: its loader's stages are not named (Adapter.loader_stages)")
+
     def translated(self, cfg, data, native=None):
         """``native`` where the caller has translated ``cfg`` already, else ``translate(cfg, data)``."""
         return native if native is not None else self.translate(cfg, data)

@@ -248,6 +248,17 @@ class Detectron2Adapter(Adapter):
 
         return iter(OrderedTrainer.build_train_loader(native)), to_device
 
+    def loader_stages(self, native):
+        from detectron2.data import build, detection_utils
+        from detectron2.data.dataset_mapper import DatasetMapper
+
+        from mrcnn_bench.harness.data_stages import LoaderStages
+
+        return LoaderStages(item=[(DatasetMapper, "__call__")], decode=[(detection_utils, "read_image")],
+                            collate=[(build, "trivial_batch_collator")],
+                            transform="ResizeShortestEdge and the flip on the host array, the annotations to Instances "
+                                      "(polygon masks), the image to a tensor")
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What detectron2's DefaultPredictor does, for a batch: ResizeShortestEdge to INPUT.MIN_SIZE_TEST
         / MAX_SIZE_TEST on the host array, then the model in eval mode with each image's height and

@@ -297,6 +297,19 @@ class MMDetAdapter(Adapter):
         loader = Runner.build_dataloader(native.train_dataloader, seed=cfg.benchmark.seed)
         return iter(loader), to_device
 
+    def loader_stages(self, native):
+        import mmcv
+        from mmengine.dataset import BaseDataset
+        from mmengine.registry import FUNCTIONS
+
+        from mrcnn_bench.harness.data_stages import LoaderStages
+
+        # build_dataloader looks pseudo_collate up in mmengine's FUNCTIONS registry when it builds the loader
+        return LoaderStages(item=[(BaseDataset, "__getitem__")], decode=[(mmcv, "imfrombytes")],
+                            collate=[(FUNCTIONS._module_dict, "pseudo_collate")],
+                            transform="LoadAnnotations (polygons to bitmasks), Resize and RandomFlip on the host array, "
+                                      "PackDetInputs")
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What mmdet's inference API (``mmdet.apis.inference_detector``) does, for a batch: the config's
         test pipeline with ``LoadImageFromNDArray`` first (resize to the test scale, pack), then

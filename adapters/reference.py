@@ -186,6 +186,15 @@ class ReferenceAdapter(Adapter):
         device = torch.device(dist.device)
         return iter(_train_loader(self.translated(cfg, data, native), dist)), lambda batch: len(to_device(*batch, device)[0])
 
+    def loader_stages(self, native):
+        from mrcnn_bench.harness.data_stages import LoaderStages
+        from mrcnn_bench.reference_impl.data import coco
+
+        return LoaderStages(item=[(coco.COCOInstances, "__getitem__")], decode=[(coco, "decode_image")],
+                            collate=[(coco, "collate")],
+                            transform="boxes, labels and masks from the annotations, the flip; no resize (the model "
+                                      "resizes on the device)")
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
         path (score threshold, per-class NMS, top detections) and masks pasted at the image's size."""

@@ -349,6 +349,19 @@ class TorchvisionAdapter(Adapter):
         device = torch.device(dist.device)
         return iter(self.build_loader(self.translated(cfg, data, native), dist)), lambda batch: len(_to_device(*batch, device)[0])
 
+    def loader_stages(self, native):
+        import sys
+
+        from torchvision.datasets import CocoDetection
+
+        from mrcnn_bench.harness.data_stages import LoaderStages
+
+        return LoaderStages(item=[(_Transformed, "__getitem__")], decode=[(CocoDetection, "_load_image")],
+                            collate=[(sys.modules[__name__], "_collate")],
+                            transform="the v2 wrapper's boxes and masks from the annotations, the flip, to float, "
+                                      "SanitizeBoundingBoxes, labels; no resize (GeneralizedRCNNTransform resizes on the "
+                                      "device)")
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
         otherwise reuses the last training size), normalises and batches; the RoI heads' test path;

@@ -30,7 +30,10 @@ def _show(df: pd.DataFrame, metric: str) -> list[str]:
     return [show(metric, v) for v in df[metric]]
 
 
-def _md(df: pd.DataFrame) -> str:
+def _md(df: pd.DataFrame | str) -> str:
+    """A table as Markdown (a section that is more than one table comes as Markdown already)."""
+    if isinstance(df, str):
+        return df
     # disable_numparse: keep our formatting (tabulate would print "1.270" as "1.27")
     return df.to_markdown(index=False, disable_numparse=True)
 

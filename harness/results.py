@@ -81,6 +81,13 @@ def _summary_model(Open):
         images_per_s: NonNegativeFloat
         latency_ms_mean: NonNegativeFloat
 
+    class Stages(Open):  # --task data at 0 workers: harness/data_stages.py
+        ms_per_image: dict[str, NonNegativeFloat]
+        batches: PositiveInt
+        images: PositiveInt
+        calls: dict[str, NonNegativeInt]  # of each stage's calls: read, decode and transform once per image
+        transform_holds: str
+
     count, amount = (Optional[NonNegativeInt], None), (Optional[NonNegativeFloat], None)
     return create_model(
         "Summary", __base__=Open, warmup=count, end=count, iterations=count, images=count, seconds=amount,
@@ -88,6 +95,7 @@ def _summary_model(Open):
         phases_ms=(Optional[dict[str, float]], None), phases_missing=(Optional[dict[str, str]], None),
         phases_notes=(Optional[list[str]], None), host_syncs_per_step=amount,
         accuracy=(Optional[Accuracy], None), task=(Optional[str], None), batch_sizes=(Optional[dict[str, BatchStats]], None),
+        stages=(Optional[Stages], None), stages_missing=(Optional[str], None),
     )
 
 

@@ -48,6 +48,7 @@ class Data(Task):
         del batches
         gc.collect()
         summary = {**data_summary(rows, bench.warmup, bench.end), **memory, "num_workers": bench.num_workers, "task": self.name}
+        summary.update(self._stages(rank, min(bench.end - bench.warmup, STAGE_BATCHES), sync))
         atomic_write_jsonl(rank.run_dir / "iterations.jsonl", rows)
         write_record(rank, dict(
             native_config=native_dict(rank.native, {}), summary=summary, iterations_recorded=len(rows),
@@ -59,8 +60,31 @@ class Data(Task):
         say(f"{rank.impl}: {summary['images_per_s']:.2f} img/s, {summary['batches_per_s']:.2f} batches/s, latency p50 "
             f"{summary['latency_ms_p50']:.1f} ms, first batch after {summary['first_batch_s']:.2f} s")
 
+    def _stages(self, rank: RankContext, batches: int, sync) -> dict:
+        """At 0 workers, the split of a batch's time into stages (harness/data_stages.py), over a fresh
+        pipeline after the window; with workers the stage calls run in other processes: not split."""
+        from mrcnn_bench.harness.data_stages import StageSplitError, split_stages
+
+        if rank.cfg.benchmark.num_workers:
+            return {"stages_missing": "split at 0 loader workers only (the stages run in the workers' processes)"}
+        try:
+            stages = split_stages(rank.adapter, rank.cfg, rank.data, rank.dist, rank.native, batches, sync)
+        except (NotImplementedError, StageSplitError) as e:
+            say(f"{rank.impl}: no stage split: {e}")
+            return {"stages_missing": str(e)}
+        say(f"{rank.impl}: stages (ms per image) " + ", ".join(f"{k} {v:.2f}" for k, v in stages["ms_per_image"].items()))
+        return {"stages": stages}
+
     def section(self, df):
-        return sweep_table(df) if _counts(df) > 1 else data_table(df)
+        from mrcnn_bench.harness.report import _md
+
+        table = sweep_table(df) if _counts(df) > 1 else data_table(df)
+        stages = stages_table(df)
+        if table is None or stages is None:
+            return table
+        return (_md(table) + "\n\nWhere a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: "
+                "each framework's own read, decode, per-image and collate calls timed in its loader, self time):\n\n"
+                + _md(stages))
 
     def compact(self, df):
         return self.section(df)
@@ -122,6 +146,9 @@ def loader_memory() -> dict:
     return {"rss_mb": me.memory_info().rss / mb, "workers": len(workers), "workers_uss_mb": uss / mb,
             "workers_pss_mb": pss / mb}
 
+
+#: batches after the window that the stage split reads (at 0 workers)
+STAGE_BATCHES = 20
 
 #: a loader under this many times the training step's img/s is flagged as a likely bottleneck
 HEADROOM_FLAG = 1.5
@@ -190,3 +217,26 @@ def sweep_table(df):
     impls = list(dict.fromkeys(runs["impl"]))
     return pd.DataFrame({"loader workers": counts, **{i: [cells.get((w, i), "-") for w in counts] for i in impls}})
 
+
+
+def stages_table(df):
+    """Per implementation, the stage split of its 0-worker run: ms per image for read, decode, transform,
+    collate, the copy to the device and the rest; what its "transform" holds; or why it has none."""
+    import pandas as pd
+
+    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    rows = []
+    for impl, s in zip(runs["impl"], runs["summary"]):
+        if s.get("num_workers"):
+            continue
+        stages = s.get("stages")
+        ms = stages["ms_per_image"] if stages else {}
+        row = {"Implementation": impl, **{name: f"{ms[key]:.2f}" if key in ms else "—" for key, name in _STAGE_COLUMNS}}
+        row["total"] = f"{sum(ms.values()):.2f}" if ms else "—"
+        row["transform holds"] = stages["transform_holds"] if stages else f"— ({s.get('stages_missing', 'not split')})"
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else None
+
+
+_STAGE_COLUMNS = (("read", "read"), ("decode", "decode"), ("transform", "transform"), ("collate", "collate"),
+                  ("to_device", "to device"), ("other", "other"))

@@ -14,6 +14,18 @@ from PIL import Image
 from ..structures import flip_polygons, usable_polygons
 
 
+def read_file(path: Path) -> bytes:
+    """An image file's bytes: the loader's one file-system read per image."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """Encoded image bytes -> uint8 RGB [3, H, W] (PIL)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
 class COCOInstances(torch.utils.data.Dataset):
     """One item: (uint8 image [3, H, W], {"boxes", "labels", "masks" or "polygons", "image_id"}).
 
@@ -57,9 +69,7 @@ class COCOInstances(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        with Image.open(self.image_dir / info["file_name"]) as im:
-            image = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+        image = decode_image(read_file(self.image_dir / self.coco.imgs[image_id]["file_name"]))
         h, w = image.shape[-2:]
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
