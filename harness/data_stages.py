@@ -92,7 +92,7 @@ def _original(owner, name: str):
 def timed_reads(image_dir: Path, clock: StageClock):
     """Every binary read-only ``open`` of a file under ``image_dir`` reads the file whole, timed as "read",
     and hands back its bytes as an in-memory file of the same name."""
-    root = os.path.realpath(image_dir) + os.sep
+    root = os.path.abspath(image_dir) + os.sep  # not resolved: an image may be a link to a file elsewhere
     real_open = builtins.open
 
     def read_whole(path):
@@ -106,7 +106,7 @@ def timed_reads(image_dir: Path, clock: StageClock):
     def open_(file, mode="r", *args, **kwargs):
         plain = not args and all(kwargs.get(k, v) == v for k, v in _OPEN_DEFAULTS.items()) and set(kwargs) <= set(_OPEN_DEFAULTS)
         if (plain and isinstance(file, (str, os.PathLike)) and set(mode) <= set("rb") and "b" in mode
-                and os.path.realpath(file).startswith(root)):
+                and os.path.abspath(file).startswith(root)):
             return timed_read(file)
         return real_open(file, mode, *args, **kwargs)
 

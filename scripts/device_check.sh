@@ -22,7 +22,8 @@
 #   6 levers      benchmarks/levers.py --device cuda: CUDA graphs, the other layout (NCHW or NHWC), AMP, ...
 #   7 phases      mrcnn-bench phases (reference, torchvision, detectron2): each phase of the step, host-device
 #                 waits; then benchmarks/phases.py --profile: torch.profiler's top CUDA kernels (two of them)
-#   8 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8
+#   8 data        run --task data at 800/1333: each framework's training loader alone, 0, 2, 4 and 8 workers
+#   9 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8
 #
 # What comes back under $OUT (the device tool returns at most 8 files): device_check.log (everything
 # printed), steps.jsonl (one line per step: status, seconds, what it left), summary.md, results.tar.gz
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --install) INSTALL=1; shift ;;
     --python) PYTHON=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0"; exit 0 ;;
     *) echo "device_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,6 +60,7 @@ if [ "$REHEARSE" = 1 ]; then
   LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,layout)
   PHASES=(--iters 3 --warmup 1)
   PHASE_ITERS=3 PHASE_WARMUP=1
+  DATA_WORKERS=0,1 DATA_ITERS=6 DATA_WARMUP=2
 else
   PYTHON=${PYTHON:-python3}
   INSTALL=${INSTALL:-1}
@@ -73,6 +75,7 @@ else
   LEVERS=(--rounds 3 --iters 5 --warmup 5 --only amp,layout,cuda_graphs)
   PHASES=(--iters 12 --warmup 4 --profile 3)
   PHASE_ITERS=24 PHASE_WARMUP=8
+  DATA_WORKERS=0,2,4,8 DATA_ITERS=60 DATA_WARMUP=10  # loader workers on the 10 benchmark cores
 fi
 case "$PYTHON" in  # absolute (the steps change folders), without resolving a venv's symlink
   */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
@@ -267,7 +270,22 @@ step phases 150 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/phases.md"' _ "${BENCH[@]}
 step kernels 120 40 on_cpus sh -c '"$@" >"'"$RESULTS"'/kernels.md"' _ "$PYTHON" benchmarks/phases.py "${LEVERS_CFG[@]}" "${PHASES[@]}" \
   --impl reference,torchvision  # torch.profiler's top operators/kernels, for the two it builds
 
-# ------------------------------------------------------------------------------ 8: inference
+# ------------------------------------------------------------------------------ 8: the input pipeline
+# Each framework's own training loader without the model (run --task data) at the canonical size, a worker
+# sweep over the benchmark cores: batches/s, latency, start-up, memory, and the stage split at 0 workers.
+data_step() {  # data_step SIZE/THREADS arguments...
+  local impls=reference,torchvision,detectron2 bench=("$PYTHON" -m mrcnn_bench.harness.cli)
+  [ "$(cat "$MMCV_DIR/status" 2>/dev/null)" = ok ] && impls=$impls,mmdet
+  "${bench[@]}" run --task data --config "$CONFIG" --device "$DEVICE" --out "$RESULTS" --run-id data --impl "$impls" \
+    --workers "$DATA_WORKERS" --timeout "$TIMEOUT" --set benchmark.iters="$DATA_ITERS" --set benchmark.warmup="$DATA_WARMUP" \
+    --set benchmark.window_end="$DATA_ITERS" "$@" \
+    && "${bench[@]}" report "$RESULTS/data" --plots "$RESULTS/plots-data" --out "$RESULTS/data.md"
+}
+export -f data_step
+export CONFIG TIMEOUT DATA_WORKERS DATA_ITERS DATA_WARMUP
+step data 120 50 on_cpus bash -c 'data_step "$@"' data "${SIZE[@]}" "${THREADS[@]}"
+
+# ------------------------------------------------------------------------------ 9: inference
 # Each framework's eval path per batch size at the canonical test size (800/1333), with the weights of
 # cpu_infer's shared training (torchvision, 250 iterations at that size on the synthetic set) for all.
 if [ "$REHEARSE" = 1 ]; then

@@ -28,7 +28,7 @@ def test_the_input_pipeline_of_every_implementation_alone_at_0_and_1_workers(tmp
             assert s["images_per_s"] == 16 / (rows[9]["end_time"] - rows[1]["end_time"]), impl
             assert 0 < s["latency_ms_p50"] <= s["latency_ms_p90"] <= s["latency_ms_p99"], impl
             assert 0 < s["first_batch_s"] == rows[0]["end_time"], impl
-            assert s["rss_mb"] > 100, impl
+            assert s["rss_mb"] > 100 and s["rss_mb"] > s["rss_added_mb"], impl
             if n == 1:  # one loader worker, alive while measured; its stages run in that process: no split
                 assert s["workers"] >= 1 and s["workers_uss_mb"] > 0, impl
                 assert "stages" not in s and "0 loader workers only" in s["stages_missing"], impl
@@ -47,8 +47,13 @@ def test_the_input_pipeline_of_every_implementation_alone_at_0_and_1_workers(tmp
     # the sweep: a row per worker count, a column per implementation; then the stage split at 0 workers
     assert [c.strip() for c in lines[0].split("|")[1:6]] == ["loader workers", *impls]
     assert [r.split("|")[1].strip() for r in lines[1:3]] == ["0", "1"]
-    assert [c.strip() for c in lines[3].split("|")[1:10]] == ["Implementation", "read", "decode", "transform", "collate",
-                                                               "to device", "other", "total", "transform holds"]
+    headers = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| Implementation ")]
+    # start-up and memory per implementation and worker count; the stage split at 0 workers
+    assert headers == [["Implementation", "workers", "first batch (s)", "RSS (MB, + the loader's)", "workers USS / PSS (MB)"],
+                       ["Implementation", "read", "decode", "transform", "collate", "to device", "other", "total",
+                        "transform holds"]], headers
+    startup = [[c.strip() for c in line.split("|")[1:3]] for line in lines if line.split("|")[2].strip() in ("0", "1")]
+    assert startup == [[impl, n] for impl in sorted(impls) for n in ("0", "1")], startup
     assert "no resize (the model resizes on the device)" in out.stdout and "ResizeShortestEdge" in out.stdout
     report = run_cli("report", tmp_path / "d" / "w1", "--plots", tmp_path / "plots")
     assert report.returncode == 0 and "latency p50 / p90 / p99 (ms)" in report.stdout
@@ -76,8 +81,8 @@ def test_the_input_pipeline_of_every_implementation_alone_at_0_and_1_workers(tmp
 
 def test_the_stage_clock_keeps_each_calls_self_time(monkeypatch, tmp_path):
     """On a fake clock that the calls advance (every open 0.5 s): the per-image call's 6 s less the 3 s of
-    the decode inside it, the decode's 3 s less the 0.5 s read of the image; the open of a file outside
-    the image folder is no read (it stays in the decode's time), and the reader gets the file's bytes."""
+    the decode inside it, the decode's 3 s less the 0.5 s read of the image (a link in the image folder);
+    the open of a file outside the image folder is no read (it stays in the decode's time), and the reader gets the file's bytes."""
     import builtins
 
     from mrcnn_bench.harness import data_stages
@@ -93,7 +98,8 @@ def test_the_stage_clock_keeps_each_calls_self_time(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "open", slow_open)
     images = tmp_path / "images"
     images.mkdir()
-    (images / "a.jpg").write_bytes(b"jpeg bytes")
+    (tmp_path / "source.jpg").write_bytes(b"jpeg bytes")
+    (images / "a.jpg").symlink_to(tmp_path / "source.jpg")  # as in the COCO-size set: an image may link elsewhere
     (tmp_path / "other.txt").write_bytes(b"not an image")
     clock = data_stages.StageClock()
 

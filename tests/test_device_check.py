@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "device_check.sh"
 STEPS = ["install", "cuda-tests", "fp32", "amp", "report", "mmdet-wait", "mmdet-fp32", "mmdet-amp", "report-mmdet",
-         "levers", "phases", "kernels", "infer"]
+         "levers", "phases", "kernels", "data", "infer"]
 
 
 def rehearse(out: Path, *args: str, timeout: int = 1800):
@@ -29,7 +29,7 @@ def test_steps_that_cannot_fit_the_budget_are_skipped_and_said_so(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     by_name = {s["step"]: s for s in steps}
     assert by_name["install"]["status"] == "not run"
-    for name in ("cuda-tests", "fp32", "amp", "mmdet-wait", "levers", "phases"):
+    for name in ("cuda-tests", "fp32", "amp", "mmdet-wait", "levers", "phases", "data"):
         assert by_name[name]["status"] == "skipped", by_name[name]
         assert "s left of the 20 s budget, needs" in by_name[name]["note"]
     assert by_name["report"] == {"step": "report", "status": "skipped", "seconds": 0, "note": "no run to report"}
@@ -46,7 +46,8 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     assert [s["step"] for s in steps] == STEPS
     status = {s["step"]: s["status"] for s in steps}
     assert status["install"] == "not run"
-    for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases", "kernels"):
+    for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases", "kernels",
+                 "data"):
         assert status[name] == "ok", (name, steps)
     # AMP on the CPU is bf16, which detectron2 v0.6 and mmengine refuse there: those steps fail, with
     # those runs failed and their reasons, the others ok
@@ -78,6 +79,13 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
         report = tar.extractfile("results/report.md").read().decode()
         assert "reference" in report and "mmdet" in report
         assert {"results/plots/throughput.png", "results/machine.txt"} <= names
+        # the input pipeline alone, four loaders at 0 and 1 workers: the stage split at 0, the sweep's plot
+        for n in (0, 1):
+            for impl in ("reference", "torchvision", "detectron2", "mmdet"):
+                record = load(f"data/w{n}/{impl}/run.json")
+                assert record["status"] == "ok" and record["summary"]["num_workers"] == n, (n, impl, record.get("reason"))
+                assert ("stages" in record["summary"]) == (n == 0), (n, impl)
+        assert {"results/data.md", "results/plots-data/data-workers.png"} <= names
         levers = tar.extractfile("results/levers.md").read().decode()
         assert "| baseline |" in levers and "| amp |" in levers and "| layout |" in levers
         phases = tar.extractfile("results/phases.md").read().decode()

@@ -34,6 +34,7 @@ class Data(Task):
         bench, dist = rank.cfg.benchmark, rank.dist
         sync = torch.cuda.synchronize if str(dist.device).startswith("cuda") else (lambda: None)
         partial = PartialIterations(rank.run_dir, dist.rank)
+        before = loader_memory()["rss_mb"]  # what the process holds before the loader is built
         start = time.perf_counter()
         batches, to_device = rank.adapter.input_pipeline(rank.cfg, rank.data, dist, native=rank.native)
         rows, last = [], start
@@ -45,6 +46,7 @@ class Data(Task):
             partial.write(rows[-1])
             last = now
         memory = loader_memory()  # while the loader's workers are alive
+        memory["rss_added_mb"] = memory["rss_mb"] - before
         del batches
         gc.collect()
         summary = {**data_summary(rows, bench.warmup, bench.end), **memory, "num_workers": bench.num_workers, "task": self.name}
@@ -78,13 +80,19 @@ class Data(Task):
     def section(self, df):
         from mrcnn_bench.harness.report import _md
 
-        table = sweep_table(df) if _counts(df) > 1 else data_table(df)
+        sweep = _counts(df) > 1
+        table = sweep_table(df) if sweep else data_table(df)
+        if table is None:
+            return None
+        parts = [_md(table)]
+        if sweep:
+            parts += ["Start-up (from building the loader to the first batch) and memory (after the window, the loader's "
+                      "workers alive):", _md(startup_table(df))]
         stages = stages_table(df)
-        if table is None or stages is None:
-            return table
-        return (_md(table) + "\n\nWhere a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: "
-                "each framework's own read, decode, per-image and collate calls timed in its loader, self time):\n\n"
-                + _md(stages))
+        if stages is not None:
+            parts += ["Where a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: each "
+                      "framework's own read, decode, per-image and collate calls timed in its loader, self time):", _md(stages)]
+        return "\n\n".join(parts)
 
     def compact(self, df):
         return self.section(df)
@@ -190,10 +198,31 @@ def data_table(df):
                                          for x in s],
         "first batch (s)": [f"{x['first_batch_s']:.2f}" for x in s],
         "workers": [str(x["num_workers"]) for x in s],
-        "RSS (MB)": [f"{x['rss_mb']:.0f}" for x in s],
+        "RSS (MB)": [_rss(x) for x in s],
         "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
         "loader ÷ training img/s": [r[0] for r in room],
         "training's data wait": [r[1] for r in room],
+    })
+
+
+def _rss(summary: dict) -> str:
+    """The process's resident memory, and what building and running the loader added to it."""
+    added = summary.get("rss_added_mb")
+    return f"{summary['rss_mb']:.0f}" + (f" (+{added:.0f})" if added is not None else "")
+
+
+def startup_table(df):
+    """The sweep's start-up and memory: a row per implementation and worker count."""
+    import pandas as pd
+
+    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    rows = sorted(zip(runs["impl"], runs["summary"]), key=lambda r: (r[0], r[1]["num_workers"]))
+    return pd.DataFrame({
+        "Implementation": [impl for impl, _ in rows],
+        "workers": [str(s["num_workers"]) for _, s in rows],
+        "first batch (s)": [f"{s['first_batch_s']:.2f}" for _, s in rows],
+        "RSS (MB, + the loader's)": [_rss(s) for _, s in rows],
+        "workers USS / PSS (MB)": [f"{s['workers_uss_mb']:.0f} / {s['workers_pss_mb']:.0f}" for _, s in rows],
     })
 
 
