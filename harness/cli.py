@@ -125,6 +125,8 @@ def _run_options(fn):
         click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes]."),
         click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s]."),
         click.option("--force", is_flag=True, help="Overwrite existing results of the same run id."),
+        click.option("--price-per-hour", type=float, default=None, metavar="USD",
+                     help="The machine's price: the report's cost per 1000 images [config benchmark.price_per_hour]."),
         click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv)."),
         click.option("--allow-divergent", "allow_divergent", multiple=True, metavar="KEY",
                      help="Run an implementation that cannot express this canonical key's value anyway (recorded in "
@@ -199,11 +201,8 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
     else:
         run_dir, records = suite.run_suite(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
     if not opts.leader:
-        failed = [r for r in records if r["status"] != "ok"]
-        click.echo(f"\nthis {'task' if slurm else 'node'} is done; the results are written by "
-                   f"{'task' if slurm else 'node'} 0 under {run_dir}"
-                   + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))
-        sys.exit(1 if failed else 0)
+        click.echo(suite.follower_done(records, "task" if slurm else "node", run_dir))
+        sys.exit(1 if any(r["status"] != "ok" for r in records) else 0)
     from .report import render_markdown
 
     click.echo(f"\nresults: {run_dir}\n")
@@ -285,8 +284,9 @@ def report(paths, fmt, out, plots, title, into):
               help="Instead: runs over commits in this folder; find the commit where throughput stepped.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="With --history: write the plot (PNG) here.")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--allow-noisy", is_flag=True, help="Gate runs marked noisy (run.json's noisy) too, with a warning.")
 @_bad_input
-def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt):
+def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt, allow_noisy):
     """Exit 1 when the candidate is slower than the baseline beyond the threshold with the given
     confidence, or an implementation failed or is missing in it; exit 2 when the two cannot be
     compared. Rounds are runs: the interval includes run-to-run variance (README, "The regression gate")."""
@@ -311,7 +311,7 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
         click.echo(f"warning: --baseline and --candidate are the same folder ({baseline}): the runs are compared "
                    "with themselves, which says nothing about a change", err=True)
     try:
-        results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list)
+        results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list, allow_noisy)
     except NotComparable as e:
         raise BadInput(str(e)) from None
     for w in warnings:
@@ -425,6 +425,17 @@ def ingest(name, logs, config_name, overrides, out_root, run_id):
     for note in record["from_log"]["notes"]:
         click.echo(f"  note: {note}")
     click.echo(f"results: {run_dir}")
+
+
+@main.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: NVML must answer (its absence is bad); the GPUs are read wherever NVML answers.")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+def doctor(device, fmt):
+    """The machine's state before a run (each finding ok, warning or bad, with why); every run.json keeps it."""
+    from .doctor import machine_state, render
+
+    click.echo(render(machine_state(device), fmt))
 
 
 @main.command("list")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -222,6 +222,19 @@ class BenchmarkConfig(_Section):
     # the run goes on, run.json records each divergence and the report marks it. A key a framework
     # cannot express and that is not listed here stops the run with exit 2 before anything starts.
     allow_divergent: list[str] = []
+    # What the machine did during the run (harness/telemetry.py), sampled by the launcher: seconds between
+    # samples (10 ms to 10 s; outside, the run goes on without telemetry and run.json says so); the GPUs
+    # through NVML: "auto" on CUDA runs, "on" always (a CPU run on a GPU machine), "off" never.
+    telemetry_period_s: float = 0.5
+    telemetry_gpu: Literal["auto", "on", "off"] = "auto"
+    # USD per hour of the machine (or of its share the run holds): the report's cost per 1000 images
+    # (run --price-per-hour); negative: no cost, and run.json says why
+    price_per_hour: float | None = None
+
+    @field_validator("telemetry_gpu", mode="before")
+    @classmethod
+    def _on_off(cls, v):
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
 
     @model_validator(mode="after")
     def _check(self):

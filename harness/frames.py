@@ -69,6 +69,7 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
+                "noisy": r.get("noisy") or [],  # why the numbers are not the machine's alone (harness/telemetry.py)
                 "summary": s,  # the whole summary: what a task's own section reads (harness/tasks)
                 "path": r.get("_path"),
             }

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data_check
+from .telemetry import RunWatch
 from .tasks import task_of
 from .results import (
     PARTIAL_ITERATIONS,
@@ -313,14 +314,11 @@ def run_implementation(
     the workers could not: a timeout, a failure, an interruption."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = f"log-{opts.part}.txt" if opts.part else "log.txt"
-    if opts.leader:  # a worker writes run.json only where there is none: an earlier attempt's goes first
-        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt", run_dir / "run.json"]:
-            stale.unlink(missing_ok=True)
-    for stale in _worker_pid_files(run_dir, opts.ranks):
-        stale.unlink(missing_ok=True)
+    _clear_earlier_attempt(run_dir, opts)
     started = time.time()
     cmd, env = _worker_command(impl, cfg, data_paths, data_summary, run_dir, run_id, opts, started)
     timeout = opts.timeout_s or cfg.benchmark.timeout_s
+    watch = RunWatch(cfg, run_dir, opts.nproc_per_node)  # the machine's state now; its samples while the run runs
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -331,6 +329,7 @@ def run_implementation(
     )
     streamer = _Streamer(proc.stdout, run_dir / log_name, f"[{impl}] ")
     streamer.start()
+    watch.start(proc.pid)
     status, reason = None, None
     try:
         try:
@@ -338,6 +337,8 @@ def run_implementation(
         except subprocess.TimeoutExpired:
             _stop_group(proc)
             status, reason = "timeout", f"no result after {timeout:.0f} s (--timeout); the worker group was stopped"
+        finally:
+            watch.stop()
     except KeyboardInterrupt as e:
         interrupted = Interrupted.of(e)
         with _SignalsHeld():
@@ -345,8 +346,9 @@ def run_implementation(
             left = stop_leftover_workers(run_dir, opts.ranks)
             streamer.join(timeout=5)
             reason = f"interrupted {interrupted.how}" + (f"; {left}" if left else "")
-            record = (_failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started) if opts.leader
-                      else {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
+            record = (_kept(watch, _failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started), run_dir)
+                      if opts.leader else
+                      {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
         raise KeyboardInterruptWithRecord(record, interrupted.signum) from None
     left = stop_leftover_workers(run_dir, opts.ranks)
     streamer.join(timeout=10)
@@ -354,7 +356,25 @@ def run_implementation(
         # torchrun itself ended by a signal (a worker's death makes it exit 1, naming the signal)
         status, reason = "failed", (f"the launcher (torchrun, pid {proc.pid}) was killed by "
                                     f"{signal.Signals(-proc.returncode).name}" + (f"; {left}" if left else ""))
-    return _verdict(impl, cfg, run_dir, run_id, opts, status, reason, proc.returncode, list(streamer.tail), log_name, started)
+    record = _verdict(impl, cfg, run_dir, run_id, opts, status, reason, proc.returncode, list(streamer.tail), log_name, started)
+    return _kept(watch, record, run_dir) if opts.leader else record
+
+
+def _clear_earlier_attempt(run_dir: Path, opts: LaunchOptions) -> None:
+    """A worker writes run.json only where there is none: an earlier attempt's goes first (the leader's
+    files), and this launch's ranks' pid files."""
+    if opts.leader:
+        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt", run_dir / "run.json"]:
+            stale.unlink(missing_ok=True)
+    for stale in _worker_pid_files(run_dir, opts.ranks):
+        stale.unlink(missing_ok=True)
+
+
+def _kept(watch: RunWatch, record: dict, run_dir: Path) -> dict:
+    """The leader's record with the machine's state, the window's telemetry and the noise, as run.json."""
+    record = watch.complete(record)
+    atomic_write_json(run_dir / "run.json", record)
+    return record
 
 
 def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, run_id: str, opts: LaunchOptions,

@@ -102,6 +102,28 @@ METRICS = [
     Metric("peak_memory_mb", "MB", "the largest peak memory any iteration recorded (CUDA allocator, or RSS on the CPU)",
            None, ".0f", read=_peak_memory),
 ]
+
+
+def _telemetry(key: str):
+    """A measure of the machine over the window: the launcher's telemetry (harness/telemetry.py)."""
+    return lambda summary, iterations: (summary.get("telemetry") or {}).get(key)
+
+
+_MACHINE = [  # (key, unit, how, format, scale, suffix)
+    ("j_per_image", "J/img", "the measured energy (GPU from NVML's counter, CPU package from RAPL) over the window's images",
+     ".2f", 1.0, ""),
+    ("images_per_s_per_w", "img/s/W", "img/s over the mean power of the measured parts (images per joule)", ".3f", 1.0, ""),
+    ("gpu_util_mean", "%", "NVML's GPU utilisation, the mean of the window's samples", ".0f", 1.0, "%"),
+    ("sm_mhz_mean", "MHz", "NVML's SM clock, the mean of the window's samples", ".0f", 1.0, ""),
+    ("gpu_power_w_mean", "W", "NVML's power draw of the run's GPUs, the mean of the window's samples", ".0f", 1.0, ""),
+    ("throttle_share", "%", "the window's samples with a GPU slowed by heat or power", ".0f", 100, "%"),
+    ("cpu_util_mean", "%", "psutil's CPU utilisation over all cores, the mean of the window's samples", ".0f", 1.0, "%"),
+    ("cpu_mhz_mean", "MHz", "psutil's CPU frequency, the mean of the window's samples", ".0f", 1.0, ""),
+    ("others_cpu_share", "%", "the machine's busy CPU time less the run's own, over cores x seconds", ".0f", 100, "%"),
+    ("usd_per_1000_images", "USD", "benchmark.price_per_hour x the window's seconds over its images, x 1000", ".4f", 1.0, ""),
+]
+METRICS += [Metric(key, unit, how, None, fmt, scale, suffix, read=_telemetry(key)) for key, unit, how, fmt, scale, suffix in _MACHINE]
+MACHINE_METRICS = [key for key, *_ in _MACHINE]
 BY_NAME = {m.name: m for m in METRICS}
 
 

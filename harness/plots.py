@@ -2,6 +2,7 @@
 with the timed window shaded, and a scaling curve when runs at several world sizes exist."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import Counter
@@ -147,6 +148,47 @@ def latency_plot(runs: list[dict], path: Path) -> bool:
     return True
 
 
+def telemetry_plot(records: list[dict], path: Path) -> bool:
+    """What the machine did over each finished run's window (telemetry.jsonl): utilisation, clock and power
+    against the seconds since the window's start, a line per run (GPU where sampled, else the CPU's).
+    False (nothing written) where no run has samples."""
+    from .telemetry import window_bounds
+
+    series = []
+    for r in records:
+        folder = Path(r["_path"]).parent if r.get("_path") else None
+        if r["status"] != "ok" or folder is None or not (folder / "telemetry.jsonl").is_file():
+            continue
+        bounds = window_bounds(iterations_of(r), r["window"]["warmup"], r["window"]["end"])
+        if bounds is None:
+            continue
+        samples = [json.loads(line) for line in (folder / "telemetry.jsonl").read_text().splitlines()]
+        samples = [x for x in samples if bounds[0] <= x["t"] <= bounds[1]]
+        if samples:
+            series.append((f"{r['impl']} ({r['run_id']})", bounds[0], samples))
+    if not series:
+        return False
+    panels = [("utilisation (%)", "util", lambda x: sum(x["cpu_util"]) / len(x["cpu_util"])),
+              ("clock (MHz)", "sm_mhz", lambda x: sum(x["cpu_mhz"]) / len(x["cpu_mhz"]) if x.get("cpu_mhz") else None),
+              ("power (W)", "power_w", lambda x: None)]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    for ax, (label, gpu_key, cpu_value) in zip(axes, panels):
+        for name, t0, samples in series:
+            on_gpu = bool(samples[0].get("gpus"))
+            values = [sum(g[gpu_key] or 0 for g in x["gpus"]) / (1 if gpu_key == "power_w" else len(x["gpus"]))
+                      if on_gpu else cpu_value(x) for x in samples]
+            if any(v is not None for v in values):
+                ax.plot([x["t"] - t0 for x in samples], values, marker=".", label=f"{name}, {'GPU' if on_gpu else 'CPU'}")
+        ax.set_ylabel(label)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured on this machine", transform=ax.transAxes, ha="center", color="grey")
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[-1].set_xlabel("seconds since the timed window's start")
+    fig.suptitle("The machine during the timed window (harness/telemetry.py)")
+    _save(fig, path)
+    return True
+
+
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     """The plots of the runs: each task's own (harness/tasks) for the runs of tasks that do not train,
     then throughput, iteration times and scaling for the training runs."""
@@ -169,6 +211,8 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     written.append(out_dir / "iterations.png")
     if scaling_curve(df, out_dir / "scaling.png"):
         written.append(out_dir / "scaling.png")
+    if telemetry_plot(records, out_dir / "telemetry.png"):
+        written.append(out_dir / "telemetry.png")
     return written
 
 

@@ -188,10 +188,24 @@ def compare(impl: str, base_logs: np.ndarray, cand_logs: np.ndarray, within_var:
                       float(np.exp(cand_logs.mean())), slowdown, lo, hi, sd, df, regression, verdict, batch_size)
 
 
+def refuse_noisy(sides: list[tuple[str | Path, dict]], impls: list[str], allow: bool) -> list[str]:
+    """NotComparable naming each noisy run (run.json's ``noisy``: harness/telemetry.py) of ``impls``
+    on either side; with ``allow``, the same as warnings."""
+    found = [f"{where / impl / 'run.json'}: noisy: {'; '.join(record['noisy'])}"
+             for _, rounds in sides for where, recs in rounds.items() for impl, record in recs.items()
+             if impl in impls and record["status"] == "ok" and record.get("noisy")]
+    if found and not allow:
+        raise NotComparable("a noisy run measures the machine's other work as well as the change; rerun on a quiet "
+                            "machine, or gate anyway with --allow-noisy:\n  " + "\n  ".join(found))
+    return found
+
+
 def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05, level: float = 0.95,
-            relative_to: str | None = None, impls: list[str] | None = None) -> tuple[list[Comparison], list[Failure], list[str]]:
+            relative_to: str | None = None, impls: list[str] | None = None,
+            allow_noisy: bool = False) -> tuple[list[Comparison], list[Failure], list[str]]:
     """Gate ``candidate`` against ``baseline``: (comparisons, failures, warnings). Raises NotComparable
-    for runs that measured different things and ResultError for bad input."""
+    for runs that measured different things or were noisy (unless ``allow_noisy``) and ResultError for
+    bad input."""
     base, cand = load_rounds(baseline), load_rounds(candidate)
     ok_in_base = sorted({i for recs in base.values() for i, r in recs.items() if r["status"] == "ok"})
     if relative_to and relative_to not in ok_in_base:
@@ -203,9 +217,10 @@ def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05
     wanted = [i for i in wanted if i != relative_to]
     if not wanted:
         raise ResultError(f"{baseline}: no implementation to gate besides the peer {relative_to}")
+    noisy = refuse_noisy([(baseline, base), (candidate, cand)], wanted + ([relative_to] if relative_to else []), allow_noisy)
     # every run on each side against the first of the baseline: one scenario throughout
     first = next(r for recs in base.values() for r in recs.values() if r["status"] == "ok")
-    warnings = set()
+    warnings = set(noisy)
     for name, rounds in ((baseline, base), (candidate, cand)):
         for where, recs in rounds.items():
             for record in recs.values():

@@ -79,6 +79,40 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+def machine_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """What the machine did during each finished run's window (harness/telemetry.py): energy per image,
+    img/s per watt, utilisation, clocks, power, throttling, the other processes' CPU, the cost; the
+    columns no run measured are left out."""
+    from .metrics import MACHINE_METRICS
+
+    ok = df[(df["status"] == "ok") & df["summary"].map(lambda s: bool(s.get("telemetry")))]
+    if not len(ok):
+        return None
+    table = pd.DataFrame({"Implementation": list(ok["impl"]), "Run": list(ok["run_id"])})
+    for key in MACHINE_METRICS:
+        cells = _show(ok, key)
+        if any(c != "-" for c in cells):
+            table[f"{key}"] = list(cells)
+    parts = ok["summary"].map(lambda s: "+".join(s["telemetry"].get("energy_parts") or []) or "-")
+    if "j_per_image" in table:
+        table["energy of"] = list(parts)
+    missing = ok["summary"].map(lambda s: "; ".join(f"{k}: {v}" for k, v in (s.get("telemetry_missing") or {}).items()))
+    table["not measured"] = [m or "-" for m in missing]
+    return table.rename(columns=_MACHINE_HEADERS)
+
+
+_MACHINE_HEADERS = {"j_per_image": "J/img", "images_per_s_per_w": "img/s per W", "gpu_util_mean": "GPU util",
+                    "sm_mhz_mean": "SM MHz", "gpu_power_w_mean": "GPU W", "throttle_share": "throttled",
+                    "cpu_util_mean": "CPU util", "cpu_mhz_mean": "CPU MHz", "others_cpu_share": "others' CPU",
+                    "usd_per_1000_images": "USD / 1000 img"}
+
+
+def noisy_notes(df: pd.DataFrame) -> list[str]:
+    """A footnote per run whose numbers are not the machine's alone, naming the cause."""
+    return [f"- **noisy**: {impl} ({run}): {'; '.join(causes)}" for impl, run, causes in zip(df["impl"], df["run_id"], df["noisy"])
+            if causes]
+
+
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
     """Throughput per process count, one series per implementation, dtype and scaling mode, with the
     scaling efficiency img/s(N) / (N x img/s(1)) (against the smallest N of the series when it has no
@@ -246,6 +280,7 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
     df = runs_frame(records)
+    noisy = noisy_notes(df)
     # the sections of tasks that do not train (inference) close the report; those that do follow the summary
     apart = [task for task in tasks().values() if not task.trains]
     apart_part = []
@@ -258,14 +293,14 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
             apart_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
     df = df[~df["task"].isin([task.name for task in apart])]
     if not len(df):
-        return "\n".join(apart_part[1:]) + "\n"
+        return "\n".join(apart_part[1:] + ([""] + noisy if noisy else [])) + "\n"
     logs = df[df["measured_by"] == "log"]
     df = df[df["measured_by"] != "log"]
     log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
                 _md(log_table(logs))] if len(logs) else []
     if not len(df):
         return "\n".join(log_part[1:]) + "\n"
-    parts = [_md(summary_table(df))]
+    parts = [_md(summary_table(df))] + ([""] + noisy if noisy else [])
     for task in tasks().values():
         table = task.section(df) if task.trains and task.section_title else None
         if table is not None:
@@ -275,7 +310,8 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
     for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
-                         ("### AMP speed-up", amp_table(df))):
+                         ("### AMP speed-up", amp_table(df)),
+                         ("### What the machine did during the window", machine_table(df))):
         if table is not None:
             parts += ["", title, "", _md(table)]
     parts += log_part + apart_part

@@ -43,6 +43,7 @@ class RunRequest:
     force: bool = False
     pythons: tuple[str, ...] = ()
     allow_divergent: tuple[str, ...] = ()
+    price_per_hour: float | None = None
 
     def config(self, world: int | None = None, extra: dict | None = None):
         """The config named (or the default one), with --set, --device, --timeout and ``extra``, its batch
@@ -52,6 +53,8 @@ class RunRequest:
             values["benchmark.device"] = self.device
         if self.timeout is not None:
             values["benchmark.timeout_s"] = self.timeout
+        if self.price_per_hour is not None:
+            values["benchmark.price_per_hour"] = self.price_per_hour
         cfg = scaled_config(default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu)
         if not self.allow_divergent:
             return cfg
@@ -427,3 +430,11 @@ def implementations():
         yield (f"{name:12s} external   {system.title}: its own container, measured from its log "
                f"(`run --impl {name}` prints the commands)")
 
+
+
+def follower_done(records: list[dict], part: str, run_dir) -> str:
+    """What a node (or SLURM task) that is not the leader says at its end: who writes the results, and how
+    its own part of each failed run ended."""
+    failed = [r for r in records if r["status"] != "ok"]
+    return (f"\nthis {part} is done; the results are written by {part} 0 under {run_dir}"
+            + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))

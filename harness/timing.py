@@ -44,6 +44,8 @@ class IterationRecord:
     # waits of the one step the sync counter saw.
     phases: dict | None = None
     host_syncs: int | None = None
+    # seconds since the epoch at the stamp: where the launcher's telemetry samples meet the window
+    wall_time: float | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -276,6 +278,7 @@ class IterationTimer:
             loss=None if loss is None else float(loss),
             max_memory_mb=self._memory(),
             lr=lr,
+            wall_time=time.time(),
         )
         self._last = now
         for listener in self.listeners:

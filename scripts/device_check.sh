@@ -306,13 +306,17 @@ steps, results, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 lines = ["| step | status | seconds |", "|---|---|---:|"]
 for row in map(json.loads, steps.read_text().splitlines()):
     lines.append(f"| {row['step']} | {row['status']}{' (' + row['note'] + ')' if row.get('note') else ''} | {row['seconds']} |")
-lines += ["", "| run | impl | status | img/s | MFU | why not ok |", "|---|---|---|---:|---:|---|"]
+lines += ["", "| run | impl | status | img/s | MFU | J/img | GPU W | GPU util | noisy | why not ok |",
+          "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
 for rec in sorted(results.glob("*/*/run.json")):
     r = json.loads(rec.read_text())
     s = r.get("summary") or {}
-    ips, mfu = s.get("images_per_s"), s.get("mfu")
+    t = s.get("telemetry") or {}
+    ips, mfu, jpi, watts, util = s.get("images_per_s"), s.get("mfu"), t.get("j_per_image"), t.get("gpu_power_w_mean"), t.get("gpu_util_mean")
     lines.append(f"| {rec.parent.parent.name} | {r.get('impl')} | {r.get('status')} | {f'{ips:.3g}' if ips else '—'} | "
-                 f"{f'{100 * mfu:.1f}%' if mfu else '—'} | {(r.get('reason') or '')[:160]} |")
+                 f"{f'{100 * mfu:.1f}%' if mfu else '—'} | {f'{jpi:.2f}' if jpi else '—'} | {f'{watts:.0f}' if watts else '—'} | "
+                 f"{f'{util:.0f}%' if util is not None else '—'} | {'; '.join(r.get('noisy') or []) or '—'} | "
+                 f"{(r.get('reason') or '')[:160]} |")
 out.write_text("\n".join(lines) + "\n")
 print(out.read_text())
 EOF

@@ -28,7 +28,7 @@ DEVICE_HAS = {
     canonicalize_name(n)
     for n in """absl-py aiohttp attrs certifi charset-normalizer click cloudpickle colorama contourpy cycler filelock
     fonttools fsspec grpcio h5py idna imageio iniconfig jinja2 joblib kiwisolver markdown markupsafe matplotlib
-    mpmath networkx ninja numpy opencv-python-headless packaging pandas pillow pip pluggy portalocker protobuf
+    mpmath networkx ninja numpy nvidia-ml-py opencv-python-headless packaging pandas pillow pip pluggy portalocker protobuf
     psutil pybind11 pygments pyparsing pytest python-dateutil pyyaml regex requests rich scipy setuptools six
     sympy tabulate tensorboard tensorboard-data-server tqdm typing-extensions urllib3 werkzeug wheel torch
     torchvision triton pytest-timeout pytest-xdist""".split()

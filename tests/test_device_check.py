@@ -95,6 +95,7 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
         assert "| total |" in kernels and "torchvision" in kernels
     summary = (tmp_path / "summary.md").read_text()
     assert "| fp32 | reference | ok |" in summary and "| amp | detectron2 | failed |" in summary
+    assert "| J/img | GPU W | GPU util | noisy |" in summary  # on a GPU machine: NVML's energy per image
 
 
 def _wheel(folder: Path, name: str, version: str, requires: list[str], tag: str = "py3-none-any") -> None:

@@ -42,7 +42,7 @@ class Data(Task):
             images = to_device(next(batches))
             sync()
             now = time.perf_counter()
-            rows.append({"iter": i, "duration": now - last, "images": images, "end_time": now - start})
+            rows.append({"iter": i, "duration": now - last, "images": images, "end_time": now - start, "wall_time": time.time()})
             partial.write(rows[-1])
             last = now
         memory = loader_memory()  # while the loader's workers are alive
