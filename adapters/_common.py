@@ -144,17 +144,20 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
 
 
 def phase_probe(cfg, timer, device, model, lacks: dict | None = None, **parts):
-    """With ``benchmark.phases``: a PhaseProbe (harness/phases.py) on ``model``, timing each of ``parts``
+    """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (harness/phases.py) on ``model``, timing each of ``parts``
     (a keyword of phases.PARTS, e.g. ``rpn_head=[...]``: modules or (object, method) pairs), ``lacks`` the
     phases this framework has no part for (phase -> why). None otherwise."""
-    if not cfg.benchmark.phases:
+    from mrcnn_bench.harness.tasks import task_of
+
+    ranges = task_of(cfg.benchmark.task).phase_ranges  # a trace: the parts as profiler ranges, not timed
+    if not (cfg.benchmark.phases or ranges):
         return None
     from mrcnn_bench.harness.phases import PARTS, PhaseProbe
 
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise TypeError(f"phase_probe: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
-    probe = PhaseProbe(device, count_syncs_at=0 if cfg.benchmark.warmup > 0 else None)
+    probe = PhaseProbe(device, count_syncs_at=0 if cfg.benchmark.warmup > 0 and not ranges else None, ranges=ranges)
     for name, members in parts.items():
         probe.time(PARTS[name], *members)
     for phase, why in (lacks or {}).items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -99,12 +98,10 @@ def data():
 @_bad_input
 def data_synth(out, images, val_images, size, seed, categories):
     """Write a deterministic synthetic COCO-format data set (train2017 + val2017) shaped like COCO."""
-    from .data import make_synthetic
+    from .data import describe_splits, make_synthetic
 
     paths = make_synthetic(out, images=images, size=size, seed=seed, val_images=val_images, categories=categories)
-    for split in ("train", "val"):
-        coco = json.loads(getattr(paths, f"{split}_json").read_text())
-        click.echo(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances -> {getattr(paths, f'{split}_json')}")
+    click.echo(describe_splits(paths))
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -168,7 +165,8 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
 
     from . import launch, suite
 
-    req = suite.RunRequest(**common)
+    req = suite.RunRequest(**common)  # `mrcnn-bench <a task's command>`: that task (below)
+    task = task or suite.task_of_command(click.get_current_context().info_name)
     req = replace(req, overrides=req.overrides + tuple(suite.task_overrides(task, batch_sizes)))
     if req.impl in system_names():
         suite.run_external(req.impl, req.config(gpus), req.out_root, req.run_id, req.data_root, container)
@@ -269,6 +267,10 @@ def report(paths, fmt, out, plots, title, into):
         click.echo(f"plots: {plots}", err=True)
 
 
+for _task in [t for t in tasks().values() if t.command]:  # `mrcnn-bench trace` is `run --task trace`
+    main.add_command(run, _task.command)
+
+
 # ------------------------------------------------------------------------------------- regress
 @main.command()
 @click.option("--baseline", default=None, type=click.Path(),
@@ -300,7 +302,9 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
     if history_dir:
         if baseline or candidate:
             raise BadInput("--history goes without --baseline/--candidate")
-        _history(history_dir, relative_to, impl_list, thr, plot, fmt)
+        from .regress import history_report
+
+        click.echo(history_report(history_dir, relative_to, impl_list, thr, plot, fmt), nl=False)
         return
     if not (baseline and candidate):
         raise BadInput("--baseline and --candidate are required (or --history DIR)")
@@ -320,19 +324,6 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
     if text:
         click.echo(text)
     sys.exit(1 if failures or any(r.regression for r in results) else 0)
-
-
-def _history(history_dir, relative_to, impls, threshold, plot, fmt):
-    from .regress import history, history_text
-
-    steps = history(history_dir, relative_to, impls, threshold)
-    if plot:
-        from .plots import history_plot
-
-        history_plot(steps, Path(plot), relative_to)
-        click.echo(f"plot: {plot}", err=True)
-    if steps or fmt == "json":
-        click.echo(history_text(steps, fmt))
 
 
 # -------------------------------------------------------------------------------------- parity

@@ -218,6 +218,7 @@ class BenchmarkConfig(_Section):
     # detections are what the images hold, not an accident of the initialisation (none skips the mask
     # head and the pasting; random logits can give the cap of 100 per image); 0: the weights as they are
     shared_training_iters: int = Field(0, ge=0)
+    trace_steps: int = Field(2, gt=0)  # trace: iterations [warmup, warmup + trace_steps) under torch.profiler
     # Canonical keys an implementation may run differently from the config (``--allow-divergent KEY``):
     # the run goes on, run.json records each divergence and the report marks it. A key a framework
     # cannot express and that is not listed here stops the run with exit 2 before anything starts.

@@ -369,3 +369,13 @@ def resolve_data(data_cfg, data_arg: str | None = None) -> tuple[DataPaths, dict
     if paths.val_json.is_file():
         summary["val"], val_json = inspect_split(paths.val_json, paths.val_images, need_annotations=False)
     return dataclasses.replace(paths, train_json=train_json, val_json=val_json), summary
+
+
+def describe_splits(paths: DataPaths) -> str:
+    """A line per split: its images and instances, and its annotation file."""
+    lines = []
+    for split in ("train", "val"):
+        path = getattr(paths, f"{split}_json")
+        coco = json.loads(path.read_text())
+        lines.append(f"{split}: {len(coco['images'])} images, {len(coco['annotations'])} instances -> {path}")
+    return "\n".join(lines)

@@ -374,7 +374,7 @@ def _kept(watch: RunWatch, record: dict, run_dir: Path) -> dict:
     """The leader's record with the machine's state, the window's telemetry and the noise, as run.json."""
     record = watch.complete(record)
     atomic_write_json(run_dir / "run.json", record)
-    return record
+    return {**record, "_path": str(run_dir / "run.json")}  # where it lies, as load_run gives it (the report links files)
 
 
 def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, run_id: str, opts: LaunchOptions,

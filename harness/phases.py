@@ -16,6 +16,10 @@ entered at the model's forward of iteration ``count_syncs_at`` and left when the
 count is a property of the code, the same on the CPU as the stalls a GPU would see.
 
 The synchronizes and hooks cost time, so a phases run is a run of its own, not a throughput run.
+
+With ``ranges`` (``mrcnn-bench trace``: harness/tasks/trace.py) the same parts open and close profiler
+ranges instead (``torch.profiler.record_function``, named ``RANGE_PREFIX`` + the phase), with no
+synchronize and no clock: the phases appear on the trace's timeline under the same names in all four.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ PHASES = [DATA, PREPROCESS, BACKBONE, FPN, RPN_HEAD, RPN_REST, ROI_POOLING, BOX_
 # Wholes an adapter may time instead of (or besides) their parts: phase = whole less the parts timed.
 RPN, ROI_HEADS, BACKBONE_FPN = "rpn", "roi heads", "backbone+fpn"
 DERIVED = {FPN: (BACKBONE_FPN, (BACKBONE,)), RPN_REST: (RPN, (RPN_HEAD,)), ROI_REST: (ROI_HEADS, (ROI_POOLING, BOX_HEAD, MASK_HEAD))}
+RANGE_PREFIX = "mrcnn-bench: "  # the profiler ranges of the phases (and of each iteration) in a trace
 # The framework parts an adapter names (adapters/_common.phase_probe's keywords) and the phase or whole each times.
 PARTS = {"preprocess": PREPROCESS, "backbone": BACKBONE, "fpn": FPN, "rpn_head": RPN_HEAD, "roi_pooling": ROI_POOLING,
          "box_head": BOX_HEAD, "mask_head": MASK_HEAD, "rpn": RPN, "roi_heads": ROI_HEADS, "backbone_fpn": BACKBONE_FPN}
@@ -60,10 +65,11 @@ class PhaseProbe(TimerListener):
 
     completes_record = True
 
-    def __init__(self, device: str, count_syncs_at: int | None = 0):
+    def __init__(self, device: str, count_syncs_at: int | None = 0, ranges: bool = False):
         import torch
 
-        self._sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+        self.ranges = ranges
+        self._sync = torch.cuda.synchronize if str(device).startswith("cuda") and not ranges else (lambda: None)
         self._clock = time.perf_counter
         self.acc: dict[str, float] = defaultdict(float)
         self.missing: dict[str, str] = {}  # phase -> why this framework has no such part
@@ -78,10 +84,18 @@ class PhaseProbe(TimerListener):
 
     # ------------------------------------------------------------------------- what is timed
     def _begin(self, key: str) -> None:
+        if self.ranges:
+            import torch
+
+            self._starts[key].append(torch.profiler.record_function(RANGE_PREFIX + key).__enter__())
+            return
         self._sync()
         self._starts[key].append(self._clock())
 
     def _end(self, key: str) -> None:
+        if self.ranges:
+            self._starts[key].pop().__exit__(None, None, None)
+            return
         self._sync()
         self.acc[key] += self._clock() - self._starts[key].pop()
 
@@ -129,6 +143,8 @@ class PhaseProbe(TimerListener):
         def after_forward(module, args, kwargs, output):
             self._sync()
             self._forward_end = self._clock()
+            if self.ranges:
+                self._begin(BACKWARD)
 
         def before_step(optimizer, args, kwargs):
             self._backward_until_now()
@@ -145,6 +161,8 @@ class PhaseProbe(TimerListener):
 
     def _backward_until_now(self) -> None:
         if self._forward_end is not None:
+            if self.ranges:
+                self._end(BACKWARD)
             self._sync()
             self.acc[BACKWARD] += self._clock() - self._forward_end
             self._forward_end = None
@@ -156,6 +174,10 @@ class PhaseProbe(TimerListener):
             self.host_syncs, self._counter = self._counter.total, None
             record.host_syncs = self.host_syncs
         self._backward_until_now()
+        if self.ranges:  # the trace holds the phases; nothing is timed here
+            self.acc.clear()
+            self._iteration += 1
+            return
         acc, phases = dict(self.acc), {}
         if record.data_time is not None:
             phases[DATA] = record.data_time

@@ -338,3 +338,17 @@ def history_text(steps: list[Step], fmt: str = "md") -> str:
         lines.append(f"{s.impl}: {len(s.commits)} commits; {where}")
     return "\n".join(lines)
 
+
+
+def history_report(path, relative_to: str | None, impls: list[str] | None, threshold: float, plot: str | None,
+                   fmt: str = "md") -> str:
+    """``regress --history``: the steps as text (nothing when none and Markdown), the plot written where asked."""
+    import sys
+
+    steps = history(path, relative_to, impls, threshold)
+    if plot:
+        from .plots import history_plot
+
+        history_plot(steps, Path(plot), relative_to)
+        print(f"plot: {plot}", file=sys.stderr)
+    return history_text(steps, fmt) + "\n" if steps or fmt == "json" else ""

@@ -91,6 +91,10 @@ def machine_table(df: pd.DataFrame) -> pd.DataFrame | None:
     table = pd.DataFrame({"Implementation": list(ok["impl"]), "Run": list(ok["run_id"])})
     for key in MACHINE_METRICS:
         cells = _show(ok, key)
+        if key.endswith("_mean"):  # with the spread of the window's samples: mean [p10, p90]
+            stem = key[: -len("_mean")]
+            cells = [c if c == "-" else f"{c} [{show(key, t.get(stem + '_p10'))}, {show(key, t.get(stem + '_p90'))}]"
+                     for c, t in zip(cells, ok["summary"].map(lambda s: s["telemetry"]))]
         if any(c != "-" for c in cells):
             table[f"{key}"] = list(cells)
     parts = ok["summary"].map(lambda s: "+".join(s["telemetry"].get("energy_parts") or []) or "-")

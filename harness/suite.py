@@ -95,6 +95,13 @@ def interpreters(pythons) -> dict[str, str]:
     return found
 
 
+def task_of_command(command: str | None) -> str | None:
+    """The task whose own command (``Task.command``) was run, if any."""
+    from .tasks import tasks
+
+    return next((t.name for t in tasks().values() if t.command and t.command == command), None)
+
+
 def task_overrides(task: str | None, batch_sizes: str | None) -> list[str]:
     """--task and --batch-sizes as config overrides (benchmark.task, benchmark.batch_sizes)."""
     out = [f"benchmark.task={task}"] if task else []

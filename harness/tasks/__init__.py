@@ -42,6 +42,8 @@ class Task:
     name: str = ""
     help: str = ""  # --task's help
     trains: bool = True  # its runs train and have a throughput window (the training tables show them)
+    phase_ranges: bool = False  # the phases as profiler ranges in the framework's loop (harness/phases.py)
+    command: str | None = None  # a command of its own: `mrcnn-bench <command>` = `run --task <name>`
     readme_section: str = "report"  # `report --into`'s section for runs of this task alone
     section_title: str | None = None  # its part of the full report (None: none of its own)
 
@@ -70,7 +72,7 @@ class Task:
         return []
 
 
-_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data"}
+_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data", "trace": "trace:Trace"}
 _loaded: dict[str, Task] | None = None
 
 

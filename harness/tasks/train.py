@@ -28,7 +28,7 @@ class Train(Task):
         bench, dist = rank.cfg.benchmark, rank.dist
         partial = PartialIterations(rank.run_dir, dist.rank)
         progress = Progress(dist.rank, bench.iters, max(1, bench.iters // 20))
-        timer = IterationTimer.for_device(bench.iters, dist.device, listeners=[partial, progress])
+        timer = IterationTimer.for_device(bench.iters, dist.device, listeners=[partial, progress, *self.listeners(rank)])
         try:
             rank.trained = rank.adapter.train(rank.cfg, rank.data, timer, dist, native=rank.native) or {}
         finally:
@@ -36,6 +36,10 @@ class Train(Task):
         if len(timer.records) != bench.iters:
             raise RuntimeError(f"{rank.impl}: the adapter ran {len(timer.records)} iterations, {bench.iters} were asked for")
         return timer, partial
+
+    def listeners(self, rank: RankContext) -> list:
+        """What else listens to the timer in this task (harness/timing.TimerListener)."""
+        return []
 
     def after_training(self, rank: RankContext) -> dict:
         """What the task adds to the summary once training has returned (every rank)."""

@@ -1,0 +1,60 @@
+"""``mrcnn-bench trace``: the same steps of every implementation under torch.profiler, the phases as named
+ranges, the top operators and the diff against the reference; a trace past its time limit is reported."""
+import gzip
+import json
+
+from conftest import run_cli
+
+from mrcnn_bench.harness.tasks.trace import diff
+
+SHORT = ("--config", "cpu_small", "--threads", "2", "--set", "benchmark.iters=4", "--set", "benchmark.warmup=2",
+         "--set", "benchmark.window_end=4")
+PHASES = {"preprocess", "backbone", "rpn head", "roi pooling", "box head", "mask head", "roi heads", "rpn", "backward", "optimizer"}
+
+
+def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_ranges(tmp_path):
+    out = run_cli("trace", "--impl", "all", *SHORT, "--out", tmp_path, "--run-id", "t", "--timeout", "600")
+    assert out.returncode == 0, out.stderr[-3000:]
+    tops = {}
+    for impl in ("reference", "torchvision", "detectron2", "mmdet"):
+        folder = tmp_path / "t" / impl
+        record = json.loads((folder / "run.json").read_text())
+        assert record["status"] == "ok" and record["config"]["benchmark"]["task"] == "trace", (impl, record.get("reason"))
+        t = record["summary"]["trace"]
+        assert t["file"] == f"trace-{impl}.json.gz" and t["steps"] == 2 and t["first_step"] == 2
+        events = json.loads(gzip.decompress((folder / t["file"]).read_bytes()))["traceEvents"]
+        names = {e["name"] for e in events if e.get("ph") == "X"}
+        # the traced iterations, marked, and inside them the phases under the same names in all four
+        assert {"mrcnn-bench: iteration 2", "mrcnn-bench: iteration 3"} <= names, impl
+        assert "mrcnn-bench: iteration 1" not in names and "mrcnn-bench: iteration 4" not in names, impl
+        assert {f"mrcnn-bench: {p}" for p in PHASES} <= names, (impl, sorted(n for n in names if n.startswith("mrcnn")))
+        assert PHASES <= set(t["ranges_ms"]) and t["ranges_ms"]["iteration"] > t["ranges_ms"]["backward"] > 0, impl
+        # the top operators by self CPU time, as the profiler averages them over the two steps
+        assert t["top_kind"] == "operators by self CPU time" and len(t["top"]) > 10
+        assert [r["ms_per_step"] for r in t["top"]] == sorted((r["ms_per_step"] for r in t["top"]), reverse=True)
+        assert "aten::convolution_backward" in {r["name"] for r in t["top"]}, impl
+        tops[impl] = t["top"]
+    # the tables: a row per implementation, the diff against the reference made of the tops' differences
+    assert "### Traces (the same steps of each implementation under torch.profiler)" in out.stdout
+    assert "[trace-mmdet.json.gz](" in out.stdout and "difference (ms per step)" in out.stdout
+    first = diff(tops["reference"], tops["torchvision"])[0]
+    ref, tv = ({r["name"]: r["ms_per_step"] for r in tops[i]} for i in ("reference", "torchvision"))
+    assert first["delta_ms"] == tv.get(first["name"], 0.0) - ref.get(first["name"], 0.0) != 0
+    assert f"| torchvision      | {first['name']}" in out.stdout
+
+
+def test_the_diff_of_a_trace_against_itself_is_empty():
+    top = [{"name": "aten::mm", "ms_per_step": 5.0}, {"name": "aten::add", "ms_per_step": 1.0}]
+    assert diff(top, top) == []
+    assert diff(top, top[:1]) == [{"name": "aten::add", "delta_ms": -1.0, "base_ms": 1.0, "other_ms": 0.0}]
+
+
+def test_a_trace_past_its_time_limit_is_reported_and_the_others_kept(tmp_path):
+    out = run_cli("trace", "--impl", "reference,torchvision", *SHORT, "--out", tmp_path, "--run-id", "l", "--timeout", "4")
+    assert out.returncode == 1, out.stderr[-3000:]
+    for impl in ("reference", "torchvision"):
+        record = json.loads((tmp_path / "l" / impl / "run.json").read_text())
+        assert record["status"] == "timeout" and "no result after 4 s" in record["reason"], record
+    assert "| reference        | — (timeout: no result after 4 s (--timeout)" in out.stdout, out.stdout
+    bad = run_cli("trace", "--impl", "reference", *SHORT, "--set", "benchmark.trace_steps=3", "--out", tmp_path, "--run-id", "b")
+    assert bad.returncode == 2 and "benchmark.trace_steps 3 after benchmark.warmup 2 needs benchmark.iters >= 5" in bad.stderr
