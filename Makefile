@@ -18,6 +18,8 @@ $(VENV)/.installed: $(BUILD_INPUTS)
 	# setup.py builds the extension against the torch just installed, hence no build isolation.
 	CUDA_HOME=$${CUDA_HOME:-$$(test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda)} \
 	  MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	# Holistic Trace Analysis (the trace's GPU idle time) without its notebook dependencies (jupyterlab)
+	$(PY) -m pip install -q "plotly>=5.11" "pydot>=1.3" && $(PY) -m pip install -q --no-deps "HolisticTraceAnalysis==0.5.0"
 	$(PY) -c "import mrcnn_bench.harness.cli"
 	touch $@
 

@@ -23,11 +23,14 @@
 #   7 phases      mrcnn-bench phases (reference, torchvision, detectron2): each phase of the step, host-device
 #                 waits; then benchmarks/phases.py --profile: torch.profiler's top CUDA kernels (two of them)
 #   8 data        run --task data at 800/1333: each framework's training loader alone, 0, 2, 4 and 8 workers
-#   9 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8
+#   9 trace       mrcnn-bench trace at 800/1333: 3 steps per implementation under torch.profiler (traces,
+#                 top kernels, diff, GPU idle)
+#  10 infer       run --task infer --config cpu_infer at 800/1333: latency per batch size 1, 2, 4, 8
 #
 # What comes back under $OUT (the device tool returns at most 8 files): device_check.log (everything
 # printed), steps.jsonl (one line per step: status, seconds, what it left), summary.md, results.tar.gz
-# (the run folders, the report, the levers and phases tables, test reports, build logs).
+# (the run folders, the report, the levers and phases tables, test reports, build logs), traces.tar (the
+# traces, as many as fit 15 MiB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -61,6 +64,7 @@ if [ "$REHEARSE" = 1 ]; then
   PHASES=(--iters 3 --warmup 1)
   PHASE_ITERS=3 PHASE_WARMUP=1
   DATA_WORKERS=0,1 DATA_ITERS=6 DATA_WARMUP=2
+  TRACE_ITERS=5 TRACE_WARMUP=2
 else
   PYTHON=${PYTHON:-python3}
   INSTALL=${INSTALL:-1}
@@ -76,6 +80,7 @@ else
   PHASES=(--iters 12 --warmup 4 --profile 3)
   PHASE_ITERS=24 PHASE_WARMUP=8
   DATA_WORKERS=0,2,4,8 DATA_ITERS=60 DATA_WARMUP=10  # loader workers on the 10 benchmark cores
+  TRACE_ITERS=13 TRACE_WARMUP=10
 fi
 case "$PYTHON" in  # absolute (the steps change folders), without resolving a venv's symlink
   */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
@@ -93,8 +98,29 @@ START=$(date +%s)
 elapsed() { echo $(( $(date +%s) - START )); }
 
 # The results so far, packed atomically: what a timeout leaves is always a whole archive.
-pack() {
-  tar -czf "$OUT/results.tar.gz.part" -C "$WORK" results && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+pack() {  # the traces travel apart (pack_traces): a results archive over the tool's 16 MiB a file would not come back
+  tar -czf "$OUT/results.tar.gz.part" --exclude='trace-*.json.gz' -C "$WORK" results \
+    && mv "$OUT/results.tar.gz.part" "$OUT/results.tar.gz"
+}
+
+# traces.tar: the trace files, smallest first, while they fit 15 MiB (the rest named in results/traces-left.txt)
+pack_traces() {
+  "$PYTHON" - "$RESULTS" "$OUT/traces.tar" <<'EOF_TRACES'
+import sys, tarfile
+from pathlib import Path
+results, out = Path(sys.argv[1]), Path(sys.argv[2])
+left, total = [], 0
+with tarfile.open(str(out) + ".part", "w") as tar:
+    for path in sorted(results.rglob("trace-*.json.gz"), key=lambda p: p.stat().st_size):
+        if total + path.stat().st_size > 15 * 2**20:
+            left.append(f"{path.relative_to(results)} ({path.stat().st_size / 2**20:.1f} MiB)")
+            continue
+        total += path.stat().st_size
+        tar.add(path, arcname=str(path.relative_to(results.parent)))
+Path(str(out) + ".part").rename(out)
+(results / "traces-left.txt").write_text("".join(f"{line}\n" for line in left))
+print(f"traces.tar: {total / 2**20:.1f} MiB; left out: {', '.join(left) or 'none'}")
+EOF_TRACES
 }
 
 # step NAME MAX_SECONDS MIN_SECONDS COMMAND...: run COMMAND with at most MAX_SECONDS (less if the budget
@@ -285,7 +311,23 @@ export -f data_step
 export CONFIG TIMEOUT DATA_WORKERS DATA_ITERS DATA_WARMUP
 step data 120 50 on_cpus bash -c 'data_step "$@"' data "${SIZE[@]}" "${THREADS[@]}"
 
-# ------------------------------------------------------------------------------ 9: inference
+# ------------------------------------------------------------------------------ 9: traces
+# The same steps of reference, torchvision and detectron2 (mmdet when its ops are built) under torch.profiler
+# at 800/1333: the top kernels, the diff against the reference, the GPU's idle time (Holistic Trace Analysis).
+trace_step() {  # trace_step SIZE/THREADS arguments...
+  local impls=reference,torchvision,detectron2 bench=("$PYTHON" -m mrcnn_bench.harness.cli)
+  [ "$(cat "$MMCV_DIR/status" 2>/dev/null)" = ok ] && impls=$impls,mmdet
+  "${bench[@]}" trace --config "$CONFIG" --device "$DEVICE" --gpus 1 --ims-per-gpu 2 --out "$RESULTS" --run-id trace \
+    --impl "$impls" --timeout "$TIMEOUT" --set benchmark.iters="$TRACE_ITERS" --set benchmark.warmup="$TRACE_WARMUP" \
+    --set benchmark.window_end="$TRACE_ITERS" --set benchmark.trace_steps=3 "$@" \
+    && "${bench[@]}" report "$RESULTS/trace" --out "$RESULTS/trace.md"
+}
+export -f trace_step
+export TRACE_ITERS TRACE_WARMUP
+step trace 150 60 on_cpus bash -c 'trace_step "$@"' trace "${SIZE[@]}" "${THREADS[@]}"
+compgen -G "$RESULTS/trace/*/trace-*.json.gz" >/dev/null && pack_traces && pack
+
+# ------------------------------------------------------------------------------ 10: inference
 # Each framework's eval path per batch size at the canonical test size (800/1333), with the weights of
 # cpu_infer's shared training (torchvision, 250 iterations at that size on the synthetic set) for all.
 if [ "$REHEARSE" = 1 ]; then

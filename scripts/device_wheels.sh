@@ -42,11 +42,13 @@ if ! "$PY" -c "import torch, detectron2, mmdet, mmengine" 2>/dev/null; then
 fi
 
 # The dependencies the GPU image lacks, by distribution name: mrcnn-bench's own (pyproject.toml),
-# detectron2's (scripts/install_detectron2.py), mmengine's, mmdet's and mmcv's pure-Python ones.
+# detectron2's (scripts/install_detectron2.py), mmengine's, mmdet's and mmcv's pure-Python ones, and Holistic
+# Trace Analysis (the trace step's GPU idle time) with the two of its own that it imports.
 NAMES=(
   pydantic pydantic-core annotated-types typing-inspection pycocotools dockerfile-parse orjson
   yacs fvcore iopath termcolor omegaconf hydra-core antlr4-python3-runtime
   mmengine mmdet shapely terminaltables addict yapf platformdirs
+  holistictraceanalysis plotly pydot
 )
 pins=()
 for name in "${NAMES[@]}"; do

@@ -44,6 +44,8 @@ NOT_NEEDED = {
     "(code formatting, graph export, Python 2 shims); training and evaluation never import it"
     for n in ("black", "future", "pydot")
 }
+NOT_NEEDED[canonicalize_name("holistictraceanalysis"), canonicalize_name("jupyterlab")] = (
+    "Holistic Trace Analysis lists it for its notebooks; TraceAnalysis (harness/tasks/trace.py) never imports it")
 
 
 def wheel_metadata(path: Path) -> tuple[str, list[str]]:

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "device_check.sh"
 STEPS = ["install", "cuda-tests", "fp32", "amp", "report", "mmdet-wait", "mmdet-fp32", "mmdet-amp", "report-mmdet",
-         "levers", "phases", "kernels", "data", "infer"]
+         "levers", "phases", "kernels", "data", "trace", "infer"]
 
 
 def rehearse(out: Path, *args: str, timeout: int = 1800):
@@ -29,7 +29,7 @@ def test_steps_that_cannot_fit_the_budget_are_skipped_and_said_so(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     by_name = {s["step"]: s for s in steps}
     assert by_name["install"]["status"] == "not run"
-    for name in ("cuda-tests", "fp32", "amp", "mmdet-wait", "levers", "phases", "data"):
+    for name in ("cuda-tests", "fp32", "amp", "mmdet-wait", "levers", "phases", "data", "trace"):
         assert by_name[name]["status"] == "skipped", by_name[name]
         assert "s left of the 20 s budget, needs" in by_name[name]["note"]
     assert by_name["report"] == {"step": "report", "status": "skipped", "seconds": 0, "note": "no run to report"}
@@ -47,7 +47,7 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     status = {s["step"]: s["status"] for s in steps}
     assert status["install"] == "not run"
     for name in ("cuda-tests", "fp32", "report", "mmdet-wait", "mmdet-fp32", "report-mmdet", "levers", "phases", "kernels",
-                 "data"):
+                 "data", "trace"):
         assert status[name] == "ok", (name, steps)
     # AMP on the CPU is bf16, which detectron2 v0.6 and mmengine refuse there: those steps fail, with
     # those runs failed and their reasons, the others ok
@@ -55,7 +55,10 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     infer = next(s for s in steps if s["step"] == "infer")  # the shared training takes minutes on a CPU
     assert infer["status"] == "skipped" and "tests/test_inference.py" in infer["note"]
     # the device tool brings back at most 8 files, no deeper than two folders
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.log", "results.tar.gz", "steps.jsonl", "summary.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.log", "results.tar.gz", "steps.jsonl", "summary.md",
+                                                          "traces.tar"]
+    with tarfile.open(tmp_path / "traces.tar") as tar:
+        assert {f"results/trace/{i}/trace-{i}.json.gz" for i in ("reference", "torchvision", "detectron2", "mmdet")} <= set(tar.getnames())
 
     with tarfile.open(tmp_path / "results.tar.gz") as tar:
         names = set(tar.getnames())
@@ -86,6 +89,11 @@ def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
                 assert record["status"] == "ok" and record["summary"]["num_workers"] == n, (n, impl, record.get("reason"))
                 assert ("stages" in record["summary"]) == (n == 0), (n, impl)
         assert {"results/data.md", "results/plots-data/data-workers.png"} <= names
+        # the same 3 steps of each implementation under torch.profiler, its trace beside its run.json
+        for impl in ("reference", "torchvision", "detectron2", "mmdet"):
+            assert load(f"trace/{impl}/run.json")["summary"]["trace"]["steps"] == 3, impl
+            assert f"results/trace/{impl}/trace-{impl}.json.gz" not in names  # in traces.tar
+        assert "difference (ms per step)" in tar.extractfile("results/trace.md").read().decode()
         levers = tar.extractfile("results/levers.md").read().decode()
         assert "| baseline |" in levers and "| amp |" in levers and "| layout |" in levers
         phases = tar.extractfile("results/phases.md").read().decode()

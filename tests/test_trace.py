@@ -25,8 +25,8 @@ def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_r
         events = json.loads(gzip.decompress((folder / t["file"]).read_bytes()))["traceEvents"]
         names = {e["name"] for e in events if e.get("ph") == "X"}
         # the traced iterations, marked, and inside them the phases under the same names in all four
-        assert {"mrcnn-bench: iteration 2", "mrcnn-bench: iteration 3"} <= names, impl
-        assert "mrcnn-bench: iteration 1" not in names and "mrcnn-bench: iteration 4" not in names, impl
+        assert {"ProfilerStep#2", "ProfilerStep#3"} <= names, impl  # as torch.profiler names steps (HTA reads them)
+        assert "ProfilerStep#1" not in names and "ProfilerStep#4" not in names, impl
         assert {f"mrcnn-bench: {p}" for p in PHASES} <= names, (impl, sorted(n for n in names if n.startswith("mrcnn")))
         assert PHASES <= set(t["ranges_ms"]) and t["ranges_ms"]["iteration"] > t["ranges_ms"]["backward"] > 0, impl
         # the top operators by self CPU time, as the profiler averages them over the two steps
@@ -58,3 +58,44 @@ def test_a_trace_past_its_time_limit_is_reported_and_the_others_kept(tmp_path):
     assert "| reference        | — (timeout: no result after 4 s (--timeout)" in out.stdout, out.stdout
     bad = run_cli("trace", "--impl", "reference", *SHORT, "--set", "benchmark.trace_steps=3", "--out", tmp_path, "--run-id", "b")
     assert bad.returncode == 2 and "benchmark.trace_steps 3 after benchmark.warmup 2 needs benchmark.iters >= 5" in bad.stderr
+
+
+def _cuda_like_trace(path):
+    """Two 1000-us steps; in each, two 300-us kernels on stream 7, launched 100 us apart after the first's end."""
+    events = []
+    for step in range(2):
+        t0 = 1000 + step * 1000
+        events.append({"ph": "X", "cat": "user_annotation", "name": f"ProfilerStep#{step}", "pid": 100, "tid": 100, "ts": t0,
+                       "dur": 1000, "args": {}})
+        for k in range(2):
+            ts, corr = t0 + 100 + k * 400, step * 10 + k
+            events += [
+                {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 100, "tid": 100, "ts": ts - 50, "dur": 40,
+                 "args": {"External id": corr}},
+                {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 100, "tid": 100, "ts": ts - 40, "dur": 10,
+                 "args": {"correlation": corr, "External id": corr}},
+                {"ph": "X", "cat": "kernel", "name": "gemm", "pid": 0, "tid": 7, "ts": ts, "dur": 300,
+                 "args": {"stream": 7, "correlation": corr, "device": 0, "External id": corr}}]
+    trace = {"schemaVersion": 1, "distributedInfo": {"rank": 0}, "traceEvents": events}
+    path.write_bytes(gzip.compress(json.dumps(trace).encode()))
+    return path
+
+
+def test_the_gpu_idle_time_of_a_cuda_trace_comes_from_holistic_trace_analysis(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from mrcnn_bench.harness.tasks.trace import gpu_idle, kernels
+
+    trace = _cuda_like_trace(tmp_path / "trace-x.json.gz")
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert kernels(events, 2) == [{"name": "gemm", "ms_per_step": 0.6, "calls_per_step": 2.0}]
+    pytest.importorskip("hta", reason="Holistic Trace Analysis (make setup installs it)")
+    found = gpu_idle(trace)
+    # a step's kernels span 700 us with a 100-us gap between them: 14.3% idle, the GPU waiting on the host
+    assert found["gpu_temporal"]["idle_time(us)"] == 100 and found["gpu_temporal"]["idle_time_pctg"] == pytest.approx(14.29)
+    waits = {r["idle_category"]: r["idle_time"] for r in found["gpu_idle_by_category"]}
+    assert waits["host_wait"] == 100
+    monkeypatch.setitem(sys.modules, "hta.trace_analysis", None)
+    assert gpu_idle(trace) == {"hta_missing": "Holistic Trace Analysis is not installed (pip install HolisticTraceAnalysis)"}

@@ -79,8 +79,8 @@ class Trace(Train):
 
 class TraceProbe(TimerListener):
     """Starts torch.profiler when iteration ``start - 1`` has been stamped (at the start with ``start`` 0),
-    marks each traced iteration with a range, and stops after ``steps`` iterations: the trace exported,
-    its tables computed."""
+    marks each traced iteration with a range ``ProfilerStep#<iteration>``, and stops after ``steps``
+    iterations: the trace exported, its tables computed."""
 
     def __init__(self, path: Path, device: str, start: int, steps: int):
         self.path, self.device, self.start, self.steps = path, str(device), start, steps
@@ -119,9 +119,8 @@ class TraceProbe(TimerListener):
     def _mark(self, iteration: int) -> None:
         import torch
 
-        from mrcnn_bench.harness.phases import RANGE_PREFIX
-
-        self._range = torch.profiler.record_function(f"{RANGE_PREFIX}iteration {iteration}").__enter__()
+        # named as torch.profiler names a step (profile.step()): what Holistic Trace Analysis cuts a trace by
+        self._range = torch.profiler.record_function(f"ProfilerStep#{iteration}").__enter__()
 
     def _finish(self) -> None:
         prof, self.profiler = self.profiler, None
@@ -142,7 +141,7 @@ class TraceProbe(TimerListener):
 def top_operators(prof, steps: int, cuda: bool) -> list[dict]:
     """The operators by self CPU time: ms and calls per step (the profiler's own averages)."""
     rows = [{"name": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps, "calls_per_step": e.count / steps}
-            for e in prof.key_averages() if e.self_cpu_time_total > 0 and not e.key.startswith("mrcnn-bench: ")]
+            for e in prof.key_averages() if e.self_cpu_time_total > 0 and not e.key.startswith(("mrcnn-bench: ", "ProfilerStep#"))]
     return sorted(rows, key=lambda r: -r["ms_per_step"])[:TOP]
 
 
@@ -164,9 +163,12 @@ def ranges(events: list[dict], steps: int) -> dict[str, float]:
     total = defaultdict(float)
     for e in events:
         name = e.get("name", "")
-        if e.get("ph") == "X" and name.startswith(RANGE_PREFIX) and e.get("cat") in ("user_annotation", "cpu_op", None):
-            key = "iteration" if name.startswith(RANGE_PREFIX + "iteration ") else name[len(RANGE_PREFIX):]
-            total[key] += e.get("dur", 0.0) / 1e3 / steps
+        if e.get("ph") != "X" or e.get("cat") not in ("user_annotation", "cpu_op", None):
+            continue
+        if name.startswith("ProfilerStep#"):
+            total["iteration"] += e.get("dur", 0.0) / 1e3 / steps
+        elif name.startswith(RANGE_PREFIX):
+            total[name[len(RANGE_PREFIX):]] += e.get("dur", 0.0) / 1e3 / steps
     return dict(total)
 
 
