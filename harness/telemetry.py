@@ -258,11 +258,12 @@ def window_telemetry(rows: list[dict], t0: float, t1: float, images: int, cores:
     return out
 
 
-def noise(telemetry: dict, load_before: float | None, cores: int) -> list[str]:
-    """Why a run's numbers are not the machine's alone: each cause in words (none: a quiet run)."""
+def noise(telemetry: dict) -> list[str]:
+    """Why a run's numbers are not the machine's alone: each cause in words (none: a quiet run). Other
+    processes' CPU is measured, not read off the load average: that counts the run's own threads and
+    decays over minutes, so a run started right after another (a round of --repeats) would inherit its
+    load; the load average before the run is in ``machine_state`` (doctor.py)."""
     causes = []
-    if load_before is not None and load_before > cores:
-        causes.append(f"load average {load_before:.1f} before the run on {cores} cores")
     share = telemetry.get("others_cpu_share")
     if share is not None and share > OTHERS_CPU_SHARE:
         causes.append(f"other processes used {100 * share:.0f}% of the machine's CPU time in the window "
@@ -370,5 +371,5 @@ class RunWatch:
             summary["telemetry"] = telemetry
         if missing:
             summary["telemetry_missing"] = missing
-        record["noisy"] = noise(telemetry, self.state["load_average"][0], psutil.cpu_count() or 1)
+        record["noisy"] = noise(telemetry)
         return record
