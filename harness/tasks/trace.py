@@ -63,7 +63,7 @@ class Trace(Train):
         from mrcnn_bench.harness.report import _md
 
         runs = df[df["task"] == self.name]
-        top, diff = top_table(runs), diff_table(runs)
+        top, diff = top_table(runs, df), diff_table(runs)
         if top is None:
             return None
         parts = [_md(top), "Open a trace in https://ui.perfetto.dev or chrome://tracing; the phases are the ranges named "
@@ -215,9 +215,18 @@ def _link(run_json: str | None, name: str) -> str:
         return f"[{name}]({path})"
 
 
-def top_table(runs):
+def _host_waits(df, impl: str) -> str:
+    """The host-device waits per step of the implementation's phases runs in the same report (their median)."""
+    if df is None or "host_syncs" not in df:
+        return "-"
+    waits = df[(df["impl"] == impl) & df["host_syncs"].notna()]["host_syncs"]
+    return f"{waits.median():.0f}" if len(waits) else "-"
+
+
+def top_table(runs, df=None):
     """Per implementation: its trace file (linked), the phases' ranges per step, and its five heaviest operators
-    (or kernels); "—" and the reason for a trace that did not finish (its time limit, a failure)."""
+    (or kernels), the GPU's idle share beside the host-device waits of a phases run in the same report (``df``);
+    "—" and the reason for a trace that did not finish (its time limit, a failure)."""
     import pandas as pd
 
     rows = [{"Implementation": impl, "trace": f"— ({status}: {reason})"}
@@ -231,6 +240,7 @@ def top_table(runs):
                      "ms per step": f"{t['ranges_ms'].get('iteration', float('nan')):.0f}",
                      "GPU idle": f"{idle:.1f}%" if idle is not None else ("—" if t["device"] == "cpu" else
                                                                           f"— ({t.get('hta_missing', 'not analysed')})"),
+                     "host-device waits per step (phases)": _host_waits(df, impl),
                      f"top {t['top_kind']} (ms per step)": heavy, "phase ranges (ms per step)": phases})
     return pd.DataFrame(rows).fillna("—") if rows else None
 
