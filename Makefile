@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean gate gate-baseline
+.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean gate gate-baseline browser site
 
 setup: $(VENV)/.installed
 
@@ -57,7 +57,7 @@ baseline: setup detectron2 mmdet
 	$(BENCH) report $(BASELINE_RUNS:%=results/baselines/%) --plots results/baselines/cpu_small/plots --out results/README.md \
 	  --into README.md --title "Results: the CPU scenario (cpu_small), committed baseline, three repeats"
 
-test: setup detectron2 mmdet
+test: setup detectron2 mmdet browser
 	$(PY) -m pytest -q tests
 	$(MAKE) gate
 
@@ -105,6 +105,17 @@ bench-ops: setup
 # Without the real training runs (a few minutes quicker).
 test-fast: setup detectron2 mmdet
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Debian's chromium and its driver, for the site's browser test (tests/test_site.py); without root or apt the
+# test says it is skipped and why.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null || echo "make browser: could not install chromium (the browser test will be skipped)"; }
+
+# The results site of the committed baselines (README, "Results"), and the screenshot of its index the README shows.
+site: setup browser
+	$(BENCH) publish results/baselines --out site
+	$(PY) scripts/site_screenshot.py site/index.html results/site-index.png
 
 clean:
 	rm -rf build *.egg-info reference_impl/_C*.so

@@ -287,8 +287,9 @@ for _task in [t for t in tasks().values() if t.command]:  # `mrcnn-bench trace` 
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="With --history: write the plot (PNG) here.")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 @click.option("--allow-noisy", is_flag=True, help="Gate runs marked noisy (run.json's noisy) too, with a warning.")
+@click.option("--comment", default=None, type=click.Path(dir_okay=False), help="Also write the verdict here as a PR comment (Markdown).")
 @_bad_input
-def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt, allow_noisy):
+def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt, allow_noisy, comment):
     """Exit 1 when the candidate is slower than the baseline beyond the threshold with the given
     confidence, or an implementation failed or is missing in it; exit 2 when the two cannot be
     compared. Rounds are runs: the interval includes run-to-run variance (README, "The regression gate")."""
@@ -308,12 +309,9 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
         return
     if not (baseline and candidate):
         raise BadInput("--baseline and --candidate are required (or --history DIR)")
+    from .regress import comment_text, verdict_text
     from .regress import regress as gate
-    from .regress import verdict_text
 
-    if Path(baseline).resolve() == Path(candidate).resolve():
-        click.echo(f"warning: --baseline and --candidate are the same folder ({baseline}): the runs are compared "
-                   "with themselves, which says nothing about a change", err=True)
     try:
         results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list, allow_noisy)
     except NotComparable as e:
@@ -321,9 +319,23 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     text = verdict_text(results, failures, relative_to, confidence, fmt)
+    if comment:
+        Path(comment).write_text(comment_text(results, failures, relative_to, confidence, warnings))
     if text:
         click.echo(text)
     sys.exit(1 if failures or any(r.regression for r in results) else 0)
+
+
+# ------------------------------------------------------------------------------------- publish
+@main.command()
+@click.argument("results", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="site", show_default=True, type=click.Path(file_okay=False))
+@_bad_input
+def publish(results, out):
+    """A static site of every run under RESULTS (an index, a page per scenario, the runs' files): OUT/index.html."""
+    from .site import publish as build
+
+    click.echo(build(results, out).text())
 
 
 # -------------------------------------------------------------------------------------- parity
@@ -410,12 +422,7 @@ def ingest(name, logs, config_name, overrides, out_root, run_id):
     marked measured_by: log."""
     cfg = load_config(resolve_config_path(config_name), dict(parse_override(o) for o in overrides))
     run_dir, record = suite.ingest_log(name, list(logs), cfg, out_root, run_id)
-    s = record["summary"]
-    click.echo(f"{name}: {s['images_per_s']:.3f} img/s over iterations [{s['warmup']}, {s['end']}) "
-               f"from {record['environment']['log_format']} log(s); measured_by: log")
-    for note in record["from_log"]["notes"]:
-        click.echo(f"  note: {note}")
-    click.echo(f"results: {run_dir}")
+    click.echo(suite.ingested_text(name, record, run_dir))
 
 
 @main.command()

@@ -221,6 +221,9 @@ def regress(baseline: str | Path, candidate: str | Path, threshold: float = 0.05
     # every run on each side against the first of the baseline: one scenario throughout
     first = next(r for recs in base.values() for r in recs.values() if r["status"] == "ok")
     warnings = set(noisy)
+    if Path(baseline).resolve() == Path(candidate).resolve():
+        warnings.add(f"--baseline and --candidate are the same folder ({baseline}): the runs are compared with themselves, "
+                     "which says nothing about a change")
     for name, rounds in ((baseline, base), (candidate, cand)):
         for where, recs in rounds.items():
             for record in recs.values():
@@ -276,7 +279,12 @@ def history(path: str | Path, relative_to: str | None = None, impls: list[str] |
     first run was measured), and per implementation the commit at which it stepped: the split into
     two segments with the least squared error of the log values, kept if Welch's test gives p < alpha
     and the step exceeds the threshold."""
-    rounds = load_rounds(path)
+    return history_of(load_rounds(path), str(path), relative_to, impls, threshold, alpha)
+
+
+def history_of(rounds: dict, where: str, relative_to: str | None = None, impls: list[str] | None = None,
+               threshold: float = 0.05, alpha: float = 0.01) -> list[Step]:
+    """``history`` over rounds already read ({round folder: {impl: record}}; ``where`` names them in errors)."""
     by_commit: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     first_time: dict[str, str] = {}
     for recs in rounds.values():
@@ -293,7 +301,7 @@ def history(path: str | Path, relative_to: str | None = None, impls: list[str] |
                 value -= np.log(recs[relative_to]["summary"]["images_per_s"])
             by_commit[impl][sha].append(value)
     if not by_commit:
-        raise ResultError(f"{path}: no successful run" + (f" with {relative_to} beside it" if relative_to else ""))
+        raise ResultError(f"{where}: no successful run" + (f" with {relative_to} beside it" if relative_to else ""))
     steps = []
     for impl, commits in sorted(by_commit.items()):
         order = sorted(commits, key=lambda sha: first_time[sha])
@@ -324,6 +332,22 @@ def verdict_text(results: list[Comparison], failures: list[Failure], relative_to
         }).to_markdown(index=False, disable_numparse=True))
     lines += [f"FAILED: {f.impl}: {f.reason}" for f in failures]
     return "\n".join(lines)
+
+
+def comment_text(results: list[Comparison], failures: list[Failure], relative_to: str | None, confidence: float,
+                 warnings: list[str] = ()) -> str:
+    """The gate's verdict as a pull-request comment: a verdict line, each implementation's slowdown with its
+    interval in words, then the table (verdict_text) and the warnings."""
+    failed = failures or any(r.regression for r in results)
+    lines = [f"**mrcnn-bench gate: {'FAILED' if failed else 'passed'}**"
+             + (f" (throughput relative to {relative_to} in the same round)" if relative_to else ""), ""]
+    for r in results:
+        lines.append(f"- {r.label}: ×{r.slowdown:.3f} time per image [{r.ci_low:.3f}, {r.ci_high:.3f}] "
+                     f"({100 * confidence:.0f}% interval): {r.verdict}")
+    lines += [f"- {f.impl}: failed: {f.reason}" for f in failures]
+    lines += ["", verdict_text(results, [], relative_to, confidence, "md")]
+    lines += [f"\n> warning: {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
 
 
 def history_text(steps: list[Step], fmt: str = "md") -> str:

@@ -445,3 +445,11 @@ def follower_done(records: list[dict], part: str, run_dir) -> str:
     failed = [r for r in records if r["status"] != "ok"]
     return (f"\nthis {part} is done; the results are written by {part} 0 under {run_dir}"
             + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))
+
+
+def ingested_text(name: str, record: dict, run_dir) -> str:
+    """What `ingest` says of a log it read: the throughput, where it came from, its notes, where it went."""
+    s = record["summary"]
+    return "\n".join([f"{name}: {s['images_per_s']:.3f} img/s over iterations [{s['warmup']}, {s['end']}) "
+                      f"from {record['environment']['log_format']} log(s); measured_by: log",
+                      *(f"  note: {note}" for note in record["from_log"]["notes"]), f"results: {run_dir}"])

@@ -61,3 +61,14 @@ def test_phases_benchmark_splits_an_iteration_and_profiles():
         assert 0 < inner < rows["roi heads fwd+loss"][impl]
         assert rows["backward"][impl] > 0 and rows["total"][impl] > rows["backbone fwd"][impl]
     assert out.stdout.count("torch.profiler, ") == 2 and "Self CPU" in out.stdout
+
+
+def test_the_publish_benchmark_publishes_and_republishes_only_what_changed(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "publish_runs.py"), "--runs", "8", "--work", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # two rounds of four runs: one scenario page and the index; one round more rewrites both and copies its files only
+    assert out.stdout.startswith("8 run folders: first publish ") and "(2 pages, " in out.stdout, out.stdout
+    new_files = sum(1 for p in (tmp_path / "results" / "round-new").rglob("*") if p.is_file() and p.name in
+                    ("run.json", "iterations.jsonl", "log.txt", "telemetry.jsonl", "launch.json"))
+    assert f"(2 pages written, 0 kept, {new_files} files copied)" in out.stdout, out.stdout

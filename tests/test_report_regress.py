@@ -483,3 +483,23 @@ def test_a_task_in_one_file_runs_end_to_end_and_reports_its_section(tmp_path):
     assert too_many.returncode == 2 and "--task warm: benchmark.iters=2000 is more than 1000 translations" in too_many.stderr
     unknown = run_cli("run", *common, "--run-id", "y")  # without the plugin the task does not exist
     assert unknown.returncode == 2 and "Invalid value for '--task'" in unknown.stderr
+
+
+def test_the_gate_writes_its_verdict_as_a_pull_request_comment(tmp_path):
+    base = ROOT / "results" / "baselines" / "gate-cpu"
+    ok = run_cli("regress", "--baseline", base, "--candidate", base, "--relative-to", "torchvision", "--impl", "reference",
+                 "--comment", tmp_path / "ok.md")
+    assert ok.returncode == 0, ok.stderr
+    text = (tmp_path / "ok.md").read_text()
+    assert text.startswith("**mrcnn-bench gate: passed** (throughput relative to torchvision in the same round)\n")
+    assert "- reference: ×1.000 time per image [" in text and "| reference " in text
+    assert "> warning: --baseline and --candidate are the same folder" in text
+    # a candidate whose reference is missing from a round: the gate fails, and the comment says why
+    cand = tmp_path / "cand"
+    shutil.copytree(base, cand)
+    shutil.rmtree(next(p for p in sorted(cand.iterdir()) if p.is_dir()) / "reference")
+    bad = run_cli("regress", "--baseline", base, "--candidate", cand, "--relative-to", "torchvision", "--impl", "reference",
+                  "--comment", tmp_path / "bad.md")
+    assert bad.returncode == 1, bad.stderr
+    text = (tmp_path / "bad.md").read_text()
+    assert text.startswith("**mrcnn-bench gate: FAILED**") and "- reference: failed: " in text, text
