@@ -199,6 +199,20 @@ def _write(out: Path, name: str, text: str, digest: str, manifest: dict, done: P
     done.written.append(name)
 
 
+def _work_and_energy(records: list[dict]) -> str:
+    """For finished training runs: their work per image, FLOPs and MFU (the report's detail table) and the
+    machine's energy and utilisation where measured (its machine table), as HTML."""
+    from .frames import runs_frame
+    from .report import _md, detail_table, machine_table
+
+    ok = [r for r in records if r["status"] == "ok" and (r.get("summary") or {}).get("images_per_s") is not None]
+    if not ok:
+        return ""
+    df = runs_frame(ok)
+    tables = [detail_table(df), machine_table(df)]
+    return "".join(_markdown(_md(t)) for t in tables if t is not None and len(t))
+
+
 def publish(results: str | os.PathLike, out: str | os.PathLike) -> Published:
     from .report import compact_markdown, render_markdown
 
@@ -231,6 +245,7 @@ def publish(results: str | os.PathLike, out: str | os.PathLike) -> Published:
                 if f.is_file():
                     done.copied += _copy(f, out / "runs" / folder.relative_to(results) / f.name, manifest["files"])
         table = _markdown(compact_markdown(latest))  # the task's own short table (latency, accuracy, loaders, ...)
+        table += _work_and_energy(latest)
         index.append(f"<h2><a href='{page}'>{html.escape(scenario)}</a></h2><p>{len(recs)} run(s) in {len(rounds)} round(s); "
                      f"the newest, {html.escape(_when(latest))}:</p>{table}")
     if done.skipped:

@@ -93,3 +93,10 @@ def test_a_second_publish_rewrites_only_what_changed(tmp_path):
     third = publish(results, site)
     assert sorted(third.written) == ["cpu-small-1-cpu-fp32-train.html", "index.html"], third.written
     assert (site / "runs" / "cpu_small-new" / "reference" / "run.json").is_file()
+
+
+def test_a_folder_without_runs_still_gets_a_site_that_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = run_cli("publish", tmp_path / "empty", "--out", tmp_path / "site")
+    assert out.returncode == 0 and "0 scenario(s)" in out.stdout, out.stdout + out.stderr
+    assert "no runs found" in (tmp_path / "site" / "index.html").read_text()
