@@ -318,7 +318,7 @@ def run_implementation(
     started = time.time()
     cmd, env = _worker_command(impl, cfg, data_paths, data_summary, run_dir, run_id, opts, started)
     timeout = opts.timeout_s or cfg.benchmark.timeout_s
-    watch = RunWatch(cfg, run_dir, opts.nproc_per_node)  # the machine's state now; its samples while the run runs
+    watch = RunWatch(cfg, run_dir, opts.nproc_per_node, opts.part)  # the machine's state now; its samples while it runs
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -302,7 +302,7 @@ class RunWatch:
     (harness/doctor.py), the samples while it runs, and at its end, over the timed window, the telemetry
     summary and whether the run was noisy."""
 
-    def __init__(self, cfg, run_dir: Path, processes_per_node: int):
+    def __init__(self, cfg, run_dir: Path, processes_per_node: int, part: str = ""):
         from .doctor import machine_state
 
         bench = cfg.benchmark
@@ -321,7 +321,9 @@ class RunWatch:
             self._skip("telemetry", f"benchmark.telemetry_period_s {bench.telemetry_period_s}: expected {lo} to {hi} s; "
                                     "nothing sampled")
             return
-        self.sampler = Sampler(run_dir / "telemetry.jsonl", bench.telemetry_period_s, gpus, own_per_gpu=1 if cuda else 0,
+        # each launch of a run (the leader; another node or SLURM task: its part) samples its own host
+        name = f"telemetry-{part}.jsonl" if part else "telemetry.jsonl"
+        self.sampler = Sampler(run_dir / name, bench.telemetry_period_s, gpus, own_per_gpu=1 if cuda else 0,
                                missing=self.missing)
         for part, why in self.missing.items():
             if part == "gpu" and cuda:
