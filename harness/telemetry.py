@@ -25,6 +25,7 @@ from .nvml import THROTTLE_BITS, _try, nvml_or_reason, throttle_reasons
 PERIOD_RANGE = (0.01, 10.0)  # seconds between samples
 NOISY_SHARE = 0.05  # a throttle or another process in more than this share of the window's samples: noisy
 OTHERS_CPU_SHARE = 0.10  # other processes busy on more than this share of the machine's CPU time: noisy
+MIN_SAMPLES = 3  # samples inside the window below which the others' CPU share is not judged
 RAPL = Path("/sys/class/powercap")
 
 
@@ -91,8 +92,8 @@ def cpu_sample(pid: int | None, rapl: dict[str, Path]) -> dict:
     own = 0.0
     for p in [psutil.Process(), *(_tree(pid) if pid else [])]:  # this launcher (its sampling too) and the run's processes
         try:
-            t = p.cpu_times()
-            own += t.user + t.system
+            t = p.cpu_times()  # with the children it has reaped (a loader worker that ended): own CPU never drops
+            own += t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             pass
     times = psutil.cpu_times()
@@ -244,7 +245,8 @@ def window_telemetry(rows: list[dict], t0: float, t1: float, images: int, cores:
     out["load1_max"] = max((r["load1"] for r in inside), default=None)
     busy = [_at(rows, t, lambda r: r["busy_cpu_s"]) for t in (t0, t1)]
     own = [_at(rows, t, lambda r: r["own_cpu_s"]) for t in (t0, t1)]
-    if None not in busy + own and seconds > 0:
+    # a window of fewer samples than MIN_SAMPLES is read off samples mostly outside it: no verdict on others' CPU
+    if None not in busy + own and seconds > 0 and len(inside) >= MIN_SAMPLES:
         out["others_cpu_share"] = max(0.0, (busy[1] - busy[0]) - (own[1] - own[0])) / (cores * seconds)
     for part, joules in energy.items():
         out[f"{part}_energy_j"] = joules
@@ -369,6 +371,9 @@ class RunWatch:
                                          price_per_hour=self.price, gpus=self.sampler.gpus is not None)
             if not telemetry.get("energy_parts"):
                 missing.setdefault("energy", "no energy counter was readable (neither NVML nor RAPL): no J/img")
+            if telemetry["samples"] < MIN_SAMPLES:
+                missing["noise"] = (f"the window ({telemetry['seconds']:.2f} s) holds {telemetry['samples']} sample(s) of "
+                                    f"every {self.sampler.period_s} s: too few to judge other processes' CPU")
         if telemetry:
             summary["telemetry"] = telemetry
         if missing:

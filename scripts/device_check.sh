@@ -63,8 +63,8 @@ if [ "$REHEARSE" = 1 ]; then
   LEVERS=(--rounds 1 --iters 1 --warmup 1 --only amp,layout)
   PHASES=(--iters 3 --warmup 1)
   PHASE_ITERS=3 PHASE_WARMUP=1
-  DATA_WORKERS=0,1 DATA_ITERS=6 DATA_WARMUP=2
-  TRACE_ITERS=5 TRACE_WARMUP=2
+  DATA_WORKERS=0,1 DATA_ITERS=4 DATA_WARMUP=1
+  TRACE_ITERS=3 TRACE_WARMUP=2 TRACE_STEPS=1
 else
   PYTHON=${PYTHON:-python3}
   INSTALL=${INSTALL:-1}
@@ -80,7 +80,7 @@ else
   PHASES=(--iters 12 --warmup 4 --profile 3)
   PHASE_ITERS=24 PHASE_WARMUP=8
   DATA_WORKERS=0,2,4,8 DATA_ITERS=60 DATA_WARMUP=10  # loader workers on the 10 benchmark cores
-  TRACE_ITERS=13 TRACE_WARMUP=10
+  TRACE_ITERS=13 TRACE_WARMUP=10 TRACE_STEPS=3
 fi
 case "$PYTHON" in  # absolute (the steps change folders), without resolving a venv's symlink
   */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;;
@@ -319,11 +319,11 @@ trace_step() {  # trace_step SIZE/THREADS arguments...
   [ "$(cat "$MMCV_DIR/status" 2>/dev/null)" = ok ] && impls=$impls,mmdet
   "${bench[@]}" trace --config "$CONFIG" --device "$DEVICE" --gpus 1 --ims-per-gpu 2 --out "$RESULTS" --run-id trace \
     --impl "$impls" --timeout "$TIMEOUT" --set benchmark.iters="$TRACE_ITERS" --set benchmark.warmup="$TRACE_WARMUP" \
-    --set benchmark.window_end="$TRACE_ITERS" --set benchmark.trace_steps=3 "$@" \
+    --set benchmark.window_end="$TRACE_ITERS" --set benchmark.trace_steps="$TRACE_STEPS" "$@" \
     && "${bench[@]}" report "$RESULTS/trace" --out "$RESULTS/trace.md"
 }
 export -f trace_step
-export TRACE_ITERS TRACE_WARMUP
+export TRACE_ITERS TRACE_WARMUP TRACE_STEPS
 step trace 150 60 on_cpus bash -c 'trace_step "$@"' trace "${SIZE[@]}" "${THREADS[@]}"
 compgen -G "$RESULTS/trace/*/trace-*.json.gz" >/dev/null && pack_traces && pack
 

@@ -36,6 +36,9 @@ def test_the_window_is_cut_out_of_the_samples_with_its_counters_interpolated_at_
     assert len(causes) == 3 and "25% of the machine's CPU" in causes[0] and "hw_thermal" in causes[1] and "pid 7" in causes[2]
     quiet = window_telemetry([_sample(100.0 + k, 0.0, 1.0 * k, 1.0 * k) for k in range(5)], 100.5, 103.5, 8, 2)
     assert noise(quiet) == [] and quiet["others_cpu_share"] == 0.0
+    # a window between two samples (a data run's milliseconds) is read off samples outside it: no verdict
+    busy_outside = [_sample(100.0, 0.0, 0.0, 0.0), _sample(101.0, 0.0, 2.0, 0.0)]
+    assert "others_cpu_share" not in window_telemetry(busy_outside, 100.4, 100.41, 2, 2)
     # a window the samples do not cover has no energy, not a wrong one
     assert "gpu_energy_j" not in window_telemetry(rows, 90.0, 105.0, 20, 2)
     stamps = [{"iter": i, "duration": 1.0, "wall_time": 50.0 + i} for i in range(6)]
