@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
-STAGES = ("read", "decode", "transform", "collate", "to_device", "other")
+STAGES = ("read", "decode", "transform", "collate", "to_device", "other")  # the first four: the loader's own calls
 # open()'s keywords at their defaults (iopath's PathManager passes them all): a plain read of the file
 _OPEN_DEFAULTS = {"buffering": -1, "encoding": None, "errors": None, "newline": None, "closefd": True, "opener": None}
 
@@ -132,10 +132,11 @@ class StageSplit:
     seconds: dict = field(default_factory=dict)
 
     def ms_per_image(self) -> dict[str, float]:
-        known = {k: self.seconds.get(k, 0.0) for k in ("read", "decode", "transform", "collate")}
+        """STAGES in ms per image: the timed calls' self times, the copy to the device, the rest of the wall time."""
+        known = {k: self.seconds.get(k, 0.0) for k in STAGES[:4]}
         known["to_device"] = self.to_device_s
         known["other"] = max(self.wall_s - sum(known.values()), 0.0)
-        return {k: 1e3 * v / self.images for k, v in known.items()}
+        return {k: 1e3 * known[k] / self.images for k in STAGES}
 
 
 def split_stages(adapter, cfg, data, dist, native, batches: int, sync=lambda: None) -> dict:
@@ -162,10 +163,10 @@ def split_stages(adapter, cfg, data, dist, native, batches: int, sync=lambda: No
         split.seconds = dict(clock.seconds)
         calls = dict(clock.calls)
         del pipeline
-    for stage in ("transform", "decode", "collate", "read"):
+    for stage in STAGES[:4]:
         if not calls.get(stage):
             raise StageSplitError(f"{adapter.name}: no call of its loader's {stage} stage ran in {batches} batches "
                                f"(loader_stages names calls its loader does not make)")
     return {"ms_per_image": split.ms_per_image(), "batches": split.batches, "images": split.images,
-            "calls": {k: calls.get(k, 0) for k in ("read", "decode", "transform", "collate")},
+            "calls": {k: calls.get(k, 0) for k in STAGES[:4]},
             "transform_holds": stages.transform}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import time
 
+from mrcnn_bench.harness.data_stages import STAGES
+
 from . import RankContext, Task, one_process
 from .rank import PartialIterations, native_dict, say, write_record
 
@@ -185,7 +187,7 @@ def data_table(df):
     and the headroom over a training run of the same scenario where the report holds one."""
     import pandas as pd
 
-    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    runs = _finished(df)
     if not len(runs):
         return None
     s = list(runs["summary"])
@@ -215,7 +217,7 @@ def startup_table(df):
     """The sweep's start-up and memory: a row per implementation and worker count."""
     import pandas as pd
 
-    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    runs = _finished(df)
     rows = sorted(zip(runs["impl"], runs["summary"]), key=lambda r: (r[0], r[1]["num_workers"]))
     return pd.DataFrame({
         "Implementation": [impl for impl, _ in rows],
@@ -226,8 +228,13 @@ def startup_table(df):
     })
 
 
+def _finished(df):
+    """The finished data runs of the frame."""
+    return df[(df["task"] == "data") & (df["status"] == "ok")]
+
+
 def _counts(df) -> int:
-    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    runs = _finished(df)
     return len({s["num_workers"] for s in runs["summary"]})
 
 
@@ -236,7 +243,7 @@ def sweep_table(df):
     p50 of a batch, and the headroom over a training run of the same scenario where the report has one)."""
     import pandas as pd
 
-    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    runs = _finished(df)
     cells = {}
     for impl, scenario, s in zip(runs["impl"], runs["config"], runs["summary"]):
         ratio, _ = headroom(df, impl, scenario, s["images_per_s"])
@@ -253,7 +260,7 @@ def stages_table(df):
     collate, the copy to the device and the rest; what its "transform" holds; or why it has none."""
     import pandas as pd
 
-    runs = df[(df["task"] == "data") & (df["status"] == "ok")]
+    runs = _finished(df)
     rows = []
     for impl, s in zip(runs["impl"], runs["summary"]):
         if s.get("num_workers"):
@@ -267,5 +274,4 @@ def stages_table(df):
     return pd.DataFrame(rows) if rows else None
 
 
-_STAGE_COLUMNS = (("read", "read"), ("decode", "decode"), ("transform", "transform"), ("collate", "collate"),
-                  ("to_device", "to device"), ("other", "other"))
+_STAGE_COLUMNS = [(key, key.replace("_", " ")) for key in STAGES]
