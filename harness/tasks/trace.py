@@ -126,7 +126,7 @@ class TraceProbe(TimerListener):
         prof, self.profiler = self.profiler, None
         prof.stop()
         cuda = self.device.startswith("cuda")
-        top = top_operators(prof, self.steps, cuda)
+        top = None if cuda else top_operators(prof, self.steps)  # on CUDA the kernels come from the trace below
         prof.export_chrome_trace(str(self.path))
         events = json.loads(gzip.decompress(self.path.read_bytes()))
         events = events.get("traceEvents", events) if isinstance(events, dict) else events
@@ -138,7 +138,7 @@ class TraceProbe(TimerListener):
             self.summary.update(gpu_idle(self.path))
 
 
-def top_operators(prof, steps: int, cuda: bool) -> list[dict]:
+def top_operators(prof, steps: int) -> list[dict]:
     """The operators by self CPU time: ms and calls per step (the profiler's own averages)."""
     rows = [{"name": e.key, "ms_per_step": e.self_cpu_time_total / 1e3 / steps, "calls_per_step": e.count / steps}
             for e in prof.key_averages() if e.self_cpu_time_total > 0 and not e.key.startswith(("mrcnn-bench: ", "ProfilerStep#"))]
