@@ -133,6 +133,12 @@ class Adapter(abc.ABC):
         them between implementations: with shared weights they compute the same function."""
         raise NotImplementedError(f"{self.name}: no forward check")
 
+    def torchvision_names(self, state: dict) -> dict:
+        """A state dict of the framework's model (or any dict of tensors shaped as its parameters, such as
+        their gradients) in torchvision's Mask R-CNN names and layout: how ``parity --check-step`` compares
+        gradients between frameworks."""
+        raise NotImplementedError(f"{self.name}: no conversion to torchvision's layout")
+
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The framework's own eval path as a callable, for ``--task infer`` and ``--task eval``
         (harness/inference.py): a list of decoded RGB images (uint8 tensors [3, H, W] on the host) ->

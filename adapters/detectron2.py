@@ -156,6 +156,9 @@ class Detectron2Adapter(Adapter):
     def divergences(self, cfg) -> dict:
         return unsupported(cfg, RULES)
 
+    def torchvision_names(self, state: dict) -> dict:
+        return to_torchvision(state)
+
     def forward_features(self, cfg, images) -> dict:
         native = self.translate(cfg)
         _apply_shims(cfg.benchmark.device)

@@ -108,6 +108,11 @@ class ReferenceAdapter(Adapter):
             "_notes": {},
         }
 
+    def torchvision_names(self, state: dict) -> dict:
+        from mrcnn_bench.reference_impl.modeling import to_torchvision_state_dict
+
+        return to_torchvision_state_dict(state)
+
     def forward_features(self, cfg, images) -> dict:
         model = self.build_model(self.translate(cfg)).train()
         features = model.backbone(images)

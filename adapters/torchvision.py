@@ -233,6 +233,9 @@ class TorchvisionAdapter(Adapter):
                               weight_decay_norm=optimizer["norm_weight_decay"], warmup_method="linear",
                               lrs=self.lr_trajectory(native, schedule_length(native.schedule)))
 
+    def torchvision_names(self, state: dict) -> dict:
+        return dict(state)  # its own
+
     def forward_features(self, cfg, images) -> dict:
         model = self.build_model(self.translate(cfg)).train()
         features = list(model.backbone(images).values())

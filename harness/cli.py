@@ -348,22 +348,23 @@ def publish(results, out):
               help="Instead of the static table: check what the implementations of this run did (lr, batch, work).")
 @click.option("--band", default=None, type=click.FloatRange(min=0, min_open=True),
               help="With --run: tolerated distance of positives per image from the median [0.25].")
-@click.option("--check-forward", is_flag=True,
-              help="Instead of the static table: feed one batch to every implementation, from the shared initial weights, "
-                   "and compare their FPN features and RPN outputs.")
+@click.option("--check-forward", is_flag=True, help="Instead: one batch through each, its FPN features and RPN outputs compared.")
+@click.option("--check-step", is_flag=True, help="Instead: one training step of each on the same batch against the reference's.")
+@click.option("--keep", default=None, type=click.Path(file_okay=False), help="--check-step's batch and runs kept here.")
 @_bad_input
-def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward):
-    """The effective hyperparameters of every installed implementation, side by side; with --run, the
-    trajectories of one run side by side; with --check-forward, their outputs on one batch (exit 1 on a
-    divergence)."""
+def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward, check_step, keep):
+    """The effective hyperparameters of every installed implementation, side by side; with --run, the trajectories
+    of one run; with --check-forward, their outputs on one batch; with --check-step, one training step of each
+    against the reference's: losses, gradients per module, optimizer groups, work (exit 1 on a divergence)."""
     from . import checks
 
-    if run_dir:
-        text, ok = checks.trajectory_parity(run_dir, band)
-    elif check_forward:
-        text, ok = checks.forward_parity(config_name, impl, data_root, suite.interpreters(pythons))
-    else:
-        text, ok = checks.static_parity(config_name, impl, data_root, suite.interpreters(pythons))
+    if sum(map(bool, (run_dir, check_forward, check_step))) > 1:
+        raise BadInput("--run, --check-forward and --check-step are separate checks: give one")
+    python = suite.interpreters(pythons)
+    text, ok = (checks.trajectory_parity(run_dir, band) if run_dir else
+                checks.step_parity(config_name, impl, data_root, python, keep) if check_step else
+                checks.forward_parity(config_name, impl, data_root, python) if check_forward else
+                checks.static_parity(config_name, impl, data_root, python))
     click.echo(text)
     sys.exit(0 if ok else 1)
 

@@ -31,14 +31,17 @@ class BackboneConfig(_Section):
     depth: Literal[50] = 50
     # Stages up to and including this one are frozen: 2 = stem + res2 (Detectron's FREEZE_AT).
     freeze_at: int = Field(2, ge=0, le=5)
-    # FrozenBN is the canonical choice with pretrained weights. A run with no weights cannot train
-    # through frozen identity statistics (activations explode within a few iterations), so
-    # ``norm_without_weights`` is what every implementation uses instead in that case.
+    # FrozenBN is the canonical choice, with or without pretrained weights. Without ``model.weights``
+    # the shared initialisation calibrates every norm layer's statistics on the run's own training images
+    # (``calibration_images`` of them: each layer's per-channel input mean and variance in the seeded
+    # network, harness/init_weights.py), so frozen statistics normalise as ImageNet's do and the canonical
+    # structure trains. ``norm_without_weights`` / ``freeze_at_without_weights`` replace norm / freeze_at
+    # when no weights are given; None (the default) keeps the canonical ones. Anything else (trainable BN
+    # through every stage, as the benchmark did before the calibration) is named in the report.
     norm: Literal["FrozenBN", "BN", "SyncBN"] = "FrozenBN"
-    norm_without_weights: Literal["FrozenBN", "BN", "SyncBN"] = "BN"
-    # Freezing randomly initialised stages only cripples the model: with no weights, train them all
-    # (torchvision's own rule: trainable_backbone_layers=5 when it has no weights).
-    freeze_at_without_weights: int = Field(0, ge=0, le=5)
+    norm_without_weights: Literal["FrozenBN", "BN", "SyncBN"] | None = None
+    freeze_at_without_weights: int | None = Field(None, ge=0, le=5)
+    calibration_images: int = Field(8, gt=0, le=1024)
 
 
 class AnchorConfig(_Section):
@@ -134,11 +137,29 @@ class ModelConfig(_Section):
 
     @property
     def effective_norm(self) -> str:
-        return self.backbone.norm if self.weights else self.backbone.norm_without_weights
+        b = self.backbone
+        return b.norm if self.weights or b.norm_without_weights is None else b.norm_without_weights
 
     @property
     def effective_freeze_at(self) -> int:
-        return self.backbone.freeze_at if self.weights else self.backbone.freeze_at_without_weights
+        b = self.backbone
+        return b.freeze_at if self.weights or b.freeze_at_without_weights is None else b.freeze_at_without_weights
+
+    @property
+    def calibrates_norm(self) -> bool:
+        """Whether the shared initialisation sets the backbone's norm statistics from the run's data: with
+        no ``weights`` to bring ImageNet's (and no ``init_weights`` file given, which brings its own)."""
+        return not self.weights
+
+    def structure_differences(self) -> dict[str, tuple]:
+        """The canonical keys of the backbone's structure this model runs otherwise ({key: (canonical,
+        effective)}): what a report names when the scenario does not train the canonical model."""
+        out = {}
+        if self.effective_norm != self.backbone.norm:
+            out["model.backbone.norm"] = (self.backbone.norm, self.effective_norm)
+        if self.effective_freeze_at != self.backbone.freeze_at:
+            out["model.backbone.freeze_at"] = (self.backbone.freeze_at, self.effective_freeze_at)
+        return out
 
 
 class InputConfig(_Section):
@@ -219,6 +240,10 @@ class BenchmarkConfig(_Section):
     # head and the pasting; random logits can give the cap of 100 per image); 0: the weights as they are
     shared_training_iters: int = Field(0, ge=0)
     trace_steps: int = Field(2, gt=0)  # trace: iterations [warmup, warmup + trace_steps) under torch.profiler
+    # step (parity --check-step): the first convolution's input moved by this many units in the last place,
+    # each element up or down at random (seeded): the reference against itself, how far float rounding of
+    # the input alone moves its step (the check's noise floor); 0: the input as the framework makes it
+    step_input_ulps: int = Field(0, ge=0, le=1024)
     # Canonical keys an implementation may run differently from the config (``--allow-divergent KEY``):
     # the run goes on, run.json records each divergence and the report marks it. A key a framework
     # cannot express and that is not listed here stops the run with exit 2 before anything starts.
@@ -306,6 +331,13 @@ class Config(_Section):
             raise ValueError(
                 f"solver.ims_per_batch={self.solver.ims_per_batch} is not divisible by "
                 f"benchmark.gpus ({world}) x benchmark.grad_accum ({self.benchmark.grad_accum})"
+            )
+        m = self.model
+        if m.calibrates_norm and not m.init_weights and not self.benchmark.shared_init and m.effective_norm != "BN":
+            raise ValueError(
+                f"model.backbone.norm {m.effective_norm} without model.weights needs benchmark.shared_init: true (its "
+                "initialisation calibrates the frozen statistics on the run's images; each framework's own has none), or "
+                "model.backbone.norm_without_weights: BN with freeze_at_without_weights: 0 (trainable BN, not the canonical model)"
             )
         return self
 
@@ -426,3 +458,11 @@ def with_defaults(config: dict) -> dict:
         return Config.model_validate(config).model_dump(mode="json")
     except Exception:  # noqa: BLE001 - compared as written
         return config
+
+
+def structure_differences_of(config: dict | None) -> dict[str, tuple]:
+    """A recorded config's :meth:`ModelConfig.structure_differences` (nothing for one this version cannot read)."""
+    try:
+        return Config.model_validate(with_defaults(config or {})).model.structure_differences()
+    except Exception:  # noqa: BLE001 - a record this version cannot read names nothing
+        return {}

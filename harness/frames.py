@@ -8,6 +8,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .config import structure_differences_of
 from .metrics import METRICS
 from .results import find_runs, load_run, read_iterations
 from .statistics import throughput_ci
@@ -69,7 +70,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
-                "noisy": r.get("noisy") or [],  # why the numbers are not the machine's alone (harness/telemetry.py)
+                "noisy": r.get("noisy") or [],
+                # the backbone's structure where it is not the canonical config's ({key: (canonical, run)})
+                "structure": structure_differences_of(r.get("config")),  # why the numbers are not the machine's alone (harness/telemetry.py)
                 "summary": s,  # the whole summary: what a task's own section reads (harness/tasks)
                 "path": r.get("_path"),
             }

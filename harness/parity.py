@@ -233,8 +233,10 @@ def _against_median(rows: list[dict], label: str, per_impl: dict[str, float], ba
 
 
 # ------------------------------------------------------------------------------- the same function
-#: relative tolerance of the forward check: float32 through ResNet-50 + FPN, summed in other orders
-FORWARD_RTOL = 1e-4
+#: relative tolerance of the forward check: float32 through ResNet-50 + FPN, summed in other orders, and
+#: with the reference's FrozenBN folded into its convolutions (the scaled weights round once more): up to
+#: 1.1e-4 measured at cpu_small with calibrated statistics (0 between the reference unfolded and torchvision)
+FORWARD_RTOL = 5e-4
 
 
 def check_images(cfg, train_json, image_dir):

@@ -117,6 +117,17 @@ def noisy_notes(df: pd.DataFrame) -> list[str]:
             if causes]
 
 
+def structure_notes(df: pd.DataFrame) -> list[str]:
+    """A line per scenario whose runs did not train the canonical model's structure, naming what differs."""
+    seen = {}
+    for config, impl, diff in zip(df["config"], df["impl"], df["structure"]):
+        if diff:
+            key = (config, "; ".join(f"{k} {run} (canonical {canonical})" for k, (canonical, run) in sorted(diff.items())))
+            seen.setdefault(key, []).append(impl)
+    return [f"- **not the canonical model**: {config} ({', '.join(sorted(set(impls)))}): {what}"
+            for (config, what), impls in seen.items()]
+
+
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
     """Throughput per process count, one series per implementation, dtype and scaling mode, with the
     scaling efficiency img/s(N) / (N x img/s(1)) (against the smallest N of the series when it has no
@@ -284,7 +295,7 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     if not records:
         return "_no runs found_\n"
     df = runs_frame(records)
-    noisy = noisy_notes(df)
+    notes = structure_notes(df) + noisy_notes(df)
     # the sections of tasks that do not train (inference) close the report; those that do follow the summary
     apart = [task for task in tasks().values() if not task.trains]
     apart_part = []
@@ -297,14 +308,14 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
             apart_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
     df = df[~df["task"].isin([task.name for task in apart])]
     if not len(df):
-        return "\n".join(apart_part[1:] + ([""] + noisy if noisy else [])) + "\n"
+        return "\n".join(apart_part[1:] + ([""] + notes if notes else [])) + "\n"
     logs = df[df["measured_by"] == "log"]
     df = df[df["measured_by"] != "log"]
     log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
                 _md(log_table(logs))] if len(logs) else []
     if not len(df):
         return "\n".join(log_part[1:]) + "\n"
-    parts = [_md(summary_table(df))] + ([""] + noisy if noisy else [])
+    parts = [_md(summary_table(df))] + ([""] + notes if notes else [])
     for task in tasks().values():
         table = task.section(df) if task.trains and task.section_title else None
         if table is not None:

@@ -218,6 +218,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, replace: bool = True) 
             pass
 
 
+def atomic_save_torch(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` whole or not at all (a temporary file beside it, then renamed)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, replace: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", replace=replace)
 

@@ -94,11 +94,28 @@ def test_overrides_are_validated_like_the_file():
         parse_override("benchmark.iters")
 
 
-def test_weightless_runs_use_trainable_norm():
+def test_weightless_runs_train_the_canonical_structure():
+    """Without weights the canonical FrozenBN with stem + res2 frozen (the shared initialisation calibrates the
+    statistics); trainable BN only as an explicit setting, which the report names; no calibration, no FrozenBN."""
+    from mrcnn_bench.harness.config import structure_differences_of
+
     cfg = load_config(CANONICAL)
-    assert cfg.model.weights is None and cfg.model.effective_norm == "BN" and cfg.model.effective_freeze_at == 0
+    assert cfg.model.weights is None and cfg.model.calibrates_norm
+    assert cfg.model.effective_norm == "FrozenBN" and cfg.model.effective_freeze_at == 2
+    assert cfg.model.structure_differences() == {}
     with_weights = cfg.with_overrides({"model.weights": "/x.pth"}).model
-    assert with_weights.effective_norm == "FrozenBN" and with_weights.effective_freeze_at == 2
+    assert with_weights.effective_norm == "FrozenBN" and with_weights.effective_freeze_at == 2 and not with_weights.calibrates_norm
+    bn = cfg.with_overrides({"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0})
+    assert bn.model.effective_norm == "BN" and bn.model.effective_freeze_at == 0
+    expected = {"model.backbone.norm": ("FrozenBN", "BN"), "model.backbone.freeze_at": (2, 0)}
+    assert bn.model.structure_differences() == expected
+    assert structure_differences_of(bn.to_dict()) == expected
+    # the explicit setting is ignored once weights are given: they bring the canonical statistics
+    assert bn.with_overrides({"model.weights": "/x.pth"}).model.structure_differences() == {}
+    with pytest.raises(ConfigError, match="FrozenBN without model.weights needs benchmark.shared_init: true"):
+        cfg.with_overrides({"benchmark.shared_init": False})
+    cfg.with_overrides({"benchmark.shared_init": False, "model.init_weights": "/init.pth"})  # a file brings its statistics
+    bn.with_overrides({"benchmark.shared_init": False})  # trainable BN needs no calibration
 
 
 def test_cli_config_error_exits_2(tmp_path):

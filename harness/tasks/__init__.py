@@ -72,7 +72,8 @@ class Task:
         return []
 
 
-_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data", "trace": "trace:Trace"}
+_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data", "trace": "trace:Trace",
+            "step": "step:Step"}
 _loaded: dict[str, Task] | None = None
 
 

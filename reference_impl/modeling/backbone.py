@@ -153,6 +153,41 @@ class ResNet(nn.Module):
         return outs
 
 
+def norm_layers(module: nn.Module) -> list[nn.Module]:
+    """Every norm layer of ``module`` with running statistics (FrozenBN, BatchNorm, SyncBatchNorm), in order."""
+    return [m for m in module.modules() if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
+
+
+@torch.no_grad()
+def calibrate_norm_statistics(body: ResNet, images: torch.Tensor) -> int:
+    """Set the running mean and variance of every norm layer of ``body`` to those of its input over the
+    batch ``images`` (normalised, [N, 3, H, W]), for a network with no pretrained statistics.
+
+    One forward pass of the whole batch: each layer, before it runs, takes the per-channel mean and
+    (biased) variance of its input over the batch and its pixels as its statistics, so the layers after it
+    see what they will see once every statistic is frozen, and what each layer measures is exact for the
+    frozen network. Weights and biases are left as they are. Returns how many layers were set."""
+    if images.dim() != 4 or not len(images):
+        raise ValueError(f"calibrate_norm_statistics: expected a batch [N, 3, H, W] of N >= 1 images, got {tuple(images.shape)}")
+    layers = norm_layers(body)
+
+    def measure(module, args):
+        var, mean = torch.var_mean(args[0], dim=(0, 2, 3), correction=0)
+        module.running_mean.copy_(mean)
+        module.running_var.copy_(var)
+
+    handles = [m.register_forward_pre_hook(measure) for m in layers]
+    fold, training = body.fold_norm, body.training
+    body.fold_frozen_bn(False).eval()  # a folded FrozenBN is never called: its input would go unseen
+    try:
+        body(images)
+    finally:
+        for h in handles:
+            h.remove()
+        body.fold_frozen_bn(fold).train(training)
+    return len(layers)
+
+
 class FPN(nn.Module):
     """Feature Pyramid Network: lateral 1x1 and output 3x3 convs per stage, nearest-neighbour top-down
     path, and P6 as a stride-2 max-pool of P5. Returns [P2, P3, P4, P5, P6]."""

@@ -71,11 +71,22 @@ class Preprocessor(nn.Module):
             return int(h * scale), int(w * scale)
         return int(h * scale + 0.5), int(w * scale + 0.5)
 
+    def normalized(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] -> the float image the backbone reads (mean and std removed)."""
+        if image.dtype == torch.uint8:
+            image = image.float().div_(255.0)
+        return (image - self.pixel_mean) / self.pixel_std
+
+    def resized(self, image: torch.Tensor, min_size: float, max_size: float) -> torch.Tensor:
+        """A [C, H, W] image resized by the Detectron rule (bilinear)."""
+        size = self.resized_size(*image.shape[-2:], min_size, max_size)
+        # an explicit size samples as scale_factor with recompute_scale_factor=True does for that size
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
     def _resize(self, image: torch.Tensor, target: dict | None):
         h, w = image.shape[-2:]
-        size = self.resized_size(h, w, *self._target_size())
-        # an explicit size samples as scale_factor with recompute_scale_factor=True does for that size
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        image = self.resized(image, *self._target_size())
+        size = tuple(image.shape[-2:])
         if target is None:
             return image, None
         target = dict(target)
@@ -89,10 +100,7 @@ class Preprocessor(nn.Module):
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageList, list[dict] | None]:
         out_images, out_targets = [], [] if targets is not None else None
         for i, image in enumerate(images):
-            if image.dtype == torch.uint8:
-                image = image.float().div_(255.0)
-            image = (image - self.pixel_mean) / self.pixel_std
-            image, target = self._resize(image, targets[i] if targets is not None else None)
+            image, target = self._resize(self.normalized(image), targets[i] if targets is not None else None)
             out_images.append(image)
             if out_targets is not None:
                 out_targets.append(target)
