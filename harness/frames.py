@@ -68,6 +68,7 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "load_average": env.get("load_average"),
                 "git_sha": env.get("git_sha"),
                 "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
+                "seed": ((r.get("config") or {}).get("benchmark") or {}).get("seed", 0),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
                 "noisy": r.get("noisy") or [],

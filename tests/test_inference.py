@@ -362,3 +362,27 @@ def test_committed_inference_run_every_framework_detects_alike():
     for k in (0, 1):
         values = [v[k] for v in per_image.values()]
         assert max(values) <= 1.1 * min(values), per_image
+
+
+def test_accuracy_over_seeds_is_judged_on_the_means_and_names_a_failed_seed():
+    import pandas as pd
+
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, accuracy_table
+
+    def acc(bbox50, segm50):
+        return {"bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100}, "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
+                "detections_per_image": 50.0}
+
+    rows = [("a", 0, acc(10.0, 8.0)), ("a", 1, acc(14.0, 10.0)), ("b", 0, acc(12.0, 9.0)), ("b", 1, acc(12.0, 9.2)),
+            ("c", 0, acc(6.0, 4.0)), ("c", 1, acc(6.0, 4.0))]
+    df = pd.DataFrame({"impl": [r[0] for r in rows] + ["d", "d"], "seed": [r[1] for r in rows] + [0, 1], "task": ["eval"] * 8,
+                       "status": ["ok"] * 7 + ["failed"], "reason": [None] * 7 + ["loss became nan at iteration 50"],
+                       "images_per_s": [1.0] * 8, "accuracy": [r[2] for r in rows] + [acc(12.0, 9.0), None]})
+    table = accuracy_table(df)
+    column = f"Within {AP_BAND} AP50 of the median (of the means)"
+    means = table[table["Seed"].str.startswith("mean")].set_index("Implementation")
+    # means: a 12.0/9.0, b 12.0/9.1, c 6.0/4.0 -> medians 12.0/9.0: a and b inside, c 6.0 outside; d failed at seed 1
+    assert means.loc["a", "bbox AP / AP50"] == "4.0 / 12.0" and means.loc["a", column] == "yes"
+    assert means.loc["b", column] == "yes" and means.loc["c", column] == "no (6.0)"
+    assert means.loc["d", column] == "no (failed at seed 1: failed: loss became nan at iteration 50)"
+    assert table[table["Seed"] == "1"]["Implementation"].tolist() == ["a", "b", "c"]

@@ -58,7 +58,10 @@ def ap50_offsets(accuracies: list[dict]) -> list[float]:
 
 def accuracy_table(df):
     """Per implementation its img/s over the window, bbox and segm AP and AP50 (0-100), detections per
-    image, and its distance from the median AP50 (``AP_BAND``); None without such runs."""
+    image, and its distance from the median AP50 (``AP_BAND``); None without such runs. Runs of several
+    seeds (``benchmark.seed``): a row per implementation and seed, then per implementation the mean over
+    the seeds, on which the band is judged (an implementation that failed at a seed has no mean: it is
+    outside, with the seed and why)."""
     import pandas as pd
 
     from mrcnn_bench.harness.metrics import show
@@ -66,12 +69,60 @@ def accuracy_table(df):
     runs = df[(df["task"] == "eval") & (df["status"] == "ok") & df["accuracy"].notna()]
     if not len(runs):
         return None
+    seeds = sorted(set(df.loc[df["task"] == "eval", "seed"])) if "seed" in df else [0]
+    if len(seeds) > 1:
+        return _accuracy_over_seeds(df[df["task"] == "eval"], runs, seeds)
     off = ap50_offsets(list(runs["accuracy"]))
     return pd.DataFrame({
         "Implementation": runs["impl"],
         "Throughput (img/s)": [show("images_per_s", v) for v in runs["images_per_s"]],
-        "bbox AP / AP50": [f"{100 * a['bbox']['AP']:.1f} / {100 * a['bbox']['AP50']:.1f}" for a in runs["accuracy"]],
-        "segm AP / AP50": [f"{100 * a['segm']['AP']:.1f} / {100 * a['segm']['AP50']:.1f}" for a in runs["accuracy"]],
+        "bbox AP / AP50": [_ap(a, "bbox") for a in runs["accuracy"]],
+        "segm AP / AP50": [_ap(a, "segm") for a in runs["accuracy"]],
         "Detections/img": runs["accuracy"].map(lambda a: f"{a['detections_per_image']:.1f}"),
         f"Within {AP_BAND} AP50 of the median": ["yes" if o <= AP_BAND else f"no ({o:.1f})" for o in off],
     }).reset_index(drop=True)
+
+
+def _ap(a: dict, kind: str) -> str:
+    return f"{100 * a[kind]['AP']:.1f} / {100 * a[kind]['AP50']:.1f}"
+
+
+def mean_accuracy(accuracies: list[dict]) -> dict:
+    """The mean over seeds of bbox and segm AP and AP50, and of the detections per image."""
+    import statistics
+
+    out = {kind: {k: statistics.fmean(a[kind][k] for a in accuracies) for k in ("AP", "AP50")} for kind in ("bbox", "segm")}
+    out["detections_per_image"] = statistics.fmean(a["detections_per_image"] for a in accuracies)
+    return out
+
+
+def _accuracy_over_seeds(evals, runs, seeds: list[int]):
+    """accuracy_table's rows for several seeds: each run, then each implementation's mean, judged."""
+    import pandas as pd
+
+    rows, means = [], {}
+    for impl in dict.fromkeys(evals["impl"]):
+        mine = runs[runs["impl"] == impl].sort_values("seed")
+        for seed, a in zip(mine["seed"], mine["accuracy"]):
+            rows.append({"Implementation": impl, "Seed": str(seed), "bbox AP / AP50": _ap(a, "bbox"), "segm AP / AP50": _ap(a, "segm"),
+                         "Detections/img": f"{a['detections_per_image']:.1f}"})
+        failed = evals[(evals["impl"] == impl) & (evals["status"] != "ok")]
+        if len(failed):
+            why = "; ".join(f"seed {s}: {st}: {r}" for s, st, r in zip(failed["seed"], failed["status"], failed["reason"]))
+            means[impl] = None
+            rows.append({"Implementation": impl, "Seed": f"mean of {len(seeds)}", "bbox AP / AP50": "-", "segm AP / AP50": "-",
+                         "Detections/img": "-", "verdict": f"no (failed at {why})"})
+        else:
+            means[impl] = mean_accuracy(list(mine["accuracy"]))
+            rows.append({"Implementation": impl, "Seed": f"mean of {len(mine)}", "bbox AP / AP50": _ap(means[impl], "bbox"),
+                         "segm AP / AP50": _ap(means[impl], "segm"), "Detections/img": f"{means[impl]['detections_per_image']:.1f}"})
+    judged = {impl: m for impl, m in means.items() if m is not None}
+    offsets = dict(zip(judged, ap50_offsets(list(judged.values())))) if judged else {}
+    column = f"Within {AP_BAND} AP50 of the median (of the means)"
+    for row in rows:
+        if row["Seed"].startswith("mean"):
+            o = offsets.get(row["Implementation"])
+            row[column] = row.pop("verdict", None) or ("yes" if o <= AP_BAND else f"no ({o:.1f})")
+        else:
+            row[column] = ""
+    return pd.DataFrame(rows)
