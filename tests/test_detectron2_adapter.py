@@ -17,7 +17,9 @@ def test_translation_round_trip(synth_root):
     cfg = load_config(CANONICAL)
     native = ADAPTER.translate(cfg, DataPaths.from_root(synth_root))
     assert native.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2" and native.SOLVER.IMS_PER_BATCH == 16
-    assert native.MODEL.RESNETS.NORM == "BN" and native.MODEL.BACKBONE.FREEZE_AT == 0  # no weights
+    assert native.MODEL.RESNETS.NORM == "FrozenBN" and native.MODEL.BACKBONE.FREEZE_AT == 2  # no weights: canonical all the same
+    bn = cfg.with_overrides({"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0})
+    assert ADAPTER.translate(bn).MODEL.RESNETS.NORM == "BN" and ADAPTER.translate(bn).MODEL.BACKBONE.FREEZE_AT == 0
     eff = ADAPTER.effective_hparams(native)
     table, notes = parity_frame(canonical_values(cfg, 80), {"detectron2": eff})
     assert notes == [], notes  # every canonical key is expressed exactly

@@ -210,7 +210,8 @@ def test_reference_runs_through_the_harness_with_amp_channels_last_and_accumulat
     assert record["summary"]["images"] == 3 * 4
     eff = record["effective_hparams"]
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.roi_heads.pooler_aligned"] is True
-    assert eff["model.backbone.norm"] == "BN" and eff["model.backbone.freeze_at"] == 0
+    # no weights: the canonical structure (FrozenBN, calibrated in the shared initialisation; stem + res2 frozen)
+    assert eff["model.backbone.norm"] == "FrozenBN" and eff["model.backbone.freeze_at"] == 2
 
 
 def _learning_setup(tmp_path, dtype="fp32"):

@@ -43,8 +43,11 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     assert eff_off["input.resize_rounding"] == "floor"
     assert eff["model.num_classes"] == 80
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.rpn.post_nms_topk_train"] == 1000
-    # no weights: BN and nothing frozen, for every implementation alike
-    assert eff["model.backbone.freeze_at"] == 0 and eff["model.backbone.norm"] == "BN"
+    # no weights: the canonical FrozenBN with stem + res2 frozen (statistics calibrated in the shared initialisation)
+    assert eff["model.backbone.freeze_at"] == 2 and eff["model.backbone.norm"] == "FrozenBN"
+    bn = cfg.with_overrides({"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0})
+    eff_bn = adapter.effective_hparams(adapter.translate(bn, data))  # trainable BN only when asked for
+    assert eff_bn["model.backbone.freeze_at"] == 0 and eff_bn["model.backbone.norm"] == "BN"
     assert eff["solver.ims_per_batch_per_process"] == 2
     # a changed config is seen in the effective values, i.e. they are not copied from the config
     cfg2 = cfg.with_overrides({"model.rpn.nms_thresh": 0.6, "model.backbone.freeze_at_without_weights": 3})
