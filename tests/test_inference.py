@@ -376,7 +376,8 @@ def test_accuracy_over_seeds_is_judged_on_the_means_and_names_a_failed_seed():
     rows = [("a", 0, acc(10.0, 8.0)), ("a", 1, acc(14.0, 10.0)), ("b", 0, acc(12.0, 9.0)), ("b", 1, acc(12.0, 9.2)),
             ("c", 0, acc(6.0, 4.0)), ("c", 1, acc(6.0, 4.0))]
     df = pd.DataFrame({"impl": [r[0] for r in rows] + ["d", "d"], "seed": [r[1] for r in rows] + [0, 1], "task": ["eval"] * 8,
-                       "status": ["ok"] * 7 + ["failed"], "reason": [None] * 7 + ["loss became nan at iteration 50"],
+                       "status": ["ok"] * 7 + ["failed"], "reason": [None] * 7 + ["rank 0: FloatingPointError: loss became nan at iteration 50: "
+                                                                       "loss_objectness=nan"],
                        "images_per_s": [1.0] * 8, "accuracy": [r[2] for r in rows] + [acc(12.0, 9.0), None]})
     table = accuracy_table(df)
     column = f"Within {AP_BAND} AP50 of the median (of the means)"
@@ -384,5 +385,35 @@ def test_accuracy_over_seeds_is_judged_on_the_means_and_names_a_failed_seed():
     # means: a 12.0/9.0, b 12.0/9.1, c 6.0/4.0 -> medians 12.0/9.0: a and b inside, c 6.0 outside; d failed at seed 1
     assert means.loc["a", "bbox AP / AP50"] == "4.0 / 12.0" and means.loc["a", column] == "yes"
     assert means.loc["b", column] == "yes" and means.loc["c", column] == "no (6.0)"
-    assert means.loc["d", column] == "no (failed at seed 1: failed: loss became nan at iteration 50)"
+    assert means.loc["d", column] == "no (failed at seed 1: loss became nan at iteration 50)"
     assert table[table["Seed"] == "1"]["Implementation"].tolist() == ["a", "b", "c"]
+
+
+def _canonical_eval() -> list[dict]:
+    from mrcnn_bench.harness.frames import load_runs
+
+    return load_runs([BASELINES / "eval-canonical"])
+
+
+def test_committed_canonical_eval_trained_the_canonical_model_on_three_seeds():
+    """results/baselines/eval-canonical (`run --task eval --config cpu_eval --set benchmark.seed=S`, S = 0, 1, 2):
+    every implementation on every seed, each seed from one shared initialisation with calibrated FrozenBN
+    statistics, the canonical structure (nothing named as differing from it)."""
+    from mrcnn_bench.harness.config import structure_differences_of
+
+    records = _canonical_eval()
+    assert {(r["impl"], r["config"]["benchmark"]["seed"]) for r in records} == {(i, s) for i in FOUR for s in (0, 1, 2)}
+    for seed in (0, 1, 2):
+        inits = {r["config"]["model"]["init_weights"] for r in records if r["config"]["benchmark"]["seed"] == seed}
+        assert len(inits) == 1, inits
+    for r in records:
+        assert structure_differences_of(r["config"]) == {}, r["impl"]
+        assert r["config"]["model"]["weights"] is None and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
+
+
+@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-canonical, the canonical model on cpu_eval's 200 "
+                                       "iterations from calibrated random weights): 5 of 12 runs diverged: detectron2 at seeds 0 "
+                                       "and 1, the reference at seeds 1 and 2 (iterations 37 and 96), mmdet at seed 1 (131); "
+                                       "only torchvision finished every seed; README 'Inference and accuracy'")
+def test_committed_canonical_eval_all_four_finish_on_every_seed():
+    assert all(r["status"] == "ok" for r in _canonical_eval())

@@ -108,7 +108,7 @@ def _accuracy_over_seeds(evals, runs, seeds: list[int]):
                          "Detections/img": f"{a['detections_per_image']:.1f}"})
         failed = evals[(evals["impl"] == impl) & (evals["status"] != "ok")]
         if len(failed):
-            why = "; ".join(f"seed {s}: {st}: {r}" for s, st, r in zip(failed["seed"], failed["status"], failed["reason"]))
+            why = "; ".join(f"seed {s}: {_short(r)}" for s, r in zip(failed["seed"], failed["reason"]))
             means[impl] = None
             rows.append({"Implementation": impl, "Seed": f"mean of {len(seeds)}", "bbox AP / AP50": "-", "segm AP / AP50": "-",
                          "Detections/img": "-", "verdict": f"no (failed at {why})"})
@@ -126,3 +126,11 @@ def _accuracy_over_seeds(evals, runs, seeds: list[int]):
         else:
             row[column] = ""
     return pd.DataFrame(rows)
+
+
+def _short(reason) -> str:
+    """A failed run's reason in a table cell: without the rank and the exception's name, its first clause."""
+    import re
+
+    text = re.sub(r"^(rank \d+: )?(\w+(Error|Exception): )?", "", str(reason or "failed"))
+    return text.split(": ")[0][:70]
