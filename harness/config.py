@@ -148,7 +148,7 @@ class ModelConfig(_Section):
     @property
     def calibrates_norm(self) -> bool:
         """Whether the shared initialisation sets the backbone's norm statistics from the run's data: with
-        no ``weights`` to bring ImageNet's (and no ``init_weights`` file given, which brings its own)."""
+        no ``weights`` to bring ImageNet's. (An ``init_weights`` file given by hand is loaded as it is.)"""
         return not self.weights
 
     def structure_differences(self) -> dict[str, tuple]:

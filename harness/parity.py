@@ -239,26 +239,38 @@ def _against_median(rows: list[dict], label: str, per_impl: dict[str, float], ba
 FORWARD_RTOL = 5e-4
 
 
-def check_images(cfg, train_json, image_dir):
-    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_process_step`` images),
-    resized here (short side ``min_size_train[0]``, long side at most ``max_size_train``, bilinear),
-    normalised with the config's pixel statistics and padded with zeros to a multiple of 32."""
+def first_batch(cfg, train_json, image_dir) -> tuple[list[int], dict, list]:
+    """The first batch of the run's data order (``cfg.ims_per_process_step`` images): (its image ids, the
+    annotation file's contents, each image as float RGB [3, H, W] on the 0-255 scale, as stored)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
     from PIL import Image
 
     from .data_order import global_batches
 
     ids = next(global_batches(train_json, batch=cfg.ims_per_process_step, seed=cfg.benchmark.seed,
                               group_by_aspect=cfg.input.aspect_ratio_grouping))
-    files = {im["id"]: im["file_name"] for im in json.loads(Path(train_json).read_text())["images"]}
+    coco = json.loads(Path(train_json).read_text())
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    pixels = []
+    for image_id in ids:
+        with Image.open(Path(image_dir) / files[image_id]) as im:
+            pixels.append(torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float())
+    return ids, coco, pixels
+
+
+def check_images(cfg, train_json, image_dir):
+    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_process_step`` images),
+    resized here (short side ``min_size_train[0]``, long side at most ``max_size_train``, bilinear),
+    normalised with the config's pixel statistics and padded with zeros to a multiple of 32."""
+    import torch
+    import torch.nn.functional as F
+
+    _, _, pixels = first_batch(cfg, train_json, image_dir)
     mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)
     std = torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
     images = []
-    for image_id in ids:
-        with Image.open(Path(image_dir) / files[image_id]) as im:
-            x = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float()
+    for x in pixels:
         h, w = x.shape[-2:]
         scale = min(cfg.input.min_size_train[0] / min(h, w), cfg.input.max_size_train / max(h, w))
         size = (int(round(h * scale)), int(round(w * scale)))

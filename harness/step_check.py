@@ -85,24 +85,18 @@ def write_step_batch(cfg, train_json: Path, image_dir: Path, out: Path) -> list[
     instances_train2017.json, train2017/*.png): each image resized as the canonical rule resizes it
     for training (bilinear, on 0-255 floats, rounded to 8 bits), its boxes, polygons, RLE masks and areas
     scaled alike. Returns the image ids, in the batch's order."""
-    import numpy as np
-    import torch
     import torch.nn.functional as F
     from PIL import Image
 
-    from .data_order import global_batches
+    from .parity import first_batch
 
-    ids = next(global_batches(train_json, batch=cfg.ims_per_process_step, seed=cfg.benchmark.seed,
-                              group_by_aspect=cfg.input.aspect_ratio_grouping))
-    coco = json.loads(Path(train_json).read_text())
+    ids, coco, pixels = first_batch(cfg, train_json, image_dir)
     images = {im["id"]: im for im in coco["images"]}
     (out / "train2017").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     new_images, new_annotations = [], []
-    for image_id in ids:
+    for image_id, x in zip(ids, pixels):
         entry = images[image_id]
-        with Image.open(Path(image_dir) / entry["file_name"]) as im:
-            x = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).float()
         h, w = x.shape[-2:]
         scale = min(cfg.input.min_size_train[0] / min(h, w), cfg.input.max_size_train / max(h, w))
         size = (int(h * scale + 0.5), int(w * scale + 0.5))
