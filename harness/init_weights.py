@@ -38,7 +38,7 @@ def file_stamp(path: str | None) -> list | None:
 def _key(cfg, num_classes: int, paths=None) -> str:
     stamp = file_stamp(cfg.model.weights)
     model = cfg.model.model_dump(mode="json", exclude={"init_weights", "num_classes"})  # the classes: num_classes
-    key = {"model": model, "num_classes": num_classes, "seed": cfg.benchmark.seed, "weights": stamp}
+    key = {"model": model, "num_classes": num_classes, "seed": cfg.benchmark.seed, "weights": stamp, "init": INIT_VERSION}
     if cfg.model.calibrates_norm:  # the statistics depend on the images and the sizes they are read at
         paths = paths or _data_paths(cfg)
         key["calibration"] = {"train": file_stamp(str(paths.train_json)), "images": str(paths.train_images),
@@ -47,6 +47,7 @@ def _key(cfg, num_classes: int, paths=None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+INIT_VERSION = 2  # bumped whenever the seeded initialisation draws other weights (2: detectron2's head initialisation)
 CALIBRATION_VERSION = 1  # bumped whenever the calibration computes other statistics (the cache is keyed by it)
 
 

@@ -103,3 +103,33 @@ def test_the_shared_initialisation_carries_the_calibrated_statistics(paths, tmp_
     a = initial_weights(cfg, 3, tmp_path, paths)
     assert initial_weights(cfg, 3, tmp_path, paths) == a
     assert initial_weights(cfg.with_overrides({"model.backbone.calibration_images": 3}), 3, tmp_path, paths)[0] != a[0]
+
+
+def test_from_the_shared_initialisation_every_loss_starts_where_an_untrained_head_does(paths):
+    """The heads initialised as the canonical config's framework does (detectron2, after Detectron): class
+    scores from N(0, 0.01), box deltas from N(0, 0.001), mask logits from N(0, 0.001), the FCs with Caffe2's
+    Xavier fill. So on the calibrated backbone the first step's mask loss is log 2 (every logit near 0) and
+    the classifier's near log(classes + 1); He's fill on the mask logits (torchvision's and mmdet's) started the
+    mask loss at 3 to 8 on cpu_eval, and its schedule diverged on it."""
+    import math
+
+    from mrcnn_bench.reference_impl.data.coco import COCOInstances
+    from mrcnn_bench.reference_impl.modeling.mask_rcnn import load_torchvision_weights
+
+    cfg = load_config(SMALL, SIZE)
+    model = _model(cfg)
+    heads = model.roi_heads
+    for layer, std in ((heads.box_head.cls_score, 0.01), (heads.box_head.bbox_pred, 0.001), (heads.mask_head.predictor, 0.001)):
+        assert abs(float(layer.weight.detach().std()) / std - 1) < 0.1 and not layer.bias.any(), layer
+    for fc in heads.box_head.fcs:  # kaiming_uniform(a=1): std 1 / sqrt(fan_in)
+        assert abs(float(fc.weight.detach().std()) * math.sqrt(fc.in_features) - 1) < 0.05 and not fc.bias.any()
+    load_torchvision_weights(model, make_initial_weights(cfg, 3, paths))
+    data = COCOInstances(paths.train_json, paths.train_images, filter_empty=True, mask_format="polygon")
+    items = [data[i] for i in range(2)]
+    model.train()
+    with torch.no_grad():
+        losses = model([im for im, _ in items],  # the set's 80 categories folded onto the model's 3
+                       [{"boxes": t["boxes"], "labels": t["labels"] % 3 + 1, "polygons": t["polygons"]} for _, t in items])
+    assert abs(float(losses["loss_mask"]) - math.log(2)) < 0.05, losses
+    # the class scores of near-zero weights on unnormalised box-head features: within twice log(classes + 1)
+    assert float(losses["loss_classifier"]) < 2 * math.log(4) and float(losses["loss_box_reg"]) < 0.15, losses

@@ -411,9 +411,41 @@ def test_committed_canonical_eval_trained_the_canonical_model_on_three_seeds():
         assert r["config"]["model"]["weights"] is None and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
 
 
-@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-canonical, the canonical model on cpu_eval's 200 "
-                                       "iterations from calibrated random weights): 5 of 12 runs diverged: detectron2 at seeds 0 "
-                                       "and 1, the reference at seeds 1 and 2 (iterations 37 and 96), mmdet at seed 1 (131); "
-                                       "only torchvision finished every seed; README 'Inference and accuracy'")
 def test_committed_canonical_eval_all_four_finish_on_every_seed():
-    assert all(r["status"] == "ok" for r in _canonical_eval())
+    """With the heads initialised as detectron2 initialises them (mask logits from N(0, 0.001): the first
+    mask loss log 2, not 3 to 8), every implementation finished cpu_eval's 200 iterations on seeds 0, 1 and
+    2 and learned (bbox AP50 above 3 on every seed; an untrained model scores about 0). Before, with He's
+    fill on the mask logits, 5 of the 12 runs diverged (README 'Inference and accuracy')."""
+    records = _canonical_eval()
+    assert all(r["status"] == "ok" for r in records), [(r["impl"], r["config"]["benchmark"]["seed"], r["reason"])
+                                                       for r in records if r["status"] != "ok"]
+    for r in records:
+        assert 100 * r["summary"]["accuracy"]["bbox"]["AP50"] > 3, (r["impl"], r["config"]["benchmark"]["seed"])
+
+
+def _canonical_means() -> dict:
+    from mrcnn_bench.harness.tasks.eval import mean_accuracy
+
+    records = _canonical_eval()
+    return {impl: mean_accuracy([r["summary"]["accuracy"] for r in records if r["impl"] == impl]) for impl in FOUR}
+
+
+def test_committed_canonical_eval_three_of_four_within_the_band_of_the_means():
+    """On the means over the three seeds the reference, torchvision and mmdet are within 1.5 AP50 of the
+    median (measured: bbox / segm AP50 5.9 / 6.7, 6.3 / 6.5, 7.2 / 7.5; median 6.75 / 7.1)."""
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
+
+    means = _canonical_means()
+    offsets = dict(zip(means, ap50_offsets(list(means.values()))))
+    assert all(offsets[impl] <= AP_BAND for impl in ("reference", "torchvision", "mmdet")), offsets
+
+
+@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-canonical, seeds 0, 1, 2): detectron2's mean bbox / segm "
+                                       "AP50 10.4 / 10.7 is 3.7 / 3.6 above the median of the four means (6.75 / 7.1), and it "
+                                       "is the highest at seeds 0 and 1; its first step equals the reference's within float "
+                                       "rounding (parity --check-step --config cpu_eval) and its learning rate and work match "
+                                       "over the run (parity --run): README 'Inference and accuracy'")
+def test_committed_canonical_eval_all_four_within_the_band_of_the_means():
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
+
+    assert max(ap50_offsets(list(_canonical_means().values()))) <= AP_BAND
