@@ -277,6 +277,8 @@ class Detectron2Adapter(Adapter):
             if cfg.model.init_weights:
                 load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
         model.eval()
+        if cfg.benchmark.channels_last:
+            model.to(memory_format=torch.channels_last)
         resize = T.ResizeShortestEdge([native.INPUT.MIN_SIZE_TEST] * 2, native.INPUT.MAX_SIZE_TEST)
 
         def predict(images):

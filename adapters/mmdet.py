@@ -338,9 +338,12 @@ class MMDetAdapter(Adapter):
         predict with rescale: boxes and masks at the image's size, masks at mask_thr_binary)."""
         native = self.translated(cfg, data, native)
         pillow_linear_alias()
+        import torch
         from mmcv.transforms import Compose
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
+
+        from mrcnn_bench.harness import settings
 
         register_all_modules()
         if model is None:
@@ -349,6 +352,12 @@ class MMDetAdapter(Adapter):
                 load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
             model.to(dist.device)
         model.eval()
+        if settings.applies(cfg, "mmdet", "fuse_conv_bn"):  # --best at inference: as mmdet's benchmark tool offers
+            from mmcv.cnn import fuse_conv_bn
+
+            model = fuse_conv_bn(model)
+        if cfg.benchmark.channels_last:
+            model.to(memory_format=torch.channels_last)
         steps = [dict(step) for step in native.test_pipeline]
         steps[0] = dict(type="mmdet.LoadImageFromNDArray")  # as inference_detector does for arrays
         pipeline = Compose(steps)

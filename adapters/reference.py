@@ -203,9 +203,12 @@ class ReferenceAdapter(Adapter):
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
         path (score threshold, per-class NMS, top detections) and masks pasted at the image's size."""
+        native = self.translated(cfg, data, native)
         if model is None:
-            model = self.build_model(self.translated(cfg, data, native)).to(dist.device)
+            model = self.build_model(native).to(dist.device)
         model.eval()
+        if cfg.benchmark.channels_last or native.model.perf.channels_last:
+            model.set_channels_last(True)
 
         def predict(images):
             return [detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])

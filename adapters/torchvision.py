@@ -369,9 +369,13 @@ class TorchvisionAdapter(Adapter):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
         otherwise reuses the last training size), normalises and batches; the RoI heads' test path;
         ``transform.postprocess`` pastes the masks at the image's size."""
+        import torch
+
         if model is None:
             model = self.build_model(self.translated(cfg, data, native)).to(dist.device)
         model.eval()
+        if cfg.benchmark.channels_last:
+            model.to(memory_format=torch.channels_last)
         model.transform.min_size = (cfg.input.min_size_test,)
         model.transform.max_size = cfg.input.max_size_test
 

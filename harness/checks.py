@@ -29,9 +29,22 @@ def static_parity(config_name: str, impl: str, data_root: str | None, interprete
     if "reference" in effective:  # its levers: the same model and work, so settings rather than divergences
         parts.append("\nThe reference's speed settings (the same arithmetic and work; README, \"Levers\"): "
                      + ", ".join(f"reference.{k}={v}" for k, v in cfg.reference.model_dump().items()))
+    parts.append("\n" + settings_text(cfg.benchmark.device, cfg.benchmark.task))
     if notes:
         parts.append("\nDivergences (✗):\n" + "\n".join(f"- {note}" for note in notes))
     return "\n".join(parts), not failed and not any(n.endswith("UNEXPLAINED") for n in notes)
+
+
+def settings_text(device: str, task: str) -> str:
+    """What --best applies to each implementation on ``device`` for ``task``, and what it leaves out and why."""
+    import pandas as pd
+
+    from .settings import NOT_INCLUDED, table
+
+    rows = pd.DataFrame(table(device, task)).to_markdown(index=False, disable_numparse=True)
+    left = "\n".join(f"- {name}: {why}" for name, why in NOT_INCLUDED)
+    return (f"Each at its best (`run --best`; harness/settings.py), on {device} for --task {task}:\n\n{rows}\n\n"
+            f"Not among them:\n{left}")
 
 
 def forward_parity(config_name: str, impl: str, data_root: str | None, interpreters: dict) -> tuple[str, bool]:

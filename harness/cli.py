@@ -125,6 +125,9 @@ def _run_options(fn):
         click.option("--price-per-hour", type=float, default=None, metavar="USD",
                      help="The machine's price: the report's cost per 1000 images [config benchmark.price_per_hour]."),
         click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv)."),
+        click.option("--settings", type=click.Choice(["shipped", "best", "both"]), help="Each as shipped, at its best (settings "
+                     "its users can turn on; `parity` lists them), or both in every round [config benchmark.settings]."),
+        click.option("--best", "settings", flag_value="best", help="= --settings best."),
         click.option("--allow-divergent", "allow_divergent", multiple=True, metavar="KEY",
                      help="Run an implementation that cannot express this canonical key's value anyway (recorded in "
                           "run.json, ✗ in the report) [config benchmark.allow_divergent]."),
@@ -181,21 +184,19 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
         raise BadInput(f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)")
     if node_rank >= nnodes:
         raise BadInput(f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})")
-    if repeats > 1 and (nnodes > 1 or slurm):
-        raise BadInput("--repeats runs on one node; repeat a multi-node run by launching it again")
-    cfg = req.config(gpus * nnodes if gpus is not None else None)
+    if (repeats > 1 or req.modes) and (nnodes > 1 or slurm):
+        raise BadInput("--repeats and --settings both run on one node; repeat a multi-node run by launching it again")
+    cfg = req.config(gpus * nnodes if gpus is not None else None, rounds=True)
     nproc = cfg.benchmark.gpus // nnodes
     if nproc * nnodes != cfg.benchmark.gpus:
         raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
     opts = req.launch_options(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                               rdzv_timeout_s=rdzv_timeout, slurm=slurm)
-    counts = suite.worker_counts(workers, cfg, opts)
-    if counts and repeats > 1:
-        raise BadInput("--workers goes without --repeats (each worker count is one run)")
+    counts = suite.worker_counts(workers, cfg, opts, rounds=repeats > 1 or bool(req.modes))
     if counts:
         run_dir, records = suite.run_workers(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, counts)
-    elif repeats > 1:
-        run_dir, records = suite.run_rounds(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats)
+    elif repeats > 1 or req.modes:
+        run_dir, records = suite.run_rounds(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats, req.modes)
     else:
         run_dir, records = suite.run_suite(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
     if not opts.leader:

@@ -208,6 +208,9 @@ class BenchmarkConfig(_Section):
     device: Literal["cpu", "cuda"] = "cuda"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16/bf16 = automatic mixed precision
     channels_last: bool = False
+    # "shipped": each implementation with its own defaults; "best": each also with every setting that keeps
+    # its arithmetic and that its own users can turn on (harness/settings.py declares them; run --best)
+    settings: Literal["shipped", "best"] = "shipped"
     # On CUDA, fp32 convolutions and matmuls in TF32 (Ampere and later), set for every implementation
     # alike by the harness rather than left to each framework's default.
     tf32: bool = True

@@ -69,6 +69,8 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "git_sha": env.get("git_sha"),
                 "task": ((r.get("config") or {}).get("benchmark") or {}).get("task", "train"),
                 "seed": ((r.get("config") or {}).get("benchmark") or {}).get("seed", 0),
+                # each as shipped, or at its best (harness/settings.py); records before the switch: shipped
+                "settings": ((r.get("config") or {}).get("benchmark") or {}).get("settings", "shipped"),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
                 "noisy": r.get("noisy") or [],

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import data_check
+from . import data_check, settings
 from .telemetry import RunWatch
 from .tasks import task_of
 from .results import (
@@ -407,7 +407,7 @@ def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, ru
         TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
         MRCNN_BENCH_PID=str(os.getpid()),  # the worker's watchdog: it exits when this process is gone
     )
-    return cmd, env
+    return cmd, settings.with_environment(env, cfg, impl)  # --best: the process settings of this implementation
 
 
 def _verdict(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str | None, reason: str | None,
@@ -503,7 +503,8 @@ def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, 
         dtype=cfg.benchmark.dtype,
         window={"warmup": cfg.benchmark.warmup, "end": cfg.benchmark.end, "iters": cfg.benchmark.iters},
         iterations_recorded=len(rows),
-        extra={"wall_s": round(time.time() - started, 2), "log": str(run_dir / "log.txt")},
+        extra={"wall_s": round(time.time() - started, 2), "log": str(run_dir / "log.txt"),
+               "settings": settings.record(cfg, impl)},
     )
     atomic_write_json(run_dir / "run.json", record)
     return record

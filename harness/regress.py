@@ -119,6 +119,8 @@ def scenario(record: dict) -> dict:
     return {
         "config": config,
         "config hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12],
+        # each as shipped or at its best (--best): a baseline of one mode is no baseline for the other
+        "settings": config.get("benchmark.settings", "shipped"),
         "dtype": record.get("dtype"),
         "world size": record.get("world_size"),
         "window": f"[{record['window']['warmup']}, {record['window']['end']})",
@@ -128,8 +130,9 @@ def scenario(record: dict) -> dict:
 
 def check_comparable(base: dict, cand: dict, base_name: str, cand_name: str) -> None:
     a, b = scenario(base), scenario(cand)
-    differs = [f"{key}: {a[key]} vs {b[key]}" for key in ("dtype", "world size", "window", "device kind") if a[key] != b[key]]
-    if a["config hash"] != b["config hash"]:
+    differs = [f"{key}: {a[key]} vs {b[key]}" for key in ("settings", "dtype", "world size", "window", "device kind")
+               if a[key] != b[key]]
+    if a["config hash"] != b["config hash"] and a["settings"] == b["settings"]:
         keys = sorted(set(a["config"]) | set(b["config"]))
         changed = [f"{k} ({a['config'].get(k, '(absent)')!r} vs {b['config'].get(k, '(absent)')!r})"
                    for k in keys if a["config"].get(k, "(absent)") != b["config"].get(k, "(absent)")]

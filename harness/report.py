@@ -16,6 +16,7 @@ import pandas as pd
 
 from .frames import load_runs, phase_runs, runs_frame
 from .metrics import show
+from .settings import MODE_TITLES
 from .tasks import Task, tasks
 
 
@@ -41,9 +42,11 @@ def _md(df: pd.DataFrame | str) -> str:
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table users read: implementation, img/s, s/iter median, window, world size, device, dtype, status."""
     df = df.sort_values("images_per_s", ascending=False, na_position="last")
+    mixed = df["settings"].eq("best").any()  # a column of its own once a run took --best
     return pd.DataFrame(
         {
             "Implementation": df["impl"] + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
+            **({"Settings": df["settings"].map(lambda m: "at its best" if m == "best" else "as shipped")} if mixed else {}),
             "Throughput (img/s)": _show(df, "images_per_s"),
             "s/iter (median)": _show(df, "s_per_iter_median"),
             # the work behind the number: RoIs through the mask head, per image, in the window
@@ -172,11 +175,12 @@ def repeats_table(df: pd.DataFrame, reference: str = "reference") -> pd.DataFram
     run (ratios taken inside one run, where every implementation met the same machine load)."""
     ok = df[df["status"] == "ok"]
     rows = []
-    for (config, n, device, dtype), g in ok.groupby(["config", "world_size", "device", "dtype"]):
+    groups = ok.groupby(["settings", "config", "world_size", "device", "dtype"])
+    for (settings, config, n, device, dtype), g in sorted(groups, key=lambda kv: (kv[0][0] != "best", kv[0][1:])):
         if g["run_id"].nunique() < 2:
             continue
         per_run = g.pivot_table(index="run_id", columns="impl", values="images_per_s", aggfunc="median")
-        scenario = f"{config}, {n} × {device}, {dtype}"
+        scenario = f"{config}, {n} × {device}, {dtype}" + (f", {MODE_TITLES[settings]}" if ok["settings"].eq("best").any() else "")
         ratio_col = f"{reference} ÷ this, per run: median [min, max]"
         for impl in per_run.median().sort_values(ascending=False).index:
             v = per_run[impl].dropna()

@@ -44,10 +44,19 @@ class RunRequest:
     pythons: tuple[str, ...] = ()
     allow_divergent: tuple[str, ...] = ()
     price_per_hour: float | None = None
+    settings: str | None = None  # shipped, best, or both (each round runs both modes): benchmark.settings
 
-    def config(self, world: int | None = None, extra: dict | None = None):
-        """The config named (or the default one), with --set, --device, --timeout and ``extra``, its batch
-        spread over ``world`` processes, and --allow-divergent's keys allowed."""
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The settings modes each round runs: both with --settings both, else the config's one."""
+        return ("shipped", "best") if self.settings == "both" else ()
+
+    def config(self, world: int | None = None, extra: dict | None = None, rounds: bool = False):
+        """The config named (or the default one), with --set, --device, --timeout, --settings and ``extra``,
+        its batch spread over ``world`` processes, and --allow-divergent's keys allowed. ``rounds``: the
+        command runs rounds (`run`), where --settings both can go."""
+        if self.settings == "both" and not rounds:
+            raise RequestError("--settings both goes with `run` (every round runs each mode); here choose shipped or best")
         values = dict(parse_override(o) for o in self.overrides)
         if self.device is not None:
             values["benchmark.device"] = self.device
@@ -55,6 +64,8 @@ class RunRequest:
             values["benchmark.timeout_s"] = self.timeout
         if self.price_per_hour is not None:
             values["benchmark.price_per_hour"] = self.price_per_hour
+        if self.settings in ("shipped", "best"):
+            values["benchmark.settings"] = self.settings
         cfg = scaled_config(default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu)
         if not self.allow_divergent:
             return cfg
@@ -149,12 +160,22 @@ def scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu
     return base.with_overrides(p.overrides(), source=f"{path} (with overrides)")
 
 
-def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int):
+def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int, modes: tuple[str, ...] = ()):
     """``repeats`` rounds of the implementations, the order reversed every other round (ABBA: a drift of
     the machine's speed over the rounds falls on every implementation alike); rounds already finished
-    under the run id are kept. (run folder, records)"""
-    return _run_parts(impl_text, opts, run_id, out_root, data_root,
-                      [(f"round {k}/{repeats}", f"round {k}", f"r{k}", cfg, k % 2 == 0) for k in range(1, repeats + 1)])
+    under the run id are kept. With ``modes`` (shipped, best) each round runs every implementation in
+    each mode, under r<k>-<mode>/, the modes' order reversed every other round too. (run folder, records)"""
+    from .settings import MODE_TITLES
+
+    if not modes:
+        return _run_parts(impl_text, opts, run_id, out_root, data_root,
+                          [(f"round {k}/{repeats}", f"round {k}", f"r{k}", cfg, k % 2 == 0) for k in range(1, repeats + 1)])
+    parts = []
+    for k in range(1, repeats + 1):
+        for mode in (modes if k % 2 else modes[::-1]):
+            parts.append((f"round {k}/{repeats}, {MODE_TITLES[mode]}", f"round {k} ({mode})", f"r{k}-{mode}",
+                          cfg.with_overrides({"benchmark.settings": mode}, source="--settings both"), k % 2 == 0))
+    return _run_parts(impl_text, opts, run_id, out_root, data_root, parts)
 
 
 def _run_parts(impl_text: str, opts, run_id, out_root, data_root, parts: list):
@@ -177,11 +198,15 @@ def _run_parts(impl_text: str, opts, run_id, out_root, data_root, parts: list):
     return Path(out_root) / run_id, records
 
 
-def worker_counts(text: str | None, cfg, opts) -> list[int]:
+def worker_counts(text: str | None, cfg, opts, rounds: bool = False) -> list[int]:
     """--workers as loader worker counts; for --task data without it, 0 up to the threads per process
-    (the worker sweep); otherwise none (the config's benchmark.num_workers)."""
+    (the worker sweep); otherwise none (the config's benchmark.num_workers). ``rounds``: the command also
+    asks for rounds (--repeats, --settings both), which --workers does not go with."""
     from . import launch
 
+    if rounds and (text is not None or cfg.benchmark.task == "data"):
+        raise RequestError("--workers (and --task data's worker sweep) go without --repeats or --settings both "
+                           "(each worker count is one run)")
     if text is None:
         if cfg.benchmark.task != "data":
             return []

@@ -183,9 +183,9 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     from mrcnn_bench.harness.data import DataPaths
     from mrcnn_bench.harness.tasks import RankContext, task_of
 
-    from mrcnn_bench.harness import data_check
+    from mrcnn_bench.harness import data_check, settings
 
-    cfg = Config.model_validate(spec["config"])
+    cfg = settings.effective_config(Config.model_validate(spec["config"]), impl)  # --best: its config keys
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
     data_check.register(spec.get("data_index", {}))
     cpus = _pin_threads(spec["threads_per_rank"], local_rank, local_world)

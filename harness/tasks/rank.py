@@ -59,17 +59,19 @@ def say(message: str) -> None:
 
 
 def write_record(rank, record_fields: dict, extra: dict | None = None) -> dict:
-    """run.json of this rank's run (rank 0): the record with the environment, the native config and
-    wall_s (from the launch's start), written once; returns it."""
+    """run.json of this rank's run (rank 0): the record with the environment, the native config, the
+    settings applied (the run's config as asked, the same for every implementation; ``settings`` what
+    --best changed of it for this one) and wall_s (from the launch's start), written once; returns it."""
+    from mrcnn_bench.harness import settings
     from mrcnn_bench.harness.results import capture_environment, make_run_record
 
     bench = rank.cfg.benchmark
     record = make_run_record(
-        impl=rank.impl, run_id=rank.spec["run_id"], status="ok", config=rank.cfg.to_dict(),
+        impl=rank.impl, run_id=rank.spec["run_id"], status="ok", config=rank.spec["config"],
         effective_hparams=rank.adapter.effective_hparams(rank.native),
         environment=capture_environment(bench.device, rank.spec["threads_per_rank"], extra=rank.env_extra),
         world_size=rank.dist.world_size, device=bench.device, dtype=bench.dtype, data=rank.spec.get("data_summary"),
-        extra={**(extra or {}), **wall(rank.spec)}, **record_fields,
+        extra={**(extra or {}), "settings": settings.record(rank.cfg, rank.impl), **wall(rank.spec)}, **record_fields,
     )
     write_final(rank.run_dir, record)
     return record
