@@ -2,7 +2,7 @@
 
     python benchmarks/publish_runs.py [--runs 200] [--work /tmp/publish-bench]
 
-Makes --runs run folders from the committed cpu_small rounds (copies of results/baselines/cpu_small*, each
+Makes --runs run folders from the committed cpu_small rounds (copies of results/baselines/cpu_small/r*-shipped, each
 round a folder of four runs, their times and commits as recorded), publishes them into a fresh site,
 then adds one round (four runs) and publishes again; prints the seconds and pages of each.
 """
@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/publish-bench"))
     args = ap.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
-    sources = sorted(p for p in (ROOT / "results" / "baselines").glob("cpu_small*") if p.is_dir())
+    # the rounds as shipped (r<k>-shipped: one scenario), each the four implementations
+    sources = sorted(p for p in (ROOT / "results" / "baselines" / "cpu_small").glob("r*-shipped") if p.is_dir())
     results, made = args.work / "results", 0
     while made < args.runs:
         src = sources[(made // 4) % len(sources)]

@@ -434,7 +434,7 @@ def test_a_record_outside_the_schema_is_exit_2_naming_file_and_key(where, change
     import re
 
     run = tmp_path / "bad" / "reference"
-    shutil.copytree(ROOT / "results" / "baselines" / "cpu_small" / "reference", run)
+    shutil.copytree(ROOT / "results" / "baselines" / "cpu_small" / "r1-shipped" / "reference", run)
     if where == "run.json":
         record = json.loads((run / "run.json").read_text())
         change(record)
@@ -447,7 +447,7 @@ def test_a_record_outside_the_schema_is_exit_2_naming_file_and_key(where, change
 
     from mrcnn_bench.harness import cli
 
-    for command in (["report", tmp_path / "bad"], ["regress", "--baseline", ROOT / "results" / "baselines" / "cpu_small",
+    for command in (["report", tmp_path / "bad"], ["regress", "--baseline", ROOT / "results" / "baselines" / "cpu_small" / "r1-shipped",
                                                   "--candidate", tmp_path / "bad"]):
         out = CliRunner().invoke(cli.main, list(map(str, command)))
         assert out.exit_code == 2 and re.search(expected, out.output) and out.exception.__class__ is SystemExit, (command, out.output[-1500:])
