@@ -175,12 +175,13 @@ def repeats_table(df: pd.DataFrame, reference: str = "reference") -> pd.DataFram
     run (ratios taken inside one run, where every implementation met the same machine load)."""
     ok = df[df["status"] == "ok"]
     rows = []
+    modes = ok["settings"].eq("best").any()  # a run took --best: every scenario names its mode
     groups = ok.groupby(["settings", "config", "world_size", "device", "dtype"])
     for (settings, config, n, device, dtype), g in sorted(groups, key=lambda kv: (kv[0][0] != "best", kv[0][1:])):
         if g["run_id"].nunique() < 2:
             continue
         per_run = g.pivot_table(index="run_id", columns="impl", values="images_per_s", aggfunc="median")
-        scenario = f"{config}, {n} × {device}, {dtype}" + (f", {MODE_TITLES[settings]}" if ok["settings"].eq("best").any() else "")
+        scenario = f"{config}, {n} × {device}, {dtype}" + (f", {MODE_TITLES[settings]}" if modes else "")
         ratio_col = f"{reference} ÷ this, per run: median [min, max]"
         for impl in per_run.median().sort_values(ascending=False).index:
             v = per_run[impl].dropna()

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODES = ("shipped", "best")
 MODE_TITLES = {"shipped": "each as shipped", "best": "each at its best"}
-IMPLS = ("reference", "torchvision", "detectron2", "mmdet")
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed as the one declared object
@@ -121,6 +119,6 @@ def table(device: str, task: str = "train") -> list[dict]:
     rows = []
     for s in dict.fromkeys(s for group in BEST.values() for s in group):
         acts = s.acts(device, task)
-        rows.append({"Setting (--best)": s.name, **{i: "✓" if acts and s in BEST[i] else "-" for i in IMPLS},
+        rows.append({"Setting (--best)": s.name, **{i: "✓" if acts and s in group else "-" for i, group in BEST.items()},
                      "What": s.what if acts else f"(not on {device} / {task}) {s.what}"})
     return rows

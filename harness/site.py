@@ -26,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .settings import MODE_TITLES
+
 ASSETS = Path(__file__).parent / "site_assets"
 VENDORED = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 RUN_FILES = ("run.json", "iterations.jsonl", "log.txt", "telemetry.jsonl", "launch.json")
@@ -68,14 +70,17 @@ def scenario_of(record: dict) -> str:
     bench = (record.get("config") or {}).get("benchmark") or {}
     name = (record.get("config") or {}).get("name") or "unnamed"
     task = bench.get("task", "train") + (" with phases timed" if bench.get("phases") else "")  # a phases run is not a throughput
-    best = ", each at its best" if bench.get("settings") == "best" else ""  # --best: a scenario of its own
+    best = _BEST if bench.get("settings") == "best" else ""  # --best: a scenario of its own
     return f"{name}, {record.get('world_size', '?')} × {record.get('device', '?')}, {record.get('dtype', '?')}, {task}{best}"
+
+
+_BEST = f", {MODE_TITLES['best']}"
 
 
 def _best_first(item) -> tuple:
     """A scenario's two modes side by side, each at its best first (the report's order)."""
     scenario = item[0]
-    return scenario.removesuffix(", each at its best"), not scenario.endswith(", each at its best")
+    return scenario.removesuffix(_BEST), not scenario.endswith(_BEST)
 
 
 def _slug(text: str) -> str:
