@@ -13,7 +13,7 @@ window's, and two implementations doing the same work are credited the same FLOP
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -58,9 +58,17 @@ class UnitCosts:
     per_pixel: float  # backbone + FPN + RPN head, per padded input pixel
     per_roi: float  # box head, per sampled RoI
     per_positive: float  # mask head, per positive RoI
+    # the forward FLOPs of each network phase (harness/phases.py's names) per unit of FORWARD_UNITS
+    forward: dict[str, float] = field(default_factory=dict, hash=False)
 
     def of(self, pixels: float, rois: float, positives: float) -> float:
         return self.per_pixel * pixels + self.per_roi * rois + self.per_positive * positives
+
+
+def _forward_units() -> dict[str, str]:
+    from .phases import BACKBONE, BOX_HEAD, FPN, MASK_HEAD, RPN_HEAD
+
+    return {BACKBONE: "pixels", FPN: "pixels", RPN_HEAD: "pixels", BOX_HEAD: "rois", MASK_HEAD: "positives"}
 
 
 def unit_costs(cfg, num_classes: int, side: int = 256, rois: int = 64) -> UnitCosts:
@@ -86,10 +94,25 @@ def unit_costs(cfg, num_classes: int, side: int = 256, rois: int = 64) -> UnitCo
         out = module(x)
         sum(t.sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
 
+    from .phases import BACKBONE, BOX_HEAD, FPN, MASK_HEAD, RPN_HEAD
+
+    with torch.no_grad():  # each network phase's forward alone, as the phases table times it
+        body = model.backbone.body(image)
+        pyramid = model.backbone.fpn(body)
+        box_x = torch.randn(rois, channels, roi.box_pooler_resolution, roi.box_pooler_resolution)
+        mask_x = torch.randn(rois, channels, roi.mask_pooler_resolution, roi.mask_pooler_resolution)
+        forward = {
+            BACKBONE: training_step_flops(lambda: model.backbone.body(image)) / side**2,
+            FPN: training_step_flops(lambda: model.backbone.fpn(body)) / side**2,
+            RPN_HEAD: training_step_flops(lambda: model.rpn.head(pyramid)) / side**2,
+            BOX_HEAD: training_step_flops(lambda: model.roi_heads.box_head(box_x)) / rois,
+            MASK_HEAD: training_step_flops(lambda: model.roi_heads.mask_head(mask_x)) / rois,
+        }
     return UnitCosts(
         per_pixel=training_step_flops(trunk) / side**2,
         per_roi=training_step_flops(lambda: head(model.roi_heads.box_head, roi.box_pooler_resolution)) / rois,
         per_positive=training_step_flops(lambda: head(model.roi_heads.mask_head, roi.mask_pooler_resolution)) / rois,
+        forward=forward,
     )
 
 
@@ -102,8 +125,8 @@ def cached_unit_costs(cfg, num_classes: int) -> UnitCosts:
     import os
     from pathlib import Path
 
-    key = json.dumps({"model": cfg.model.model_dump(mode="json"), "classes": num_classes, "torch": torch.__version__},
-                     sort_keys=True)
+    key = json.dumps({"model": cfg.model.model_dump(mode="json"), "classes": num_classes, "torch": torch.__version__,
+                      "version": 2}, sort_keys=True)  # 2: with each network phase's forward
     folder = Path(os.environ.get("MRCNN_BENCH_FLOPS", Path.home() / ".cache" / "mrcnn-bench" / "flops"))
     path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     try:
@@ -129,3 +152,20 @@ def window_flops_per_image(costs: UnitCosts, rows: list[dict], warmup: int, end:
         return None
     images = sum(r["images"] for r in window)
     return sum(costs.of(r["pixels"], r["rois"], r["positives"]) for r in window) / images if images else None
+
+
+def window_phase_flops(costs: UnitCosts, rows: list[dict], warmup: int, end: int) -> dict[str, float] | None:
+    """Model FLOPs per iteration of each network phase over iterations [warmup, end) (the window's mean,
+    as ``phases.window_phases`` gives its milliseconds): each forward phase its unit cost times the
+    iteration's pixels, RoIs or positives, the backward the training FLOPs less the forwards, and
+    ``"total"`` the training FLOPs; None without the counters or the phase costs."""
+    from .phases import BACKWARD
+
+    window = [r for r in rows if warmup <= r["iter"] < end]
+    counters = ("pixels", "rois", "positives")
+    if not window or not costs.forward or any(r.get(k) is None for r in window for k in counters):
+        return None
+    mean = {k: sum(r[k] for r in window) / len(window) for k in counters}
+    flops = {phase: costs.forward[phase] * mean[unit] for phase, unit in _forward_units().items()}
+    total = costs.of(**mean)
+    return {**flops, BACKWARD: total - sum(flops.values()), "total": total}

@@ -47,6 +47,8 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "phases_ms": s.get("phases_ms"),
                 "phases_missing": s.get("phases_missing"),
                 "phases_notes": s.get("phases_notes"),
+                "phases_flops": s.get("phases_flops"),
+                "matmul_peak": s.get("matmul_peak_flops_per_process"),
                 "host_syncs": s.get("host_syncs_per_step"),
                 **{m.name: m.value(s, its) for m in METRICS},  # the measures (harness/metrics.py)
                 "images_per_s_ci_low": ci[0] if ci else None,

@@ -262,6 +262,28 @@ def phases_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
     return table, footnotes, notes
 
 
+def phases_mfu_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Each network phase's model FLOPs over its time, as a share of the run's measured matmul peak
+    (harness/flops.window_phase_flops: the same FLOPs for every implementation doing the same work),
+    and the whole step's; None when no run recorded them."""
+    from .phases import BACKBONE, BACKWARD, BOX_HEAD, FPN, MASK_HEAD, RPN_HEAD
+
+    ok = phase_runs(df)
+    ok = ok[ok["phases_flops"].map(lambda v: isinstance(v, dict)) & ok["matmul_peak"].map(lambda v: bool(v))]
+    if not len(ok):
+        return None
+    phases = [BACKBONE, FPN, RPN_HEAD, BOX_HEAD, MASK_HEAD, BACKWARD]
+    columns = {}
+    for _, row in ok.iterrows():
+        flops, ms, peak = row["phases_flops"], row["phases_ms"], row["matmul_peak"]
+        cells = [f"{100 * flops[p] / (ms[p] / 1e3) / peak:.0f}%" if ms.get(p) else "—" for p in phases]
+        cells.append(f"{100 * flops['total'] / row['s_per_iter_mean'] / peak:.0f}%")
+        columns[row["impl"]] = cells
+    gflops = [f"{ok.iloc[0]['phases_flops'][p] / 1e9:.0f}" for p in phases] + [f"{ok.iloc[0]['phases_flops']['total'] / 1e9:.0f}"]
+    return pd.DataFrame({"MFU (model FLOPs / time / matmul peak)": phases + ["whole step"],
+                         f"GFLOP per iteration ({ok.iloc[0]['impl']})": gflops, **columns})
+
+
 def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
     """For each implementation beside the fastest: its extra ms per iteration and the phases that
     account for most of it, with their share. Numbers only."""
@@ -293,6 +315,11 @@ def phases_markdown(records: list[dict]) -> str | None:
     paragraph = phases_paragraph(df)
     if paragraph:
         parts += ["", paragraph]
+    mfu = phases_mfu_table(df)
+    if mfu is not None:
+        parts += ["", _md(mfu), "", "Each phase's FLOPs are counted on the reference's modules for the run's own "
+                  "pixels, RoIs and positives (forward and backward; RoIAlign, NMS and elementwise work count as "
+                  "zero); the peak is the run's measured matmul rate with its threads."]
     return "\n".join(parts) + "\n"
 
 

@@ -94,6 +94,7 @@ def _summary_model(Open):
         matmul_peak_flops_per_process=amount, **{m.name: amount for m in METRICS},
         phases_ms=(Optional[dict[str, float]], None), phases_missing=(Optional[dict[str, str]], None),
         phases_notes=(Optional[list[str]], None), host_syncs_per_step=amount,
+        phases_flops=(Optional[dict[str, float]], None),
         accuracy=(Optional[Accuracy], None), task=(Optional[str], None), batch_sizes=(Optional[dict[str, BatchStats]], None),
         stages=(Optional[Stages], None), stages_missing=(Optional[str], None),
     )

@@ -350,8 +350,38 @@ def test_multilevel_roi_align_on_channels_last_levels(device, impl):
         results.append((out, grads))
     (out_a, grads_a), (out_b, grads_b) = results
     torch.testing.assert_close(out_b, out_a, rtol=0, atol=0)
+    # the CPU kernels read and write channels-last where it lies, in the NCHW kernels' order: the same bits
+    exact = device == "cpu" and impl is Native
     for a, b in zip(grads_a, grads_b):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=0 if exact else 1e-6, atol=0 if exact else 1e-6)
+    if exact:
+        assert out_b.is_contiguous(memory_format=torch.channels_last)
+        assert all(g.is_contiguous(memory_format=torch.channels_last) for g in grads_b)
+
+
+@pytest.mark.skipif(not ops.NATIVE, reason="extension not built")
+def test_roi_align_on_a_channels_last_map_on_the_cpu():
+    """The single-level op (``reference.fused_pooler: false`` pools each level with it) on a
+    channels-last map: torchvision's values, the same bits as NCHW, a channels-last result; its fake
+    kernels agree with the real ones on strides (torch.compile), for both ops."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 16, 40, 30, generator=gen)
+    rois = rois_with_edge_cases(80, 2, 160.0, gen, "cpu", torch.float32)
+    nchw = ops.roi_align(x, rois, 7, 0.25, 0, True)
+    nhwc = ops.roi_align(x.to(memory_format=torch.channels_last), rois, 7, 0.25, 0, True)
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
+    torch.testing.assert_close(nhwc, nchw, rtol=0, atol=0)
+    torch.testing.assert_close(nhwc, torchvision.ops.roi_align(x, rois, 7, 0.25, 0, True), rtol=1e-5, atol=1e-5)
+    xc = x.to(memory_format=torch.channels_last).requires_grad_()
+    (g,) = torch.autograd.grad((ops.roi_align(xc, rois, 7, 0.25, 0, True) ** 2).sum(), xc)
+    xn = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad((ops.roi_align(xn, rois, 7, 0.25, 0, True) ** 2).sum(), xn)
+    torch.testing.assert_close(g, want, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.mrcnn_bench.roi_align.default, (xc, rois[:10], 0.25, 3, 3, 0, True))
+    feats = [torch.randn(2, 3, 16, 16, generator=gen).to(memory_format=torch.channels_last).requires_grad_(),
+             torch.randn(2, 3, 8, 8, generator=gen).to(memory_format=torch.channels_last).requires_grad_()]
+    torch.library.opcheck(torch.ops.mrcnn_bench.multilevel_roi_align.default,
+                          (feats, rois[:10], [0.25, 0.125], 2, 2, 2, True, 4, 224))
 
 
 # ---------------------------------------------------------- an extension built without CUDA

@@ -113,6 +113,18 @@ def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
     # slow is 125 ms slower (less the 10 ms of the phase it lacks): backward 100, pooling 30, box head 5
     assert "- slow: +125.0 ms per iteration against fast; most of it: backward +100.0 ms (80%), roi pooling +30.0 ms (24%), " \
            "box head +5.0 ms (4%)." in md
+    assert "MFU" not in md  # records without the phases' FLOPs: no MFU table
+    flops = {"backbone": 4e9, "fpn": 1e9, "rpn head": 1e9, "box head": 2e9, "mask head": 2e9, "backward": 20e9, "total": 30e9}
+    for path in tmp_path.rglob("run.json"):
+        record = json.loads(path.read_text())
+        record["summary"].update(phases_flops=flops, matmul_peak_flops_per_process=1e12)
+        path.write_text(json.dumps(record))
+    md = phases_markdown(load_runs([tmp_path]))
+    # backbone: 4 GFLOP in 10 ms on a 1 TFLOP/s peak: 40%; the slow one's backward 20 GFLOP in 110 ms: 18%
+    mfu = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+           for line in md.split("MFU (model FLOPs")[1].splitlines() if line.startswith("| ")}
+    assert mfu["backbone"] == ["4", "40%", "40%"]
+    assert mfu["backward"] == ["20", "200%", "18%"]
     assert run_cli("report", tmp_path, "--plots", tmp_path / "p").returncode == 0
     from mrcnn_bench.harness.plots import phases_plot
 

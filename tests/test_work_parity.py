@@ -116,6 +116,39 @@ def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
     assert costs.per_positive == pytest.approx(3 * 2 * macs, rel=0.02)
 
 
+def test_each_phases_forward_flops_equal_torchvisions_parts():
+    """The per-phase forward FLOPs (the phases table's MFU) against torchvision's backbone body, FPN,
+    RPN head, box and mask heads counted alike; the backward is what training adds to the forwards."""
+    from mrcnn_bench.harness.flops import UnitCosts, training_step_flops, unit_costs, window_phase_flops
+
+    cfg = load_config(SMALL)
+    costs = unit_costs(cfg, 80, side=128, rois=8)
+    tv = get_adapter("torchvision")
+    model = tv.build_model(tv.translate(cfg)).train()
+    image = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        body = model.backbone.body(image)
+        pyramid = list(model.backbone.fpn(body).values())
+        box_x, mask_x = torch.randn(8, 256, 7, 7), torch.randn(8, 256, 14, 14)
+        roi = model.roi_heads
+        want = {"backbone": training_step_flops(lambda: model.backbone.body(image)) / 128**2,
+                "fpn": training_step_flops(lambda: model.backbone.fpn(body)) / 128**2,
+                "rpn head": training_step_flops(lambda: model.rpn.head(pyramid)) / 128**2,
+                "box head": training_step_flops(lambda: roi.box_predictor(roi.box_head(box_x))) / 8,
+                "mask head": training_step_flops(lambda: roi.mask_predictor(roi.mask_head(mask_x))) / 8}
+    assert costs.forward == pytest.approx(want, rel=1e-9)
+    # ResNet-50 to res5 at 128 x 128: 4.1 GMACs at 224 x 224, scaled by the pixels (no classifier)
+    assert costs.forward["backbone"] * 128**2 == pytest.approx(2 * 4.09e9 * (128 / 224) ** 2, rel=0.03)
+    rows = [dict(iter=i, images=2, pixels=1000 * (i + 1), rois=512, positives=30 + i) for i in range(4)]
+    flops = window_phase_flops(costs, rows, 1, 4)
+    assert flops["backbone"] == pytest.approx(costs.forward["backbone"] * 3000)
+    assert flops["mask head"] == pytest.approx(costs.forward["mask head"] * 32)
+    assert flops["total"] == pytest.approx(costs.of(3000, 512, 32))
+    assert sum(v for k, v in flops.items() if k != "total") == pytest.approx(flops["total"])
+    assert flops["backward"] > flops["total"] / 2  # frozen stem and res2: less than twice the forward, more than it
+    assert window_phase_flops(UnitCosts(1.0, 2.0, 3.0), rows, 1, 4) is None  # a cost file from before the phases
+
+
 def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
     from mrcnn_bench.harness import flops
 

@@ -63,19 +63,21 @@ def _summary(rank: RankContext, rows: list[dict], timer, world_images: list[int]
     utilisation against the measured matmul peak of every process (calibrated here, with this process's
     threads, after the window); with benchmark.phases, ms per phase, what the framework lacks, its syncs."""
     from mrcnn_bench.harness.data import num_classes
-    from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image
+    from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image, window_phase_flops
     from mrcnn_bench.harness.metrics import Window, summarize
     from mrcnn_bench.harness.phases import PhaseProbe, window_phases
 
     cfg, dist = rank.cfg, rank.dist
     bench = cfg.benchmark
-    flops = window_flops_per_image(cached_unit_costs(cfg, num_classes(cfg, rank.data)), rows, bench.warmup, bench.end)
+    costs = cached_unit_costs(cfg, num_classes(cfg, rank.data))
+    flops = window_flops_per_image(costs, rows, bench.warmup, bench.end)
     peak = matmul_peak_flops(dist.device, bench.dtype)
     summary = summarize(Window(rows, bench.warmup, bench.end, world_images, dist.world_size, flops, peak))
     summary["matmul_peak_flops_per_process"] = peak
     for probe in timer.of_type(PhaseProbe):
         summary.update(phases_ms=window_phases(rows, bench.warmup, bench.end), phases_missing=probe.missing,
-                       phases_notes=probe.notes, host_syncs_per_step=probe.host_syncs)
+                       phases_notes=probe.notes, host_syncs_per_step=probe.host_syncs,
+                       phases_flops=window_phase_flops(costs, rows, bench.warmup, bench.end))
     return summary
 
 

@@ -54,14 +54,21 @@ struct MultiLevel {
   int k_min = 0, k_max = 0;
   int levels() const { return static_cast<int>(feats.size()); }
 
+  bool nhwc = false;  // the maps are channels-last (only with keep_channels_last)
+
   // need_data: the kernels read the maps (forward), so each is made contiguous; a backward needs only
-  // their sizes and keeps them as they are (a channels-last level is not copied).
+  // their sizes and keeps them as they are (a channels-last level is not copied). keep_channels_last:
+  // the kernels read channels-last maps too (the CPU's), so when the first level is channels-last every
+  // level is made channels-last-contiguous instead.
   static MultiLevel make(at::TensorList feats, const at::Tensor& rois, at::ArrayRef<double> scales,
-                         int64_t canonical_level, bool need_data = true) {
+                         int64_t canonical_level, bool need_data = true, bool keep_channels_last = false) {
     TORCH_CHECK(!feats.empty() && feats.size() <= 8, "multilevel_roi_align: 1 to 8 feature maps, got ", feats.size());
     TORCH_CHECK(scales.size() == feats.size(), "multilevel_roi_align: one scale per feature map, got ", scales.size(),
                 " scales for ", feats.size(), " maps");
     MultiLevel ml;
+    ml.nhwc = keep_channels_last && feats[0].dim() == 4 &&
+              feats[0].suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    const auto format = ml.nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     for (size_t l = 0; l < feats.size(); ++l) {
       const auto& f = feats[l];
       check_roi_align_args(f, rois, 1, 1);
@@ -69,7 +76,7 @@ struct MultiLevel {
                   "multilevel_roi_align: every level must have the same batch and channels, level ", l, " is ",
                   f.sizes(), " and level 0 is ", feats[0].sizes());
       TORCH_CHECK(scales[l] > 0, "multilevel_roi_align: scales must be > 0");
-      ml.feats.push_back(need_data ? f.contiguous() : f);
+      ml.feats.push_back(need_data ? f.contiguous(format) : f);
     }
     ml.rois = rois.contiguous();
     ml.k_min = static_cast<int>(std::lround(-std::log2(scales.front())));

@@ -66,11 +66,18 @@ class RPNHead(nn.Module):
             nn.init.constant_(layer.bias, 0)
 
     def forward(self, feats: list[torch.Tensor]):
+        # The two 1x1 predictors as one convolution over their stacked weights: each output channel is the
+        # same dot product, and the shared input is read once forward and given one gradient backward
+        # instead of two added (0.9% of cpu_canonical's step). The ReLU in place: the convolution's output
+        # is not needed for its backward.
+        a = self.objectness.out_channels
+        weight = torch.cat([self.objectness.weight, self.deltas.weight])
+        bias = torch.cat([self.objectness.bias, self.deltas.bias])
         logits, deltas = [], []
         for f in feats:
-            t = F.relu(self.conv(f))
-            logits.append(self.objectness(t))
-            deltas.append(self.deltas(t))
+            out = F.conv2d(F.relu_(self.conv(f)), weight, bias)
+            logits.append(out[:, :a])
+            deltas.append(out[:, a:])
         return logits, deltas
 
 

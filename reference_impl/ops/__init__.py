@@ -52,9 +52,18 @@ def native_on(device: torch.device | str) -> bool:
 if NATIVE:
     _lib = torch.ops.mrcnn_bench
 
+    def _cpu_channels_last(t: torch.Tensor) -> bool:
+        """Whether the CPU kernels read ``t`` where it lies in NHWC (and give channels-last results)."""
+        return (t.device.type == "cpu" and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+                and not t.is_contiguous())
+
+    def _pooled_like(features: torch.Tensor, shape) -> torch.Tensor:
+        out = features.new_empty(shape)
+        return out.contiguous(memory_format=torch.channels_last) if _cpu_channels_last(features) else out
+
     @torch.library.register_fake("mrcnn_bench::roi_align")
     def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-        return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+        return _pooled_like(input, (rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake("mrcnn_bench::roi_align_backward")
     def _roi_align_backward_fake(grad, rois, spatial_scale, ph, pw, batch, channels, height, width, sr, aligned):
@@ -79,11 +88,11 @@ if NATIVE:
 
     @torch.library.register_fake("mrcnn_bench::multilevel_roi_align")
     def _ml_fake(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, level, scale):
-        return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+        return _pooled_like(features[0], (rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake("mrcnn_bench::multilevel_roi_align_backward")
     def _ml_backward_fake(grad, rois, features, scales, ph, pw, sr, aligned, level, scale):
-        return [f.new_empty(f.shape) for f in features]
+        return [_pooled_like(features[0], f.shape) for f in features]
 
     def _ml_setup(ctx, inputs, output):
         features, rois, *args = inputs
@@ -94,7 +103,7 @@ if NATIVE:
 
     def _ml_backward(ctx, grad):
         rois, *features = ctx.saved_tensors
-        grads = _lib.multilevel_roi_align_backward(grad.contiguous(), rois, features, *ctx.args)
+        grads = _lib.multilevel_roi_align_backward(grad, rois, features, *ctx.args)  # the kernels order it
         return list(grads), None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("mrcnn_bench::multilevel_roi_align", _ml_backward, setup_context=_ml_setup)

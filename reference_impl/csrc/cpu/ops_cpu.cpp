@@ -135,14 +135,107 @@ void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels
   }
 }
 
+// Channels-last (NHWC) maps: a sample's four corners are rows of C contiguous values, so each bin is
+// a weighted sum of rows (vectorised over channels) instead of C strided gathers, and the maps are read
+// where they lie (no NCHW copy of each level). The output is [K, bins, C] (channels-last [K, C, ph, pw]);
+// per channel the arithmetic, and its order, are those of the NCHW kernels above.
+template <typename T, typename A>
+void roi_align_forward_nhwc_impl(const Pyramid<T>& pyr, const A* rois, int64_t K, int64_t C, int ph_n, int pw_n,
+                                 int sampling_ratio, bool aligned, T* out) {
+  const int64_t bins = int64_t(ph_n) * pw_n;
+  at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    SampleTable<A> t;
+    std::vector<A> acc(C);
+    for (int64_t k = begin; k < end; ++k) {
+      const A* roi = rois + k * 5;
+      const int l = pyr.level_of(roi);
+      const int H = pyr.H[l], W = pyr.W[l];
+      t.build(roi, l, A(pyr.scale[l]), H, W, ph_n, pw_n, sampling_ratio, aligned, C);
+      const T* image = pyr.data[l] + t.plane * H * W;  // t.plane = batch * C
+      for (int64_t b = 0; b < bins; ++b) {
+        A* __restrict a = acc.data();
+        std::fill(a, a + C, A(0));
+        for (int32_t s = t.bin_start[b]; s < t.bin_start[b + 1]; ++s) {
+          const auto& p = t.samples[s];
+          const T* __restrict r1 = image + int64_t(p.i1) * C;
+          const T* __restrict r2 = image + int64_t(p.i2) * C;
+          const T* __restrict r3 = image + int64_t(p.i3) * C;
+          const T* __restrict r4 = image + int64_t(p.i4) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            a[c] += p.w1 * A(r1[c]) + p.w2 * A(r2[c]) + p.w3 * A(r3[c]) + p.w4 * A(r4[c]);
+          }
+        }
+        T* __restrict o = out + (k * bins + b) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = T(a[c] / t.count);
+      }
+    }
+  });
+}
+
+// grad: [K, bins, C]; grad_levels[l]: level l's op-math-typed gradient, [N, H, W, C]. Channels in
+// parallel as in the NCHW backward (RoIs overlap, channels never do); a thread's channels are contiguous.
+template <typename T, typename A>
+void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels, const T* grad, const A* rois,
+                                  int64_t K, int64_t C, int ph_n, int pw_n, int sampling_ratio, bool aligned) {
+  const int64_t bins = int64_t(ph_n) * pw_n;
+  constexpr int64_t kChunk = 256;
+  std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, K - k0);
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const A* roi = rois + (k0 + i) * 5;
+        const int l = pyr.level_of(roi);
+        tables[i].build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
+      }
+    });
+    at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+      std::vector<A> g(c1 - c0);
+      for (int64_t i = 0; i < n; ++i) {
+        const auto& t = tables[i];
+        A* image = grad_levels[t.level] + t.plane * pyr.H[t.level] * pyr.W[t.level];
+        for (int64_t b = 0; b < bins; ++b) {
+          const T* __restrict go = grad + ((k0 + i) * bins + b) * C;
+          A* __restrict gb = g.data();
+          for (int64_t c = c0; c < c1; ++c) gb[c - c0] = A(go[c]) / t.count;
+          for (int32_t s = t.bin_start[b]; s < t.bin_start[b + 1]; ++s) {
+            const auto& p = t.samples[s];
+            A* __restrict r1 = image + int64_t(p.i1) * C + c0;
+            A* __restrict r2 = image + int64_t(p.i2) * C + c0;
+            A* __restrict r3 = image + int64_t(p.i3) * C + c0;
+            A* __restrict r4 = image + int64_t(p.i4) * C + c0;
+            const int64_t m = c1 - c0;
+            // the four corners may be one row (a sample on the map's edge): one after the other
+            for (int64_t c = 0; c < m; ++c) r1[c] += gb[c] * p.w1;
+            for (int64_t c = 0; c < m; ++c) r2[c] += gb[c] * p.w2;
+            for (int64_t c = 0; c < m; ++c) r3[c] += gb[c] * p.w3;
+            for (int64_t c = 0; c < m; ++c) r4[c] += gb[c] * p.w4;
+          }
+        }
+      }
+    });
+  }
+}
+
+inline bool is_nhwc(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// [K, ph, pw, C] storage seen as the [K, C, ph, pw] result (channels-last strides).
+inline at::Tensor nhwc_result(int64_t K, int64_t C, int64_t ph, int64_t pw, const at::TensorOptions& opts) {
+  return at::empty({K, ph, pw, C}, opts).permute({0, 3, 1, 2});
+}
+
 at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   check_roi_align_args(input_, rois_, pooled_h, pooled_w);
-  auto input = input_.contiguous();
+  const bool nhwc = is_nhwc(input_);
+  auto input = input_.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   auto rois = rois_.contiguous();
   const int64_t K = rois.size(0), C = input.size(1);
-  auto output = at::zeros({K, C, pooled_h, pooled_w}, input.options());
-  if (K == 0 || output.numel() == 0) return output;
+  if (K == 0 || C == 0) return at::zeros({K, C, pooled_h, pooled_w}, input.options());
+  auto output = nhwc ? nhwc_result(K, C, pooled_h, pooled_w, input.options())
+                     : at::empty({K, C, pooled_h, pooled_w}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     Pyramid<scalar_t> pyr;
@@ -150,8 +243,13 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     pyr.H = {int(input.size(2))};
     pyr.W = {int(input.size(3))};
     pyr.scale = {spatial_scale};
-    roi_align_forward_impl<scalar_t, A>(pyr, rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
-                                        aligned, output.data_ptr<scalar_t>());
+    if (nhwc) {
+      roi_align_forward_nhwc_impl<scalar_t, A>(pyr, rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
+                                               aligned, output.data_ptr<scalar_t>());
+    } else {
+      roi_align_forward_impl<scalar_t, A>(pyr, rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
+                                          aligned, output.data_ptr<scalar_t>());
+    }
   });
   return output;
 }
@@ -202,15 +300,21 @@ Pyramid<T> make_pyramid(const MultiLevel& ml, at::ArrayRef<double> scales, int64
 at::Tensor multilevel_roi_align_forward_cpu(at::TensorList feats_, const at::Tensor& rois_, at::ArrayRef<double> scales,
                                             int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned,
                                             int64_t canonical_level, int64_t canonical_scale) {
-  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level);
+  auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level, /*need_data=*/true, /*keep_channels_last=*/true);
   const int64_t K = ml.rois.size(0), C = ml.feats[0].size(1);
-  auto output = at::zeros({K, C, pooled_h, pooled_w}, ml.feats[0].options());
-  if (K == 0) return output;
+  const auto opts = ml.feats[0].options();
+  if (K == 0 || C == 0) return at::zeros({K, C, pooled_h, pooled_w}, opts);
+  auto output = ml.nhwc ? nhwc_result(K, C, pooled_h, pooled_w, opts) : at::empty({K, C, pooled_h, pooled_w}, opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "multilevel_roi_align_cpu", [&] {
     using A = at::opmath_type<scalar_t>;
     auto pyr = make_pyramid<scalar_t>(ml, scales, canonical_level, canonical_scale);
-    roi_align_forward_impl<scalar_t, A>(pyr, ml.rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
-                                        aligned, output.data_ptr<scalar_t>());
+    if (ml.nhwc) {
+      roi_align_forward_nhwc_impl<scalar_t, A>(pyr, ml.rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
+                                               aligned, output.data_ptr<scalar_t>());
+    } else {
+      roi_align_forward_impl<scalar_t, A>(pyr, ml.rois.data_ptr<A>(), K, C, pooled_h, pooled_w, sampling_ratio,
+                                          aligned, output.data_ptr<scalar_t>());
+    }
   });
   return output;
 }
@@ -221,22 +325,33 @@ std::vector<at::Tensor> multilevel_roi_align_backward_cpu(const at::Tensor& grad
                                                           bool aligned, int64_t canonical_level,
                                                           int64_t canonical_scale) {
   auto ml = MultiLevel::make(feats_, rois_, scales, canonical_level, /*need_data=*/false);
-  auto grad = grad_.contiguous();
+  // Channels-last levels get channels-last gradients, accumulated where they lie ([K, bins, C] grad).
+  const bool nhwc = is_nhwc(ml.feats[0]);
+  auto grad = nhwc ? grad_.permute({0, 2, 3, 1}).contiguous() : grad_.contiguous();
   const int64_t K = ml.rois.size(0), C = ml.feats[0].size(1);
   auto acc_type = at::toOpMathType(grad.scalar_type());
   std::vector<at::Tensor> acc;
-  for (auto& f : ml.feats) acc.push_back(at::zeros(f.sizes(), f.options().dtype(acc_type)));
+  for (auto& f : ml.feats) {
+    auto opts = f.options().dtype(acc_type);
+    acc.push_back(nhwc ? at::zeros({f.size(0), f.size(2), f.size(3), f.size(1)}, opts).permute({0, 3, 1, 2})
+                       : at::zeros(f.sizes(), opts));
+  }
   if (K > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "multilevel_roi_align_bwd_cpu", [&] {
       using A = at::opmath_type<scalar_t>;
       auto pyr = make_pyramid<scalar_t>(ml, scales, canonical_level, canonical_scale);
       std::vector<A*> levels;
       for (auto& a : acc) levels.push_back(a.data_ptr<A>());
-      roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), K, C,
-                                           pooled_h, pooled_w, sampling_ratio, aligned);
+      if (nhwc) {
+        roi_align_backward_nhwc_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), K, C,
+                                                  pooled_h, pooled_w, sampling_ratio, aligned);
+      } else {
+        roi_align_backward_impl<scalar_t, A>(pyr, levels, grad.data_ptr<scalar_t>(), ml.rois.data_ptr<A>(), K, C,
+                                             pooled_h, pooled_w, sampling_ratio, aligned);
+      }
     });
   }
-  for (auto& a : acc) a = a.to(grad.scalar_type());
+  for (auto& a : acc) a = a.to(grad.scalar_type());  // preserves the channels-last strides
   return acc;
 }
 
