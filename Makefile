@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline test test-fast bench-ops torch-floor clean gate gate-baseline browser site
+.PHONY: setup detectron2 mmdet demo baseline test test-fast fuzz bench-ops torch-floor clean gate gate-baseline browser site
 
 setup: $(VENV)/.installed
 
@@ -108,11 +108,23 @@ bench-ops: setup
 test-fast: setup detectron2 mmdet
 	$(PY) -m pytest -q -m "not slow" tests
 
-# Debian's chromium and its driver, for the site's browser test (tests/test_site.py); without root or apt the
-# test says it is skipped and why.
+# The property-based tests (tests/test_fuzz.py) with many more generated examples than CI's profile: COCO
+# splits, configs and run records; Hypothesis' statistics say how many examples each test tried and what it
+# found. FUZZ_FEW: the examples that also build the four training loaders (seconds each); FUZZ_TRAIN: those
+# that train their first iteration in all four (a minute each).
+fuzz: setup detectron2 mmdet
+	HYPOTHESIS_PROFILE=fuzz MRCNN_BENCH_FUZZ_FEW=$(or $(FUZZ_FEW),25) MRCNN_BENCH_FUZZ_TRAIN=$(or $(FUZZ_TRAIN),3) \
+	  $(PY) -m pytest -q tests/test_fuzz.py \
+	  --hypothesis-show-statistics
+
+# Debian's chromium and its driver, for the site's browser test (tests/test_site.py): the package lists are
+# updated first (a fresh machine has none); without root or apt it says so loudly, and the test says it is
+# skipped and why.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { apt-get install -y -q chromium chromium-driver >/dev/null || echo "make browser: could not install chromium (the browser test will be skipped)"; }
+	  { { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	    { echo "*** make browser: could not install Debian's chromium and chromium-driver (no root or no apt?):" >&2; \
+	      echo "*** the site's browser test (tests/test_site.py) will be SKIPPED" >&2; }; }
 
 # The results site of the committed baselines (README, "Results"), and the screenshot of its index the README shows.
 site: setup browser

@@ -314,12 +314,19 @@ def _check_supported(cfg) -> None:
 
 
 def _register_train_set(native) -> None:
-    """The training split in detectron2's DatasetCatalog (once per process), as its COCO loader reads it."""
-    from detectron2.data import DatasetCatalog
+    """The training split in detectron2's DatasetCatalog, as its COCO loader reads it: registered once per
+    process and split, again when a later call of the same process names another split (the catalog would
+    otherwise hand out the first one: tests and in-process checks build several)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    if _DATASET not in DatasetCatalog.list():
-        register_coco_instances(_DATASET, {}, native.MRCNN_BENCH.TRAIN_JSON, native.MRCNN_BENCH.TRAIN_IMAGES)
+    split = (str(native.MRCNN_BENCH.TRAIN_JSON), str(native.MRCNN_BENCH.TRAIN_IMAGES))
+    if _DATASET in DatasetCatalog.list():
+        if MetadataCatalog.get(_DATASET).get("json_file") == split[0] and MetadataCatalog.get(_DATASET).get("image_root") == split[1]:
+            return
+        DatasetCatalog.remove(_DATASET)
+        MetadataCatalog.remove(_DATASET)
+    register_coco_instances(_DATASET, {}, *split)
 
 
 def _set_model(d2cfg, cfg, data) -> None:

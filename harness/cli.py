@@ -1,9 +1,9 @@
 """The ``mrcnn-bench`` command line.
 
-Exit codes: 0 success; 1 a benchmark ran but an implementation failed (or a regression was found);
-2 bad input (config, data, arguments, an implementation that is not installed, a run id in use),
-nothing started; 128 + the signal's number when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP:
-the running implementation is recorded as interrupted, finished ones are kept).
+Exit codes: 0 success; 1 a benchmark ran but an implementation failed (or a regression was found); 2 bad input
+(config, data, arguments, an implementation not installed, a run id in use), nothing started; 128 + the signal's
+number when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: the running implementation is recorded as
+interrupted, finished ones are kept).
 """
 from __future__ import annotations
 
@@ -216,7 +216,6 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
 def sweep(gpu_counts, **common):
     """Run the benchmark at each process count of --gpus (strong scaling, or weak with --ims-per-gpu)
     and print the scaling table; runs go to OUT/<run-id>-g<N>/."""
-    from . import suite
     from .report import render_markdown
     from .results import new_run_id
 
@@ -268,8 +267,9 @@ def report(paths, fmt, out, plots, title, into):
         click.echo(f"plots: {plots}", err=True)
 
 
-for _task in [t for t in tasks().values() if t.command]:  # `mrcnn-bench trace` is `run --task trace`
-    main.add_command(run, _task.command)
+for _task in [t for t in tasks().values() if t.command]:  # `mrcnn-bench trace` is `run --task trace`, its own help
+    main.add_command(click.Command(_task.command, params=run.params, callback=run.callback, help=(
+        f"{_task.help.split(': ', 1)[-1].capitalize()}: `run --task {_task.name}`, with run's options.")))
 
 
 # ------------------------------------------------------------------------------------- regress

@@ -178,11 +178,18 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
             problems.append(f"{impl}: {rec['status']}" + (f": {rec.get('reason')}" if rec.get("reason") else "") + " (nothing to compare)")
             rows.append(row)
             continue
-        worst, first = _lr_divergence(its, cfg["solver"])
+        try:  # a record written by another version, or edited, may lack part of the solver
+            worst, first = _lr_divergence(its, cfg["solver"])
+            batch = cfg["solver"]["ims_per_batch"]
+        except (KeyError, TypeError) as e:
+            key = str(e).strip("'")
+            problems.append(f"{impl}: its run.json's config has no {'solver' if key == 'solver' else 'solver.' + key} "
+                            "(nothing to compare)")
+            rows.append(row)
+            continue
         row["lr: max relative error"] = "-" if worst is None else f"{worst:.1e}"
         if first:
             problems.append(f"{impl}: {first}")
-        batch = cfg["solver"]["ims_per_batch"]
         wrong = [r["iter"] for r in its if r.get("global_images", r["images"]) != batch]
         row["images/iter"] = f"{batch} at every iteration" if not wrong else f"≠ {batch} at {len(wrong)} iterations"
         if wrong:

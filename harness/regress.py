@@ -285,6 +285,11 @@ def history(path: str | Path, relative_to: str | None = None, impls: list[str] |
     return history_of(load_rounds(path), str(path), relative_to, impls, threshold, alpha)
 
 
+def _rate(record: dict) -> float | None:
+    rate = (record.get("summary") or {}).get("images_per_s")
+    return rate if isinstance(rate, (int, float)) and rate > 0 else None
+
+
 def history_of(rounds: dict, where: str, relative_to: str | None = None, impls: list[str] | None = None,
                threshold: float = 0.05, alpha: float = 0.01) -> list[Step]:
     """``history`` over rounds already read ({round folder: {impl: record}}; ``where`` names them in errors)."""
@@ -296,12 +301,14 @@ def history_of(rounds: dict, where: str, relative_to: str | None = None, impls: 
                 continue
             if relative_to and recs.get(relative_to, {}).get("status") != "ok":
                 continue
+            rate = _rate(record)
+            peer = _rate(recs[relative_to]) if relative_to else 1.0
+            if not rate or not peer:  # a run without a throughput (inference) has no history of img/s
+                continue
             env = record.get("environment") or {}
             sha = env.get("git_sha") or "unknown"
             first_time[sha] = min(first_time.get(sha, env.get("time") or ""), env.get("time") or "")
-            value = np.log(record["summary"]["images_per_s"])
-            if relative_to:
-                value -= np.log(recs[relative_to]["summary"]["images_per_s"])
+            value = np.log(rate) - np.log(peer)
             by_commit[impl][sha].append(value)
     if not by_commit:
         raise ResultError(f"{where}: no successful run" + (f" with {relative_to} beside it" if relative_to else ""))

@@ -100,6 +100,29 @@ def _summary_model(Open):
     )
 
 
+def _config_model(Open):
+    """The config a run used, as run.json holds it: the parts the readers group and label runs by."""
+    from typing import Literal, Optional
+
+    from pydantic import PositiveInt
+
+    class Solver(Open):
+        ims_per_batch: Optional[PositiveInt] = None
+
+    class Benchmark(Open):
+        task: Optional[str] = None
+        seed: Optional[int] = None
+        settings: Optional[Literal["shipped", "best"]] = None
+        scaling: Optional[Literal["strong", "weak"]] = None
+
+    class RecordConfig(Open):
+        name: Optional[str] = None
+        solver: Optional[Solver] = None
+        benchmark: Optional[Benchmark] = None
+
+    return RecordConfig
+
+
 def _record_model():
     """The schema of run.json (this version), checked on every read: every field that the report,
     regress, parity and the plots read is typed here (others may be added: extra keys are allowed)."""
@@ -130,6 +153,8 @@ def _record_model():
         processes_per_node: Optional[PositiveInt] = None
         launcher: Optional[str] = None
 
+    RecordConfig = _config_model(Open)
+
     class RunRecord(Open):
         schema_version: Literal[SCHEMA_VERSION]
         run_id: str
@@ -142,7 +167,7 @@ def _record_model():
         window: Optional[Window] = None
         summary: Optional[Summary] = None
         iterations_recorded: NonNegativeInt = 0
-        config: dict
+        config: RecordConfig
         environment: Optional[Environment] = None
         effective_hparams: Optional[dict] = None
         data: Optional[dict] = None
@@ -409,7 +434,7 @@ def load_run(path: str | os.PathLike) -> dict:
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         raise ResultError(f"{path}: not an mrcnn-bench run record (key 'schema' should be {SCHEMA!r})")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION and version not in UPGRADES:
+    if type(version) is not int or (version != SCHEMA_VERSION and version not in UPGRADES):
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise ResultError(
             f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads versions "
@@ -428,8 +453,9 @@ def load_run(path: str | os.PathLike) -> dict:
         _record_model().model_validate({k: v for k, v in record.items() if k != "schema"})
     except ValidationError as e:
         raise ResultError(f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {_problems(e)}") from None
-    if record["status"] == "ok" and not isinstance(record.get("summary"), dict):
-        raise ResultError(f"{path}: status 'ok' but key 'summary' is missing")
+    for key in ("summary", "window"):  # what every reader of a finished run takes from it
+        if record["status"] == "ok" and not isinstance(record.get(key), dict):
+            raise ResultError(f"{path}: status 'ok' but key '{key}' is missing")
     record["_path"] = str(path)
     return record
 

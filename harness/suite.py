@@ -66,7 +66,10 @@ class RunRequest:
             values["benchmark.price_per_hour"] = self.price_per_hour
         if self.settings in ("shipped", "best"):
             values["benchmark.settings"] = self.settings
+        from .tasks import task_of
+
         cfg = scaled_config(default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu)
+        cfg = task_of(cfg.benchmark.task).configure(cfg)
         if not self.allow_divergent:
             return cfg
         merged = list(dict.fromkeys([*cfg.benchmark.allow_divergent, *self.allow_divergent]))
@@ -267,6 +270,7 @@ def run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: b
     """Probe, data, then (under the run folder's lock) resume, shared weights and every implementation
     in turn: (run folder, records)."""
     from .data import resolve_data
+    from .data_check import enough_for_a_batch
     from .parity import check_divergences
     from .results import new_run_id
     from .run_folder import RunLock
@@ -277,6 +281,7 @@ def run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: b
         for key, why in divergences.items():
             say(f"{name}: runs {key} otherwise (allowed): {why}")
     paths, summary = resolve_data(cfg.data, data_root)  # bad data: exit 2 before anything is written
+    enough_for_a_batch(paths.train_json, summary["train"], cfg.solver.ims_per_batch)
     dropped = summary["train"].get("dropped")
     say(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images"
         + (f"; {dropped['annotations']} unusable annotation(s) and {dropped['short_polygons']} polygon(s) of "

@@ -20,6 +20,19 @@ TINY = [
 ]
 
 
+def need_impls(*names: str) -> None:
+    """Skip the calling test, naming what is missing and how to install it, unless every implementation in
+    ``names`` is installed here (the adapters' own ``available()``)."""
+    from mrcnn_bench.adapters import get_adapter
+
+    missing = [f"{n} ({why})" for n in names for ok, why in [get_adapter(n).available()] if not ok]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}; `make detectron2 mmdet` installs them")
+
+
+ALL_FOUR = ("reference", "torchvision", "detectron2", "mmdet")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -179,7 +179,7 @@ def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path
 def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
     """data_check._plain decides most annotations without building a verdict; whatever it passes, the
     full check (_unusable) must pass too, and what it sends on is judged by the full check."""
-    from mrcnn_bench.harness.data_check import _plain, _unusable
+    from mrcnn_bench.harness.data_check import Known, _plain, _unusable
 
     square = [0, 0, 10, 0, 10, 10, 0, 10]
     cases = [
@@ -201,11 +201,23 @@ def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
         {"bbox": [1, 2, 3, 4], "segmentation": ["not a polygon"]},
         {"segmentation": [square]},
     ]
-    fast = [_plain(a) for a in cases]
-    full = [_unusable(a) for a in cases]
+    cases += [
+        {"bbox": [1, 2, 3, 4], "segmentation": [[str(v) for v in square]]},  # numbers as strings (a labelling tool)
+        {"bbox": [1, 2, 3, 4], "segmentation": {"counts": [0, 4], "size": [2, 2]}},  # RLE, not a crowd region
+        {"bbox": [1, 2, 3, 4], "segmentation": [square], "area": 0},
+        {"bbox": [1, 2, 3, 4], "segmentation": [square], "category_id": 99},  # not among the file's categories
+        {"bbox": [1, 2, 3, 4], "segmentation": [square], "image_id": 99},  # not among its images
+        {"bbox": [1, 2, 3, 4], "segmentation": [[0, 0, 10, 0, float("inf"), 10]]},
+    ]
+    known = Known({1}, {7})
+    cases = [{"area": 12.0, "category_id": 1, "image_id": 7, **a} for a in cases]
+    fast = [_plain(a, known) for a in cases]
+    full = [_unusable(a, known) for a in cases]
     assert all(f == (None, 0) for f, p in zip(full, fast) if p)
-    assert fast == [True, True, True, True, True] + [False] * 12
-    assert [why is None for why, _ in full] == [True] * 5 + [False] * 5 + [True, True, False, True, False, False, False]
+    assert fast == [True, True, True, True, True] + [False] * 18
+    assert [why is None for why, _ in full] == [True] * 5 + [False] * 5 + [True, False, False, True] + [False] * 9
+    assert _plain({k: v for k, v in cases[0].items() if k != "area"}, known) is False  # a missing area: the copy gets the box's
+    assert _unusable({k: v for k, v in cases[0].items() if k != "area"}, known) == (None, 0)
 
 
 def test_the_pass_finds_images_by_one_listing_and_reads_what_json_reads(tmp_path, synth_root):

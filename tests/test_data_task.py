@@ -3,12 +3,13 @@ import json
 import statistics
 
 import pandas as pd
-from conftest import ROOT, run_cli
+from conftest import ALL_FOUR, ROOT, need_impls, run_cli
 
 from mrcnn_bench.harness.frames import load_runs
 
 
 def test_the_input_pipeline_of_every_implementation_alone_at_0_and_1_workers(tmp_path):
+    need_impls(*ALL_FOUR)
     out = run_cli("run", "--impl", "all", "--task", "data", "--workers", "0,1", "--config", "cpu_small", "--out", tmp_path,
                   "--run-id", "d", "--threads", "2", "--set", "benchmark.iters=10", "--set", "benchmark.warmup=2",
                   "--set", "benchmark.window_end=10")

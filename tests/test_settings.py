@@ -140,3 +140,55 @@ def test_both_modes_run_in_every_round_and_are_recorded(tmp_path):
     shipped = json.loads((tmp_path / "modes" / "r1-shipped" / "torchvision" / "run.json").read_text())
     assert shipped["settings"] == {"mode": "shipped", "applied": []}
     assert "at its best" in out.stdout and "as shipped" in out.stdout
+
+
+# ------------------------------------------------------------------ the committed baselines (issue 40)
+BASELINES = ROOT / "results" / "baselines"
+
+
+def _rounds(folder, mode: str) -> list[dict[str, dict]]:
+    """The committed rounds of one mode: {implementation: record} per round, in round order."""
+    rounds = [{r["impl"]: r for r in load_runs([d])} for d in sorted(folder.glob(f"r*-{mode}"))]
+    assert rounds, f"{folder}: no round of {mode}"
+    return rounds
+
+
+def _lead(records: dict[str, dict], key=lambda r: r["summary"]["images_per_s"]) -> float:
+    others = [key(r) for impl, r in records.items() if impl != "reference"]
+    return key(records["reference"]) / max(others)
+
+
+@pytest.mark.parametrize("mode", ["best", "shipped"])
+def test_committed_canonical_rounds_ran_the_same_work_in_both_modes(mode):
+    """results/baselines/cpu_canonical (`make baseline`): three rounds of each mode, the four finished in
+    each, the canonical model, each at its best applying its declared settings, and the same work per
+    image (proposals, RoIs, padded pixels) in every implementation of a round."""
+    rounds = _rounds(BASELINES / "cpu_canonical", mode)
+    assert len(rounds) == 3
+    for records in rounds:
+        assert set(records) == set(IMPLS) and all(r["status"] == "ok" for r in records.values())
+        for impl, r in records.items():
+            bench = r["config"]["benchmark"]
+            assert bench["settings"] == mode and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
+            applied = {a["name"] for a in r["settings"]["applied"]}
+            assert applied == ({"channels_last", "kept_host_memory"} - ({"channels_last"} if impl == "reference" else set())
+                               if mode == "best" else set()), (impl, applied)
+        for counter in ("proposals_per_image", "rois_per_image", "pixels_per_image"):
+            values = {impl: r["summary"][counter] for impl, r in records.items()}
+            assert max(values.values()) == pytest.approx(min(values.values()), rel=1e-6), (counter, values)
+
+
+def test_committed_canonical_reference_leads_each_peer_as_shipped_and_at_its_best():
+    """The reference is the fastest in every committed round of both modes at 800 px: as shipped by 1.5×
+    or more (1.56 to 1.65 recorded), with every peer at its best by 1.15× or more (1.19 to 1.24)."""
+    shipped = [_lead(r) for r in _rounds(BASELINES / "cpu_canonical", "shipped")]
+    best = [_lead(r) for r in _rounds(BASELINES / "cpu_canonical", "best")]
+    assert min(shipped) >= 1.5 and min(best) >= 1.15, (shipped, best)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 40 asks 1.3x in every round with every peer at its best; recorded 1.19 "
+                                       "to 1.24 (README, 'At the canonical size'): 86% of the reference's step is "
+                                       "oneDNN's convolutions, the kernels every peer calls")
+def test_committed_canonical_lead_at_its_best_is_1_3x_in_every_round():
+    best = [_lead(r) for r in _rounds(BASELINES / "cpu_canonical", "best")]
+    assert min(best) >= 1.3, best

@@ -3,7 +3,7 @@ ranges, the top operators and the diff against the reference; a trace past its t
 import gzip
 import json
 
-from conftest import run_cli
+from conftest import ALL_FOUR, need_impls, run_cli
 
 from mrcnn_bench.harness.tasks.trace import diff
 
@@ -13,6 +13,7 @@ PHASES = {"preprocess", "backbone", "rpn head", "roi pooling", "box head", "mask
 
 
 def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_ranges(tmp_path):
+    need_impls(*ALL_FOUR)
     out = run_cli("trace", "--impl", "all", *SHORT, "--out", tmp_path, "--run-id", "t", "--timeout", "600")
     assert out.returncode == 0, out.stderr[-3000:]
     tops = {}
@@ -41,6 +42,19 @@ def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_r
     ref, tv = ({r["name"]: r["ms_per_step"] for r in tops[i]} for i in ("reference", "torchvision"))
     assert first["delta_ms"] == tv.get(first["name"], 0.0) - ref.get(first["name"], 0.0) != 0
     assert f"| torchvision      | {first['name']}" in out.stdout
+
+
+def test_a_trace_stops_after_its_traced_steps():
+    """`mrcnn-bench trace --config cpu_small` trains iterations [0, warmup + trace_steps), not the config's 30."""
+    from mrcnn_bench.harness.suite import RunRequest
+
+    cfg = RunRequest(config_name="cpu_small", overrides=("benchmark.task=trace", "benchmark.warmup=3")).config()
+    assert (cfg.benchmark.iters, cfg.benchmark.end, cfg.benchmark.trace_steps) == (5, 5, 2)
+    train = RunRequest(config_name="cpu_small").config()
+    assert (train.benchmark.iters, train.benchmark.end) == (30, 30)  # other tasks keep the config's
+    helped = run_cli("trace", "--help")
+    assert helped.returncode == 0 and "The same steps under torch.profiler" in helped.stdout, helped.stdout
+    assert "Train each implementation" not in helped.stdout and "--repeats" in helped.stdout  # run's options
 
 
 def test_the_diff_of_a_trace_against_itself_is_empty():

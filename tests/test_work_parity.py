@@ -437,17 +437,15 @@ def test_loaders_follow_the_run_order(impl, synth_root):
 def test_detectron2_loader_follows_the_run_order(synth_root):
     from mrcnn_bench.adapters._common import ordered_batches, data_spec
     from mrcnn_bench.adapters.base import DistInfo
-    from mrcnn_bench.adapters.detectron2 import _DATASET, _apply_shims
+    from mrcnn_bench.adapters.detectron2 import _apply_shims, _register_train_set
 
     cfg = load_config(SMALL, {"benchmark.num_workers": 0})
     data = DataPaths.from_root(synth_root)
     native = get_adapter("detectron2").translate(cfg, data)
     _apply_shims("cpu")
-    from detectron2.data import DatasetCatalog, build_detection_train_loader, get_detection_dataset_dicts
-    from detectron2.data.datasets import register_coco_instances
+    from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 
-    if _DATASET not in DatasetCatalog.list():
-        register_coco_instances(_DATASET, {}, str(data.train_json), str(data.train_images))
+    _register_train_set(native)  # this split, whatever another test of this process registered before
     dicts = get_detection_dataset_dicts(native.DATASETS.TRAIN, filter_empty=True)
     sampler = ordered_batches(dict(train_json=str(data.train_json), order=dict(native.MRCNN_BENCH.ORDER)), DistInfo(),
                               [d["image_id"] for d in dicts], "detectron2", flat=True)

@@ -50,6 +50,10 @@ class Task:
     def check(self, cfg, data_summary: dict) -> None:
         """Raise TaskError when this task cannot run with ``cfg`` on this data."""
 
+    def configure(self, cfg):
+        """``cfg`` as this task runs it (the request's config, before any check): unchanged by default."""
+        return cfg
+
     def work(self, bench) -> str:
         """What the launcher announces for one implementation."""
         return f"{bench.iters} iterations"

@@ -43,6 +43,15 @@ class Trace(Train):
             raise TaskError(f"benchmark.trace_steps {bench.trace_steps} after benchmark.warmup {bench.warmup} needs "
                             f"benchmark.iters >= {bench.warmup + bench.trace_steps} (it is {bench.iters})")
 
+    def configure(self, cfg):
+        """Training stops after the traced steps: the iterations after them would be timed for nothing."""
+        bench = cfg.benchmark
+        stop = bench.warmup + bench.trace_steps
+        if bench.iters <= stop:
+            return cfg
+        return cfg.with_overrides({"benchmark.iters": stop, "benchmark.window_end": stop},
+                                  source="trace (it stops after its traced steps)")
+
     def work(self, bench) -> str:
         return f"{bench.iters} iterations, iterations [{bench.warmup}, {bench.warmup + bench.trace_steps}) under torch.profiler"
 

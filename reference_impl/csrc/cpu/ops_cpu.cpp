@@ -68,6 +68,25 @@ struct Pyramid {
   }
 };
 
+// The table of one RoI, on the FPN level it belongs to.
+template <typename T, typename A>
+void build_table(SampleTable<A>& t, const Pyramid<T>& pyr, const A* roi, int ph_n, int pw_n, int sampling_ratio,
+                 bool aligned, int64_t C) {
+  const int l = pyr.level_of(roi);
+  t.build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
+}
+
+// The tables of RoIs [k0, k0 + n), in parallel (the backwards' chunks).
+template <typename T, typename A>
+void build_tables(std::vector<SampleTable<A>>& tables, const Pyramid<T>& pyr, const A* rois, int64_t k0, int64_t n,
+                  int ph_n, int pw_n, int sampling_ratio, bool aligned, int64_t C) {
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      build_table(tables[i], pyr, rois + (k0 + i) * 5, ph_n, pw_n, sampling_ratio, aligned, C);
+    }
+  });
+}
+
 template <typename T, typename A>
 void roi_align_forward_impl(const Pyramid<T>& pyr, const A* rois, int64_t K, int64_t C, int ph_n, int pw_n,
                             int sampling_ratio, bool aligned, T* out) {
@@ -75,12 +94,10 @@ void roi_align_forward_impl(const Pyramid<T>& pyr, const A* rois, int64_t K, int
   at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
     SampleTable<A> t;
     for (int64_t k = begin; k < end; ++k) {
-      const A* roi = rois + k * 5;
-      const int l = pyr.level_of(roi);
-      const int H = pyr.H[l], W = pyr.W[l];
-      t.build(roi, l, A(pyr.scale[l]), H, W, ph_n, pw_n, sampling_ratio, aligned, C);
+      build_table(t, pyr, rois + k * 5, ph_n, pw_n, sampling_ratio, aligned, C);
+      const int H = pyr.H[t.level], W = pyr.W[t.level];
       for (int64_t c = 0; c < C; ++c) {
-        const T* plane = pyr.data[l] + (t.plane + c) * H * W;
+        const T* plane = pyr.data[t.level] + (t.plane + c) * H * W;
         T* o = out + (k * C + c) * bins;
         for (int64_t b = 0; b < bins; ++b) {
           A sum = A(0);
@@ -106,13 +123,7 @@ void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels
   std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t n = std::min<int64_t>(kChunk, K - k0);
-    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const A* roi = rois + (k0 + i) * 5;
-        const int l = pyr.level_of(roi);
-        tables[i].build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
-      }
-    });
+    build_tables(tables, pyr, rois, k0, n, ph_n, pw_n, sampling_ratio, aligned, C);
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         for (int64_t i = 0; i < n; ++i) {
@@ -147,11 +158,9 @@ void roi_align_forward_nhwc_impl(const Pyramid<T>& pyr, const A* rois, int64_t K
     SampleTable<A> t;
     std::vector<A> acc(C);
     for (int64_t k = begin; k < end; ++k) {
-      const A* roi = rois + k * 5;
-      const int l = pyr.level_of(roi);
-      const int H = pyr.H[l], W = pyr.W[l];
-      t.build(roi, l, A(pyr.scale[l]), H, W, ph_n, pw_n, sampling_ratio, aligned, C);
-      const T* image = pyr.data[l] + t.plane * H * W;  // t.plane = batch * C
+      build_table(t, pyr, rois + k * 5, ph_n, pw_n, sampling_ratio, aligned, C);
+      const int H = pyr.H[t.level], W = pyr.W[t.level];
+      const T* image = pyr.data[t.level] + t.plane * H * W;  // t.plane = batch * C
       for (int64_t b = 0; b < bins; ++b) {
         A* __restrict a = acc.data();
         std::fill(a, a + C, A(0));
@@ -182,13 +191,7 @@ void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_l
   std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
   for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
     const int64_t n = std::min<int64_t>(kChunk, K - k0);
-    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const A* roi = rois + (k0 + i) * 5;
-        const int l = pyr.level_of(roi);
-        tables[i].build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
-      }
-    });
+    build_tables(tables, pyr, rois, k0, n, ph_n, pw_n, sampling_ratio, aligned, C);
     at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
       std::vector<A> g(c1 - c0);
       for (int64_t i = 0; i < n; ++i) {
