@@ -121,7 +121,7 @@ def _unusable(ann: dict, known: Known | None = None) -> tuple[str | None, int]:
     box = ann.get("bbox")
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
         return "key 'bbox': expected [x, y, width, height]", 0
-    if not _numbers(box):
+    if not all(math.isfinite(v) for v in box):
         return f"key 'bbox': expected finite numbers, got {box}", 0
     if box[2] <= 0 or box[3] <= 0:
         return f"key 'bbox': expected width and height > 0, got {box[2]} x {box[3]}", 0
@@ -212,17 +212,17 @@ def _bad_image_entry(im) -> str | None:
     return None
 
 
-def _duplicate(items: list, what: str) -> str | None:
+def _duplicate(items: list[dict], what: str) -> str | None:
+    """Why the ids of ``items`` (objects) are not unique, or None."""
     seen: set = set()
     for item in items:
-        i = item.get("id") if isinstance(item, dict) else None
-        if not _listed(i, seen):
-            try:
-                seen.add(i)
-                continue
-            except TypeError:
-                return f"key '{what}': id {i!r}: expected a number"
-        return f"key '{what}': id {i!r} appears more than once (expected unique ids)"
+        i = item.get("id")
+        try:
+            if i in seen:
+                return f"key '{what}': id {i!r} appears more than once (expected unique ids)"
+            seen.add(i)
+        except TypeError:  # a list or an object
+            return f"key '{what}': id {i!r}: expected a number"
     return None
 
 
@@ -238,10 +238,9 @@ def _check_annotations(json_path: Path, coco: dict) -> tuple[dict, dict | None]:
     """(what was dropped, the cleaned file's content or None when nothing was)."""
     if not all(isinstance(a, dict) for a in coco["annotations"]):
         raise DataError(f"{json_path}: key 'annotations': expected a list of objects")
-    for what in ("images", "annotations"):
-        twice = _duplicate(coco[what], what)
-        if twice:
-            raise DataError(f"{json_path}: {twice}")
+    twice = _duplicate(coco["annotations"], "annotations")
+    if twice:
+        raise DataError(f"{json_path}: {twice}")
     # the entries of 'images' and 'categories' are checked before: whole-number ids
     known = Known({c["id"] for c in coco["categories"]}, {im["id"] for im in coco["images"]})
     bad: list[tuple[object, str]] = []
@@ -377,9 +376,10 @@ def _check(json_path: Path, image_dir: Path, need_annotations: bool, train: bool
         if not isinstance(c, dict) or type(c.get("id")) is not int or not isinstance(c.get("name"), str):
             raise DataError(f"{json_path}: key 'categories', entry {c!r}: expected an object with a whole-number 'id' and a "
                             "'name'")
-    twice = _duplicate(coco["categories"], "categories")
-    if twice:
-        raise DataError(f"{json_path}: {twice}")
+    for what in ("images", "categories"):
+        twice = _duplicate(coco[what], what)
+        if twice:
+            raise DataError(f"{json_path}: {twice}")
     missing = _absent(image_dir, coco["images"])
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")

@@ -161,6 +161,18 @@ def _lr_divergence(rows: list[dict], solver: dict) -> tuple[float | None, str | 
     return worst, first
 
 
+def _schedule(rows: list[dict], cfg: dict) -> tuple[float | None, str | None, int] | str:
+    """(largest relative lr error, the first divergence, the global batch) of a run against its config's
+    solver, or why that solver cannot be read (a record written by another version, or edited)."""
+    solver = cfg.get("solver")
+    if not isinstance(solver, dict):
+        return "has no solver"
+    try:
+        return (*_lr_divergence(rows, solver), solver["ims_per_batch"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"has a solver that cannot be read ({type(e).__name__}: {e})"
+
+
 def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple[pd.DataFrame, list[str]]:
     """(table, divergences) for the implementations of one run; no divergence means the same schedule,
     the same global batch at every iteration, and positive RoIs and sampled positive anchors (the RPN's)
@@ -178,15 +190,12 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
             problems.append(f"{impl}: {rec['status']}" + (f": {rec.get('reason')}" if rec.get("reason") else "") + " (nothing to compare)")
             rows.append(row)
             continue
-        try:  # a record written by another version, or edited, may lack part of the solver
-            worst, first = _lr_divergence(its, cfg["solver"])
-            batch = cfg["solver"]["ims_per_batch"]
-        except (KeyError, TypeError) as e:
-            key = str(e).strip("'")
-            problems.append(f"{impl}: its run.json's config has no {'solver' if key == 'solver' else 'solver.' + key} "
-                            "(nothing to compare)")
+        schedule = _schedule(its, cfg)
+        if isinstance(schedule, str):
+            problems.append(f"{impl}: its run.json's config {schedule} (nothing to compare)")
             rows.append(row)
             continue
+        worst, first, batch = schedule
         row["lr: max relative error"] = "-" if worst is None else f"{worst:.1e}"
         if first:
             problems.append(f"{impl}: {first}")

@@ -76,15 +76,23 @@ void build_table(SampleTable<A>& t, const Pyramid<T>& pyr, const A* roi, int ph_
   t.build(roi, l, A(pyr.scale[l]), pyr.H[l], pyr.W[l], ph_n, pw_n, sampling_ratio, aligned, C);
 }
 
-// The tables of RoIs [k0, k0 + n), in parallel (the backwards' chunks).
-template <typename T, typename A>
-void build_tables(std::vector<SampleTable<A>>& tables, const Pyramid<T>& pyr, const A* rois, int64_t k0, int64_t n,
-                  int ph_n, int pw_n, int sampling_ratio, bool aligned, int64_t C) {
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      build_table(tables[i], pyr, rois + (k0 + i) * 5, ph_n, pw_n, sampling_ratio, aligned, C);
-    }
-  });
+// The backwards' walk over the RoIs: in chunks, so the tables of one chunk stay small, each chunk's tables
+// built in parallel, then ``accumulate(k0, n, tables)`` for RoIs [k0, k0 + n) (channels in parallel there:
+// RoIs overlap, channels never do, so no atomics are needed).
+template <typename T, typename A, typename F>
+void for_each_chunk(const Pyramid<T>& pyr, const A* rois, int64_t K, int ph_n, int pw_n, int sampling_ratio,
+                    bool aligned, int64_t C, F accumulate) {
+  constexpr int64_t kChunk = 256;
+  std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, K - k0);
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        build_table(tables[i], pyr, rois + (k0 + i) * 5, ph_n, pw_n, sampling_ratio, aligned, C);
+      }
+    });
+    accumulate(k0, n, tables);
+  }
 }
 
 template <typename T, typename A>
@@ -117,13 +125,8 @@ template <typename T, typename A>
 void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels, const T* grad, const A* rois,
                              int64_t K, int64_t C, int ph_n, int pw_n, int sampling_ratio, bool aligned) {
   const int64_t bins = int64_t(ph_n) * pw_n;
-  // RoIs in chunks, so the tables of one chunk stay small; within a chunk, channels in parallel:
-  // RoIs overlap, channels never do, so no atomics are needed.
-  constexpr int64_t kChunk = 256;
-  std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
-  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-    const int64_t n = std::min<int64_t>(kChunk, K - k0);
-    build_tables(tables, pyr, rois, k0, n, ph_n, pw_n, sampling_ratio, aligned, C);
+  for_each_chunk(pyr, rois, K, ph_n, pw_n, sampling_ratio, aligned, C,
+                 [&](int64_t k0, int64_t n, const std::vector<SampleTable<A>>& tables) {
     at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         for (int64_t i = 0; i < n; ++i) {
@@ -143,7 +146,7 @@ void roi_align_backward_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels
         }
       }
     });
-  }
+  });
 }
 
 // Channels-last (NHWC) maps: a sample's four corners are rows of C contiguous values, so each bin is
@@ -187,11 +190,8 @@ template <typename T, typename A>
 void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_levels, const T* grad, const A* rois,
                                   int64_t K, int64_t C, int ph_n, int pw_n, int sampling_ratio, bool aligned) {
   const int64_t bins = int64_t(ph_n) * pw_n;
-  constexpr int64_t kChunk = 256;
-  std::vector<SampleTable<A>> tables(std::min<int64_t>(K, kChunk));
-  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-    const int64_t n = std::min<int64_t>(kChunk, K - k0);
-    build_tables(tables, pyr, rois, k0, n, ph_n, pw_n, sampling_ratio, aligned, C);
+  for_each_chunk(pyr, rois, K, ph_n, pw_n, sampling_ratio, aligned, C,
+                 [&](int64_t k0, int64_t n, const std::vector<SampleTable<A>>& tables) {
     at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
       std::vector<A> g(c1 - c0);
       for (int64_t i = 0; i < n; ++i) {
@@ -203,12 +203,13 @@ void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_l
           for (int64_t c = c0; c < c1; ++c) gb[c - c0] = A(go[c]) / t.count;
           for (int32_t s = t.bin_start[b]; s < t.bin_start[b + 1]; ++s) {
             const auto& p = t.samples[s];
-            A* __restrict r1 = image + int64_t(p.i1) * C + c0;
-            A* __restrict r2 = image + int64_t(p.i2) * C + c0;
-            A* __restrict r3 = image + int64_t(p.i3) * C + c0;
-            A* __restrict r4 = image + int64_t(p.i4) * C + c0;
+            // the four corners may be one row (a sample on the map's edge), so they are not restrict: one
+            // after the other, each loop reading only gb
+            A* r1 = image + int64_t(p.i1) * C + c0;
+            A* r2 = image + int64_t(p.i2) * C + c0;
+            A* r3 = image + int64_t(p.i3) * C + c0;
+            A* r4 = image + int64_t(p.i4) * C + c0;
             const int64_t m = c1 - c0;
-            // the four corners may be one row (a sample on the map's edge): one after the other
             for (int64_t c = 0; c < m; ++c) r1[c] += gb[c] * p.w1;
             for (int64_t c = 0; c < m; ++c) r2[c] += gb[c] * p.w2;
             for (int64_t c = 0; c < m; ++c) r3[c] += gb[c] * p.w3;
@@ -217,7 +218,7 @@ void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_l
         }
       }
     });
-  }
+  });
 }
 
 inline bool is_nhwc(const at::Tensor& t) {
