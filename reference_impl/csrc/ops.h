@@ -47,6 +47,11 @@ inline void check_paste_args(const at::Tensor& masks, const at::Tensor& boxes) {
               "paste_masks: boxes must be [N, 4] matching masks, got ", boxes.sizes());
 }
 
+// A map laid out channels-last (NHWC), as benchmark.channels_last leaves the FPN's levels.
+inline bool is_nhwc(const at::Tensor& t) {
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
 // The feature maps of an FPN and the levels they stand for.
 struct MultiLevel {
   std::vector<at::Tensor> feats;
@@ -66,8 +71,7 @@ struct MultiLevel {
     TORCH_CHECK(scales.size() == feats.size(), "multilevel_roi_align: one scale per feature map, got ", scales.size(),
                 " scales for ", feats.size(), " maps");
     MultiLevel ml;
-    ml.nhwc = keep_channels_last && feats[0].dim() == 4 &&
-              feats[0].suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    ml.nhwc = keep_channels_last && is_nhwc(feats[0]);
     const auto format = ml.nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
     for (size_t l = 0; l < feats.size(); ++l) {
       const auto& f = feats[l];

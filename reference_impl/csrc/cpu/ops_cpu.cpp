@@ -221,10 +221,6 @@ void roi_align_backward_nhwc_impl(const Pyramid<T>& pyr, std::vector<A*>& grad_l
   });
 }
 
-inline bool is_nhwc(const at::Tensor& t) {
-  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-
 // [K, ph, pw, C] storage seen as the [K, C, ph, pw] result (channels-last strides).
 inline at::Tensor nhwc_result(int64_t K, int64_t C, int64_t ph, int64_t pw, const at::TensorOptions& opts) {
   return at::empty({K, ph, pw, C}, opts).permute({0, 3, 1, 2});
