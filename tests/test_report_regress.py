@@ -400,6 +400,33 @@ def test_throughput_bars_aggregate_repeated_runs(tmp_path):
     assert b["low"] < b["value"] < b["high"]
 
 
+def _gate_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_script", ROOT / "scripts" / "gate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cpu_gate_interleaves_the_sides_and_its_base_is_an_ancestor():
+    """scripts/gate.py runs base and candidate alternately (a drift of the machine's speed falls on both), and
+    the Makefile's GATE_BASE is a commit of this history, before HEAD (a shallow clone falls back: skipped)."""
+    import re
+    import subprocess
+
+    gate = _gate_script()
+    assert gate.interleaved(3) == ["base", "candidate", "candidate", "base", "base", "candidate"]
+    assert gate.interleaved(2).count("base") == 2 and gate.interleaved(4).count("candidate") == 4
+    base = re.search(r"^GATE_BASE \?= (\w+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    if subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
+                      text=True).stdout.strip() == "true":
+        pytest.skip("a shallow clone: the gate falls back to the committed rounds")
+    assert gate.resolve(base) == base and gate.resolve("0" * 40) is None
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", base, "HEAD"], cwd=ROOT)
+    assert ancestor.returncode == 0, f"GATE_BASE {base} is not an ancestor of HEAD"
+
+
 def test_ci_and_the_gpu_workflow_run_the_gate():
     """`make test` (CI's command) ends with the gate; the GPU workflow fails on a failed implementation and
     gates against the device's own baseline."""
@@ -409,8 +436,8 @@ def test_ci_and_the_gpu_workflow_run_the_gate():
 
     dry = subprocess.run(["make", "-n", "test", "gate"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "$(MAKE) gate" in (ROOT / "Makefile").read_text().split("\ntest:")[1].split("\n\n")[0]
-    assert "--repeats 2" in dry and "regress --baseline results/baselines/gate-cpu --candidate results/runs/gate" in dry
-    assert "--relative-to torchvision --impl reference" in dry
+    assert "scripts/gate.py --base " in dry and "--rounds 3 --out results/runs/gate" in dry
+    assert "--baseline results/baselines/gate-cpu" in dry and "-- --config cpu_small" in dry
     assert len(list((ROOT / "results/baselines/gate-cpu").glob("r*/*/run.json"))) == 10  # five rounds of two
     steps = yaml.safe_load((ROOT / ".github/workflows/gpu-benchmark.yml").read_text())["jobs"]["benchmark"]["steps"]
     runs = {s.get("name"): s.get("run", "") for s in steps}
