@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline test test-fast fuzz bench-ops torch-floor clean gate gate-baseline browser site
+.PHONY: setup detectron2 mmdet demo baseline lint test test-fast fuzz bench-ops torch-floor clean gate gate-baseline browser site
 
 setup: $(VENV)/.installed
 
@@ -48,22 +48,29 @@ demo: setup detectron2 mmdet
 
 # Re-record the committed CPU baselines and the tables generated from them (on a quiet machine): cpu_small
 # and cpu_canonical, three interleaved rounds, each round every implementation as shipped and each at its
-# best (--settings both); results/README.md and the README's results sections.
+# best (--settings both); results/README.md and the tables of README.md and docs/results.md.
 baseline: setup detectron2 mmdet
 	for scenario in cpu_small cpu_canonical; do \
 	  $(BENCH) run --impl all --config $$scenario --device cpu --settings both --repeats 3 --out results/baselines \
 	    --run-id $$scenario --force || exit 1; \
 	  rm -f results/baselines/$$scenario/*/*/launch.json; \
-	  $(BENCH) report results/baselines/$$scenario --into README.md || exit 1; \
+	  for page in README.md docs/results.md; do \
+	    $(BENCH) report results/baselines/$$scenario --into $$page || exit 1; \
+	  done; \
 	done
 	$(BENCH) report results/baselines/cpu_small --plots results/baselines/cpu_small/plots --out results/README.md \
 	  --title "Results: the CPU scenario (cpu_small), committed baseline, three rounds of both modes"
 
-test: setup detectron2 mmdet browser
+# ruff (pyproject.toml's [tool.ruff]: line length 110): the lint rules and the formatter's layout
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint detectron2 mmdet browser
 	$(PY) -m pytest -q tests
 	$(MAKE) gate
 
-# The throughput regression gate on the CPU (README, "The regression gate"): the reference of GATE_BASE
+# The throughput regression gate on the CPU (docs/reliability.md, "The regression gate"): the reference of GATE_BASE
 # against this tree's, GATE_ROUNDS runs a side interleaved on this machine at cpu_small's size over a
 # 10-iteration window (scripts/gate.py); a failed run fails the gate. GATE_BASE is the last commit whose
 # gate passed CI; where a shallow clone lacks it, the gate falls back, loudly, to the committed rounds.
@@ -104,8 +111,10 @@ bench-ops: setup
 	$(PY) benchmarks/ops.py
 
 # Without the real training runs (a few minutes quicker).
-test-fast: setup detectron2 mmdet
-	$(PY) -m pytest -q -m "not slow" tests
+# The unit tests: no test that starts mrcnn-bench or trains (marker e2e), no detectron2 or mmdet install
+# (their tests skip, saying so, where they are not installed).
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e" tests
 
 # The property-based tests (tests/test_fuzz.py) with many more generated examples than CI's profile: COCO
 # splits, configs and run records; Hypothesis' statistics say how many examples each test tried and what it
@@ -125,7 +134,7 @@ browser:
 	    { echo "*** make browser: could not install Debian's chromium and chromium-driver (no root or no apt?):" >&2; \
 	      echo "*** the site's browser test (tests/test_site.py) will be SKIPPED" >&2; }; }
 
-# The results site of the committed baselines (README, "Results"), and the screenshot of its index the README shows.
+# The results site of the committed baselines (docs/results.md), and the screenshot of its index the README shows.
 site: setup browser
 	$(BENCH) publish results/baselines --out site
 	$(PY) scripts/site_screenshot.py site/index.html results/site-index.png

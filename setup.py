@@ -5,6 +5,7 @@ the CUDA kernels are built when CUDA_HOME is set to a toolkit with nvcc and torc
 or when FORCE_CUDA=1.
 Set MRCNN_BENCH_NO_EXT=1 to skip the extension entirely (the ops then fall back to pure PyTorch).
 """
+
 import glob
 import os
 import shutil
@@ -73,7 +74,9 @@ def extensions():
         )
     else:
         print("mrcnn-bench: building CPU kernels only (no nvcc/CUDA torch; FORCE_CUDA=1 to insist)")
-        ext = CppExtension("mrcnn_bench.reference_impl._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+        ext = CppExtension(
+            "mrcnn_bench.reference_impl._C", sources, extra_compile_args={"cxx": cxx}, **kwargs
+        )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

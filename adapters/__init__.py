@@ -7,6 +7,7 @@ and private modules (``_common``, the helpers the adapters share, and the framew
 not adapters. Implementations outside this package are added without editing it: name their modules in
 ``MRCNN_BENCH_EXTRA_ADAPTERS`` (comma-separated import paths).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,16 +21,22 @@ PREFERRED_ORDER = ["reference", "torchvision", "detectron2", "mmdet"]
 
 def _extra_adapters() -> dict:
     extra = {}
-    for module_name in filter(None, (m.strip() for m in os.environ.get("MRCNN_BENCH_EXTRA_ADAPTERS", "").split(","))):
+    for module_name in filter(
+        None, (m.strip() for m in os.environ.get("MRCNN_BENCH_EXTRA_ADAPTERS", "").split(","))
+    ):
         for adapter in importlib.import_module(module_name).ADAPTERS:
             extra[adapter.name] = adapter
     return extra
 
 
 def adapter_names() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != CONTRACT]
+    names = [
+        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != CONTRACT
+    ]
     names += [n for n in _extra_adapters() if n not in names]
-    return sorted(names, key=lambda n: (PREFERRED_ORDER.index(n) if n in PREFERRED_ORDER else len(PREFERRED_ORDER), n))
+    return sorted(
+        names, key=lambda n: (PREFERRED_ORDER.index(n) if n in PREFERRED_ORDER else len(PREFERRED_ORDER), n)
+    )
 
 
 def get_adapter(name: str):

@@ -1,7 +1,6 @@
 """Helpers shared by adapters (not an adapter itself: the registry skips this module)."""
+
 from __future__ import annotations
-
-
 
 # info.* parity values several adapters report: one spelling, so the table compares them equal
 PYTORCH_STYLE = "pytorch (stride in the 3x3 conv)"
@@ -9,7 +8,7 @@ CAFFE_STYLE = "caffe (stride in the 1x1 conv)"
 
 
 # info.resize_interpolation: how the resized pixels are computed. The same sizes, but not the same pixels:
-# on upscaled images the RoI positives of iteration 0 differ (README, "Same work")
+# on upscaled images the RoI positives of iteration 0 differ (docs/methodology.md, "Same work")
 FLOAT_BILINEAR = "bilinear on float pixels (torch interpolate)"
 
 
@@ -61,7 +60,11 @@ def data_spec(cfg, data) -> dict:
         batch_size_per_process=cfg.ims_per_process_step,
         num_workers=cfg.benchmark.num_workers,
         # the run's one data order (harness.data_order), less the process's place in it
-        order=dict(per_process=cfg.ims_per_process_step, seed=cfg.benchmark.seed, group_by_aspect=cfg.input.aspect_ratio_grouping),
+        order=dict(
+            per_process=cfg.ims_per_process_step,
+            seed=cfg.benchmark.seed,
+            group_by_aspect=cfg.input.aspect_ratio_grouping,
+        ),
     )
 
 
@@ -77,7 +80,9 @@ def ordered_batches(data: dict, dist, image_ids: list[int], source: str, flat: b
 def train_spec(cfg) -> dict:
     """The benchmark's switches a training loop written here honours."""
     b = cfg.benchmark
-    return dict(dtype=b.dtype, channels_last=b.channels_last, grad_accum=b.grad_accum, iters=b.iters, seed=b.seed)
+    return dict(
+        dtype=b.dtype, channels_last=b.channels_last, grad_accum=b.grad_accum, iters=b.iters, seed=b.seed
+    )
 
 
 def count_work(timer, module, counter: str, count) -> None:
@@ -144,7 +149,8 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
 
 
 def phase_probe(cfg, timer, device, model, lacks: dict | None = None, **parts):
-    """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (harness/phases.py) on ``model``, timing each of ``parts``
+    """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (harness/phases.py) on ``model``,
+    timing each of ``parts``
     (a keyword of phases.PARTS, e.g. ``rpn_head=[...]``: modules or (object, method) pairs), ``lacks`` the
     phases this framework has no part for (phase -> why). None otherwise."""
     from mrcnn_bench.harness.tasks import task_of
@@ -157,7 +163,9 @@ def phase_probe(cfg, timer, device, model, lacks: dict | None = None, **parts):
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise TypeError(f"phase_probe: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
-    probe = PhaseProbe(device, count_syncs_at=0 if cfg.benchmark.warmup > 0 and not ranges else None, ranges=ranges)
+    probe = PhaseProbe(
+        device, count_syncs_at=0 if cfg.benchmark.warmup > 0 and not ranges else None, ranges=ranges
+    )
     for name, members in parts.items():
         probe.time(PARTS[name], *members)
     for phase, why in (lacks or {}).items():
@@ -199,7 +207,11 @@ def schedule_facts(lrs: list[float], base_lr: float) -> dict:
         return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
 
     warm = next((i for i, lr in enumerate(lrs) if close(lr, base_lr)), None)
-    steps = [] if warm is None else [i for i in range(warm + 1, len(lrs)) if lrs[i] < lrs[i - 1] and not close(lrs[i], lrs[i - 1])]
+    steps = (
+        []
+        if warm is None
+        else [i for i in range(warm + 1, len(lrs)) if lrs[i] < lrs[i - 1] and not close(lrs[i], lrs[i - 1])]
+    )
     return {
         "solver.warmup_iters": warm,
         "solver.warmup_factor": round(lrs[0] / base_lr, 12) if lrs else None,
@@ -210,19 +222,36 @@ def schedule_facts(lrs: list[float], base_lr: float) -> dict:
 
 def sampling_hparams(section: str, fg_iou: float, bg_iou: float, batch: int, fraction: float) -> dict:
     """A matcher's and its sampler's rows of the parity table (``section``: "rpn" or "roi_heads")."""
-    return {f"model.{section}.fg_iou_thresh": fg_iou, f"model.{section}.bg_iou_thresh": bg_iou,
-            f"model.{section}.batch_size_per_image": batch, f"model.{section}.positive_fraction": fraction}
+    return {
+        f"model.{section}.fg_iou_thresh": fg_iou,
+        f"model.{section}.bg_iou_thresh": bg_iou,
+        f"model.{section}.batch_size_per_image": batch,
+        f"model.{section}.positive_fraction": fraction,
+    }
 
 
 def proposal_hparams(nms: float, pre_train: int, post_train: int, pre_test: int, post_test: int) -> dict:
     """The RPN's NMS threshold and its top-k before and after NMS, training and test (kept per image)."""
-    return {"model.rpn.nms_thresh": nms, "model.rpn.pre_nms_topk_train": pre_train, "model.rpn.post_nms_topk_train": post_train,
-            "model.rpn.pre_nms_topk_test": pre_test, "model.rpn.post_nms_topk_test": post_test,
-            "model.rpn.post_nms_topk_scope": "per image"}
+    return {
+        "model.rpn.nms_thresh": nms,
+        "model.rpn.pre_nms_topk_train": pre_train,
+        "model.rpn.post_nms_topk_train": post_train,
+        "model.rpn.pre_nms_topk_test": pre_test,
+        "model.rpn.post_nms_topk_test": post_test,
+        "model.rpn.post_nms_topk_scope": "per image",
+    }
 
 
-def solver_hparams(*, ims_per_process: int, base_lr: float, momentum: float, weight_decay: float,
-                   weight_decay_norm: float, warmup_method: str, lrs: list[float]) -> dict:
+def solver_hparams(
+    *,
+    ims_per_process: int,
+    base_lr: float,
+    momentum: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+    warmup_method: str,
+    lrs: list[float],
+) -> dict:
     """The parity table's solver rows: the optimizer's values as the framework holds them, and warm-up
     and steps from ``lrs``, the learning rates its own scheduler gives (``schedule_facts``)."""
     return {
@@ -270,9 +299,14 @@ def load_exact(model, state: dict, source: str) -> None:
     expected = model.state_dict()
     for key, value in state.items():
         if key not in expected:
-            raise WeightsMismatch(f"{source}: '{key}' is not a parameter of the model ({type(model).__name__})")
+            raise WeightsMismatch(
+                f"{source}: '{key}' is not a parameter of the model ({type(model).__name__})"
+            )
         if tuple(expected[key].shape) != tuple(value.shape):
-            raise WeightsMismatch(f"{source}: '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
+            raise WeightsMismatch(
+                f"{source}: '{key}' has shape {tuple(value.shape)}, the model's is "
+                f"{tuple(expected[key].shape)}"
+            )
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise WeightsMismatch(f"{source}: no value for the model's '{missing[0]}' ({len(missing)} missing)")
@@ -339,11 +373,18 @@ class LayoutConversion:
     background slot), for :func:`from_torchvision_layout` and :func:`to_torchvision_layout`."""
 
     def __init__(self, framework: str, from_renames: list, to_renames: list, heads: tuple[str, str, str]):
-        self.framework, self.from_renames, self.to_renames, self.heads = framework, from_renames, to_renames, heads
+        self.framework, self.from_renames, self.to_renames, self.heads = (
+            framework,
+            from_renames,
+            to_renames,
+            heads,
+        )
 
     def from_torchvision(self, state: dict) -> dict:
         """A torchvision-layout state dict in the framework's names and layouts."""
-        return from_torchvision_layout(state, self.from_renames, self.heads, f"torchvision -> {self.framework}")
+        return from_torchvision_layout(
+            state, self.from_renames, self.heads, f"torchvision -> {self.framework}"
+        )
 
     def to_torchvision(self, state: dict) -> dict:
         """The framework's state dict in torchvision's layout (background slots zero)."""

@@ -1,12 +1,13 @@
 """detectron2's side of a benchmark run, as classes in the manner of its own engine/hooks.py: the hook
 that stamps each iteration for the harness, and the trainer that reads the run's data order. Imported
 only when detectron2 trains (this module imports detectron2)."""
+
 from __future__ import annotations
 
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 
-from .base import DistInfo
 from ._common import ordered_batches
+from .base import DistInfo
 
 
 class HarnessTimer(HookBase):
@@ -25,7 +26,9 @@ class HarnessTimer(HookBase):
         def latest(name):
             return storage.history(name).latest() if name in storage.histories() else None
 
-        self.timer.after_step(self.images_per_step, loss=latest("total_loss"), data_time=latest("data_time"), lr=latest("lr"))
+        self.timer.after_step(
+            self.images_per_step, loss=latest("total_loss"), data_time=latest("data_time"), lr=latest("lr")
+        )
 
 
 class OrderedTrainer(DefaultTrainer):
@@ -41,7 +44,9 @@ class OrderedTrainer(DefaultTrainer):
         """detectron2's model, with the RPN's low-quality rule as the canonical config asks
         (``RPN.from_config`` builds its matcher with it on)."""
         model = super().build_model(cfg)
-        model.proposal_generator.anchor_matcher.allow_low_quality_matches = bool(cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES)
+        model.proposal_generator.anchor_matcher.allow_low_quality_matches = bool(
+            cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES
+        )
         return model
 
     @classmethod
@@ -49,10 +54,18 @@ class OrderedTrainer(DefaultTrainer):
         from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
         from detectron2.utils import comm
 
-        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+        )
         order = dict(train_json=cfg.MRCNN_BENCH.TRAIN_JSON, order=dict(cfg.MRCNN_BENCH.ORDER))
         dist = DistInfo(rank=comm.get_rank(), world_size=comm.get_world_size())
-        sampler = ordered_batches(order, dist, [d["image_id"] for d in dicts], f"detectron2 ({cfg.MRCNN_BENCH.TRAIN_JSON})", flat=True)
+        sampler = ordered_batches(
+            order,
+            dist,
+            [d["image_id"] for d in dicts],
+            f"detectron2 ({cfg.MRCNN_BENCH.TRAIN_JSON})",
+            flat=True,
+        )
         return build_detection_train_loader(cfg, dataset=dicts, sampler=sampler)
 
     def build_hooks(self):

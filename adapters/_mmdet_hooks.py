@@ -1,6 +1,7 @@
 """mmengine's side of a benchmark run, as a hook class in the manner of mmengine's own hooks: it loads
 the run's shared initial weights and stamps each optimizer step for the harness. Imported only when
 mmdet trains (this module imports mmengine)."""
+
 from __future__ import annotations
 
 from mmengine.hooks import Hook
@@ -36,4 +37,6 @@ class HarnessTimer(Hook):
         if (runner.iter + 1) % self.accum:  # stamped when the optimizer stepped
             return
         loss = float(outputs["loss"].detach()) if outputs and "loss" in outputs else None
-        self.timer.after_step(self.images_per_step, loss=loss, data_time=self.data_time, lr=self.lr, loss_parts=outputs)
+        self.timer.after_step(
+            self.images_per_step, loss=loss, data_time=self.data_time, lr=self.lr, loss_parts=outputs
+        )

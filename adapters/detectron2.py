@@ -10,6 +10,7 @@ Compatibility shims (applied only when the installed libraries need them, see ``
 - detectron2 v0.6 wraps every model in DDP with ``device_ids=[local_rank]``, which DDP refuses for a
   CPU model: on CPU, ``create_ddp_model`` passes no device ids.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,22 +18,53 @@ import tempfile
 
 from mrcnn_bench.harness.tasks import task_of
 
-from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
-    forward_outputs, load_exact, load_initial_weights, num_classes, phase_probe, pillow_linear_alias, proposal_hparams,
-    rule_notes, sampling_hparams, schedule_length, shifted, solver_hparams, stand_in_optimizer, step_scheduler,
-    unsupported
+    CAFFE_STYLE,
+    PYTORCH_STYLE,
+    LayoutConversion,
+    attach_work_counters,
+    count_result,
+    data_spec,
+    detections,
+    forward_outputs,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    phase_probe,
+    pillow_linear_alias,
+    proposal_hparams,
+    rule_notes,
+    sampling_hparams,
+    schedule_length,
+    shifted,
+    solver_hparams,
+    stand_in_optimizer,
+    step_scheduler,
+    unsupported,
 )
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 
 _DATASET = "mrcnn_bench_train"
-# the work rules detectron2 cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
+# the work rules detectron2 cannot run every way (Adapter.divergences): key -> (supported value?, what it
+# does)
 RULES = {
-    "model.anchors.round_to_pixels": (lambda v: not v, "detectron2's DefaultAnchorGenerator keeps fractional corners (False only)"),
-    "model.rpn.low_quality_min_iou": (lambda v: v == 0, "detectron2's Matcher keeps a box's best anchors at any IoU (0 only)"),
-    "input.resize_rounding": (lambda v: v == "round", "detectron2's ResizeShortestEdge rounds the resized sides ('round' only)"),
-    "model.roi_heads.mask_target": (lambda v: v != "bitmask_soft", "detectron2 rasterises polygons or binarises aligned "
-                                    "RoIAlign crops of bitmasks (INPUT.MASK_FORMAT); it trains with 'bitmask_binarized'"),
+    "model.anchors.round_to_pixels": (
+        lambda v: not v,
+        "detectron2's DefaultAnchorGenerator keeps fractional corners (False only)",
+    ),
+    "model.rpn.low_quality_min_iou": (
+        lambda v: v == 0,
+        "detectron2's Matcher keeps a box's best anchors at any IoU (0 only)",
+    ),
+    "input.resize_rounding": (
+        lambda v: v == "round",
+        "detectron2's ResizeShortestEdge rounds the resized sides ('round' only)",
+    ),
+    "model.roi_heads.mask_target": (
+        lambda v: v != "bitmask_soft",
+        "detectron2 rasterises polygons or binarises aligned "
+        "RoIAlign crops of bitmasks (INPUT.MASK_FORMAT); it trains with 'bitmask_binarized'",
+    ),
 }
 
 
@@ -47,9 +79,8 @@ def _apply_shims(device: str | None = None) -> list[str]:
         applied.append("numpy.bool = bool")
     if device == "cpu":
         import detectron2.engine.defaults as defaults
-        from torch.nn.parallel import DistributedDataParallel
-
         from detectron2.utils import comm
+        from torch.nn.parallel import DistributedDataParallel
 
         def create_ddp_model_cpu(model, *, fp16_compression=False, **kwargs):
             if comm.get_world_size() == 1:
@@ -65,10 +96,22 @@ def _apply_shims(device: str | None = None) -> list[str]:
 _FROM_TORCHVISION = [
     (r"^backbone\.body\.conv1\.(\w+)$", r"backbone.bottom_up.stem.conv1.\1"),
     (r"^backbone\.body\.bn1\.(\w+)$", r"backbone.bottom_up.stem.conv1.norm.\1"),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.conv{}.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.conv{}.norm.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.shortcut.{}", 1)),
-    (r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$", shifted("backbone.bottom_up.res{}.{}.shortcut.norm.{}", 1)),
+    (
+        r"^backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.(\w+)$",
+        shifted("backbone.bottom_up.res{}.{}.conv{}.{}", 1),
+    ),
+    (
+        r"^backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$",
+        shifted("backbone.bottom_up.res{}.{}.conv{}.norm.{}", 1),
+    ),
+    (
+        r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.(\w+)$",
+        shifted("backbone.bottom_up.res{}.{}.shortcut.{}", 1),
+    ),
+    (
+        r"^backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$",
+        shifted("backbone.bottom_up.res{}.{}.shortcut.norm.{}", 1),
+    ),
     (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.(\w+)$", shifted("backbone.fpn_lateral{}.{}", 2)),
     (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.(\w+)$", shifted("backbone.fpn_output{}.{}", 2)),
     (r"^rpn\.head\.conv\.0\.0\.", "proposal_generator.rpn_head.conv."),
@@ -84,10 +127,22 @@ _FROM_TORCHVISION = [
 _TO_TORCHVISION = [
     (r"^backbone\.bottom_up\.stem\.conv1\.norm\.(\w+)$", r"backbone.body.bn1.\1"),
     (r"^backbone\.bottom_up\.stem\.conv1\.(\w+)$", r"backbone.body.conv1.\1"),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$", shifted("backbone.body.layer{}.{}.bn{}.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.(\w+)$", shifted("backbone.body.layer{}.{}.conv{}.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$", shifted("backbone.body.layer{}.{}.downsample.1.{}", -1)),
-    (r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.(\w+)$", shifted("backbone.body.layer{}.{}.downsample.0.{}", -1)),
+    (
+        r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.norm\.(\w+)$",
+        shifted("backbone.body.layer{}.{}.bn{}.{}", -1),
+    ),
+    (
+        r"^backbone\.bottom_up\.res(\d)\.(\d+)\.conv(\d)\.(\w+)$",
+        shifted("backbone.body.layer{}.{}.conv{}.{}", -1),
+    ),
+    (
+        r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.norm\.(\w+)$",
+        shifted("backbone.body.layer{}.{}.downsample.1.{}", -1),
+    ),
+    (
+        r"^backbone\.bottom_up\.res(\d)\.(\d+)\.shortcut\.(\w+)$",
+        shifted("backbone.body.layer{}.{}.downsample.0.{}", -1),
+    ),
     (r"^backbone\.fpn_lateral(\d)\.(\w+)$", shifted("backbone.fpn.inner_blocks.{}.0.{}", -2)),
     (r"^backbone\.fpn_output(\d)\.(\w+)$", shifted("backbone.fpn.layer_blocks.{}.0.{}", -2)),
     (r"^proposal_generator\.rpn_head\.conv\.", "rpn.head.conv.0.0."),
@@ -101,7 +156,11 @@ _TO_TORCHVISION = [
     (r"^roi_heads\.mask_head\.predictor\.", "roi_heads.mask_predictor.mask_fcn_logits."),
 ]
 # the framework's classifier, box regressor and mask predictor: background last, no background slot
-_HEADS = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.", "roi_heads.mask_head.predictor.")
+_HEADS = (
+    "roi_heads.box_predictor.cls_score.",
+    "roi_heads.box_predictor.bbox_pred.",
+    "roi_heads.mask_head.predictor.",
+)
 
 _LAYOUT = LayoutConversion("detectron2", _FROM_TORCHVISION, _TO_TORCHVISION, _HEADS)
 from_torchvision, to_torchvision = _LAYOUT.from_torchvision, _LAYOUT.to_torchvision
@@ -109,7 +168,9 @@ from_torchvision, to_torchvision = _LAYOUT.from_torchvision, _LAYOUT.to_torchvis
 
 class Detectron2Adapter(Adapter):
     name = "detectron2"
-    install_hint = "make detectron2 (pb1-detectron2==0.6 from PyPI, patched; see scripts/install_detectron2.py)"
+    install_hint = (
+        "make detectron2 (pb1-detectron2==0.6 from PyPI, patched; see scripts/install_detectron2.py)"
+    )
 
     def available(self):
         ok, info = python_version_of("detectron2.config")
@@ -142,10 +203,15 @@ class Detectron2Adapter(Adapter):
             **_model_hparams(d2cfg),
             **_input_hparams(d2cfg),
             # warm-up and steps from what detectron2's own scheduler does with this config, not from its keys
-            **solver_hparams(ims_per_process=d2cfg.SOLVER.IMS_PER_BATCH // world, base_lr=d2cfg.SOLVER.BASE_LR,
-                             momentum=d2cfg.SOLVER.MOMENTUM, weight_decay=d2cfg.SOLVER.WEIGHT_DECAY,
-                             weight_decay_norm=d2cfg.SOLVER.WEIGHT_DECAY_NORM, warmup_method=d2cfg.SOLVER.WARMUP_METHOD,
-                             lrs=self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg)))),
+            **solver_hparams(
+                ims_per_process=d2cfg.SOLVER.IMS_PER_BATCH // world,
+                base_lr=d2cfg.SOLVER.BASE_LR,
+                momentum=d2cfg.SOLVER.MOMENTUM,
+                weight_decay=d2cfg.SOLVER.WEIGHT_DECAY,
+                weight_decay_norm=d2cfg.SOLVER.WEIGHT_DECAY_NORM,
+                warmup_method=d2cfg.SOLVER.WARMUP_METHOD,
+                lrs=self.lr_trajectory(d2cfg, schedule_length(self._solver(d2cfg))),
+            ),
             "info.backbone_style": CAFFE_STYLE if d2cfg.MODEL.RESNETS.STRIDE_IN_1X1 else PYTORCH_STYLE,
             "info.roi_low_quality_matches": False,  # ROIHeads' Matcher(allow_low_quality_matches=False)
             "info.resize_interpolation": "bilinear on uint8 pixels (PIL, ResizeTransform)",
@@ -165,7 +231,9 @@ class Detectron2Adapter(Adapter):
         from detectron2.modeling import build_model
 
         model = build_model(native).train()
-        load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+        load_exact(
+            model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights
+        )
         features = model.backbone(images)
         rpn = model.proposal_generator
         levels = [features[f] for f in rpn.in_features]
@@ -173,7 +241,11 @@ class Detectron2Adapter(Adapter):
 
     @staticmethod
     def _solver(d2cfg) -> dict:
-        return dict(max_iter=d2cfg.SOLVER.MAX_ITER, warmup_iters=d2cfg.SOLVER.WARMUP_ITERS, steps=list(d2cfg.SOLVER.STEPS))
+        return dict(
+            max_iter=d2cfg.SOLVER.MAX_ITER,
+            warmup_iters=d2cfg.SOLVER.WARMUP_ITERS,
+            steps=list(d2cfg.SOLVER.STEPS),
+        )
 
     def lr_trajectory(self, native, n: int) -> list[float]:
         """The learning rate of iterations 0..n-1 as detectron2's ``build_lr_scheduler`` (what
@@ -209,25 +281,51 @@ class Detectron2Adapter(Adapter):
         # The schedule was built for SOLVER.MAX_ITER; the loop stops after the benchmark's iterations.
         trainer.max_iter = native.MRCNN_BENCH.ITERS
         model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-        attach_work_counters(timer, backbone=model.backbone, rpn=model.proposal_generator, box_pooler=model.roi_heads.box_pooler,
-                       mask_pooler=model.roi_heads.mask_pooler)
+        attach_work_counters(
+            timer,
+            backbone=model.backbone,
+            rpn=model.proposal_generator,
+            box_pooler=model.roi_heads.box_pooler,
+            mask_pooler=model.roi_heads.mask_pooler,
+        )
         # the RPN's sampled anchors, per image: label 1 positive, 0 negative, -1 not sampled
-        count_result(timer, model.proposal_generator, "_subsample_labels", "rpn_positives", lambda label: int((label == 1).sum()))
+        count_result(
+            timer,
+            model.proposal_generator,
+            "_subsample_labels",
+            "rpn_positives",
+            lambda label: int((label == 1).sum()),
+        )
         roi = model.roi_heads
-        probe = phase_probe(cfg, timer, dist.device, model,
+        probe = phase_probe(
+            cfg,
+            timer,
+            dist.device,
+            model,
             # preprocess_image is a method (normalise, pad) of GeneralizedRCNN, not a module
-            preprocess=[(model, "preprocess_image")], backbone=[model.backbone.bottom_up], backbone_fpn=[model.backbone],
-            rpn=[model.proposal_generator], rpn_head=[model.proposal_generator.rpn_head], roi_heads=[roi],
-            roi_pooling=[roi.box_pooler, roi.mask_pooler], box_head=[roi.box_head, roi.box_predictor],
+            preprocess=[(model, "preprocess_image")],
+            backbone=[model.backbone.bottom_up],
+            backbone_fpn=[model.backbone],
+            rpn=[model.proposal_generator],
+            rpn_head=[model.proposal_generator.rpn_head],
+            roi_heads=[roi],
+            roi_pooling=[roi.box_pooler, roi.mask_pooler],
+            box_head=[roi.box_head, roi.box_predictor],
             mask_head=[roi.mask_head],
         )
         if probe:
-            probe.notes.append("detectron2's mask head computes the mask loss inside its forward: in 'mask head'")
+            probe.notes.append(
+                "detectron2's mask head computes the mask loss inside its forward: in 'mask head'"
+            )
         if native.MRCNN_BENCH.CHANNELS_LAST:
             trainer.model.to(memory_format=torch.channels_last)
         trainer.resume_or_load(resume=False)
         if native.MRCNN_BENCH.INIT_WEIGHTS:
-            load_exact(model, from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)), native.MRCNN_BENCH.INIT_WEIGHTS)
+            load_exact(
+                model,
+                from_torchvision(load_initial_weights(native.MRCNN_BENCH.INIT_WEIGHTS)),
+                native.MRCNN_BENCH.INIT_WEIGHTS,
+            )
         trainer.train()
         self.trained_model = model
         return {"native_config": native.dump(), "shims": shims}
@@ -254,13 +352,15 @@ class Detectron2Adapter(Adapter):
     def loader_stages(self, native):
         from detectron2.data import build, detection_utils
         from detectron2.data.dataset_mapper import DatasetMapper
-
         from mrcnn_bench.harness.data_stages import LoaderStages
 
-        return LoaderStages(item=[(DatasetMapper, "__call__")], decode=[(detection_utils, "read_image")],
-                            collate=[(build, "trivial_batch_collator")],
-                            transform="ResizeShortestEdge and the flip on the host array, the annotations to Instances "
-                                      "(polygon masks), the image to a tensor")
+        return LoaderStages(
+            item=[(DatasetMapper, "__call__")],
+            decode=[(detection_utils, "read_image")],
+            collate=[(build, "trivial_batch_collator")],
+            transform="ResizeShortestEdge and the flip on the host array, the annotations to Instances "
+            "(polygon masks), the image to a tensor",
+        )
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What detectron2's DefaultPredictor does, for a batch: ResizeShortestEdge to INPUT.MIN_SIZE_TEST
@@ -275,7 +375,11 @@ class Detectron2Adapter(Adapter):
         if model is None:
             model = build_model(native)  # on MODEL.DEVICE
             if cfg.model.init_weights:
-                load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+                load_exact(
+                    model,
+                    from_torchvision(load_initial_weights(cfg.model.init_weights)),
+                    cfg.model.init_weights,
+                )
         model.eval()
         if cfg.benchmark.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -286,12 +390,19 @@ class Detectron2Adapter(Adapter):
             for image in images:
                 array = image.permute(1, 2, 0).numpy()  # H, W, C in INPUT.FORMAT (RGB)
                 resized = resize.get_transform(array).apply_image(array)
-                inputs.append({"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
-                               "height": array.shape[0], "width": array.shape[1]})
+                inputs.append(
+                    {
+                        "image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                        "height": array.shape[0],
+                        "width": array.shape[1],
+                    }
+                )
             out = []
             for result in model(inputs):
                 inst = result["instances"]
-                out.append(detections(inst.pred_boxes.tensor, inst.scores, inst.pred_classes + 1, inst.pred_masks))
+                out.append(
+                    detections(inst.pred_boxes.tensor, inst.scores, inst.pred_classes + 1, inst.pred_masks)
+                )
             return out
 
         return predict
@@ -301,7 +412,9 @@ def _check_supported(cfg) -> None:
     """What detectron2 v0.6 cannot run as asked, before it is asked to."""
     inp, bench, roi = cfg.input, cfg.benchmark, cfg.model.roi_heads
     if inp.horizontal_flip_prob not in (0.0, 0.5):
-        raise UnsupportedConfig("detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)")
+        raise UnsupportedConfig(
+            "detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)"
+        )
     training = task_of(bench.task).trains  # inference runs under the harness's autocast, not AMPTrainer
     if training and bench.dtype == "bf16":
         raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
@@ -310,7 +423,10 @@ def _check_supported(cfg) -> None:
     if bench.grad_accum != 1:
         raise UnsupportedConfig("detectron2's trainers have no gradient accumulation (benchmark.grad_accum)")
     if roi.bg_iou_thresh != roi.fg_iou_thresh:
-        raise UnsupportedConfig("detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal fg_iou_thresh)")
+        raise UnsupportedConfig(
+            "detectron2's ROI heads use one IoU threshold (model.roi_heads.bg_iou_thresh must equal "
+            "fg_iou_thresh)"
+        )
 
 
 def _register_train_set(native) -> None:
@@ -322,7 +438,10 @@ def _register_train_set(native) -> None:
 
     split = (str(native.MRCNN_BENCH.TRAIN_JSON), str(native.MRCNN_BENCH.TRAIN_IMAGES))
     if _DATASET in DatasetCatalog.list():
-        if MetadataCatalog.get(_DATASET).get("json_file") == split[0] and MetadataCatalog.get(_DATASET).get("image_root") == split[1]:
+        if (
+            MetadataCatalog.get(_DATASET).get("json_file") == split[0]
+            and MetadataCatalog.get(_DATASET).get("image_root") == split[1]
+        ):
             return
         DatasetCatalog.remove(_DATASET)
         MetadataCatalog.remove(_DATASET)
@@ -335,7 +454,9 @@ def _set_model(d2cfg, cfg, data) -> None:
     d2cfg.MODEL.DEVICE = bench.device
     d2cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     d2cfg.MODEL.MASK_ON = True
-    d2cfg.MODEL.WEIGHTS = "" if model_cfg.init_weights else (model_cfg.weights or "")  # the shared initialisation holds model.weights
+    d2cfg.MODEL.WEIGHTS = (
+        "" if model_cfg.init_weights else (model_cfg.weights or "")
+    )  # the shared initialisation holds model.weights
     d2cfg.MODEL.PIXEL_MEAN = list(model_cfg.pixel_mean)
     d2cfg.MODEL.PIXEL_STD = list(model_cfg.pixel_std)
     d2cfg.INPUT.FORMAT = "RGB"  # the statistics above are RGB (pytorch-style ResNet)
@@ -354,7 +475,8 @@ def _set_model(d2cfg, cfg, data) -> None:
     d2cfg.MODEL.RPN.IOU_THRESHOLDS = [rpn.bg_iou_thresh, rpn.fg_iou_thresh]
     d2cfg.MODEL.RPN.IOU_LABELS = [0, -1, 1]
     # sides > MIN_SIZE kept (Boxes.nonempty(threshold)); the low-quality rule is set on the built RPN's
-    # matcher (RPN.from_config makes it with allow_low_quality_matches=True): MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES
+    # matcher (RPN.from_config makes it with allow_low_quality_matches=True):
+    # MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES
     d2cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = rpn.min_proposal_size
     d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = rpn.batch_size_per_image
     d2cfg.MODEL.RPN.POSITIVE_FRACTION = rpn.positive_fraction
@@ -445,11 +567,18 @@ def _set_runtime(d2cfg, cfg, data) -> None:
     d2cfg.VIS_PERIOD = 0
     d2cfg.OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "mrcnn-bench-detectron2")
     d2cfg.set_new_allowed(True)
-    d2cfg.MRCNN_BENCH = type(d2cfg)({"TRAIN_JSON": str(data.train_json) if data else "", "TRAIN_IMAGES": str(data.train_images) if data else "",
-                             "WORLD_SIZE": bench.gpus, "CHANNELS_LAST": bench.channels_last,
-                             "ITERS": bench.iters, "INIT_WEIGHTS": model_cfg.init_weights or "",
-                             "RPN_LOW_QUALITY_MATCHES": model_cfg.rpn.low_quality_matches,
-                             "ORDER": type(d2cfg)(data_spec(cfg, data)["order"])})
+    d2cfg.MRCNN_BENCH = type(d2cfg)(
+        {
+            "TRAIN_JSON": str(data.train_json) if data else "",
+            "TRAIN_IMAGES": str(data.train_images) if data else "",
+            "WORLD_SIZE": bench.gpus,
+            "CHANNELS_LAST": bench.channels_last,
+            "ITERS": bench.iters,
+            "INIT_WEIGHTS": model_cfg.init_weights or "",
+            "RPN_LOW_QUALITY_MATCHES": model_cfg.rpn.low_quality_matches,
+            "ORDER": type(d2cfg)(data_spec(cfg, data)["order"]),
+        }
+    )
     d2cfg.freeze()
 
 
@@ -467,20 +596,36 @@ def _model_hparams(d2cfg) -> dict:
         "model.fpn_out_channels": d2cfg.MODEL.FPN.OUT_CHANNELS,
         "model.anchors.sizes": [s[0] for s in d2cfg.MODEL.ANCHOR_GENERATOR.SIZES],
         "model.anchors.aspect_ratios": list(d2cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
-        **sampling_hparams("rpn", d2cfg.MODEL.RPN.IOU_THRESHOLDS[1], d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
-                           d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE, d2cfg.MODEL.RPN.POSITIVE_FRACTION),
+        **sampling_hparams(
+            "rpn",
+            d2cfg.MODEL.RPN.IOU_THRESHOLDS[1],
+            d2cfg.MODEL.RPN.IOU_THRESHOLDS[0],
+            d2cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE,
+            d2cfg.MODEL.RPN.POSITIVE_FRACTION,
+        ),
         # post_nms_topk per image: detectron2 >= 0.1 (Detectron 1: per batch)
-        **proposal_hparams(d2cfg.MODEL.RPN.NMS_THRESH, d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
-                           d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN, d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
-                           d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST),
-        "model.rpn.low_quality_matches": d2cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES,  # set on the built matcher
+        **proposal_hparams(
+            d2cfg.MODEL.RPN.NMS_THRESH,
+            d2cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN,
+            d2cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN,
+            d2cfg.MODEL.RPN.PRE_NMS_TOPK_TEST,
+            d2cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+        ),
+        # set on the built matcher
+        "model.rpn.low_quality_matches": d2cfg.MRCNN_BENCH.RPN_LOW_QUALITY_MATCHES,
         "model.rpn.low_quality_min_iou": 0.0,  # Matcher._set_low_quality_matches_: any IoU
         "model.rpn.min_proposal_size": d2cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE,
         "model.anchors.round_to_pixels": False,  # DefaultAnchorGenerator.generate_cell_anchors: no rounding
-        "model.roi_heads.mask_target": "polygon" if d2cfg.INPUT.MASK_FORMAT == "polygon" else "bitmask_binarized",
-        **sampling_hparams("roi_heads", d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
-                           d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0], d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
-                           d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION),
+        "model.roi_heads.mask_target": "polygon"
+        if d2cfg.INPUT.MASK_FORMAT == "polygon"
+        else "bitmask_binarized",
+        **sampling_hparams(
+            "roi_heads",
+            d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            d2cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            d2cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            d2cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION,
+        ),
         "model.roi_heads.box_pooler_resolution": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
         "model.roi_heads.mask_pooler_resolution": d2cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION,
         "model.roi_heads.pooler_sampling_ratio": d2cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
@@ -493,9 +638,14 @@ def _model_hparams(d2cfg) -> dict:
         "model.roi_heads.nms_thresh_test": d2cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
         "model.roi_heads.detections_per_image": d2cfg.TEST.DETECTIONS_PER_IMAGE,
         # not canonical keys, shown so the table says how each framework differs
-        "model.rpn.smooth_l1_beta": d2cfg.MODEL.RPN.SMOOTH_L1_BETA if d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1" else None,
-        "model.roi_heads.smooth_l1_beta": (d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
-                                           if d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1" else None),
+        "model.rpn.smooth_l1_beta": d2cfg.MODEL.RPN.SMOOTH_L1_BETA
+        if d2cfg.MODEL.RPN.BBOX_REG_LOSS_TYPE == "smooth_l1"
+        else None,
+        "model.roi_heads.smooth_l1_beta": (
+            d2cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+            if d2cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE == "smooth_l1"
+            else None
+        ),
     }
 
 
@@ -511,7 +661,8 @@ def _input_hparams(d2cfg) -> dict:
         "input.resize_rounding": "round",  # ResizeShortestEdge.get_output_shape: int(side + 0.5)
         "input.filter_empty_annotations": d2cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         # in the run's data order, which its sampler follows (its own grouping off: it would regroup)
-        "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        "input.aspect_ratio_grouping": d2cfg.MRCNN_BENCH.ORDER.group_by_aspect
+        and not d2cfg.DATALOADER.ASPECT_RATIO_GROUPING,
     }
 
 

@@ -12,7 +12,8 @@ assigner keeps a box's best anchors only at IoU >= 0.3 (``min_pos_iou``; set fro
 ``model.rpn.low_quality_min_iou``), its loader turns polygons into bitmaps (``poly2mask``; set from
 ``model.roi_heads.mask_target``), its proposals' minimum size (``min_bbox_size``). The ``info.*`` rows
 list what stays mmdet's own: the RoI assigner's low-quality matching (at the foreground threshold, so
-it adds nothing), ground-truth boxes added as proposals. mmdet also ships caffe-style R-50 configs (``mask-rcnn_r50-caffe_fpn``:
+it adds nothing), ground-truth boxes added as proposals. mmdet also ships caffe-style R-50 configs
+(``mask-rcnn_r50-caffe_fpn``:
 stride in the 1x1 conv, BGR input without std, caffe weights); the 1x config used here is pytorch-style
 like the other implementations, and the table's ``info.backbone_style`` row says so.
 
@@ -21,6 +22,7 @@ With gradient accumulation, mmengine steps the LR schedule once per micro-batch;
 iteration counts are multiplied by ``benchmark.grad_accum`` so warm-up and steps land on the same
 optimizer steps as elsewhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +31,32 @@ import tempfile
 
 from mrcnn_bench.harness.tasks import task_of
 
-from .base import Adapter, DistInfo, UnsupportedConfig
 from ._common import (
-    CAFFE_STYLE, LayoutConversion, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections,
-    forward_outputs, load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, pillow_linear_alias,
-    proposal_hparams, rule_notes, sampling_hparams, schedule_length, shifted, solver_hparams, stand_in_optimizer,
-    step_scheduler, unsupported
+    CAFFE_STYLE,
+    PYTORCH_STYLE,
+    LayoutConversion,
+    attach_work_counters,
+    count_result,
+    data_spec,
+    detections,
+    forward_outputs,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    ordered_batches,
+    phase_probe,
+    pillow_linear_alias,
+    proposal_hparams,
+    rule_notes,
+    sampling_hparams,
+    schedule_length,
+    shifted,
+    solver_hparams,
+    stand_in_optimizer,
+    step_scheduler,
+    unsupported,
 )
+from .base import Adapter, DistInfo, UnsupportedConfig
 
 # in the installed package (mmdet/.mim/configs); read by path: mmengine's "mmdet::" lookup needs pkg_resources
 STOCK_CONFIG = "mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py"
@@ -45,10 +66,19 @@ ORDER_SAMPLER = "MrcnnBenchOrderedSampler"
 HOOK_PRIORITY = 75
 # the work rules mmdet cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
 RULES = {
-    "model.anchors.round_to_pixels": (lambda v: not v, "mmdet's AnchorGenerator keeps fractional corners (False only)"),
-    "input.resize_rounding": (lambda v: v == "round", "mmdet's Resize rounds the resized sides (mmcv.rescale_size; 'round' only)"),
-    "model.roi_heads.mask_target": (lambda v: v != "bitmask_soft", "mmdet's mask_target binarises its crops ('polygon' or "
-                                    "'bitmask_binarized'); it trains with 'bitmask_binarized'"),
+    "model.anchors.round_to_pixels": (
+        lambda v: not v,
+        "mmdet's AnchorGenerator keeps fractional corners (False only)",
+    ),
+    "input.resize_rounding": (
+        lambda v: v == "round",
+        "mmdet's Resize rounds the resized sides (mmcv.rescale_size; 'round' only)",
+    ),
+    "model.roi_heads.mask_target": (
+        lambda v: v != "bitmask_soft",
+        "mmdet's mask_target binarises its crops ('polygon' or "
+        "'bitmask_binarized'); it trains with 'bitmask_binarized'",
+    ),
 }
 
 
@@ -60,7 +90,10 @@ def _class_names(cfg, data) -> tuple[str, ...]:
     categories = json.loads(data.train_json.read_text())["categories"]
     names = tuple(mmcfg["name"] for mmcfg in sorted(categories, key=lambda mmcfg: mmcfg["id"]))
     if len(names) != n:
-        raise UnsupportedConfig(f"model.num_classes is {n} but {data.train_json} has {len(names)} categories; mmdet trains on the file's categories")
+        raise UnsupportedConfig(
+            f"model.num_classes is {n} but {data.train_json} has {len(names)} categories; mmdet trains on "
+            "the file's categories"
+        )
     return names
 
 
@@ -68,7 +101,11 @@ def _box_loss(beta: float, stock: dict) -> dict:
     """A box regression loss config: mmdet's L1Loss for beta 0, else SmoothL1Loss with that beta (the
     stock loss weight kept)."""
     weight = stock.get("loss_weight", 1.0)
-    return dict(type="L1Loss", loss_weight=weight) if beta == 0 else dict(type="SmoothL1Loss", beta=beta, loss_weight=weight)
+    return (
+        dict(type="L1Loss", loss_weight=weight)
+        if beta == 0
+        else dict(type="SmoothL1Loss", beta=beta, loss_weight=weight)
+    )
 
 
 def _beta_of(loss: dict) -> float | None:
@@ -129,16 +166,29 @@ def _ordered_sampler(dataset, seed, order: dict, train_json: str):
 
     rank, world_size = get_dist_info()
     image_ids = [dataset.get_data_info(i)["img_id"] for i in range(len(dataset))]
-    return ordered_batches(dict(train_json=train_json, order=order), DistInfo(rank=rank, world_size=world_size), image_ids,
-                           f"mmdet ({train_json})", flat=True)
+    return ordered_batches(
+        dict(train_json=train_json, order=order),
+        DistInfo(rank=rank, world_size=world_size),
+        image_ids,
+        f"mmdet ({train_json})",
+        flat=True,
+    )
 
 
 def _count_work(model, timer) -> None:
     """The work counters on mmdet's modules: RoIs and positives from the RoI extractors' outputs; the
     proposals from what ``rpn_head.loss_and_predict`` (a method, not a forward) returns; the RPN's sampled
     positive anchors from each image's ``_get_targets_single`` (its ``pos_inds``, the fifth result)."""
-    attach_work_counters(timer, backbone=model.backbone, rpn=None, box_pooler=model.roi_head.bbox_roi_extractor, mask_pooler=model.roi_head.mask_roi_extractor)
-    count_result(timer, model.rpn_head, "loss_and_predict", "proposals", lambda out: sum(len(p) for p in out[1]))
+    attach_work_counters(
+        timer,
+        backbone=model.backbone,
+        rpn=None,
+        box_pooler=model.roi_head.bbox_roi_extractor,
+        mask_pooler=model.roi_head.mask_roi_extractor,
+    )
+    count_result(
+        timer, model.rpn_head, "loss_and_predict", "proposals", lambda out: sum(len(p) for p in out[1])
+    )
     count_result(timer, model.rpn_head, "_get_targets_single", "rpn_positives", lambda out: len(out[4]))
 
 
@@ -147,7 +197,8 @@ def anchors_of_the_padded_batch(preprocessor) -> str:
     flags come from the image's ``pad_shape``); torchvision's, detectron2's and the reference's take every
     anchor of the padded batch, so a smaller image of a batch has more negatives to draw from there. Given
     the batch's padded shape as every image's ``pad_shape``, mmdet draws from the same candidates (found by
-    ``parity --check-step``: its objectness loss 0.6 % off with the same batch and draw). Returns the shim's line."""
+    ``parity --check-step``: its objectness loss 0.6 % off with the same batch and draw). Returns the shim's
+    line."""
     own = preprocessor._get_pad_shape
 
     def batch_pad_shape(data):
@@ -161,7 +212,10 @@ def anchors_of_the_padded_batch(preprocessor) -> str:
 
 class MMDetAdapter(Adapter):
     name = "mmdet"
-    install_hint = "make mmdet (mmengine 0.10.7, mmdet 3.3.0 and mmcv 2.1.0 built from its sdist; see scripts/install_mmdet.py)"
+    install_hint = (
+        "make mmdet (mmengine 0.10.7, mmdet 3.3.0 and mmcv 2.1.0 built from its sdist; "
+        "see scripts/install_mmdet.py)"
+    )
 
     def available(self):
         try:
@@ -208,19 +262,33 @@ class MMDetAdapter(Adapter):
         return {
             **_backbone_hparams(model),
             **_rpn_hparams(model.rpn_head, model.train_cfg, model.test_cfg),
-            **_roi_hparams(model.roi_head, model.train_cfg, model.test_cfg, mmcfg.train_dataloader.dataset.pipeline),
+            **_roi_hparams(
+                model.roi_head, model.train_cfg, model.test_cfg, mmcfg.train_dataloader.dataset.pipeline
+            ),
             **_input_hparams(mmcfg),
             # warm-up and steps from what mmengine's own schedulers do with this config, per optimizer step
             **solver_hparams(
-                ims_per_process=mmcfg.train_dataloader.batch_size, base_lr=sgd.lr, momentum=sgd.momentum,
+                ims_per_process=mmcfg.train_dataloader.batch_size,
+                base_lr=sgd.lr,
+                momentum=sgd.momentum,
                 weight_decay=sgd.weight_decay,
-                weight_decay_norm=sgd.weight_decay * mmcfg.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
+                weight_decay_norm=sgd.weight_decay
+                * mmcfg.optim_wrapper.get("paramwise_cfg", {}).get("norm_decay_mult", 1.0),
                 warmup_method={"LinearLR": "linear"}.get(linear["type"], linear["type"]),
-                lrs=self.lr_trajectory(mmcfg, schedule_length(dict(
-                    max_iter=steps["end"] // accum, warmup_iters=linear["end"] // accum,
-                    steps=[milestone // accum for milestone in steps["milestones"]])))),
+                lrs=self.lr_trajectory(
+                    mmcfg,
+                    schedule_length(
+                        dict(
+                            max_iter=steps["end"] // accum,
+                            warmup_iters=linear["end"] // accum,
+                            steps=[milestone // accum for milestone in steps["milestones"]],
+                        )
+                    ),
+                ),
+            ),
             "_notes": {
-                "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the statistics (norm_eval)",
+                "model.backbone.norm": "mmdet's stock R-50 trains the BN affine parameters while keeping the "
+                "statistics (norm_eval)",
                 **rule_notes(RULES),
             },
         }
@@ -235,7 +303,9 @@ class MMDetAdapter(Adapter):
 
         register_all_modules()
         model = MODELS.build(self.translate(cfg).model).train()
-        load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+        load_exact(
+            model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights
+        )
         features = list(model.extract_feat(images))
         return forward_outputs(features, *model.rpn_head(features))
 
@@ -259,7 +329,11 @@ class MMDetAdapter(Adapter):
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         native = self.translated(cfg, data, native)
-        shims = ["PIL.Image.LINEAR = BILINEAR (for detectron2, which mmdet imports when installed)"] if pillow_linear_alias() else []
+        shims = (
+            ["PIL.Image.LINEAR = BILINEAR (for detectron2, which mmdet imports when installed)"]
+            if pillow_linear_alias()
+            else []
+        )
         import torch
         from mmengine.runner import Runner
 
@@ -276,20 +350,39 @@ class MMDetAdapter(Adapter):
         runner = Runner.from_cfg(native)
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         shims.append(anchors_of_the_padded_batch(model.data_preprocessor))
-        runner.register_hook(HarnessTimer(timer, images_per_step, accum, init_weights,
-                                          lambda path: from_torchvision(load_initial_weights(path))), priority=HOOK_PRIORITY)
+        runner.register_hook(
+            HarnessTimer(
+                timer,
+                images_per_step,
+                accum,
+                init_weights,
+                lambda path: from_torchvision(load_initial_weights(path)),
+            ),
+            priority=HOOK_PRIORITY,
+        )
         _count_work(model, timer)
         roi = model.roi_head
-        probe = phase_probe(cfg, timer, dist.device, model,
-            preprocess=[model.data_preprocessor], backbone=[model.backbone], fpn=[model.neck],
+        probe = phase_probe(
+            cfg,
+            timer,
+            dist.device,
+            model,
+            preprocess=[model.data_preprocessor],
+            backbone=[model.backbone],
+            fpn=[model.neck],
             # mmdet's RPN and RoI head train through methods (loss_and_predict, loss); their convolutions
             # and heads are modules called inside them
-            rpn=[(model.rpn_head, "loss_and_predict")], rpn_head=[model.rpn_head], roi_heads=[(roi, "loss")],
-            roi_pooling=[roi.bbox_roi_extractor, roi.mask_roi_extractor], box_head=[roi.bbox_head],
+            rpn=[(model.rpn_head, "loss_and_predict")],
+            rpn_head=[model.rpn_head],
+            roi_heads=[(roi, "loss")],
+            roi_pooling=[roi.bbox_roi_extractor, roi.mask_roi_extractor],
+            box_head=[roi.bbox_head],
             mask_head=[roi.mask_head],
         )
         if probe:
-            probe.notes.append("mmdet's data_preprocessor also copies the batch to the device: in 'preprocess'")
+            probe.notes.append(
+                "mmdet's data_preprocessor also copies the batch to the device: in 'preprocess'"
+            )
         if native.mrcnn_bench.channels_last:
             runner.model.to(memory_format=torch.channels_last)
         runner.train()
@@ -322,14 +415,16 @@ class MMDetAdapter(Adapter):
         import mmcv
         from mmengine.dataset import BaseDataset
         from mmengine.registry import FUNCTIONS
-
         from mrcnn_bench.harness.data_stages import LoaderStages
 
         # build_dataloader looks pseudo_collate up in mmengine's FUNCTIONS registry when it builds the loader
-        return LoaderStages(item=[(BaseDataset, "__getitem__")], decode=[(mmcv, "imfrombytes")],
-                            collate=[(FUNCTIONS._module_dict, "pseudo_collate")],
-                            transform="LoadAnnotations (polygons to bitmasks), Resize and RandomFlip on the host array, "
-                                      "PackDetInputs")
+        return LoaderStages(
+            item=[(BaseDataset, "__getitem__")],
+            decode=[(mmcv, "imfrombytes")],
+            collate=[(FUNCTIONS._module_dict, "pseudo_collate")],
+            transform="LoadAnnotations (polygons to bitmasks), Resize and RandomFlip on the host array, "
+            "PackDetInputs",
+        )
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """What mmdet's inference API (``mmdet.apis.inference_detector``) does, for a batch: the config's
@@ -342,17 +437,22 @@ class MMDetAdapter(Adapter):
         from mmcv.transforms import Compose
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
-
         from mrcnn_bench.harness import settings
 
         register_all_modules()
         if model is None:
             model = MODELS.build(native.model)
             if cfg.model.init_weights:
-                load_exact(model, from_torchvision(load_initial_weights(cfg.model.init_weights)), cfg.model.init_weights)
+                load_exact(
+                    model,
+                    from_torchvision(load_initial_weights(cfg.model.init_weights)),
+                    cfg.model.init_weights,
+                )
             model.to(dist.device)
         model.eval()
-        if settings.applies(cfg, "mmdet", "fuse_conv_bn"):  # --best at inference: as mmdet's benchmark tool offers
+        if settings.applies(
+            cfg, "mmdet", "fuse_conv_bn"
+        ):  # --best at inference: as mmdet's benchmark tool offers
             from mmcv.cnn import fuse_conv_bn
 
             model = fuse_conv_bn(model)
@@ -364,23 +464,42 @@ class MMDetAdapter(Adapter):
 
         def predict(images):
             # decoded RGB -> the BGR array mmdet's loaders give (its data_preprocessor turns it back)
-            packed = [pipeline(dict(img=image.permute(1, 2, 0).flip(-1).numpy(), img_id=i)) for i, image in enumerate(images)]
-            results = model.test_step(dict(inputs=[p["inputs"] for p in packed], data_samples=[p["data_samples"] for p in packed]))
-            return [detections(r.pred_instances.bboxes, r.pred_instances.scores, r.pred_instances.labels + 1, r.pred_instances.masks)
-                    for r in results]
+            packed = [
+                pipeline(dict(img=image.permute(1, 2, 0).flip(-1).numpy(), img_id=i))
+                for i, image in enumerate(images)
+            ]
+            results = model.test_step(
+                dict(inputs=[p["inputs"] for p in packed], data_samples=[p["data_samples"] for p in packed])
+            )
+            return [
+                detections(
+                    r.pred_instances.bboxes,
+                    r.pred_instances.scores,
+                    r.pred_instances.labels + 1,
+                    r.pred_instances.masks,
+                )
+                for r in results
+            ]
 
         return predict
 
 
 def _check_supported(bench) -> None:
     """What this adapter cannot run, before mmengine is asked to."""
-    if task_of(bench.task).trains and bench.dtype != "fp32" and bench.device != "cuda":  # inference: the harness's autocast
-        raise UnsupportedConfig(f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})")
+    if (
+        task_of(bench.task).trains and bench.dtype != "fp32" and bench.device != "cuda"
+    ):  # inference: the harness's autocast
+        raise UnsupportedConfig(
+            f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})"
+        )
     if bench.device == "cpu":
         import torch
 
         if torch.cuda.is_available():
-            raise UnsupportedConfig("mmengine puts the model on the GPU whenever one is visible: for a CPU run set CUDA_VISIBLE_DEVICES=")
+            raise UnsupportedConfig(
+                "mmengine puts the model on the GPU whenever one is visible: for a CPU run set "
+                "CUDA_VISIBLE_DEVICES="
+            )
 
 
 def _set_model(model, cfg, classes) -> None:
@@ -396,7 +515,11 @@ def _set_model(model, cfg, classes) -> None:
     backbone.frozen_stages = model_cfg.effective_freeze_at - 1  # mmdet: -1 none, 0 stem, 1 stem + res2, ...
     backbone.norm_cfg, backbone.norm_eval = _norm(model_cfg.effective_norm)
     # never downloads; the shared initialisation (loaded before training) already holds model.weights
-    backbone.init_cfg = dict(type="Pretrained", checkpoint=str(model_cfg.weights)) if model_cfg.weights and not model_cfg.init_weights else None
+    backbone.init_cfg = (
+        dict(type="Pretrained", checkpoint=str(model_cfg.weights))
+        if model_cfg.weights and not model_cfg.init_weights
+        else None
+    )
 
     model.neck.out_channels = model_cfg.fpn_out_channels
     head = model.rpn_head
@@ -416,7 +539,9 @@ def _set_model(model, cfg, classes) -> None:
     _set_sampling(train_cfg.rpn, rpn)
     train_cfg.rpn.assigner.match_low_quality = rpn.low_quality_matches
     train_cfg.rpn.assigner.min_pos_iou = rpn.low_quality_min_iou
-    train_cfg.rpn_proposal.min_bbox_size = test_cfg.rpn.min_bbox_size = rpn.min_proposal_size  # sides > it kept
+    train_cfg.rpn_proposal.min_bbox_size = test_cfg.rpn.min_bbox_size = (
+        rpn.min_proposal_size
+    )  # sides > it kept
     train_cfg.rpn_proposal.nms_pre = rpn.pre_nms_topk_train  # per level, like detectron2's
     train_cfg.rpn_proposal.max_per_img = rpn.post_nms_topk_train
     train_cfg.rpn_proposal.nms.iou_threshold = rpn.nms_thresh
@@ -433,7 +558,8 @@ def _set_model(model, cfg, classes) -> None:
 
 
 def _set_sampling(part, section) -> None:
-    """A train_cfg part's assigner and sampler (rpn or rcnn) from the canonical model.rpn or model.roi_heads."""
+    """A train_cfg part's assigner and sampler (rpn or rcnn) from the canonical model.rpn or
+    model.roi_heads."""
     part.assigner.pos_iou_thr, part.assigner.neg_iou_thr = section.fg_iou_thresh, section.bg_iou_thresh
     part.sampler.num, part.sampler.pos_fraction = section.batch_size_per_image, section.positive_fraction
 
@@ -441,7 +567,10 @@ def _set_sampling(part, section) -> None:
 def _set_roi_head(roi_head, cfg, classes) -> None:
     """The RoI extractors (RoIAlign), the box head and the mask head."""
     model_cfg, roi = cfg.model, cfg.model.roi_heads
-    for extractor, size in ((roi_head.bbox_roi_extractor, roi.box_pooler_resolution), (roi_head.mask_roi_extractor, roi.mask_pooler_resolution)):
+    for extractor, size in (
+        (roi_head.bbox_roi_extractor, roi.box_pooler_resolution),
+        (roi_head.mask_roi_extractor, roi.mask_pooler_resolution),
+    ):
         extractor.out_channels = model_cfg.fpn_out_channels
         extractor.roi_layer.output_size = size
         extractor.roi_layer.sampling_ratio = roi.pooler_sampling_ratio
@@ -461,18 +590,26 @@ def _set_roi_head(roi_head, cfg, classes) -> None:
     mask.num_classes = len(classes)
 
 
-
 def _set_data(mmcfg, cfg, data, classes) -> None:
     """The training pipeline and loader, in the run's data order; no validation or test."""
     inp, bench = cfg.input, cfg.benchmark
     if len(inp.min_size_train) == 1:
         resize = dict(type="Resize", scale=(inp.max_size_train, inp.min_size_train[0]), keep_ratio=True)
     else:
-        resize = dict(type="RandomChoiceResize", scales=[(inp.max_size_train, s) for s in inp.min_size_train], keep_ratio=True)
+        resize = dict(
+            type="RandomChoiceResize",
+            scales=[(inp.max_size_train, s) for s in inp.min_size_train],
+            keep_ratio=True,
+        )
     pipeline = [
         dict(type="LoadImageFromFile", backend_args=None),
         # polygons kept as polygons (PolygonMasks): mask_target rasterises them inside each RoI
-        dict(type="LoadAnnotations", with_bbox=True, with_mask=True, poly2mask=cfg.model.roi_heads.mask_target != "polygon"),
+        dict(
+            type="LoadAnnotations",
+            with_bbox=True,
+            with_mask=True,
+            poly2mask=cfg.model.roi_heads.mask_target != "polygon",
+        ),
         resize,
         dict(type="RandomFlip", prob=inp.horizontal_flip_prob),
         dict(type="PackDetInputs"),
@@ -480,7 +617,9 @@ def _set_data(mmcfg, cfg, data, classes) -> None:
     test_pipeline = [
         dict(type="LoadImageFromFile", backend_args=None),
         dict(type="Resize", scale=(inp.max_size_test, inp.min_size_test), keep_ratio=True),
-        dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
+        dict(
+            type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")
+        ),
     ]
     loader = mmcfg.train_dataloader
     loader.batch_size = cfg.ims_per_process_step
@@ -489,7 +628,11 @@ def _set_data(mmcfg, cfg, data, classes) -> None:
     # the run's one data order, endless (mmdet's epoch-based DefaultSampler would restart the loader
     # and its workers after every pass, inside the timed window), grouped by aspect ratio there: the
     # stock AspectRatioBatchSampler would regroup it
-    loader.sampler = dict(type=ORDER_SAMPLER, order=data_spec(cfg, data)["order"], train_json=str(data.train_json) if data else "")
+    loader.sampler = dict(
+        type=ORDER_SAMPLER,
+        order=data_spec(cfg, data)["order"],
+        train_json=str(data.train_json) if data else "",
+    )
     loader.batch_sampler = None
     ds = loader.dataset
     ds.data_root = ""
@@ -499,9 +642,15 @@ def _set_data(mmcfg, cfg, data, classes) -> None:
     ds.filter_cfg = dict(filter_empty_gt=inp.filter_empty_annotations, min_size=32)
     ds.pipeline = pipeline
     mmcfg.train_pipeline, mmcfg.test_pipeline = pipeline, test_pipeline  # the stock file's top-level copies
-    for key in ("val_dataloader", "val_evaluator", "val_cfg", "test_dataloader", "test_evaluator", "test_cfg"):
+    for key in (
+        "val_dataloader",
+        "val_evaluator",
+        "val_cfg",
+        "test_dataloader",
+        "test_evaluator",
+        "test_cfg",
+    ):
         mmcfg[key] = None
-
 
 
 def _set_schedule(mmcfg, cfg) -> None:
@@ -511,13 +660,28 @@ def _set_schedule(mmcfg, cfg) -> None:
     mmcfg.optim_wrapper = dict(
         type="OptimWrapper",
         optimizer=dict(type="SGD", lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay),
-        paramwise_cfg=dict(norm_decay_mult=sol.weight_decay_norm / sol.weight_decay if sol.weight_decay else 0.0),
+        paramwise_cfg=dict(
+            norm_decay_mult=sol.weight_decay_norm / sol.weight_decay if sol.weight_decay else 0.0
+        ),
         accumulative_counts=accum,
     )
     # mmengine's LinearLR reaches factor 1 at iteration end - begin - 1
     mmcfg.param_scheduler = [
-        dict(type="LinearLR", start_factor=sol.warmup_factor, by_epoch=False, begin=0, end=sol.warmup_iters * accum + 1),
-        dict(type="MultiStepLR", by_epoch=False, begin=0, end=sol.max_iter * accum, milestones=[s * accum for s in sol.steps], gamma=sol.gamma),
+        dict(
+            type="LinearLR",
+            start_factor=sol.warmup_factor,
+            by_epoch=False,
+            begin=0,
+            end=sol.warmup_iters * accum + 1,
+        ),
+        dict(
+            type="MultiStepLR",
+            by_epoch=False,
+            begin=0,
+            end=sol.max_iter * accum,
+            milestones=[s * accum for s in sol.steps],
+            gamma=sol.gamma,
+        ),
     ]
     mmcfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=bench.iters * accum, val_interval=10**9)
 
@@ -529,10 +693,17 @@ def _set_runtime(mmcfg, cfg) -> None:
     mmcfg.default_hooks.checkpoint = None  # no 170 MB checkpoint at the end of a benchmark
     mmcfg.default_hooks.logger = dict(type="LoggerHook", interval=50, log_metric_by_epoch=False)
     mmcfg.log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
-    mmcfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-                     dist_cfg=dict(backend="nccl" if bench.device == "cuda" else "gloo"))
-    if bench.device == "cpu":  # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses on CPU
-        mmcfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    mmcfg.env_cfg = dict(
+        cudnn_benchmark=False,
+        mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+        dist_cfg=dict(backend="nccl" if bench.device == "cuda" else "gloo"),
+    )
+    if (
+        bench.device == "cpu"
+    ):  # mmengine's default wrapper passes device_ids=[LOCAL_RANK], which DDP refuses on CPU
+        mmcfg.model_wrapper_cfg = dict(
+            type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False
+        )
     if bench.dtype != "fp32":
         mmcfg.optim_wrapper.type = "AmpOptimWrapper"
         mmcfg.optim_wrapper.dtype = {"fp16": "float16", "bf16": "bfloat16"}[bench.dtype]
@@ -541,8 +712,13 @@ def _set_runtime(mmcfg, cfg) -> None:
     mmcfg.load_from = None
     mmcfg.resume = False
     mmcfg.work_dir = os.path.join(tempfile.gettempdir(), "mrcnn-bench-mmdet")
-    mmcfg.mrcnn_bench = dict(world_size=bench.gpus, channels_last=bench.channels_last, grad_accum=accum, device=bench.device,
-                         init_weights=model_cfg.init_weights)
+    mmcfg.mrcnn_bench = dict(
+        world_size=bench.gpus,
+        channels_last=bench.channels_last,
+        grad_accum=accum,
+        device=bench.device,
+        init_weights=model_cfg.init_weights,
+    )
 
 
 # ------------------------------------------------------------- effective hparams, by section
@@ -552,7 +728,11 @@ def _backbone_hparams(model) -> dict:
     bases = generator.get("base_sizes") or generator.strides
     norm = backbone.norm_cfg.type
     if norm == "BN" and backbone.norm_eval:
-        norm = "FrozenBN" if not backbone.norm_cfg.get("requires_grad", True) else "BN (frozen statistics, trained affine)"
+        norm = (
+            "FrozenBN"
+            if not backbone.norm_cfg.get("requires_grad", True)
+            else "BN (frozen statistics, trained affine)"
+        )
     return {
         "model.num_classes": model.roi_head.bbox_head.num_classes,
         "model.pixel_mean": list(model.data_preprocessor.mean),
@@ -571,11 +751,21 @@ def _backbone_hparams(model) -> dict:
 def _rpn_hparams(rpn_head, train_cfg, test_cfg) -> dict:
     assigner = train_cfg.rpn.assigner
     return {
-        **sampling_hparams("rpn", assigner.pos_iou_thr, assigner.neg_iou_thr, train_cfg.rpn.sampler.num,
-                           train_cfg.rpn.sampler.pos_fraction),
+        **sampling_hparams(
+            "rpn",
+            assigner.pos_iou_thr,
+            assigner.neg_iou_thr,
+            train_cfg.rpn.sampler.num,
+            train_cfg.rpn.sampler.pos_fraction,
+        ),
         # post_nms_topk per image: max_per_img
-        **proposal_hparams(train_cfg.rpn_proposal.nms.iou_threshold, train_cfg.rpn_proposal.nms_pre,
-                           train_cfg.rpn_proposal.max_per_img, test_cfg.rpn.nms_pre, test_cfg.rpn.max_per_img),
+        **proposal_hparams(
+            train_cfg.rpn_proposal.nms.iou_threshold,
+            train_cfg.rpn_proposal.nms_pre,
+            train_cfg.rpn_proposal.max_per_img,
+            test_cfg.rpn.nms_pre,
+            test_cfg.rpn.max_per_img,
+        ),
         "model.rpn.smooth_l1_beta": _beta_of(rpn_head.loss_bbox),
         "model.rpn.low_quality_matches": assigner.match_low_quality,
         "model.rpn.low_quality_min_iou": assigner.min_pos_iou,
@@ -587,8 +777,13 @@ def _roi_hparams(roi_head, train_cfg, test_cfg, pipeline) -> dict:
     box, roi_layer = roi_head.bbox_head, roi_head.bbox_roi_extractor.roi_layer
     loads = next(t for t in pipeline if t["type"] == "LoadAnnotations")
     return {
-        **sampling_hparams("roi_heads", train_cfg.rcnn.assigner.pos_iou_thr, train_cfg.rcnn.assigner.neg_iou_thr,
-                           train_cfg.rcnn.sampler.num, train_cfg.rcnn.sampler.pos_fraction),
+        **sampling_hparams(
+            "roi_heads",
+            train_cfg.rcnn.assigner.pos_iou_thr,
+            train_cfg.rcnn.assigner.neg_iou_thr,
+            train_cfg.rcnn.sampler.num,
+            train_cfg.rcnn.sampler.pos_fraction,
+        ),
         "model.roi_heads.box_pooler_resolution": roi_layer.output_size,
         "model.roi_heads.mask_pooler_resolution": roi_head.mask_roi_extractor.roi_layer.output_size,
         "model.roi_heads.pooler_sampling_ratio": roi_layer.sampling_ratio,
@@ -601,7 +796,8 @@ def _roi_hparams(roi_head, train_cfg, test_cfg, pipeline) -> dict:
         "model.roi_heads.nms_thresh_test": test_cfg.rcnn.nms.iou_threshold,
         "model.roi_heads.detections_per_image": test_cfg.rcnn.max_per_img,
         "model.roi_heads.smooth_l1_beta": _beta_of(box.loss_bbox),
-        # mask_target crops PolygonMasks by rasterising, BitmapMasks with aligned RoIAlign, binarised (binarize=True)
+        # mask_target crops PolygonMasks by rasterising, BitmapMasks with aligned RoIAlign, binarised
+        # (binarize=True)
         "model.roi_heads.mask_target": "bitmask_binarized" if loads.get("poly2mask", True) else "polygon",
         "info.roi_low_quality_matches": train_cfg.rcnn.assigner.match_low_quality,
         "info.resize_interpolation": "bilinear on uint8 pixels (cv2, mmcv.imresize)",
@@ -624,8 +820,11 @@ def _input_hparams(mmcfg) -> dict:
         "input.horizontal_flip_prob": flip["prob"],
         "input.resize_rounding": "round",  # mmcv.rescale_size: int(side * scale + 0.5)
         "input.filter_empty_annotations": loader.dataset.filter_cfg.filter_empty_gt,
-        "input.aspect_ratio_grouping": (loader.sampler.type == ORDER_SAMPLER and loader.batch_sampler is None
-                                        and loader.sampler.order["group_by_aspect"]),
+        "input.aspect_ratio_grouping": (
+            loader.sampler.type == ORDER_SAMPLER
+            and loader.batch_sampler is None
+            and loader.sampler.order["group_by_aspect"]
+        ),
     }
 
 

@@ -1,15 +1,33 @@
 """The native reference Mask R-CNN (mrcnn_bench.reference_impl), with its own ops and training loop."""
+
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
 
-from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, count_work, data_spec, detections, float_images,
-    forward_outputs, num_classes, ordered_batches, phase_probe, pixels, proposal_hparams, sampling_hparams,
-    schedule_length, solver_hparams, stand_in_optimizer, step_scheduler, train_spec
+    FLOAT_BILINEAR,
+    PYTORCH_STYLE,
+    attach_work_counters,
+    count_result,
+    count_work,
+    data_spec,
+    detections,
+    float_images,
+    forward_outputs,
+    num_classes,
+    ordered_batches,
+    phase_probe,
+    pixels,
+    proposal_hparams,
+    sampling_hparams,
+    schedule_length,
+    solver_hparams,
+    stand_in_optimizer,
+    step_scheduler,
+    train_spec,
 )
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 
 
 @dataclass
@@ -19,19 +37,28 @@ class ReferenceNative:
     data: dict
     train: dict = field(default_factory=dict)
     weights: str | None = None
-    init_weights: str | None = None  # the run's shared initialisation (torchvision's layout), loaded over ours
+    init_weights: str | None = (
+        None  # the run's shared initialisation (torchvision's layout), loaded over ours
+    )
     # speed switches that cannot act on this device, turned off: {"lever", "why"} each (not part of to_dict)
     fallbacks: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "solver": self.solver, "data": self.data, "train": self.train, "weights": self.weights,
-                "init_weights": self.init_weights}
-
+        return {
+            "model": self.model.to_dict(),
+            "solver": self.solver,
+            "data": self.data,
+            "train": self.train,
+            "weights": self.weights,
+            "init_weights": self.init_weights,
+        }
 
 
 class ReferenceAdapter(Adapter):
     name = "reference"
-    install_hint = "make setup (builds mrcnn_bench.reference_impl._C; without it the ops fall back to pure PyTorch)"
+    install_hint = (
+        "make setup (builds mrcnn_bench.reference_impl._C; without it the ops fall back to pure PyTorch)"
+    )
 
     def available(self):
         ok, why = python_version_of("mrcnn_bench.reference_impl.ops")  # an import error: unavailable, with it
@@ -58,17 +85,30 @@ class ReferenceAdapter(Adapter):
 
             if ops.NATIVE and not ops.CUDA_KERNELS:
                 # Timing the pure-PyTorch ops as "the reference" would misreport it.
-                raise UnsupportedConfig(f"benchmark.device=cuda, but {ops.NO_CUDA_KERNELS} "
-                                        "(or MRCNN_BENCH_OPS=fallback to time the fallback on purpose)")
+                raise UnsupportedConfig(
+                    f"benchmark.device=cuda, but {ops.NO_CUDA_KERNELS} "
+                    "(or MRCNN_BENCH_OPS=fallback to time the fallback on purpose)"
+                )
         model, fallbacks = ReferenceConfig.from_canonical(cfg, num_classes(cfg, data)), []
         if model.perf.cuda_graphs and bench.device != "cuda":
             model = replace(model, perf=replace(model.perf, cuda_graphs=False))
-            fallbacks.append({"lever": "reference.cuda_graphs", "why": f"CUDA graphs need CUDA, the run is on {bench.device}"})
+            fallbacks.append(
+                {
+                    "lever": "reference.cuda_graphs",
+                    "why": f"CUDA graphs need CUDA, the run is on {bench.device}",
+                }
+            )
         return ReferenceNative(
             model=model,
             solver=dict(
-                base_lr=sol.base_lr, momentum=sol.momentum, weight_decay=sol.weight_decay, weight_decay_norm=sol.weight_decay_norm,
-                warmup_iters=sol.warmup_iters, warmup_factor=sol.warmup_factor, steps=list(sol.steps), gamma=sol.gamma,
+                base_lr=sol.base_lr,
+                momentum=sol.momentum,
+                weight_decay=sol.weight_decay,
+                weight_decay_norm=sol.weight_decay_norm,
+                warmup_iters=sol.warmup_iters,
+                warmup_factor=sol.warmup_factor,
+                steps=list(sol.steps),
+                gamma=sol.gamma,
                 max_iter=sol.max_iter,
             ),
             data=data_spec(cfg, data),
@@ -97,10 +137,15 @@ class ReferenceAdapter(Adapter):
             **_rpn_hparams(model.rpn),
             **_roi_hparams(model.roi_heads),
             **_input_hparams(model.preprocess, native.data),
-            **solver_hparams(ims_per_process=native.data["batch_size_per_process"], base_lr=solver["base_lr"],
-                             momentum=solver["momentum"], weight_decay=solver["weight_decay"],
-                             weight_decay_norm=solver["weight_decay_norm"], warmup_method="linear",
-                             lrs=self.lr_trajectory(native, schedule_length(solver))),
+            **solver_hparams(
+                ims_per_process=native.data["batch_size_per_process"],
+                base_lr=solver["base_lr"],
+                momentum=solver["momentum"],
+                weight_decay=solver["weight_decay"],
+                weight_decay_norm=solver["weight_decay_norm"],
+                warmup_method="linear",
+                lrs=self.lr_trajectory(native, schedule_length(solver)),
+            ),
             "info.backbone_style": PYTORCH_STYLE,
             "info.roi_low_quality_matches": False,
             "info.resize_interpolation": FLOAT_BILINEAR,
@@ -126,7 +171,6 @@ class ReferenceAdapter(Adapter):
     def build_trainer(self, cfg, data, dist: DistInfo, after_step=None, native=None):
         """(native config, reference Trainer) as a run builds them: model, optimizer, schedule, loader."""
         import torch
-
         from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer
 
         native = self.translated(cfg, data, native)
@@ -140,21 +184,35 @@ class ReferenceAdapter(Adapter):
         if train_opts["channels_last"] or native.model.perf.channels_last:
             model.set_channels_last(True)
         for fallback in native.fallbacks:
-            warnings.warn(f"{fallback['lever']}: {fallback['why']}; running without it")
+            warnings.warn(f"{fallback['lever']}: {fallback['why']}; running without it", stacklevel=2)
         model.lever_fallbacks[:0] = native.fallbacks
         if native.model.perf.keep_freed_memory:
             from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
 
             if not keep_freed_memory(True):  # it has warned why
-                model.lever_fallbacks.append({"lever": "reference.keep_freed_memory", "why": "glibc's mallopt unavailable or refused"})
+                model.lever_fallbacks.append(
+                    {"lever": "reference.keep_freed_memory", "why": "glibc's mallopt unavailable or refused"}
+                )
         optimizer = build_optimizer(
-            model, lr=solver["base_lr"], momentum=solver["momentum"], weight_decay=solver["weight_decay"], weight_decay_norm=solver["weight_decay_norm"]
+            model,
+            lr=solver["base_lr"],
+            momentum=solver["momentum"],
+            weight_decay=solver["weight_decay"],
+            weight_decay_norm=solver["weight_decay_norm"],
         )
         scheduler = build_scheduler(optimizer, solver)
         loader = _train_loader(native, dist)
         trainer = Trainer(
-            model, optimizer, scheduler, loader, device=device, dtype=train_opts["dtype"], grad_accum=train_opts["grad_accum"],
-            ddp=dist.distributed, after_step=after_step, autocast_cache=not native.model.perf.cuda_graphs,
+            model,
+            optimizer,
+            scheduler,
+            loader,
+            device=device,
+            dtype=train_opts["dtype"],
+            grad_accum=train_opts["grad_accum"],
+            ddp=dist.distributed,
+            after_step=after_step,
+            autocast_cache=not native.model.perf.cuda_graphs,
         )
         return native, trainer
 
@@ -165,40 +223,66 @@ class ReferenceAdapter(Adapter):
         model, train_opts = trainer.model, native.train
         # the pixels from the preprocessor's padded batch: with CUDA graphs the backbone module is not called
         count_work(timer, model.preprocess, "pixels", lambda out: pixels(out[0].tensor))
-        attach_work_counters(timer, backbone=None, rpn=model.rpn, box_pooler=model.roi_heads.box_pooler, mask_pooler=model.roi_heads.mask_pooler)
-        # the RPN's sampled positive anchors: the targets builders return (labels, positives, negatives, targets)
+        attach_work_counters(
+            timer,
+            backbone=None,
+            rpn=model.rpn,
+            box_pooler=model.roi_heads.box_pooler,
+            mask_pooler=model.roi_heads.mask_pooler,
+        )
+        # the RPN's sampled positive anchors: the targets builders return (labels, positives, negatives,
+        # targets)
         for builder in ("_targets_batched", "_targets_per_image"):
             count_result(timer, model.rpn, builder, "rpn_positives", lambda out: out[1].numel())
         roi = model.roi_heads
-        phase_probe(cfg, timer, dist.device, model,
-            preprocess=[model.preprocess], backbone=[model.backbone.body], fpn=[model.backbone.fpn],
-            rpn=[model.rpn], rpn_head=[model.rpn.head], roi_heads=[roi],
-            roi_pooling=[roi.box_pooler, roi.mask_pooler], box_head=[roi.box_head], mask_head=[roi.mask_head],
+        phase_probe(
+            cfg,
+            timer,
+            dist.device,
+            model,
+            preprocess=[model.preprocess],
+            backbone=[model.backbone.body],
+            fpn=[model.backbone.fpn],
+            rpn=[model.rpn],
+            rpn_head=[model.rpn.head],
+            roi_heads=[roi],
+            roi_pooling=[roi.box_pooler, roi.mask_pooler],
+            box_head=[roi.box_head],
+            mask_head=[roi.mask_head],
         )
         timer.before_train()
         trainer.train(train_opts["iters"])
         self.trained_model = model
-        # the switches that fell back to the eager path (this device, no compiler, no glibc): run.json keeps them
-        return {"native_config": native.to_dict(), "ops_backend": ops.backend(), "lever_fallbacks": model.lever_fallbacks}
+        # the switches that fell back to the eager path (this device, no compiler, no glibc): run.json keeps
+        # them
+        return {
+            "native_config": native.to_dict(),
+            "ops_backend": ops.backend(),
+            "lever_fallbacks": model.lever_fallbacks,
+        }
 
     def input_pipeline(self, cfg, data, dist: DistInfo, native=None):
         """The reference's loader (COCOInstances, its collate, the run's batch order) and its Trainer's copy
         of images and targets to the device."""
         import torch
-
         from mrcnn_bench.reference_impl.engine.trainer import to_device
 
         device = torch.device(dist.device)
-        return iter(_train_loader(self.translated(cfg, data, native), dist)), lambda batch: len(to_device(*batch, device)[0])
+        return iter(_train_loader(self.translated(cfg, data, native), dist)), lambda batch: len(
+            to_device(*batch, device)[0]
+        )
 
     def loader_stages(self, native):
         from mrcnn_bench.harness.data_stages import LoaderStages
         from mrcnn_bench.reference_impl.data import coco
 
-        return LoaderStages(item=[(coco.COCOInstances, "__getitem__")], decode=[(coco, "decode_image")],
-                            collate=[(coco, "collate")],
-                            transform="boxes, labels and masks from the annotations, the flip; no resize (the model "
-                                      "resizes on the device)")
+        return LoaderStages(
+            item=[(coco.COCOInstances, "__getitem__")],
+            decode=[(coco, "decode_image")],
+            collate=[(coco, "collate")],
+            transform="boxes, labels and masks from the annotations, the flip; no resize (the model "
+            "resizes on the device)",
+        )
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The model's own eval mode: resize to the test size, normalise, pad, then the heads' test
@@ -211,8 +295,10 @@ class ReferenceAdapter(Adapter):
             model.set_channels_last(True)
 
         def predict(images):
-            return [detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
-                    for r in model(float_images(images, dist.device))]
+            return [
+                detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
+                for r in model(float_images(images, dist.device))
+            ]
 
         return predict
 
@@ -222,9 +308,13 @@ def _train_loader(native: ReferenceNative, dist: DistInfo):
     from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
 
     data_opts, train_opts = native.data, native.train
-    dataset = COCOInstances(data_opts["train_json"], data_opts["train_images"], flip_prob=data_opts["horizontal_flip_prob"],
-                            filter_empty=data_opts["filter_empty"],
-                            mask_format="polygon" if native.model.roi_heads.mask_target == "polygon" else "bitmask")
+    dataset = COCOInstances(
+        data_opts["train_json"],
+        data_opts["train_images"],
+        flip_prob=data_opts["horizontal_flip_prob"],
+        filter_empty=data_opts["filter_empty"],
+        mask_format="polygon" if native.model.roi_heads.mask_target == "polygon" else "bitmask",
+    )
     return build_train_loader(
         dataset,
         batch_size=data_opts["batch_size_per_process"],
@@ -240,7 +330,6 @@ def _train_loader(native: ReferenceNative, dist: DistInfo):
 def build_scheduler(optimizer, solver: dict):
     """The reference's learning-rate schedule: linear warm-up, then multi-step, per iteration."""
     import torch
-
     from mrcnn_bench.reference_impl.engine import warmup_multistep
 
     keys = ("warmup_iters", "warmup_factor", "steps", "gamma")
@@ -254,8 +343,12 @@ _NORM_OF = {"FrozenBatchNorm2d": "FrozenBN", "BatchNorm2d": "BN", "SyncBatchNorm
 
 def _backbone_hparams(model) -> dict:
     pre, body, anchors = model.preprocess, model.backbone.body, model.rpn.anchor_generator
-    frozen = [stage for stage in _STAGES if not any(p.requires_grad for p in getattr(body, stage).parameters())]
-    norm = type(body.layer4[0].bn1).__name__  # the norm of the trainable stages (frozen ones are always FrozenBN)
+    frozen = [
+        stage for stage in _STAGES if not any(p.requires_grad for p in getattr(body, stage).parameters())
+    ]
+    norm = type(
+        body.layer4[0].bn1
+    ).__name__  # the norm of the trainable stages (frozen ones are always FrozenBN)
     return {
         "model.num_classes": model.roi_heads.num_classes,
         "model.pixel_mean": [round(float(v) * 255.0, 4) for v in pre.pixel_mean.flatten()],
@@ -272,10 +365,20 @@ def _backbone_hparams(model) -> dict:
 
 def _rpn_hparams(rpn) -> dict:
     return {
-        **sampling_hparams("rpn", rpn.matcher.high, rpn.matcher.low, rpn.sampler.batch_size_per_image,
-                           rpn.sampler.positive_fraction),
-        **proposal_hparams(rpn.nms_thresh, rpn.pre_nms_topk[0], rpn.post_nms_topk[0], rpn.pre_nms_topk[1],
-                           rpn.post_nms_topk[1]),
+        **sampling_hparams(
+            "rpn",
+            rpn.matcher.high,
+            rpn.matcher.low,
+            rpn.sampler.batch_size_per_image,
+            rpn.sampler.positive_fraction,
+        ),
+        **proposal_hparams(
+            rpn.nms_thresh,
+            rpn.pre_nms_topk[0],
+            rpn.post_nms_topk[0],
+            rpn.pre_nms_topk[1],
+            rpn.post_nms_topk[1],
+        ),
         "model.rpn.smooth_l1_beta": rpn.smooth_l1_beta,
         "model.rpn.low_quality_matches": rpn.matcher.allow_low_quality_matches,
         "model.rpn.low_quality_min_iou": rpn.matcher.low_quality_min,
@@ -285,8 +388,13 @@ def _rpn_hparams(rpn) -> dict:
 
 def _roi_hparams(roi) -> dict:
     return {
-        **sampling_hparams("roi_heads", roi.matcher.high, roi.matcher.low, roi.sampler.batch_size_per_image,
-                           roi.sampler.positive_fraction),
+        **sampling_hparams(
+            "roi_heads",
+            roi.matcher.high,
+            roi.matcher.low,
+            roi.sampler.batch_size_per_image,
+            roi.sampler.positive_fraction,
+        ),
         "model.roi_heads.box_pooler_resolution": roi.box_pooler.output_size,
         "model.roi_heads.mask_pooler_resolution": roi.mask_pooler.output_size,
         "model.roi_heads.pooler_sampling_ratio": roi.box_pooler.sampling_ratio,
@@ -312,7 +420,9 @@ def _input_hparams(pre, data: dict) -> dict:
         "input.horizontal_flip_prob": data["horizontal_flip_prob"],
         "input.resize_rounding": pre.resize_rounding,
         "input.filter_empty_annotations": data["filter_empty"],
-        "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
+        "input.aspect_ratio_grouping": data["order"][
+            "group_by_aspect"
+        ],  # in the run's data order, which its loader follows
     }
 
 

@@ -15,6 +15,7 @@ Divergences that torchvision does not let us set (``RULES``; the parity table sh
 - its RPN keeps proposals whose sides are >= ``min_size`` (so 0 would keep empty boxes: it runs 1e-3);
 - test-time resizing reuses the training sizes (``min_size[-1]``, the one ``max_size``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,27 +25,64 @@ import time
 import types
 from dataclasses import asdict, dataclass, field
 
-from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 from ._common import (
-    FLOAT_BILINEAR, PYTORCH_STYLE, attach_work_counters, count_result, data_spec, detections, float_images,
-    forward_outputs, load_exact, load_initial_weights, num_classes, ordered_batches, phase_probe, proposal_hparams,
-    rule_notes, sampling_hparams, schedule_length, solver_hparams, stand_in_optimizer, step_scheduler, train_spec,
-    unsupported
+    FLOAT_BILINEAR,
+    PYTORCH_STYLE,
+    attach_work_counters,
+    count_result,
+    data_spec,
+    detections,
+    float_images,
+    forward_outputs,
+    load_exact,
+    load_initial_weights,
+    num_classes,
+    ordered_batches,
+    phase_probe,
+    proposal_hparams,
+    rule_notes,
+    sampling_hparams,
+    schedule_length,
+    solver_hparams,
+    stand_in_optimizer,
+    step_scheduler,
+    train_spec,
+    unsupported,
 )
+from .base import Adapter, DistInfo, UnsupportedConfig, python_version_of
 
 #: torchvision's RPN default min_size (remove_small_boxes keeps sides >= it)
 TORCHVISION_MIN_SIZE = 1e-3
 _FIXED_BETA = 1.0 / 9
-# the work rules torchvision cannot run every way (Adapter.divergences): key -> (supported value?, what it does)
+# the work rules torchvision cannot run every way (Adapter.divergences): key -> (supported value?, what it
+# does)
 RULES = {
-    "model.roi_heads.pooler_aligned": (lambda v: not v, "torchvision's MultiScaleRoIAlign always uses aligned=False"),
-    "model.rpn.smooth_l1_beta": (lambda v: v == _FIXED_BETA, "torchvision's rpn.py computes the loss with a fixed smooth L1, beta 1/9"),
-    "model.roi_heads.smooth_l1_beta": (lambda v: v == _FIXED_BETA, "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9"),
-    "model.rpn.low_quality_min_iou": (lambda v: v == 0, "torchvision's Matcher keeps a box's best anchors at any IoU (0 only)"),
-    "model.rpn.min_proposal_size": (lambda v: v > 0, "torchvision's RPN keeps sides >= min_size, so 0 would keep empty "
-                                    "proposals; it runs its default 1e-3"),
-    "model.roi_heads.mask_target": (lambda v: v == "bitmask_soft", "torchvision's maskrcnn_loss crops the full-image bitmask "
-                                    "with unaligned RoIAlign and keeps fractions ('bitmask_soft' only)"),
+    "model.roi_heads.pooler_aligned": (
+        lambda v: not v,
+        "torchvision's MultiScaleRoIAlign always uses aligned=False",
+    ),
+    "model.rpn.smooth_l1_beta": (
+        lambda v: v == _FIXED_BETA,
+        "torchvision's rpn.py computes the loss with a fixed smooth L1, beta 1/9",
+    ),
+    "model.roi_heads.smooth_l1_beta": (
+        lambda v: v == _FIXED_BETA,
+        "torchvision's fastrcnn_loss uses a fixed smooth L1, beta 1/9",
+    ),
+    "model.rpn.low_quality_min_iou": (
+        lambda v: v == 0,
+        "torchvision's Matcher keeps a box's best anchors at any IoU (0 only)",
+    ),
+    "model.rpn.min_proposal_size": (
+        lambda v: v > 0,
+        "torchvision's RPN keeps sides >= min_size, so 0 would keep empty "
+        "proposals; it runs its default 1e-3",
+    ),
+    "model.roi_heads.mask_target": (
+        lambda v: v == "bitmask_soft",
+        "torchvision's maskrcnn_loss crops the full-image bitmask "
+        "with unaligned RoIAlign and keeps fractions ('bitmask_soft' only)",
+    ),
 }
 
 
@@ -68,8 +106,10 @@ class TorchvisionNative:
 
 def _to_device(images: list, targets: list[dict], device) -> tuple[list, list[dict]]:
     """A batch of the loader on ``device``, as the training loop copies it."""
-    return ([img.to(device, non_blocking=True) for img in images],
-            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
+    return (
+        [img.to(device, non_blocking=True) for img in images],
+        [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets],
+    )
 
 
 def _model_kwargs(cfg, data) -> dict:
@@ -111,11 +151,22 @@ class TorchvisionAdapter(Adapter):
 
     # ----------------------------------------------------------------- translate
     def translate(self, cfg, data=None) -> TorchvisionNative:
-        model_cfg, rpn, roi, inp, solver, bench = cfg.model, cfg.model.rpn, cfg.model.roi_heads, cfg.input, cfg.solver, cfg.benchmark
+        model_cfg, rpn, roi, inp, solver, bench = (
+            cfg.model,
+            cfg.model.rpn,
+            cfg.model.roi_heads,
+            cfg.input,
+            cfg.solver,
+            cfg.benchmark,
+        )
         if roi.box_head_num_fc != 2:
-            raise UnsupportedConfig("torchvision's TwoMLPHead has exactly 2 FC layers (model.roi_heads.box_head_num_fc)")
+            raise UnsupportedConfig(
+                "torchvision's TwoMLPHead has exactly 2 FC layers (model.roi_heads.box_head_num_fc)"
+            )
         if model_cfg.effective_norm == "SyncBN" and bench.device != "cuda":
-            raise UnsupportedConfig("model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+            raise UnsupportedConfig(
+                "model.backbone.norm SyncBN needs CUDA (torch's SyncBatchNorm has no CPU kernel)"
+            )
         levels = len(model_cfg.anchors.sizes)
         return TorchvisionNative(
             model_kwargs=_model_kwargs(cfg, data),
@@ -168,32 +219,51 @@ class TorchvisionAdapter(Adapter):
         from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
         spec = native.backbone
-        norm_layer = {"FrozenBN": FrozenBatchNorm2d, "BN": torch.nn.BatchNorm2d, "SyncBN": torch.nn.BatchNorm2d}[spec["norm"]]
+        norm_layer = {
+            "FrozenBN": FrozenBatchNorm2d,
+            "BN": torch.nn.BatchNorm2d,
+            "SyncBN": torch.nn.BatchNorm2d,
+        }[spec["norm"]]
         backbone = resnet_fpn_backbone(
-            backbone_name=spec["backbone_name"], weights=None, norm_layer=norm_layer, trainable_layers=spec["trainable_layers"]
+            backbone_name=spec["backbone_name"],
+            weights=None,
+            norm_layer=norm_layer,
+            trainable_layers=spec["trainable_layers"],
         )
         pooler = native.pooler
-        box_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["box_output_size"], pooler["sampling_ratio"])
-        mask_pool = MultiScaleRoIAlign(pooler["featmap_names"], pooler["mask_output_size"], pooler["sampling_ratio"])
+        box_pool = MultiScaleRoIAlign(
+            pooler["featmap_names"], pooler["box_output_size"], pooler["sampling_ratio"]
+        )
+        mask_pool = MultiScaleRoIAlign(
+            pooler["featmap_names"], pooler["mask_output_size"], pooler["sampling_ratio"]
+        )
         channels = backbone.out_channels
         anchors = AnchorGenerator if spec.get("round_anchors", True) else parts().anchors
         model = MaskRCNN(
             backbone,
             rpn_anchor_generator=anchors(
-                tuple(tuple(sizes) for sizes in spec["anchor_sizes"]), tuple(tuple(ratios) for ratios in spec["aspect_ratios"])
+                tuple(tuple(sizes) for sizes in spec["anchor_sizes"]),
+                tuple(tuple(ratios) for ratios in spec["aspect_ratios"]),
             ),
             box_roi_pool=box_pool,
-            box_head=TwoMLPHead(channels * pooler["box_output_size"] ** 2, native.box_head["representation_size"]),
+            box_head=TwoMLPHead(
+                channels * pooler["box_output_size"] ** 2, native.box_head["representation_size"]
+            ),
             mask_roi_pool=mask_pool,
             mask_head=MaskRCNNHeads(channels, native.mask_head["layers"], native.mask_head["dilation"]),
             **native.model_kwargs,
         )
         matcher = model.rpn.proposal_matcher
-        model.rpn.proposal_matcher = type(matcher)(matcher.high_threshold, matcher.low_threshold,
-                                                   allow_low_quality_matches=spec.get("rpn_low_quality_matches", True))
+        model.rpn.proposal_matcher = type(matcher)(
+            matcher.high_threshold,
+            matcher.low_threshold,
+            allow_low_quality_matches=spec.get("rpn_low_quality_matches", True),
+        )
         if spec.get("resize_rounding", "floor") == "round":
             t = model.transform
-            model.transform = parts().transform(t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible)
+            model.transform = parts().transform(
+                t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible
+            )
         if spec.get("init_weights"):  # the shared initialisation already holds model.weights
             load_exact(model, load_initial_weights(spec["init_weights"]), spec["init_weights"])
         elif spec["weights"]:
@@ -218,7 +288,8 @@ class TorchvisionAdapter(Adapter):
             "info.roi_gt_as_proposals": True,
             "_notes": {
                 **rule_notes(RULES),
-                "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training sizes",
+                "input.min_size_test": "torchvision resizes test images with min_size[-1] of the training "
+                "sizes",
                 "input.max_size_test": "torchvision uses one max_size for training and test",
             },
         }
@@ -228,10 +299,15 @@ class TorchvisionAdapter(Adapter):
 
     def _solver_hparams(self, native: TorchvisionNative) -> dict:
         optimizer = native.optimizer
-        return solver_hparams(ims_per_process=native.data["batch_size_per_process"], base_lr=optimizer["lr"],
-                              momentum=optimizer["momentum"], weight_decay=optimizer["weight_decay"],
-                              weight_decay_norm=optimizer["norm_weight_decay"], warmup_method="linear",
-                              lrs=self.lr_trajectory(native, schedule_length(native.schedule)))
+        return solver_hparams(
+            ims_per_process=native.data["batch_size_per_process"],
+            base_lr=optimizer["lr"],
+            momentum=optimizer["momentum"],
+            weight_decay=optimizer["weight_decay"],
+            weight_decay_norm=optimizer["norm_weight_decay"],
+            warmup_method="linear",
+            lrs=self.lr_trajectory(native, schedule_length(native.schedule)),
+        )
 
     def torchvision_names(self, state: dict) -> dict:
         return dict(state)  # its own
@@ -259,20 +335,32 @@ class TorchvisionAdapter(Adapter):
         cat_ids = sorted(coco.getCatIds())
         label_of = {c: i + 1 for i, c in enumerate(cat_ids)}  # contiguous labels, 0 = background
         if data_opts["filter_empty"]:
-            dataset.ids = [i for i in dataset.ids if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))]
-        dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd"))
+            dataset.ids = [
+                i for i in dataset.ids if any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(i, []))
+            ]
+        dataset = wrap_dataset_for_transforms_v2(
+            dataset, target_keys=("boxes", "labels", "masks", "image_id", "iscrowd")
+        )
         transforms = v2.Compose(
             [
                 v2.ToImage(),
                 v2.RandomHorizontalFlip(data_opts["horizontal_flip_prob"]),
                 v2.ToDtype(torch.float32, scale=True),
-                v2.SanitizeBoundingBoxes(labels_getter=lambda sample: (sample[1]["labels"], sample[1]["masks"], sample[1]["iscrowd"])),
+                v2.SanitizeBoundingBoxes(
+                    labels_getter=lambda sample: (
+                        sample[1]["labels"],
+                        sample[1]["masks"],
+                        sample[1]["iscrowd"],
+                    )
+                ),
             ]
         )
         image_ids = list(dataset.ids)
         dataset = _Transformed(dataset, transforms, label_of)
         # the run's one data order, endless: no epoch restart (nor worker restart) inside the window
-        batch_sampler = ordered_batches(data_opts, dist, image_ids, f"torchvision ({data_opts['train_json']})")
+        batch_sampler = ordered_batches(
+            data_opts, dist, image_ids, f"torchvision ({data_opts['train_json']})"
+        )
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batch_sampler,
@@ -286,7 +374,6 @@ class TorchvisionAdapter(Adapter):
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         import torch
-
         from mrcnn_bench.harness.timing import raise_if_not_finite
 
         native = self.translated(cfg, data, native)
@@ -294,14 +381,31 @@ class TorchvisionAdapter(Adapter):
         torch.manual_seed(train_opts["seed"] + dist.rank)
         device = torch.device(dist.device)
         model = self.build_model(native).to(device)
-        attach_work_counters(timer, backbone=model.backbone, rpn=model.rpn, box_pooler=model.roi_heads.box_roi_pool, mask_pooler=model.roi_heads.mask_roi_pool)
+        attach_work_counters(
+            timer,
+            backbone=model.backbone,
+            rpn=model.rpn,
+            box_pooler=model.roi_heads.box_roi_pool,
+            mask_pooler=model.roi_heads.mask_roi_pool,
+        )
         # the RPN's sampled positive anchors: its sampler returns per-image masks (positives, negatives)
-        count_result(timer, model.rpn, "fg_bg_sampler", "rpn_positives", lambda out: sum(int(p.sum()) for p in out[0]))
+        count_result(
+            timer, model.rpn, "fg_bg_sampler", "rpn_positives", lambda out: sum(int(p.sum()) for p in out[0])
+        )
         roi = model.roi_heads
-        phase_probe(cfg, timer, dist.device, model,
-            preprocess=[model.transform], backbone=[model.backbone.body], fpn=[model.backbone.fpn],
-            rpn=[model.rpn], rpn_head=[model.rpn.head], roi_heads=[roi],
-            roi_pooling=[roi.box_roi_pool, roi.mask_roi_pool], box_head=[roi.box_head, roi.box_predictor],
+        phase_probe(
+            cfg,
+            timer,
+            dist.device,
+            model,
+            preprocess=[model.transform],
+            backbone=[model.backbone.body],
+            fpn=[model.backbone.fpn],
+            rpn=[model.rpn],
+            rpn_head=[model.rpn.head],
+            roi_heads=[roi],
+            roi_pooling=[roi.box_roi_pool, roi.mask_roi_pool],
+            box_head=[roi.box_head, roi.box_predictor],
             mask_head=[roi.mask_head, roi.mask_predictor],
         )
         if train_opts["channels_last"]:
@@ -326,9 +430,15 @@ class TorchvisionAdapter(Adapter):
                 batch = next(it)
                 data_time += time.perf_counter() - t0
                 images, targets = _to_device(*batch, device)
-                sync_ctx = ddp_model.no_sync() if (dist.distributed and micro < train_opts["grad_accum"] - 1) else contextlib.nullcontext()
+                sync_ctx = (
+                    ddp_model.no_sync()
+                    if (dist.distributed and micro < train_opts["grad_accum"] - 1)
+                    else contextlib.nullcontext()
+                )
                 with sync_ctx:
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    with torch.autocast(
+                        device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+                    ):
                         loss_dict = ddp_model(images, targets)
                         loss = sum(loss_dict.values())
                     scaler.scale(loss / train_opts["grad_accum"]).backward()
@@ -350,20 +460,24 @@ class TorchvisionAdapter(Adapter):
         import torch
 
         device = torch.device(dist.device)
-        return iter(self.build_loader(self.translated(cfg, data, native), dist)), lambda batch: len(_to_device(*batch, device)[0])
+        return iter(self.build_loader(self.translated(cfg, data, native), dist)), lambda batch: len(
+            _to_device(*batch, device)[0]
+        )
 
     def loader_stages(self, native):
         import sys
 
+        from mrcnn_bench.harness.data_stages import LoaderStages
         from torchvision.datasets import CocoDetection
 
-        from mrcnn_bench.harness.data_stages import LoaderStages
-
-        return LoaderStages(item=[(_Transformed, "__getitem__")], decode=[(CocoDetection, "_load_image")],
-                            collate=[(sys.modules[__name__], "_collate")],
-                            transform="the v2 wrapper's boxes and masks from the annotations, the flip, to float, "
-                                      "SanitizeBoundingBoxes, labels; no resize (GeneralizedRCNNTransform resizes on the "
-                                      "device)")
+        return LoaderStages(
+            item=[(_Transformed, "__getitem__")],
+            decode=[(CocoDetection, "_load_image")],
+            collate=[(sys.modules[__name__], "_collate")],
+            transform="the v2 wrapper's boxes and masks from the annotations, the flip, to float, "
+            "SanitizeBoundingBoxes, labels; no resize (GeneralizedRCNNTransform resizes on the "
+            "device)",
+        )
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """``model.eval()``: GeneralizedRCNNTransform resizes (to the test size set on it: torchvision
@@ -380,8 +494,10 @@ class TorchvisionAdapter(Adapter):
         model.transform.max_size = cfg.input.max_size_test
 
         def predict(images):
-            return [detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
-                    for r in model(float_images(images, dist.device))]
+            return [
+                detections(r["boxes"], r["scores"], r["labels"], r["masks"][:, 0])
+                for r in model(float_images(images, dist.device))
+            ]
 
         return predict
 
@@ -425,7 +541,9 @@ def build_scheduler(optimizer, schedule: dict):
     steps = sched.MultiStepLR(optimizer, milestones=list(schedule["steps"]), gamma=schedule["gamma"])
     if schedule["warmup_iters"] <= 0:
         return steps
-    warmup = sched.LinearLR(optimizer, start_factor=schedule["warmup_factor"], total_iters=schedule["warmup_iters"])
+    warmup = sched.LinearLR(
+        optimizer, start_factor=schedule["warmup_factor"], total_iters=schedule["warmup_iters"]
+    )
     return sched.ChainedScheduler([warmup, steps], optimizer=optimizer)
 
 
@@ -474,7 +592,9 @@ def _backbone_hparams(model) -> dict:
         "model.pixel_std": [round(v * 255.0, 4) for v in model.transform.image_std],
         "model.backbone.depth": 50 if len(body.layer3) == 6 else None,
         "model.backbone.freeze_at": 0 if not frozen else 1 + _STAGES.index(frozen[-1]),
-        "model.backbone.norm": "FrozenBN" if isinstance(body.bn1, FrozenBatchNorm2d) else type(body.bn1).__name__.replace("BatchNorm2d", "BN"),
+        "model.backbone.norm": "FrozenBN"
+        if isinstance(body.bn1, FrozenBatchNorm2d)
+        else type(body.bn1).__name__.replace("BatchNorm2d", "BN"),
         "model.fpn_out_channels": model.backbone.out_channels,
         "model.anchors.sizes": [sizes[0] for sizes in anchors.sizes],
         "model.anchors.aspect_ratios": list(anchors.aspect_ratios[0]),
@@ -484,10 +604,20 @@ def _backbone_hparams(model) -> dict:
 
 def _rpn_hparams(rpn) -> dict:
     return {
-        **sampling_hparams("rpn", rpn.proposal_matcher.high_threshold, rpn.proposal_matcher.low_threshold,
-                           rpn.fg_bg_sampler.batch_size_per_image, rpn.fg_bg_sampler.positive_fraction),
-        **proposal_hparams(rpn.nms_thresh, rpn._pre_nms_top_n["training"], rpn._post_nms_top_n["training"],
-                           rpn._pre_nms_top_n["testing"], rpn._post_nms_top_n["testing"]),
+        **sampling_hparams(
+            "rpn",
+            rpn.proposal_matcher.high_threshold,
+            rpn.proposal_matcher.low_threshold,
+            rpn.fg_bg_sampler.batch_size_per_image,
+            rpn.fg_bg_sampler.positive_fraction,
+        ),
+        **proposal_hparams(
+            rpn.nms_thresh,
+            rpn._pre_nms_top_n["training"],
+            rpn._post_nms_top_n["training"],
+            rpn._pre_nms_top_n["testing"],
+            rpn._post_nms_top_n["testing"],
+        ),
         "model.rpn.smooth_l1_beta": _FIXED_BETA,  # fixed in torchvision's rpn.py
         "model.rpn.low_quality_matches": rpn.proposal_matcher.allow_low_quality_matches,
         "model.rpn.low_quality_min_iou": 0.0,  # Matcher.set_low_quality_matches_: any IoU
@@ -499,8 +629,13 @@ def _roi_hparams(roi) -> dict:
     box_fc = [mod for mod in roi.box_head.modules() if mod.__class__.__name__ == "Linear"]
     mask_convs = [mod for mod in roi.mask_head.modules() if mod.__class__.__name__ == "Conv2d"]
     return {
-        **sampling_hparams("roi_heads", roi.proposal_matcher.high_threshold, roi.proposal_matcher.low_threshold,
-                           roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction),
+        **sampling_hparams(
+            "roi_heads",
+            roi.proposal_matcher.high_threshold,
+            roi.proposal_matcher.low_threshold,
+            roi.fg_bg_sampler.batch_size_per_image,
+            roi.fg_bg_sampler.positive_fraction,
+        ),
         "model.roi_heads.box_pooler_resolution": roi.box_roi_pool.output_size[0],
         "model.roi_heads.mask_pooler_resolution": roi.mask_roi_pool.output_size[0],
         "model.roi_heads.pooler_sampling_ratio": roi.box_roi_pool.sampling_ratio,
@@ -526,7 +661,9 @@ def _input_hparams(transform, data: dict) -> dict:
         "input.horizontal_flip_prob": data["horizontal_flip_prob"],
         "input.resize_rounding": "round" if isinstance(transform, parts().transform) else "floor",
         "input.filter_empty_annotations": data["filter_empty"],
-        "input.aspect_ratio_grouping": data["order"]["group_by_aspect"],  # in the run's data order, which its loader follows
+        "input.aspect_ratio_grouping": data["order"][
+            "group_by_aspect"
+        ],  # in the run's data order, which its loader follows
     }
 
 
@@ -544,7 +681,7 @@ def parts():
         """torchvision's AnchorGenerator with its cell anchors' corners kept as computed, not rounded
         to whole pixels (detectron2's and mmdet's anchors)."""
 
-        def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):  # noqa: B008 (its own signature)
             scales = torch.as_tensor(scales, dtype=dtype, device=device)
             aspect_ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
             h_ratios = torch.sqrt(aspect_ratios)

@@ -10,6 +10,7 @@ convolution (``reference.fold_frozen_bn``). The variants are built once and time
 round (a drift of the machine falls on each alike); a variant's time is one forward and backward pass
 of ``sum(level.mean())`` over the FPN's outputs, its speed-up the median's ratio to NCHW unfolded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,14 @@ import sys
 import time
 
 import torch
-
 from mrcnn_bench.reference_impl.modeling.backbone import ResNetFPN
 
-VARIANTS = {"nchw": (False, False), "nchw+fold": (False, True), "channels_last": (True, False), "channels_last+fold": (True, True)}
+VARIANTS = {
+    "nchw": (False, False),
+    "nchw+fold": (False, True),
+    "channels_last": (True, False),
+    "channels_last+fold": (True, True),
+}
 
 
 def step(model: ResNetFPN, x: torch.Tensor) -> float:
@@ -55,16 +60,25 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for name in VARIANTS:
             times[name].append(step(models[name], inputs[name]))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * t[-1]:.0f} ms" for n, t in times.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {1e3 * t[-1]:.0f} ms" for n, t in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     base = statistics.median(times["nchw"])
-    print(f"ResNet-50-FPN ({args.norm}), {args.batch} x 3 x {args.size[0]} x {args.size[1]}, forward + backward, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds")
+    print(
+        f"ResNet-50-FPN ({args.norm}), {args.batch} x 3 x {args.size[0]} x {args.size[1]}, forward + "
+        "backward, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds"
+    )
     print("| variant | ms (median) | min - max | speed-up vs nchw |")
     print("|---|---:|---:|---:|")
     for name, t in times.items():
-        print(f"| {name} | {1e3 * statistics.median(t):.0f} | {1e3 * min(t):.0f} - {1e3 * max(t):.0f} | "
-              f"{base / statistics.median(t):.3f} |")
+        print(
+            f"| {name} | {1e3 * statistics.median(t):.0f} | {1e3 * min(t):.0f} - {1e3 * max(t):.0f} | "
+            f"{base / statistics.median(t):.3f} |"
+        )
     return 0
 
 

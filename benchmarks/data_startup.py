@@ -21,6 +21,7 @@ process's peak resident set (psutil, sampled every 0.2 s): ``mrcnn-bench``, ``to
 memory (the goal is at most 0). Each measurement runs ``--repeats`` times (2), the four in turn, and
 the fastest of each is kept (its memory with it; every time is listed under ``all_seconds``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,8 @@ SIZES = [(640, 480), (640, 427), (480, 640), (640, 360)]  # COCO's commonest
 
 def make_coco_size(root: Path, seed: int = 0) -> None:
     import numpy as np
-    from PIL import Image
-
     from mrcnn_bench.harness.data import COCO_CATEGORIES
+    from PIL import Image
 
     if (root / "annotations" / "instances_train2017.json").is_file():
         return
@@ -51,7 +51,7 @@ def make_coco_size(root: Path, seed: int = 0) -> None:
     images_dir.mkdir(exist_ok=True)
     val_dir.mkdir(exist_ok=True)
     sources = []
-    for k, (w, h) in enumerate(SIZES):
+    for w, h in SIZES:
         path = root / f"source-{w}x{h}.jpg"
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
         sources.append(path)
@@ -73,17 +73,39 @@ def make_coco_size(root: Path, seed: int = 0) -> None:
             x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
             points = int(rng.integers(3, 16))
             t = np.sort(rng.uniform(0, 2 * np.pi, points))
-            poly = np.stack([x + bw / 2 * (1 + np.cos(t)), y + bh / 2 * (1 + np.sin(t))], 1).round(2).reshape(-1).tolist()
-            annotations.append({"id": ann_id, "image_id": i + 1, "category_id": cats[int(rng.integers(0, 80))],
-                                "segmentation": [poly], "area": round(bw * bh * 0.7, 2), "bbox": [x, y, bw, bh], "iscrowd": 0})
+            poly = (
+                np.stack([x + bw / 2 * (1 + np.cos(t)), y + bh / 2 * (1 + np.sin(t))], 1)
+                .round(2)
+                .reshape(-1)
+                .tolist()
+            )
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": i + 1,
+                    "category_id": cats[int(rng.integers(0, 80))],
+                    "segmentation": [poly],
+                    "area": round(bw * bh * 0.7, 2),
+                    "bbox": [x, y, bw, bh],
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": c, "name": n, "supercategory": "thing"} for c, n in COCO_CATEGORIES]
     (root / "annotations" / "instances_train2017.json").write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     val = images[:8]
     for im in val:
         os.symlink(images_dir / im["file_name"], val_dir / im["file_name"])
-    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
-        {"images": val, "annotations": [a for a in annotations if a["image_id"] <= 8], "categories": categories}))
+    (root / "annotations" / "instances_val2017.json").write_text(
+        json.dumps(
+            {
+                "images": val,
+                "annotations": [a for a in annotations if a["image_id"] <= 8],
+                "categories": categories,
+            }
+        )
+    )
 
 
 def _role(proc) -> str:
@@ -98,10 +120,12 @@ def _role(proc) -> str:
 
 
 LOADERS = {
-    "reference": "from mrcnn_bench.reference_impl.data.coco import COCOInstances; COCOInstances(J, I, mask_format=\"polygon\")",
+    "reference": "from mrcnn_bench.reference_impl.data.coco import COCOInstances; COCOInstances(J, I, "
+    'mask_format="polygon")',
     "torchvision": "from torchvision.datasets import CocoDetection; CocoDetection(I, J)",
     "detectron2": "from detectron2.data.datasets import load_coco_json; load_coco_json(J, I)",
-    "mmdet": "from mmdet.datasets import CocoDataset; CocoDataset(ann_file=J, data_prefix=dict(img=I), pipeline=[]).full_init()",
+    "mmdet": "from mmdet.datasets import CocoDataset; CocoDataset(ann_file=J, data_prefix=dict(img=I), "
+    "pipeline=[]).full_init()",
 }
 # what the adapters do before importing the framework (Pillow 10's missing Image.LINEAR for detectron2)
 SHIM = "from mrcnn_bench.adapters._common import pillow_linear_alias; pillow_linear_alias()"
@@ -110,11 +134,13 @@ SHIM = "from mrcnn_bench.adapters._common import pillow_linear_alias; pillow_lin
 def measure_loader(root: Path, impl: str) -> dict:
     """The framework's own load of the training split, alone in a fresh process (its imports done
     before the clock starts): seconds, and the resident memory it adds."""
-    code = (f"import time, psutil; {SHIM}; {LOADERS[impl].split(';')[0]}\n"
-            f"J, I = {str(root / 'annotations' / 'instances_train2017.json')!r}, {str(root / 'train2017')!r}\n"
-            "p = psutil.Process(); r0 = p.memory_info().rss; t = time.perf_counter()\n"
-            f"dataset = {LOADERS[impl].split(';', 1)[1].strip()}\n"
-            "print(time.perf_counter() - t, (p.memory_info().rss - r0) / 2**30)")
+    code = (
+        f"import time, psutil; {SHIM}; {LOADERS[impl].split(';')[0]}\n"
+        f"J, I = {str(root / 'annotations' / 'instances_train2017.json')!r}, {str(root / 'train2017')!r}\n"
+        "p = psutil.Process(); r0 = p.memory_info().rss; t = time.perf_counter()\n"
+        f"dataset = {LOADERS[impl].split(';', 1)[1].strip()}\n"
+        "print(time.perf_counter() - t, (p.memory_info().rss - r0) / 2**30)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{impl}'s own load failed:\n{out.stderr[-3000:]}")
@@ -138,13 +164,36 @@ def measure(root: Path | None, impl: str, out_dir: Path) -> dict:
     iteration, peak RSS (GiB) per role."""
     import psutil
 
-    cmd = [sys.executable, "-m", "mrcnn_bench.harness.cli", "run", "--impl", impl, "--config", "cpu_small",
-           *(["--data", str(root)] if root else []),
-           "--set", "benchmark.iters=2", "--set", "benchmark.warmup=1", "--set", "benchmark.window_end=2",
-           "--out", str(out_dir), "--run-id", "startup", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mrcnn_bench.harness.cli",
+        "run",
+        "--impl",
+        impl,
+        "--config",
+        "cpu_small",
+        *(["--data", str(root)] if root else []),
+        "--set",
+        "benchmark.iters=2",
+        "--set",
+        "benchmark.warmup=1",
+        "--set",
+        "benchmark.window_end=2",
+        "--out",
+        str(out_dir),
+        "--run-id",
+        "startup",
+        "--force",
+    ]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     lines: list[str] = []
     first: list[float] = []
 
@@ -173,8 +222,10 @@ def measure(root: Path | None, impl: str, out_dir: Path) -> dict:
     text = "".join(lines)
     if proc.returncode != 0:
         raise SystemExit(f"the run failed (exit {proc.returncode}):\n{text[-3000:]}")
-    return {"seconds_to_first_iteration": round(first[0], 1) if first else None,
-            "peak_rss_gib": {k: round(v, 2) for k, v in sorted(peaks.items())}}
+    return {
+        "seconds_to_first_iteration": round(first[0], 1) if first else None,
+        "peak_rss_gib": {k: round(v, 2) for k, v in sorted(peaks.items())},
+    }
 
 
 def main(argv=None) -> int:
@@ -182,7 +233,12 @@ def main(argv=None) -> int:
     ap.add_argument("--root", type=Path, required=True, help="where the COCO-size set is (made if absent)")
     ap.add_argument("--impl", default="reference", choices=sorted(LOADERS))
     ap.add_argument("--out", type=Path, default=None, help="write the result here (JSON)")
-    ap.add_argument("--repeats", type=int, default=2, help="each measurement this many times, in turn; the fastest is kept")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="each measurement this many times, in turn; the fastest is kept",
+    )
     args = ap.parse_args(argv)
     t = time.perf_counter()
     make_coco_size(args.root)
@@ -195,15 +251,22 @@ def main(argv=None) -> int:
         forget_verdict(args.root)
         runs["coco_first"].append(measure(args.root, args.impl, args.root / "runs"))
         runs["coco_later"].append(measure(args.root, args.impl, args.root / "runs"))
-        print(f"round {k + 1}/{args.repeats}: " + json.dumps({name: r[-1] for name, r in runs.items()}), file=sys.stderr)
+        print(
+            f"round {k + 1}/{args.repeats}: " + json.dumps({name: r[-1] for name, r in runs.items()}),
+            file=sys.stderr,
+        )
     for name, rs in runs.items():
         key = "seconds" if name == "loader" else "seconds_to_first_iteration"
         result[name] = dict(min(rs, key=lambda r: r[key]), all_seconds=[r[key] for r in rs])
     small, loader = result["small"], result["loader"]
     for run in ("coco_first", "coco_later"):
         r = result[run]
-        r["over_loader_s"] = round(r["seconds_to_first_iteration"] - small["seconds_to_first_iteration"] - loader["seconds"], 1)
-        r["worker_over_loader_gib"] = round(r["peak_rss_gib"]["worker"] - small["peak_rss_gib"]["worker"] - loader["rss_added_gib"], 2)
+        r["over_loader_s"] = round(
+            r["seconds_to_first_iteration"] - small["seconds_to_first_iteration"] - loader["seconds"], 1
+        )
+        r["worker_over_loader_gib"] = round(
+            r["peak_rss_gib"]["worker"] - small["peak_rss_gib"]["worker"] - loader["rss_added_gib"], 2
+        )
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2))
     if args.out:

@@ -5,9 +5,10 @@
 The weights are those of the config's shared training (``benchmark.shared_training_iters``: torchvision's
 model trained from the shared initialisation, cached; trained now if not); every installed implementation
 loads them and its own eval path (``Adapter.predictor``) runs over the val split, which pycocotools scores.
-With one set of weights the detections per image and AP50 must agree (README, "Inference and accuracy");
+With one set of weights the detections per image and AP50 must agree (docs/inference.md);
 AP over IoU 0.50:0.95 is where RoIAlign's alignment shows (torchvision's is unaligned, the others' aligned).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
     from mrcnn_bench.harness.config import load_config, resolve_config_path
     from mrcnn_bench.harness.data import resolve_data
     from mrcnn_bench.harness.inference import evaluate
     from mrcnn_bench.harness.init_weights import with_shared_init
-    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
     from mrcnn_bench.harness.results import atomic_write_json
     from mrcnn_bench.harness.shared_training import trained_weights
+    from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     torch.set_num_threads(args.threads)
     cfg = load_config(resolve_config_path(args.config))
@@ -48,13 +48,25 @@ def main(argv=None) -> int:
             continue
         results[name] = evaluate(adapter.predictor(cfg, paths, DistInfo()), paths.val_json, paths.val_images)
     offsets = dict(zip(results, ap50_offsets(list(results.values()))))
-    atomic_write_json(args.out, {"config": cfg.name, "weights": weights.name, "val_json": str(paths.val_json),
-                                 "ap50_band": AP_BAND, "results": results, "ap50_offset": offsets})
+    atomic_write_json(
+        args.out,
+        {
+            "config": cfg.name,
+            "weights": weights.name,
+            "val_json": str(paths.val_json),
+            "ap50_band": AP_BAND,
+            "results": results,
+            "ap50_offset": offsets,
+        },
+    )
     print("| implementation | bbox AP / AP50 | segm AP / AP50 | detections/img | AP50 off the median |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {100 * r['bbox']['AP']:.1f} / {100 * r['bbox']['AP50']:.1f} | {100 * r['segm']['AP']:.1f} / "
-              f"{100 * r['segm']['AP50']:.1f} | {r['detections_per_image']:.1f} | {offsets[name]:.2f} |")
+        print(
+            f"| {name} | {100 * r['bbox']['AP']:.1f} / {100 * r['bbox']['AP50']:.1f} | "
+            f"{100 * r['segm']['AP']:.1f} / "
+            f"{100 * r['segm']['AP50']:.1f} | {r['detections_per_image']:.1f} | {offsets[name]:.2f} |"
+        )
     return 0
 
 

@@ -15,6 +15,7 @@ run what the config does not: the other memory layout (NCHW or NHWC), the other 
 call over the FPN levels, or a call per level).
 CUDA graphs are measured with ``--device cuda`` only (the CPU has none).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ import sys
 import time
 
 import torch
-
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import DistInfo
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
@@ -34,17 +34,35 @@ from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 
 # name -> (config overrides, what it measures)
 VARIANTS = {
-    "baseline": ({}, "fp32, the config's layout and RoIAlign (fused or per level), FrozenBN folded, heads eager, data-loader workers as configured"),
+    "baseline": (
+        {},
+        "fp32, the config's layout and RoIAlign (fused or per level), FrozenBN folded, heads eager, "
+        "data-loader workers as configured",
+    ),
     "amp": ({"benchmark.dtype": None}, "AMP: {dtype} autocast"),  # dtype from --amp-dtype
     "layout": ({}, "the other memory layout: {layout}"),  # reference.channels_last flipped from the config's
     "compile_heads": ({"reference.compile_heads": True}, "torch.compile of the box and mask heads"),
-    "unfolded_bn": ({"reference.fold_frozen_bn": False}, "off: each FrozenBN an affine pass after its convolution"),
-    "keep_freed_memory": ({"reference.keep_freed_memory": True}, "glibc keeps freed host memory (no mmap and page faults per large tensor)"),
+    "unfolded_bn": (
+        {"reference.fold_frozen_bn": False},
+        "off: each FrozenBN an affine pass after its convolution",
+    ),
+    "keep_freed_memory": (
+        {"reference.keep_freed_memory": True},
+        "glibc keeps freed host memory (no mmap and page faults per large tensor)",
+    ),
     "pooler": ({}, "the other RoIAlign: {pooler}"),  # reference.fused_pooler flipped from the config's
-    "no_loader_workers": ({"benchmark.num_workers": 0}, "off: images decoded in the training process (no loader worker)"),
-    "per_image_targets": ({"reference.batched_targets": False},
-                          "off: proposals, matching, sampling and targets image by image (torchvision's way)"),
-    "cuda_graphs": ({"reference.cuda_graphs": True}, "backbone + FPN replayed as CUDA graphs, one pair per batch shape"),
+    "no_loader_workers": (
+        {"benchmark.num_workers": 0},
+        "off: images decoded in the training process (no loader worker)",
+    ),
+    "per_image_targets": (
+        {"reference.batched_targets": False},
+        "off: proposals, matching, sampling and targets image by image (torchvision's way)",
+    ),
+    "cuda_graphs": (
+        {"reference.cuda_graphs": True},
+        "backbone + FPN replayed as CUDA graphs, one pair per batch shape",
+    ),
 }
 CUDA_ONLY = {"cuda_graphs"}
 
@@ -71,8 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="iterations per variant before the rounds")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp-dtype", choices=["bf16", "fp16"], default=None,
-                        help="the amp variant's dtype (default: bf16 on the CPU, fp16 on CUDA)")
+    parser.add_argument(
+        "--amp-dtype",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="the amp variant's dtype (default: bf16 on the CPU, fp16 on CUDA)",
+    )
     parser.add_argument("--only", default=None, help="comma-separated variants besides the baseline")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
@@ -84,14 +106,22 @@ def main(argv=None) -> int:
         parser.error(f"--only: unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     if args.device != "cuda" and args.only is not None and wanted & CUDA_ONLY:
         parser.error(f"--only: {', '.join(sorted(wanted & CUDA_ONLY))} needs --device cuda")
-    names = ["baseline"] + [n for n in VARIANTS if n != "baseline" and n in wanted and (args.device == "cuda" or n not in CUDA_ONLY)]
+    names = ["baseline"] + [
+        n
+        for n in VARIANTS
+        if n != "baseline" and n in wanted and (args.device == "cuda" or n not in CUDA_ONLY)
+    ]
     base = dict(parse_override(o) for o in args.overrides)
     base.update({"benchmark.gpus": 1, "benchmark.device": args.device})
     device = torch.device(args.device)
     amp_dtype = args.amp_dtype or ("fp16" if args.device == "cuda" else "bf16")
     own = load_config(resolve_config_path(args.config), base).reference
-    flipped = {"layout": {"reference.channels_last": not own.channels_last},  # the rows that run what the config does not
-               "pooler": {"reference.fused_pooler": not own.fused_pooler}}
+    flipped = {
+        "layout": {
+            "reference.channels_last": not own.channels_last
+        },  # the rows that run what the config does not
+        "pooler": {"reference.fused_pooler": not own.fused_pooler},
+    }
     layout = "channels-last (NHWC)" if not own.channels_last else "NCHW"
     pooler = "one fused call over all FPN levels" if not own.fused_pooler else "a RoIAlign call per FPN level"
     trainers, syncs, keep = {}, {}, {}
@@ -114,16 +144,32 @@ def main(argv=None) -> int:
         for name in names:
             keep_freed_memory(keep[name])
             per_round[name].append(timed(trainers[name], args.iters, device))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names),
-              file=sys.stderr, flush=True)
-    print(f"reference levers, {cfg.name}, {cfg.ims_per_process_step} images/iteration, {torch.get_num_threads()} threads, {device}; "
-          f"{args.rounds} rounds x {args.iters} iterations after {args.warmup} warm-up")
-    print("| variant | what | host syncs / step | ms/iter (median) | speed-up vs baseline: median [min, max] |")
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {1e3 * per_round[n][-1]:.0f} ms" for n in names),
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"reference levers, {cfg.name}, {cfg.ims_per_process_step} images/iteration, "
+        f"{torch.get_num_threads()} threads, {device}; "
+        f"{args.rounds} rounds x {args.iters} iterations after {args.warmup} warm-up"
+    )
+    print(
+        "| variant | what | host syncs / step | ms/iter (median) | speed-up vs baseline: median [min, max] |"
+    )
     print("|---|---|---:|---:|---:|")
     for name in names:
         ratios = [b / v for b, v in zip(per_round["baseline"], per_round[name])]
-        cell = "1" if name == "baseline" else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
-        print(f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype, layout=layout, pooler=pooler)} | {syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |")
+        cell = (
+            "1"
+            if name == "baseline"
+            else f"{statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]"
+        )
+        print(
+            f"| {name} | {VARIANTS[name][1].format(dtype=amp_dtype, layout=layout, pooler=pooler)} | "
+            f"{syncs[name]} | {1e3 * statistics.median(per_round[name]):.0f} | {cell} |"
+        )
     return 0
 
 

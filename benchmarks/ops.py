@@ -7,6 +7,7 @@ measured alternately, --rounds times, and the median of the rounds is reported w
 ratio = torchvision time / our time (> 1: ours is faster). Inputs are the shapes the model sees:
 ``full`` is the canonical 800x1333 scenario, ``small`` the CPU scenario.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,11 @@ import sys
 
 import torch
 import torchvision
+from mrcnn_bench.reference_impl import ops
 from torch.utils import benchmark
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import MultiScaleRoIAlign
-
-from mrcnn_bench.reference_impl import ops
 
 
 def _boxes(n, h, w, gen, device, min_wh=2.0):
@@ -35,9 +35,14 @@ def cases(device: str, size: str):
     n_rois = 1024 if size == "full" else 512
     channels = 256
     strides = (4, 8, 16, 32)
-    feats = {str(i): torch.randn(2, channels, H // s, W // s, generator=gen).to(device).requires_grad_() for i, s in enumerate(strides)}
+    feats = {
+        str(i): torch.randn(2, channels, H // s, W // s, generator=gen).to(device).requires_grad_()
+        for i, s in enumerate(strides)
+    }
     boxes = [_boxes(n_rois, H, W, gen, device) for _ in range(2)]
-    rois = torch.cat([torch.cat([torch.full((n_rois, 1), float(i), device=device), b], 1) for i, b in enumerate(boxes)])
+    rois = torch.cat(
+        [torch.cat([torch.full((n_rois, 1), float(i), device=device), b], 1) for i, b in enumerate(boxes)]
+    )
     p2 = feats["0"]
     grad7 = torch.randn(2 * n_rois, channels, 7, 7, generator=gen).to(device)
     pooler = MultiScaleRoIAlign(list(feats), 7, 2)
@@ -78,7 +83,11 @@ def cases(device: str, size: str):
         ("roi_align fwd+bwd (P2, 7x7)", ours_roi, tv_roi),
         ("multi-level roi_align fwd+bwd (P2-P5)", ours_ml, tv_ml),
         ("nms", lambda: ops.nms(nb, ns, 0.7), lambda: torchvision.ops.nms(nb, ns, 0.7)),
-        ("batched_nms (5 groups)", lambda: ops.batched_nms(nb, ns, nl, 0.7), lambda: torchvision.ops.batched_nms(nb, ns, nl, 0.7)),
+        (
+            "batched_nms (5 groups)",
+            lambda: ops.batched_nms(nb, ns, nl, 0.7),
+            lambda: torchvision.ops.batched_nms(nb, ns, nl, 0.7),
+        ),
         (
             "decode + clip boxes",
             lambda: ops.decode_boxes(deltas, anchors, clip_hw=(H, W)),
@@ -100,7 +109,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--size", choices=["small", "full"], default=None, help="[small on CPU, full on CUDA]")
+    parser.add_argument(
+        "--size", choices=["small", "full"], default=None, help="[small on CPU, full on CUDA]"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=0.3)
     args = parser.parse_args(argv)
@@ -111,8 +122,10 @@ def main(argv=None) -> int:
     if not ops.NATIVE:
         print(f"ops backend: {ops.backend()} -- build the extension first (make setup)", file=sys.stderr)
         return 2
-    print(f"ops backend: {ops.backend()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"ops backend: {ops.backend()}; torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     print()
     print("| op | device | size | ours (ms) | torchvision (ms) | ratio tv/ours (min-max over rounds) |")
     print("|---|---|---|---:|---:|---:|")
@@ -126,7 +139,8 @@ def main(argv=None) -> int:
                 t_tv.append(measure(theirs, args.min_time))
             ratios = [b / a for a, b in zip(t_ours, t_tv)]
             print(
-                f"| {name} | {device} | {size} | {statistics.median(t_ours) * 1e3:.3f} | {statistics.median(t_tv) * 1e3:.3f} "
+                f"| {name} | {device} | {size} | {statistics.median(t_ours) * 1e3:.3f} | "
+                f"{statistics.median(t_tv) * 1e3:.3f} "
                 f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |",
                 flush=True,
             )

@@ -10,6 +10,7 @@ box and mask heads) split them from the rest (matching, sampling, targets, losse
 per-operator table (--profile N, over N further iterations) gives the detail inside a phase.
 Output: milliseconds per iteration (median over the timed iterations) per phase and implementation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,24 +20,50 @@ import time
 from collections import defaultdict
 
 import torch
-
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
 from mrcnn_bench.harness.data import resolve_data
 from mrcnn_bench.harness.init_weights import with_shared_init
 
-PARTS = {"reference": ["preprocess", "backbone", "rpn", "roi_heads"], "torchvision": ["transform", "backbone", "rpn", "roi_heads"]}
-PHASE_NAMES = ["data", "transform", "backbone fwd", "rpn fwd+loss", "roi heads fwd+loss", "backward", "optimizer"]
+PARTS = {
+    "reference": ["preprocess", "backbone", "rpn", "roi_heads"],
+    "torchvision": ["transform", "backbone", "rpn", "roi_heads"],
+}
+PHASE_NAMES = [
+    "data",
+    "transform",
+    "backbone fwd",
+    "rpn fwd+loss",
+    "roi heads fwd+loss",
+    "backward",
+    "optimizer",
+]
 # Inside the RPN and the RoI heads: the network parts (forward), timed by their own hooks; the rest of
 # the phase (anchors, matching, sampling, targets, proposals, NMS, losses) is the phase less them.
 INNER = {
-    "reference": {"rpn head convs": ["rpn.head"], "RoIAlign (box + mask)": ["roi_heads.box_pooler", "roi_heads.mask_pooler"],
-                  "box + mask heads": ["roi_heads.box_head", "roi_heads.mask_head"]},
-    "torchvision": {"rpn head convs": ["rpn.head"], "RoIAlign (box + mask)": ["roi_heads.box_roi_pool", "roi_heads.mask_roi_pool"],
-                    "box + mask heads": ["roi_heads.box_head", "roi_heads.box_predictor", "roi_heads.mask_head", "roi_heads.mask_predictor"]},
+    "reference": {
+        "rpn head convs": ["rpn.head"],
+        "RoIAlign (box + mask)": ["roi_heads.box_pooler", "roi_heads.mask_pooler"],
+        "box + mask heads": ["roi_heads.box_head", "roi_heads.mask_head"],
+    },
+    "torchvision": {
+        "rpn head convs": ["rpn.head"],
+        "RoIAlign (box + mask)": ["roi_heads.box_roi_pool", "roi_heads.mask_roi_pool"],
+        "box + mask heads": [
+            "roi_heads.box_head",
+            "roi_heads.box_predictor",
+            "roi_heads.mask_head",
+            "roi_heads.mask_predictor",
+        ],
+    },
 }
-INNER_NAMES = ["rpn head convs", "rpn: anchors, matching, sampling, proposals, loss", "RoIAlign (box + mask)", "box + mask heads",
-               "roi heads: matching, sampling, targets, loss"]
+INNER_NAMES = [
+    "rpn head convs",
+    "rpn: anchors, matching, sampling, proposals, loss",
+    "RoIAlign (box + mask)",
+    "box + mask heads",
+    "roi heads: matching, sampling, targets, loss",
+]
 
 
 def _sync(device):
@@ -46,13 +73,16 @@ def _sync(device):
 
 def _next_batch(it, device):
     images, targets = next(it)
-    return [im.to(device) for im in images], [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return [im.to(device) for im in images], [
+        {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
+    ]
 
 
 def _attach(model, names: dict[str, str], device, acc):
     """Forward pre/post hooks adding the time of each module (dotted path -> phase name) in this
     iteration to ``acc[phase]`` (a sum: a phase may span several modules, or a module run twice)."""
     starts = {}
+
     def pre(part):
         def hook(module, args):  # returns None: the arguments pass through unchanged
             _sync(device)
@@ -97,7 +127,7 @@ def run(impl, cfg, paths, device, iters, warmup):
     _attach(model, names, device, acc)
     it = iter(loader)
     totals = []
-    for i in range(iters):
+    for _ in range(iters):
         t0 = time.perf_counter()
         images, targets = _next_batch(it, device)
         t1 = time.perf_counter()
@@ -114,9 +144,14 @@ def run(impl, cfg, paths, device, iters, warmup):
         for name, seconds in acc.items():
             times[name].append(seconds)
         acc.clear()
-        times["rpn: anchors, matching, sampling, proposals, loss"].append(times["rpn fwd+loss"][-1] - times["rpn head convs"][-1])
+        times["rpn: anchors, matching, sampling, proposals, loss"].append(
+            times["rpn fwd+loss"][-1] - times["rpn head convs"][-1]
+        )
         times["roi heads: matching, sampling, targets, loss"].append(
-            times["roi heads fwd+loss"][-1] - times["RoIAlign (box + mask)"][-1] - times["box + mask heads"][-1])
+            times["roi heads fwd+loss"][-1]
+            - times["RoIAlign (box + mask)"][-1]
+            - times["box + mask heads"][-1]
+        )
         times["data"].append(t1 - t0)
         times["backward"].append(t3 - t2)
         times["optimizer"].append(t4 - t3)
@@ -163,8 +198,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--impl", default="reference,torchvision")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also print torch.profiler's operator table over N iterations per implementation")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print torch.profiler's operator table over N iterations per implementation",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,8 +217,11 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     results = {impl: run(impl, cfg, paths, device, args.iters, args.warmup) for impl in args.impl.split(",")}
     impls = list(results)
-    print(f"ms per iteration (median of {args.iters - args.warmup}), {cfg.name}, {cfg.ims_per_process_step} images, "
-          f"{torch.get_num_threads()} threads, {device}")
+    print(
+        f"ms per iteration (median of {args.iters - args.warmup}), {cfg.name}, {cfg.ims_per_process_step} "
+        "images, "
+        f"{torch.get_num_threads()} threads, {device}"
+    )
     print("| phase | " + " | ".join(impls) + " |")
     print("|---|" + "---:|" * len(impls))
     for name in PHASE_NAMES + ["total"]:

@@ -9,6 +9,7 @@ RoIs at 14 × 14 (boxes drawn at random over the image, sizes log-uniform from 4
 gradient of each level then meets the FPN's own (an add), as in a training step. Milliseconds per call:
 the median and the minimum over the rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import statistics
 import time
 
 import torch
-
 from mrcnn_bench.reference_impl import ops
 from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
 
@@ -31,8 +31,10 @@ def main(argv=None) -> int:
     keep_freed_memory(True)
     gen = torch.Generator().manual_seed(0)
     height, width = 800, 1088
-    feats = [torch.randn(2, 256, height // s, width // s, generator=gen).to(memory_format=torch.channels_last)
-             for s in (4, 8, 16, 32)]
+    feats = [
+        torch.randn(2, 256, height // s, width // s, generator=gen).to(memory_format=torch.channels_last)
+        for s in (4, 8, 16, 32)
+    ]
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 
     def boxes(n):
@@ -48,20 +50,28 @@ def main(argv=None) -> int:
     def step(copy_to_nchw: bool, fused: bool):
         levels = [f.detach().requires_grad_() for f in feats]
         inputs = [f.contiguous() for f in levels] if copy_to_nchw else levels
-        pooled = [ops.multilevel_roi_align(inputs, rois, scales, size, 0, True, fused=fused)
-                  for rois, size in ((box_rois, 7), (mask_rois, 14))]
+        pooled = [
+            ops.multilevel_roi_align(inputs, rois, scales, size, 0, True, fused=fused)
+            for rois, size in ((box_rois, 7), (mask_rois, 14))
+        ]
         torch.autograd.backward(pooled, [torch.ones_like(p) for p in pooled])
         return [(f.grad if f.grad is not None else 0) + f for f in levels]
 
-    variants = {"NCHW copy, fused": (True, True), "NHWC, fused": (False, True),
-                "NCHW copy, per level": (True, False), "NHWC, per level": (False, False)}
+    variants = {
+        "NCHW copy, fused": (True, True),
+        "NHWC, fused": (False, True),
+        "NCHW copy, per level": (True, False),
+        "NHWC, per level": (False, False),
+    }
     times = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, flags in variants.items():
             start = time.perf_counter()
             step(*flags)
             times[name].append(time.perf_counter() - start)
-    print(f"multi-level RoIAlign, forward + backward, {torch.get_num_threads()} threads ({args.rounds} rounds)")
+    print(
+        f"multi-level RoIAlign, forward + backward, {torch.get_num_threads()} threads ({args.rounds} rounds)"
+    )
     print("| levels read | ms per call: median | min |")
     print("|---|---:|---:|")
     for name, ts in times.items():

@@ -2,10 +2,12 @@
 
     python benchmarks/publish_runs.py [--runs 200] [--work /tmp/publish-bench]
 
-Makes --runs run folders from the committed cpu_small rounds (copies of results/baselines/cpu_small/r*-shipped, each
+Makes --runs run folders from the committed cpu_small rounds (copies of
+results/baselines/cpu_small/r*-shipped, each
 round a folder of four runs, their times and commits as recorded), publishes them into a fresh site,
 then adds one round (four runs) and publishes again; prints the seconds and pages of each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +28,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     # the rounds as shipped (r<k>-shipped: one scenario), each the four implementations
-    sources = sorted(p for p in (ROOT / "results" / "baselines" / "cpu_small").glob("r*-shipped") if p.is_dir())
+    sources = sorted(
+        p for p in (ROOT / "results" / "baselines" / "cpu_small").glob("r*-shipped") if p.is_dir()
+    )
     results, made = args.work / "results", 0
     while made < args.runs:
         src = sources[(made // 4) % len(sources)]
@@ -40,9 +44,12 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     second = publish(results, args.work / "site")
     second_s = time.perf_counter() - t
-    print(f"{made} run folders: first publish {first_s:.1f} s ({len(first.written)} pages, {first.copied} files copied); "
-          f"one round more: {second_s:.1f} s ({len(second.written)} pages written, {len(second.kept)} kept, "
-          f"{second.copied} files copied)")
+    print(
+        f"{made} run folders: first publish {first_s:.1f} s ({len(first.written)} pages, {first.copied} "
+        "files copied); "
+        f"one round more: {second_s:.1f} s ({len(second.written)} pages written, {len(second.kept)} kept, "
+        f"{second.copied} files copied)"
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ system's own container, and names the log format ``mrcnn-bench ingest`` reads (`
 
 Modules here are discovered by name (``base`` is the contract), as ``adapters/`` are.
 """
+
 from __future__ import annotations
 
 import importlib

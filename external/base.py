@@ -1,5 +1,6 @@
 """The contract of an external system (``external/``): what the suite needs to put a system it cannot
 run in-process into its tables."""
+
 from __future__ import annotations
 
 import abc
@@ -21,7 +22,16 @@ class Translation:
 class ExternalSystem(abc.ABC):
     """One system; each module makes its instance, ``SYSTEM``, with the system's identity."""
 
-    def __init__(self, name: str, title: str, home: str, *, log_format: str, workdir: str = "/", image: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        home: str,
+        *,
+        log_format: str,
+        workdir: str = "/",
+        image: str | None = None,
+    ):
         self.name = name  # --impl NAME
         self.title = title  # as the tables name it
         self.home = home  # where the system lives
@@ -38,12 +48,30 @@ class ExternalSystem(abc.ABC):
         """The native configuration of canonical config ``cfg`` (its ``benchmark.iters`` iterations on
         ``benchmark.gpus`` GPUs, ``solver.ims_per_batch`` images per iteration in all)."""
 
-    def docker_command(self, image: str, run_dir: str, data_root: str | None, translation: Translation) -> list[str]:
+    def docker_command(
+        self, image: str, run_dir: str, data_root: str | None, translation: Translation
+    ) -> list[str]:
         """``docker run`` of the translation written to ``run_dir`` (mounted at /mrcnn-bench), the data at
         /data/coco; the training log goes to stdout and to /mrcnn-bench/train.log."""
-        mounts = ["-v", f"{run_dir}:/mrcnn-bench"] + (["-v", f"{data_root}:/data/coco:ro"] if data_root else [])
+        mounts = ["-v", f"{run_dir}:/mrcnn-bench"] + (
+            ["-v", f"{data_root}:/data/coco:ro"] if data_root else []
+        )
         inner = f"set -o pipefail; ({translation.command}) 2>&1 | tee /mrcnn-bench/train.log"
-        return ["docker", "run", "--rm", "--gpus", "all", "--ipc=host", *mounts, "-w", self.workdir, image, "bash", "-c", inner]
+        return [
+            "docker",
+            "run",
+            "--rm",
+            "--gpus",
+            "all",
+            "--ipc=host",
+            *mounts,
+            "-w",
+            self.workdir,
+            image,
+            "bash",
+            "-c",
+            inner,
+        ]
 
 
 def gpus_and_batch(cfg) -> tuple[int, int, int]:
@@ -55,10 +83,15 @@ def gpus_and_batch(cfg) -> tuple[int, int, int]:
 def common_mismatches(cfg) -> list[str]:
     """What no external system here matches of the canonical config: the suite's shared initial
     weights and data order are its own."""
-    notes = ["initial weights: the system's own initialisation or checkpoint, not the suite's shared one (model.init_weights)",
-             "data order: the system's own sampler, not the suite's one order"]
+    notes = [
+        "initial weights: the system's own initialisation or checkpoint, not the suite's shared one "
+        "(model.init_weights)",
+        "data order: the system's own sampler, not the suite's one order",
+    ]
     if cfg.benchmark.dtype != "fp32":
-        notes.append(f"benchmark.dtype={cfg.benchmark.dtype}: mixed precision as the system does it, where it can")
+        notes.append(
+            f"benchmark.dtype={cfg.benchmark.dtype}: mixed precision as the system does it, where it can"
+        )
     return notes
 
 
@@ -68,7 +101,8 @@ def shell(*args: str) -> str:
 
 # Run a training command and stop it once its log shows the run past N iterations (for systems whose
 # loop runs whole epochs); shipped into the run folder as stop_after.py.
-STOP_AFTER = '''"""Written by mrcnn-bench: run COMMAND, print its output, stop it after the log shows N iterations.
+STOP_AFTER = '''"""Written by mrcnn-bench: run COMMAND, print its output, stop it after the log shows N
+iterations.
 
     python stop_after.py N PATTERN -- COMMAND...
 

@@ -1,10 +1,12 @@
 """The ``mrcnn-bench`` command line.
 
 Exit codes: 0 success; 1 a benchmark ran but an implementation failed (or a regression was found); 2 bad input
-(config, data, arguments, an implementation not installed, a run id in use), nothing started; 128 + the signal's
+(config, data, arguments, an implementation not installed, a run id in use), nothing started; 128 + the
+signal's
 number when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP: the running implementation is recorded as
 interrupted, finished ones are kept).
 """
+
 from __future__ import annotations
 
 import errno
@@ -47,11 +49,15 @@ def _bad_input(fn):
         except OSError as e:
             where = f"{e.filename or 'a result file'}: {e.strerror}"
             if e.errno in _DISK_FULL:  # the machine's state, not the input: exit 1
-                raise click.ClickException(f"{where}; free space and re-run with the same --run-id to resume") from None
+                raise click.ClickException(
+                    f"{where}; free space and re-run with the same --run-id to resume"
+                ) from None
             if e.errno in _UNWRITABLE:  # an --out that cannot be written
                 raise BadInput(where) from None
             raise
-        except KeyboardInterrupt as e:  # Ctrl-C or a stop signal: what it stopped, and the exit code 128 + its number
+        except (
+            KeyboardInterrupt
+        ) as e:  # Ctrl-C or a stop signal: what it stopped, and the exit code 128 + its number
             stop = Interrupted.of(e)
             click.echo(stop.message, err=True)
             sys.exit(stop.exit_code)
@@ -79,7 +85,9 @@ def _run_id_option(fn):
         except LaunchError as e:
             raise BadInput(str(e)) from None
 
-    return click.option("--run-id", default=None, callback=check, help="Folder name under --out [a new timestamped id].")(fn)
+    return click.option(
+        "--run-id", default=None, callback=check, help="Folder name under --out [a new timestamped id]."
+    )(fn)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -91,77 +99,207 @@ def data():
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to create.")
 @click.option("--images", default=64, show_default=True, type=click.IntRange(min=1), help="Training images.")
-@click.option("--val-images", default=None, type=click.IntRange(min=1), help="Validation images [images/4, at least 4].")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="Images' long side in pixels.")
+@click.option(
+    "--val-images", default=None, type=click.IntRange(min=1), help="Validation images [images/4, at least 4]."
+)
+@click.option(
+    "--size", default=256, show_default=True, type=click.IntRange(min=32), help="Images' long side in pixels."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--categories", default=80, show_default=True, type=click.IntRange(1, 80), help="COCO's first N categories.")
+@click.option(
+    "--categories",
+    default=80,
+    show_default=True,
+    type=click.IntRange(1, 80),
+    help="COCO's first N categories.",
+)
 @_bad_input
 def data_synth(out, images, val_images, size, seed, categories):
     """Write a deterministic synthetic COCO-format data set (train2017 + val2017) shaped like COCO."""
     from .data import describe_splits, make_synthetic
 
-    paths = make_synthetic(out, images=images, size=size, seed=seed, val_images=val_images, categories=categories)
+    paths = make_synthetic(
+        out, images=images, size=size, seed=seed, val_images=val_images, categories=categories
+    )
     click.echo(describe_splits(paths))
 
 
 # ----------------------------------------------------------------------------------------- run
 def _run_options(fn):
     """The options `run` and `sweep` share."""
-    for decorator in reversed([
-        click.option("--impl", default="torchvision", show_default=True, help="Comma-separated implementations, or 'all' (those installed)."),
-        click.option("--config", "config_name", default=None,
-                     help=f"A config file, or the name of one in configs/ [{CANONICAL} when CUDA is visible, else cpu_small]."),
-        click.option("--ims-per-gpu", type=click.IntRange(min=1), default=None,
-                     help="Weak scaling: images per process; the global batch is this x processes and the learning rate "
-                          "scales with it [strong scaling: the config's global batch split over the processes]."),
-        click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]"),
-        click.option("--data", "data_root", default=None, type=click.Path(), help="COCO root (annotations/, train2017/); default: synthetic."),
-        click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False)),
-        _run_id_option,
-        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. benchmark.iters=20."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per process [cores / processes]."),
-        click.option("--timeout", type=float, default=None, help="Seconds per implementation [config benchmark.timeout_s]."),
-        click.option("--force", is_flag=True, help="Overwrite existing results of the same run id."),
-        click.option("--price-per-hour", type=float, default=None, metavar="USD",
-                     help="The machine's price: the report's cost per 1000 images [config benchmark.price_per_hour]."),
-        click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH", help="Interpreter for an implementation (its own venv)."),
-        click.option("--settings", type=click.Choice(["shipped", "best", "both"]), help="Each as shipped, at its best (settings "
-                     "its users can turn on; `parity` lists them), or both in every round [config benchmark.settings]."),
-        click.option("--best", "settings", flag_value="best", help="= --settings best."),
-        click.option("--allow-divergent", "allow_divergent", multiple=True, metavar="KEY",
-                     help="Run an implementation that cannot express this canonical key's value anyway (recorded in "
-                          "run.json, ✗ in the report) [config benchmark.allow_divergent]."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--impl",
+                default="torchvision",
+                show_default=True,
+                help="Comma-separated implementations, or 'all' (those installed).",
+            ),
+            click.option(
+                "--config",
+                "config_name",
+                default=None,
+                help=f"A config file, or the name of one in configs/ [{CANONICAL} when CUDA is visible, else "
+                "cpu_small].",
+            ),
+            click.option(
+                "--ims-per-gpu",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Weak scaling: images per process; the global batch is this x processes and the "
+                "learning rate "
+                "scales with it [strong scaling: the config's global batch split over the processes].",
+            ),
+            click.option(
+                "--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[config benchmark.device]"
+            ),
+            click.option(
+                "--data",
+                "data_root",
+                default=None,
+                type=click.Path(),
+                help="COCO root (annotations/, train2017/); default: synthetic.",
+            ),
+            click.option(
+                "--out",
+                "out_root",
+                default="results/runs",
+                show_default=True,
+                type=click.Path(file_okay=False),
+            ),
+            _run_id_option,
+            click.option(
+                "--set",
+                "overrides",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Override a config key, e.g. benchmark.iters=20.",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Threads per process [cores / processes].",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                default=None,
+                help="Seconds per implementation [config benchmark.timeout_s].",
+            ),
+            click.option("--force", is_flag=True, help="Overwrite existing results of the same run id."),
+            click.option(
+                "--price-per-hour",
+                type=float,
+                default=None,
+                metavar="USD",
+                help="The machine's price: the report's cost per 1000 images [config "
+                "benchmark.price_per_hour].",
+            ),
+            click.option(
+                "--python",
+                "pythons",
+                multiple=True,
+                metavar="IMPL=PATH",
+                help="Interpreter for an implementation (its own venv).",
+            ),
+            click.option(
+                "--settings",
+                type=click.Choice(["shipped", "best", "both"]),
+                help="Each as shipped, at its best (settings "
+                "its users can turn on; `parity` lists them), or both in every round [config "
+                "benchmark.settings].",
+            ),
+            click.option("--best", "settings", flag_value="best", help="= --settings best."),
+            click.option(
+                "--allow-divergent",
+                "allow_divergent",
+                multiple=True,
+                metavar="KEY",
+                help="Run an implementation that cannot express this canonical key's value anyway (recorded "
+                "in "
+                "run.json, ✗ in the report) [config benchmark.allow_divergent].",
+            ),
+        ]
+    ):
         fn = decorator(fn)
     return fn
 
 
 @main.command()
 @_run_options
-@click.option("--gpus", type=click.IntRange(min=1), default=None, help="Processes per node [config benchmark.gpus].")
-@click.option("--launcher", type=click.Choice(["torchrun", "slurm"]), default="torchrun", show_default=True,
-              help="slurm: each `srun` task is one process; rank, world size and master address come from SLURM.")
+@click.option(
+    "--gpus", type=click.IntRange(min=1), default=None, help="Processes per node [config benchmark.gpus]."
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["torchrun", "slurm"]),
+    default="torchrun",
+    show_default=True,
+    help="slurm: each `srun` task is one process; rank, world size and master address come from SLURM.",
+)
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default=None, help="Node 0's address (needed with --nnodes > 1).")
 @click.option("--master-port", type=int, default=None)
-@click.option("--rdzv-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="Seconds the nodes wait for each other at start.")
-@click.option("--container", default=None, metavar="IMAGE",
-              help="External systems (mrcnn-bench list): run in this docker image and ingest its log.")
-@click.option("--task", type=click.Choice(list(tasks())), default=None,
-              help="; ".join(t.help for t in tasks().values()) + " [config benchmark.task, train].")
-@click.option("--batch-sizes", default=None, metavar="1,2,4,8",
-              help="--task infer: images per timed call, each size in turn [config benchmark.batch_sizes].")
-@click.option("--workers", default=None, metavar="0,1,2,4",
-              help="--task data: the loader worker counts, each in turn (OUT/<run-id>/w<N>/<impl>/) [0 up to the threads "
-                   "per process].")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is even); "
-                   "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.")
+@click.option(
+    "--rdzv-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds the nodes wait for each other at start.",
+)
+@click.option(
+    "--container",
+    default=None,
+    metavar="IMAGE",
+    help="External systems (mrcnn-bench list): run in this docker image and ingest its log.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(list(tasks())),
+    default=None,
+    help="; ".join(t.help for t in tasks().values()) + " [config benchmark.task, train].",
+)
+@click.option(
+    "--batch-sizes",
+    default=None,
+    metavar="1,2,4,8",
+    help="--task infer: images per timed call, each size in turn [config benchmark.batch_sizes].",
+)
+@click.option(
+    "--workers",
+    default=None,
+    metavar="0,1,2,4",
+    help="--task data: the loader worker counts, each in turn (OUT/<run-id>/w<N>/<impl>/) [0 up to the "
+    "threads "
+    "per process].",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rounds of all the implementations, interleaved (round k runs them in reverse order when k is "
+    "even); "
+    "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.",
+)
 @_bad_input
-def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeout, container, task, batch_sizes, workers,
-        repeats, **common):
+def run(
+    gpus,
+    launcher,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    rdzv_timeout,
+    container,
+    task,
+    batch_sizes,
+    workers,
+    repeats,
+    **common,
+):
     """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
     per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
     from mrcnn_bench.external import system_names
@@ -175,28 +313,45 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
         suite.run_external(req.impl, req.config(gpus), req.out_root, req.run_id, req.data_root, container)
         return
     if container:
-        raise BadInput(f"--container goes with an external system ({', '.join(system_names())}), not --impl {req.impl}")
+        raise BadInput(
+            f"--container goes with an external system ({', '.join(system_names())}), not --impl {req.impl}"
+        )
     slurm = None
     if launcher == "slurm":
         slurm = launch.slurm_task(master_port=master_port)
         gpus, nnodes, node_rank = slurm.local_world, slurm.nnodes, slurm.rank // slurm.local_world
     elif nnodes > 1 and not master_addr:
-        raise BadInput(f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)")
+        raise BadInput(
+            f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)"
+        )
     if node_rank >= nnodes:
         raise BadInput(f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})")
     if (repeats > 1 or req.modes) and (nnodes > 1 or slurm):
-        raise BadInput("--repeats and --settings both run on one node; repeat a multi-node run by launching it again")
+        raise BadInput(
+            "--repeats and --settings both run on one node; repeat a multi-node run by launching it again"
+        )
     cfg = req.config(gpus * nnodes if gpus is not None else None, rounds=True)
     nproc = cfg.benchmark.gpus // nnodes
     if nproc * nnodes != cfg.benchmark.gpus:
         raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
-    opts = req.launch_options(nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-                              rdzv_timeout_s=rdzv_timeout, slurm=slurm)
+    opts = req.launch_options(
+        nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        rdzv_timeout_s=rdzv_timeout,
+        slurm=slurm,
+    )
     counts = suite.worker_counts(workers, cfg, opts, rounds=repeats > 1 or bool(req.modes))
     if counts:
-        run_dir, records = suite.run_workers(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, counts)
+        run_dir, records = suite.run_workers(
+            cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, counts
+        )
     elif repeats > 1 or req.modes:
-        run_dir, records = suite.run_rounds(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats, req.modes)
+        run_dir, records = suite.run_rounds(
+            cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats, req.modes
+        )
     else:
         run_dir, records = suite.run_suite(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
     if not opts.leader:
@@ -211,7 +366,9 @@ def run(gpus, launcher, nnodes, node_rank, master_addr, master_port, rdzv_timeou
 
 @main.command()
 @_run_options
-@click.option("--gpus", "gpu_counts", required=True, help="Process counts of the series, e.g. 1,2,4,8 (one node).")
+@click.option(
+    "--gpus", "gpu_counts", required=True, help="Process counts of the series, e.g. 1,2,4,8 (one node)."
+)
 @_bad_input
 def sweep(gpu_counts, **common):
     """Run the benchmark at each process count of --gpus (strong scaling, or weak with --ims-per-gpu)
@@ -222,12 +379,16 @@ def sweep(gpu_counts, **common):
     counts = suite.counts_of(gpu_counts, "--gpus", "process counts", "1,2,4,8", least=1)
     req = suite.RunRequest(**common)
     req = replace(req, config_name=suite.default_config(req.config_name))
-    configs = {n: req.config(n) for n in counts}  # every point of the series is checked before the first one runs
+    configs = {
+        n: req.config(n) for n in counts
+    }  # every point of the series is checked before the first one runs
     base_id = req.run_id or new_run_id()
     records = []
     for n, cfg in configs.items():
         click.echo(f"== sweep: {n} process(es)", err=True)
-        records += suite.run_suite(cfg, req.impl, req.launch_options(n), f"{base_id}-g{n}", req.out_root, req.data_root)[1]
+        records += suite.run_suite(
+            cfg, req.impl, req.launch_options(n), f"{base_id}-g{n}", req.out_root, req.data_root
+        )[1]
     click.echo(f"\nresults: {Path(req.out_root)}/{base_id}-g{{{','.join(map(str, counts))}}}\n")
     click.echo(render_markdown(records))
     sys.exit(0 if all(r["status"] == "ok" for r in records) else 1)
@@ -237,13 +398,23 @@ def sweep(gpu_counts, **common):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to a file (atomically) too.")
-@click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write PNG plots to this folder.")
-@click.option("--title", default=None, help="A Markdown heading (and a note of how the file was made) above the tables.")
-@click.option("--into", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Also put the short table between the markers of this Markdown file: training runs (repeated runs, "
-                   "else the summary) between the 'report' markers, inference runs' latency table between the "
-                   "'inference' ones, accuracy runs' table between the 'accuracy' ones.")
+@click.option(
+    "--out", default=None, type=click.Path(dir_okay=False), help="Write to a file (atomically) too."
+)
+@click.option(
+    "--plots", default=None, type=click.Path(file_okay=False), help="Write PNG plots to this folder."
+)
+@click.option(
+    "--title", default=None, help="A Markdown heading (and a note of how the file was made) above the tables."
+)
+@click.option(
+    "--into",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Also put the short table between the markers of this Markdown file: training runs (repeated runs, "
+    "else the summary) between the 'report' markers, inference runs' latency table between the "
+    "'inference' ones, accuracy runs' table between the 'accuracy' ones.",
+)
 @_bad_input
 def report(paths, fmt, out, plots, title, into):
     """Tables from one or more run folders (results/runs/<id>, or any folder holding run.json files)."""
@@ -261,39 +432,102 @@ def report(paths, fmt, out, plots, title, into):
     if title:
         if fmt != "md":
             raise BadInput("--title goes with --format md")
-        preamble = f"# {title}\n\n_Generated by `mrcnn-bench report {' '.join(paths)}`; do not edit by hand._\n\n"
+        preamble = (
+            f"# {title}\n\n_Generated by `mrcnn-bench report {' '.join(paths)}`; do not edit by hand._\n\n"
+        )
     click.echo(write_report(paths, fmt, out, plots, preamble, records), nl=False)
     if plots:
         click.echo(f"plots: {plots}", err=True)
 
 
-for _task in [t for t in tasks().values() if t.command]:  # `mrcnn-bench trace` is `run --task trace`, its own help
-    main.add_command(click.Command(_task.command, params=run.params, callback=run.callback, help=(
-        f"{_task.help.split(': ', 1)[-1].capitalize()}: `run --task {_task.name}`, with run's options.")))
+for _task in [
+    t for t in tasks().values() if t.command
+]:  # `mrcnn-bench trace` is `run --task trace`, its own help
+    main.add_command(
+        click.Command(
+            _task.command,
+            params=run.params,
+            callback=run.callback,
+            help=(
+                f"{_task.help.split(': ', 1)[-1].capitalize()}: `run --task {_task.name}`, with run's "
+                "options."
+            ),
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------- regress
 @main.command()
-@click.option("--baseline", default=None, type=click.Path(),
-              help="A run folder, or a folder of rounds (`run --repeats`), to compare against.")
-@click.option("--candidate", default=None, type=click.Path(), help="The run folder (or folder of rounds) under test.")
-@click.option("--threshold", default="5%", show_default=True, help="Slowdown tolerated before failing (e.g. 5% or 0.05).")
-@click.option("--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 1, max_open=True),
-              help="Level of the slowdown's interval; a regression's interval lies above 1.")
-@click.option("--relative-to", "relative_to", default=None,
-              help="Gate each implementation's throughput over this peer's in the same round (cancels the machine's speed).")
-@click.option("--impl", "impls", default=None, help="Comma-separated implementations to gate [all ok in the baseline].")
-@click.option("--history", "history_dir", default=None, type=click.Path(),
-              help="Instead: runs over commits in this folder; find the commit where throughput stepped.")
-@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="With --history: write the plot (PNG) here.")
+@click.option(
+    "--baseline",
+    default=None,
+    type=click.Path(),
+    help="A run folder, or a folder of rounds (`run --repeats`), to compare against.",
+)
+@click.option(
+    "--candidate", default=None, type=click.Path(), help="The run folder (or folder of rounds) under test."
+)
+@click.option(
+    "--threshold",
+    default="5%",
+    show_default=True,
+    help="Slowdown tolerated before failing (e.g. 5% or 0.05).",
+)
+@click.option(
+    "--confidence",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0.5, 1, max_open=True),
+    help="Level of the slowdown's interval; a regression's interval lies above 1.",
+)
+@click.option(
+    "--relative-to",
+    "relative_to",
+    default=None,
+    help="Gate each implementation's throughput over this peer's in the same round (cancels the machine's "
+    "speed).",
+)
+@click.option(
+    "--impl", "impls", default=None, help="Comma-separated implementations to gate [all ok in the baseline]."
+)
+@click.option(
+    "--history",
+    "history_dir",
+    default=None,
+    type=click.Path(),
+    help="Instead: runs over commits in this folder; find the commit where throughput stepped.",
+)
+@click.option(
+    "--plot", default=None, type=click.Path(dir_okay=False), help="With --history: write the plot (PNG) here."
+)
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
-@click.option("--allow-noisy", is_flag=True, help="Gate runs marked noisy (run.json's noisy) too, with a warning.")
-@click.option("--comment", default=None, type=click.Path(dir_okay=False), help="Also write the verdict here as a PR comment (Markdown).")
+@click.option(
+    "--allow-noisy", is_flag=True, help="Gate runs marked noisy (run.json's noisy) too, with a warning."
+)
+@click.option(
+    "--comment",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write the verdict here as a PR comment (Markdown).",
+)
 @_bad_input
-def regress(baseline, candidate, threshold, confidence, relative_to, impls, history_dir, plot, fmt, allow_noisy, comment):
+def regress(
+    baseline,
+    candidate,
+    threshold,
+    confidence,
+    relative_to,
+    impls,
+    history_dir,
+    plot,
+    fmt,
+    allow_noisy,
+    comment,
+):
     """Exit 1 when the candidate is slower than the baseline beyond the threshold with the given
     confidence, or an implementation failed or is missing in it; exit 2 when the two cannot be
-    compared. Rounds are runs: the interval includes run-to-run variance (README, "The regression gate")."""
+    compared. Rounds are runs: the interval includes run-to-run variance (docs/reliability.md, "The regression
+    gate")."""
     from .regress import NotComparable, parse_threshold
 
     try:
@@ -314,7 +548,9 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
     from .regress import regress as gate
 
     try:
-        results, failures, warnings = gate(baseline, candidate, thr, confidence, relative_to, impl_list, allow_noisy)
+        results, failures, warnings = gate(
+            baseline, candidate, thr, confidence, relative_to, impl_list, allow_noisy
+        )
     except NotComparable as e:
         raise BadInput(str(e)) from None
     for w in warnings:
@@ -333,7 +569,8 @@ def regress(baseline, candidate, threshold, confidence, relative_to, impls, hist
 @click.option("--out", default="site", show_default=True, type=click.Path(file_okay=False))
 @_bad_input
 def publish(results, out):
-    """A static site of every run under RESULTS (an index, a page per scenario, the runs' files): OUT/index.html."""
+    """A static site of every run under RESULTS (an index, a page per scenario, the runs' files):
+    OUT/index.html."""
     from .site import publish as build
 
     click.echo(build(results, out).text())
@@ -345,16 +582,36 @@ def publish(results, out):
 @click.option("--impl", default="all", show_default=True)
 @click.option("--data", "data_root", default=None, type=click.Path(), help="Data set (for the class count).")
 @click.option("--python", "pythons", multiple=True, metavar="IMPL=PATH")
-@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
-              help="Instead of the static table: check what the implementations of this run did (lr, batch, work).")
-@click.option("--band", default=None, type=click.FloatRange(min=0, min_open=True),
-              help="With --run: tolerated distance of positives per image from the median [0.25].")
-@click.option("--check-forward", is_flag=True, help="Instead: one batch through each, its FPN features and RPN outputs compared.")
-@click.option("--check-step", is_flag=True, help="Instead: one training step of each on the same batch against the reference's.")
-@click.option("--keep", default=None, type=click.Path(file_okay=False), help="--check-step's batch and runs kept here.")
+@click.option(
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Instead of the static table: check what the implementations of this run did (lr, batch, work).",
+)
+@click.option(
+    "--band",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --run: tolerated distance of positives per image from the median [0.25].",
+)
+@click.option(
+    "--check-forward",
+    is_flag=True,
+    help="Instead: one batch through each, its FPN features and RPN outputs compared.",
+)
+@click.option(
+    "--check-step",
+    is_flag=True,
+    help="Instead: one training step of each on the same batch against the reference's.",
+)
+@click.option(
+    "--keep", default=None, type=click.Path(file_okay=False), help="--check-step's batch and runs kept here."
+)
 @_bad_input
 def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward, check_step, keep):
-    """The effective hyperparameters of every installed implementation, side by side; with --run, the trajectories
+    """The effective hyperparameters of every installed implementation, side by side; with --run, the
+    trajectories
     of one run; with --check-forward, their outputs on one batch; with --check-step, one training step of each
     against the reference's: losses, gradients per module, optimizer groups, work (exit 1 on a divergence)."""
     from . import checks
@@ -362,10 +619,15 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward, 
     if sum(map(bool, (run_dir, check_forward, check_step))) > 1:
         raise BadInput("--run, --check-forward and --check-step are separate checks: give one")
     python = suite.interpreters(pythons)
-    text, ok = (checks.trajectory_parity(run_dir, band) if run_dir else
-                checks.step_parity(config_name, impl, data_root, python, keep) if check_step else
-                checks.forward_parity(config_name, impl, data_root, python) if check_forward else
-                checks.static_parity(config_name, impl, data_root, python))
+    text, ok = (
+        checks.trajectory_parity(run_dir, band)
+        if run_dir
+        else checks.step_parity(config_name, impl, data_root, python, keep)
+        if check_step
+        else checks.forward_parity(config_name, impl, data_root, python)
+        if check_forward
+        else checks.static_parity(config_name, impl, data_root, python)
+    )
     click.echo(text)
     sys.exit(0 if ok else 1)
 
@@ -373,9 +635,18 @@ def parity(config_name, impl, data_root, pythons, run_dir, band, check_forward, 
 # -------------------------------------------------------------------------------------- phases
 @main.command()
 @_run_options
-@click.option("--into", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Also put the phases table between the `mrcnn-bench phases` markers of this Markdown file.")
-@click.option("--plots", default=None, type=click.Path(file_okay=False), help="Write the stacked-bar plot (phases.png) here.")
+@click.option(
+    "--into",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Also put the phases table between the `mrcnn-bench phases` markers of this Markdown file.",
+)
+@click.option(
+    "--plots",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Write the stacked-bar plot (phases.png) here.",
+)
 @_bad_input
 def phases(into, plots, **common):
     """Where each implementation spends its training step, on one process: every phase timed inside its own
@@ -386,8 +657,9 @@ def phases(into, plots, **common):
 
     req = suite.RunRequest(**common)
     cfg = req.config(1, {"benchmark.phases": True})  # one process
-    run_dir, records = suite.run_suite(cfg, req.impl, req.launch_options(cfg.benchmark.gpus), req.run_id, req.out_root,
-                                       req.data_root)
+    run_dir, records = suite.run_suite(
+        cfg, req.impl, req.launch_options(cfg.benchmark.gpus), req.run_id, req.out_root, req.data_root
+    )
     text = phases_markdown(records)
     failed = [r for r in records if r["status"] != "ok"]
     click.echo(f"\nresults: {run_dir}\n")
@@ -402,8 +674,13 @@ def phases(into, plots, **common):
     if into and text:
         sets = "".join(f" --set {o}" for o in req.overrides)
         try:
-            write_into(Path(into), text, f"mrcnn-bench phases --impl {req.impl} --config {cfg.name}{sets} --into {into}",
-                       "phases", cfg.name)
+            write_into(
+                Path(into),
+                text,
+                f"mrcnn-bench phases --impl {req.impl} --config {cfg.name}{sets} --into {into}",
+                "phases",
+                cfg.name,
+            )
         except ValueError as e:
             raise BadInput(f"--into: {e}") from e
     sys.exit(1 if failed else 0)
@@ -411,11 +688,19 @@ def phases(into, plots, **common):
 
 # -------------------------------------------------------------------------------------- ingest
 @main.command()
-@click.option("--impl", "name", required=True, help="The external system whose log this is (mrcnn-bench list).")
+@click.option(
+    "--impl", "name", required=True, help="The external system whose log this is (mrcnn-bench list)."
+)
 @click.argument("logs", nargs=-1, required=True, type=click.Path())
-@click.option("--config", "config_name", default=CANONICAL, show_default=True, help="The canonical config it ran.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As `run --set` (e.g. benchmark.gpus=8).")
-@click.option("--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--config", "config_name", default=CANONICAL, show_default=True, help="The canonical config it ran."
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="As `run --set` (e.g. benchmark.gpus=8)."
+)
+@click.option(
+    "--out", "out_root", default="results/runs", show_default=True, type=click.Path(file_okay=False)
+)
 @_run_id_option
 @_bad_input
 def ingest(name, logs, config_name, overrides, out_root, run_id):
@@ -428,11 +713,17 @@ def ingest(name, logs, config_name, overrides, out_root, run_id):
 
 
 @main.command()
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cuda: NVML must answer (its absence is bad); the GPUs are read wherever NVML answers.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="cuda: NVML must answer (its absence is bad); the GPUs are read wherever NVML answers.",
+)
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
 def doctor(device, fmt):
-    """The machine's state before a run (each finding ok, warning or bad, with why); every run.json keeps it."""
+    """The machine's state before a run (each finding ok, warning or bad, with why); every run.json keeps
+    it."""
     from .doctor import machine_state, render
 
     click.echo(render(machine_state(device), fmt))

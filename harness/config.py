@@ -7,6 +7,7 @@ what each framework really does, not what we asked for.
 Loading errors are raised as :class:`ConfigError`, whose message names the file, the dotted key and
 what was expected; the CLI turns it into exit code 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,7 +73,8 @@ class RPNConfig(_Section):
     post_nms_topk_train: int = Field(1000, gt=0)  # per image
     pre_nms_topk_test: int = Field(1000, gt=0)
     post_nms_topk_test: int = Field(1000, gt=0)
-    # The anchor box regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
+    # The anchor box regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's
+    # default).
     smooth_l1_beta: float = Field(0.0, ge=0)
     # Low-quality matches (Faster R-CNN's RPN rule): each ground-truth box also makes the anchors that
     # overlap it best positive, whatever their IoU below fg_iou_thresh, if that best IoU is at least
@@ -101,7 +103,8 @@ class ROIHeadsConfig(_Section):
     score_thresh_test: float = Field(0.05, ge=0, le=1)
     nms_thresh_test: float = Field(0.5, gt=0, le=1)
     detections_per_image: int = Field(100, gt=0)
-    # The box head's regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's default).
+    # The box head's regression loss: smooth L1 with this beta; 0 is the L1 loss (detectron2's and mmdet's
+    # default).
     smooth_l1_beta: float = Field(0.0, ge=0)
     # How a positive RoI's mask target is made: "polygon", the ground truth's polygons rasterised inside
     # the RoI at 2 x mask_pooler_resolution (Detectron, detectron2's default); "bitmask_binarized", the
@@ -143,7 +146,11 @@ class ModelConfig(_Section):
     @property
     def effective_freeze_at(self) -> int:
         b = self.backbone
-        return b.freeze_at if self.weights or b.freeze_at_without_weights is None else b.freeze_at_without_weights
+        return (
+            b.freeze_at
+            if self.weights or b.freeze_at_without_weights is None
+            else b.freeze_at_without_weights
+        )
 
     @property
     def calibrates_norm(self) -> bool:
@@ -263,7 +270,9 @@ class BenchmarkConfig(_Section):
     @field_validator("telemetry_gpu", mode="before")
     @classmethod
     def _on_off(cls, v):
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v  # YAML reads on/off as booleans
+        return (
+            {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+        )  # YAML reads on/off as booleans
 
     @model_validator(mode="after")
     def _check(self):
@@ -272,10 +281,14 @@ class BenchmarkConfig(_Section):
         if self.task not in tasks():
             raise ValueError(f"task {self.task!r}: expected one of {', '.join(tasks())}")
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
-            raise ValueError(f"batch_sizes {self.batch_sizes}: expected one or more sizes > 0, e.g. [1, 2, 4, 8]")
+            raise ValueError(
+                f"batch_sizes {self.batch_sizes}: expected one or more sizes > 0, e.g. [1, 2, 4, 8]"
+            )
         end = self.window_end if self.window_end is not None else self.iters
         if end <= self.warmup:
-            raise ValueError(f"the timed window [warmup={self.warmup}, end={end}) is empty: end must exceed warmup")
+            raise ValueError(
+                f"the timed window [warmup={self.warmup}, end={end}) is empty: end must exceed warmup"
+            )
         if end > self.iters:
             raise ValueError(f"window_end={end} is past iters={self.iters}")
         return self
@@ -292,15 +305,20 @@ class ReferenceOptions(_Section):
     fused_pooler: bool = True  # RoIAlign over all FPN levels in one native call (False: one call per level)
     compile_heads: bool = False  # torch.compile the box and mask heads
     # NHWC (channels-last) activations and weights end to end, the reference only (benchmark.channels_last
-    # puts all four in NHWC); on where measured faster: cpu_canonical (README, "Levers")
+    # puts all four in NHWC); on where measured faster: cpu_canonical (docs/results.md, "Levers")
     channels_last: bool = False
     fold_frozen_bn: bool = True  # each conv + FrozenBN of the backbone computed as one convolution
-    keep_freed_memory: bool = False  # glibc keeps freed host memory for reuse (reference_impl/engine/allocator.py)
+    keep_freed_memory: bool = (
+        False  # glibc keeps freed host memory for reuse (reference_impl/engine/allocator.py)
+    )
     batched_targets: bool = True  # proposals, matching, sampling, targets for the whole batch on the device
-    cuda_graphs: bool = False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
+    cuda_graphs: bool = (
+        False  # backbone + FPN trained through CUDA graphs, one pair per padded batch shape (CUDA only)
+    )
     cuda_graph_shapes: int = Field(16, gt=0)  # at most this many batch shapes captured; others run eagerly
     # Not a speed switch: a planted slowdown, real extra work for measuring the regression gate's power
-    # (README, "The regression gate"). Extra backbone + FPN forward passes per training iteration,
+    # (docs/reliability.md, "The regression gate"). Extra backbone + FPN forward passes per training
+    # iteration,
     # without grad, results discarded; a fraction runs on that share of the batch's rows. 0: off.
     recompute_backbone: float = Field(0.0, ge=0, le=8)
 
@@ -336,11 +354,19 @@ class Config(_Section):
                 f"benchmark.gpus ({world}) x benchmark.grad_accum ({self.benchmark.grad_accum})"
             )
         m = self.model
-        if m.calibrates_norm and not m.init_weights and not self.benchmark.shared_init and m.effective_norm != "BN":
+        if (
+            m.calibrates_norm
+            and not m.init_weights
+            and not self.benchmark.shared_init
+            and m.effective_norm != "BN"
+        ):
             raise ValueError(
-                f"model.backbone.norm {m.effective_norm} without model.weights needs benchmark.shared_init: true (its "
-                "initialisation calibrates the frozen statistics on the run's images; each framework's own has none), or "
-                "model.backbone.norm_without_weights: BN with freeze_at_without_weights: 0 (trainable BN, not the canonical model)"
+                f"model.backbone.norm {m.effective_norm} without model.weights needs benchmark.shared_init: "
+                "true (its "
+                "initialisation calibrates the frozen statistics on the run's images; each framework's own "
+                "has none), or "
+                "model.backbone.norm_without_weights: BN with freeze_at_without_weights: 0 (trainable BN, "
+                "not the canonical model)"
             )
         return self
 
@@ -349,7 +375,7 @@ class Config(_Section):
         """Images per process per forward/backward (the global batch over processes and accumulation)."""
         return self.solver.ims_per_batch // (self.benchmark.gpus * self.benchmark.grad_accum)
 
-    def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> "Config":
+    def with_overrides(self, overrides: dict[str, Any], source: str = "<overrides>") -> Config:
         data = self.model_dump()
         for dotted, value in overrides.items():
             _set_dotted(data, dotted, value, source)
@@ -405,7 +431,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: cannot read config file: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise ConfigError(
+            f"{path}: cannot read config file: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -464,7 +492,8 @@ def with_defaults(config: dict) -> dict:
 
 
 def structure_differences_of(config: dict | None) -> dict[str, tuple]:
-    """A recorded config's :meth:`ModelConfig.structure_differences` (nothing for one this version cannot read)."""
+    """A recorded config's :meth:`ModelConfig.structure_differences` (nothing for one this version cannot
+    read)."""
     try:
         return Config.model_validate(with_defaults(config or {})).model.structure_differences()
     except Exception:  # noqa: BLE001 - a record this version cannot read names nothing

@@ -9,6 +9,7 @@ Each object is a coloured shape with a polygon mask over a textured background, 
 images plus ``annotations/instances_{split}.json`` in COCO's own layout, so every implementation reads
 it with its own COCO loader.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,18 +26,86 @@ from .data_check import DataError, default_cache_dir
 
 # COCO 2017's 80 categories with their ids (1..90, with gaps, as in instances_*.json).
 COCO_CATEGORIES = [
-    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
-    (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"),
-    (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"),
-    (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
-    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
-    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"),
-    (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"), (54, "sandwich"),
-    (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"), (60, "donut"), (61, "cake"),
-    (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"), (67, "dining table"), (70, "toilet"), (72, "tv"),
-    (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
-    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"),
-    (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+    (1, "person"),
+    (2, "bicycle"),
+    (3, "car"),
+    (4, "motorcycle"),
+    (5, "airplane"),
+    (6, "bus"),
+    (7, "train"),
+    (8, "truck"),
+    (9, "boat"),
+    (10, "traffic light"),
+    (11, "fire hydrant"),
+    (13, "stop sign"),
+    (14, "parking meter"),
+    (15, "bench"),
+    (16, "bird"),
+    (17, "cat"),
+    (18, "dog"),
+    (19, "horse"),
+    (20, "sheep"),
+    (21, "cow"),
+    (22, "elephant"),
+    (23, "bear"),
+    (24, "zebra"),
+    (25, "giraffe"),
+    (27, "backpack"),
+    (28, "umbrella"),
+    (31, "handbag"),
+    (32, "tie"),
+    (33, "suitcase"),
+    (34, "frisbee"),
+    (35, "skis"),
+    (36, "snowboard"),
+    (37, "sports ball"),
+    (38, "kite"),
+    (39, "baseball bat"),
+    (40, "baseball glove"),
+    (41, "skateboard"),
+    (42, "surfboard"),
+    (43, "tennis racket"),
+    (44, "bottle"),
+    (46, "wine glass"),
+    (47, "cup"),
+    (48, "fork"),
+    (49, "knife"),
+    (50, "spoon"),
+    (51, "bowl"),
+    (52, "banana"),
+    (53, "apple"),
+    (54, "sandwich"),
+    (55, "orange"),
+    (56, "broccoli"),
+    (57, "carrot"),
+    (58, "hot dog"),
+    (59, "pizza"),
+    (60, "donut"),
+    (61, "cake"),
+    (62, "chair"),
+    (63, "couch"),
+    (64, "potted plant"),
+    (65, "bed"),
+    (67, "dining table"),
+    (70, "toilet"),
+    (72, "tv"),
+    (73, "laptop"),
+    (74, "mouse"),
+    (75, "remote"),
+    (76, "keyboard"),
+    (77, "cell phone"),
+    (78, "microwave"),
+    (79, "oven"),
+    (80, "toaster"),
+    (81, "sink"),
+    (82, "refrigerator"),
+    (84, "book"),
+    (85, "clock"),
+    (86, "vase"),
+    (87, "scissors"),
+    (88, "teddy bear"),
+    (89, "hair drier"),
+    (90, "toothbrush"),
 ]
 # Each category is drawn as one of these shapes, stretched and coloured its own way.
 SHAPES = ["rectangle", "ellipse", "triangle", "star", "hexagon", "diamond"]
@@ -177,11 +246,27 @@ def _make_image(rng: np.random.Generator, width: int, height: int, categories: i
             continue  # the image is full
         cx, cy, rx, ry = placed
         angle = rng.uniform(0, math.pi)
-        color = tuple(int(c) for c in (np.array([cat * 37 % 256, cat * 91 % 256, cat * 53 % 256]) + rng.integers(-20, 21, 3)).clip(0, 255))
+        color = tuple(
+            int(c)
+            for c in (
+                np.array([cat * 37 % 256, cat * 91 % 256, cat * 53 % 256]) + rng.integers(-20, 21, 3)
+            ).clip(0, 255)
+        )
         if rng.uniform() < MULTIPART_SHARE:  # two pieces with a gap between them
             dx = rx * 0.55
-            polys = [_polygon(kind, cx + sign * dx * math.cos(angle), cy + sign * dx * math.sin(angle), rx * 0.4, ry * stretch * 0.8,
-                              angle, width, height) for sign in (-1, 1)]
+            polys = [
+                _polygon(
+                    kind,
+                    cx + sign * dx * math.cos(angle),
+                    cy + sign * dx * math.sin(angle),
+                    rx * 0.4,
+                    ry * stretch * 0.8,
+                    angle,
+                    width,
+                    height,
+                )
+                for sign in (-1, 1)
+            ]
         else:
             polys = [_polygon(kind, cx, cy, rx, ry * stretch, angle, width, height)]
         xs = np.concatenate([p[:, 0] for p in polys])
@@ -203,7 +288,9 @@ def _image_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
     return (short, size) if rng.uniform() < PORTRAIT_SHARE else (size, short)
 
 
-def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_offset: int, categories: int) -> dict:
+def _write_split(
+    out: Path, split: str, count: int, size: int, seed: int, id_offset: int, categories: int
+) -> dict:
     from pycocotools import mask as mask_utils
 
     img_dir = out / split
@@ -237,19 +324,33 @@ def _write_split(out: Path, split: str, count: int, size: int, seed: int, id_off
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for cat, polys in objects:
             flat = [[round(float(v), 2) for v in poly.reshape(-1)] for poly in polys]
-            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, height, width))).astype(bool)
+            mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, height, width))).astype(
+                bool
+            )
             if mask.sum() < 4:
                 continue
             annotate(image_id, COCO_CATEGORIES[cat][0], flat, mask, 0)
         if crowd is not None and crowd.sum() >= 16:
-            annotate(image_id, COCO_CATEGORIES[0][0], {"counts": _uncompressed_counts(crowd), "size": [height, width]}, crowd, 1)
+            annotate(
+                image_id,
+                COCO_CATEGORIES[0][0],
+                {"counts": _uncompressed_counts(crowd), "size": [height, width]},
+                crowd,
+                1,
+            )
     return {
-        "info": {"description": f"mrcnn-bench synthetic COCO-like set ({split})", "version": str(SYNTH_VERSION), "seed": seed},
+        "info": {
+            "description": f"mrcnn-bench synthetic COCO-like set ({split})",
+            "version": str(SYNTH_VERSION),
+            "seed": seed,
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": cid, "name": name, "supercategory": SHAPES[i % len(SHAPES)]}
-                       for i, (cid, name) in enumerate(COCO_CATEGORIES[:categories])],
+        "categories": [
+            {"id": cid, "name": name, "supercategory": SHAPES[i % len(SHAPES)]}
+            for i, (cid, name) in enumerate(COCO_CATEGORIES[:categories])
+        ],
     }
 
 
@@ -292,8 +393,18 @@ def make_synthetic(
         for split, count, offset in ((train_split, images, 0), (val_split, val_images, 1_000_000)):
             coco = _write_split(tmp, split, count, size, seed, offset, categories)
             (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-        (tmp / "SYNTHETIC").write_text(json.dumps({"images": images, "size": size, "seed": seed, "categories": categories,
-                                                   "version": SYNTH_VERSION}) + "\n")
+        (tmp / "SYNTHETIC").write_text(
+            json.dumps(
+                {
+                    "images": images,
+                    "size": size,
+                    "seed": seed,
+                    "categories": categories,
+                    "version": SYNTH_VERSION,
+                }
+            )
+            + "\n"
+        )
         try:
             if out.exists():
                 out.rmdir()
@@ -311,8 +422,10 @@ def make_synthetic(
 def synthetic_for(data_cfg, cache_dir: str | os.PathLike | None = None) -> DataPaths:
     """The synthetic set the config describes, generated once and reused."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    root = cache / (f"synth-v{SYNTH_VERSION}-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
-                    + (f"-c{data_cfg.synth_categories}" if data_cfg.synth_categories != len(COCO_CATEGORIES) else ""))
+    root = cache / (
+        f"synth-v{SYNTH_VERSION}-n{data_cfg.synth_images}-s{data_cfg.synth_size}-seed{data_cfg.synth_seed}"
+        + (f"-c{data_cfg.synth_categories}" if data_cfg.synth_categories != len(COCO_CATEGORIES) else "")
+    )
     if not (root / "SYNTHETIC").is_file():
         if root.exists():
             shutil.rmtree(root)
@@ -360,7 +473,9 @@ def resolve_data(data_cfg, data_arg: str | None = None) -> tuple[DataPaths, dict
         kind = "synthetic"
     else:
         if not Path(root).is_dir():
-            raise DataError(f"{root}: data directory not found (expected annotations/ and {data_cfg.train_split}/)")
+            raise DataError(
+                f"{root}: data directory not found (expected annotations/ and {data_cfg.train_split}/)"
+            )
         paths = DataPaths.from_root(root, data_cfg.train_split, data_cfg.val_split)
         kind = "synthetic" if (Path(root) / "SYNTHETIC").is_file() else "coco"
     train, train_json = inspect_split(paths.train_json, paths.train_images, train=True)

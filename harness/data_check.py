@@ -19,6 +19,7 @@ on, with their orientation: the run's data order is a function of these) is kept
 *index*; it reaches each worker through the launch spec (:func:`registered` / :func:`register`), so
 that no worker parses the annotation file for the harness: the framework's own loader is the only one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,7 @@ def usable_images(coco: dict) -> dict[int, bool]:
         if im["id"] in keep and min(im["width"], im["height"]) >= MIN_SIDE
     }
 
+
 MAX_DROPPED_SHARE = 0.01  # more unusable annotations than this share: refused, not dropped
 SIZE_SAMPLE = 500  # images read whole (size, EXIF orientation, a full decode): all of a smaller set
 EXIF_ORIENTATION = 0x0112
@@ -78,7 +80,10 @@ def index_of(json_path: str | os.PathLike) -> dict:
 
 def _index(coco: dict) -> dict:
 
-    return {"categories": len(coco["categories"]), "usable": [[i, wide] for i, wide in usable_images(coco).items()]}
+    return {
+        "categories": len(coco["categories"]),
+        "usable": [[i, wide] for i, wide in usable_images(coco).items()],
+    }
 
 
 def _read(json_path: Path) -> dict:
@@ -99,7 +104,9 @@ def _read(json_path: Path) -> dict:
         raise DataError(f"{json_path}: expected a COCO object at the top level, got {type(coco).__name__}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
-            raise DataError(f"{json_path}: key '{key}' missing or not a list (expected COCO instances format)")
+            raise DataError(
+                f"{json_path}: key '{key}' missing or not a list (expected COCO instances format)"
+            )
     return coco
 
 
@@ -112,11 +119,14 @@ class Known:
 
 def _numbers(values) -> bool:
     """Whether ``values`` are all finite numbers (int or float; not strings, not NaN or infinity)."""
-    return all(type(v) in _NUMBER or type(v) is bool for v in values) and all(math.isfinite(v) for v in values)
+    return all(type(v) in _NUMBER or type(v) is bool for v in values) and all(
+        math.isfinite(v) for v in values
+    )
 
 
 def _unusable(ann: dict, known: Known | None = None) -> tuple[str | None, int]:
-    """(why this annotation cannot be trained on, or None; how many of its polygons have fewer than 3 points)."""
+    """(why this annotation cannot be trained on, or None; how many of its polygons have fewer than 3
+    points)."""
     known = known or Known()
     box = ann.get("bbox")
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
@@ -126,7 +136,10 @@ def _unusable(ann: dict, known: Known | None = None) -> tuple[str | None, int]:
     if box[2] <= 0 or box[3] <= 0:
         return f"key 'bbox': expected width and height > 0, got {box[2]} x {box[3]}", 0
     if known.categories is not None and not _listed(ann.get("category_id"), known.categories):
-        return f"key 'category_id': {ann.get('category_id')!r} is not the id of a category listed in the file", 0
+        return (
+            f"key 'category_id': {ann.get('category_id')!r} is not the id of a category listed in the file",
+            0,
+        )
     if known.images is not None and not _listed(ann.get("image_id"), known.images):
         return f"key 'image_id': {ann.get('image_id')!r} is not the id of an image listed in the file", 0
     area = ann.get("area")
@@ -134,12 +147,17 @@ def _unusable(ann: dict, known: Known | None = None) -> tuple[str | None, int]:
         return f"key 'area': expected a number > 0 (mmdet skips the others), got {area!r}", 0
     segm = ann.get("segmentation")
     if isinstance(segm, dict) and not ann.get("iscrowd", 0):
-        return ("key 'segmentation': RLE on an annotation that is not a crowd region (expected polygons: detectron2 "
-                "reads only polygons there)"), 0
+        return (
+            "key 'segmentation': RLE on an annotation that is not a crowd region (expected polygons: "
+            "detectron2 "
+            "reads only polygons there)"
+        ), 0
     if isinstance(segm, list) and not ann.get("iscrowd", 0):
         if not all(_numbers(poly) for poly in segm if isinstance(poly, list)):
             return "key 'segmentation': expected polygons of numbers [x1, y1, x2, y2, ...]", 0
-        short = sum(1 for poly in segm if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0))
+        short = sum(
+            1 for poly in segm if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0)
+        )
         if short == len(segm):
             return "key 'segmentation': expected a polygon of at least 3 points (6 numbers)", short
         return None, short
@@ -155,7 +173,12 @@ def _clean(coco: dict, dropped: set[int]) -> dict:
         if ann.get("id") in dropped:
             continue
         if isinstance(ann.get("segmentation"), list) and not ann.get("iscrowd", 0):
-            ann = dict(ann, segmentation=[p for p in ann["segmentation"] if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0])
+            ann = dict(
+                ann,
+                segmentation=[
+                    p for p in ann["segmentation"] if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                ],
+            )
         if ann.get("area") is None:
             ann = dict(ann, area=float(ann["bbox"][2] * ann["bbox"][3]))
         kept.append(ann)
@@ -171,13 +194,22 @@ def _plain(ann, known: Known | None = None) -> bool:
     if type(box) is not list or len(box) != 4:
         return False
     x, y, w, h = box
-    if not (type(x) in _NUMBER and type(y) in _NUMBER and type(w) in _NUMBER and type(h) in _NUMBER and w > 0 and h > 0
-            and math.isfinite(x + y + w + h)):
+    if not (
+        type(x) in _NUMBER
+        and type(y) in _NUMBER
+        and type(w) in _NUMBER
+        and type(h) in _NUMBER
+        and w > 0
+        and h > 0
+        and math.isfinite(x + y + w + h)
+    ):
         return False
     area = ann.get("area")
     if not (type(area) in _NUMBER and area > 0 and math.isfinite(area)):
         return False
-    if known is not None and not (_listed(ann.get("category_id"), known.categories) and _listed(ann.get("image_id"), known.images)):
+    if known is not None and not (
+        _listed(ann.get("category_id"), known.categories) and _listed(ann.get("image_id"), known.images)
+    ):
         return False
     segm = ann.get("segmentation")
     if not ann.get("iscrowd", 0):
@@ -256,8 +288,14 @@ def _check_annotations(json_path: Path, coco: dict) -> tuple[dict, dict | None]:
             no_area += 1
     total = len(coco["annotations"])
     if bad and (len(bad) == total or len(bad) > MAX_DROPPED_SHARE * total):
-        shown = "; ".join(f"annotation id {i}: {why}" for i, why in bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
-        every = "every annotation" if len(bad) == total else f"{len(bad)} of {total} annotations (over {MAX_DROPPED_SHARE:.0%})"
+        shown = "; ".join(f"annotation id {i}: {why}" for i, why in bad[:3]) + (
+            f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        every = (
+            "every annotation"
+            if len(bad) == total
+            else f"{len(bad)} of {total} annotations (over {MAX_DROPPED_SHARE:.0%})"
+        )
         raise DataError(f"{json_path}: {every} cannot be trained on: {shown}")
     if not bad and not short_parts and not no_area:
         return {}, None
@@ -299,12 +337,19 @@ def _check_images(json_path: Path, image_dir: Path, images: list[dict]) -> int:
         except (OSError, UnidentifiedImageError, SyntaxError) as e:
             raise DataError(f"{json_path}: image id {im.get('id')} ({path}): cannot decode it: {e}") from None
         if size != (im.get("width"), im.get("height")):
-            raise DataError(f"{json_path}: image id {im.get('id')} ({path}): the file is {size[0]}x{size[1]}, the json says "
-                            f"{im.get('width')}x{im.get('height')} (width x height); the masks would not lie on the objects")
+            raise DataError(
+                f"{json_path}: image id {im.get('id')} ({path}): the file is {size[0]}x{size[1]}, the json "
+                "says "
+                f"{im.get('width')}x{im.get('height')} (width x height); the masks would not lie on the "
+                "objects"
+            )
         if orientation != 1:
-            raise DataError(f"{json_path}: image id {im.get('id')} ({path}): EXIF orientation {orientation} (expected none or 1): "
-                            "detectron2 and mmdet would rotate it, the reference and torchvision would not; "
-                            "store the pixels upright and drop the tag (e.g. `mogrify -auto-orient`)")
+            raise DataError(
+                f"{json_path}: image id {im.get('id')} ({path}): EXIF orientation {orientation} (expected "
+                "none or 1): "
+                "detectron2 and mmdet would rotate it, the reference and torchvision would not; "
+                "store the pixels upright and drop the tag (e.g. `mogrify -auto-orient`)"
+            )
     return len(sample)
 
 
@@ -315,11 +360,15 @@ def _stamp(json_path: Path, image_dir: Path, need_annotations: bool) -> str:
     """What the pass's verdict depends on: the file (path, size, modification time), the image folder's
     modification time (a file added or removed changes it), the checks' settings."""
     st, folder = json_path.stat(), image_dir.stat()
-    return hashlib.sha1(f"{json_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{image_dir.resolve()}:{folder.st_mtime_ns}:"
-                        f"{need_annotations}:{MAX_DROPPED_SHARE}:{SIZE_SAMPLE}:{CHECK_VERSION}".encode()).hexdigest()[:16]
+    return hashlib.sha1(
+        f"{json_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{image_dir.resolve()}:{folder.st_mtime_ns}:"
+        f"{need_annotations}:{MAX_DROPPED_SHARE}:{SIZE_SAMPLE}:{CHECK_VERSION}".encode()
+    ).hexdigest()[:16]
 
 
-def inspect_split(json_path: Path, image_dir: Path, need_annotations: bool = True, train: bool = False) -> tuple[dict, Path]:
+def inspect_split(
+    json_path: Path, image_dir: Path, need_annotations: bool = True, train: bool = False
+) -> tuple[dict, Path]:
     """Validate one COCO split in one parse; returns (its summary, the annotation file the frameworks
     are to read: ``json_path``, or its cleaned copy). A training split's index is registered. The
     verdict of a split that passed is kept (data cache, ``checked/``) under its :func:`_stamp`: a later
@@ -355,7 +404,9 @@ def _collector_paused():
             gc.enable()
 
 
-def _check(json_path: Path, image_dir: Path, need_annotations: bool, train: bool, cache: Path) -> tuple[dict, Path]:
+def _check(
+    json_path: Path, image_dir: Path, need_annotations: bool, train: bool, cache: Path
+) -> tuple[dict, Path]:
     import orjson
 
     from .results import atomic_write_text
@@ -374,8 +425,11 @@ def _check(json_path: Path, image_dir: Path, need_annotations: bool, train: bool
             raise DataError(f"{json_path}: key 'images', {shown}: {why}")
     for c in coco["categories"]:
         if not isinstance(c, dict) or type(c.get("id")) is not int or not isinstance(c.get("name"), str):
-            raise DataError(f"{json_path}: key 'categories', entry {c!r}: expected an object with a whole-number 'id' and a "
-                            "'name'")
+            raise DataError(
+                f"{json_path}: key 'categories', entry {c!r}: expected an object with a whole-number 'id' "
+                "and a "
+                "'name'"
+            )
     for what in ("images", "categories"):
         twice = _duplicate(coco[what], what)
         if twice:
@@ -383,10 +437,16 @@ def _check(json_path: Path, image_dir: Path, need_annotations: bool, train: bool
     missing = _absent(image_dir, coco["images"])
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise DataError(f"{json_path}: {len(missing)} image(s) listed under 'images' are absent from {image_dir}: {shown}")
+        raise DataError(
+            f"{json_path}: {len(missing)} image(s) listed under 'images' are absent from {image_dir}: {shown}"
+        )
     dropped, cleaned = _check_annotations(json_path, coco)
-    summary = {"images": len(coco["images"]), "annotations": len(coco["annotations"]), "categories": len(coco["categories"]),
-               "headers_checked": _check_images(json_path, image_dir, coco["images"])}
+    summary = {
+        "images": len(coco["images"]),
+        "annotations": len(coco["annotations"]),
+        "categories": len(coco["categories"]),
+        "headers_checked": _check_images(json_path, image_dir, coco["images"]),
+    }
     read_from = json_path
     if cleaned is not None:
         summary["dropped"] = dropped
@@ -396,11 +456,15 @@ def _check(json_path: Path, image_dir: Path, need_annotations: bool, train: bool
     index = _index(coco)
     summary["usable_images"] = len(index["usable"])
     if train and not index["usable"]:
-        raise DataError(f"{json_path}: no image to train on: every image lacks a usable annotation that is not a crowd "
-                        f"region, or has a side under {MIN_SIDE} px (mmdet's minimum)")
+        raise DataError(
+            f"{json_path}: no image to train on: every image lacks a usable annotation that is not a crowd "
+            f"region, or has a side under {MIN_SIDE} px (mmdet's minimum)"
+        )
     if train:
         _INDEX[str(read_from)] = index
-    atomic_write_text(cache / "verdict.json", json.dumps({"summary": summary, "read_from": str(read_from), "index": index}))
+    atomic_write_text(
+        cache / "verdict.json", json.dumps({"summary": summary, "read_from": str(read_from), "index": index})
+    )
     return summary, read_from
 
 
@@ -409,5 +473,8 @@ def enough_for_a_batch(json_path, split_summary: dict, batch: int) -> None:
     reference's refuses it, the others repeat images)."""
     usable = split_summary.get("usable_images")
     if usable is not None and usable < batch:
-        raise DataError(f"{json_path}: {usable} image(s) to train on (with an annotation that is not a crowd region, sides of "
-                        f"{MIN_SIDE} px or more), fewer than one batch of {batch} (solver.ims_per_batch)")
+        raise DataError(
+            f"{json_path}: {usable} image(s) to train on (with an annotation that is not a crowd region, "
+            "sides of "
+            f"{MIN_SIDE} px or more), fewer than one batch of {batch} (solver.ims_per_batch)"
+        )

@@ -17,15 +17,19 @@ and every implementation, whatever its interpreter, reads its images in the same
 Each adapter maps the ids to its own dataset's indices (:func:`indices_for`), and a framework whose
 dataset lacks an id gets an error naming it, never a silent substitute.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-def global_batches(train_json: str | Path, *, batch: int, seed: int, group_by_aspect: bool) -> Iterator[list[int]]:
+
+def global_batches(
+    train_json: str | Path, *, batch: int, seed: int, group_by_aspect: bool
+) -> Iterator[list[int]]:
     """The endless sequence of global batches (lists of ``batch`` image ids)."""
     import numpy as np
 
@@ -47,9 +51,13 @@ def global_batches(train_json: str | Path, *, batch: int, seed: int, group_by_as
                 bucket.clear()
 
 
-def rank_batches(train_json, *, per_process: int, rank: int, world_size: int, seed: int, group_by_aspect: bool) -> Iterator[list[int]]:
+def rank_batches(
+    train_json, *, per_process: int, rank: int, world_size: int, seed: int, group_by_aspect: bool
+) -> Iterator[list[int]]:
     """This process's share of every global batch, in order."""
-    for ids in global_batches(train_json, batch=per_process * world_size, seed=seed, group_by_aspect=group_by_aspect):
+    for ids in global_batches(
+        train_json, batch=per_process * world_size, seed=seed, group_by_aspect=group_by_aspect
+    ):
         yield ids[rank * per_process : (rank + 1) * per_process]
 
 
@@ -75,8 +83,11 @@ class OrderedBatchSampler(torch.utils.data.Sampler):
         for ids in rank_batches(**self.order):
             missing = [i for i in ids if i not in self.index_of]
             if missing:
-                raise KeyError(f"{self.source}: image id {missing[0]} of the run's data order is not in this framework's "
-                               "training set (filtered out by its loader?)")
+                raise KeyError(
+                    f"{self.source}: image id {missing[0]} of the run's data order is not in this "
+                    "framework's "
+                    "training set (filtered out by its loader?)"
+                )
             yield [self.index_of[i] for i in ids]
 
     def __iter__(self):

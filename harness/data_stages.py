@@ -18,6 +18,7 @@ file whole into memory, timed as "read". So:
 It runs in the loader's main process (0 workers: with workers the calls run in other processes), on
 batches after the first, over a fresh pipeline built with the wrappers in place.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -31,9 +32,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
-STAGES = ("read", "decode", "transform", "collate", "to_device", "other")  # the first four: the loader's own calls
+STAGES = (
+    "read",
+    "decode",
+    "transform",
+    "collate",
+    "to_device",
+    "other",
+)  # the first four: the loader's own calls
 # open()'s keywords at their defaults (iopath's PathManager passes them all): a plain read of the file
-_OPEN_DEFAULTS = {"buffering": -1, "encoding": None, "errors": None, "newline": None, "closefd": True, "opener": None}
+_OPEN_DEFAULTS = {
+    "buffering": -1,
+    "encoding": None,
+    "errors": None,
+    "newline": None,
+    "closefd": True,
+    "opener": None,
+}
 
 
 class StageSplitError(RuntimeError):
@@ -104,9 +119,18 @@ def timed_reads(image_dir: Path, clock: StageClock):
     timed_read = clock.timed("read", read_whole)
 
     def open_(file, mode="r", *args, **kwargs):
-        plain = not args and all(kwargs.get(k, v) == v for k, v in _OPEN_DEFAULTS.items()) and set(kwargs) <= set(_OPEN_DEFAULTS)
-        if (plain and isinstance(file, (str, os.PathLike)) and set(mode) <= set("rb") and "b" in mode
-                and os.path.abspath(file).startswith(root)):
+        plain = (
+            not args
+            and all(kwargs.get(k, v) == v for k, v in _OPEN_DEFAULTS.items())
+            and set(kwargs) <= set(_OPEN_DEFAULTS)
+        )
+        if (
+            plain
+            and isinstance(file, (str, os.PathLike))
+            and set(mode) <= set("rb")
+            and "b" in mode
+            and os.path.abspath(file).startswith(root)
+        ):
             return timed_read(file)
         return real_open(file, mode, *args, **kwargs)
 
@@ -117,7 +141,11 @@ def timed_reads(image_dir: Path, clock: StageClock):
 @contextlib.contextmanager
 def stage_wrappers(stages: LoaderStages, clock: StageClock):
     with contextlib.ExitStack() as stack:
-        for stage, targets in (("transform", stages.item), ("decode", stages.decode), ("collate", stages.collate)):
+        for stage, targets in (
+            ("transform", stages.item),
+            ("decode", stages.decode),
+            ("collate", stages.collate),
+        ):
             for owner, name in targets:
                 stack.enter_context(_patch(owner, name, clock.timed(stage, _original(owner, name))))
         yield
@@ -132,7 +160,8 @@ class StageSplit:
     seconds: dict = field(default_factory=dict)
 
     def ms_per_image(self) -> dict[str, float]:
-        """STAGES in ms per image: the timed calls' self times, the copy to the device, the rest of the wall time."""
+        """STAGES in ms per image: the timed calls' self times, the copy to the device, the rest of the wall
+        time."""
         known = {k: self.seconds.get(k, 0.0) for k in STAGES[:4]}
         known["to_device"] = self.to_device_s
         known["other"] = max(self.wall_s - sum(known.values()), 0.0)
@@ -165,8 +194,14 @@ def split_stages(adapter, cfg, data, dist, native, batches: int, sync=lambda: No
         del pipeline
     for stage in STAGES[:4]:
         if not calls.get(stage):
-            raise StageSplitError(f"{adapter.name}: no call of its loader's {stage} stage ran in {batches} batches "
-                               f"(loader_stages names calls its loader does not make)")
-    return {"ms_per_image": split.ms_per_image(), "batches": split.batches, "images": split.images,
-            "calls": {k: calls.get(k, 0) for k in STAGES[:4]},
-            "transform_holds": stages.transform}
+            raise StageSplitError(
+                f"{adapter.name}: no call of its loader's {stage} stage ran in {batches} batches "
+                f"(loader_stages names calls its loader does not make)"
+            )
+    return {
+        "ms_per_image": split.ms_per_image(),
+        "batches": split.batches,
+        "images": split.images,
+        "calls": {k: calls.get(k, 0) for k in STAGES[:4]},
+        "transform_holds": stages.transform,
+    }

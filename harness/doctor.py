@@ -7,6 +7,7 @@ and psutil (load against cores, free memory); the GPU part reads NVML (nvidia-ml
 versions, and per GPU the processes already on it, persistence mode, ECC, MIG, application clocks
 against their defaults, and the current clock-event (throttle) reasons.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,33 +42,68 @@ def cpu_findings(cpu_root: Path = CPU) -> list[Finding]:
     import psutil
 
     found = []
-    governors = {g for g in (_read(p) for p in sorted(cpu_root.glob("cpu[0-9]*/cpufreq/scaling_governor"))) if g}
+    governors = {
+        g for g in (_read(p) for p in sorted(cpu_root.glob("cpu[0-9]*/cpufreq/scaling_governor"))) if g
+    }
     if not governors:
-        found.append(Finding("CPU governor", "not exposed", "warning",
-                             "no cpufreq in sysfs (a container or VM): the frequency policy is unknown"))
+        found.append(
+            Finding(
+                "CPU governor",
+                "not exposed",
+                "warning",
+                "no cpufreq in sysfs (a container or VM): the frequency policy is unknown",
+            )
+        )
     elif governors == {"performance"}:
         found.append(Finding("CPU governor", "performance", "ok"))
     else:
-        found.append(Finding("CPU governor", ", ".join(sorted(governors)), "warning",
-                             "the clock follows the load: timings vary (performance holds it; pyperf system tune sets it)"))
+        found.append(
+            Finding(
+                "CPU governor",
+                ", ".join(sorted(governors)),
+                "warning",
+                "the clock follows the load: timings vary (performance holds it; pyperf system tune sets it)",
+            )
+        )
     no_turbo, boost = _read(cpu_root / "intel_pstate" / "no_turbo"), _read(cpu_root / "cpufreq" / "boost")
     if no_turbo is None and boost is None:
-        found.append(Finding("CPU turbo", "not exposed", "ok", "no intel_pstate or cpufreq boost switch to read"))
+        found.append(
+            Finding("CPU turbo", "not exposed", "ok", "no intel_pstate or cpufreq boost switch to read")
+        )
     elif no_turbo == "1" or boost == "0":
         found.append(Finding("CPU turbo", "off", "ok"))
     else:
-        found.append(Finding("CPU turbo", "on", "warning", "the clock depends on temperature and on the other cores' load"))
+        found.append(
+            Finding(
+                "CPU turbo", "on", "warning", "the clock depends on temperature and on the other cores' load"
+            )
+        )
     cores = psutil.cpu_count() or 1
     load = os.getloadavg()[0]
     level = "bad" if load > cores else "warning" if load > cores / 2 else "ok"
-    found.append(Finding("load average (1 min)", f"{load:.2f} on {cores} cores", level,
-                         {"bad": "more runnable work than cores: the run will share them",
-                          "warning": "other work holds more than half the cores", "ok": ""}[level]))
+    found.append(
+        Finding(
+            "load average (1 min)",
+            f"{load:.2f} on {cores} cores",
+            level,
+            {
+                "bad": "more runnable work than cores: the run will share them",
+                "warning": "other work holds more than half the cores",
+                "ok": "",
+            }[level],
+        )
+    )
     memory = psutil.virtual_memory()
     share = memory.available / memory.total
     level = "bad" if share < 0.10 else "warning" if share < 0.25 else "ok"
-    found.append(Finding("free memory", f"{memory.available / 2**30:.1f} of {memory.total / 2**30:.1f} GiB", level,
-                         "" if level == "ok" else "little memory left: swapping or the OOM killer may stop the run"))
+    found.append(
+        Finding(
+            "free memory",
+            f"{memory.available / 2**30:.1f} of {memory.total / 2**30:.1f} GiB",
+            level,
+            "" if level == "ok" else "little memory left: swapping or the OOM killer may stop the run",
+        )
+    )
     return found
 
 
@@ -75,8 +111,14 @@ def gpu_findings(required: bool) -> list[Finding]:
     """The GPUs' state through NVML; without NVML, one finding: bad where the run needs a GPU."""
     nvml, why = nvml_or_reason()
     if nvml is None:
-        return [Finding("NVML", "absent", "bad" if required else "ok",
-                        f"{why}: the GPUs' state is not checked" if required else f"{why} (not needed on the CPU)")]
+        return [
+            Finding(
+                "NVML",
+                "absent",
+                "bad" if required else "ok",
+                f"{why}: the GPUs' state is not checked" if required else f"{why} (not needed on the CPU)",
+            )
+        ]
     found = [Finding("NVIDIA driver", str(_try(nvml.nvmlSystemGetDriverVersion)), "ok")]
     cuda = _try(nvml.nvmlSystemGetCudaDriverVersion)
     if cuda:
@@ -85,30 +127,68 @@ def gpu_findings(required: bool) -> list[Finding]:
         h = nvml.nvmlDeviceGetHandleByIndex(i)
         name = f"GPU {i}"
         procs = _try(nvml.nvmlDeviceGetComputeRunningProcesses, h, default=[]) or []
-        found.append(Finding(f"{name} processes", ", ".join(str(p.pid) for p in procs) or "none", "bad" if procs else "ok",
-                             "another process computes on it: the run shares the GPU" if procs else ""))
+        found.append(
+            Finding(
+                f"{name} processes",
+                ", ".join(str(p.pid) for p in procs) or "none",
+                "bad" if procs else "ok",
+                "another process computes on it: the run shares the GPU" if procs else "",
+            )
+        )
         persistence = _try(nvml.nvmlDeviceGetPersistenceMode, h)
-        found.append(Finding(f"{name} persistence mode", {1: "on", 0: "off"}.get(persistence, "unknown"),
-                             "ok" if persistence == 1 else "warning",
-                             "" if persistence == 1 else "the driver may unload between runs: the first CUDA call is slower"))
+        found.append(
+            Finding(
+                f"{name} persistence mode",
+                {1: "on", 0: "off"}.get(persistence, "unknown"),
+                "ok" if persistence == 1 else "warning",
+                ""
+                if persistence == 1
+                else "the driver may unload between runs: the first CUDA call is slower",
+            )
+        )
         ecc = _try(nvml.nvmlDeviceGetEccMode, h)
-        found.append(Finding(f"{name} ECC", "on" if ecc and ecc[0] else "off" if ecc else "not supported", "ok",
-                             "ECC costs some memory bandwidth: compare runs with the same setting" if ecc else ""))
+        found.append(
+            Finding(
+                f"{name} ECC",
+                "on" if ecc and ecc[0] else "off" if ecc else "not supported",
+                "ok",
+                "ECC costs some memory bandwidth: compare runs with the same setting" if ecc else "",
+            )
+        )
         mig = _try(nvml.nvmlDeviceGetMigMode, h)
         on = bool(mig and mig[0])
-        found.append(Finding(f"{name} MIG", "on" if on else "off" if mig else "not supported", "warning" if on else "ok",
-                             "a MIG slice has a fraction of the GPU's engines and memory" if on else ""))
+        found.append(
+            Finding(
+                f"{name} MIG",
+                "on" if on else "off" if mig else "not supported",
+                "warning" if on else "ok",
+                "a MIG slice has a fraction of the GPU's engines and memory" if on else "",
+            )
+        )
         app = _try(nvml.nvmlDeviceGetApplicationsClock, h, nvml.NVML_CLOCK_SM)
         default = _try(nvml.nvmlDeviceGetDefaultApplicationsClock, h, nvml.NVML_CLOCK_SM)
         if app is not None and default is not None:
-            found.append(Finding(f"{name} application clock (SM)", f"{app} MHz (default {default})",
-                                 "ok" if app == default else "warning",
-                                 "" if app == default else "set away from the default (nvidia-smi -ac): another card's "
-                                 "numbers are not comparable"))
+            found.append(
+                Finding(
+                    f"{name} application clock (SM)",
+                    f"{app} MHz (default {default})",
+                    "ok" if app == default else "warning",
+                    ""
+                    if app == default
+                    else "set away from the default (nvidia-smi -ac): another card's "
+                    "numbers are not comparable",
+                )
+            )
         bits = throttle_reasons(nvml, h) or 0
         reasons = [n for n, b in THROTTLE_BITS.items() if bits & b]
-        found.append(Finding(f"{name} throttle", ", ".join(reasons) or "none", "bad" if reasons else "ok",
-                             "slowed by heat or power before the run starts" if reasons else ""))
+        found.append(
+            Finding(
+                f"{name} throttle",
+                ", ".join(reasons) or "none",
+                "bad" if reasons else "ok",
+                "slowed by heat or power before the run starts" if reasons else "",
+            )
+        )
     _try(nvml.nvmlShutdown)
     return found
 

@@ -10,6 +10,7 @@ every implementation's (``mrcnn-bench parity --check-forward``); the window's FL
 times the pixels, RoIs and positives each iteration recorded. So one implementation's MFU is its own
 window's, and two implementations doing the same work are credited the same FLOPs.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,7 +29,9 @@ def training_step_flops(step) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak_flops(device: str, dtype: str = "fp32", seconds: float = 0.5, size: int | None = None) -> float:
+def matmul_peak_flops(
+    device: str, dtype: str = "fp32", seconds: float = 0.5, size: int | None = None
+) -> float:
     """Measured FLOP/s of a square matmul on ``device`` with this process's threads (a calibration,
     not the datasheet number)."""
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -111,7 +114,8 @@ def unit_costs(cfg, num_classes: int, side: int = 256, rois: int = 64) -> UnitCo
     return UnitCosts(
         per_pixel=training_step_flops(trunk) / side**2,
         per_roi=training_step_flops(lambda: head(model.roi_heads.box_head, roi.box_pooler_resolution)) / rois,
-        per_positive=training_step_flops(lambda: head(model.roi_heads.mask_head, roi.mask_pooler_resolution)) / rois,
+        per_positive=training_step_flops(lambda: head(model.roi_heads.mask_head, roi.mask_pooler_resolution))
+        / rois,
         forward=forward,
     )
 
@@ -125,8 +129,15 @@ def cached_unit_costs(cfg, num_classes: int) -> UnitCosts:
     import os
     from pathlib import Path
 
-    key = json.dumps({"model": cfg.model.model_dump(mode="json"), "classes": num_classes, "torch": torch.__version__,
-                      "version": 2}, sort_keys=True)  # 2: with each network phase's forward
+    key = json.dumps(
+        {
+            "model": cfg.model.model_dump(mode="json"),
+            "classes": num_classes,
+            "torch": torch.__version__,
+            "version": 2,
+        },
+        sort_keys=True,
+    )  # 2: with each network phase's forward
     folder = Path(os.environ.get("MRCNN_BENCH_FLOPS", Path.home() / ".cache" / "mrcnn-bench" / "flops"))
     path = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     try:

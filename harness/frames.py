@@ -1,10 +1,11 @@
 """Run records as a pandas frame, and the iterations behind a record: what the report, the plots and
 the regression gate read."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
@@ -32,7 +33,11 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
         its = iterations_of(r)
         measured = r.get("measured_by", "harness")
         # a log's per-iteration times are interval means: no interval of img/s from them
-        ci = throughput_ci(its, w.get("warmup", 0), w.get("end", 0)) if r["status"] == "ok" and measured == "harness" else None
+        ci = (
+            throughput_ci(its, w.get("warmup", 0), w.get("end", 0))
+            if r["status"] == "ok" and measured == "harness"
+            else None
+        )
         rows.append(
             {
                 "run_id": r["run_id"],
@@ -77,7 +82,9 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
                 "noisy": r.get("noisy") or [],
                 # the backbone's structure where it is not the canonical config's ({key: (canonical, run)})
-                "structure": structure_differences_of(r.get("config")),  # why the numbers are not the machine's alone (harness/telemetry.py)
+                "structure": structure_differences_of(
+                    r.get("config")
+                ),  # why the numbers are not the machine's alone (harness/telemetry.py)
                 "summary": s,  # the whole summary: what a task's own section reads (harness/tasks)
                 "path": r.get("_path"),
             }
@@ -89,4 +96,3 @@ def phase_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The finished runs that measured phases (``mrcnn-bench phases``), fastest first."""
     ok = df[(df["status"] == "ok") & df["phases_ms"].map(lambda v: isinstance(v, dict))]
     return ok.sort_values("s_per_iter_mean")
-

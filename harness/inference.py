@@ -13,14 +13,15 @@ what is timed.
   on an empty path skips the mask head and the pasting.
 - ``coco_results`` / ``coco_ap``: detections as COCO results and pycocotools' bbox and segm AP.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -79,16 +80,27 @@ def _peak_memory(device: str) -> tuple[Callable[[], None], Callable[[], float]]:
     return (lambda: None), _cpu_peak_rss_mb
 
 
-def time_batches(predict, images: list, batch_sizes: list[int], warmup: int, batches: int, device: str,
-                 autocast_dtype=None, on_batch: Callable[[dict], None] | None = None) -> list[dict]:
+def time_batches(
+    predict,
+    images: list,
+    batch_sizes: list[int],
+    warmup: int,
+    batches: int,
+    device: str,
+    autocast_dtype=None,
+    on_batch: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """One row per timed call: batch size, images, seconds, detections, masks, peak memory so far.
     The images are taken in turn (wrapping around) so that each call sees others."""
     import torch
 
     sync = _synchronize(device)
     reset_peak, read_peak = _peak_memory(device)
-    autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(torch.device(device).type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     rows, cursor = [], 0
     for size in batch_sizes:
         reset_peak()
@@ -104,8 +116,15 @@ def time_batches(predict, images: list, batch_sizes: list[int], warmup: int, bat
             if call < warmup:
                 continue
             detections, masks = count_outputs(outputs)
-            row = {"iter": len(rows), "batch_size": size, "images": size, "duration": seconds,
-                   "detections": detections, "masks": masks, "max_memory_mb": read_peak()}
+            row = {
+                "iter": len(rows),
+                "batch_size": size,
+                "images": size,
+                "duration": seconds,
+                "detections": detections,
+                "masks": masks,
+                "max_memory_mb": read_peak(),
+            }
             rows.append(row)
             if on_batch:
                 on_batch(row)
@@ -121,9 +140,12 @@ def check_not_empty(rows: list[dict], impl: str) -> None:
         detections, masks = sum(r["detections"] for r in mine), sum(r["masks"] for r in mine)
         if detections == 0 or masks == 0:
             raise EmptyPath(
-                f"{impl}: the {len(mine)} timed calls of batch size {size} returned {detections} detections and {masks} "
-                "masks; a model with no detection above the score threshold skips the mask head and the pasting. "
-                "Set benchmark.shared_training_iters, or model.weights to trained weights")
+                f"{impl}: the {len(mine)} timed calls of batch size {size} returned {detections} detections "
+                f"and {masks} "
+                "masks; a model with no detection above the score threshold skips the mask head and the "
+                "pasting. "
+                "Set benchmark.shared_training_iters, or model.weights to trained weights"
+            )
 
 
 def latency_stats(seconds: list[float], batch_size: int) -> dict:
@@ -150,14 +172,22 @@ def inference_summary(rows: list[dict]) -> dict:
             **latency_stats([r["duration"] for r in mine], size),
             "detections_per_image": sum(r["detections"] for r in mine) / images,
             "masks_per_image": sum(r["masks"] for r in mine) / images,
-            "peak_memory_mb": max((r["max_memory_mb"] for r in mine if r["max_memory_mb"] is not None), default=None),
+            "peak_memory_mb": max(
+                (r["max_memory_mb"] for r in mine if r["max_memory_mb"] is not None), default=None
+            ),
         }
     seconds = [r["duration"] for r in rows]
     images = sum(r["images"] for r in rows)
     return {
-        "warmup": 0, "end": len(rows), "iterations": len(rows), "images": images, "seconds": float(sum(seconds)),
-        "images_per_s": images / float(sum(seconds)), "s_per_iter_median": float(np.median(seconds)),
-        "task": "infer", "batch_sizes": per_size,
+        "warmup": 0,
+        "end": len(rows),
+        "iterations": len(rows),
+        "images": images,
+        "seconds": float(sum(seconds)),
+        "images_per_s": images / float(sum(seconds)),
+        "s_per_iter_median": float(np.median(seconds)),
+        "task": "infer",
+        "batch_sizes": per_size,
     }
 
 
@@ -174,8 +204,12 @@ def coco_results(outputs: list[dict], image_ids: list[int], cat_ids: list[int]) 
         masks = out.get("masks")
         binary = (masks >= MASK_THRESHOLD).cpu().numpy().astype(np.uint8) if masks is not None else None
         for j in range(len(boxes)):
-            r = {"image_id": int(image_id), "category_id": cat_ids[int(out["labels"][j]) - 1],
-                 "bbox": [round(float(v), 2) for v in boxes[j]], "score": round(float(out["scores"][j]), 5)}
+            r = {
+                "image_id": int(image_id),
+                "category_id": cat_ids[int(out["labels"][j]) - 1],
+                "bbox": [round(float(v), 2) for v in boxes[j]],
+                "score": round(float(out["scores"][j]), 5),
+            }
             if binary is not None:
                 rle = mask_utils.encode(np.asfortranarray(binary[j]))
                 rle["counts"] = rle["counts"].decode("ascii")
@@ -213,11 +247,15 @@ def evaluate(predict, val_json: str | Path, val_images: str | Path, batch_size: 
     images = load_images(val_json, val_images)
     results, detections, masks = [], 0, 0
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         with torch.inference_mode():
             outputs = predict([im for _, im in chunk])
         d, m = count_outputs(outputs)
         detections, masks = detections + d, masks + m
         results += coco_results(outputs, [i for i, _ in chunk], cat_ids)
-    return {**coco_ap(coco, results), "images": len(images), "detections_per_image": detections / max(1, len(images)),
-            "masks_per_image": masks / max(1, len(images))}
+    return {
+        **coco_ap(coco, results),
+        "images": len(images),
+        "detections_per_image": detections / max(1, len(images)),
+        "masks_per_image": masks / max(1, len(images)),
+    }

@@ -12,6 +12,7 @@ in the run folder (``WORKER_PIDS``) and watches its launcher and this process (`
 whatever is left when the launcher has ended is stopped here before the verdict is written, and the
 verdict is final: a worker writes run.json only where none exists.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data_check, settings
-from .telemetry import RunWatch
-from .tasks import task_of
 from .results import (
     PARTIAL_ITERATIONS,
     ResultError,
@@ -38,6 +37,8 @@ from .results import (
     capture_environment,
     make_run_record,
 )
+from .tasks import task_of
+from .telemetry import RunWatch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,19 +70,24 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def how(self) -> str:
-        return "by the user (Ctrl-C)" if self.signum == signal.SIGINT else f"by {signal.Signals(self.signum).name}"
+        return (
+            "by the user (Ctrl-C)"
+            if self.signum == signal.SIGINT
+            else f"by {signal.Signals(self.signum).name}"
+        )
 
     @property
     def message(self) -> str:
         return f"interrupted {self.how}{self.detail}"
 
     @staticmethod
-    def of(e: BaseException) -> "Interrupted":
+    def of(e: BaseException) -> Interrupted:
         return e if isinstance(e, Interrupted) else Interrupted()
 
 
 def interrupt_on_stop_signals() -> None:
-    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as SIGINT raises
+    KeyboardInterrupt."""
 
     def _raise(signum, frame):
         raise Interrupted(signum)
@@ -116,7 +122,7 @@ class LaunchOptions:
     force: bool = False
     interpreters: dict[str, str] = field(default_factory=dict)
     rdzv_timeout_s: float = 600.0  # how long the nodes wait for each other at start
-    slurm: "SlurmTask | None" = None  # --launcher slurm: this process is one task of an srun
+    slurm: SlurmTask | None = None  # --launcher slurm: this process is one task of an srun
 
     @property
     def world_size(self) -> int:
@@ -164,9 +170,15 @@ class SlurmTask:
 
     def environment(self) -> dict[str, str]:
         """What torch.distributed's env:// initialisation and the worker read."""
-        return {"RANK": str(self.rank), "WORLD_SIZE": str(self.world), "LOCAL_RANK": str(self.local_rank),
-                "LOCAL_WORLD_SIZE": str(self.local_world), "MASTER_ADDR": self.master_addr,
-                "MASTER_PORT": str(self.master_port), "MRCNN_BENCH_LAUNCHER": "slurm"}
+        return {
+            "RANK": str(self.rank),
+            "WORLD_SIZE": str(self.world),
+            "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_WORLD_SIZE": str(self.local_world),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+            "MRCNN_BENCH_LAUNCHER": "slurm",
+        }
 
 
 def first_host(nodelist: str) -> str:
@@ -182,8 +194,10 @@ def slurm_task(environ: dict[str, str] | None = None, master_port: int | None = 
 
     def need(name: str) -> str:
         if not env.get(name):
-            raise LaunchError(f"--launcher slurm: ${name} is not set; start the benchmark with srun inside an "
-                              "allocation (sbatch/salloc), one task per GPU")
+            raise LaunchError(
+                f"--launcher slurm: ${name} is not set; start the benchmark with srun inside an "
+                "allocation (sbatch/salloc), one task per GPU"
+            )
         return env[name]
 
     rank, world = int(need("SLURM_PROCID")), int(need("SLURM_NTASKS"))
@@ -191,8 +205,15 @@ def slurm_task(environ: dict[str, str] | None = None, master_port: int | None = 
     local_world = int(str(env.get("SLURM_NTASKS_PER_NODE") or world // nnodes).split("(")[0])
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or need("SLURM_JOB_NODELIST")
     port = master_port or int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
-    return SlurmTask(rank=rank, world=world, local_rank=int(need("SLURM_LOCALID")), local_world=local_world,
-                     nnodes=nnodes, master_addr=env.get("MASTER_ADDR") or first_host(nodelist), master_port=port)
+    return SlurmTask(
+        rank=rank,
+        world=world,
+        local_rank=int(need("SLURM_LOCALID")),
+        local_world=local_world,
+        nnodes=nnodes,
+        master_addr=env.get("MASTER_ADDR") or first_host(nodelist),
+        master_port=port,
+    )
 
 
 def interpreter_for(impl: str, interpreters: dict[str, str]) -> str:
@@ -237,7 +258,12 @@ def _launcher_args(opts: LaunchOptions) -> list[str]:
         # --standalone: a local c10d rendezvous on a free port, as torchrun recommends for one node.
         return ["--standalone", *args]
     args += ["--nnodes", str(opts.nnodes), "--node-rank", str(opts.node_rank)]
-    args += ["--master-addr", opts.master_addr or "127.0.0.1", "--master-port", str(opts.master_port or 29500)]
+    args += [
+        "--master-addr",
+        opts.master_addr or "127.0.0.1",
+        "--master-port",
+        str(opts.master_port or 29500),
+    ]
     args += ["--rdzv-conf", f"timeout={int(opts.rdzv_timeout_s)}"]  # how long node 0 waits for the others
     return args
 
@@ -287,14 +313,20 @@ class _Streamer(threading.Thread):
 def _diagnose(tail: list[str], returncode: int, endpoint: str = "?") -> tuple[str, str]:
     """(status, reason) from what a failed worker group printed."""
     text = "\n".join(tail)
-    if "waiting for clients" in text or ("DistNetworkError" in text and "connect" in text) or "Timed out after" in text:
+    if (
+        "waiting for clients" in text
+        or ("DistNetworkError" in text and "connect" in text)
+        or "Timed out after" in text
+    ):
         joined = next((ln.strip() for ln in tail if "clients joined" in ln or "connect" in ln), "")
         return "failed", f"rendezvous at {endpoint} timed out: not every node joined ({joined})"
     if "Signal 9 (SIGKILL)" in text or returncode in (-9, 137):
         return "oom", "a worker was killed by SIGKILL (most often the kernel's out-of-memory killer)"
     if "OutOfMemoryError" in text or "out of memory" in text.lower():
         return "oom", "out of memory"
-    errors = [ln.strip() for ln in tail if ("Error" in ln or "error:" in ln) and not ln.lstrip().startswith("File ")]
+    errors = [
+        ln.strip() for ln in tail if ("Error" in ln or "error:" in ln) and not ln.lstrip().startswith("File ")
+    ]
     reason = errors[-1] if errors else (tail[-1].strip() if tail else f"exit code {returncode}")
     return "failed", reason
 
@@ -318,7 +350,9 @@ def run_implementation(
     started = time.time()
     cmd, env = _worker_command(impl, cfg, data_paths, data_summary, run_dir, run_id, opts, started)
     timeout = opts.timeout_s or cfg.benchmark.timeout_s
-    watch = RunWatch(cfg, run_dir, opts.nproc_per_node, opts.part)  # the machine's state now; its samples while it runs
+    watch = RunWatch(
+        cfg, run_dir, opts.nproc_per_node, opts.part
+    )  # the machine's state now; its samples while it runs
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -336,7 +370,10 @@ def run_implementation(
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop_group(proc)
-            status, reason = "timeout", f"no result after {timeout:.0f} s (--timeout); the worker group was stopped"
+            status, reason = (
+                "timeout",
+                f"no result after {timeout:.0f} s (--timeout); the worker group was stopped",
+            )
         finally:
             watch.stop()
     except KeyboardInterrupt as e:
@@ -346,17 +383,46 @@ def run_implementation(
             left = stop_leftover_workers(run_dir, opts.ranks)
             streamer.join(timeout=5)
             reason = f"interrupted {interrupted.how}" + (f"; {left}" if left else "")
-            record = (_kept(watch, _failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started), run_dir)
-                      if opts.leader else
-                      {"impl": impl, "run_id": run_id, "status": "interrupted", "reason": reason, "follower": True})
+            record = (
+                _kept(
+                    watch,
+                    _failure_record(impl, cfg, run_dir, run_id, opts, "interrupted", reason, started),
+                    run_dir,
+                )
+                if opts.leader
+                else {
+                    "impl": impl,
+                    "run_id": run_id,
+                    "status": "interrupted",
+                    "reason": reason,
+                    "follower": True,
+                }
+            )
         raise KeyboardInterruptWithRecord(record, interrupted.signum) from None
     left = stop_leftover_workers(run_dir, opts.ranks)
     streamer.join(timeout=10)
     if status is None and proc.returncode < 0 and not opts.slurm:
         # torchrun itself ended by a signal (a worker's death makes it exit 1, naming the signal)
-        status, reason = "failed", (f"the launcher (torchrun, pid {proc.pid}) was killed by "
-                                    f"{signal.Signals(-proc.returncode).name}" + (f"; {left}" if left else ""))
-    record = _verdict(impl, cfg, run_dir, run_id, opts, status, reason, proc.returncode, list(streamer.tail), log_name, started)
+        status, reason = (
+            "failed",
+            (
+                f"the launcher (torchrun, pid {proc.pid}) was killed by "
+                f"{signal.Signals(-proc.returncode).name}" + (f"; {left}" if left else "")
+            ),
+        )
+    record = _verdict(
+        impl,
+        cfg,
+        run_dir,
+        run_id,
+        opts,
+        status,
+        reason,
+        proc.returncode,
+        list(streamer.tail),
+        log_name,
+        started,
+    )
     return _kept(watch, record, run_dir) if opts.leader else record
 
 
@@ -364,7 +430,12 @@ def _clear_earlier_attempt(run_dir: Path, opts: LaunchOptions) -> None:
     """A worker writes run.json only where there is none: an earlier attempt's goes first (the leader's
     files), and this launch's ranks' pid files."""
     if opts.leader:
-        for stale in [run_dir / PARTIAL_ITERATIONS, *run_dir.glob("error-rank*.json"), run_dir / "log.txt", run_dir / "run.json"]:
+        for stale in [
+            run_dir / PARTIAL_ITERATIONS,
+            *run_dir.glob("error-rank*.json"),
+            run_dir / "log.txt",
+            run_dir / "run.json",
+        ]:
             stale.unlink(missing_ok=True)
     for stale in _worker_pid_files(run_dir, opts.ranks):
         stale.unlink(missing_ok=True)
@@ -374,11 +445,15 @@ def _kept(watch: RunWatch, record: dict, run_dir: Path) -> dict:
     """The leader's record with the machine's state, the window's telemetry and the noise, as run.json."""
     record = watch.complete(record)
     atomic_write_json(run_dir / "run.json", record)
-    return {**record, "_path": str(run_dir / "run.json")}  # where it lies, as load_run gives it (the report links files)
+    return {
+        **record,
+        "_path": str(run_dir / "run.json"),
+    }  # where it lies, as load_run gives it (the report links files)
 
 
-def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, run_id: str, opts: LaunchOptions,
-                    started: float) -> tuple[list[str], dict]:
+def _worker_command(
+    impl, cfg, data_paths, data_summary: dict, run_dir: Path, run_id: str, opts: LaunchOptions, started: float
+) -> tuple[list[str], dict]:
     """launch.json (what every rank reads) written, and the command and environment that start the workers."""
     local_world = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
     threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or default_threads(local_world)
@@ -407,18 +482,38 @@ def _worker_command(impl, cfg, data_paths, data_summary: dict, run_dir: Path, ru
         TORCHELASTIC_ERROR_FILE=str(run_dir / "torchelastic-error.json"),
         MRCNN_BENCH_PID=str(os.getpid()),  # the worker's watchdog: it exits when this process is gone
     )
-    return cmd, settings.with_environment(env, cfg, impl)  # --best: the process settings of this implementation
+    return cmd, settings.with_environment(
+        env, cfg, impl
+    )  # --best: the process settings of this implementation
 
 
-def _verdict(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str | None, reason: str | None,
-             returncode: int, tail: list[str], log_name: str, started: float) -> dict:
+def _verdict(
+    impl,
+    cfg,
+    run_dir: Path,
+    run_id: str,
+    opts: LaunchOptions,
+    status: str | None,
+    reason: str | None,
+    returncode: int,
+    tail: list[str],
+    log_name: str,
+    started: float,
+) -> dict:
     """How the workers ended, as a record: the workers' own run.json when they finished; else the error
     they reported, or what their output and exit code say (written to run.json by the leader)."""
     if not opts.leader:  # the leader writes the result; this node says only how its part ended
         if status is None:
             status, reason = ("ok", None) if returncode == 0 else _diagnose(tail, returncode, opts.endpoint)
-        return {"impl": impl, "run_id": run_id, "status": status, "reason": reason, "follower": True,
-                "world_size": opts.world_size, "log": str(run_dir / log_name)}
+        return {
+            "impl": impl,
+            "run_id": run_id,
+            "status": status,
+            "reason": reason,
+            "follower": True,
+            "world_size": opts.world_size,
+            "log": str(run_dir / log_name),
+        }
     if status is None:
         if returncode == 0 and (run_dir / "run.json").is_file():
             return json.loads((run_dir / "run.json").read_text())
@@ -487,7 +582,9 @@ def _stop_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace: floa
         proc.wait()
 
 
-def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str, reason: str, started: float) -> dict:
+def _failure_record(
+    impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, status: str, reason: str, started: float
+) -> dict:
     rows = read_partial(run_dir)
     atomic_write_jsonl(run_dir / "iterations.jsonl", rows)
     (run_dir / PARTIAL_ITERATIONS).unlink(missing_ok=True)
@@ -503,8 +600,11 @@ def _failure_record(impl, cfg, run_dir: Path, run_id: str, opts: LaunchOptions, 
         dtype=cfg.benchmark.dtype,
         window={"warmup": cfg.benchmark.warmup, "end": cfg.benchmark.end, "iters": cfg.benchmark.iters},
         iterations_recorded=len(rows),
-        extra={"wall_s": round(time.time() - started, 2), "log": str(run_dir / "log.txt"),
-               "settings": settings.record(cfg, impl)},
+        extra={
+            "wall_s": round(time.time() - started, 2),
+            "log": str(run_dir / "log.txt"),
+            "settings": settings.record(cfg, impl),
+        },
     )
     atomic_write_json(run_dir / "run.json", record)
     return record
@@ -542,8 +642,11 @@ def run_suite(cfg, impls, data_paths, data_summary, out_root: Path, run_id: str,
     for n, impl in enumerate(impls, 1):
         bench = cfg.benchmark
         work = task_of(bench.task).work(bench)
-        print(f"== [{n}/{len(impls)}] {impl}: {work}, {opts.world_size} process(es) on {bench.device}",
-              file=sys.stderr, flush=True)
+        print(
+            f"== [{n}/{len(impls)}] {impl}: {work}, {opts.world_size} process(es) on {bench.device}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             record = run_implementation(impl, cfg, data_paths, data_summary, run_root / impl, run_id, opts)
         except ResultError as e:

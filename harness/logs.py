@@ -20,6 +20,7 @@ A line that should parse and does not stops with the file and line number. Lines
 interleaved in one log (``srun --label``'s ``3: `` prefixes, or the same iteration printed twice) keep
 rank 0's (or the first) and say how many were dropped.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ class Trace:
 
     path: str
     format: str
-    points: dict[int, float] = field(default_factory=dict)  # completed iterations -> seconds (any fixed origin)
+    points: dict[int, float] = field(
+        default_factory=dict
+    )  # completed iterations -> seconds (any fixed origin)
     last_iteration: int = 0  # the furthest the log shows the run got, timed or not
     derivation: str = ""
     notes: list[str] = field(default_factory=list)
@@ -54,12 +57,14 @@ class Trace:
         else:
             self.points[k] = seconds
 
-    def finish(self) -> "Trace":
+    def finish(self) -> Trace:
         """The notes on the lines dropped; the trace."""
         if self.other_ranks:
             self.notes.append(f"{self.other_ranks} line(s) of other ranks dropped (rank 0's kept)")
         if self.repeated:
-            self.notes.append(f"{self.repeated} repeated iteration line(s) dropped (interleaved ranks? the first kept)")
+            self.notes.append(
+                f"{self.repeated} repeated iteration line(s) dropped (interleaved ranks? the first kept)"
+            )
         return self
 
     def window_seconds(self, warmup: int, end: int) -> tuple[int, int, float]:
@@ -73,9 +78,11 @@ class Trace:
         starts = [k for k in marks if k >= warmup]
         ends = [k for k in marks if k <= (starts[0] if starts else warmup) + end - warmup]
         if not starts or not ends or ends[-1] - starts[0] != end - warmup:
-            raise LogError(f"{self.path}: the log's timed iterations ({marks[0]}..{marks[-1]}, the run got to "
-                           f"{self.last_iteration}) do not cover the window [{warmup}, {end})"
-                           + ("; truncated?" if self.last_iteration < end else ""))
+            raise LogError(
+                f"{self.path}: the log's timed iterations ({marks[0]}..{marks[-1]}, the run got to "
+                f"{self.last_iteration}) do not cover the window [{warmup}, {end})"
+                + ("; truncated?" if self.last_iteration < end else "")
+            )
         a, b = starts[0], ends[-1]
         return a, b, self.points[b] - self.points[a]
 
@@ -104,7 +111,7 @@ def _lines(path: Path):
         for part in re.split(r"[\r\x08]+", line):
             m = _RANK.match(part)
             rank = int(m.group(1) or m.group(2)) if m else None
-            yield number, part[m.end():] if m else part, rank
+            yield number, part[m.end() :] if m else part, rank
 
 
 # ------------------------------------------------------------------------- maskrcnn-benchmark
@@ -114,15 +121,23 @@ _MRB_TIME = re.compile(r"\btime:\s*([0-9.]+)\s*\(\s*([0-9.]+)\s*\)")
 
 def parse_maskrcnn_benchmark(path: str | Path) -> Trace:
     path = Path(path)
-    trace = Trace(str(path), "maskrcnn-benchmark", derivation=(
-        "running average of the iteration time (the bracketed number, 4 decimals) x iterations completed"))
+    trace = Trace(
+        str(path),
+        "maskrcnn-benchmark",
+        derivation=(
+            "running average of the iteration time (the bracketed number, 4 decimals) x iterations completed"
+        ),
+    )
     for number, line, rank in _lines(path):
         m = _MRB_ITER.search(line)
         if not m or "eta:" not in line:
             continue
         t = _MRB_TIME.search(line)
         if not t:
-            raise LogError(f"{path}:{number}: an iteration line without 'time: <median> (<average>)': {line.strip()[:120]!r}")
+            raise LogError(
+                f"{path}:{number}: an iteration line without 'time: <median> (<average>)': "
+                f"{line.strip()[:120]!r}"
+            )
         k, average = int(m.group(1)), float(t.group(2))
         trace.last_iteration = max(trace.last_iteration, k)
         trace.keep(k, average * k, rank)
@@ -135,8 +150,14 @@ _DETECTRON_RESET = 20  # the iteration after which Detectron's train loop resets
 
 def parse_detectron(path: str | Path) -> Trace:
     path = Path(path)
-    trace = Trace(str(path), "detectron", derivation=(
-        f"json_stats' average iteration time since the reset after iteration {_DETECTRON_RESET} x iterations since"))
+    trace = Trace(
+        str(path),
+        "detectron",
+        derivation=(
+            f"json_stats' average iteration time since the reset after iteration {_DETECTRON_RESET} x "
+            "iterations since"
+        ),
+    )
     for number, line, rank in _lines(path):
         if "json_stats:" not in line:
             continue
@@ -145,7 +166,10 @@ def parse_detectron(path: str | Path) -> Trace:
             stats = json.loads(body)
             it, average = int(stats["iter"]), float(stats["time"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise LogError(f"{path}:{number}: json_stats line is not JSON with 'iter' and 'time' ({type(e).__name__}: {e})") from None
+            raise LogError(
+                f"{path}:{number}: json_stats line is not JSON with 'iter' and 'time' ({type(e).__name__}: "
+                f"{e})"
+            ) from None
         trace.last_iteration = max(trace.last_iteration, it + 1)
         if it > _DETECTRON_RESET:  # iterations it+1 completed; the average covers iterations 21..it
             trace.keep(it + 1, average * (it - _DETECTRON_RESET), rank)
@@ -168,7 +192,11 @@ def humanized_seconds(text: str) -> float:
 
 def parse_tensorpack(path: str | Path) -> Trace:
     path = Path(path)
-    trace = Trace(str(path), "tensorpack", derivation="the epochs' times as printed (whole seconds past a minute), summed")
+    trace = Trace(
+        str(path),
+        "tensorpack",
+        derivation="the epochs' times as printed (whole seconds past a minute), summed",
+    )
     total, epoch_steps = 0.0, None
     for number, line, rank in _lines(path):
         m = _TP_EPOCH.search(line)
@@ -200,9 +228,15 @@ _ITER = re.compile(r"Iter:\s*(\d+)/(\d+)")
 
 def parse_speedometer(path: str | Path, images_per_iteration: int) -> Trace:
     path = Path(path)
-    trace = Trace(str(path), "speedometer", derivation=(
-        f"each line's speed is the mean since the line before: that interval took batches x {images_per_iteration} "
-        "images / speed seconds"))
+    trace = Trace(
+        str(path),
+        "speedometer",
+        derivation=(
+            "each line's speed is the mean since the line before: that interval took batches x "
+            f"{images_per_iteration} "
+            "images / speed seconds"
+        ),
+    )
     total, completed, last = 0.0, 0, None  # last: (epoch, batch) of the previous line
     for number, line, rank in _lines(path):
         m = _SPEEDO.search(line)
@@ -210,7 +244,10 @@ def parse_speedometer(path: str | Path, images_per_iteration: int) -> Trace:
             continue
         speed = _SPEED.search(line)
         if not speed:
-            raise LogError(f"{path}:{number}: a Speedometer line without 'Speed: <n> samples/sec': {line.strip()[:120]!r}")
+            raise LogError(
+                f"{path}:{number}: a Speedometer line without 'Speed: <n> samples/sec': "
+                f"{line.strip()[:120]!r}"
+            )
         if rank not in (None, 0):
             trace.keep(-1, 0.0, rank)
             continue
@@ -242,7 +279,9 @@ _STEP_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 def parse_keras(path: str | Path) -> Trace:
     path = Path(path)
-    trace = Trace(str(path), "keras", derivation="each epoch's time per step (1 ms resolution) x its steps, summed")
+    trace = Trace(
+        str(path), "keras", derivation="each epoch's time per step (1 ms resolution) x its steps, summed"
+    )
     total, epoch, done = 0.0, None, 0
     for number, line, rank in _lines(path):
         if rank not in (None, 0):
@@ -267,7 +306,9 @@ def parse_keras(path: str | Path) -> Trace:
             continue
         eta = _KERAS_ETA.match(line)
         if eta and epoch is not None:
-            trace.last_iteration = max(trace.last_iteration, (epoch - 1) * int(eta.group(2)) + int(eta.group(1)))
+            trace.last_iteration = max(
+                trace.last_iteration, (epoch - 1) * int(eta.group(2)) + int(eta.group(1))
+            )
     return trace.finish()
 
 

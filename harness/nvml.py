@@ -1,10 +1,17 @@
 """NVML through nvidia-ml-py's ``pynvml``, as the telemetry (harness/telemetry.py) and the machine's state
 (harness/doctor.py) read it: initialised or the reason it is not, one reading that may be unsupported, and
 the clock-event (throttle) reasons."""
+
 from __future__ import annotations
 
 # clock-event reasons that mean the GPU was slowed by heat or power (NVML's bit values)
-THROTTLE_BITS = {"sw_power_cap": 0x4, "hw_slowdown": 0x8, "sw_thermal": 0x20, "hw_thermal": 0x40, "hw_power_brake": 0x80}
+THROTTLE_BITS = {
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sw_thermal": 0x20,
+    "hw_thermal": 0x40,
+    "hw_power_brake": 0x80,
+}
 
 
 def nvml_or_reason():
@@ -28,5 +35,8 @@ def _try(fn, *args, default=None):
 
 
 def throttle_reasons(nvml, handle):
-    getter = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    getter = (
+        getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    )
     return _try(getter, handle)

@@ -11,6 +11,7 @@ from its ``iterations.jsonl``: the learning rate of every iteration against the 
 the global batch of every iteration, and the work per image over the timed window (positive RoIs
 through the mask head, padded input pixels into the backbone) against the other implementations'.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -49,18 +50,30 @@ def check_divergences(cfg, impls: list[str]) -> dict[str, dict[str, str]]:
     allowed = set(cfg.benchmark.allow_divergent)
     unknown = sorted(allowed - set(CANONICAL_HPARAM_KEYS))
     if unknown:
-        raise ConfigError(f"--allow-divergent / benchmark.allow_divergent: unknown key(s) {', '.join(unknown)}; "
-                          f"expected canonical keys such as model.rpn.low_quality_min_iou")
+        raise ConfigError(
+            f"--allow-divergent / benchmark.allow_divergent: unknown key(s) {', '.join(unknown)}; "
+            f"expected canonical keys such as model.rpn.low_quality_min_iou"
+        )
     found = {impl: get_adapter(impl).divergences(cfg) for impl in impls}
-    refused = [(impl, key, why) for impl, divergences in found.items() for key, why in divergences.items() if key not in allowed]
+    refused = [
+        (impl, key, why)
+        for impl, divergences in found.items()
+        for key, why in divergences.items()
+        if key not in allowed
+    ]
     if refused:
         canonical = canonical_values(cfg)
         keys = sorted({key for _, key, _ in refused})
-        raise ConfigError("the implementations would not do the same work:\n"
-                          + "\n".join(f"  {key} = {_show(canonical.get(key))}: {impl} cannot run it: {why}" for impl, key, why in refused)
-                          + "\nchange the config, leave those implementations out, or run them anyway with "
-                          + " ".join(f"--allow-divergent {k}" for k in keys)
-                          + " (recorded in run.json and marked ✗ in the report)")
+        raise ConfigError(
+            "the implementations would not do the same work:\n"
+            + "\n".join(
+                f"  {key} = {_show(canonical.get(key))}: {impl} cannot run it: {why}"
+                for impl, key, why in refused
+            )
+            + "\nchange the config, leave those implementations out, or run them anyway with "
+            + " ".join(f"--allow-divergent {k}" for k in keys)
+            + " (recorded in run.json and marked ✗ in the report)"
+        )
     return found
 
 
@@ -82,13 +95,25 @@ def _ask(impl: str, python: str, question: str, cfg, *args: str, failed: str, ti
 
 
 def effective_for(impl: str, python: str, cfg, data_root: str | None) -> dict:
-    out = _ask(impl, python, "effective", cfg, *([str(data_root)] if data_root else []),
-               failed="reading effective hyperparameters", timeout=600)
+    out = _ask(
+        impl,
+        python,
+        "effective",
+        cfg,
+        *([str(data_root)] if data_root else []),
+        failed="reading effective hyperparameters",
+        timeout=600,
+    )
     return json.loads(out.strip().splitlines()[-1])["effective"]
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b)))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
@@ -187,7 +212,11 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         its = iterations_of(rec) if rec["status"] == "ok" else []
         row = {"Implementation": impl, "Status": rec["status"]}
         if not its or not w:
-            problems.append(f"{impl}: {rec['status']}" + (f": {rec.get('reason')}" if rec.get("reason") else "") + " (nothing to compare)")
+            problems.append(
+                f"{impl}: {rec['status']}"
+                + (f": {rec.get('reason')}" if rec.get("reason") else "")
+                + " (nothing to compare)"
+            )
             rows.append(row)
             continue
         schedule = _schedule(its, cfg)
@@ -200,12 +229,16 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         if first:
             problems.append(f"{impl}: {first}")
         wrong = [r["iter"] for r in its if r.get("global_images", r["images"]) != batch]
-        row["images/iter"] = f"{batch} at every iteration" if not wrong else f"≠ {batch} at {len(wrong)} iterations"
+        row["images/iter"] = (
+            f"{batch} at every iteration" if not wrong else f"≠ {batch} at {len(wrong)} iterations"
+        )
         if wrong:
             problems.append(f"{impl}: global batch is not {batch} at iteration(s) {wrong[:5]}")
         first = its[0]
         for key, label in (("rpn_positives", "RPN positives"), ("positives", "positives")):
-            row[f"{label}/img at iteration 0"] = "-" if first.get(key) is None else f"{first[key] / first['images']:.1f}"
+            row[f"{label}/img at iteration 0"] = (
+                "-" if first.get(key) is None else f"{first[key] / first['images']:.1f}"
+            )
         work = work_per_image(its, w["warmup"], w["end"])
         for key in ("pixels", "proposals", "rois", "rpn_positives", "positives"):
             v = work[f"{key}_per_image"]
@@ -213,7 +246,9 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
         if work["pixels_per_image"] is not None:
             pixels[impl] = work["pixels_per_image"]
         if work["positives_per_image"] is None:
-            problems.append(f"{impl}: no work counters in its iterations.jsonl (recorded before they existed?)")
+            problems.append(
+                f"{impl}: no work counters in its iterations.jsonl (recorded before they existed?)"
+            )
         for key, per_impl in banded.items():
             if work[f"{key}_per_image"] is not None:
                 per_impl[impl] = work[f"{key}_per_image"]
@@ -221,17 +256,23 @@ def trajectory_frame(records: list[dict], band: float = POSITIVES_BAND) -> tuple
     for key, per_impl in banded.items():
         problems += _against_median(rows, key.replace("_", " "), per_impl, band)
     if pixels:
-        median = statistics.median_low(pixels.values())  # one implementation's value: a tie of two groups names the larger
+        median = statistics.median_low(
+            pixels.values()
+        )  # one implementation's value: a tie of two groups names the larger
         for impl, p in pixels.items():
             off = p / median - 1
             if abs(off) > PIXELS_RTOL:
-                problems.append(f"{impl}: {p:.1f} padded pixels per image, {100 * off:+.1f}% from the lower median {median:.1f} "
-                                f"(tolerance ±{100 * PIXELS_RTOL:.1f}%: the same images at the same sizes pad alike)")
+                problems.append(
+                    f"{impl}: {p:.1f} padded pixels per image, {100 * off:+.1f}% from the lower median "
+                    f"{median:.1f} "
+                    f"(tolerance ±{100 * PIXELS_RTOL:.1f}%: the same images at the same sizes pad alike)"
+                )
     return pd.DataFrame(rows), problems
 
 
 def _against_median(rows: list[dict], label: str, per_impl: dict[str, float], band: float) -> list[str]:
-    """Each implementation's distance from the median of ``per_impl`` into its row; the divergences past ``band``."""
+    """Each implementation's distance from the median of ``per_impl`` into its row; the divergences past
+    ``band``."""
     if not per_impl:
         return []
     problems = []
@@ -243,8 +284,10 @@ def _against_median(rows: list[dict], label: str, per_impl: dict[str, float], ba
         off = p / median - 1 if median else 0.0
         row[f"{label} vs median"] = f"{100 * off:+.1f}%"
         if abs(off) > band:
-            problems.append(f"{row['Implementation']}: {p:.1f} {label} per image, {100 * off:+.1f}% from the median "
-                            f"{median:.1f} (band ±{100 * band:.0f}%)")
+            problems.append(
+                f"{row['Implementation']}: {p:.1f} {label} per image, {100 * off:+.1f}% from the median "
+                f"{median:.1f} (band ±{100 * band:.0f}%)"
+            )
     return problems
 
 
@@ -264,8 +307,14 @@ def first_batch(cfg, train_json, image_dir) -> tuple[list[int], dict, list]:
 
     from .data_order import global_batches
 
-    ids = next(global_batches(train_json, batch=cfg.ims_per_process_step, seed=cfg.benchmark.seed,
-                              group_by_aspect=cfg.input.aspect_ratio_grouping))
+    ids = next(
+        global_batches(
+            train_json,
+            batch=cfg.ims_per_process_step,
+            seed=cfg.benchmark.seed,
+            group_by_aspect=cfg.input.aspect_ratio_grouping,
+        )
+    )
     coco = json.loads(Path(train_json).read_text())
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     pixels = []
@@ -276,7 +325,8 @@ def first_batch(cfg, train_json, image_dir) -> tuple[list[int], dict, list]:
 
 
 def check_images(cfg, train_json, image_dir):
-    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_process_step`` images),
+    """The forward check's input: the first batch of the run's data order (``cfg.ims_per_process_step``
+    images),
     resized here (short side ``min_size_train[0]``, long side at most ``max_size_train``, bilinear),
     normalised with the config's pixel statistics and padded with zeros to a multiple of 32."""
     import torch
@@ -304,7 +354,16 @@ def forward_for(impl: str, python: str, cfg, images_path: Path, out_path: Path) 
     """``impl``'s forward outputs on the saved images, computed in its own interpreter."""
     import torch
 
-    _ask(impl, python, "forward", cfg, str(images_path), str(out_path), failed="the forward check", timeout=1800)
+    _ask(
+        impl,
+        python,
+        "forward",
+        cfg,
+        str(images_path),
+        str(out_path),
+        failed="the forward check",
+        timeout=1800,
+    )
     return torch.load(out_path, weights_only=True)
 
 
@@ -316,16 +375,26 @@ def forward_frame(outputs: dict[str, dict], rtol: float = FORWARD_RTOL) -> tuple
     rows, problems = [], []
     for name in outputs[base]:
         ref = outputs[base][name].float()
-        row = {"output": name, "shape": "x".join(map(str, ref.shape)), f"max |{base}|": f"{ref.abs().max().item():.3g}"}
+        row = {
+            "output": name,
+            "shape": "x".join(map(str, ref.shape)),
+            f"max |{base}|": f"{ref.abs().max().item():.3g}",
+        }
         for impl in impls[1:]:
             got = outputs[impl].get(name)
             if got is None or tuple(got.shape) != tuple(ref.shape):
                 row[impl] = f"shape {None if got is None else tuple(got.shape)}"
-                problems.append(f"{impl}: {name} has shape {None if got is None else tuple(got.shape)}, {base}'s {tuple(ref.shape)}")
+                problems.append(
+                    f"{impl}: {name} has shape {None if got is None else tuple(got.shape)}, {base}'s "
+                    f"{tuple(ref.shape)}"
+                )
                 continue
             rel = ((got.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-12)).item()
             row[impl] = f"{rel:.1e}" + (" ✗" if rel > rtol else "")
             if rel > rtol:
-                problems.append(f"{impl}: {name} differs from {base}'s by {rel:.2e} of its largest value (tolerance {rtol:g})")
+                problems.append(
+                    f"{impl}: {name} differs from {base}'s by {rel:.2e} of its largest value (tolerance "
+                    f"{rtol:g})"
+                )
         rows.append(row)
     return pd.DataFrame(rows), problems

@@ -21,6 +21,7 @@ With ``ranges`` (``mrcnn-bench trace``: harness/tasks/trace.py) the same parts o
 ranges instead (``torch.profiler.record_function``, named ``RANGE_PREFIX`` + the phase), with no
 synchronize and no clock: the phases appear on the trace's timeline under the same names in all four.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,15 +36,43 @@ RPN_HEAD, RPN_REST = "rpn head", "rpn: anchors, matching, sampling, proposals, l
 ROI_POOLING, BOX_HEAD, MASK_HEAD = "roi pooling", "box head", "mask head"
 ROI_REST = "roi heads: matching, sampling, targets, loss"
 BACKWARD, OPTIMIZER, OTHER = "backward", "optimizer", "other"
-PHASES = [DATA, PREPROCESS, BACKBONE, FPN, RPN_HEAD, RPN_REST, ROI_POOLING, BOX_HEAD, MASK_HEAD, ROI_REST, BACKWARD, OPTIMIZER,
-          OTHER]
+PHASES = [
+    DATA,
+    PREPROCESS,
+    BACKBONE,
+    FPN,
+    RPN_HEAD,
+    RPN_REST,
+    ROI_POOLING,
+    BOX_HEAD,
+    MASK_HEAD,
+    ROI_REST,
+    BACKWARD,
+    OPTIMIZER,
+    OTHER,
+]
 # Wholes an adapter may time instead of (or besides) their parts: phase = whole less the parts timed.
 RPN, ROI_HEADS, BACKBONE_FPN = "rpn", "roi heads", "backbone+fpn"
-DERIVED = {FPN: (BACKBONE_FPN, (BACKBONE,)), RPN_REST: (RPN, (RPN_HEAD,)), ROI_REST: (ROI_HEADS, (ROI_POOLING, BOX_HEAD, MASK_HEAD))}
+DERIVED = {
+    FPN: (BACKBONE_FPN, (BACKBONE,)),
+    RPN_REST: (RPN, (RPN_HEAD,)),
+    ROI_REST: (ROI_HEADS, (ROI_POOLING, BOX_HEAD, MASK_HEAD)),
+}
 RANGE_PREFIX = "mrcnn-bench: "  # the profiler ranges of the phases (and of each iteration) in a trace
-# The framework parts an adapter names (adapters/_common.phase_probe's keywords) and the phase or whole each times.
-PARTS = {"preprocess": PREPROCESS, "backbone": BACKBONE, "fpn": FPN, "rpn_head": RPN_HEAD, "roi_pooling": ROI_POOLING,
-         "box_head": BOX_HEAD, "mask_head": MASK_HEAD, "rpn": RPN, "roi_heads": ROI_HEADS, "backbone_fpn": BACKBONE_FPN}
+# The framework parts an adapter names (adapters/_common.phase_probe's keywords) and the phase or whole each
+# times.
+PARTS = {
+    "preprocess": PREPROCESS,
+    "backbone": BACKBONE,
+    "fpn": FPN,
+    "rpn_head": RPN_HEAD,
+    "roi_pooling": ROI_POOLING,
+    "box_head": BOX_HEAD,
+    "mask_head": MASK_HEAD,
+    "rpn": RPN,
+    "roi_heads": ROI_HEADS,
+    "backbone_fpn": BACKBONE_FPN,
+}
 
 
 class _Rebound:
@@ -69,7 +98,9 @@ class PhaseProbe(TimerListener):
         import torch
 
         self.ranges = ranges
-        self._sync = torch.cuda.synchronize if str(device).startswith("cuda") and not ranges else (lambda: None)
+        self._sync = (
+            torch.cuda.synchronize if str(device).startswith("cuda") and not ranges else (lambda: None)
+        )
         self._clock = time.perf_counter
         self.acc: dict[str, float] = defaultdict(float)
         self.missing: dict[str, str] = {}  # phase -> why this framework has no such part
@@ -127,7 +158,7 @@ class PhaseProbe(TimerListener):
         self.missing[phase] = reason
 
     # ------------------------------------------------------------------------- the whole step
-    def attach(self, timer, model) -> "PhaseProbe":
+    def attach(self, timer, model) -> PhaseProbe:
         """Hooks on the model's forward (the backward's start, the sync counter) and on every optimizer's
         step; the timer gives it each iteration's record and, at the end, has it remove them."""
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -153,9 +184,12 @@ class PhaseProbe(TimerListener):
         def after_step(optimizer, args, kwargs):
             self._end(OPTIMIZER)
 
-        self._handles += [model.register_forward_pre_hook(before_forward, with_kwargs=True),
-                          model.register_forward_hook(after_forward, with_kwargs=True),
-                          register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
+        self._handles += [
+            model.register_forward_pre_hook(before_forward, with_kwargs=True),
+            model.register_forward_hook(after_forward, with_kwargs=True),
+            register_optimizer_step_pre_hook(before_step),
+            register_optimizer_step_post_hook(after_step),
+        ]
         timer.listen(self)
         return self
 

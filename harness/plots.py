@@ -1,5 +1,6 @@
 """PNG plots (matplotlib, no display needed): throughput bars with 95% intervals, per-iteration times
 with the timed window shaded, and a scaling curve when runs at several world sizes exist."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,16 @@ def throughput_bar_data(df) -> pd.DataFrame:
             high = values.iloc[0] if pd.isna(high) else high
         else:
             low, high = values.min(), values.max()
-        rows.append({"label": label, "impl": g["impl"].iloc[0], "value": float(values.median()), "low": float(low),
-                     "high": float(high), "runs": values.tolist()})
+        rows.append(
+            {
+                "label": label,
+                "impl": g["impl"].iloc[0],
+                "value": float(values.median()),
+                "low": float(low),
+                "high": float(high),
+                "runs": values.tolist(),
+            }
+        )
     columns = ["label", "impl", "value", "low", "high", "runs"]
     return pd.DataFrame(rows, columns=columns).sort_values("value", kind="stable").reset_index(drop=True)
 
@@ -74,8 +83,11 @@ def throughput_bars(df, path: Path) -> None:
             ax.plot(bar["runs"], [i] * len(bar["runs"]), "o", color="black", markersize=3)
         ax.text(bar["high"], i, f"  {bar['value']:.3g}", va="center")
     devices = ", ".join(sorted(set(df.loc[df["status"] == "ok", "device"])))
-    how = ("median over runs (dots), whiskers: min-max over runs, or a single run's 95% bootstrap interval"
-           if repeated else "whiskers: 95% bootstrap interval")
+    how = (
+        "median over runs (dots), whiskers: min-max over runs, or a single run's 95% bootstrap interval"
+        if repeated
+        else "whiskers: 95% bootstrap interval"
+    )
     ax.set_xlabel(f"training throughput (images/s, {devices})\n{how}")
     ax.set_title("Mask R-CNN R-50-FPN training throughput")
     ax.set_xlim(0, max(bars["high"].max() * 1.3, 1e-9) if len(bars) else 1)
@@ -94,13 +106,28 @@ def iteration_times(records: list[dict], path: Path) -> None:
         if not rows:
             continue
         n = runs[r["impl"]]
-        label = None if r["impl"] in labelled else r["impl"] + (f" ({n} runs)" if n > 1 else f" ({r['status']})")
+        label = (
+            None if r["impl"] in labelled else r["impl"] + (f" ({n} runs)" if n > 1 else f" ({r['status']})")
+        )
         labelled.add(r["impl"])
-        ax.plot([x["iter"] for x in rows], [x["duration"] for x in rows], marker=".", color=colors[r["impl"]], alpha=0.8, label=label)
+        ax.plot(
+            [x["iter"] for x in rows],
+            [x["duration"] for x in rows],
+            marker=".",
+            color=colors[r["impl"]],
+            alpha=0.8,
+            label=label,
+        )
         w = r.get("window") or {}
         window = (w.get("warmup"), w.get("end"))
     if window and None not in window:
-        ax.axvspan(window[0] - 0.5, window[1] - 0.5, color="grey", alpha=0.15, label=f"timed window [{window[0]}, {window[1]})")
+        ax.axvspan(
+            window[0] - 0.5,
+            window[1] - 0.5,
+            color="grey",
+            alpha=0.15,
+            label=f"timed window [{window[0]}, {window[1]})",
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("seconds per iteration")
     ax.set_title("Per-iteration time")
@@ -168,20 +195,37 @@ def telemetry_plot(records: list[dict], path: Path) -> bool:
             series.append((f"{r['impl']} ({r['run_id']})", bounds[0], samples))
     if not series:
         return False
-    panels = [("utilisation (%)", "util", lambda x: sum(x["cpu_util"]) / len(x["cpu_util"])),
-              ("clock (MHz)", "sm_mhz", lambda x: sum(x["cpu_mhz"]) / len(x["cpu_mhz"]) if x.get("cpu_mhz") else None),
-              ("power (W)", "power_w", lambda x: None)]
+    panels = [
+        ("utilisation (%)", "util", lambda x: sum(x["cpu_util"]) / len(x["cpu_util"])),
+        (
+            "clock (MHz)",
+            "sm_mhz",
+            lambda x: sum(x["cpu_mhz"]) / len(x["cpu_mhz"]) if x.get("cpu_mhz") else None,
+        ),
+        ("power (W)", "power_w", lambda x: None),
+    ]
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
     for ax, (label, gpu_key, cpu_value) in zip(axes, panels):
         for name, t0, samples in series:
             on_gpu = bool(samples[0].get("gpus"))
-            values = [sum(g[gpu_key] or 0 for g in x["gpus"]) / (1 if gpu_key == "power_w" else len(x["gpus"]))
-                      if on_gpu else cpu_value(x) for x in samples]
+            values = [
+                sum(g[gpu_key] or 0 for g in x["gpus"]) / (1 if gpu_key == "power_w" else len(x["gpus"]))
+                if on_gpu
+                else cpu_value(x)
+                for x in samples
+            ]
             if any(v is not None for v in values):
-                ax.plot([x["t"] - t0 for x in samples], values, marker=".", label=f"{name}, {'GPU' if on_gpu else 'CPU'}")
+                ax.plot(
+                    [x["t"] - t0 for x in samples],
+                    values,
+                    marker=".",
+                    label=f"{name}, {'GPU' if on_gpu else 'CPU'}",
+                )
         ax.set_ylabel(label)
         if not ax.lines:
-            ax.text(0.5, 0.5, "not measured on this machine", transform=ax.transAxes, ha="center", color="grey")
+            ax.text(
+                0.5, 0.5, "not measured on this machine", transform=ax.transAxes, ha="center", color="grey"
+            )
     axes[0].legend(fontsize=7, loc="lower right")
     axes[-1].set_xlabel("seconds since the timed window's start")
     fig.suptitle("The machine during the timed window (harness/telemetry.py)")
@@ -223,8 +267,12 @@ def history_plot(steps, path: Path, relative_to: str | None = None) -> Path:
     for ax, step in zip(axes[:, 0], steps):
         ax.plot(range(len(step.values)), step.values, "o-", color="tab:blue")
         if step.significant:
-            ax.axvline(step.index - 0.5, color="tab:red", linestyle="--",
-                       label=f"step at {step.commits[step.index][:10]}: x{step.change:.3f}")
+            ax.axvline(
+                step.index - 0.5,
+                color="tab:red",
+                linestyle="--",
+                label=f"step at {step.commits[step.index][:10]}: x{step.change:.3f}",
+            )
             ax.legend(loc="best")
         ax.set_xticks(range(len(step.commits)), [c[:7] for c in step.commits], rotation=60, fontsize=7)
         ax.set_ylabel(f"img/s ÷ {relative_to}'s" if relative_to else "img/s")

@@ -7,6 +7,7 @@
 Each prints one JSON line on stdout; ``forward`` saves the backbone/FPN and RPN head outputs on the
 images (``Adapter.forward_features``) to OUT_PT.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,11 +5,12 @@ Below it: per-implementation detail (img/s with a bootstrap 95% interval, s/iter
 data-wait share, peak memory, FLOPs and MFU), weak scaling and AMP speed-up where the runs allow,
 and the environment each run was measured in.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -40,13 +41,19 @@ def _md(df: pd.DataFrame | str) -> str:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The table users read: implementation, img/s, s/iter median, window, world size, device, dtype, status."""
+    """The table users read: implementation, img/s, s/iter median, window, world size, device, dtype,
+    status."""
     df = df.sort_values("images_per_s", ascending=False, na_position="last")
     mixed = df["settings"].eq("best").any()  # a column of its own once a run took --best
     return pd.DataFrame(
         {
-            "Implementation": df["impl"] + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
-            **({"Settings": df["settings"].map(lambda m: "at its best" if m == "best" else "as shipped")} if mixed else {}),
+            "Implementation": df["impl"]
+            + df["impl_version"].map(lambda v: f" ({v})" if isinstance(v, str) else ""),
+            **(
+                {"Settings": df["settings"].map(lambda m: "at its best" if m == "best" else "as shipped")}
+                if mixed
+                else {}
+            ),
             "Throughput (img/s)": _show(df, "images_per_s"),
             "s/iter (median)": _show(df, "s_per_iter_median"),
             # the work behind the number: RoIs through the mask head, per image, in the window
@@ -66,14 +73,27 @@ def detail_table(df: pd.DataFrame) -> pd.DataFrame:
         {
             "Implementation": ok["impl"],
             "Run": ok["run_id"],
-            "img/s [95% CI]": [f"{_fmt(v, '.3f')} [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for v, lo, hi in
-                               zip(ok["images_per_s"], ok["images_per_s_ci_low"], ok["images_per_s_ci_high"])],
-            "s/iter median / p10 / p90": [f"{_fmt(m, '.3f')} / {_fmt(a, '.3f')} / {_fmt(b, '.3f')}" for m, a, b in
-                                          zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])],
+            "img/s [95% CI]": [
+                f"{_fmt(v, '.3f')} [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]"
+                for v, lo, hi in zip(
+                    ok["images_per_s"], ok["images_per_s_ci_low"], ok["images_per_s_ci_high"]
+                )
+            ],
+            "s/iter median / p10 / p90": [
+                f"{_fmt(m, '.3f')} / {_fmt(a, '.3f')} / {_fmt(b, '.3f')}"
+                for m, a, b in zip(ok["s_per_iter_median"], ok["s_per_iter_p10"], ok["s_per_iter_p90"])
+            ],
             "data wait": _show(ok, "data_time_share"),
             "peak mem (MB)": _show(ok, "peak_memory_mb"),
-            "RPN positives / proposals / RoIs / positives per img": [" / ".join(cells) for cells in zip(
-                *(_show(ok, f"{c}_per_image") for c in ("rpn_positives", "proposals", "rois", "positives")))],
+            "RPN positives / proposals / RoIs / positives per img": [
+                " / ".join(cells)
+                for cells in zip(
+                    *(
+                        _show(ok, f"{c}_per_image")
+                        for c in ("rpn_positives", "proposals", "rois", "positives")
+                    )
+                )
+            ],
             "GFLOPs/img": _show(ok, "flops_per_image"),
             "MFU": _show(ok, "mfu"),
             "World": ok["world_size"],
@@ -96,28 +116,45 @@ def machine_table(df: pd.DataFrame) -> pd.DataFrame | None:
         cells = _show(ok, key)
         if key.endswith("_mean"):  # with the spread of the window's samples: mean [p10, p90]
             stem = key[: -len("_mean")]
-            cells = [c if c == "-" else f"{c} [{show(key, t.get(stem + '_p10'))}, {show(key, t.get(stem + '_p90'))}]"
-                     for c, t in zip(cells, ok["summary"].map(lambda s: s["telemetry"]))]
+            cells = [
+                c
+                if c == "-"
+                else f"{c} [{show(key, t.get(stem + '_p10'))}, {show(key, t.get(stem + '_p90'))}]"
+                for c, t in zip(cells, ok["summary"].map(lambda s: s["telemetry"]))
+            ]
         if any(c != "-" for c in cells):
             table[f"{key}"] = list(cells)
     parts = ok["summary"].map(lambda s: "+".join(s["telemetry"].get("energy_parts") or []) or "-")
     if "j_per_image" in table:
         table["energy of"] = list(parts)
-    missing = ok["summary"].map(lambda s: "; ".join(f"{k}: {v}" for k, v in (s.get("telemetry_missing") or {}).items()))
+    missing = ok["summary"].map(
+        lambda s: "; ".join(f"{k}: {v}" for k, v in (s.get("telemetry_missing") or {}).items())
+    )
     table["not measured"] = [m or "-" for m in missing]
     return table.rename(columns=_MACHINE_HEADERS)
 
 
-_MACHINE_HEADERS = {"j_per_image": "J/img", "images_per_s_per_w": "img/s per W", "gpu_util_mean": "GPU util",
-                    "sm_mhz_mean": "SM MHz", "gpu_power_w_mean": "GPU W", "throttle_share": "throttled",
-                    "cpu_util_mean": "CPU util", "cpu_mhz_mean": "CPU MHz", "others_cpu_share": "others' CPU",
-                    "usd_per_1000_images": "USD / 1000 img"}
+_MACHINE_HEADERS = {
+    "j_per_image": "J/img",
+    "images_per_s_per_w": "img/s per W",
+    "gpu_util_mean": "GPU util",
+    "sm_mhz_mean": "SM MHz",
+    "gpu_power_w_mean": "GPU W",
+    "throttle_share": "throttled",
+    "cpu_util_mean": "CPU util",
+    "cpu_mhz_mean": "CPU MHz",
+    "others_cpu_share": "others' CPU",
+    "usd_per_1000_images": "USD / 1000 img",
+}
 
 
 def noisy_notes(df: pd.DataFrame) -> list[str]:
     """A footnote per run whose numbers are not the machine's alone, naming the cause."""
-    return [f"- **noisy**: {impl} ({run}): {'; '.join(causes)}" for impl, run, causes in zip(df["impl"], df["run_id"], df["noisy"])
-            if causes]
+    return [
+        f"- **noisy**: {impl} ({run}): {'; '.join(causes)}"
+        for impl, run, causes in zip(df["impl"], df["run_id"], df["noisy"])
+        if causes
+    ]
 
 
 def structure_notes(df: pd.DataFrame) -> list[str]:
@@ -125,10 +162,17 @@ def structure_notes(df: pd.DataFrame) -> list[str]:
     seen = {}
     for config, impl, diff in zip(df["config"], df["impl"], df["structure"]):
         if diff:
-            key = (config, "; ".join(f"{k} {run} (canonical {canonical})" for k, (canonical, run) in sorted(diff.items())))
+            key = (
+                config,
+                "; ".join(
+                    f"{k} {run} (canonical {canonical})" for k, (canonical, run) in sorted(diff.items())
+                ),
+            )
             seen.setdefault(key, []).append(impl)
-    return [f"- **not the canonical model**: {config} ({', '.join(sorted(set(impls)))}): {what}"
-            for (config, what), impls in seen.items()]
+    return [
+        f"- **not the canonical model**: {config} ({', '.join(sorted(set(impls)))}): {what}"
+        for (config, what), impls in seen.items()
+    ]
 
 
 def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -145,9 +189,19 @@ def scaling_table(df: pd.DataFrame) -> pd.DataFrame | None:
         nodes = g.groupby("world_size")["nodes"].max()
         base_n = per.index.min()
         for n, v in per.items():
-            rows.append({"Implementation": impl, "dtype": dtype, "Scaling": mode, "Processes": n, "Nodes": nodes[n],
-                         "Global batch": batch[n], "img/s": f"{v:.3f}", "img/s per process": f"{v / n:.3f}",
-                         f"Efficiency vs N={base_n}": f"{100 * (v / n) / (per[base_n] / base_n):.1f}%"})
+            rows.append(
+                {
+                    "Implementation": impl,
+                    "dtype": dtype,
+                    "Scaling": mode,
+                    "Processes": n,
+                    "Nodes": nodes[n],
+                    "Global batch": batch[n],
+                    "img/s": f"{v:.3f}",
+                    "img/s per process": f"{v / n:.3f}",
+                    f"Efficiency vs N={base_n}": f"{100 * (v / n) / (per[base_n] / base_n):.1f}%",
+                }
+            )
     return pd.DataFrame(rows) if rows else None
 
 
@@ -160,8 +214,16 @@ def amp_table(df: pd.DataFrame) -> pd.DataFrame | None:
         for dtype in ("bf16", "fp16"):
             amp = g[g["dtype"] == dtype]["images_per_s"]
             if len(fp32) and len(amp):
-                rows.append({"Implementation": impl, "World size": n, "fp32 img/s": f"{fp32.median():.3f}", "AMP": dtype,
-                             "AMP img/s": f"{amp.median():.3f}", "Speed-up": f"{amp.median() / fp32.median():.2f}x"})
+                rows.append(
+                    {
+                        "Implementation": impl,
+                        "World size": n,
+                        "fp32 img/s": f"{fp32.median():.3f}",
+                        "AMP": dtype,
+                        "AMP img/s": f"{amp.median():.3f}",
+                        "Speed-up": f"{amp.median() / fp32.median():.2f}x",
+                    }
+                )
     return pd.DataFrame(rows) if rows else None
 
 
@@ -177,7 +239,9 @@ def repeats_table(df: pd.DataFrame, reference: str = "reference") -> pd.DataFram
     rows = []
     modes = ok["settings"].eq("best").any()  # a run took --best: every scenario names its mode
     groups = ok.groupby(["settings", "config", "world_size", "device", "dtype"])
-    for (settings, config, n, device, dtype), g in sorted(groups, key=lambda kv: (kv[0][0] != "best", kv[0][1:])):
+    for (settings, config, n, device, dtype), g in sorted(
+        groups, key=lambda kv: (kv[0][0] != "best", kv[0][1:])
+    ):
         if g["run_id"].nunique() < 2:
             continue
         per_run = g.pivot_table(index="run_id", columns="impl", values="images_per_s", aggfunc="median")
@@ -185,8 +249,14 @@ def repeats_table(df: pd.DataFrame, reference: str = "reference") -> pd.DataFram
         ratio_col = f"{reference} ÷ this, per run: median [min, max]"
         for impl in per_run.median().sort_values(ascending=False).index:
             v = per_run[impl].dropna()
-            row = {"Scenario": scenario, "Implementation": impl, "Runs": len(v), "img/s: median [min, max]": _median_range(v),
-                   "Spread (max-min)/median": f"{100 * (v.max() - v.min()) / v.median():.1f}%", ratio_col: "-"}
+            row = {
+                "Scenario": scenario,
+                "Implementation": impl,
+                "Runs": len(v),
+                "img/s: median [min, max]": _median_range(v),
+                "Spread (max-min)/median": f"{100 * (v.max() - v.min()) / v.median():.1f}%",
+                ratio_col: "-",
+            }
             if reference in per_run and impl != reference:
                 row[ratio_col] = _median_range((per_run[reference] / per_run[impl]).dropna(), ".2f", "×")
             rows.append(row)
@@ -194,25 +264,44 @@ def repeats_table(df: pd.DataFrame, reference: str = "reference") -> pd.DataFram
         if reference in per_run and peers:
             fastest = per_run[peers].max(axis=1)
             ratio = (per_run[reference] / fastest).dropna()
-            rows.append({"Scenario": scenario, "Implementation": "fastest other (per run)", "Runs": len(ratio),
-                         "img/s: median [min, max]": _median_range(fastest), "Spread (max-min)/median": "-",
-                         ratio_col: _median_range(ratio, ".2f", "×")})
+            rows.append(
+                {
+                    "Scenario": scenario,
+                    "Implementation": "fastest other (per run)",
+                    "Runs": len(ratio),
+                    "img/s: median [min, max]": _median_range(fastest),
+                    "Spread (max-min)/median": "-",
+                    ratio_col: _median_range(ratio, ".2f", "×"),
+                }
+            )
     return pd.DataFrame(rows) if rows else None
 
 
 def environment_table(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "Run": df["run_id"],
-            "Implementation": df["impl"],
-            "torch": df["torch"],
-            "CPU": df["cpu"],
-            "GPUs": df["gpus"],
-            "threads/process": df["threads"],
-            "load average (1/5/15 min)": df["load_average"].map(lambda v: " / ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else "-"),
-            "git": df["git_sha"].map(lambda v: v[:12] + ("-dirty" if v and v.endswith("-dirty") else "") if isinstance(v, str) else "-"),
-        }
-    ).drop_duplicates().reset_index(drop=True)
+    return (
+        pd.DataFrame(
+            {
+                "Run": df["run_id"],
+                "Implementation": df["impl"],
+                "torch": df["torch"],
+                "CPU": df["cpu"],
+                "GPUs": df["gpus"],
+                "threads/process": df["threads"],
+                "load average (1/5/15 min)": df["load_average"].map(
+                    lambda v: " / ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else "-"
+                ),
+                "git": df["git_sha"].map(
+                    lambda v: (
+                        v[:12] + ("-dirty" if v and v.endswith("-dirty") else "")
+                        if isinstance(v, str)
+                        else "-"
+                    )
+                ),
+            }
+        )
+        .drop_duplicates()
+        .reset_index(drop=True)
+    )
 
 
 def log_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -227,7 +316,10 @@ def log_table(df: pd.DataFrame) -> pd.DataFrame:
             "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
             "World size": df["world_size"],
             "dtype": df["dtype"],
-            "From the log": [d + (f"; {n}" if isinstance(n, str) else "") for d, n in zip(df["log_derivation"], df["log_notes"])],
+            "From the log": [
+                d + (f"; {n}" if isinstance(n, str) else "")
+                for d, n in zip(df["log_derivation"], df["log_notes"])
+            ],
             "Parity": df["parity_unverified"].map(lambda n: f"unverified ({n} reasons in run.json)"),
         }
     ).reset_index(drop=True)
@@ -258,7 +350,9 @@ def phases_table(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]] 
         cells.append(str(row["host_syncs"]) if row["host_syncs"] is not None else "—")
         columns[row["impl"]] = cells
         notes += [f"{row['impl']}: {n}" for n in row["phases_notes"] or []]
-    table = pd.DataFrame({"phase (ms per iteration)": PHASES + ["total", "host-device waits per step"], **columns})
+    table = pd.DataFrame(
+        {"phase (ms per iteration)": PHASES + ["total", "host-device waits per step"], **columns}
+    )
     return table, footnotes, notes
 
 
@@ -279,9 +373,16 @@ def phases_mfu_table(df: pd.DataFrame) -> pd.DataFrame | None:
         cells = [f"{100 * flops[p] / (ms[p] / 1e3) / peak:.0f}%" if ms.get(p) else "—" for p in phases]
         cells.append(f"{100 * flops['total'] / row['s_per_iter_mean'] / peak:.0f}%")
         columns[row["impl"]] = cells
-    gflops = [f"{ok.iloc[0]['phases_flops'][p] / 1e9:.0f}" for p in phases] + [f"{ok.iloc[0]['phases_flops']['total'] / 1e9:.0f}"]
-    return pd.DataFrame({"MFU (model FLOPs / time / matmul peak)": phases + ["whole step"],
-                         f"GFLOP per iteration ({ok.iloc[0]['impl']})": gflops, **columns})
+    gflops = [f"{ok.iloc[0]['phases_flops'][p] / 1e9:.0f}" for p in phases] + [
+        f"{ok.iloc[0]['phases_flops']['total'] / 1e9:.0f}"
+    ]
+    return pd.DataFrame(
+        {
+            "MFU (model FLOPs / time / matmul peak)": phases + ["whole step"],
+            f"GFLOP per iteration ({ok.iloc[0]['impl']})": gflops,
+            **columns,
+        }
+    )
 
 
 def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
@@ -295,10 +396,16 @@ def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
     for _, row in ok.iloc[1:].iterrows():
         gap = 1e3 * (row["s_per_iter_mean"] - fastest["s_per_iter_mean"])
         common = [p for p in row["phases_ms"] if p in fastest["phases_ms"]]
-        diffs = sorted(((row["phases_ms"][p] - fastest["phases_ms"][p], p) for p in common), reverse=True)[:top]
-        parts = ", ".join(f"{p} {d:+.1f} ms ({100 * d / gap:.0f}%)" for d, p in diffs if d > 0) if gap > 0 else ""
-        lines.append(f"- {row['impl']}: {gap:+.1f} ms per iteration against {fastest['impl']}"
-                     + (f"; most of it: {parts}." if parts else "."))
+        diffs = sorted(((row["phases_ms"][p] - fastest["phases_ms"][p], p) for p in common), reverse=True)[
+            :top
+        ]
+        parts = (
+            ", ".join(f"{p} {d:+.1f} ms ({100 * d / gap:.0f}%)" for d, p in diffs if d > 0) if gap > 0 else ""
+        )
+        lines.append(
+            f"- {row['impl']}: {gap:+.1f} ms per iteration against {fastest['impl']}"
+            + (f"; most of it: {parts}." if parts else ".")
+        )
     return "\n".join(lines)
 
 
@@ -317,9 +424,14 @@ def phases_markdown(records: list[dict]) -> str | None:
         parts += ["", paragraph]
     mfu = phases_mfu_table(df)
     if mfu is not None:
-        parts += ["", _md(mfu), "", "Each phase's FLOPs are counted on the reference's modules for the run's own "
-                  "pixels, RoIs and positives (forward and backward; RoIAlign, NMS and elementwise work count as "
-                  "zero); the peak is the run's measured matmul rate with its threads."]
+        parts += [
+            "",
+            _md(mfu),
+            "",
+            "Each phase's FLOPs are counted on the reference's modules for the run's own "
+            "pixels, RoIs and positives (forward and backward; RoIAlign, NMS and elementwise work count as "
+            "zero); the peak is the run's measured matmul rate with its threads.",
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -334,17 +446,30 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     for task in apart:
         runs = df[df["task"] == task.name]
         if len(runs):
-            table = task.section(df)  # the whole frame: a section may set its runs beside others (data: training)
+            table = task.section(
+                df
+            )  # the whole frame: a section may set its runs beside others (data: training)
             failed = runs[runs["status"] != "ok"]
             apart_part += ["", f"### {task.section_title}", ""] + ([_md(table)] if table is not None else [])
-            apart_part += [f"- {i}: {st}: {why}" for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])]
+            apart_part += [
+                f"- {i}: {st}: {why}"
+                for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])
+            ]
     df = df[~df["task"].isin([task.name for task in apart])]
     if not len(df):
         return "\n".join(apart_part[1:] + ([""] + notes if notes else [])) + "\n"
     logs = df[df["measured_by"] == "log"]
     df = df[df["measured_by"] != "log"]
-    log_part = ["", "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)", "",
-                _md(log_table(logs))] if len(logs) else []
+    log_part = (
+        [
+            "",
+            "### From the systems' own logs (not measured by mrcnn-bench; parity unverified)",
+            "",
+            _md(log_table(logs)),
+        ]
+        if len(logs)
+        else []
+    )
     if not len(df):
         return "\n".join(log_part[1:]) + "\n"
     parts = [_md(summary_table(df))] + ([""] + notes if notes else [])
@@ -356,15 +481,23 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
         return "\n".join(parts + log_part + apart_part) + "\n"
     if (df["status"] == "ok").any():
         parts += ["", "### Detail", "", _md(detail_table(df))]
-    for title, table in (("### Repeated runs", repeats_table(df)), ("### Scaling", scaling_table(df)),
-                         ("### AMP speed-up", amp_table(df)),
-                         ("### What the machine did during the window", machine_table(df))):
+    for title, table in (
+        ("### Repeated runs", repeats_table(df)),
+        ("### Scaling", scaling_table(df)),
+        ("### AMP speed-up", amp_table(df)),
+        ("### What the machine did during the window", machine_table(df)),
+    ):
         if table is not None:
             parts += ["", title, "", _md(table)]
     parts += log_part + apart_part
     phases = phases_markdown([r for r in records if r.get("measured_by", "harness") == "harness"])
     if phases:
-        parts += ["", "### Where the time goes (ms per iteration, the window's mean)", "", phases.rstrip("\n")]
+        parts += [
+            "",
+            "### Where the time goes (ms per iteration, the window's mean)",
+            "",
+            phases.rstrip("\n"),
+        ]
     parts += ["", "### Environment", "", _md(environment_table(df))]
     return "\n".join(parts) + "\n"
 
@@ -411,10 +544,18 @@ def compact_markdown(records: list[dict]) -> str:
 def write_report_into(path: Path, records: list[dict], command: str) -> None:
     """``report --into``: the runs' short table into the file's section for their task (and scenario)."""
     names = {(r.get("config") or {}).get("name") for r in records}
-    write_into(path, compact_markdown(records), command, readme_section(records), names.pop() if len(names) == 1 else None)
+    write_into(
+        path,
+        compact_markdown(records),
+        command,
+        readme_section(records),
+        names.pop() if len(names) == 1 else None,
+    )
 
 
-def write_into(path: Path, block: str, command: str, section: str = "report", scenario: str | None = None) -> None:
+def write_into(
+    path: Path, block: str, command: str, section: str = "report", scenario: str | None = None
+) -> None:
     """Replace what lies between the ``section`` markers in ``path`` (atomically; those of the scenario's
     own section where the file has them); the markers must be there."""
     from .results import atomic_write_text
@@ -439,8 +580,14 @@ def render(records: list[dict], fmt: str = "md") -> str:
     raise ValueError(f"unknown format {fmt!r}; expected md, csv or json")
 
 
-def write_report(paths: Iterable[str | os.PathLike], fmt: str = "md", out: str | None = None, plots: str | None = None,
-                 preamble: str | None = None, records: list[dict] | None = None) -> str:
+def write_report(
+    paths: Iterable[str | os.PathLike],
+    fmt: str = "md",
+    out: str | None = None,
+    plots: str | None = None,
+    preamble: str | None = None,
+    records: list[dict] | None = None,
+) -> str:
     """The report over the runs under ``paths`` (or the ``records`` already loaded from them)."""
     records = load_runs(paths) if records is None else records
     text = (preamble or "") + render(records, fmt)

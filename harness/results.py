@@ -4,6 +4,7 @@ Every file is written atomically (a temporary file in the same folder, fsync, th
 reader sees either the old file or the whole new one, never half of one. ``run.json`` carries its
 schema version; readers refuse files from a schema they do not know, with a clear message.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -14,8 +15,9 @@ import secrets
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SCHEMA = "mrcnn-bench/run"
 # The format's history, as pyperf and asv keep theirs: each version, what it added, and how a record of
@@ -60,7 +62,8 @@ class ResultError(ValueError):
 
 
 def _summary_model(Open):
-    """What every summary may hold: the window, each measure of harness/metrics.py, and the tasks' own parts."""
+    """What every summary may hold: the window, each measure of harness/metrics.py, and the tasks' own
+    parts."""
     from typing import Optional
 
     from pydantic import NonNegativeFloat, NonNegativeInt, PositiveInt, create_model
@@ -90,13 +93,25 @@ def _summary_model(Open):
 
     count, amount = (Optional[NonNegativeInt], None), (Optional[NonNegativeFloat], None)
     return create_model(
-        "Summary", __base__=Open, warmup=count, end=count, iterations=count, images=count, seconds=amount,
-        matmul_peak_flops_per_process=amount, **{m.name: amount for m in METRICS},
-        phases_ms=(Optional[dict[str, float]], None), phases_missing=(Optional[dict[str, str]], None),
-        phases_notes=(Optional[list[str]], None), host_syncs_per_step=amount,
+        "Summary",
+        __base__=Open,
+        warmup=count,
+        end=count,
+        iterations=count,
+        images=count,
+        seconds=amount,
+        matmul_peak_flops_per_process=amount,
+        **{m.name: amount for m in METRICS},
+        phases_ms=(Optional[dict[str, float]], None),
+        phases_missing=(Optional[dict[str, str]], None),
+        phases_notes=(Optional[list[str]], None),
+        host_syncs_per_step=amount,
         phases_flops=(Optional[dict[str, float]], None),
-        accuracy=(Optional[Accuracy], None), task=(Optional[str], None), batch_sizes=(Optional[dict[str, BatchStats]], None),
-        stages=(Optional[Stages], None), stages_missing=(Optional[str], None),
+        accuracy=(Optional[Accuracy], None),
+        task=(Optional[str], None),
+        batch_sizes=(Optional[dict[str, BatchStats]], None),
+        stages=(Optional[Stages], None),
+        stages_missing=(Optional[str], None),
     )
 
 
@@ -291,7 +306,9 @@ def read_iterations(path: str | os.PathLike) -> list[dict]:
         try:
             model.model_validate(row)
         except ValidationError as e:
-            raise ResultError(f"{path}: row {lineno} does not match the iteration schema: {_problems(e)}") from None
+            raise ResultError(
+                f"{path}: row {lineno} does not match the iteration schema: {_problems(e)}"
+            ) from None
     return rows
 
 
@@ -311,7 +328,8 @@ def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
         )
         if out.returncode != 0:
             return None
-        # changed tracked files, the results folder aside (a run rewriting a committed baseline is not changed code)
+        # changed tracked files, the results folder aside (a run rewriting a committed baseline is not changed
+        # code)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results"],
             cwd=cwd or Path(__file__).resolve().parent,
@@ -334,7 +352,9 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def capture_environment(device: str | None = None, threads: int | None = None, extra: dict | None = None) -> dict:
+def capture_environment(
+    device: str | None = None, threads: int | None = None, extra: dict | None = None
+) -> dict:
     """What a reader needs to judge a number: versions, devices, CPU, threads, load, git sha."""
     import torch
 
@@ -363,7 +383,10 @@ def capture_environment(device: str | None = None, threads: int | None = None, e
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["cuda_driver"] = torch.cuda.driver_version() if hasattr(torch.cuda, "driver_version") else None
         # read after training: what was in force, whatever the framework set
-        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        env["tf32"] = {
+            "matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn": torch.backends.cudnn.allow_tf32,
+        }
     else:
         env["gpus"] = []
     if extra:
@@ -389,8 +412,10 @@ def make_run_record(
     iterations_recorded: int = 0,
     data: dict | None = None,
     extra: dict | None = None,
-    measures: str = ("training throughput in images/s over iterations [warmup, end) on the global batch; "
-                     "iteration end stamped after a device synchronize"),
+    measures: str = (
+        "training throughput in images/s over iterations [warmup, end) on the global batch; "
+        "iteration end stamped after a device synchronize"
+    ),
 ) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
@@ -439,7 +464,11 @@ def load_run(path: str | os.PathLike) -> dict:
         raise ResultError(
             f"{path}: key 'schema_version' is {version!r}; this mrcnn-bench reads versions "
             f"{min(UPGRADES, default=SCHEMA_VERSION)} to {SCHEMA_VERSION}"
-            + (" (written by a newer mrcnn-bench: upgrade to read it)" if newer else " (re-run to regenerate it)")
+            + (
+                " (written by a newer mrcnn-bench: upgrade to read it)"
+                if newer
+                else " (re-run to regenerate it)"
+            )
         )
     if version != SCHEMA_VERSION:
         record["read_from_schema_version"] = version
@@ -452,7 +481,9 @@ def load_run(path: str | os.PathLike) -> dict:
     try:
         _record_model().model_validate({k: v for k, v in record.items() if k != "schema"})
     except ValidationError as e:
-        raise ResultError(f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {_problems(e)}") from None
+        raise ResultError(
+            f"{path}: does not match the run.json schema v{SCHEMA_VERSION}: {_problems(e)}"
+        ) from None
     for key in ("summary", "window"):  # what every reader of a finished run takes from it
         if record["status"] == "ok" and not isinstance(record.get(key), dict):
             raise ResultError(f"{path}: status 'ok' but key '{key}' is missing")

@@ -10,6 +10,7 @@ a resumed run continues the run that is there, not another.
 - :func:`resume_mismatches`: what differs between the finished part of a run and the command resuming it
   (the config, the data, the device, the threads), each named by its key.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,8 +31,10 @@ def check_run_id(run_id: str | None) -> str | None:
     """``run_id`` when it names one folder; LaunchError otherwise (exit 2, nothing written)."""
     if run_id is None or _RUN_ID.fullmatch(run_id):
         return run_id
-    raise LaunchError(f"--run-id {run_id!r}: expected one folder name under --out (letters, digits, '_', '-' "
-                      "and '.', not starting with '.'; no '/' or '..')")
+    raise LaunchError(
+        f"--run-id {run_id!r}: expected one folder name under --out (letters, digits, '_', '-' "
+        "and '.', not starting with '.'; no '/' or '..')"
+    )
 
 
 class RunLock:
@@ -45,7 +48,7 @@ class RunLock:
         self.folder, self.part = Path(folder).resolve(), part
         self.path = self.folder / (f"{LOCK_NAME}-{part}" if part else LOCK_NAME)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         held = self._held.get(self.path)
         if held:
             held[1] += 1
@@ -59,9 +62,11 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise LaunchError(f"{self.folder}: run id in use by another mrcnn-bench command (pid {holder}"
-                                  f"{', as ' + self.part if self.part else ''}); "
-                                  "wait for it to finish, or choose another --run-id") from None
+                raise LaunchError(
+                    f"{self.folder}: run id in use by another mrcnn-bench command (pid {holder}"
+                    f"{', as ' + self.part if self.part else ''}); "
+                    "wait for it to finish, or choose another --run-id"
+                ) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -98,9 +103,15 @@ def resume_mismatches(kept: list[dict], config: dict, data: dict, machine: dict)
     problems: dict[str, str] = {}
     for record in kept:
         env = record.get("environment") or {}
-        then = {**flatten({"config": with_defaults(record.get("config") or {}), "data": record.get("data") or {}}),
-                **{f"environment.{k}": env.get(k) for k in machine}}
+        then = {
+            **flatten(
+                {"config": with_defaults(record.get("config") or {}), "data": record.get("data") or {}}
+            ),
+            **{f"environment.{k}": env.get(k) for k in machine},
+        }
         for key in sorted(set(now) | set(then)):
             if now.get(key) != then.get(key) and key.removeprefix("config.") not in RESUMABLE_KEYS:
-                problems.setdefault(key, f"{key.removeprefix('config.')}: {then.get(key)!r} -> {now.get(key)!r}")
+                problems.setdefault(
+                    key, f"{key.removeprefix('config.')}: {then.get(key)!r} -> {now.get(key)!r}"
+                )
     return list(problems.values())

@@ -9,6 +9,7 @@
 NVIDIA's Mask R-CNN tables report both; detectron2's and mmdetection's configs scale the batch with the
 GPUs (weak) and leave the learning rate to the user.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,10 @@ class Plan:
 
     def describe(self) -> str:
         accum = f" x {self.grad_accum} accumulated steps" if self.grad_accum > 1 else ""
-        return (f"{self.mode} scaling: {self.world} process(es), global batch {self.global_batch} "
-                f"({self.ims_per_step} image(s) per process per step{accum}), base_lr {self.base_lr:g}")
+        return (
+            f"{self.mode} scaling: {self.world} process(es), global batch {self.global_batch} "
+            f"({self.ims_per_step} image(s) per process per step{accum}), base_lr {self.base_lr:g}"
+        )
 
 
 def _accumulation(share: int, max_per_step: int | None) -> int:
@@ -81,18 +84,25 @@ def plan(cfg, world: int, ims_per_gpu: int | None = None, grad_accum: int | None
         total = ims_per_gpu * world
         accum = grad_accum or _accumulation(ims_per_gpu, cap)
         if ims_per_gpu % accum:
-            raise ScalingError(f"--ims-per-gpu {ims_per_gpu} is not divisible by benchmark.grad_accum={accum}")
+            raise ScalingError(
+                f"--ims-per-gpu {ims_per_gpu} is not divisible by benchmark.grad_accum={accum}"
+            )
         return Plan("weak", world, total, ims_per_gpu // accum, accum, cfg.solver.base_lr * total / b)
     if b % world:
         k = max(1, b // world)
         raise ScalingError(
-            f"{cfg.name}: its global batch solver.ims_per_batch={b} cannot be split evenly over {world} processes "
-            f"(strong scaling keeps it). Weak scaling gives each process its own images and scales the learning rate "
-            f"with the global batch ({k} x {world} = {k * world} images, base_lr {cfg.solver.base_lr * k * world / b:g}).",
+            f"{cfg.name}: its global batch solver.ims_per_batch={b} cannot be split evenly over {world} "
+            "processes "
+            "(strong scaling keeps it). Weak scaling gives each process its own images and scales the "
+            "learning rate "
+            f"with the global batch ({k} x {world} = {k * world} images, base_lr "
+            f"{cfg.solver.base_lr * k * world / b:g}).",
             _command_with(["--ims-per-gpu", str(k)]),
         )
     share = b // world
     accum = grad_accum or _accumulation(share, cap)
     if share % accum:
-        raise ScalingError(f"{cfg.name}: {share} image(s) per process is not divisible by benchmark.grad_accum={accum}")
+        raise ScalingError(
+            f"{cfg.name}: {share} image(s) per process is not divisible by benchmark.grad_accum={accum}"
+        )
     return Plan("strong", world, b, share // accum, accum, cfg.solver.base_lr)

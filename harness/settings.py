@@ -8,6 +8,7 @@ the launcher puts a setting's environment on the worker's process, the worker ap
 (``effective_config``), run.json records what was applied (``settings``) and ``mrcnn-bench parity``
 prints the table. A setting left out says why in ``NOT_INCLUDED``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,26 +31,38 @@ class Setting:
 
 
 NHWC = Setting(
-    "channels_last", "NHWC (channels-last) weights and activations: the same convolutions, laid out for the "
+    "channels_last",
+    "NHWC (channels-last) weights and activations: the same convolutions, laid out for the "
     "vector units (oneDNN on the CPU, Tensor Cores on the GPU)",
-    "model.to(memory_format=torch.channels_last), as PyTorch's memory-format tutorial shows for torchvision models",
-    overrides={"benchmark.channels_last": True})
+    "model.to(memory_format=torch.channels_last), as PyTorch's memory-format tutorial shows for torchvision "
+    "models",
+    overrides={"benchmark.channels_last": True},
+)
 KEPT_HOST_MEMORY = Setting(
-    "kept_host_memory", "glibc keeps freed memory in the heap for reuse (no mmap/munmap, and no page faults, "
+    "kept_host_memory",
+    "glibc keeps freed memory in the heap for reuse (no mmap/munmap, and no page faults, "
     "for every large tensor of every step); the process keeps its peak",
-    "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647 in the process's environment "
+    "GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647 in the process's "
+    "environment "
     "(glibc's tunables(7); glibc 2.36 here ignores the older MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_)",
-    device="cpu", environment={"GLIBC_TUNABLES": f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**31 - 1}"})
+    device="cpu",
+    environment={"GLIBC_TUNABLES": f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**31 - 1}"},
+)
 EXPANDABLE_SEGMENTS = Setting(
-    "expandable_segments", "PyTorch's CUDA caching allocator grows segments instead of allocating new ones "
+    "expandable_segments",
+    "PyTorch's CUDA caching allocator grows segments instead of allocating new ones "
     "for each new shape (fewer cudaMalloc calls and less fragmentation with images of varying sizes)",
     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch's CUDA memory-management notes)",
-    device="cuda", environment={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
+    device="cuda",
+    environment={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+)
 FUSE_CONV_BN = Setting(
-    "fuse_conv_bn", "each convolution and the BatchNorm after it computed as one convolution at inference "
+    "fuse_conv_bn",
+    "each convolution and the BatchNorm after it computed as one convolution at inference "
     "(mmcv.cnn.fuse_conv_bn; the reference's own fold_frozen_bn is its lever, on in every scenario)",
     "mmdet's tools/analysis_tools/benchmark.py --fuse-conv-bn (mmcv.cnn.fuse_conv_bn(model))",
-    tasks=("infer",))
+    tasks=("infer",),
+)
 
 # The reference's own speed switches (the config's ``reference`` section) are already its best per
 # scenario, each measured by benchmarks/levers.py: NHWC among them where it was measured faster.
@@ -62,13 +75,20 @@ BEST: dict[str, tuple[Setting, ...]] = {
 
 NOT_INCLUDED = (
     ("AMP (bf16 / fp16)", "changes the arithmetic: a run of its own (benchmark.dtype), for all four alike"),
-    ("torch.compile", "fuses and reorders operations across layers (other roundings than a kernel's); "
-     "detectron2's and mmdet's training loops do not offer it; the reference's compile_heads lever is off"),
-    ("cudnn.benchmark (detectron2 CUDNN_BENCHMARK, mmdet env_cfg.cudnn_benchmark)",
-     "detectron2's own documentation: with input sizes that vary, as detection's do, it adds a large "
-     "overhead for about 10k iterations and usually hurts total time"),
-    ("conv + FrozenBN folding in training (detectron2, torchvision)",
-     "neither framework offers it; mmdet's fuse_conv_bn is for inference only"),
+    (
+        "torch.compile",
+        "fuses and reorders operations across layers (other roundings than a kernel's); "
+        "detectron2's and mmdet's training loops do not offer it; the reference's compile_heads lever is off",
+    ),
+    (
+        "cudnn.benchmark (detectron2 CUDNN_BENCHMARK, mmdet env_cfg.cudnn_benchmark)",
+        "detectron2's own documentation: with input sizes that vary, as detection's do, it adds a large "
+        "overhead for about 10k iterations and usually hurts total time",
+    ),
+    (
+        "conv + FrozenBN folding in training (detectron2, torchvision)",
+        "neither framework offers it; mmdet's fuse_conv_bn is for inference only",
+    ),
 )
 
 
@@ -85,7 +105,8 @@ def applies(cfg, impl: str, name: str) -> bool:
 
 
 def effective_config(cfg, impl: str):
-    """``cfg`` as ``impl``'s worker runs it: with its best settings' config keys where the run asks for them."""
+    """``cfg`` as ``impl``'s worker runs it: with its best settings' config keys where the run asks for
+    them."""
     overrides = {k: v for s in _applied(cfg, impl) for k, v in s.overrides.items()}
     return cfg.with_overrides(overrides, source=f"benchmark.settings=best ({impl})") if overrides else cfg
 
@@ -107,10 +128,20 @@ def with_environment(env: dict[str, str], cfg, impl: str) -> dict[str, str]:
 
 
 def record(cfg, impl: str) -> dict:
-    """run.json's ``settings``: the mode and each setting applied to ``impl``, with how its users turn it on."""
-    return {"mode": cfg.benchmark.settings,
-            "applied": [{"name": s.name, "how": s.how, **({"config": s.overrides} if s.overrides else {}),
-                         **({"environment": s.environment} if s.environment else {})} for s in _applied(cfg, impl)]}
+    """run.json's ``settings``: the mode and each setting applied to ``impl``, with how its users turn it
+    on."""
+    return {
+        "mode": cfg.benchmark.settings,
+        "applied": [
+            {
+                "name": s.name,
+                "how": s.how,
+                **({"config": s.overrides} if s.overrides else {}),
+                **({"environment": s.environment} if s.environment else {}),
+            }
+            for s in _applied(cfg, impl)
+        ],
+    }
 
 
 def table(device: str, task: str = "train") -> list[dict]:
@@ -119,6 +150,11 @@ def table(device: str, task: str = "train") -> list[dict]:
     rows = []
     for s in dict.fromkeys(s for group in BEST.values() for s in group):
         acts = s.acts(device, task)
-        rows.append({"Setting (--best)": s.name, **{i: "✓" if acts and s in group else "-" for i, group in BEST.items()},
-                     "What": s.what if acts else f"(not on {device} / {task}) {s.what}"})
+        rows.append(
+            {
+                "Setting (--best)": s.name,
+                **{i: "✓" if acts and s in group else "-" for i, group in BEST.items()},
+                "What": s.what if acts else f"(not on {device} / {task}) {s.what}",
+            }
+        )
     return rows

@@ -11,6 +11,7 @@ state dict is in torchvision's layout, which every adapter converts from: it bec
 ``model.init_weights``. torchvision does it, not the reference: the weights every implementation is
 timed with come from a peer's code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,20 @@ def _key(cfg) -> str:
     """What the trained weights depend on: the model and its initial weights' file, input, solver, the
     data, the seed and the iterations (not the inference settings)."""
     bench = cfg.benchmark
-    text = json.dumps({
-        "model": cfg.model.model_dump(mode="json", exclude={"init_weights"}), "init": file_stamp(cfg.model.init_weights),
-        "input": cfg.input.model_dump(mode="json"), "solver": cfg.solver.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json"), "seed": bench.seed, "iters": bench.shared_training_iters,
-        "device": bench.device, "dtype": bench.dtype,
-    }, sort_keys=True)
+    text = json.dumps(
+        {
+            "model": cfg.model.model_dump(mode="json", exclude={"init_weights"}),
+            "init": file_stamp(cfg.model.init_weights),
+            "input": cfg.input.model_dump(mode="json"),
+            "solver": cfg.solver.model_dump(mode="json"),
+            "data": cfg.data.model_dump(mode="json"),
+            "seed": bench.seed,
+            "iters": bench.shared_training_iters,
+            "device": bench.device,
+            "dtype": bench.dtype,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -39,16 +48,24 @@ def training_config(cfg):
     """``cfg`` as the shared training runs it: ``shared_training_iters`` iterations of the train task on
     one process, the whole run timed (its times are not results)."""
     n = cfg.benchmark.shared_training_iters
-    return cfg.with_overrides({"benchmark.task": "train", "benchmark.iters": n, "benchmark.warmup": 0,
-                               "benchmark.window_end": n, "benchmark.gpus": 1, "benchmark.grad_accum": 1,
-                               "solver.ims_per_batch": cfg.ims_per_process_step}, source="shared training")
+    return cfg.with_overrides(
+        {
+            "benchmark.task": "train",
+            "benchmark.iters": n,
+            "benchmark.warmup": 0,
+            "benchmark.window_end": n,
+            "benchmark.gpus": 1,
+            "benchmark.grad_accum": 1,
+            "solver.ims_per_batch": cfg.ims_per_process_step,
+        },
+        source="shared training",
+    )
 
 
 def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> Path:
     """The path of the weights after the shared training for ``cfg`` on ``paths``, trained now unless
     cached (written atomically)."""
     import torch
-
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
 
@@ -66,7 +83,11 @@ def trained_weights(cfg, paths, cache_dir: str | os.PathLike | None = None) -> P
     class Progress(TimerListener):
         def after_step(self, rec):
             if (rec.iter + 1) % every == 0 or rec.iter + 1 == n:
-                print(f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}", file=sys.stderr, flush=True)
+                print(
+                    f"shared training: iteration {rec.iter + 1}/{n}, loss {rec.loss:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     device = "cuda:0" if cfg.benchmark.device == "cuda" else "cpu"
     timer = IterationTimer.for_device(n, device, listeners=[Progress()])
@@ -87,9 +108,13 @@ def with_shared_training(cfg, paths, cache_dir: str | os.PathLike | None = None)
     from .tasks import task_of
 
     bench = cfg.benchmark
-    if task_of(bench.task).trains or not bench.shared_training_iters:  # a task that trains starts from the initialisation
+    if (
+        task_of(bench.task).trains or not bench.shared_training_iters
+    ):  # a task that trains starts from the initialisation
         return cfg, None
     path = trained_weights(cfg, paths, cache_dir)
-    message = (f"shared training: torchvision's model, {bench.shared_training_iters} iterations from the shared "
-               f"initialisation; every implementation loads {path}")
+    message = (
+        f"shared training: torchvision's model, {bench.shared_training_iters} iterations from the shared "
+        f"initialisation; every implementation loads {path}"
+    )
     return cfg.with_overrides({"model.init_weights": str(path)}, source="shared training"), message

@@ -1,6 +1,7 @@
 """The suite's statistics in one place (as asv keeps its own in statistics.py): the bootstrap interval
 of a run's throughput, the moving-block bootstrap of its variance, the interval of a slowdown over
 repeated runs, and the step of a series over commits."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,9 @@ import numpy as np
 from scipy import stats
 
 
-def throughput_ci(rows: list[dict], warmup: int, end: int, n: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+def throughput_ci(
+    rows: list[dict], warmup: int, end: int, n: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
     """Bootstrap 95% interval of img/s, resampling the window's iterations."""
     window = [r for r in rows if warmup <= r["iter"] < end]
     if len(window) < 3:
@@ -60,8 +63,10 @@ def find_step(values: np.ndarray) -> tuple[int, float, float]:
     values = np.asarray(values, float)
     if len(values) < 4:
         return 0, 0.0, 1.0
-    costs = [((values[:k] - values[:k].mean()) ** 2).sum() + ((values[k:] - values[k:].mean()) ** 2).sum()
-             for k in range(2, len(values) - 1)]
+    costs = [
+        ((values[:k] - values[:k].mean()) ** 2).sum() + ((values[k:] - values[k:].mean()) ** 2).sum()
+        for k in range(2, len(values) - 1)
+    ]
     k = 2 + int(np.argmin(costs))
     before, after = values[:k], values[k:]
     if np.ptp(values) == 0:

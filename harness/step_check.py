@@ -23,6 +23,7 @@ The declared divergences of an implementation (``benchmark.allow_divergent``) ex
 they reach and no others; with torchvision present, the reference runs a second time with torchvision's
 values of those keys and must then equal torchvision too.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,12 @@ EVERY_CANDIDATE = 1_000_000
 
 MODULES = {  # torchvision's parameter-name prefixes of each module compared
     "stem": ("backbone.body.conv1.", "backbone.body.bn1."),
-    "res2": ("backbone.body.layer1.",), "res3": ("backbone.body.layer2.",), "res4": ("backbone.body.layer3.",),
-    "res5": ("backbone.body.layer4.",), "FPN": ("backbone.fpn.",), "RPN head": ("rpn.head.",),
+    "res2": ("backbone.body.layer1.",),
+    "res3": ("backbone.body.layer2.",),
+    "res4": ("backbone.body.layer3.",),
+    "res5": ("backbone.body.layer4.",),
+    "FPN": ("backbone.fpn.",),
+    "RPN head": ("rpn.head.",),
     "box head": ("roi_heads.box_head.", "roi_heads.box_predictor."),
     "mask head": ("roi_heads.mask_head.", "roi_heads.mask_predictor."),
 }
@@ -74,10 +79,21 @@ WORK = ("rpn_positives", "proposals", "rois", "positives")
 def step_overrides(data_root: Path) -> dict:
     """The config's changes for the check: one float32 step on one process, no flip, every RoI candidate
     taken, the check's own data set."""
-    return {"benchmark.task": "step", "benchmark.iters": 1, "benchmark.warmup": 0, "benchmark.window_end": 1,
-            "benchmark.gpus": 1, "benchmark.grad_accum": 1, "benchmark.dtype": "fp32", "benchmark.num_workers": 0,
-            "input.horizontal_flip_prob": 0.0, "model.roi_heads.batch_size_per_image": EVERY_CANDIDATE,
-            "model.roi_heads.positive_fraction": 1.0, "data.root": str(data_root), "data.train_split": "train2017"}
+    return {
+        "benchmark.task": "step",
+        "benchmark.iters": 1,
+        "benchmark.warmup": 0,
+        "benchmark.window_end": 1,
+        "benchmark.gpus": 1,
+        "benchmark.grad_accum": 1,
+        "benchmark.dtype": "fp32",
+        "benchmark.num_workers": 0,
+        "input.horizontal_flip_prob": 0.0,
+        "model.roi_heads.batch_size_per_image": EVERY_CANDIDATE,
+        "model.roi_heads.positive_fraction": 1.0,
+        "data.root": str(data_root),
+        "data.train_split": "train2017",
+    }
 
 
 def write_step_batch(cfg, train_json: Path, image_dir: Path, out: Path) -> list[int]:
@@ -105,8 +121,12 @@ def write_step_batch(cfg, train_json: Path, image_dir: Path, out: Path) -> list[
         Image.fromarray(x.byte().permute(1, 2, 0).numpy()).save(out / "train2017" / name)
         new_images.append(dict(entry, file_name=name, height=size[0], width=size[1]))
         sx, sy = size[1] / w, size[0] / h
-        new_annotations += [_scaled(a, sx, sy, size) for a in coco["annotations"] if a["image_id"] == image_id]
-    text = json.dumps({"images": new_images, "annotations": new_annotations, "categories": coco["categories"]})
+        new_annotations += [
+            _scaled(a, sx, sy, size) for a in coco["annotations"] if a["image_id"] == image_id
+        ]
+    text = json.dumps(
+        {"images": new_images, "annotations": new_annotations, "categories": coco["categories"]}
+    )
     (out / "annotations" / "instances_train2017.json").write_text(text)
     return ids
 
@@ -162,7 +182,9 @@ def floor_distances(step: dict, moved: dict) -> dict:
     return out
 
 
-def compare_steps(steps: dict[str, dict], work: dict[str, dict], base: str, declared: dict[str, set[str]], floor: dict):
+def compare_steps(
+    steps: dict[str, dict], work: dict[str, dict], base: str, declared: dict[str, set[str]], floor: dict
+):
     """(losses table, gradients table, problems, notes) of every step against ``base``'s. ``steps``:
     name -> step.pt's record; ``work``: name -> iteration 0's counters; ``declared``: name -> the
     canonical keys it runs otherwise (excusing what they reach, nothing else); ``floor``: the base's
@@ -177,13 +199,17 @@ def compare_steps(steps: dict[str, dict], work: dict[str, dict], base: str, decl
             theirs, ours = work.get(name, {}).get(key), work.get(base, {}).get(key)
             if theirs != ours:
                 line = f"{name}: {key} {theirs} at the step, {base}'s {ours}"
-                (notes if declared.get(name) else problems).append(line + (" (its declared divergences reach it)" if declared.get(name) else ""))
+                (notes if declared.get(name) else problems).append(
+                    line + (" (its declared divergences reach it)" if declared.get(name) else "")
+                )
     if steps[base]["update_error"] > UPDATE_RTOL:
         problems.append(f"{base}: its optimizer's update is {steps[base]['update_error']:.1e} from SGD's")
     return losses, grads, problems, notes
 
 
-def _loss_rows(others: dict, ref: dict, base: str, declared: dict, floor: dict, problems: list) -> pd.DataFrame:
+def _loss_rows(
+    others: dict, ref: dict, base: str, declared: dict, floor: dict, problems: list
+) -> pd.DataFrame:
     rows = []
     for term in LOSSES:
         want = ref["losses"].get(term)
@@ -194,31 +220,43 @@ def _loss_rows(others: dict, ref: dict, base: str, declared: dict, floor: dict, 
             got = step["losses"].get(term)
             if got is None or want is None:
                 row[name] = "missing"
-                problems.append(f"{name}: no {term} loss (its loss dict: {', '.join(step.get('raw_losses', {}))})")
+                problems.append(
+                    f"{name}: no {term} loss (its loss dict: {', '.join(step.get('raw_losses', {}))})"
+                )
                 continue
             rel = _loss_distance(got, want)
             row[name] = f"{got:.6g} ({rel:.1e})" + _mark(rel, tol, term in terms)
             if rel > tol and term not in terms:
-                problems.append(f"{name}: {term} loss {got:.7g}, {base}'s {want:.7g} ({rel:.1e} apart, tolerance {tol:.1e})")
+                problems.append(
+                    f"{name}: {term} loss {got:.7g}, {base}'s {want:.7g} ({rel:.1e} apart, tolerance "
+                    f"{tol:.1e})"
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _grad_rows(others: dict, ref: dict, base: str, declared: dict, floor: dict, problems: list) -> pd.DataFrame:
+def _grad_rows(
+    others: dict, ref: dict, base: str, declared: dict, floor: dict, problems: list
+) -> pd.DataFrame:
     rows = []
     for module in MODULES:
         names = sorted(n for n in ref["grads"] if module_of(n) == module)
         frozen = sum(1 for n in ref["frozen"] if module_of(n) == module)
         tol = max(GRAD_RTOL, FLOOR_FACTOR * floor[module])
-        row = {"module": module, f"{base} ‖grad‖": _norm(ref["grads"], names) if names else f"frozen ({frozen})",
-               "floor": f"{floor[module]:.1e}" if names else "-"}
+        row = {
+            "module": module,
+            f"{base} ‖grad‖": _norm(ref["grads"], names) if names else f"frozen ({frozen})",
+            "floor": f"{floor[module]:.1e}" if names else "-",
+        }
         for name, step in others.items():
             _, modules = excused(declared.get(name, set()))
             theirs = sorted(n for n in step["grads"] if module_of(n) == module)
             if theirs != names:
                 row[name] = f"other parameters ({len(theirs)} with a gradient, {base}: {len(names)})"
-                problems.append(f"{name}: {module}: {len(theirs)} parameters with a gradient, {base}'s {len(names)} "
-                                f"(frozen or trainable otherwise: {sorted(set(theirs) ^ set(names))[:3]})")
+                problems.append(
+                    f"{name}: {module}: {len(theirs)} parameters with a gradient, {base}'s {len(names)} "
+                    f"(frozen or trainable otherwise: {sorted(set(theirs) ^ set(names))[:3]})"
+                )
                 continue
             if not names:
                 row[name] = "frozen"
@@ -227,8 +265,10 @@ def _grad_rows(others: dict, ref: dict, base: str, declared: dict, floor: dict, 
             row[name] = f"{rel:.1e}" + _mark(rel, tol, module in modules)
             if rel > tol and module not in modules:
                 worst = max(names, key=lambda n: _relative(step["grads"], ref["grads"], [n]))
-                problems.append(f"{name}: {module} gradients {rel:.1e} of their norm from {base}'s (the most: {worst}; "
-                                f"tolerance {tol:.1e})")
+                problems.append(
+                    f"{name}: {module} gradients {rel:.1e} of their norm from {base}'s (the most: {worst}; "
+                    f"tolerance {tol:.1e})"
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -237,13 +277,23 @@ def _optimizer_problems(name: str, step: dict, ref: dict, base: str) -> list[str
     """The parameters ``step``'s optimizer treats otherwise than ``ref``'s (lr, weight decay, momentum), and
     an update that is not SGD's."""
     problems = []
-    differ = [n for n in ref["groups"] if n in step["groups"] and not _same_group(step["groups"][n], ref["groups"][n])]
+    differ = [
+        n
+        for n in ref["groups"]
+        if n in step["groups"] and not _same_group(step["groups"][n], ref["groups"][n])
+    ]
     if differ:
         n = differ[0]
-        problems.append(f"{name}: the optimizer treats {len(differ)} parameter(s) otherwise, e.g. {n}: (lr, weight decay, "
-                        f"momentum) {step['groups'][n]}, {base}'s {ref['groups'][n]}")
+        problems.append(
+            f"{name}: the optimizer treats {len(differ)} parameter(s) otherwise, e.g. {n}: (lr, weight "
+            "decay, "
+            f"momentum) {step['groups'][n]}, {base}'s {ref['groups'][n]}"
+        )
     if step["update_error"] > UPDATE_RTOL:
-        problems.append(f"{name}: its optimizer's update is {step['update_error']:.1e} from SGD's -lr (grad + weight decay x value)")
+        problems.append(
+            f"{name}: its optimizer's update is {step['update_error']:.1e} from SGD's -lr (grad + weight "
+            "decay x value)"
+        )
     return problems
 
 

@@ -5,6 +5,7 @@ The command line (cli.py) parses into a ``RunRequest`` and prints what comes bac
 ``RequestError`` for input that cannot run (the command exits 2) and ``launch.Interrupted`` when a
 signal stops the run (128 + its number), and says its progress on stderr.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,8 @@ CANONICAL = "mask_rcnn_R_50_FPN_noaug_1x"  # the default config where CUDA is vi
 
 
 class RequestError(Exception):
-    """Input that cannot run (an option, a config, the data, an implementation not installed); nothing started."""
+    """Input that cannot run (an option, a config, the data, an implementation not installed); nothing
+    started."""
 
 
 def say(message: str) -> None:
@@ -56,7 +58,9 @@ class RunRequest:
         its batch spread over ``world`` processes, and --allow-divergent's keys allowed. ``rounds``: the
         command runs rounds (`run`), where --settings both can go."""
         if self.settings == "both" and not rounds:
-            raise RequestError("--settings both goes with `run` (every round runs each mode); here choose shipped or best")
+            raise RequestError(
+                "--settings both goes with `run` (every round runs each mode); here choose shipped or best"
+            )
         values = dict(parse_override(o) for o in self.overrides)
         if self.device is not None:
             values["benchmark.device"] = self.device
@@ -68,7 +72,9 @@ class RunRequest:
             values["benchmark.settings"] = self.settings
         from .tasks import task_of
 
-        cfg = scaled_config(default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu)
+        cfg = scaled_config(
+            default_config(self.config_name), {**values, **(extra or {})}, world, self.ims_per_gpu
+        )
         cfg = task_of(cfg.benchmark.task).configure(cfg)
         if not self.allow_divergent:
             return cfg
@@ -76,8 +82,14 @@ class RunRequest:
         return cfg.with_overrides({"benchmark.allow_divergent": merged}, source="--allow-divergent")
 
     def launch_options(self, nproc_per_node: int, **more) -> LaunchOptions:
-        return LaunchOptions(nproc_per_node=nproc_per_node, threads_per_rank=self.threads, timeout_s=self.timeout,
-                             force=self.force, interpreters=interpreters(self.pythons), **more)
+        return LaunchOptions(
+            nproc_per_node=nproc_per_node,
+            threads_per_rank=self.threads,
+            timeout_s=self.timeout,
+            force=self.force,
+            interpreters=interpreters(self.pythons),
+            **more,
+        )
 
 
 def parse_impls(text: str) -> list[str]:
@@ -90,7 +102,9 @@ def parse_impls(text: str) -> list[str]:
     named = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [i for i in named if i not in known]
     if unknown:
-        raise RequestError(f"--impl: unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}, or 'all'")
+        raise RequestError(
+            f"--impl: unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}, or 'all'"
+        )
     impls = list(dict.fromkeys(named))
     if len(impls) < len(named):
         twice = sorted({i for i in named if named.count(i) > 1})
@@ -123,9 +137,13 @@ def task_overrides(task: str | None, batch_sizes: str | None) -> list[str]:
         try:
             sizes = [int(part) for part in batch_sizes.split(",") if part.strip()]
         except ValueError:
-            raise RequestError(f"--batch-sizes {batch_sizes!r}: expected positive integers such as 1,2,4,8") from None
+            raise RequestError(
+                f"--batch-sizes {batch_sizes!r}: expected positive integers such as 1,2,4,8"
+            ) from None
         if not sizes or min(sizes) < 1:
-            raise RequestError(f"--batch-sizes {batch_sizes!r}: expected one or more positive integers such as 1,2,4,8")
+            raise RequestError(
+                f"--batch-sizes {batch_sizes!r}: expected one or more positive integers such as 1,2,4,8"
+            )
         out.append(f"benchmark.batch_sizes=[{','.join(map(str, sizes))}]")
     return out
 
@@ -146,7 +164,8 @@ def default_config(name: str | None) -> str:
 
 def scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu: int | None):
     """The config with its batch spread over ``world`` processes (harness/scaling.py): strong scaling,
-    or weak with --ims-per-gpu. A batch that cannot be spread is a RequestError naming the command that can."""
+    or weak with --ims-per-gpu. A batch that cannot be spread is a RequestError naming the command that
+    can."""
     from .scaling import ScalingError, plan
 
     path = resolve_config_path(config_name)
@@ -154,7 +173,11 @@ def scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu
         return load_config(path, values)
     base = load_config(path, {k: v for k, v in values.items() if k != "benchmark.gpus"})
     # an accumulation the config or --set asks for is kept; otherwise benchmark.max_ims_per_step decides
-    accum = base.benchmark.grad_accum if "benchmark.grad_accum" in values or base.benchmark.grad_accum != 1 else None
+    accum = (
+        base.benchmark.grad_accum
+        if "benchmark.grad_accum" in values or base.benchmark.grad_accum != 1
+        else None
+    )
     try:
         p = plan(base, world or base.benchmark.gpus, ims_per_gpu, accum)
     except ScalingError as e:
@@ -163,7 +186,9 @@ def scaled_config(config_name: str, values: dict, world: int | None, ims_per_gpu
     return base.with_overrides(p.overrides(), source=f"{path} (with overrides)")
 
 
-def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int, modes: tuple[str, ...] = ()):
+def run_rounds(
+    cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: int, modes: tuple[str, ...] = ()
+):
     """``repeats`` rounds of the implementations, the order reversed every other round (ABBA: a drift of
     the machine's speed over the rounds falls on every implementation alike); rounds already finished
     under the run id are kept. With ``modes`` (shipped, best) each round runs every implementation in
@@ -171,13 +196,26 @@ def run_rounds(cfg, impl_text: str, opts, run_id, out_root, data_root, repeats: 
     from .settings import MODE_TITLES
 
     if not modes:
-        return _run_parts(impl_text, opts, run_id, out_root, data_root,
-                          [(f"round {k}/{repeats}", f"round {k}", f"r{k}", cfg, k % 2 == 0) for k in range(1, repeats + 1)])
+        return _run_parts(
+            impl_text,
+            opts,
+            run_id,
+            out_root,
+            data_root,
+            [(f"round {k}/{repeats}", f"round {k}", f"r{k}", cfg, k % 2 == 0) for k in range(1, repeats + 1)],
+        )
     parts = []
     for k in range(1, repeats + 1):
-        for mode in (modes if k % 2 else modes[::-1]):
-            parts.append((f"round {k}/{repeats}, {MODE_TITLES[mode]}", f"round {k} ({mode})", f"r{k}-{mode}",
-                          cfg.with_overrides({"benchmark.settings": mode}, source="--settings both"), k % 2 == 0))
+        for mode in modes if k % 2 else modes[::-1]:
+            parts.append(
+                (
+                    f"round {k}/{repeats}, {MODE_TITLES[mode]}",
+                    f"round {k} ({mode})",
+                    f"r{k}-{mode}",
+                    cfg.with_overrides({"benchmark.settings": mode}, source="--settings both"),
+                    k % 2 == 0,
+                )
+            )
     return _run_parts(impl_text, opts, run_id, out_root, data_root, parts)
 
 
@@ -194,7 +232,9 @@ def _run_parts(impl_text: str, opts, run_id, out_root, data_root, parts: list):
         for heading, label, sub, cfg, reverse in parts:
             say(f"== {heading}")
             try:
-                records += run_suite(cfg, impl_text, opts, f"{run_id}/{sub}", out_root, data_root, reverse=reverse)[1]
+                records += run_suite(
+                    cfg, impl_text, opts, f"{run_id}/{sub}", out_root, data_root, reverse=reverse
+                )[1]
             except AlreadyFinished:
                 say(f"{label}: finished earlier, kept (--force re-runs it)")
                 records += load_runs([Path(out_root) / run_id / sub])
@@ -208,12 +248,18 @@ def worker_counts(text: str | None, cfg, opts, rounds: bool = False) -> list[int
     from . import launch
 
     if rounds and (text is not None or cfg.benchmark.task == "data"):
-        raise RequestError("--workers (and --task data's worker sweep) go without --repeats or --settings both "
-                           "(each worker count is one run)")
+        raise RequestError(
+            "--workers (and --task data's worker sweep) go without --repeats or --settings both "
+            "(each worker count is one run)"
+        )
     if text is None:
         if cfg.benchmark.task != "data":
             return []
-        threads = opts.threads_per_rank or cfg.benchmark.threads_per_rank or launch.default_threads(opts.nproc_per_node)
+        threads = (
+            opts.threads_per_rank
+            or cfg.benchmark.threads_per_rank
+            or launch.default_threads(opts.nproc_per_node)
+        )
         return list(range(threads + 1))
     if cfg.benchmark.task != "data":
         raise RequestError(f"--workers goes with --task data (this run's task is {cfg.benchmark.task})")
@@ -234,9 +280,23 @@ def counts_of(text: str, option: str, what: str, example: str, least: int) -> li
 def run_workers(cfg, impl_text: str, opts, run_id, out_root, data_root, counts: list[int]):
     """The implementations once per loader worker count (benchmark.num_workers), each count under
     OUT/<run-id>/w<N>/; counts finished earlier under the run id are kept. (run folder, records)"""
-    return _run_parts(impl_text, opts, run_id, out_root, data_root,
-                      [(f"{n} loader worker(s)", f"{n} worker(s)", f"w{n}",
-                        cfg.with_overrides({"benchmark.num_workers": n}, source="--workers"), False) for n in counts])
+    return _run_parts(
+        impl_text,
+        opts,
+        run_id,
+        out_root,
+        data_root,
+        [
+            (
+                f"{n} loader worker(s)",
+                f"{n} worker(s)",
+                f"w{n}",
+                cfg.with_overrides({"benchmark.num_workers": n}, source="--workers"),
+                False,
+            )
+            for n in counts
+        ],
+    )
 
 
 def runnable_impls(impl_text: str, interpreters: dict, device: str, local_world: int) -> list[str]:
@@ -250,7 +310,9 @@ def runnable_impls(impl_text: str, interpreters: dict, device: str, local_world:
         if not torch.cuda.is_available():
             raise RequestError("--device cuda: no CUDA device is visible to this process (use --device cpu)")
         if torch.cuda.device_count() < local_world:
-            raise RequestError(f"--gpus {local_world}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise RequestError(
+                f"--gpus {local_world}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
     runnable = []
     for name in parse_impls(impl_text):
         ok, info = launch.probe(name, launch.interpreter_for(name, interpreters))
@@ -283,12 +345,22 @@ def run_suite(cfg, impl_text: str, opts, run_id, out_root, data_root, reverse: b
     paths, summary = resolve_data(cfg.data, data_root)  # bad data: exit 2 before anything is written
     enough_for_a_batch(paths.train_json, summary["train"], cfg.solver.ims_per_batch)
     dropped = summary["train"].get("dropped")
-    say(f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images"
-        + (f"; {dropped['annotations']} unusable annotation(s) and {dropped['short_polygons']} polygon(s) of "
-           f"fewer than 3 points dropped for every implementation" if dropped else "") + ")")
+    say(
+        f"data: {summary['kind']} at {paths.root} ({summary['train']['images']} training images"
+        + (
+            f"; {dropped['annotations']} unusable annotation(s) and {dropped['short_polygons']} polygon(s) "
+            "of "
+            f"fewer than 3 points dropped for every implementation"
+            if dropped
+            else ""
+        )
+        + ")"
+    )
     check_task(cfg, summary)
     run_id = run_id or new_run_id()
-    with RunLock(Path(out_root) / run_id.split("/")[0], opts.part):  # the run id's folder, whatever round this is
+    with RunLock(
+        Path(out_root) / run_id.split("/")[0], opts.part
+    ):  # the run id's folder, whatever round this is
         return _run_locked(cfg, runnable, opts, Path(out_root), run_id, paths, summary, reverse)
 
 
@@ -302,7 +374,9 @@ def check_task(cfg, summary: dict) -> None:
         raise RequestError(str(e)) from None
 
 
-def _run_locked(cfg, runnable: list[str], opts, out_root: Path, run_id: str, paths, summary: dict, reverse: bool):
+def _run_locked(
+    cfg, runnable: list[str], opts, out_root: Path, run_id: str, paths, summary: dict, reverse: bool
+):
     """run_suite's part under the run folder's lock: resume, shared weights, the implementations."""
     from . import launch
     from .results import load_run
@@ -316,11 +390,15 @@ def _run_locked(cfg, runnable: list[str], opts, out_root: Path, run_id: str, pat
 
         differ = resume_mismatches(kept_records, cfg.to_dict(), summary, machine(cfg, opts))
         if differ:
-            raise RequestError(f"{run_dir}: resuming with other settings than the finished results of {', '.join(kept)} "
-                               f"({'; '.join(differ)}); pass --force to start the run afresh, or choose another --run-id")
+            raise RequestError(
+                f"{run_dir}: resuming with other settings than the finished results of {', '.join(kept)} "
+                f"({'; '.join(differ)}); pass --force to start the run afresh, or choose another --run-id"
+            )
     todo = launch.plan_resume(run_dir, runnable[::-1] if reverse else runnable, opts.force)
     if kept:
-        say(f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)")
+        say(
+            f"resuming run {run_id}: keeping the finished results of {', '.join(kept)} (--force re-runs them)"
+        )
     resume = f"finished results are intact; re-run with --run-id {run_id.split('/')[0]} to resume"
     try:
         records = launch.run_suite(cfg, todo, paths, summary, out_root, run_id, opts)
@@ -342,8 +420,13 @@ def machine(cfg, opts) -> dict:
 
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     local = opts.slurm.local_world if opts.slurm else opts.nproc_per_node
-    return {"cpu": cpu_model(), "gpus": gpus,
-            "torch_threads": opts.threads_per_rank or cfg.benchmark.threads_per_rank or launch.default_threads(local)}
+    return {
+        "cpu": cpu_model(),
+        "gpus": gpus,
+        "torch_threads": opts.threads_per_rank
+        or cfg.benchmark.threads_per_rank
+        or launch.default_threads(local),
+    }
 
 
 def shared_weights(cfg, paths, training: bool = False):
@@ -408,21 +491,48 @@ def run_external(name, cfg, out_root, run_id, data_root, container):
     for filename, text in translation.files.items():
         atomic_write_text(run_dir / filename, text)
     image = container or system.image
-    docker = system.docker_command(image or "<IMAGE>", str(run_dir), str(Path(data_root).resolve()) if data_root else None,
-                                   translation)
-    ingest_cmd = shlex.join(["mrcnn-bench", "ingest", "--impl", name, str(run_dir / "train.log"), "--config", cfg.name,
-                             "--set", f"benchmark.gpus={cfg.benchmark.gpus}", "--out", str(out_root), "--run-id", run_id])
+    docker = system.docker_command(
+        image or "<IMAGE>", str(run_dir), str(Path(data_root).resolve()) if data_root else None, translation
+    )
+    ingest_cmd = shlex.join(
+        [
+            "mrcnn-bench",
+            "ingest",
+            "--impl",
+            name,
+            str(run_dir / "train.log"),
+            "--config",
+            cfg.name,
+            "--set",
+            f"benchmark.gpus={cfg.benchmark.gpus}",
+            "--out",
+            str(out_root),
+            "--run-id",
+            run_id,
+        ]
+    )
     print(f"{system.title} ({system.home}): native config written to {run_dir}")
     for note in translation.mismatches:
         print(f"  cannot match: {note}")
-    ready = container and shutil.which("docker") and subprocess.run(
-        ["docker", "image", "inspect", container], capture_output=True).returncode == 0
+    ready = (
+        container
+        and shutil.which("docker")
+        and subprocess.run(["docker", "image", "inspect", container], capture_output=True).returncode == 0
+    )
     if not ready:
-        why = ("no --container given" if not container else "docker is not on PATH" if not shutil.which("docker")
-               else f"image {container} is not present (docker pull/build it)")
-        print(f"\nnot run here ({why}). In the system's own container"
-              + (f" (docker/external/{name}.Dockerfile builds {system.image})" if system.image else "") + ":\n\n"
-              f"  {shlex.join(docker)}\n\nthen read its log into the results:\n\n  {ingest_cmd}")
+        why = (
+            "no --container given"
+            if not container
+            else "docker is not on PATH"
+            if not shutil.which("docker")
+            else f"image {container} is not present (docker pull/build it)"
+        )
+        print(
+            f"\nnot run here ({why}). In the system's own container"
+            + (f" (docker/external/{name}.Dockerfile builds {system.image})" if system.image else "")
+            + ":\n\n"
+            f"  {shlex.join(docker)}\n\nthen read its log into the results:\n\n  {ingest_cmd}"
+        )
         return
     say(f"running: {shlex.join(docker)}")
     status = subprocess.run(docker).returncode
@@ -433,7 +543,8 @@ def run_external(name, cfg, out_root, run_id, data_root, container):
 
 
 def ingest_log(name: str, logs: list, cfg, out_root, run_id: str | None):
-    """An external system's own training log(s) read into OUT/<run-id>/<name>/run.json: (run folder, record)."""
+    """An external system's own training log(s) read into OUT/<run-id>/<name>/run.json: (run folder,
+    record)."""
     from mrcnn_bench.external import get_system
 
     from .ingest import ingest as read_log
@@ -464,22 +575,29 @@ def implementations():
         yield f"{name:12s} {'installed' if ok else 'missing  '}  {info}  [{python}]"
     for name in system_names():
         system = get_system(name)
-        yield (f"{name:12s} external   {system.title}: its own container, measured from its log "
-               f"(`run --impl {name}` prints the commands)")
-
+        yield (
+            f"{name:12s} external   {system.title}: its own container, measured from its log "
+            f"(`run --impl {name}` prints the commands)"
+        )
 
 
 def follower_done(records: list[dict], part: str, run_dir) -> str:
     """What a node (or SLURM task) that is not the leader says at its end: who writes the results, and how
     its own part of each failed run ended."""
     failed = [r for r in records if r["status"] != "ok"]
-    return (f"\nthis {part} is done; the results are written by {part} 0 under {run_dir}"
-            + "".join(f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed))
+    return f"\nthis {part} is done; the results are written by {part} 0 under {run_dir}" + "".join(
+        f"\n{r['impl']}: {r['status']}: {r['reason']}" for r in failed
+    )
 
 
 def ingested_text(name: str, record: dict, run_dir) -> str:
     """What `ingest` says of a log it read: the throughput, where it came from, its notes, where it went."""
     s = record["summary"]
-    return "\n".join([f"{name}: {s['images_per_s']:.3f} img/s over iterations [{s['warmup']}, {s['end']}) "
-                      f"from {record['environment']['log_format']} log(s); measured_by: log",
-                      *(f"  note: {note}" for note in record["from_log"]["notes"]), f"results: {run_dir}"])
+    return "\n".join(
+        [
+            f"{name}: {s['images_per_s']:.3f} img/s over iterations [{s['warmup']}, {s['end']}) "
+            f"from {record['environment']['log_format']} log(s); measured_by: log",
+            *(f"  note: {note}" for note in record["from_log"]["notes"]),
+            f"results: {run_dir}",
+        ]
+    )

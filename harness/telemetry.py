@@ -11,6 +11,7 @@ run's timed window, energy per image, img/s per watt, utilisation and clocks, th
 A part that cannot be measured (no NVML, no RAPL, a sampling period out of range) is left out with the
 reason, in ``summary.telemetry_missing``; the run goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,18 +43,21 @@ def gpu_sample(nvml, handles: list, own_pids: set[int], own_per_gpu: int) -> lis
         mine = [p for p in pids if p in own_pids]
         others = [p for p in pids if p not in own_pids] if mine else pids[own_per_gpu:]
         power = _try(nvml.nvmlDeviceGetPowerUsage, h)
-        out.append({
-            "index": index,
-            "util": util.gpu if util else None, "memory_util": util.memory if util else None,
-            "sm_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM),
-            "memory_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM),
-            "power_w": power / 1e3 if power is not None else None,
-            "energy_mj": _try(nvml.nvmlDeviceGetTotalEnergyConsumption, h),
-            "temperature_c": _try(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU),
-            "throttle": throttle_reasons(nvml, h),
-            "memory_used_mb": memory.used / 2**20 if memory else None,
-            "other_processes": others,
-        })
+        out.append(
+            {
+                "index": index,
+                "util": util.gpu if util else None,
+                "memory_util": util.memory if util else None,
+                "sm_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_SM),
+                "memory_mhz": _try(nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM),
+                "power_w": power / 1e3 if power is not None else None,
+                "energy_mj": _try(nvml.nvmlDeviceGetTotalEnergyConsumption, h),
+                "temperature_c": _try(nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU),
+                "throttle": throttle_reasons(nvml, h),
+                "memory_used_mb": memory.used / 2**20 if memory else None,
+                "other_processes": others,
+            }
+        )
     return out
 
 
@@ -90,9 +94,14 @@ def cpu_sample(pid: int | None, rapl: dict[str, Path]) -> dict:
     import psutil
 
     own = 0.0
-    for p in [psutil.Process(), *(_tree(pid) if pid else [])]:  # this launcher (its sampling too) and the run's processes
+    for p in [
+        psutil.Process(),
+        *(_tree(pid) if pid else []),
+    ]:  # this launcher (its sampling too) and the run's processes
         try:
-            t = p.cpu_times()  # with the children it has reaped (a loader worker that ended): own CPU never drops
+            t = (
+                p.cpu_times()
+            )  # with the children it has reaped (a loader worker that ended): own CPU never drops
             own += t.user + t.system + t.children_user + t.children_system
         except psutil.Error:
             pass
@@ -102,8 +111,12 @@ def cpu_sample(pid: int | None, rapl: dict[str, Path]) -> dict:
         "cpu_util": psutil.cpu_percent(percpu=True),
         "cpu_mhz": [f.current for f in freq] or None,
         "load1": os.getloadavg()[0],
-        # the machine's busy CPU seconds (a hypervisor's steal included: another guest's work); guest time is in user
-        "busy_cpu_s": times.user + times.nice + times.system + sum(getattr(times, k, 0.0) for k in ("irq", "softirq", "steal")),
+        # the machine's busy CPU seconds (a hypervisor's steal included: another guest's work); guest time is
+        # in user
+        "busy_cpu_s": times.user
+        + times.nice
+        + times.system
+        + sum(getattr(times, k, 0.0) for k in ("irq", "softirq", "steal")),
         "own_cpu_s": own,
     }
     if rapl:
@@ -137,7 +150,11 @@ class Sampler:
                 self.missing["gpu"] = why
             else:
                 count = self.nvml.nvmlDeviceGetCount()
-                self.handles = [(i, self.nvml.nvmlDeviceGetHandleByIndex(i)) for i in (self.gpus or range(count)) if i < count]
+                self.handles = [
+                    (i, self.nvml.nvmlDeviceGetHandleByIndex(i))
+                    for i in (self.gpus or range(count))
+                    if i < count
+                ]
 
     def start(self, pid: int) -> None:
         import psutil
@@ -195,8 +212,11 @@ def _stats(values: list[float], name: str) -> dict:
     values = [v for v in values if v is not None]
     if not values:
         return {}
-    return {f"{name}_mean": float(np.mean(values)), f"{name}_p10": float(np.percentile(values, 10)),
-            f"{name}_p90": float(np.percentile(values, 90))}
+    return {
+        f"{name}_mean": float(np.mean(values)),
+        f"{name}_p10": float(np.percentile(values, 10)),
+        f"{name}_p90": float(np.percentile(values, 90)),
+    }
 
 
 def _mean(values) -> float | None:
@@ -204,8 +224,16 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def window_telemetry(rows: list[dict], t0: float, t1: float, images: int, cores: int, *, price_per_hour: float | None = None,
-                     gpus: bool = True) -> dict:
+def window_telemetry(
+    rows: list[dict],
+    t0: float,
+    t1: float,
+    images: int,
+    cores: int,
+    *,
+    price_per_hour: float | None = None,
+    gpus: bool = True,
+) -> dict:
     """The window [t0, t1] (seconds since the epoch) of the samples: energy (GPU from NVML's counter, CPU from
     RAPL; each interpolated at the window's ends), J per image and img/s per W over what was measured,
     utilisation and clocks (mean, p10, p90 of the samples inside), the share of samples with a heat or
@@ -217,7 +245,9 @@ def window_telemetry(rows: list[dict], t0: float, t1: float, images: int, cores:
     n_gpus = len(rows[0].get("gpus", [])) if rows and gpus else 0
     energy = {}
     if n_gpus:
-        ends = [[_at(rows, t, lambda r, k=k: r["gpus"][k]["energy_mj"]) for k in range(n_gpus)] for t in (t0, t1)]
+        ends = [
+            [_at(rows, t, lambda r, k=k: r["gpus"][k]["energy_mj"]) for k in range(n_gpus)] for t in (t0, t1)
+        ]
         if None not in ends[0] + ends[1]:
             energy["gpu"] = sum(b - a for a, b in zip(*ends)) / 1e3
         per_sample = [r["gpus"] for r in inside]
@@ -225,27 +255,39 @@ def window_telemetry(rows: list[dict], t0: float, t1: float, images: int, cores:
         out.update(_stats([_mean(g["sm_mhz"] for g in s) for s in per_sample], "sm_mhz"))
         out.update(_stats([_mean(g["memory_mhz"] for g in s) for s in per_sample], "memory_mhz"))
         out.update(_stats([sum(g["power_w"] or 0.0 for g in s) for s in per_sample], "gpu_power_w"))
-        out["temperature_c_max"] = max((g["temperature_c"] for s in per_sample for g in s if g["temperature_c"] is not None),
-                                       default=None)
+        out["temperature_c_max"] = max(
+            (g["temperature_c"] for s in per_sample for g in s if g["temperature_c"] is not None),
+            default=None,
+        )
         mask = sum(THROTTLE_BITS.values())
         throttled = [any((g["throttle"] or 0) & mask for g in s) for s in per_sample]
         others = [any(g["other_processes"] for g in s) for s in per_sample]
         out["throttle_share"] = sum(throttled) / len(per_sample) if per_sample else None
-        out["throttle_reasons"] = sorted({name for s in per_sample for g in s for name, bit in THROTTLE_BITS.items()
-                                          if (g["throttle"] or 0) & bit})
+        out["throttle_reasons"] = sorted(
+            {
+                name
+                for s in per_sample
+                for g in s
+                for name, bit in THROTTLE_BITS.items()
+                if (g["throttle"] or 0) & bit
+            }
+        )
         out["other_gpu_process_share"] = sum(others) / len(per_sample) if per_sample else None
         out["other_gpu_processes"] = sorted({p for s in per_sample for g in s for p in g["other_processes"]})
     if rows and "rapl_uj" in rows[0]:
         names = list(rows[0]["rapl_uj"])
         ends = [[_at(rows, t, lambda r, k=k: r["rapl_uj"][k]) for k in names] for t in (t0, t1)]
-        if None not in ends[0] + ends[1] and all(b >= a for a, b in zip(*ends)):  # a counter that wrapped: not measured
+        if None not in ends[0] + ends[1] and all(
+            b >= a for a, b in zip(*ends)
+        ):  # a counter that wrapped: not measured
             energy["cpu"] = sum(b - a for a, b in zip(*ends)) / 1e6
     out.update(_stats([_mean(r["cpu_util"]) for r in inside], "cpu_util"))
     out.update(_stats([_mean(r["cpu_mhz"] or []) for r in inside], "cpu_mhz"))
     out["load1_max"] = max((r["load1"] for r in inside), default=None)
     busy = [_at(rows, t, lambda r: r["busy_cpu_s"]) for t in (t0, t1)]
     own = [_at(rows, t, lambda r: r["own_cpu_s"]) for t in (t0, t1)]
-    # a window of fewer samples than MIN_SAMPLES is read off samples mostly outside it: no verdict on others' CPU
+    # a window of fewer samples than MIN_SAMPLES is read off samples mostly outside it: no verdict on others'
+    # CPU
     if None not in busy + own and seconds > 0 and len(inside) >= MIN_SAMPLES:
         out["others_cpu_share"] = max(0.0, (busy[1] - busy[0]) - (own[1] - own[0])) / (cores * seconds)
     for part, joules in energy.items():
@@ -268,14 +310,21 @@ def noise(telemetry: dict) -> list[str]:
     causes = []
     share = telemetry.get("others_cpu_share")
     if share is not None and share > OTHERS_CPU_SHARE:
-        causes.append(f"other processes used {100 * share:.0f}% of the machine's CPU time in the window "
-                      f"(over {100 * OTHERS_CPU_SHARE:.0f}%)")
+        causes.append(
+            f"other processes used {100 * share:.0f}% of the machine's CPU time in the window "
+            f"(over {100 * OTHERS_CPU_SHARE:.0f}%)"
+        )
     if (telemetry.get("throttle_share") or 0) > NOISY_SHARE:
-        causes.append(f"GPU throttled ({', '.join(telemetry['throttle_reasons'])}) in {100 * telemetry['throttle_share']:.0f}% "
-                      f"of the window's samples")
+        causes.append(
+            f"GPU throttled ({', '.join(telemetry['throttle_reasons'])}) in "
+            f"{100 * telemetry['throttle_share']:.0f}% "
+            f"of the window's samples"
+        )
     if (telemetry.get("other_gpu_process_share") or 0) > NOISY_SHARE:
-        causes.append(f"another process on the GPU (pid {', '.join(map(str, telemetry['other_gpu_processes']))}) in "
-                      f"{100 * telemetry['other_gpu_process_share']:.0f}% of the window's samples")
+        causes.append(
+            f"another process on the GPU (pid {', '.join(map(str, telemetry['other_gpu_processes']))}) in "
+            f"{100 * telemetry['other_gpu_process_share']:.0f}% of the window's samples"
+        )
     return causes
 
 
@@ -288,7 +337,8 @@ def _visible_gpus(count: int) -> list[int]:
 
 
 def window_bounds(rows: list[dict], warmup: int, end: int) -> tuple[float, float] | None:
-    """(start, end) of the window [warmup, end) in seconds since the epoch, from the iteration rows' stamps."""
+    """(start, end) of the window [warmup, end) in seconds since the epoch, from the iteration rows'
+    stamps."""
     stamps = {r["iter"]: r.get("wall_time") for r in rows}
     if warmup > 0:
         start = stamps.get(warmup - 1)
@@ -313,20 +363,31 @@ class RunWatch:
         self.missing: dict[str, str] = {}
         self.price = bench.price_per_hour
         if self.price is not None and self.price < 0:
-            self._skip("cost", f"benchmark.price_per_hour {self.price}: a price cannot be negative; no cost per image")
+            self._skip(
+                "cost",
+                f"benchmark.price_per_hour {self.price}: a price cannot be negative; no cost per image",
+            )
             self.price = None
         cuda = bench.device == "cuda"
-        gpus = _visible_gpus(processes_per_node) if bench.telemetry_gpu == "on" or (bench.telemetry_gpu == "auto" and cuda) else None
+        gpus = (
+            _visible_gpus(processes_per_node)
+            if bench.telemetry_gpu == "on" or (bench.telemetry_gpu == "auto" and cuda)
+            else None
+        )
         self.sampler = None
         lo, hi = PERIOD_RANGE
         if not lo <= bench.telemetry_period_s <= hi:
-            self._skip("telemetry", f"benchmark.telemetry_period_s {bench.telemetry_period_s}: expected {lo} to {hi} s; "
-                                    "nothing sampled")
+            self._skip(
+                "telemetry",
+                f"benchmark.telemetry_period_s {bench.telemetry_period_s}: expected {lo} to {hi} s; "
+                "nothing sampled",
+            )
             return
         # each launch of a run (the leader; another node or SLURM task: its part) samples its own host
         name = f"telemetry-{part}.jsonl" if part else "telemetry.jsonl"
-        self.sampler = Sampler(run_dir / name, bench.telemetry_period_s, gpus, own_per_gpu=1 if cuda else 0,
-                               missing=self.missing)
+        self.sampler = Sampler(
+            run_dir / name, bench.telemetry_period_s, gpus, own_per_gpu=1 if cuda else 0, missing=self.missing
+        )
         for part, why in self.missing.items():
             if part == "gpu" and cuda:
                 self._say(f"{why}; the run goes on without the GPU's telemetry")
@@ -360,20 +421,34 @@ class RunWatch:
         missing = dict(self.missing)
         telemetry = {}
         rows_path = self.run_dir / "iterations.jsonl"
-        rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+        rows = (
+            [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.is_file() else []
+        )
         bounds = window_bounds(rows, summary.get("warmup") or 0, summary.get("end") or 0) if rows else None
         if self.sampler is None:
             pass
         elif bounds is None:
-            missing["window"] = "no stamped window of iterations (this task has none): telemetry kept, not summarised"
+            missing["window"] = (
+                "no stamped window of iterations (this task has none): telemetry kept, not summarised"
+            )
         else:
-            telemetry = window_telemetry(self.sampler.rows, *bounds, summary.get("images") or 0, psutil.cpu_count() or 1,
-                                         price_per_hour=self.price, gpus=self.sampler.gpus is not None)
+            telemetry = window_telemetry(
+                self.sampler.rows,
+                *bounds,
+                summary.get("images") or 0,
+                psutil.cpu_count() or 1,
+                price_per_hour=self.price,
+                gpus=self.sampler.gpus is not None,
+            )
             if not telemetry.get("energy_parts"):
-                missing.setdefault("energy", "no energy counter was readable (neither NVML nor RAPL): no J/img")
+                missing.setdefault(
+                    "energy", "no energy counter was readable (neither NVML nor RAPL): no J/img"
+                )
             if telemetry["samples"] < MIN_SAMPLES:
-                missing["noise"] = (f"the window ({telemetry['seconds']:.2f} s) holds {telemetry['samples']} sample(s) of "
-                                    f"every {self.sampler.period_s} s: too few to judge other processes' CPU")
+                missing["noise"] = (
+                    f"the window ({telemetry['seconds']:.2f} s) holds {telemetry['samples']} sample(s) of "
+                    f"every {self.sampler.period_s} s: too few to judge other processes' CPU"
+                )
         if telemetry:
             summary["telemetry"] = telemetry
         if missing:

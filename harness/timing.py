@@ -10,14 +10,14 @@ Throughput over the window [warmup, end):
     / (stamp at the end of iteration end-1 - stamp at the end of iteration warmup-1)
 where the "end of iteration -1" is the stamp taken by ``before_train``.
 """
+
 from __future__ import annotations
 
 import math
-
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 
 @dataclass
@@ -107,7 +107,11 @@ def summarize_window(
     seconds = t1 - t0
     if seconds <= 0:
         raise ValueError(f"non-positive window duration {seconds}")
-    images = sum(world_images[warmup:end]) if world_images is not None else sum(r.images for r in records[warmup:end])
+    images = (
+        sum(world_images[warmup:end])
+        if world_images is not None
+        else sum(r.images for r in records[warmup:end])
+    )
     durations = sorted(r.duration for r in records[warmup:end])
     data_times = [r.data_time for r in records[warmup:end]]
     data_share = sum(data_times) / seconds if all(d is not None for d in data_times) else None
@@ -137,7 +141,9 @@ def raise_if_not_finite(loss: float, iteration: int, parts: dict | None = None) 
     a diverged run stops, the same way in every implementation."""
     if not math.isfinite(float(loss)):
         named = ", ".join(f"{k}={float(v):.4g}" for k, v in (parts or {}).items())
-        raise FloatingPointError(f"loss became {float(loss)} at iteration {iteration}" + (f": {named}" if named else ""))
+        raise FloatingPointError(
+            f"loss became {float(loss)} at iteration {iteration}" + (f": {named}" if named else "")
+        )
 
 
 class TimerListener:
@@ -152,7 +158,7 @@ class TimerListener:
     def before_train(self) -> None:
         pass
 
-    def after_step(self, record: "IterationRecord") -> None:
+    def after_step(self, record: IterationRecord) -> None:
         pass
 
     def after_train(self) -> None:
@@ -211,17 +217,22 @@ class IterationTimer:
         self._last: float | None = None
 
     def listen(self, listener: TimerListener) -> TimerListener:
-        """Tell ``listener`` of this timer's events from now on (those that complete a record before the others)."""
-        at = sum(1 for l in self.listeners if l.completes_record) if listener.completes_record else len(self.listeners)
+        """Tell ``listener`` of this timer's events from now on (those that complete a record before the
+        others)."""
+        at = (
+            sum(1 for other in self.listeners if other.completes_record)
+            if listener.completes_record
+            else len(self.listeners)
+        )
         self.listeners.insert(at, listener)
         return listener
 
     def of_type(self, kind: type) -> list:
         """The listeners of one kind (e.g. the phase probe a run attached)."""
-        return [l for l in self.listeners if isinstance(l, kind)]
+        return [other for other in self.listeners if isinstance(other, kind)]
 
     @classmethod
-    def for_device(cls, total_iters: int, device: str, **kwargs) -> "IterationTimer":
+    def for_device(cls, total_iters: int, device: str, **kwargs) -> IterationTimer:
         if device.startswith("cuda"):
             import torch
 

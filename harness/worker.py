@@ -11,6 +11,7 @@ that fails writes ``error-rank<N>.json`` before exiting non-zero. No worker outl
 leaves its pid for the launcher (``launch.WORKER_PIDS``) and a :class:`Watchdog` ends it when its
 launcher or ``mrcnn-bench`` is gone; run.json is written only where the launcher has not written its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,9 @@ class Watchdog(threading.Thread):
         if os.getppid() != self.parent:
             return f"its launcher (pid {self.parent}) is gone"
         try:
-            if self.owner is not None and (not self.owner.is_running() or self.owner.status() == psutil.STATUS_ZOMBIE):
+            if self.owner is not None and (
+                not self.owner.is_running() or self.owner.status() == psutil.STATUS_ZOMBIE
+            ):
                 return f"mrcnn-bench (pid {self.owner.pid}) is gone"
         except psutil.NoSuchProcess:
             return f"mrcnn-bench (pid {self.owner.pid}) is gone"
@@ -65,7 +68,11 @@ class Watchdog(threading.Thread):
     @staticmethod
     def _end(why: str) -> None:
         try:
-            print(f"worker {os.getpid()}: {why}; stopping (its run is recorded by the launcher)", file=sys.stderr, flush=True)
+            print(
+                f"worker {os.getpid()}: {why}; stopping (its run is recorded by the launcher)",
+                file=sys.stderr,
+                flush=True,
+            )
         except (OSError, ValueError):
             pass  # its output pipe went with the launcher
         os._exit(143)
@@ -74,14 +81,14 @@ class Watchdog(threading.Thread):
 def _leave_pid(run_dir: Path, rank: int) -> None:
     """This worker's pid and start time, for the launcher to stop it should it outlive torchrun."""
     import psutil
-
     from mrcnn_bench.harness.launch import WORKER_PIDS
     from mrcnn_bench.harness.results import atomic_write_json
 
     me = psutil.Process()
-    atomic_write_json(run_dir / WORKER_PIDS.format(host=socket.gethostname(), rank=rank),
-                      {"pid": me.pid, "started": me.create_time()})
-
+    atomic_write_json(
+        run_dir / WORKER_PIDS.format(host=socket.gethostname(), rank=rank),
+        {"pid": me.pid, "started": me.create_time()},
+    )
 
 
 def _pin_threads(threads: int, local_rank: int, local_world: int) -> list[int] | None:
@@ -160,7 +167,9 @@ def topology(world: int, local_world: int, backend: str | None) -> dict:
         "launcher": "slurm" if os.environ.get("MRCNN_BENCH_LAUNCHER") == "slurm" else "torchrun",
         "backend": backend,
         "nccl": nccl,
-        "transport_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_SOCKET"))},
+        "transport_env": {
+            k: v for k, v in sorted(os.environ.items()) if k.startswith(("NCCL_", "GLOO_SOCKET"))
+        },
     }
 
 
@@ -173,17 +182,17 @@ def set_tf32(on: bool) -> None:
     torch.backends.cudnn.allow_tf32 = on
 
 
-def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int) -> int:
+def _run(
+    impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank: int, local_world: int
+) -> int:
     """One rank's whole part: set up the process (threads, process group, the adapter and its translation
     of the config), then the task's body (harness/tasks), then leave the process group."""
     import torch.distributed as tdist
-
     from mrcnn_bench.adapters import get_adapter
+    from mrcnn_bench.harness import data_check, settings
     from mrcnn_bench.harness.config import Config
     from mrcnn_bench.harness.data import DataPaths
     from mrcnn_bench.harness.tasks import RankContext, task_of
-
-    from mrcnn_bench.harness import data_check, settings
 
     cfg = settings.effective_config(Config.model_validate(spec["config"]), impl)  # --best: its config keys
     data = DataPaths(**{k: Path(v) for k, v in spec["data_paths"].items()})
@@ -195,7 +204,9 @@ def _run(impl: str, run_dir: Path, spec: dict, rank: int, world: int, local_rank
     version = adapter.require()
     native = adapter.translate(cfg, data)
     env_extra = {"cpu_set": cpus, "impl_version": version, **topology(world, local_world, dist.backend)}
-    task_of(cfg.benchmark.task).run(RankContext(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir))
+    task_of(cfg.benchmark.task).run(
+        RankContext(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir)
+    )
     if dist.distributed:
         # The trained model's parameters still carry DistributedDataParallel's gradient hooks, and with
         # them its reducer and the process group: released while the interpreter is whole, so that no
@@ -212,7 +223,6 @@ def _setup_distributed(bench, rank: int, world: int, local_rank: int):
     """This rank's device (TF32 set alike for every implementation on CUDA) and process group."""
     import torch
     import torch.distributed as tdist
-
     from mrcnn_bench.adapters.base import DistInfo
 
     if bench.device == "cuda":

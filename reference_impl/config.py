@@ -3,10 +3,10 @@
 Every module takes explicit keyword arguments (``from_config`` maps this config to them), so the
 model is usable without any config system.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-
 
 #: torchvision's RPN keeps proposals whose sides are >= 1e-3 (``remove_small_boxes``); the reference keeps
 #: sides > min_proposal_size: the two part only on a side of exactly 1e-3
@@ -86,11 +86,20 @@ class PerfCfg:
 
     fused_pooler: bool = True  # one native call over all FPN levels; False: a RoIAlign call per level
     compile_heads: bool = False  # torch.compile the box and mask heads (dynamic shapes: RoI counts vary)
-    fold_frozen_bn: bool = False  # each conv + FrozenBN of the backbone as one convolution (backbone.conv_norm)
-    channels_last: bool = False  # NHWC activations and weights end to end (applied where the model is trained)
-    keep_freed_memory: bool = False  # the training process's allocator keeps freed memory (engine/allocator.py)
-    batched_targets: bool = True  # proposals, matching, sampling and targets for the whole batch at once on the
-    # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image per stage)
+    fold_frozen_bn: bool = (
+        False  # each conv + FrozenBN of the backbone as one convolution (backbone.conv_norm)
+    )
+    channels_last: bool = (
+        False  # NHWC activations and weights end to end (applied where the model is trained)
+    )
+    keep_freed_memory: bool = (
+        False  # the training process's allocator keeps freed memory (engine/allocator.py)
+    )
+    batched_targets: bool = (
+        True  # proposals, matching, sampling and targets for the whole batch at once on the
+    )
+    # device, a few host synchronisations a step; False: image by image, as torchvision (two syncs per image
+    # per stage)
     cuda_graphs: bool = False  # train the backbone + FPN through CUDA graphs, one pair per padded batch shape
     cuda_graph_shapes: int = 16  # at most this many shapes captured; further shapes run eagerly
     recompute_backbone: float = 0.0  # a planted slowdown, not a speed switch: see MaskRCNN.recompute_backbone
@@ -99,7 +108,11 @@ class PerfCfg:
 def _take(section, source, **explicit):
     """``section`` (a dataclass) with the fields that ``source`` has under the same names (lists as
     tuples), then ``explicit`` ones."""
-    values = {f.name: getattr(source, f.name) for f in fields(section) if f.name not in explicit and hasattr(source, f.name)}
+    values = {
+        f.name: getattr(source, f.name)
+        for f in fields(section)
+        if f.name not in explicit and hasattr(source, f.name)
+    }
     return section(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}, **explicit)
 
 
@@ -116,15 +129,20 @@ class ReferenceConfig:
         return asdict(self)
 
     @classmethod
-    def from_canonical(cls, cfg, num_classes: int) -> "ReferenceConfig":
+    def from_canonical(cls, cfg, num_classes: int) -> ReferenceConfig:
         """Each section's fields from the canonical section of the same name, field by field (what the
         canonical config does not have keeps the reference's default: the box-coding weights, the size
         divisibility); the backbone's norm and frozen stages as the run uses them."""
         m = cfg.model
         return cls(
             perf=_take(PerfCfg, cfg.reference),
-            backbone=_take(BackboneCfg, m.backbone, freeze_at=m.effective_freeze_at, norm=m.effective_norm,
-                           fpn_out_channels=m.fpn_out_channels),
+            backbone=_take(
+                BackboneCfg,
+                m.backbone,
+                freeze_at=m.effective_freeze_at,
+                norm=m.effective_norm,
+                fpn_out_channels=m.fpn_out_channels,
+            ),
             anchors=_take(AnchorCfg, m.anchors),
             rpn=_take(RPNCfg, m.rpn),
             roi_heads=_take(ROIHeadsCfg, m.roi_heads, num_classes=num_classes),
@@ -132,14 +150,19 @@ class ReferenceConfig:
         )
 
     @classmethod
-    def like_torchvision(cls, num_classes: int, **overrides) -> "ReferenceConfig":
+    def like_torchvision(cls, num_classes: int, **overrides) -> ReferenceConfig:
         """Configured as torchvision's maskrcnn_resnet50_fpn defaults (for the equality tests): its anchors
         rounded to whole pixels, its resize floored, proposals of sides >= 1e-3, legacy RoIAlign with
         2 samples, fractional bitmask targets, smooth L1 with beta 1/9."""
         cfg = cls(
             anchors=AnchorCfg(round_to_pixels=True),
             rpn=RPNCfg(min_proposal_size=TORCHVISION_MIN_SIZE),
-            roi_heads=ROIHeadsCfg(num_classes=num_classes, pooler_sampling_ratio=2, pooler_aligned=False, mask_target="bitmask_soft"),
+            roi_heads=ROIHeadsCfg(
+                num_classes=num_classes,
+                pooler_sampling_ratio=2,
+                pooler_aligned=False,
+                mask_target="bitmask_soft",
+            ),
             input=InputCfg(resize_rounding="floor"),
         )
         for key, value in overrides.items():

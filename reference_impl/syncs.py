@@ -8,6 +8,7 @@ launches the next kernels. ``HostSyncCounter`` is a ``TorchDispatchMode`` that s
 model that asked for it. The count is a property of the code, not of the device: it is the same on
 the CPU, where it can be measured without a GPU, as the number of stalls the step would have on one.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,7 +35,12 @@ _ALWAYS = {
     aten.repeat_interleave.Tensor,  # without output_size
 }
 _CUSTOM = {"mrcnn_bench::nms", "mrcnn_bench::batched_nms", "torchvision::nms"}
-_BOOL_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+_BOOL_INDEXED = {
+    aten.index.Tensor,
+    aten.index_put.default,
+    aten.index_put_.default,
+    aten._index_put_impl_.default,
+}
 _PACKAGE = str(Path(__file__).resolve().parent)
 
 
@@ -47,7 +53,8 @@ def _forces_sync(func, args, kwargs) -> bool:
     if func is aten._to_copy.default:  # a copy of device data to the host (``to_host``, ``.cpu()``)
         if kwargs.get("device") is None or torch.device(kwargs["device"]).type != "cpu":
             return False
-        # on the CPU, a cast that names the device (autocast's backward does) is not a read: only a plain copy is
+        # on the CPU, a cast that names the device (autocast's backward does) is not a read: only a plain copy
+        # is
         return args[0].device.type != "cpu" or kwargs.get("dtype", args[0].dtype) == args[0].dtype
     if func is aten.copy_.default:
         return args[0].device.type == "cpu" and args[1].device.type != "cpu"

@@ -16,6 +16,7 @@ comparable). Where the base commit is not in this clone (a shallow one), the gat
 back to the committed rounds (``--baseline``), relative to torchvision in the same round, which is only as
 good as the likeness of this CPU to the one that recorded them (``regress`` names a different model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,13 @@ def base_tree(sha: str, cache: Path) -> Path:
         git("checkout", "-q", "--detach", sha, cwd=src)
         env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "FORCE_CUDA")}
         print("gate: building its extension (CPU kernels)", flush=True)
-        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+            cwd=src,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         built.touch()
     pkg.mkdir(parents=True, exist_ok=True)
     for name in PACKAGES:
@@ -74,17 +80,27 @@ def _head(src: Path) -> str | None:
 
 def interleaved(rounds: int) -> list[str]:
     """base, candidate, candidate, base, base, candidate, ...: ``rounds`` runs a side."""
-    return [side for i in range(rounds) for side in (("base", "candidate") if i % 2 == 0 else ("candidate", "base"))]
+    return [
+        side
+        for i in range(rounds)
+        for side in (("base", "candidate") if i % 2 == 0 else ("candidate", "base"))
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="the commit whose reference the candidate is gated against")
+    parser.add_argument(
+        "--base", required=True, help="the commit whose reference the candidate is gated against"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side (default 3)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "runs" / "gate")
     parser.add_argument("--threshold", default="5%")
-    parser.add_argument("--baseline", type=Path, default=ROOT / "results" / "baselines" / "gate-cpu",
-                        help="committed rounds of the reference and torchvision: the gate when --base is not here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=ROOT / "results" / "baselines" / "gate-cpu",
+        help="committed rounds of the reference and torchvision: the gate when --base is not here",
+    )
     parser.add_argument("--bench", default=str(Path(sys.executable).parent / "mrcnn-bench"))
     parser.add_argument("run_args", nargs="*", help="after --: the scenario, as `mrcnn-bench run` takes it")
     args = parser.parse_args()
@@ -104,23 +120,81 @@ def main() -> int:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(base_path), env.get("PYTHONPATH")]))
         print(f"gate: {side} run {count[side]} of {args.rounds}", flush=True)
         # a failed run is recorded as failed (run.json), and regress fails the gate on it below
-        subprocess.run([args.bench, "run", *args.run_args, "--impl", "reference", "--out", str(args.out / side),
-                        "--run-id", f"r{count[side]}"], env=env, cwd=ROOT)
-    return subprocess.run([args.bench, "regress", "--baseline", str(args.out / "base"), "--candidate",
-                           str(args.out / "candidate"), "--impl", "reference", "--threshold", args.threshold],
-                          cwd=ROOT).returncode
+        subprocess.run(
+            [
+                args.bench,
+                "run",
+                *args.run_args,
+                "--impl",
+                "reference",
+                "--out",
+                str(args.out / side),
+                "--run-id",
+                f"r{count[side]}",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+    return subprocess.run(
+        [
+            args.bench,
+            "regress",
+            "--baseline",
+            str(args.out / "base"),
+            "--candidate",
+            str(args.out / "candidate"),
+            "--impl",
+            "reference",
+            "--threshold",
+            args.threshold,
+        ],
+        cwd=ROOT,
+    ).returncode
 
 
 def committed_rounds_gate(args) -> int:
     bar = "=" * 100
-    print(f"{bar}\ngate: WARNING: the base commit {args.base} is not in this clone (shallow?), so the candidate is "
-          f"gated against\nthe committed rounds {args.baseline}, relative to torchvision: valid only on a CPU like "
-          f"the one that recorded them.\n{bar}", flush=True)
-    subprocess.run([args.bench, "run", *args.run_args, "--impl", "reference,torchvision", "--repeats", str(args.rounds),
-                    "--out", str(args.out.parent), "--run-id", args.out.name], cwd=ROOT)
-    return subprocess.run([args.bench, "regress", "--baseline", str(args.baseline), "--candidate", str(args.out),
-                           "--relative-to", "torchvision", "--impl", "reference", "--threshold", args.threshold],
-                          cwd=ROOT).returncode
+    print(
+        f"{bar}\ngate: WARNING: the base commit {args.base} is not in this clone (shallow?), so the "
+        "candidate is "
+        f"gated against\nthe committed rounds {args.baseline}, relative to torchvision: valid only on a CPU "
+        "like "
+        f"the one that recorded them.\n{bar}",
+        flush=True,
+    )
+    subprocess.run(
+        [
+            args.bench,
+            "run",
+            *args.run_args,
+            "--impl",
+            "reference,torchvision",
+            "--repeats",
+            str(args.rounds),
+            "--out",
+            str(args.out.parent),
+            "--run-id",
+            args.out.name,
+        ],
+        cwd=ROOT,
+    )
+    return subprocess.run(
+        [
+            args.bench,
+            "regress",
+            "--baseline",
+            str(args.baseline),
+            "--candidate",
+            str(args.out),
+            "--relative-to",
+            "torchvision",
+            "--impl",
+            "reference",
+            "--threshold",
+            args.threshold,
+        ],
+        cwd=ROOT,
+    ).returncode
 
 
 if __name__ == "__main__":

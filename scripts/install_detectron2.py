@@ -1,7 +1,8 @@
 """Install detectron2 v0.6 (pure Python) into this interpreter, without GitHub access.
 
     python scripts/install_detectron2.py [--sdist PATH] [--force]
-    python scripts/install_detectron2.py --wheel-dir DIR   # build the patched wheel only (for another machine)
+    python scripts/install_detectron2.py --wheel-dir DIR   # build the patched wheel only (for another
+    machine)
 
 Upstream installs from its git repository. PyPI holds ``pb1-detectron2==0.6``, an sdist whose Python
 files are upstream's tag v0.6 with another package name; it lacks the C++/CUDA sources, which Mask
@@ -14,6 +15,7 @@ R-CNN R-50-FPN does not need (RoIAlign and NMS come from torchvision). Three cha
 
 An already installed detectron2 (e.g. upstream from git) is left alone unless --force.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +32,22 @@ from pypi_sdist import fetch_sdist
 PACKAGE, VERSION = "pb1-detectron2", "0.6"
 SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 DEPENDENCIES = [
-    "fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10", "pycocotools>=2.0.2", "yacs>=0.1.8", "termcolor>=1.1",
-    "tabulate", "cloudpickle", "tqdm>4.29.0", "tensorboard", "matplotlib", "omegaconf>=2.1,<2.4", "hydra-core>=1.1",
+    "fvcore>=0.1.5,<0.1.6",
+    "iopath>=0.1.7,<0.1.10",
+    "pycocotools>=2.0.2",
+    "yacs>=0.1.8",
+    "termcolor>=1.1",
+    "tabulate",
+    "cloudpickle",
+    "tqdm>4.29.0",
+    "tensorboard",
+    "matplotlib",
+    "omegaconf>=2.1,<2.4",
+    "hydra-core>=1.1",
     "Pillow>=7.1",
 ]
-STAND_IN = '''"""Stand-in for detectron2's C++/CUDA extension, which this install does not build (mrcnn-bench).
+STAND_IN = '''"""Stand-in for detectron2's C++/CUDA extension, which this install does not build
+(mrcnn-bench).
 
 Mask R-CNN R-50-FPN does not use it: RoIAlign and NMS come from torchvision.
 """
@@ -49,7 +62,11 @@ def __getattr__(name):
 
 
 def installed_version() -> str | None:
-    out = subprocess.run([sys.executable, "-c", "import detectron2; print(detectron2.__version__)"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import detectron2; print(detectron2.__version__)"],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 
@@ -71,9 +88,13 @@ def patch(src: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sdist", type=Path, help="a local pb1-detectron2-0.6.tar.gz instead of downloading it")
+    parser.add_argument(
+        "--sdist", type=Path, help="a local pb1-detectron2-0.6.tar.gz instead of downloading it"
+    )
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports already")
-    parser.add_argument("--wheel-dir", type=Path, help="build a wheel of the patched sdist into DIR; install nothing")
+    parser.add_argument(
+        "--wheel-dir", type=Path, help="build a wheel of the patched sdist into DIR; install nothing"
+    )
     args = parser.parse_args()
     have = installed_version()
     if have and not args.force and not args.wheel_dir:
@@ -92,8 +113,21 @@ def main() -> int:
         if args.wheel_dir:
             # pure Python once patched (no extension): a py3-none-any wheel that installs on any Python 3
             args.wheel_dir.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
-                            "-w", str(args.wheel_dir), str(src)], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "-q",
+                    "--no-build-isolation",
+                    "--no-deps",
+                    "-w",
+                    str(args.wheel_dir),
+                    str(src),
+                ],
+                check=True,
+            )
             (wheel,) = args.wheel_dir.glob("pb1_detectron2-*.whl")
             print(f"built {wheel}; its dependencies: {' '.join(DEPENDENCIES)}")
             return 0

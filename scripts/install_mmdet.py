@@ -12,10 +12,12 @@ sdist, so it is built here against the torch of this environment. Two changes ma
    ``importlib.metadata`` and ``packaging``.
 2. setup.py asks for ``-std=c++17``; torch 2.14's headers need C++20.
 
-The build (77 C++ files; 4 to 7 min on 2 cores for the CPU ops, much longer with CUDA) happens once: the wheel,
+The build (77 C++ files; 4 to 7 min on 2 cores for the CPU ops, much longer with CUDA) happens once: the
+wheel,
 stripped of debug symbols, is kept in the cache (``$MRCNN_BENCH_CACHE`` or ``~/.cache/mrcnn-bench``)
 under a key of mmcv version, torch version and CPU/CUDA, and later installs take it from there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +49,10 @@ PKG_RESOURCES_REPLACEMENT = (
 
 def probe() -> tuple[str, bool] | None:
     """('mmdet X, mmcv Y', whether mmcv's ops have CUDA) when mmdet and mmcv's compiled ops import here."""
-    code = ("import mmdet, mmcv, mmcv.ops; print(f'mmdet {mmdet.__version__}, mmcv {mmcv.__version__}'); "
-            "print(mmcv.ops.get_compiling_cuda_version())")
+    code = (
+        "import mmdet, mmcv, mmcv.ops; print(f'mmdet {mmdet.__version__}, mmcv {mmcv.__version__}'); "
+        "print(mmcv.ops.get_compiling_cuda_version())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         return None
@@ -84,19 +88,41 @@ def build_wheel(src: Path, out: Path, cuda: bool, jobs: int, log: Path) -> Path:
         import torch
 
         if "TORCH_CUDA_ARCH_LIST" not in env:  # this machine's GPU, else Ampere and Hopper
-            env["TORCH_CUDA_ARCH_LIST"] = "{}.{}".format(*torch.cuda.get_device_capability()) if torch.cuda.is_available() else "8.0;9.0"
+            env["TORCH_CUDA_ARCH_LIST"] = (
+                "{}.{}".format(*torch.cuda.get_device_capability())
+                if torch.cuda.is_available()
+                else "8.0;9.0"
+            )
         env.setdefault("CUDA_HOME", "/usr/local/cuda")
         nvidia = Path(torch.__file__).parent.parent / "nvidia"
-        env["CPATH"] = os.pathsep.join(str(p) for p in nvidia.glob("*/include")) + os.pathsep + env.get("CPATH", "")
-    command = [sys.executable, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps", "-w", str(out), str(src)]
+        env["CPATH"] = (
+            os.pathsep.join(str(p) for p in nvidia.glob("*/include")) + os.pathsep + env.get("CPATH", "")
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-build-isolation",
+        "--no-deps",
+        "-w",
+        str(out),
+        str(src),
+    ]
     start = time.monotonic()
     with open(log, "w") as sink:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in process.stdout:
             sink.write(line)
             step = re.match(r"\s*\[(\d+)/(\d+)\]", line)  # ninja's, indented by pip -v
             if step and (int(step.group(1)) % 10 == 0 or step.group(1) == step.group(2)):
-                print(f"  mmcv build {step.group(1)}/{step.group(2)}  {time.monotonic() - start:4.0f} s", flush=True)
+                print(
+                    f"  mmcv build {step.group(1)}/{step.group(2)}  {time.monotonic() - start:4.0f} s",
+                    flush=True,
+                )
         if process.wait() != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
             raise SystemExit(f"{tail}\nbuilding mmcv {MMCV_VERSION} failed; the whole log: {log}")
@@ -112,23 +138,36 @@ def strip(wheel: Path, out: Path) -> Path:
         print("no 'strip' on this machine: the wheel keeps its debug symbols", flush=True)
         return Path(shutil.move(str(wheel), out / wheel.name))
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "wheel", "unpack", "-d", tmp, str(wheel)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "wheel", "unpack", "-d", tmp, str(wheel)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         (unpacked,) = Path(tmp).iterdir()
         for so in unpacked.rglob("*.so"):
             subprocess.run(["strip", "--strip-debug", str(so)], check=True)
-        subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(out), str(unpacked)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "wheel", "pack", "-d", str(out), str(unpacked)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     (stripped,) = out.glob("mmcv-*.whl")
     return stripped
 
 
 def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
     torch_version, _ = torch_build()
-    key = cache / "wheels" / f"mmcv-{MMCV_VERSION}-torch{torch_version}-{'cuda' if cuda else 'cpu'}-py{sys.version_info.major}{sys.version_info.minor}"
+    build = f"{'cuda' if cuda else 'cpu'}-py{sys.version_info[0]}{sys.version_info[1]}"
+    key = cache / "wheels" / f"mmcv-{MMCV_VERSION}-torch{torch_version}-{build}"
     found = sorted(key.glob("mmcv-*.whl"))
     if found:
         print(f"using the cached wheel {found[0]}")
         return found[0]
-    print(f"no cached mmcv wheel in {key}: building it from the sdist (once; 4 to 7 min on 2 cores for the CPU ops)", flush=True)
+    print(
+        f"no cached mmcv wheel in {key}: building it from the sdist (once; 4 to 7 min on 2 cores for the CPU "
+        "ops)",
+        flush=True,
+    )
     key.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
         tmp = Path(tmp)
@@ -150,7 +189,10 @@ def cached_wheel(cache: Path, cuda: bool, jobs: int) -> Path:
 def build_offline(sdist: Path | None, wheel_dir: Path, cuda: bool, jobs: int) -> int:
     """The patched sdist built into ``wheel_dir`` (its log beside the wheel), from a local file."""
     if sdist is None or sdist.name != f"mmcv-{MMCV_VERSION}.tar.gz" or not sdist.is_file():
-        raise SystemExit(f"--wheel-dir needs --sdist PATH/mmcv-{MMCV_VERSION}.tar.gz (got {sdist}): this mode downloads nothing")
+        raise SystemExit(
+            f"--wheel-dir needs --sdist PATH/mmcv-{MMCV_VERSION}.tar.gz (got {sdist}): this mode downloads "
+            "nothing"
+        )
     wheel_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -167,13 +209,29 @@ def build_offline(sdist: Path | None, wheel_dir: Path, cuda: bool, jobs: int) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cuda", choices=["auto", "on", "off"], default=os.environ.get("MMCV_CUDA", "auto"),
-                        help="build mmcv's CUDA ops too (auto: when torch sees a GPU; default from $MMCV_CUDA)")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("MRCNN_BENCH_CACHE", Path.home() / ".cache" / "mrcnn-bench")))
+    parser.add_argument(
+        "--cuda",
+        choices=["auto", "on", "off"],
+        default=os.environ.get("MMCV_CUDA", "auto"),
+        help="build mmcv's CUDA ops too (auto: when torch sees a GPU; default from $MMCV_CUDA)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("MRCNN_BENCH_CACHE", Path.home() / ".cache" / "mrcnn-bench")),
+    )
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", os.cpu_count() or 1)))
-    parser.add_argument("--force", action="store_true", help="reinstall even if mmdet and mmcv.ops import already")
-    parser.add_argument("--sdist", type=Path, help=f"a local mmcv-{MMCV_VERSION}.tar.gz (checked like a download)")
-    parser.add_argument("--wheel-dir", type=Path, help="build the stripped mmcv wheel into DIR and stop (no network, no installs)")
+    parser.add_argument(
+        "--force", action="store_true", help="reinstall even if mmdet and mmcv.ops import already"
+    )
+    parser.add_argument(
+        "--sdist", type=Path, help=f"a local mmcv-{MMCV_VERSION}.tar.gz (checked like a download)"
+    )
+    parser.add_argument(
+        "--wheel-dir",
+        type=Path,
+        help="build the stripped mmcv wheel into DIR and stop (no network, no installs)",
+    )
     args = parser.parse_args()
     _, gpu = torch_build()
     cuda = args.cuda == "on" or (args.cuda == "auto" and gpu)
@@ -181,7 +239,10 @@ def main() -> int:
         return build_offline(args.sdist, args.wheel_dir, cuda, args.jobs)
     have = probe()
     if have and not args.force and (have[1] or not cuda):
-        print(f"{have[0]} already installed in {sys.executable}, ops for {'CPU + CUDA' if have[1] else 'CPU'} (--force to reinstall)")
+        print(
+            f"{have[0]} already installed in {sys.executable}, ops for {'CPU + CUDA' if have[1] else 'CPU'} "
+            "(--force to reinstall)"
+        )
         return 0
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     subprocess.run([*pip, *BUILD_TOOLS, *MMCV_DEPENDENCIES, *PACKAGES], check=True)
@@ -189,7 +250,10 @@ def main() -> int:
     subprocess.run([*pip, "--no-deps", "--force-reinstall", str(wheel)], check=True)
     have = probe()
     if not have:
-        raise SystemExit(f"mmdet or mmcv.ops does not import after installing {wheel}; run: {sys.executable} -c 'import mmcv.ops'")
+        raise SystemExit(
+            f"mmdet or mmcv.ops does not import after installing {wheel}; run: {sys.executable} -c 'import "
+            "mmcv.ops'"
+        )
     print(f"{have[0]} installed in {sys.executable}, ops for {'CPU + CUDA' if have[1] else 'CPU'}")
     return 0
 

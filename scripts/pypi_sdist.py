@@ -8,6 +8,7 @@ index's simple page, as pip would, with pip's settings: its index URL (``pip con
 PIP_INDEX_URL; PyPI by default), its certificate bundle (``cert`` / PIP_CERT) and timeout; proxies
 come from the environment (HTTPS_PROXY), as for pip.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +23,9 @@ from pathlib import Path
 
 def pip_setting(name: str, default: str | None = None) -> str | None:
     """A setting of pip's configuration (files and PIP_* variables; the last scope pip lists wins)."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    ).stdout
     values = re.findall(rf"^[\w:.-]*\.{re.escape(name)}='([^']*)'$", out, flags=re.M)
     return values[-1] if values else default
 

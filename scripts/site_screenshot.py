@@ -3,6 +3,7 @@ chromium, headless, through Selenium, once the page's charts are drawn.
 
     python scripts/site_screenshot.py site/index.html results/site-index.png [--width 1300 --height 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def main(argv=None) -> int:
     from selenium.webdriver.common.by import By
 
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                f"--window-size={args.width},{args.height}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--allow-file-access-from-files",
+        f"--window-size={args.width},{args.height}",
+    ):
         opts.add_argument(arg)
     browser = webdriver.Chrome(service=Service(driver), options=opts)
     try:

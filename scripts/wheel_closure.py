@@ -8,16 +8,17 @@ ignored), must be met by a wheel in the folder or by a package the GPU machines 
 (DEVICE_HAS, from the device tool's KINDS.md). Prints what is missing and exits 1; also exits 1 when the
 folder is larger than ``--max-mib`` (the device tool carries at most 64 MiB of working tree).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import tarfile
-import tomllib
 import zipfile
 from email.parser import Parser
 from pathlib import Path
 
+import tomllib
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -26,12 +27,13 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 # this project's dependencies could ask for. torch 2.11 and torchvision 0.26 are among them.
 DEVICE_HAS = {
     canonicalize_name(n)
-    for n in """absl-py aiohttp attrs certifi charset-normalizer click cloudpickle colorama contourpy cycler filelock
-    fonttools fsspec grpcio h5py idna imageio iniconfig jinja2 joblib kiwisolver markdown markupsafe matplotlib
-    mpmath networkx ninja numpy nvidia-ml-py opencv-python-headless packaging pandas pillow pip pluggy portalocker protobuf
-    psutil pybind11 pygments pyparsing pytest python-dateutil pyyaml regex requests rich scipy setuptools six
-    sympy tabulate tensorboard tensorboard-data-server tqdm typing-extensions urllib3 werkzeug wheel torch
-    torchvision triton pytest-timeout pytest-xdist""".split()
+    for n in """absl-py aiohttp attrs certifi charset-normalizer click cloudpickle colorama contourpy cycler
+    filelock fonttools fsspec grpcio h5py idna imageio iniconfig jinja2 joblib kiwisolver markdown
+    markupsafe matplotlib mpmath networkx ninja numpy nvidia-ml-py opencv-python-headless packaging
+    pandas pillow pip pluggy portalocker protobuf psutil pybind11 pygments pyparsing pytest
+    python-dateutil pyyaml regex requests rich scipy setuptools six sympy tabulate tensorboard
+    tensorboard-data-server tqdm typing-extensions urllib3 werkzeug wheel torch torchvision triton
+    pytest-timeout pytest-xdist""".split()
 }
 # What a dependency may be met by on the device under another name (mmengine asks for opencv-python;
 # the machines carry the headless build of the same cv2).
@@ -40,12 +42,17 @@ ALIASES = {canonicalize_name("opencv-python"): canonicalize_name("opencv-python-
 # Requirements a wheel declares that the suite never imports, with why (the .venv where the tests pass
 # installs these packages with --no-deps and lacks them too).
 NOT_NEEDED = {
-    (canonicalize_name("pb1-detectron2"), canonicalize_name(n)): "detectron2's setup.py lists it for its tools "
+    (
+        canonicalize_name("pb1-detectron2"),
+        canonicalize_name(n),
+    ): "detectron2's setup.py lists it for its tools "
     "(code formatting, graph export, Python 2 shims); training and evaluation never import it"
     for n in ("black", "future", "pydot")
 }
 NOT_NEEDED[canonicalize_name("holistictraceanalysis"), canonicalize_name("jupyterlab")] = (
-    "Holistic Trace Analysis lists it for its notebooks; TraceAnalysis (harness/tasks/trace.py) never imports it")
+    "Holistic Trace Analysis lists it for its notebooks; TraceAnalysis (harness/tasks/trace.py) never "
+    "imports it"
+)
 
 
 def wheel_metadata(path: Path) -> tuple[str, list[str]]:
@@ -63,9 +70,17 @@ def sdist_name(path: Path) -> str:
 
 def environment(python: str) -> dict[str, str]:
     env = default_environment()
-    env.update(python_version=python, python_full_version=python + ".0", implementation_name="cpython",
-               platform_python_implementation="CPython", sys_platform="linux", platform_system="Linux",
-               platform_machine="x86_64", os_name="posix", extra="")
+    env.update(
+        python_version=python,
+        python_full_version=python + ".0",
+        implementation_name="cpython",
+        platform_python_implementation="CPython",
+        sys_platform="linux",
+        platform_system="Linux",
+        platform_machine="x86_64",
+        os_name="posix",
+        extra="",
+    )
     return env
 
 
@@ -80,8 +95,14 @@ def missing(wheel_dir: Path, python: str, project: Path | None) -> list[str]:
         if not pythons & {"py3", "py2.py3", f"cp{python.replace('.', '')}"}:
             yield f"{wheel.name}: built for {sorted(pythons)}, not CPython {python}"
         provided[name] = wheel.name
-        wants += [(wheel.name, r) for r in requires if (name, canonicalize_name(Requirement(r).name)) not in NOT_NEEDED]
-    for sdist in sorted(wheel_dir.glob("*.tar.gz")):  # built on the device (mmcv): its needs are listed by hand
+        wants += [
+            (wheel.name, r)
+            for r in requires
+            if (name, canonicalize_name(Requirement(r).name)) not in NOT_NEEDED
+        ]
+    for sdist in sorted(
+        wheel_dir.glob("*.tar.gz")
+    ):  # built on the device (mmcv): its needs are listed by hand
         provided[sdist_name(sdist)] = sdist.name
     if project is not None:
         meta = tomllib.loads(project.read_text())["project"]
@@ -101,7 +122,9 @@ def main() -> int:
     parser.add_argument("wheel_dir", type=Path)
     parser.add_argument("--python", default="3.12")
     parser.add_argument("--max-mib", type=float, default=60.0)
-    parser.add_argument("--project", type=Path, default=Path(__file__).resolve().parent.parent / "pyproject.toml")
+    parser.add_argument(
+        "--project", type=Path, default=Path(__file__).resolve().parent.parent / "pyproject.toml"
+    )
     args = parser.parse_args()
     if not args.wheel_dir.is_dir():
         print(f"{args.wheel_dir}: no such folder (run scripts/device_wheels.sh)", file=sys.stderr)
@@ -113,8 +136,10 @@ def main() -> int:
     for p in problems:
         print(f"wheel_closure: {p}", file=sys.stderr)
     count = len(list(args.wheel_dir.glob("*.whl")))
-    print(f"wheel_closure: {args.wheel_dir}: {count} wheels, {size:.1f} MiB, "
-          f"{'nothing missing for CPython ' + args.python if not problems else f'{len(problems)} problem(s)'}")
+    print(
+        f"wheel_closure: {args.wheel_dir}: {count} wheels, {size:.1f} MiB, "
+        f"{'nothing missing for CPython ' + args.python if not problems else f'{len(problems)} problem(s)'}"
+    )
     return 1 if problems else 0
 
 

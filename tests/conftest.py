@@ -9,14 +9,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A run small enough for 2 CPU cores: 128 px, 1 image per process, a handful of iterations.
 TINY = [
-    "--set", "input.min_size_train=[128]",
-    "--set", "input.max_size_train=128",
-    "--set", "input.min_size_test=128",
-    "--set", "input.max_size_test=128",
-    "--set", "benchmark.iters=5",
-    "--set", "benchmark.warmup=2",
-    "--set", "benchmark.window_end=5",
-    "--set", "benchmark.num_workers=0",
+    "--set",
+    "input.min_size_train=[128]",
+    "--set",
+    "input.max_size_train=128",
+    "--set",
+    "input.min_size_test=128",
+    "--set",
+    "input.max_size_test=128",
+    "--set",
+    "benchmark.iters=5",
+    "--set",
+    "benchmark.warmup=2",
+    "--set",
+    "benchmark.window_end=5",
+    "--set",
+    "benchmark.num_workers=0",
 ]
 
 
@@ -42,6 +50,46 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# What makes a test end-to-end (marker ``e2e``): it starts mrcnn-bench (run_cli, or a subprocess of the
+# command line or of a benchmark script) or trains (an optimizer's step). A test without the marker that
+# does either fails, saying so: the fast run (``-m "not e2e"``, make test-fast) stays what it says.
+_E2E = {"marked": True}
+_STARTS_BENCH = ("mrcnn_bench.harness.cli", "mrcnn-bench", "benchmarks/", "scripts/gate.py")
+
+
+def _not_e2e(what: str) -> None:
+    if not _E2E["marked"]:
+        pytest.fail(f"this test {what}: mark it @pytest.mark.e2e (tests/conftest.py)", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _e2e_guard(request, monkeypatch):
+    import subprocess as sp
+
+    import torch
+
+    _E2E["marked"] = request.node.get_closest_marker("e2e") is not None
+    if _E2E["marked"]:
+        yield
+        return
+    step, popen_init = torch.optim.SGD.step, sp.Popen.__init__
+
+    def guarded_step(self, *args, **kwargs):
+        _not_e2e("trains (torch.optim.SGD.step)")
+        return step(self, *args, **kwargs)
+
+    def guarded_popen(self, args, *rest, **kwargs):
+        text = " ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args)
+        if any(s in text for s in _STARTS_BENCH):
+            _not_e2e(f"starts {text[:80]!r}")
+        return popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", guarded_step)
+    monkeypatch.setattr(sp.Popen, "__init__", guarded_popen)
+    yield
+    _E2E["marked"] = True
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +121,24 @@ def two_process_run(impl: str, synth_root, tmp_path) -> tuple[dict, list[dict]]:
     and world size checked) and its iterations (5, with the global batch of 2, each with a loss)."""
     from mrcnn_bench.harness.results import load_run, read_jsonl
 
-    out = run_cli("run", "--impl", impl, "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path,
-                  "--run-id", "two", "--set", "solver.ims_per_batch=2", *TINY)
+    out = run_cli(
+        "run",
+        "--impl",
+        impl,
+        "--gpus",
+        2,
+        "--device",
+        "cpu",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "two",
+        "--set",
+        "solver.ims_per_batch=2",
+        *TINY,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     record = load_run(tmp_path / "two" / impl)
     assert record["status"] == "ok" and record["world_size"] == 2

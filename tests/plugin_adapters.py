@@ -12,6 +12,7 @@ machine whose speed drifts ±20% over seconds does not give. Environment variabl
                                 under a memory limit), kill (SIGKILL, as the kernel's OOM killer)
     MRCNN_TEST_UNAVAILABLE=NAME  that adapter says it is not installed
 """
+
 import os
 import signal
 import time

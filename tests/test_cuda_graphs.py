@@ -5,20 +5,20 @@ On the CPU the capture is a stand-in with make_graphed_callables' contract and i
 (warm-up runs that move BN statistics, static inputs, outputs and gradients rewritten by every replay,
 gradients handed to autograd as views of that static memory), so the wrapper's own logic is tested
 everywhere; the same comparison with the real capture runs where a GPU is."""
+
 import copy
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
-
+from conftest import TINY, run_cli
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import UnsupportedConfig
-from mrcnn_bench.harness.results import load_run
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
+from mrcnn_bench.harness.results import load_run
 from mrcnn_bench.reference_impl.config import ReferenceConfig
 from mrcnn_bench.reference_impl.modeling import MaskRCNN
-from conftest import TINY, run_cli
 from test_reference_model import NUM_CLASSES, SIZE, _targets
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 
 def static_memory_capture(module, sample_args, num_warmup_iters=3, pool=None):
@@ -59,7 +59,9 @@ def static_memory_capture(module, sample_args, num_warmup_iters=3, pool=None):
 def _pair(capture, *, max_shapes=2, device="cpu"):
     """(eager model, graphed model) with the same weights, BN (running statistics move) and nothing frozen."""
     torch.manual_seed(0)
-    cfg = ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"backbone.norm": "BN", "backbone.freeze_at": 0})
+    cfg = ReferenceConfig.like_torchvision(
+        NUM_CLASSES, **SIZE, **{"backbone.norm": "BN", "backbone.freeze_at": 0}
+    )
     eager = MaskRCNN.from_config(cfg).to(device).train()
     graphed = copy.deepcopy(eager).enable_cuda_graphs(max_shapes=max_shapes, capture=capture)
     return eager, graphed
@@ -73,8 +75,13 @@ def _batch(h, w, seed, device="cpu"):
         masks = torch.zeros(len(t["boxes"]), h, w, dtype=torch.uint8)
         for i, (x0, y0, x1, y1) in enumerate(t["boxes"].clamp(max=min(h, w) - 1).int().tolist()):
             masks[i, y0:y1, x0:x1] = 1
-        targets.append({"boxes": t["boxes"].clamp(max=min(h, w) - 1).to(device), "labels": t["labels"].to(device),
-                        "masks": masks.to(device)})
+        targets.append(
+            {
+                "boxes": t["boxes"].clamp(max=min(h, w) - 1).to(device),
+                "labels": t["labels"].to(device),
+                "masks": masks.to(device),
+            }
+        )
     return images, targets
 
 
@@ -98,11 +105,14 @@ def _assert_same_step(eager, graphed, batches, rtol, atol):
             torch.testing.assert_close(g[k], e[k], rtol=rtol, atol=atol, msg=k)
     assert expected_grads.keys() == got_grads.keys() and len(got_grads) > 50
     for name, e in expected_grads.items():
-        torch.testing.assert_close(got_grads[name], e, rtol=rtol, atol=atol * max(1.0, e.abs().max().item()), msg=name)
+        torch.testing.assert_close(
+            got_grads[name], e, rtol=rtol, atol=atol * max(1.0, e.abs().max().item()), msg=name
+        )
     for (name, e), g in zip(eager.named_buffers(), graphed.buffers()):
         torch.testing.assert_close(g, e, rtol=rtol, atol=atol, msg=name)
 
 
+@pytest.mark.e2e
 def test_graphed_steps_equal_eager_ones_with_accumulation_and_two_shapes():
     eager, graphed = _pair(static_memory_capture)
     small, large = (128, 160), (160, 128)
@@ -115,6 +125,7 @@ def test_graphed_steps_equal_eager_ones_with_accumulation_and_two_shapes():
     assert stats["captured"] == 2 and stats["replayed"] == 5 and stats["eager"] == 0
 
 
+@pytest.mark.e2e
 def test_shapes_past_the_limit_evaluation_and_copies_run_eagerly():
     eager, graphed = _pair(static_memory_capture, max_shapes=1)
     _assert_same_step(eager, graphed, [_batch(128, 160, 0)], rtol=1e-5, atol=1e-6)
@@ -140,15 +151,22 @@ def test_real_capture_needs_cuda_and_the_harness_says_so(monkeypatch):
     from mrcnn_bench.reference_impl import ops
 
     monkeypatch.setattr(ops, "CUDA_KERNELS", ops.NATIVE)  # as an extension built with nvcc
-    model = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.cuda_graphs": True})).train()
+    model = MaskRCNN.from_config(
+        ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.cuda_graphs": True})
+    ).train()
     assert model.graphed_backbone is not None and model.graphed_backbone.max_shapes == 16
     with pytest.raises(RuntimeError, match="CUDA graphs need the model on a CUDA device"):
         model(*_batch(128, 160, 0))
-    cfg = load_config(builtin_config_dir() / "cpu_small.yaml", {"reference.cuda_graphs": True, "reference.cuda_graph_shapes": 3})
+    cfg = load_config(
+        builtin_config_dir() / "cpu_small.yaml",
+        {"reference.cuda_graphs": True, "reference.cuda_graph_shapes": 3},
+    )
     # on the CPU the lever falls back to the eager backbone, and says so (the run is not failed for it)
     native = get_adapter("reference").translate(cfg)
     assert not native.model.perf.cuda_graphs
-    assert native.fallbacks == [{"lever": "reference.cuda_graphs", "why": "CUDA graphs need CUDA, the run is on cpu"}]
+    assert native.fallbacks == [
+        {"lever": "reference.cuda_graphs", "why": "CUDA graphs need CUDA, the run is on cpu"}
+    ]
     native = get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cuda"}))
     assert native.model.perf.cuda_graphs and native.model.perf.cuda_graph_shapes == 3 and not native.fallbacks
 
@@ -165,7 +183,9 @@ def test_an_extension_without_cuda_kernels_is_not_timed_on_cuda(monkeypatch):
         get_adapter("reference").translate(cfg)
     ok, why = get_adapter("reference").available()
     assert ok and "cpu only" in why
-    assert get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cpu"})).model is not None
+    assert (
+        get_adapter("reference").translate(cfg.with_overrides({"benchmark.device": "cpu"})).model is not None
+    )
 
 
 @pytest.mark.cuda
@@ -174,25 +194,49 @@ def test_real_cuda_graphs_equal_eager_on_a_gpu():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     eager, graphed = _pair(None, device="cuda")
     small, large = (128, 160), (160, 128)
-    _assert_same_step(eager, graphed, [_batch(*small, 0, "cuda"), _batch(*small, 1, "cuda")], rtol=1e-4, atol=1e-5)
-    _assert_same_step(eager, graphed, [_batch(*small, 3, "cuda"), _batch(*large, 4, "cuda")], rtol=1e-4, atol=1e-5)
+    _assert_same_step(
+        eager, graphed, [_batch(*small, 0, "cuda"), _batch(*small, 1, "cuda")], rtol=1e-4, atol=1e-5
+    )
+    _assert_same_step(
+        eager, graphed, [_batch(*small, 3, "cuda"), _batch(*large, 4, "cuda")], rtol=1e-4, atol=1e-5
+    )
     stats = graphed.graphed_backbone.stats
     assert stats["captured"] == 2 and stats["eager"] == 0
 
 
-def test_levers_that_cannot_act_here_fall_back_with_one_warning_each_and_run_json_says_so(synth_root, tmp_path):
+@pytest.mark.e2e
+def test_levers_that_cannot_act_here_fall_back_with_one_warning_each_and_run_json_says_so(
+    synth_root, tmp_path
+):
     """CUDA graphs on the CPU, and torch.compile with no working C++ compiler (CXX pointing nowhere):
     the run finishes eagerly, each lever warns once, and run.json records both fallbacks."""
-    out = run_cli("run", "--impl", "reference", "--config", "cpu_small", *TINY, "--data", synth_root, "--out", tmp_path,
-                  "--run-id", "fb", "--set", "reference.cuda_graphs=true", "--set", "reference.compile_heads=true",
-                  env={"CXX": "/nonexistent/c++"})
+    out = run_cli(
+        "run",
+        "--impl",
+        "reference",
+        "--config",
+        "cpu_small",
+        *TINY,
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "fb",
+        "--set",
+        "reference.cuda_graphs=true",
+        "--set",
+        "reference.compile_heads=true",
+        env={"CXX": "/nonexistent/c++"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     record = load_run(tmp_path / "fb" / "reference")
     assert record["status"] == "ok"
     fallbacks = record["adapter"]["lever_fallbacks"]
-    assert [f["lever"] for f in fallbacks] == ["reference.cuda_graphs"] + ["reference.compile_heads"] * 2  # box and mask heads
+    assert [f["lever"] for f in fallbacks] == ["reference.cuda_graphs"] + [
+        "reference.compile_heads"
+    ] * 2  # box and mask heads
     assert "CUDA graphs need CUDA" in fallbacks[0]["why"] and "C++ compiler" in fallbacks[1]["why"]
     assert sorted(f["module"] for f in fallbacks[1:]) == ["BoxHead", "MaskHead"]
     assert out.stderr.count("reference.cuda_graphs: CUDA graphs need CUDA") == 1
     assert out.stderr.count("reference.compile_heads: torch.compile failed") == 1
-

@@ -3,9 +3,14 @@ import json
 
 import numpy as np
 import pytest
+from mrcnn_bench.harness.data import (
+    COCO_CATEGORIES,
+    DataError,
+    check_coco_split,
+    make_synthetic,
+    resolve_data,
+)
 from pycocotools.coco import COCO
-
-from mrcnn_bench.harness.data import COCO_CATEGORIES, DataError, check_coco_split, make_synthetic, resolve_data
 
 
 def _digest(root):
@@ -102,6 +107,7 @@ def test_resolve_data_reports_missing_dir(tmp_path):
         resolve_data(DataConfig(), str(tmp_path / "nope"))
 
 
+@pytest.mark.e2e
 def test_cli_synth(tmp_path):
     from conftest import run_cli
 
@@ -142,12 +148,16 @@ def test_a_few_unusable_annotations_are_dropped_alike_and_counted(tmp_path, synt
     assert paths.train_json != ann and paths.train_json.is_relative_to(tmp_path / "cache")
     cleaned = json.loads(paths.train_json.read_text())
     ids = {a["id"] for a in cleaned["annotations"]}
-    assert len(ids) == len(coco["annotations"]) - 2 and plain[0]["id"] not in ids and plain[1]["id"] not in ids
+    assert (
+        len(ids) == len(coco["annotations"]) - 2 and plain[0]["id"] not in ids and plain[1]["id"] not in ids
+    )
     third = next(a for a in cleaned["annotations"] if a["id"] == plain[2]["id"])
     assert third["segmentation"] == plain[2]["segmentation"][:-1]
     index = data_check.index_of(paths.train_json)
     assert index == {"categories": 80, "usable": [[i, w] for i, w in usable_images(cleaned).items()]}
-    assert "dropped" not in summary["val"] and paths.val_json == root / "annotations" / "instances_val2017.json"
+    assert (
+        "dropped" not in summary["val"] and paths.val_json == root / "annotations" / "instances_val2017.json"
+    )
 
 
 def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path, synth_root, monkeypatch):
@@ -167,7 +177,9 @@ def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path
     data_check._INDEX.clear()
     again = data_check.inspect_split(ann, images, train=True)
     assert again == first and parses == [ann]  # the second answer came from the kept verdict
-    assert data_check.registered()[str(ann)] == data_check._index(json.loads(ann.read_text()))  # and so did the index
+    assert data_check.registered()[str(ann)] == data_check._index(
+        json.loads(ann.read_text())
+    )  # and so did the index
     st = ann.stat()
     os.utime(ann, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: checked again
     data_check.inspect_split(ann, images, train=True)
@@ -186,7 +198,11 @@ def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
         {"bbox": [1, 2, 3, 4], "segmentation": [square]},
         {"bbox": [1.5, 2, 3.25, 4], "segmentation": [square, square[:6]], "iscrowd": 0},
         {"bbox": [1, 2, 3, 4], "segmentation": {"counts": "abc", "size": [10, 10]}, "iscrowd": 1},
-        {"bbox": [1, 2, 3, 4], "segmentation": [[0, 0, 1, 1]], "iscrowd": 1},  # a crowd's polygons are not judged
+        {
+            "bbox": [1, 2, 3, 4],
+            "segmentation": [[0, 0, 1, 1]],
+            "iscrowd": 1,
+        },  # a crowd's polygons are not judged
         {"bbox": [1, 2, 3, 4]},
         {"bbox": [1, 2, 0, 4], "segmentation": [square]},
         {"bbox": [1, 2, 3, -1], "segmentation": [square]},
@@ -202,10 +218,17 @@ def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
         {"segmentation": [square]},
     ]
     cases += [
-        {"bbox": [1, 2, 3, 4], "segmentation": [[str(v) for v in square]]},  # numbers as strings (a labelling tool)
+        {
+            "bbox": [1, 2, 3, 4],
+            "segmentation": [[str(v) for v in square]],
+        },  # numbers as strings (a labelling tool)
         {"bbox": [1, 2, 3, 4], "segmentation": {"counts": [0, 4], "size": [2, 2]}},  # RLE, not a crowd region
         {"bbox": [1, 2, 3, 4], "segmentation": [square], "area": 0},
-        {"bbox": [1, 2, 3, 4], "segmentation": [square], "category_id": 99},  # not among the file's categories
+        {
+            "bbox": [1, 2, 3, 4],
+            "segmentation": [square],
+            "category_id": 99,
+        },  # not among the file's categories
         {"bbox": [1, 2, 3, 4], "segmentation": [square], "image_id": 99},  # not among its images
         {"bbox": [1, 2, 3, 4], "segmentation": [[0, 0, 10, 0, float("inf"), 10]]},
     ]
@@ -215,8 +238,12 @@ def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
     full = [_unusable(a, known) for a in cases]
     assert all(f == (None, 0) for f, p in zip(full, fast) if p)
     assert fast == [True, True, True, True, True] + [False] * 18
-    assert [why is None for why, _ in full] == [True] * 5 + [False] * 5 + [True, False, False, True] + [False] * 9
-    assert _plain({k: v for k, v in cases[0].items() if k != "area"}, known) is False  # a missing area: the copy gets the box's
+    assert [why is None for why, _ in full] == [True] * 5 + [False] * 5 + [True, False, False, True] + [
+        False
+    ] * 9
+    assert (
+        _plain({k: v for k, v in cases[0].items() if k != "area"}, known) is False
+    )  # a missing area: the copy gets the box's
     assert _unusable({k: v for k, v in cases[0].items() if k != "area"}, known) == (None, 0)
 
 
@@ -231,7 +258,9 @@ def test_the_pass_finds_images_by_one_listing_and_reads_what_json_reads(tmp_path
     (images / "sub" / "b.jpg").write_bytes(b"x")
     (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (images / "linked.jpg").symlink_to(images / "a.jpg")
-    listed = [{"file_name": n} for n in ("a.jpg", "sub/b.jpg", "gone.jpg", "linked.jpg", "sub/c.jpg", "c.jpg")]
+    listed = [
+        {"file_name": n} for n in ("a.jpg", "sub/b.jpg", "gone.jpg", "linked.jpg", "sub/c.jpg", "c.jpg")
+    ]
     assert _absent(images, listed) == ["gone.jpg", "sub/c.jpg", "c.jpg"]
     nan = tmp_path / "nan.json"
     nan.write_text('{"images": [], "annotations": [{"bbox": [NaN, 1, 2, 3]}], "categories": []}')

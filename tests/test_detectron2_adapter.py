@@ -1,6 +1,6 @@
 """detectron2: translation to a CfgNode and back, a real 2-process CPU run, and parity with the others."""
-import pytest
 
+import pytest
 from conftest import run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
@@ -9,7 +9,9 @@ from mrcnn_bench.harness.parity import canonical_values, parity_frame
 
 ADAPTER = get_adapter("detectron2")
 _ok, _why = ADAPTER.available()
-pytestmark = pytest.mark.skipif(not _ok, reason=f"detectron2 is not installed ({_why}); run `make detectron2`")
+pytestmark = pytest.mark.skipif(
+    not _ok, reason=f"detectron2 is not installed ({_why}); run `make detectron2`"
+)
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 
 
@@ -17,13 +19,22 @@ def test_translation_round_trip(synth_root):
     cfg = load_config(CANONICAL)
     native = ADAPTER.translate(cfg, DataPaths.from_root(synth_root))
     assert native.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlignV2" and native.SOLVER.IMS_PER_BATCH == 16
-    assert native.MODEL.RESNETS.NORM == "FrozenBN" and native.MODEL.BACKBONE.FREEZE_AT == 2  # no weights: canonical all the same
-    bn = cfg.with_overrides({"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0})
-    assert ADAPTER.translate(bn).MODEL.RESNETS.NORM == "BN" and ADAPTER.translate(bn).MODEL.BACKBONE.FREEZE_AT == 0
+    assert (
+        native.MODEL.RESNETS.NORM == "FrozenBN" and native.MODEL.BACKBONE.FREEZE_AT == 2
+    )  # no weights: canonical all the same
+    bn = cfg.with_overrides(
+        {"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0}
+    )
+    assert (
+        ADAPTER.translate(bn).MODEL.RESNETS.NORM == "BN"
+        and ADAPTER.translate(bn).MODEL.BACKBONE.FREEZE_AT == 0
+    )
     eff = ADAPTER.effective_hparams(native)
     table, notes = parity_frame(canonical_values(cfg, 80), {"detectron2": eff})
     assert notes == [], notes  # every canonical key is expressed exactly
-    assert eff["model.num_classes"] == 80 and eff["solver.ims_per_batch_per_process"] == 2  # COCO's, as the synthetic set has
+    assert (
+        eff["model.num_classes"] == 80 and eff["solver.ims_per_batch_per_process"] == 2
+    )  # COCO's, as the synthetic set has
     # values come from the CfgNode: change it, and they change
     native.defrost()
     native.MODEL.RPN.NMS_THRESH = 0.6
@@ -44,7 +55,7 @@ def test_unsupported_settings_are_refused():
         ADAPTER.translate(cfg.with_overrides({"input.horizontal_flip_prob": 0.3}))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     record, rows = two_process_run("detectron2", synth_root, tmp_path)
     assert "MODEL:" in record["native_config"] and "ROIAlignV2" in record["native_config"]
@@ -56,5 +67,7 @@ def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     assert "reference" in header and "torchvision" in header and "detectron2" in header
     assert "UNEXPLAINED" not in parity.stdout
     # the reference's levers are its settings, listed as such (cpu_small: NCHW), not divergences
-    assert "The reference's speed settings" in parity.stdout and "reference.channels_last=False" in parity.stdout
+    assert (
+        "The reference's speed settings" in parity.stdout and "reference.channels_last=False" in parity.stdout
+    )
     assert "reference.fold_frozen_bn=True" in parity.stdout and "channels_last ✗" not in parity.stdout

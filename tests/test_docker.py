@@ -1,11 +1,11 @@
 """docker/: one Dockerfile per implementation environment, each installing what its adapters need."""
+
 import re
 import subprocess
 
 import pytest
-from dockerfile_parse import DockerfileParser
-
 from conftest import ROOT
+from dockerfile_parse import DockerfileParser
 
 DOCKER = ROOT / "docker"
 # what an image must run for each implementation it serves
@@ -39,7 +39,9 @@ def test_dockerfile_installs_what_its_adapters_need(name):
     base = parser.baseimage
     # an official PyTorch CUDA *devel* image (nvcc for the native kernels), chosen by a build argument
     default = re.search(r"ARG BASE_IMAGE=(\S+)", parser.content).group(1)
-    assert base == default and re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\d.]+-cudnn\d+-devel", default), default
+    assert base == default and re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\d.]+-cudnn\d+-devel", default), (
+        default
+    )
     runs = " && ".join(i["value"] for i in parser.structure if i["instruction"] == "RUN")
     for impl in images()[name]:
         for pattern in NEEDS[impl]:

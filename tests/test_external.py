@@ -5,13 +5,13 @@ maskrcnn-benchmark's MetricLogger, Detectron's log_json_stats, tensorpack's epoc
 MXNet's/SimpleDet's Speedometer, Keras' Progbar), with iteration times chosen so that the window's
 throughput is known exactly.
 """
+
 import ast
 import datetime
 import json
 
 import pytest
 import yaml
-
 from conftest import run_cli
 from mrcnn_bench.external import get_system, system_names
 from mrcnn_bench.harness.config import load_config, resolve_config_path
@@ -20,7 +20,9 @@ from mrcnn_bench.harness.ingest import ingest
 from mrcnn_bench.harness.logs import LogError, humanized_seconds, parse
 from mrcnn_bench.harness.report import render_markdown
 
-CFG = load_config(resolve_config_path("mask_rcnn_R_50_FPN_noaug_1x"))  # 16 images/iteration on 8 GPUs, [100, 500)
+CFG = load_config(
+    resolve_config_path("mask_rcnn_R_50_FPN_noaug_1x")
+)  # 16 images/iteration on 8 GPUs, [100, 500)
 
 
 def seconds_of(i: int) -> float:
@@ -40,9 +42,11 @@ def maskrcnn_benchmark_log(last=520, prefix=lambda k: "", times=seconds_of) -> s
     for k in list(range(20, last + 1, 20)):
         avg = sum(times(i) for i in range(k)) / k
         eta = datetime.timedelta(seconds=int(avg * (last - k)))
-        lines.append(f"{prefix(k)}2026-11-26 10:00:00,000 maskrcnn_benchmark.trainer INFO: eta: {eta}  iter: {k}  "
-                     f"loss: 1.8236 (2.7274)  loss_classifier: 0.4 (0.5)  time: {times(k - 1):.4f} ({avg:.4f})  "
-                     f"data: 0.0099 (0.1242)  lr: 0.014347  max mem: 3508")
+        lines.append(
+            f"{prefix(k)}2026-11-26 10:00:00,000 maskrcnn_benchmark.trainer INFO: eta: {eta}  iter: {k}  "
+            f"loss: 1.8236 (2.7274)  loss_classifier: 0.4 (0.5)  time: {times(k - 1):.4f} ({avg:.4f})  "
+            f"data: 0.0099 (0.1242)  lr: 0.014347  max mem: 3508"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -54,8 +58,16 @@ def detectron_log(last_iter=500) -> str:
             avg = cumulative(done) / done
         else:  # the timer was reset after iteration 20
             avg = (cumulative(done) - cumulative(21)) / (it - 20)
-        stats = {"accuracy_cls": 0.9, "eta": "0:01:00", "iter": it, "loss": 1.2, "lr": 0.02, "mb_qsize": 64,
-                 "mem": 6400, "time": f"{avg:.6f}"}
+        stats = {
+            "accuracy_cls": 0.9,
+            "eta": "0:01:00",
+            "iter": it,
+            "loss": 1.2,
+            "lr": 0.02,
+            "mb_qsize": 64,
+            "mem": 6400,
+            "time": f"{avg:.6f}",
+        }
         lines.append(f"json_stats: {json.dumps(stats, sort_keys=True)}")
     return "\n".join(lines) + "\n"
 
@@ -69,10 +81,18 @@ def epoch_seconds(epochs: int, steps: int):
 def tensorpack_log(epochs=5, steps=100) -> str:
     lines = []
     for e, spent in epoch_seconds(epochs, steps):
-        lines.append(f"  0%|          |0/{steps}[00:00<?,?it/s]\r 45%|####5     |45/{steps}[00:27<00:33,1.65it/s]\r"
-                     f"100%|##########|{steps}/{steps}[01:00<00:00,1.66it/s]")
-        whole = f"{int(spent // 60)} minute{'s' if spent >= 120 else ''} {spent % 60:.3g} seconds" if spent >= 60 else f"{spent:.3g} seconds"
-        lines.append(f"[1126 10:0{e}:00 @base.py:282] Epoch {e} (global_step {e * steps}) finished, time:{whole}.")
+        lines.append(
+            f"  0%|          |0/{steps}[00:00<?,?it/s]\r 45%|####5     |45/{steps}[00:27<00:33,1.65it/s]\r"
+            f"100%|##########|{steps}/{steps}[01:00<00:00,1.66it/s]"
+        )
+        whole = (
+            f"{int(spent // 60)} minute{'s' if spent >= 120 else ''} {spent % 60:.3g} seconds"
+            if spent >= 60
+            else f"{spent:.3g} seconds"
+        )
+        lines.append(
+            f"[1126 10:0{e}:00 @base.py:282] Epoch {e} (global_step {e * steps}) finished, time:{whole}."
+        )
         lines.append(f"[1126 10:0{e}:00 @monitor.py:474] throughput: {steps / spent:.4f}")
     return "\n".join(lines) + "\n"
 
@@ -82,7 +102,10 @@ def speedometer_log(with_iter=True, frequent=20, last=520) -> str:
     for k in range(frequent, last + 1, frequent):
         speed = frequent * 16 / (cumulative(k) - cumulative(k - frequent))
         it = f"\tIter: {k}/90000\tLr: 0.02000" if with_iter else ""
-        lines.append(f"INFO:root:Epoch[0] Batch [{k}]{it}\tSpeed: {speed:.2f} samples/sec\tTrain-RpnAcc=0.9,\tRpnL1=0.1,")
+        lines.append(
+            f"INFO:root:Epoch[0] Batch [{k}]{it}\tSpeed: {speed:.2f} "
+            "samples/sec\tTrain-RpnAcc=0.9,\tRpnL1=0.1,"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -90,9 +113,17 @@ def keras_log(epochs=5, steps=100) -> str:
     out = []
     for e, spent in epoch_seconds(epochs, steps):
         out.append(f"Epoch {e}/{epochs}\n")
-        out.append("".join(f"\r {i:3d}/{steps} [{'=' * (i // 10)}>{'.' * (10 - i // 10)}] - ETA: 1:05 - loss: 2.3" for i in (1, 50)))
-        out.append(f"\r{steps}/{steps} [==============================] - {int(spent)}s {1000 * spent / steps:.0f}ms/step - "
-                   f"loss: 2.1 - rpn_class_loss: 0.1 - val_loss: 2.0\n")
+        out.append(
+            "".join(
+                f"\r {i:3d}/{steps} [{'=' * (i // 10)}>{'.' * (10 - i // 10)}] - ETA: 1:05 - loss: 2.3"
+                for i in (1, 50)
+            )
+        )
+        out.append(
+            f"\r{steps}/{steps} [==============================] - {int(spent)}s "
+            f"{1000 * spent / steps:.0f}ms/step - "
+            f"loss: 2.1 - rpn_class_loss: 0.1 - val_loss: 2.0\n"
+        )
     return "".join(out)
 
 
@@ -110,7 +141,9 @@ def test_ingest_gives_the_window_throughput_of_each_format(tmp_path, name):
     system = get_system(name)
     log = tmp_path / "train.log"
     log.write_text(SAMPLES[name]())
-    cfg = CFG.with_overrides({"benchmark.gpus": 16}) if name == "tensorpack" else CFG  # one image per GPU there
+    cfg = (
+        CFG.with_overrides({"benchmark.gpus": 16}) if name == "tensorpack" else CFG
+    )  # one image per GPU there
     record = ingest(system, [log], cfg, tmp_path / "run" / name, "r")
     s = record["summary"]
     images = 16
@@ -122,7 +155,9 @@ def test_ingest_gives_the_window_throughput_of_each_format(tmp_path, name):
     assert s["images_per_s"] == pytest.approx(images / 0.5, rel=2e-3), record["from_log"]
     assert record["measured_by"] == "log" and record["parity_unverified"]
     assert any("work counters" in r for r in record["parity_unverified"])
-    rows = [json.loads(line) for line in (tmp_path / "run" / name / "iterations.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / name / "iterations.jsonl").read_text().splitlines()
+    ]
     assert len(rows) == 400 and all(r["derived"] for r in rows)
     assert sum(r["duration"] for r in rows) == pytest.approx(s["seconds"])
     # the record reads back as any run (schema v3), and the report shows it apart
@@ -139,11 +174,17 @@ def test_mxnet_speedometer_without_iteration_numbers_counts_batches(tmp_path):
     assert (a, b) == (100, 500) and 16 * 400 / seconds == pytest.approx(EXPECTED, rel=2e-3)
 
 
+@pytest.mark.e2e
 def test_truncated_log_is_refused_naming_the_file(tmp_path):
     log = tmp_path / "cut.log"
-    log.write_text(maskrcnn_benchmark_log(last=300) + "2026-11-26 10:00:00,000 maskrcnn_benchmark.trainer INFO: eta: 0:0")
-    with pytest.raises(LogError, match=r"cut\.log: the log's timed iterations \(20\.\.300, the run got to 300\) do not cover "
-                                       r"the window \[100, 500\); truncated\?"):
+    log.write_text(
+        maskrcnn_benchmark_log(last=300) + "2026-11-26 10:00:00,000 maskrcnn_benchmark.trainer INFO: eta: 0:0"
+    )
+    with pytest.raises(
+        LogError,
+        match=r"cut\.log: the log's timed iterations \(20\.\.300, the run got to 300\) do not cover "
+        r"the window \[100, 500\); truncated\?",
+    ):
         ingest(get_system("maskrcnn-benchmark"), [log], CFG, tmp_path / "out", "r")
     out = run_cli("ingest", "--impl", "maskrcnn-benchmark", log, "--out", tmp_path / "runs")
     assert out.returncode == 2 and "cut.log" in out.stderr and "truncated?" in out.stderr
@@ -170,13 +211,36 @@ def test_interleaved_ranks_keep_rank_zero(tmp_path):
     assert any("26 repeated iteration line(s) dropped" in n for n in trace.notes), trace.notes
 
 
-@pytest.mark.parametrize("fmt,text,said", [
-    ("detectron", 'json_stats: {"iter": 40, "time": "0.5"}\njson_stats: {"iter": 60, "ti', ":2: json_stats line is not JSON"),
-    ("maskrcnn-benchmark", "eta: 0:01:00  iter: 20  loss: 1.0 (1.0)  lr: 0.02\n", ":1: an iteration line without 'time:"),
-    ("tensorpack", "[1126 10:00:00 @base.py:282] Epoch 1 (global_step 100) finished, time:soon.\n", ":1: not a tensorpack duration"),
-    ("speedometer", "Epoch[0] Batch [20]\tSpeed: fast samples/sec\n", ":1: a Speedometer line without 'Speed:"),
-    ("keras", "100/100 [==============================] - 51s 512ms/step - loss: 2.1\n", ":1: an epoch's end before any 'Epoch N/M'"),
-])
+@pytest.mark.parametrize(
+    "fmt,text,said",
+    [
+        (
+            "detectron",
+            'json_stats: {"iter": 40, "time": "0.5"}\njson_stats: {"iter": 60, "ti',
+            ":2: json_stats line is not JSON",
+        ),
+        (
+            "maskrcnn-benchmark",
+            "eta: 0:01:00  iter: 20  loss: 1.0 (1.0)  lr: 0.02\n",
+            ":1: an iteration line without 'time:",
+        ),
+        (
+            "tensorpack",
+            "[1126 10:00:00 @base.py:282] Epoch 1 (global_step 100) finished, time:soon.\n",
+            ":1: not a tensorpack duration",
+        ),
+        (
+            "speedometer",
+            "Epoch[0] Batch [20]\tSpeed: fast samples/sec\n",
+            ":1: a Speedometer line without 'Speed:",
+        ),
+        (
+            "keras",
+            "100/100 [==============================] - 51s 512ms/step - loss: 2.1\n",
+            ":1: an epoch's end before any 'Epoch N/M'",
+        ),
+    ],
+)
 def test_corrupt_lines_name_the_file_and_line(tmp_path, fmt, text, said):
     log = tmp_path / "bad.log"
     log.write_text(text)
@@ -195,7 +259,14 @@ def test_humanized_durations_read_back():
 
 # ------------------------------------------------------------------------------ translations
 def test_every_system_translates_the_canonical_config():
-    assert system_names() == ["detectron", "maskrcnn-benchmark", "matterport", "nvidia", "simpledet", "tensorpack"]
+    assert system_names() == [
+        "detectron",
+        "maskrcnn-benchmark",
+        "matterport",
+        "nvidia",
+        "simpledet",
+        "tensorpack",
+    ]
     for name in system_names():
         t = get_system(name).translate(CFG)
         assert t.files and t.command and t.mismatches, name
@@ -221,8 +292,14 @@ def test_yacs_configs_carry_the_canonical_values():
 def test_detectron_and_tensorpack_configs():
     d = get_system("detectron").translate(CFG)
     native = yaml.safe_load(d.files["detectron.yaml"])
-    assert native["NUM_GPUS"] == 8 and native["TRAIN"]["IMS_PER_BATCH"] == 2 and native["SOLVER"]["MAX_ITER"] == 501
-    assert native["SOLVER"]["STEPS"] == [0, 60000, 80000] and native["PIXEL_MEANS"] == [[[103.53, 116.28, 123.675]]]
+    assert (
+        native["NUM_GPUS"] == 8
+        and native["TRAIN"]["IMS_PER_BATCH"] == 2
+        and native["SOLVER"]["MAX_ITER"] == 501
+    )
+    assert native["SOLVER"]["STEPS"] == [0, 60000, 80000] and native["PIXEL_MEANS"] == [
+        [[103.53, 116.28, 123.675]]
+    ]
     assert any("pixel_std" in m for m in d.mismatches)
     tp = get_system("tensorpack")
     overrides = dict(o.split("=", 1) for o in tp.overrides(CFG))
@@ -240,13 +317,21 @@ def test_simpledet_module_sets_values_on_the_base_configs_classes(tmp_path):
     base = tmp_path / "mask_r50v1_fpn_1x.py"
     base.write_text(
         "def get_config(is_train):\n"
-        "    class General:\n        batch_image = 2 if is_train else 1\n        log_frequency = 10\n        fp16 = False\n"
+        "    class General:\n        batch_image = 2 if is_train else 1\n        log_frequency = 10\n        "
+        "fp16 = False\n"
         "    class KvstoreParam:\n        gpus = [0, 1]\n"
-        "    class OptimizeParam:\n        class optimizer:\n            lr = 0.01 / 8 * len(KvstoreParam.gpus)\n"
-        "    return General, KvstoreParam, OptimizeParam\n")
+        "    class OptimizeParam:\n        class optimizer:\n            lr = 0.01 / 8 * "
+        "len(KvstoreParam.gpus)\n"
+        "    return General, KvstoreParam, OptimizeParam\n"
+    )
     module = tmp_path / "mrcnn_bench.py"
-    values = {"General.batch_image": 2, "General.log_frequency": 20, "General.fp16": False,
-              "KvstoreParam.gpus": list(range(8)), "OptimizeParam.optimizer.lr": 0.02}
+    values = {
+        "General.batch_image": 2,
+        "General.log_frequency": 20,
+        "General.fp16": False,
+        "KvstoreParam.gpus": list(range(8)),
+        "OptimizeParam.optimizer.lr": 0.02,
+    }
     text = t.files["mrcnn_bench.py"]
     start = text.index("VALUES = ")
     end = text.index("BASE = ")
@@ -270,13 +355,29 @@ def test_matterport_script_is_a_config_subclass_with_the_values():
     attrs = {a.targets[0].id: ast.literal_eval(a.value) for a in cls.body if isinstance(a, ast.Assign)}
     assert [b.id for b in cls.bases] == ["Config"]
     assert attrs["GPU_COUNT"] == 8 and attrs["IMAGES_PER_GPU"] == 2 and attrs["STEPS_PER_EPOCH"] == 100
-    assert attrs["IMAGE_MAX_DIM"] == 1344 and attrs["TRAIN_ROIS_PER_IMAGE"] == 512 and attrs["LEARNING_RATE"] == 0.02
+    assert (
+        attrs["IMAGE_MAX_DIM"] == 1344
+        and attrs["TRAIN_ROIS_PER_IMAGE"] == 512
+        and attrs["LEARNING_RATE"] == 0.02
+    )
     assert "epochs=5" in t.files["mrcnn_bench_matterport.py"]
 
 
+@pytest.mark.e2e
 def test_run_external_writes_the_config_and_prints_the_commands(tmp_path):
-    out = run_cli("run", "--impl", "nvidia", "--config", "mask_rcnn_R_50_FPN_noaug_1x", "--out", tmp_path, "--run-id", "x",
-                  "--container", "no-such-image:0")
+    out = run_cli(
+        "run",
+        "--impl",
+        "nvidia",
+        "--config",
+        "mask_rcnn_R_50_FPN_noaug_1x",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "x",
+        "--container",
+        "no-such-image:0",
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "x" / "nvidia" / "nvidia.yaml").is_file()
     assert "not run here (" in out.stdout and "docker run --rm --gpus all" in out.stdout
@@ -287,6 +388,7 @@ def test_run_external_writes_the_config_and_prints_the_commands(tmp_path):
     assert "tensorpack   external" in listed.stdout
 
 
+@pytest.mark.e2e
 def test_ingest_cli_and_the_report_beside_measured_runs(tmp_path):
     log = tmp_path / "det.log"
     log.write_text(detectron_log())

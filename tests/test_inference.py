@@ -1,4 +1,6 @@
-"""The inference benchmark and the accuracy check (harness/inference.py; `run --task infer` and `--task eval`)."""
+"""The inference benchmark and the accuracy check (harness/inference.py; `run --task infer` and `--task
+eval`)."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
-
 from mrcnn_bench.harness.inference import (
     EmptyPath,
     check_not_empty,
@@ -24,8 +25,12 @@ from mrcnn_bench.harness.inference import (
 
 
 def _out(n: int, mask_value: float = 1.0, size: int = 4) -> dict:
-    return {"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]] * n), "scores": torch.full((n,), 0.9),
-            "labels": torch.ones(n, dtype=torch.int64), "masks": torch.full((n, size, size), mask_value)}
+    return {
+        "boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]] * n),
+        "scores": torch.full((n,), 0.9),
+        "labels": torch.ones(n, dtype=torch.int64),
+        "masks": torch.full((n, size, size), mask_value),
+    }
 
 
 def test_latency_stats_are_numpys_percentiles_and_images_over_seconds():
@@ -69,9 +74,15 @@ def test_time_batches_takes_the_images_in_turn_and_leaves_warmup_out():
 
 
 def test_a_batch_size_with_no_detection_fails_the_run_with_its_reason():
-    rows = [{"batch_size": 1, "detections": 4, "masks": 4}, {"batch_size": 1, "detections": 0, "masks": 0},
-            {"batch_size": 2, "detections": 0, "masks": 0}, {"batch_size": 2, "detections": 0, "masks": 0}]
-    with pytest.raises(EmptyPath, match=r"mmdet: the 2 timed calls of batch size 2 returned 0 detections and 0 masks"):
+    rows = [
+        {"batch_size": 1, "detections": 4, "masks": 4},
+        {"batch_size": 1, "detections": 0, "masks": 0},
+        {"batch_size": 2, "detections": 0, "masks": 0},
+        {"batch_size": 2, "detections": 0, "masks": 0},
+    ]
+    with pytest.raises(
+        EmptyPath, match=r"mmdet: the 2 timed calls of batch size 2 returned 0 detections and 0 masks"
+    ):
         check_not_empty(rows, "mmdet")
     with pytest.raises(EmptyPath, match="returned 3 detections and 0 masks"):
         check_not_empty([{"batch_size": 1, "detections": 3, "masks": 0}], "x")
@@ -85,12 +96,29 @@ def _ground_truth_as_outputs(coco, image_ids, shift: float = 0.0):
     outputs = []
     for image_id in image_ids:
         anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])) if not a.get("iscrowd", 0)]
-        boxes = torch.tensor([[a["bbox"][0] + shift * a["bbox"][2], a["bbox"][1],
-                               a["bbox"][0] + (1 + shift) * a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]).reshape(-1, 4)
-        outputs.append({"boxes": boxes, "scores": torch.linspace(0.9, 0.5, len(anns)),
-                        "labels": torch.tensor([cat_ids.index(a["category_id"]) + 1 for a in anns], dtype=torch.int64),
-                        "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns])).float()
-                        if anns else torch.zeros(0, 1, 1)})
+        boxes = torch.tensor(
+            [
+                [
+                    a["bbox"][0] + shift * a["bbox"][2],
+                    a["bbox"][1],
+                    a["bbox"][0] + (1 + shift) * a["bbox"][2],
+                    a["bbox"][1] + a["bbox"][3],
+                ]
+                for a in anns
+            ]
+        ).reshape(-1, 4)
+        outputs.append(
+            {
+                "boxes": boxes,
+                "scores": torch.linspace(0.9, 0.5, len(anns)),
+                "labels": torch.tensor(
+                    [cat_ids.index(a["category_id"]) + 1 for a in anns], dtype=torch.int64
+                ),
+                "masks": torch.from_numpy(np.stack([coco.annToMask(a) for a in anns])).float()
+                if anns
+                else torch.zeros(0, 1, 1),
+            }
+        )
     return outputs
 
 
@@ -99,11 +127,16 @@ def test_coco_results_scored_by_pycocotools_the_ground_truth_is_ap_1(synth_root)
 
     coco = COCO(str(synth_root / "annotations" / "instances_val2017.json"))
     ids = sorted(coco.getImgIds())
-    assert [i for i, _ in load_images(synth_root / "annotations" / "instances_val2017.json", synth_root / "val2017")] == ids
+    assert [
+        i
+        for i, _ in load_images(synth_root / "annotations" / "instances_val2017.json", synth_root / "val2017")
+    ] == ids
     exact = coco_ap(coco, coco_results(_ground_truth_as_outputs(coco, ids), ids, sorted(coco.getCatIds())))
     assert exact["bbox"]["AP"] == pytest.approx(1.0) and exact["segm"]["AP"] == pytest.approx(1.0)
     # boxes moved by 0.6 of their width overlap their objects at IoU 0.25: no box counts; the masks still do
-    moved = coco_ap(coco, coco_results(_ground_truth_as_outputs(coco, ids, shift=0.6), ids, sorted(coco.getCatIds())))
+    moved = coco_ap(
+        coco, coco_results(_ground_truth_as_outputs(coco, ids, shift=0.6), ids, sorted(coco.getCatIds()))
+    )
     assert moved["bbox"]["AP"] == pytest.approx(0.0) and moved["segm"]["AP"] == pytest.approx(1.0)
     assert coco_ap(coco, []) == {"bbox": {"AP": 0.0, "AP50": 0.0}, "segm": {"AP": 0.0, "AP50": 0.0}}
 
@@ -112,7 +145,9 @@ def test_coco_results_scored_by_pycocotools_the_ground_truth_is_ap_1(synth_root)
 def _tiny_config(**overrides):
     from mrcnn_bench.harness.config import load_config
 
-    values = {TINY[i + 1].split("=")[0]: json.loads(TINY[i + 1].split("=")[1]) for i in range(0, len(TINY), 2)}
+    values = {
+        TINY[i + 1].split("=")[0]: json.loads(TINY[i + 1].split("=")[1]) for i in range(0, len(TINY), 2)
+    }
     return load_config(ROOT / "configs" / "cpu_small.yaml", {**values, **overrides})
 
 
@@ -132,11 +167,14 @@ def detecting_weights(tmp_path_factory, synth_root):
     state["roi_heads.mask_predictor.mask_fcn_logits.bias"][1] = 4.0
     out = path.with_name("detecting.pth")
     torch.save(state, out)
-    state["roi_heads.box_predictor.cls_score.bias"][0] = 30.0  # background: no class reaches the score threshold
+    state["roi_heads.box_predictor.cls_score.bias"][0] = (
+        30.0  # background: no class reaches the score threshold
+    )
     torch.save(state, path.with_name("silent.pth"))
     return out, data
 
 
+@pytest.mark.e2e
 def test_every_framework_eval_path_detects_alike_with_the_same_weights(detecting_weights):
     """Same weights, same images: each installed framework's own eval path returns detections of class 1
     with masks pasted at each image's size, and as many as the others."""
@@ -161,18 +199,25 @@ def test_every_framework_eval_path_detects_alike_with_the_same_weights(detecting
             assert set(out["labels"].tolist()) == {1}, name
             assert bool((out["scores"] >= cfg.model.roi_heads.score_thresh_test).all()), name
             boxes = out["boxes"]
-            assert bool((boxes[:, 0] >= -1e-3).all() and (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all()), name
+            assert bool(
+                (boxes[:, 0] >= -1e-3).all()
+                and (boxes[:, 2] <= w + 1e-3).all()
+                and (boxes[:, 3] <= h + 1e-3).all()
+            ), name
         counts[name] = count_outputs(outputs)
     assert {"reference", "torchvision"} <= set(counts)
     for name in ("reference", "torchvision"):  # bf16: the call under torch.autocast, as --task infer runs it
         predict = get_adapter(name).predictor(cfg, data, DistInfo())
-        rows = time_batches(predict, images, [2], warmup=0, batches=1, device="cpu", autocast_dtype=torch.bfloat16)
+        rows = time_batches(
+            predict, images, [2], warmup=0, batches=1, device="cpu", autocast_dtype=torch.bfloat16
+        )
         assert rows[0]["detections"] > 0 and rows[0]["masks"] > 0, name
     detections = [d for d, _ in counts.values()]
     assert max(detections) <= 1.1 * min(detections), counts
     assert all(m >= 0.9 * d for d, m in counts.values()), counts
 
 
+@pytest.mark.e2e
 def test_shared_training_trains_torchvision_once_and_caches(tmp_path, synth_root):
     from mrcnn_bench.adapters._common import load_initial_weights
     from mrcnn_bench.harness.data import DataPaths, num_classes
@@ -197,49 +242,96 @@ def test_shared_training_trains_torchvision_once_and_caches(tmp_path, synth_root
 
 
 # ------------------------------------------------------------------------------ through the CLI
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_task_infer_writes_latency_per_batch_size_and_fails_an_empty_path(tmp_path, detecting_weights):
     weights, data = detecting_weights
-    common = ["--config", "cpu_small", *TINY, "--data", data.root, "--task", "infer", "--batch-sizes", "1,2",
-              "--set", "benchmark.infer_batches=2", "--set", "benchmark.infer_warmup=1", "--out", tmp_path]
-    out = run_cli("run", "--impl", "reference", *common, "--run-id", "inf", "--set", f"model.init_weights={weights}")
+    common = [
+        "--config",
+        "cpu_small",
+        *TINY,
+        "--data",
+        data.root,
+        "--task",
+        "infer",
+        "--batch-sizes",
+        "1,2",
+        "--set",
+        "benchmark.infer_batches=2",
+        "--set",
+        "benchmark.infer_warmup=1",
+        "--out",
+        tmp_path,
+    ]
+    out = run_cli(
+        "run", "--impl", "reference", *common, "--run-id", "inf", "--set", f"model.init_weights={weights}"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for impl in ("reference",):  # every framework's path: test_every_framework_eval_path_detects_alike
         record = json.loads((tmp_path / "inf" / impl / "run.json").read_text())
         assert record["status"] == "ok" and record["measures"].startswith("inference")
         sizes = record["summary"]["batch_sizes"]
         assert set(sizes) == {"1", "2"}
-        for size, st in sizes.items():
+        for st in sizes.values():
             assert st["calls"] == 2 and st["detections_per_image"] > 0 and st["masks_per_image"] > 0
             assert st["latency_ms_p50"] <= st["latency_ms_p99"] and st["images_per_s"] > 0
-        rows = [json.loads(line) for line in (tmp_path / "inf" / impl / "iterations.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "inf" / impl / "iterations.jsonl").read_text().splitlines()
+        ]
         assert [r["batch_size"] for r in rows] == [1, 1, 2, 2]
-        assert sizes["2"]["latency_ms_mean"] == pytest.approx(1e3 * np.mean([r["duration"] for r in rows[2:]]))
+        assert sizes["2"]["latency_ms_mean"] == pytest.approx(
+            1e3 * np.mean([r["duration"] for r in rows[2:]])
+        )
     report = run_cli("report", tmp_path / "inf", "--plots", tmp_path / "plots")
     assert report.returncode == 0, report.stderr[-2000:]
     assert "### Inference" in report.stdout
     assert re.search(r"\| Batch size +\| reference +\|", report.stdout), report.stdout
     assert (tmp_path / "plots" / "latency.png").is_file()
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- mrcnn-bench inference: begin -->\nold\n<!-- mrcnn-bench inference: end -->\n")
+    readme.write_text(
+        "# x\n<!-- mrcnn-bench inference: begin -->\nold\n<!-- mrcnn-bench inference: end -->\n"
+    )
     assert run_cli("report", tmp_path / "inf", "--into", readme).returncode == 0
     assert "old" not in readme.read_text() and re.search(r"\| Batch size +\| reference", readme.read_text())
     gate = run_cli("regress", "--baseline", tmp_path / "inf", "--candidate", tmp_path / "inf")
     assert gate.returncode == 0, gate.stdout + gate.stderr[-2000:]
 
-    # weights whose background class wins everywhere: nothing above the score threshold, so the run fails, saying why
-    empty = run_cli("run", "--impl", "torchvision", *common, "--run-id", "empty",
-                    "--set", f"model.init_weights={weights.with_name('silent.pth')}")
+    # weights whose background class wins everywhere: nothing above the score threshold, so the run fails,
+    # saying why
+    empty = run_cli(
+        "run",
+        "--impl",
+        "torchvision",
+        *common,
+        "--run-id",
+        "empty",
+        "--set",
+        f"model.init_weights={weights.with_name('silent.pth')}",
+    )
     assert empty.returncode == 1
     record = json.loads((tmp_path / "empty" / "torchvision" / "run.json").read_text())
     assert record["status"] == "failed" and "EmptyPath: torchvision:" in record["reason"]
     assert "returned 0 detections and 0 masks" in record["reason"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synth_root):
-    out = run_cli("run", "--impl", "reference", "--config", "cpu_small", *TINY, "--data", synth_root,
-                  "--task", "eval", "--out", tmp_path, "--run-id", "ev")
+    out = run_cli(
+        "run",
+        "--impl",
+        "reference",
+        "--config",
+        "cpu_small",
+        *TINY,
+        "--data",
+        synth_root,
+        "--task",
+        "eval",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "ev",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for impl in ("reference",):  # the other three's eval paths: test_every_framework_eval_path_detects_alike
         record = json.loads((tmp_path / "ev" / impl / "run.json").read_text())
@@ -254,16 +346,24 @@ def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synt
 
 def test_accuracy_table_flags_an_implementation_outside_the_band():
     import pandas as pd
-
     from mrcnn_bench.harness.tasks.eval import AP_BAND, accuracy_table
 
     def acc(bbox50, segm50):
-        return {"bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100}, "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
-                "detections_per_image": 50.0}
+        return {
+            "bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100},
+            "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
+            "detections_per_image": 50.0,
+        }
 
-    df = pd.DataFrame({"impl": ["a", "b", "c", "d"], "task": ["eval"] * 4, "status": ["ok"] * 4,
-                       "images_per_s": [1.0, 2.0, 3.0, 4.0],
-                       "accuracy": [acc(10.0, 8.0), acc(11.0, 8.4), acc(9.6, 7.8), acc(10.4, 2.0)]})
+    df = pd.DataFrame(
+        {
+            "impl": ["a", "b", "c", "d"],
+            "task": ["eval"] * 4,
+            "status": ["ok"] * 4,
+            "images_per_s": [1.0, 2.0, 3.0, 4.0],
+            "accuracy": [acc(10.0, 8.0), acc(11.0, 8.4), acc(9.6, 7.8), acc(10.4, 2.0)],
+        }
+    )
     table = accuracy_table(df)
     column = f"Within {AP_BAND} AP50 of the median"
     assert table[column].tolist() == ["yes", "yes", "yes", "no (5.9)"]  # segm 2.0 against the median 7.9
@@ -276,13 +376,14 @@ BASELINES = ROOT / "results" / "baselines"
 FOUR = {"reference", "torchvision", "detectron2", "mmdet"}
 
 
+@pytest.mark.e2e
 def test_committed_eval_paths_agree_with_the_same_weights():
     """benchmarks/eval_paths.py: one set of trained weights (torchvision's, from the shared training)
     through the four eval paths: as many detections per image (within 10%); the three paths with aligned
     RoIAlign within the AP50 band of their median, bbox and segm. torchvision's own path, whose unaligned
     RoIAlign is the one these weights were trained with, scores higher on these 128-px images (measured:
     bbox / segm AP50 16.4 / 14.3 against 12.8-13.7 / 9.6-10.8): the alignment, not the paths' other
-    steps, is where they part (README, "Their eval paths")."""
+    steps, is where they part (docs/inference.md, "Their eval paths")."""
     from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     data = json.loads((BASELINES / "eval-paths" / "eval-paths.json").read_text())
@@ -294,7 +395,9 @@ def test_committed_eval_paths_agree_with_the_same_weights():
     assert max(ap50_offsets(aligned)) <= AP_BAND
     for kind in ("bbox", "segm"):
         assert results["torchvision"][kind]["AP50"] > max(r[kind]["AP50"] for r in aligned)
-    assert all(100 * r[kind]["AP50"] > 5 for r in results.values() for kind in ("bbox", "segm"))  # trained, not noise
+    assert all(
+        100 * r[kind]["AP50"] > 5 for r in results.values() for kind in ("bbox", "segm")
+    )  # trained, not noise
 
 
 def _committed_eval() -> dict:
@@ -321,18 +424,23 @@ def test_committed_eval_all_four_learned_from_the_same_pixels_and_work():
     for impl, record in records.items():
         rows = iterations_of(record)
         images = sum(r["images"] for r in rows)
-        per_image[impl] = {k: sum(r[k] for r in rows) / images for k in ("pixels", "rpn_positives", "positives")}
+        per_image[impl] = {
+            k: sum(r[k] for r in rows) / images for k in ("pixels", "rpn_positives", "positives")
+        }
     assert len({round(v["pixels"], 6) for v in per_image.values()}) == 1, per_image
     for key in ("rpn_positives", "positives"):
         values = [v[key] for v in per_image.values()]
         assert max(values) <= 1.10 * min(values), (key, per_image)
 
 
-@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-cpu, seed 0, the work rules aligned): bbox/segm AP50 "
-                                       "detectron2 14.0/14.2, mmdet 13.0/13.4, reference 12.8/11.9, torchvision 16.4/14.3: the "
-                                       "reference 1.8 and torchvision 2.9 AP50 from the median, outside the 1.5-point band; seed 1 "
-                                       "moved detectron2 by 6 points, and at seed 2 mmdet and torchvision diverged (NaN at "
-                                       "iterations 50 and 81; results/baselines/eval-seeds, README 'Inference and accuracy')")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured (results/baselines/eval-cpu, seed 0, the work rules aligned): bbox/segm AP50 "
+    "detectron2 14.0/14.2, mmdet 13.0/13.4, reference 12.8/11.9, torchvision 16.4/14.3: the "
+    "reference 1.8 and torchvision 2.9 AP50 from the median, outside the 1.5-point band; seed 1 "
+    "moved detectron2 by 6 points, and at seed 2 mmdet and torchvision diverged (NaN at "
+    "iterations 50 and 81; results/baselines/eval-seeds, docs/inference.md)",
+)
 def test_committed_eval_all_four_learn_within_the_band():
     from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
@@ -344,7 +452,7 @@ def test_committed_inference_run_every_framework_detects_alike():
     """results/baselines/infer-cpu (`run --task infer --config cpu_infer --impl all`): the four loaded the
     shared training's weights, and over all their timed calls (the same images, in the same order) found as
     many detections and masks per image, within 10%; every batch size timed with its stats."""
-    from mrcnn_bench.harness.frames import load_runs, iterations_of
+    from mrcnn_bench.harness.frames import iterations_of, load_runs
 
     records = {r["impl"]: r for r in load_runs([BASELINES / "infer-cpu"])}
     assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
@@ -355,9 +463,14 @@ def test_committed_inference_run_every_framework_detects_alike():
         rows = iterations_of(record)
         assert [r["batch_size"] for r in rows] == [b for b in (1, 2, 4, 8) for _ in range(5)]
         images = sum(r["images"] for r in rows)
-        per_image[impl] = (sum(r["detections"] for r in rows) / images, sum(r["masks"] for r in rows) / images)
+        per_image[impl] = (
+            sum(r["detections"] for r in rows) / images,
+            sum(r["masks"] for r in rows) / images,
+        )
         for size, st in record["summary"]["batch_sizes"].items():
-            assert st["latency_ms_p50"] <= st["latency_ms_p90"] <= st["latency_ms_p95"] <= st["latency_ms_p99"]
+            assert (
+                st["latency_ms_p50"] <= st["latency_ms_p90"] <= st["latency_ms_p95"] <= st["latency_ms_p99"]
+            )
             assert st["images_per_s"] == pytest.approx(int(size) * 1e3 / st["latency_ms_mean"])
     for k in (0, 1):
         values = [v[k] for v in per_image.values()]
@@ -366,23 +479,40 @@ def test_committed_inference_run_every_framework_detects_alike():
 
 def test_accuracy_over_seeds_is_judged_on_the_means_and_names_a_failed_seed():
     import pandas as pd
-
     from mrcnn_bench.harness.tasks.eval import AP_BAND, accuracy_table
 
     def acc(bbox50, segm50):
-        return {"bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100}, "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
-                "detections_per_image": 50.0}
+        return {
+            "bbox": {"AP": bbox50 / 300, "AP50": bbox50 / 100},
+            "segm": {"AP": segm50 / 300, "AP50": segm50 / 100},
+            "detections_per_image": 50.0,
+        }
 
-    rows = [("a", 0, acc(10.0, 8.0)), ("a", 1, acc(14.0, 10.0)), ("b", 0, acc(12.0, 9.0)), ("b", 1, acc(12.0, 9.2)),
-            ("c", 0, acc(6.0, 4.0)), ("c", 1, acc(6.0, 4.0))]
-    df = pd.DataFrame({"impl": [r[0] for r in rows] + ["d", "d"], "seed": [r[1] for r in rows] + [0, 1], "task": ["eval"] * 8,
-                       "status": ["ok"] * 7 + ["failed"], "reason": [None] * 7 + ["rank 0: FloatingPointError: loss became nan at iteration 50: "
-                                                                       "loss_objectness=nan"],
-                       "images_per_s": [1.0] * 8, "accuracy": [r[2] for r in rows] + [acc(12.0, 9.0), None]})
+    rows = [
+        ("a", 0, acc(10.0, 8.0)),
+        ("a", 1, acc(14.0, 10.0)),
+        ("b", 0, acc(12.0, 9.0)),
+        ("b", 1, acc(12.0, 9.2)),
+        ("c", 0, acc(6.0, 4.0)),
+        ("c", 1, acc(6.0, 4.0)),
+    ]
+    df = pd.DataFrame(
+        {
+            "impl": [r[0] for r in rows] + ["d", "d"],
+            "seed": [r[1] for r in rows] + [0, 1],
+            "task": ["eval"] * 8,
+            "status": ["ok"] * 7 + ["failed"],
+            "reason": [None] * 7
+            + ["rank 0: FloatingPointError: loss became nan at iteration 50: loss_objectness=nan"],
+            "images_per_s": [1.0] * 8,
+            "accuracy": [r[2] for r in rows] + [acc(12.0, 9.0), None],
+        }
+    )
     table = accuracy_table(df)
     column = f"Within {AP_BAND} AP50 of the median (of the means)"
     means = table[table["Seed"].str.startswith("mean")].set_index("Implementation")
-    # means: a 12.0/9.0, b 12.0/9.1, c 6.0/4.0 -> medians 12.0/9.0: a and b inside, c 6.0 outside; d failed at seed 1
+    # means: a 12.0/9.0, b 12.0/9.1, c 6.0/4.0 -> medians 12.0/9.0: a and b inside, c 6.0 outside; d failed at
+    # seed 1
     assert means.loc["a", "bbox AP / AP50"] == "4.0 / 12.0" and means.loc["a", column] == "yes"
     assert means.loc["b", column] == "yes" and means.loc["c", column] == "no (6.0)"
     assert means.loc["d", column] == "no (failed at seed 1: loss became nan at iteration 50)"
@@ -396,38 +526,51 @@ def _canonical_eval() -> list[dict]:
 
 
 def test_committed_canonical_eval_trained_the_canonical_model_on_three_seeds():
-    """results/baselines/eval-canonical (`run --task eval --config cpu_eval --set benchmark.seed=S`, S = 0, 1, 2):
+    """results/baselines/eval-canonical (`run --task eval --config cpu_eval --set benchmark.seed=S`, S = 0, 1,
+    2):
     every implementation on every seed, each seed from one shared initialisation with calibrated FrozenBN
     statistics, the canonical structure (nothing named as differing from it)."""
     from mrcnn_bench.harness.config import structure_differences_of
 
     records = _canonical_eval()
-    assert {(r["impl"], r["config"]["benchmark"]["seed"]) for r in records} == {(i, s) for i in FOUR for s in (0, 1, 2)}
+    assert {(r["impl"], r["config"]["benchmark"]["seed"]) for r in records} == {
+        (i, s) for i in FOUR for s in (0, 1, 2)
+    }
     for seed in (0, 1, 2):
-        inits = {r["config"]["model"]["init_weights"] for r in records if r["config"]["benchmark"]["seed"] == seed}
+        inits = {
+            r["config"]["model"]["init_weights"] for r in records if r["config"]["benchmark"]["seed"] == seed
+        }
         assert len(inits) == 1, inits
     for r in records:
         assert structure_differences_of(r["config"]) == {}, r["impl"]
-        assert r["config"]["model"]["weights"] is None and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
+        assert (
+            r["config"]["model"]["weights"] is None and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
+        )
 
 
 def test_committed_canonical_eval_all_four_finish_on_every_seed():
     """With the heads initialised as detectron2 initialises them (mask logits from N(0, 0.001): the first
     mask loss log 2, not 3 to 8), every implementation finished cpu_eval's 200 iterations on seeds 0, 1 and
     2 and learned (bbox AP50 above 3 on every seed; an untrained model scores about 0). Before, with He's
-    fill on the mask logits, 5 of the 12 runs diverged (README 'Inference and accuracy')."""
+    fill on the mask logits, 5 of the 12 runs diverged (docs/inference.md)."""
     records = _canonical_eval()
-    assert all(r["status"] == "ok" for r in records), [(r["impl"], r["config"]["benchmark"]["seed"], r["reason"])
-                                                       for r in records if r["status"] != "ok"]
+    assert all(r["status"] == "ok" for r in records), [
+        (r["impl"], r["config"]["benchmark"]["seed"], r["reason"]) for r in records if r["status"] != "ok"
+    ]
     for r in records:
-        assert 100 * r["summary"]["accuracy"]["bbox"]["AP50"] > 3, (r["impl"], r["config"]["benchmark"]["seed"])
+        assert 100 * r["summary"]["accuracy"]["bbox"]["AP50"] > 3, (
+            r["impl"],
+            r["config"]["benchmark"]["seed"],
+        )
 
 
 def _canonical_means() -> dict:
     from mrcnn_bench.harness.tasks.eval import mean_accuracy
 
     records = _canonical_eval()
-    return {impl: mean_accuracy([r["summary"]["accuracy"] for r in records if r["impl"] == impl]) for impl in FOUR}
+    return {
+        impl: mean_accuracy([r["summary"]["accuracy"] for r in records if r["impl"] == impl]) for impl in FOUR
+    }
 
 
 def test_committed_canonical_eval_three_of_four_within_the_band_of_the_means():
@@ -440,11 +583,14 @@ def test_committed_canonical_eval_three_of_four_within_the_band_of_the_means():
     assert all(offsets[impl] <= AP_BAND for impl in ("reference", "torchvision", "mmdet")), offsets
 
 
-@pytest.mark.xfail(strict=True, reason="measured (results/baselines/eval-canonical, seeds 0, 1, 2): detectron2's mean bbox / segm "
-                                       "AP50 10.4 / 10.7 is 3.7 / 3.6 above the median of the four means (6.75 / 7.1), and it "
-                                       "is the highest at seeds 0 and 1; its first step equals the reference's within float "
-                                       "rounding (parity --check-step --config cpu_eval) and its learning rate and work match "
-                                       "over the run (parity --run): README 'Inference and accuracy'")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured (results/baselines/eval-canonical, seeds 0, 1, 2): detectron2's mean bbox / segm "
+    "AP50 10.4 / 10.7 is 3.7 / 3.6 above the median of the four means (6.75 / 7.1), and it "
+    "is the highest at seeds 0 and 1; its first step equals the reference's within float "
+    "rounding (parity --check-step --config cpu_eval) and its learning rate and work match "
+    "over the run (parity --run): docs/inference.md",
+)
 def test_committed_canonical_eval_all_four_within_the_band_of_the_means():
     from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 

@@ -1,12 +1,12 @@
 """mmdet: translation to an mmengine Config and back, the compiled mmcv ops against torchvision.ops,
 a real 2-process CPU run through the harness, and the mmdet column of the parity table."""
+
 import importlib.util
 import json
 import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
@@ -38,7 +38,9 @@ def test_installer_patches_setup_py_and_refuses_an_unknown_one(tmp_path):
     src = tmp_path / "mmcv"
     src.mkdir()
     (src / "setup.py").write_text(
-        "import os\n" + install.PKG_RESOURCES_IMPORT + "flags = ['-std=c++17']\nmps = ['-Wall', '-std=c++17']\n"
+        "import os\n"
+        + install.PKG_RESOURCES_IMPORT
+        + "flags = ['-std=c++17']\nmps = ['-Wall', '-std=c++17']\n"
     )
     install.patch(src)
     text = (src / "setup.py").read_text()
@@ -55,7 +57,11 @@ def test_installer_patches_setup_py_and_refuses_an_unknown_one(tmp_path):
 def test_installer_reuses_a_cached_wheel_without_building(tmp_path, monkeypatch):
     install = _installer()
     version = torch.__version__.split("+")[0]
-    key = tmp_path / "wheels" / f"mmcv-{install.MMCV_VERSION}-torch{version}-cpu-py{sys.version_info.major}{sys.version_info.minor}"
+    key = (
+        tmp_path
+        / "wheels"
+        / f"mmcv-{install.MMCV_VERSION}-torch{version}-cpu-py{sys.version_info.major}{sys.version_info.minor}"
+    )
     key.mkdir(parents=True)
     wheel = key / f"mmcv-{install.MMCV_VERSION}-cp311-cp311-linux_x86_64.whl"
     wheel.write_bytes(b"cached")
@@ -79,7 +85,10 @@ def test_translation_round_trip(synth_root):
     model = native.model
     assert model.type == "MaskRCNN" and model.backbone.style == "pytorch"  # as mmdet ships it
     assert model.backbone.init_cfg is None  # no download of torchvision://resnet50
-    assert model.roi_head.bbox_roi_extractor.roi_layer.aligned is True and native.train_dataloader.batch_size == 2
+    assert (
+        model.roi_head.bbox_roi_extractor.roi_layer.aligned is True
+        and native.train_dataloader.batch_size == 2
+    )
     categories = json.loads(DataPaths.from_root(synth_root).train_json.read_text())["categories"]
     assert native.train_dataloader.dataset.metainfo["classes"] == tuple(c["name"] for c in categories)
     eff = ADAPTER.effective_hparams(native)
@@ -104,7 +113,9 @@ def test_translation_of_weights_sizes_and_accumulation():
     eff = ADAPTER.effective_hparams(weighted)
     assert eff["model.backbone.norm"] == "FrozenBN" and eff["model.backbone.freeze_at"] == 2
     assert weighted.model.backbone.frozen_stages == 1  # mmdet's numbering: stem + res2
-    multi = ADAPTER.translate(cfg.with_overrides({"input.min_size_train": [640, 800], "benchmark.grad_accum": 2}))
+    multi = ADAPTER.translate(
+        cfg.with_overrides({"input.min_size_train": [640, 800], "benchmark.grad_accum": 2})
+    )
     resize = multi.train_dataloader.dataset.pipeline[2]
     assert resize["type"] == "RandomChoiceResize" and resize["scales"] == [(1333, 640), (1333, 800)]
     # mmengine steps its schedule per micro-batch: counts doubled in the Config, read back per step
@@ -153,7 +164,7 @@ def test_compiled_mmcv_ops_match_torchvision():
 
 # ------------------------------------------------------------------------------- a real run
 @needs_mmdet
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     record, rows = two_process_run("mmdet", synth_root, tmp_path)
     assert "type='MaskRCNN'" in record["native_config"] and "IterBasedTrainLoop" in record["native_config"]

@@ -3,19 +3,19 @@
 Each test runs on the native kernels and on the pure-PyTorch fallback, on the CPU, and on CUDA where
 a GPU is present (marked ``cuda``).
 """
+
 import subprocess
 import sys
 
 import pytest
 import torch
 import torchvision
+from mrcnn_bench.reference_impl import ops
+from mrcnn_bench.reference_impl.ops import fallback
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
-
-from mrcnn_bench.reference_impl import ops
-from mrcnn_bench.reference_impl.ops import fallback
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -40,7 +40,9 @@ class Fallback:
 
     @staticmethod
     def multilevel_roi_align(feats, rois, scales, size, sr, aligned):
-        return fallback.multilevel_roi_align(feats, rois.to(feats[0].dtype), scales, size[0], size[1], sr, aligned, 4, 224)
+        return fallback.multilevel_roi_align(
+            feats, rois.to(feats[0].dtype), scales, size[0], size[1], sr, aligned, 4, 224
+        )
 
     nms = staticmethod(fallback.nms)
     batched_nms = staticmethod(fallback.batched_nms)
@@ -53,8 +55,10 @@ class Fallback:
     paste_masks = staticmethod(fallback.paste_masks)
 
 
-IMPLS = [pytest.param(Native, id="native", marks=pytest.mark.skipif(not ops.NATIVE, reason="extension not built")),
-         pytest.param(Fallback, id="fallback")]
+IMPLS = [
+    pytest.param(Native, id="native", marks=pytest.mark.skipif(not ops.NATIVE, reason="extension not built")),
+    pytest.param(Fallback, id="fallback"),
+]
 
 
 def random_boxes(n, size=100.0, min_wh=0.0, gen=None, device="cpu", dtype=torch.float32):
@@ -106,7 +110,9 @@ def test_roi_align_matches_torchvision(device, impl, aligned, sampling_ratio):
 def test_roi_align_gradcheck_double(device, impl, aligned):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, 2, 8, 9, generator=gen, dtype=torch.float64).to(device).requires_grad_()
-    rois = torch.tensor([[0, 1.3, 0.7, 6.2, 5.9], [0, 0.0, 2.0, 8.0, 7.5]], dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [[0, 1.3, 0.7, 6.2, 5.9], [0, 0.0, 2.0, 8.0, 7.5]], dtype=torch.float64, device=device
+    )
     assert torch.autograd.gradcheck(lambda t: impl.roi_align(t, rois, (3, 3), 1.0, 0, aligned), (x,))
 
 
@@ -131,7 +137,9 @@ def test_roi_align_empty_and_dtypes(device, impl):
 def _pyramid(device, gen, n_images=2, channels=8, image=(512, 640), dtype=torch.float32):
     feats = {}
     for i, stride in enumerate((4, 8, 16, 32)):
-        feats[str(i)] = torch.randn(n_images, channels, image[0] // stride, image[1] // stride, generator=gen, dtype=dtype).to(device)
+        feats[str(i)] = torch.randn(
+            n_images, channels, image[0] // stride, image[1] // stride, generator=gen, dtype=dtype
+        ).to(device)
     return feats
 
 
@@ -146,11 +154,17 @@ def test_multilevel_roi_align_matches_multiscale_roi_align(device, impl, output_
     image_sizes = [(512, 640), (480, 600)]
     # boxes from 1 to ~750 px: every FPN level (P2-P5) gets some
     boxes = [random_boxes(300, 500.0, 1.0, gen, device) for _ in range(2)]
-    boxes[0] = torch.cat([boxes[0], torch.tensor([[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 640.0, 512.0]], device=device)])
+    boxes[0] = torch.cat(
+        [boxes[0], torch.tensor([[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 640.0, 512.0]], device=device)]
+    )
     # torchvision's MultiScaleRoIAlign always uses aligned=False
     ref = MultiScaleRoIAlign(list(feats), output_size, sampling_ratio)(feats, boxes, image_sizes)
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), device=device), b], 1) for i, b in enumerate(boxes)])
-    ours = impl.multilevel_roi_align(list(feats.values()), rois, [1 / 4, 1 / 8, 1 / 16, 1 / 32], output_size, sampling_ratio, False)
+    rois = torch.cat(
+        [torch.cat([torch.full((len(b), 1), float(i), device=device), b], 1) for i, b in enumerate(boxes)]
+    )
+    ours = impl.multilevel_roi_align(
+        list(feats.values()), rois, [1 / 4, 1 / 8, 1 / 16, 1 / 32], output_size, sampling_ratio, False
+    )
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     levels = ops.fpn_levels(rois, 2, 5)
     assert set(levels.tolist()) == {0, 1, 2, 3}  # the boxes cover every level
@@ -165,9 +179,18 @@ def test_multilevel_roi_align_matches_multiscale_roi_align(device, impl, output_
 @pytest.mark.parametrize("impl", IMPLS)
 def test_multilevel_gradcheck_and_many_levels(device, impl):
     gen = torch.Generator().manual_seed(3)
-    feats = [torch.randn(1, 2, 32 // 2**i, 32 // 2**i, generator=gen, dtype=torch.float64).to(device).requires_grad_() for i in range(5)]
+    feats = [
+        torch.randn(1, 2, 32 // 2**i, 32 // 2**i, generator=gen, dtype=torch.float64)
+        .to(device)
+        .requires_grad_()
+        for i in range(5)
+    ]
     scales = [1 / 2**i for i in range(5)]  # levels 0..4: k_min = 0
-    rois = torch.tensor([[0, 0, 0, 2, 2], [0, 1, 1, 30, 31], [0, 0, 0, 300, 300], [0, 4, 4, 20, 12]], dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [[0, 0, 0, 2, 2], [0, 1, 1, 30, 31], [0, 0, 0, 300, 300], [0, 4, 4, 20, 12]],
+        dtype=torch.float64,
+        device=device,
+    )
     fn = lambda *fs: impl.multilevel_roi_align(list(fs), rois, scales, (2, 2), 2, True)  # noqa: E731
     assert torch.autograd.gradcheck(fn, tuple(feats))
 
@@ -195,7 +218,10 @@ def test_nms_matches_torchvision(device, impl, n, threshold):
     scores = torch.rand(n, generator=gen).to(device)
     idxs = torch.randint(0, 5, (n,), generator=gen).to(device)
     assert torch.equal(impl.nms(boxes, scores, threshold), torchvision.ops.nms(boxes, scores, threshold))
-    assert torch.equal(impl.batched_nms(boxes, scores, idxs, threshold), torchvision.ops.batched_nms(boxes, scores, idxs, threshold))
+    assert torch.equal(
+        impl.batched_nms(boxes, scores, idxs, threshold),
+        torchvision.ops.batched_nms(boxes, scores, idxs, threshold),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -203,7 +229,11 @@ def test_nms_keeps_identical_boxes_once(device):
     boxes = torch.tensor([[0, 0, 10, 10.0]] * 4 + [[20, 20, 30, 30.0]], device=device)
     scores = torch.tensor([0.5, 0.9, 0.7, 0.8, 0.1], device=device)
     assert ops.nms(boxes, scores, 0.5).tolist() == [1, 4]
-    assert ops.batched_nms(boxes, scores, torch.tensor([0, 1, 1, 0, 0], device=device), 0.5).tolist() == [1, 3, 4]
+    assert ops.batched_nms(boxes, scores, torch.tensor([0, 1, 1, 0, 0], device=device), 0.5).tolist() == [
+        1,
+        3,
+        4,
+    ]
 
 
 # --------------------------------------------------------------------------------- box coding
@@ -215,13 +245,17 @@ def test_box_coding_matches_torchvision(device, impl, weights):
     coder = BoxCoder(weights)
     proposals = random_boxes(500, 300.0, 1.0, gen, device)
     gt = random_boxes(500, 300.0, 1.0, gen, device)
-    torch.testing.assert_close(impl.encode_boxes(gt, proposals, weights), coder.encode_single(gt, proposals), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        impl.encode_boxes(gt, proposals, weights), coder.encode_single(gt, proposals), rtol=1e-5, atol=1e-5
+    )
     deltas = torch.randn(500, 4 * 3, generator=gen).to(device) * 2
     deltas[0, 2] = 100.0  # clamped at log(1000 / 16)
     ref = coder.decode_single(deltas, proposals)
     torch.testing.assert_close(impl.decode_boxes(deltas, proposals, weights), ref, rtol=1e-5, atol=1e-4)
     clipped = box_ops.clip_boxes_to_image(ref.reshape(-1, 4), (200, 250)).reshape(ref.shape)
-    torch.testing.assert_close(impl.decode_boxes(deltas, proposals, weights, clip_hw=(200, 250)), clipped, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        impl.decode_boxes(deltas, proposals, weights, clip_hw=(200, 250)), clipped, rtol=1e-5, atol=1e-4
+    )
     empty = torch.zeros(0, 4, device=device)
     assert impl.encode_boxes(empty, empty, weights).shape == (0, 4)
     assert impl.decode_boxes(torch.zeros(0, 8, device=device), empty, weights).shape == (0, 8)
@@ -253,13 +287,23 @@ def test_opcheck_schemas_fake_kernels_and_autograd(device):
     x = torch.randn(2, 3, 12, 12, device=device, requires_grad=True)
     rois = torch.tensor([[0, 1.0, 1.0, 9.0, 7.0], [1, 0.0, 2.0, 11.0, 11.0]], device=device)
     torch.library.opcheck(torch.ops.mrcnn_bench.roi_align.default, (x, rois, 0.5, 3, 3, 0, True))
-    feats = [torch.randn(2, 3, 16, 16, device=device, requires_grad=True), torch.randn(2, 3, 8, 8, device=device, requires_grad=True)]
-    torch.library.opcheck(torch.ops.mrcnn_bench.multilevel_roi_align.default, (feats, rois, [0.25, 0.125], 2, 2, 2, True, 4, 224))
+    feats = [
+        torch.randn(2, 3, 16, 16, device=device, requires_grad=True),
+        torch.randn(2, 3, 8, 8, device=device, requires_grad=True),
+    ]
+    torch.library.opcheck(
+        torch.ops.mrcnn_bench.multilevel_roi_align.default,
+        (feats, rois, [0.25, 0.125], 2, 2, 2, True, 4, 224),
+    )
     b = random_boxes(20, device=device)
     torch.library.opcheck(torch.ops.mrcnn_bench.encode_boxes.default, (b, b.flip(0), [1.0, 1.0, 1.0, 1.0]))
-    torch.library.opcheck(torch.ops.mrcnn_bench.decode_boxes.default,
-                          (torch.randn(20, 8, device=device), b, [1.0, 1.0, 1.0, 1.0], 4.0, [30, 40]))
-    torch.library.opcheck(torch.ops.mrcnn_bench.paste_masks.default, (torch.rand(20, 14, 14, device=device), b, 30, 40))
+    torch.library.opcheck(
+        torch.ops.mrcnn_bench.decode_boxes.default,
+        (torch.randn(20, 8, device=device), b, [1.0, 1.0, 1.0, 1.0], 4.0, [30, 40]),
+    )
+    torch.library.opcheck(
+        torch.ops.mrcnn_bench.paste_masks.default, (torch.rand(20, 14, 14, device=device), b, 30, 40)
+    )
 
 
 # ------------------------------------------------------- float64 arguments, determinism, layouts
@@ -281,15 +325,23 @@ def test_float64_arguments_are_not_rounded_to_float(device):
     torch.testing.assert_close(ops.roi_align(x, rois, 7, scale, 2, True), want, rtol=1e-12, atol=1e-12)
     feats = [x, x[:, :, ::2, ::2].contiguous()]
     ml_want = fallback.multilevel_roi_align(feats, rois, [scale, scale / 2], 7, 7, 2, True, 4, 224)
-    torch.testing.assert_close(ops.multilevel_roi_align(feats, rois, [scale, scale / 2], 7, 2, True), ml_want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ops.multilevel_roi_align(feats, rois, [scale, scale / 2], 7, 2, True), ml_want, rtol=1e-12, atol=1e-12
+    )
     # box coding with weights float32 rounds (10/3), a clamp and a clip
     weights = (10 / 3, 10 / 3, 5 / 3, 5 / 3)
     b = random_boxes(50, 300.0, 1.0, gen, device, torch.float64)
     gt = random_boxes(50, 300.0, 1.0, gen, device, torch.float64)
-    torch.testing.assert_close(ops.encode_boxes(gt, b, weights), fallback.encode_boxes(gt, b, list(weights)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ops.encode_boxes(gt, b, weights), fallback.encode_boxes(gt, b, list(weights)), rtol=1e-12, atol=1e-12
+    )
     d = torch.randn(50, 8, generator=gen, dtype=torch.float64).to(device)
-    torch.testing.assert_close(ops.decode_boxes(d, b, weights, 1 / 3, (201, 255)),
-                               fallback.decode_boxes(d, b, list(weights), 1 / 3, [201, 255]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ops.decode_boxes(d, b, weights, 1 / 3, (201, 255)),
+        fallback.decode_boxes(d, b, list(weights), 1 / 3, [201, 255]),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def _roi_align_backward_twice(device):
@@ -326,7 +378,9 @@ def test_roi_align_backward_on_cuda_says_it_is_nondeterministic():
             _roi_align_backward_twice("cuda")
         feats = [torch.randn(1, 2, 16, 16, device="cuda", requires_grad=True)]
         rois = torch.tensor([[0, 1.0, 1.0, 30.0, 30.0]], device="cuda")
-        with pytest.raises(RuntimeError, match="multilevel_roi_align_backward.*does not have a deterministic"):
+        with pytest.raises(
+            RuntimeError, match="multilevel_roi_align_backward.*does not have a deterministic"
+        ):
             ops.multilevel_roi_align(feats, rois, [0.25], 7).sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
@@ -371,17 +425,23 @@ def test_roi_align_on_a_channels_last_map_on_the_cpu():
     nhwc = ops.roi_align(x.to(memory_format=torch.channels_last), rois, 7, 0.25, 0, True)
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and not nhwc.is_contiguous()
     torch.testing.assert_close(nhwc, nchw, rtol=0, atol=0)
-    torch.testing.assert_close(nhwc, torchvision.ops.roi_align(x, rois, 7, 0.25, 0, True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        nhwc, torchvision.ops.roi_align(x, rois, 7, 0.25, 0, True), rtol=1e-5, atol=1e-5
+    )
     xc = x.to(memory_format=torch.channels_last).requires_grad_()
     (g,) = torch.autograd.grad((ops.roi_align(xc, rois, 7, 0.25, 0, True) ** 2).sum(), xc)
     xn = x.clone().requires_grad_()
     (want,) = torch.autograd.grad((ops.roi_align(xn, rois, 7, 0.25, 0, True) ** 2).sum(), xn)
     torch.testing.assert_close(g, want, rtol=0, atol=0)
     torch.library.opcheck(torch.ops.mrcnn_bench.roi_align.default, (xc, rois[:10], 0.25, 3, 3, 0, True))
-    feats = [torch.randn(2, 3, 16, 16, generator=gen).to(memory_format=torch.channels_last).requires_grad_(),
-             torch.randn(2, 3, 8, 8, generator=gen).to(memory_format=torch.channels_last).requires_grad_()]
-    torch.library.opcheck(torch.ops.mrcnn_bench.multilevel_roi_align.default,
-                          (feats, rois[:10], [0.25, 0.125], 2, 2, 2, True, 4, 224))
+    feats = [
+        torch.randn(2, 3, 16, 16, generator=gen).to(memory_format=torch.channels_last).requires_grad_(),
+        torch.randn(2, 3, 8, 8, generator=gen).to(memory_format=torch.channels_last).requires_grad_(),
+    ]
+    torch.library.opcheck(
+        torch.ops.mrcnn_bench.multilevel_roi_align.default,
+        (feats, rois[:10], [0.25, 0.125], 2, 2, 2, True, 4, 224),
+    )
 
 
 # ---------------------------------------------------------- an extension built without CUDA
@@ -400,7 +460,9 @@ def test_without_cuda_kernels_the_ops_still_run_on_cuda(monkeypatch):
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(1, 4, 20, 20, generator=gen).cuda()
     rois = rois_with_edge_cases(20, 1, 80.0, gen, "cuda", torch.float32)
-    torch.testing.assert_close(ops.roi_align(x, rois, 7, 0.25, 2, True), torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True))
+    torch.testing.assert_close(
+        ops.roi_align(x, rois, 7, 0.25, 2, True), torchvision.ops.roi_align(x, rois, 7, 0.25, 2, True)
+    )
     boxes, scores = random_boxes(200, device="cuda", gen=gen), torch.rand(200, generator=gen).cuda()
     assert torch.equal(ops.nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5))
 
@@ -425,5 +487,10 @@ def test_torch_compile_traces_through_the_ops():
 def test_backend_is_reported_and_fallback_can_be_forced():
     assert ops.backend().startswith("native" if ops.NATIVE else "fallback")
     code = "from mrcnn_bench.reference_impl import ops; print(ops.backend())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"MRCNN_BENCH_OPS": "fallback", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"MRCNN_BENCH_OPS": "fallback", "PATH": ""},
+    )
     assert out.stdout.strip() == "fallback: MRCNN_BENCH_OPS=fallback", out.stderr

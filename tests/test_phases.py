@@ -1,11 +1,11 @@
 """Where the time goes: the phase probe on a model of known timings, the report's table, plot and
 paragraph, and a real phases run of every installed implementation."""
+
 import json
 import time
 
 import pytest
 import torch
-
 from conftest import run_cli
 from mrcnn_bench.harness.frames import load_runs
 from mrcnn_bench.harness.phases import PHASES, ROI_REST, RPN_REST, PhaseProbe, window_phases
@@ -32,7 +32,12 @@ class Toy(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone, self.fpn = Sleeps(0.02), Sleeps(0.01)
-        self.rpn_head, self.pool, self.box, self.mask = Sleeps(0.005), Sleeps(0.005), Sleeps(0.01), Sleeps(0.015)
+        self.rpn_head, self.pool, self.box, self.mask = (
+            Sleeps(0.005),
+            Sleeps(0.005),
+            Sleeps(0.01),
+            Sleeps(0.015),
+        )
 
     def rpn(self, x):
         time.sleep(0.01)
@@ -49,13 +54,21 @@ class Toy(torch.nn.Module):
         return y.sum()
 
 
+@pytest.mark.e2e
 def test_probe_times_each_phase_and_derives_the_rests():
     model, timer = Toy(), IterationTimer(4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = PhaseProbe("cpu", count_syncs_at=0)
-    for key, parts in {"backbone": [model.backbone], "fpn": [model.fpn], "rpn": [(model, "rpn")], "rpn head": [model.rpn_head],
-                       "roi heads": [(model, "roi_heads")], "roi pooling": [model.pool], "box head": [model.box],
-                       "mask head": [model.mask]}.items():
+    for key, parts in {
+        "backbone": [model.backbone],
+        "fpn": [model.fpn],
+        "rpn": [(model, "rpn")],
+        "rpn head": [model.rpn_head],
+        "roi heads": [(model, "roi_heads")],
+        "roi pooling": [model.pool],
+        "box head": [model.box],
+        "mask head": [model.mask],
+    }.items():
         probe.time(key, *parts)
     probe.lacks("preprocess", "the toy has none")
     probe.attach(timer, model)
@@ -78,11 +91,23 @@ def test_probe_times_each_phase_and_derives_the_rests():
     rows = [r.to_dict() for r in timer.records]
     assert rows[0]["host_syncs"] >= 1 and "host_syncs" not in rows[1]  # counted on iteration 0 only
     ms = window_phases(rows, 1, 4)
-    expected = {"backbone": 20, "fpn": 10, "rpn head": 5, RPN_REST: 10, "roi pooling": 5, "box head": 10, "mask head": 15,
-                ROI_REST: 10}
+    expected = {
+        "backbone": 20,
+        "fpn": 10,
+        "rpn head": 5,
+        RPN_REST: 10,
+        "roi pooling": 5,
+        "box head": 10,
+        "mask head": 15,
+        ROI_REST: 10,
+    }
     for phase, value in expected.items():
         assert ms[phase] == pytest.approx(value, abs=4), (phase, ms)
-    assert ms["backward"] >= 10 and "preprocess" not in ms and probe.missing == {"preprocess": "the toy has none"}
+    assert (
+        ms["backward"] >= 10
+        and "preprocess" not in ms
+        and probe.missing == {"preprocess": "the toy has none"}
+    )
     mean_iteration = 1e3 * sum(r["duration"] for r in rows[1:]) / 3
     assert sum(ms.values()) == pytest.approx(mean_iteration, rel=1e-6) and ms["other"] >= 0
     assert list(ms) == [p for p in PHASES if p in ms]
@@ -94,10 +119,13 @@ def _record(tmp_path, impl, phases_ms, missing=None, syncs=10):
     total = sum(phases_ms.values()) / 1e3
     d = write_run(tmp_path, "ph", impl, [total] * 8, warmup=2)
     record = json.loads((d / "run.json").read_text())
-    record["summary"].update(phases_ms=phases_ms, phases_missing=missing or {}, phases_notes=[], host_syncs_per_step=syncs)
+    record["summary"].update(
+        phases_ms=phases_ms, phases_missing=missing or {}, phases_notes=[], host_syncs_per_step=syncs
+    )
     (d / "run.json").write_text(json.dumps(record))
 
 
+@pytest.mark.e2e
 def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
     base = {p: 10.0 for p in PHASES}
     _record(tmp_path, "fast", base, syncs=12)
@@ -105,24 +133,42 @@ def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
     del slow["preprocess"]
     _record(tmp_path, "slow", slow, missing={"preprocess": "a method inside the loop"}, syncs=40)
     md = phases_markdown(load_runs([tmp_path]))
-    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md.splitlines() if line.startswith("| ")}
+    lines = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in md.splitlines()
+        if line.startswith("| ")
+    }
     assert lines["phase (ms per iteration)"] == ["fast", "slow"]
     assert lines["backward"] == ["10.0", "110.0"] and lines["preprocess"] == ["10.0", "— [1]"]
     assert lines["host-device waits per step"] == ["12", "40"]
     assert "[1] slow, preprocess: a method inside the loop" in md
     # slow is 125 ms slower (less the 10 ms of the phase it lacks): backward 100, pooling 30, box head 5
-    assert "- slow: +125.0 ms per iteration against fast; most of it: backward +100.0 ms (80%), roi pooling +30.0 ms (24%), " \
-           "box head +5.0 ms (4%)." in md
+    assert (
+        "- slow: +125.0 ms per iteration against fast; most of it: backward +100.0 ms (80%), roi pooling "
+        "+30.0 ms (24%), "
+        "box head +5.0 ms (4%)." in md
+    )
     assert "MFU" not in md  # records without the phases' FLOPs: no MFU table
-    flops = {"backbone": 4e9, "fpn": 1e9, "rpn head": 1e9, "box head": 2e9, "mask head": 2e9, "backward": 20e9, "total": 30e9}
+    flops = {
+        "backbone": 4e9,
+        "fpn": 1e9,
+        "rpn head": 1e9,
+        "box head": 2e9,
+        "mask head": 2e9,
+        "backward": 20e9,
+        "total": 30e9,
+    }
     for path in tmp_path.rglob("run.json"):
         record = json.loads(path.read_text())
         record["summary"].update(phases_flops=flops, matmul_peak_flops_per_process=1e12)
         path.write_text(json.dumps(record))
     md = phases_markdown(load_runs([tmp_path]))
     # backbone: 4 GFLOP in 10 ms on a 1 TFLOP/s peak: 40%; the slow one's backward 20 GFLOP in 110 ms: 18%
-    mfu = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-           for line in md.split("MFU (model FLOPs")[1].splitlines() if line.startswith("| ")}
+    mfu = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in md.split("MFU (model FLOPs")[1].splitlines()
+        if line.startswith("| ")
+    }
     assert mfu["backbone"] == ["4", "40%", "40%"]
     assert mfu["backward"] == ["20", "200%", "18%"]
     assert run_cli("report", tmp_path, "--plots", tmp_path / "p").returncode == 0
@@ -132,17 +178,45 @@ def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_phases_of_every_implementation_in_their_own_loops(tmp_path):
-    out = run_cli("phases", "--impl", "all", "--config", "cpu_small", "--set", "benchmark.iters=3", "--set", "benchmark.warmup=1",
-                  "--set", "benchmark.window_end=3", "--out", tmp_path, "--run-id", "p", "--threads", "2")
+    out = run_cli(
+        "phases",
+        "--impl",
+        "all",
+        "--config",
+        "cpu_small",
+        "--set",
+        "benchmark.iters=3",
+        "--set",
+        "benchmark.warmup=1",
+        "--set",
+        "benchmark.window_end=3",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "p",
+        "--threads",
+        "2",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     records = {r["impl"]: r for r in load_runs([tmp_path / "p"])}
     for impl, record in records.items():
         s = record["summary"]
         ms = s["phases_ms"]
-        for phase in ("backbone", "fpn", "rpn head", RPN_REST, "roi pooling", "box head", "mask head", ROI_REST,
-                      "backward", "optimizer", "preprocess"):
+        for phase in (
+            "backbone",
+            "fpn",
+            "rpn head",
+            RPN_REST,
+            "roi pooling",
+            "box head",
+            "mask head",
+            ROI_REST,
+            "backward",
+            "optimizer",
+            "preprocess",
+        ):
             assert ms.get(phase, 0) > 0, (impl, phase, ms)
         assert sum(ms.values()) == pytest.approx(1e3 * s["s_per_iter_mean"], rel=1e-6)
         assert s["host_syncs_per_step"] > 0, impl

@@ -1,29 +1,40 @@
 """The reference Mask R-CNN is Mask R-CNN: loaded with torchvision's weights it gives torchvision's
 outputs (eval) and losses (train, same sampling seed); it trains through the harness with every switch;
 and it learns on the synthetic set."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_cli
+from mrcnn_bench.harness.results import load_run, read_jsonl
+from mrcnn_bench.reference_impl.config import ReferenceConfig
+from mrcnn_bench.reference_impl.modeling import (
+    MaskRCNN,
+    convert_torchvision_state_dict,
+    load_torchvision_weights,
+)
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 
-from conftest import TINY, run_cli
-from mrcnn_bench.harness.results import load_run, read_jsonl
-from mrcnn_bench.reference_impl.config import ReferenceConfig
-from mrcnn_bench.reference_impl.modeling import MaskRCNN, convert_torchvision_state_dict, load_torchvision_weights
-
 NUM_CLASSES = 6
-SIZE = {"input.min_size_test": 160, "input.max_size_test": 256, "input.min_size_train": (160,), "input.max_size_train": 256}
+SIZE = {
+    "input.min_size_test": 160,
+    "input.max_size_test": 256,
+    "input.min_size_train": (160,),
+    "input.max_size_train": 256,
+}
 
 
 def _random_pair(seed: int, min_size: int, max_size: int):
     """A randomly initialised torchvision Mask R-CNN (frozen BN with random statistics) at these test
     sizes, and ours configured like it with its weights."""
     torch.manual_seed(seed)
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3)
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
+    )
     tv = TorchvisionMaskRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=min_size, max_size=max_size)
     with torch.no_grad():
         for m in tv.modules():
@@ -32,8 +43,12 @@ def _random_pair(seed: int, min_size: int, max_size: int):
                 m.bias.uniform_(-0.1, 0.1)
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    size = {"input.min_size_test": min_size, "input.max_size_test": max_size, "input.min_size_train": (min_size,),
-            "input.max_size_train": max_size}
+    size = {
+        "input.min_size_test": min_size,
+        "input.max_size_test": max_size,
+        "input.min_size_train": (min_size,),
+        "input.max_size_train": max_size,
+    }
     ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **size))
     load_torchvision_weights(ours, tv.state_dict())
     return tv, ours
@@ -55,15 +70,27 @@ def _targets():
         for i, (x0, y0, x1, y1) in enumerate(boxes):
             masks[i, int(y0) : int(y1), int(x0) : int(x1)] = 1
             masks[i, int(y0) : int(y0) + 5, int(x0) : int(x0) + 5] = 0  # not a plain box
-        return {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels), "masks": masks}
+        return {
+            "boxes": torch.tensor(boxes, dtype=torch.float32),
+            "labels": torch.tensor(labels),
+            "masks": masks,
+        }
 
-    return [target(150, 200, [[10, 20, 80, 90], [100, 30, 190, 140]], [1, 3]), target(180, 140, [[5, 5, 60, 170]], [6])]
+    return [
+        target(150, 200, [[10, 20, 80, 90], [100, 30, 190, 140]], [1, 3]),
+        target(180, 140, [[5, 5, 60, 170]], [6]),
+    ]
 
 
 def test_every_torchvision_parameter_has_a_place():
-    tv_keys = set(convert_torchvision_state_dict(TorchvisionMaskRCNN(
-        resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d), num_classes=3
-    ).state_dict()))
+    tv_keys = set(
+        convert_torchvision_state_dict(
+            TorchvisionMaskRCNN(
+                resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d),
+                num_classes=3,
+            ).state_dict()
+        )
+    )
     ours = MaskRCNN.from_config(ReferenceConfig.like_torchvision(2))
     assert tv_keys == set(ours.state_dict())
     broken = dict.fromkeys(ours.state_dict(), torch.zeros(1))
@@ -102,7 +129,10 @@ SWITCHES = {
 }
 
 
-@pytest.mark.parametrize("switch", [s if s != "compile_heads" else pytest.param(s, marks=pytest.mark.slow) for s in SWITCHES])
+@pytest.mark.parametrize(
+    "switch", [s if s != "compile_heads" else pytest.param(s, marks=pytest.mark.e2e) for s in SWITCHES]
+)
+@pytest.mark.e2e
 def test_train_losses_and_gradients_equal_torchvision(pair, switch):
     tv, ours = pair
     if switch != "default":
@@ -143,21 +173,30 @@ def test_train_losses_and_gradients_equal_torchvision(pair, switch):
 def test_recompute_backbone_runs_the_backbone_again_on_whole_passes_and_a_slice():
     """reference.recompute_backbone=1.5: one more whole backbone + FPN pass and one on the top half of the
     rows (a multiple of 32), in training only; off by default."""
-    model = MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.recompute_backbone": 1.5}))
+    model = MaskRCNN.from_config(
+        ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE, **{"perf.recompute_backbone": 1.5})
+    )
     shapes = []
     model.backbone.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
     model.train()
     model(_images(), _targets())
-    assert len(shapes) == 3 and shapes[1] == shapes[0] and shapes[2][-2] == 32 * round(0.5 * shapes[0][-2] / 32)
-    assert model._recompute_backbone(torch.zeros(1, 3, 224, 64)) == 224 + 128  # 0.5 x 224 / 32 = 3.5 -> 4 x 32
+    assert (
+        len(shapes) == 3 and shapes[1] == shapes[0] and shapes[2][-2] == 32 * round(0.5 * shapes[0][-2] / 32)
+    )
+    assert (
+        model._recompute_backbone(torch.zeros(1, 3, 224, 64)) == 224 + 128
+    )  # 0.5 x 224 / 32 = 3.5 -> 4 x 32
     shapes.clear()
     model.eval()
     with torch.no_grad():
         model(_images())
     assert len(shapes) == 1
-    assert MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE)).recompute_backbone == 0.0
+    assert (
+        MaskRCNN.from_config(ReferenceConfig.like_torchvision(NUM_CLASSES, **SIZE)).recompute_backbone == 0.0
+    )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("lever", ["channels_last", "fold_frozen_bn", "both"])
 def test_layout_and_folding_keep_the_arithmetic(pair, lever):
     """NHWC is a layout and a FrozenBN folded into its convolution the same function, not model changes:
@@ -169,15 +208,23 @@ def test_layout_and_folding_keep_the_arithmetic(pair, lever):
     tv, _ = pair
     models = []
     for on in (False, True):
-        m = MaskRCNN.from_config(ReferenceConfig.like_torchvision(
-            NUM_CLASSES, **SIZE, **{"perf.fold_frozen_bn": on and lever in ("fold_frozen_bn", "both")}))
+        m = MaskRCNN.from_config(
+            ReferenceConfig.like_torchvision(
+                NUM_CLASSES, **SIZE, **{"perf.fold_frozen_bn": on and lever in ("fold_frozen_bn", "both")}
+            )
+        )
         load_torchvision_weights(m, tv.state_dict())
         m.set_channels_last(on and lever in ("channels_last", "both")).double().train()
         models.append(m)
     plain, lever_on = models
-    assert lever_on.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last) == (lever != "fold_frozen_bn")
+    assert lever_on.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last) == (
+        lever != "fold_frozen_bn"
+    )
     assert not plain.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert lever_on.backbone.body.layer3[2].fold_norm == (lever != "channels_last") and not plain.backbone.body.layer3[2].fold_norm
+    assert (
+        lever_on.backbone.body.layer3[2].fold_norm == (lever != "channels_last")
+        and not plain.backbone.body.layer3[2].fold_norm
+    )
     images = [im.double() for im in _images()]
     targets = [dict(t, boxes=t["boxes"].double()) for t in _targets()]
     losses = []
@@ -189,28 +236,56 @@ def test_layout_and_folding_keep_the_arithmetic(pair, lever):
         torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-9, atol=1e-12, msg=k)
     for (name, p), q in zip(plain.named_parameters(), lever_on.parameters()):
         if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-6, atol=1e-9 * p.grad.abs().max().item(), msg=name)
+            torch.testing.assert_close(
+                q.grad, p.grad, rtol=1e-6, atol=1e-9 * p.grad.abs().max().item(), msg=name
+            )
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_reference_runs_through_the_harness_with_amp_channels_last_and_accumulation(synth_root, tmp_path):
     out = run_cli(
-        "run", "--impl", "reference", "--gpus", 2, "--device", "cpu", "--data", synth_root, "--out", tmp_path, "--run-id", "r",
-        "--set", "solver.ims_per_batch=4", "--set", "benchmark.grad_accum=2", "--set", "benchmark.dtype=bf16",
-        "--set", "benchmark.channels_last=true", *TINY,
+        "run",
+        "--impl",
+        "reference",
+        "--gpus",
+        2,
+        "--device",
+        "cpu",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+        "--run-id",
+        "r",
+        "--set",
+        "solver.ims_per_batch=4",
+        "--set",
+        "benchmark.grad_accum=2",
+        "--set",
+        "benchmark.dtype=bf16",
+        "--set",
+        "benchmark.channels_last=true",
+        *TINY,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     record = load_run(tmp_path / "r" / "reference")
     assert record["status"] == "ok" and record["dtype"] == "bf16" and record["world_size"] == 2
     assert record["adapter"]["ops_backend"].startswith("native")
-    assert record["native_config"]["train"] == {"dtype": "bf16", "channels_last": True, "grad_accum": 2, "iters": 5, "seed": 0}
+    assert record["native_config"]["train"] == {
+        "dtype": "bf16",
+        "channels_last": True,
+        "grad_accum": 2,
+        "iters": 5,
+        "seed": 0,
+    }
     rows = read_jsonl(tmp_path / "r" / "reference" / "iterations.jsonl")
     # 2 micro-batches of 1 image per process per iteration, 2 processes: a global batch of 4
     assert all(r["images"] == 2 and r["global_images"] == 4 for r in rows)
     assert record["summary"]["images"] == 3 * 4
     eff = record["effective_hparams"]
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.roi_heads.pooler_aligned"] is True
-    # no weights: the canonical structure (FrozenBN, calibrated in the shared initialisation; stem + res2 frozen)
+    # no weights: the canonical structure (FrozenBN, calibrated in the shared initialisation; stem + res2
+    # frozen)
     assert eff["model.backbone.norm"] == "FrozenBN" and eff["model.backbone.freeze_at"] == 2
 
 
@@ -223,21 +298,37 @@ def _learning_setup(tmp_path, dtype="fp32"):
 
     torch.set_num_threads(2)
     root = make_synthetic(tmp_path / "data", images=64, size=128, seed=0, val_images=16, categories=6).root
-    cfg = ReferenceConfig.like_torchvision(6, **{
-        "backbone.norm": "BN", "backbone.freeze_at": 0,
-        "input.min_size_train": (128,), "input.max_size_train": 128, "input.min_size_test": 128, "input.max_size_test": 128,
-        "rpn.pre_nms_topk_train": 500, "rpn.post_nms_topk_train": 250, "rpn.pre_nms_topk_test": 250, "rpn.post_nms_topk_test": 250,
-        "roi_heads.batch_size_per_image": 128,
-    })
+    cfg = ReferenceConfig.like_torchvision(
+        6,
+        **{
+            "backbone.norm": "BN",
+            "backbone.freeze_at": 0,
+            "input.min_size_train": (128,),
+            "input.max_size_train": 128,
+            "input.min_size_test": 128,
+            "input.max_size_test": 128,
+            "rpn.pre_nms_topk_train": 500,
+            "rpn.post_nms_topk_train": 250,
+            "rpn.pre_nms_topk_test": 250,
+            "rpn.post_nms_topk_test": 250,
+            "roi_heads.batch_size_per_image": 128,
+        },
+    )
     train = COCOInstances(root / "annotations/instances_train2017.json", root / "train2017", flip_prob=0.5)
     val = COCOInstances(root / "annotations/instances_val2017.json", root / "val2017", filter_empty=False)
 
     def make_trainer(seed):
         torch.manual_seed(seed)
         model = MaskRCNN.from_config(cfg)
-        opt = build_optimizer(model, lr=0.005, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)  # 0.02 x 4/16 images
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_multistep(warmup_iters=50, warmup_factor=0.001, steps=[200], gamma=0.1))
-        loader = build_train_loader(train, batch_size=4, num_workers=0, seed=seed, rank=0, world_size=1, pin_memory=False)
+        opt = build_optimizer(
+            model, lr=0.005, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0
+        )  # 0.02 x 4/16 images
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_multistep(warmup_iters=50, warmup_factor=0.001, steps=[200], gamma=0.1)
+        )
+        loader = build_train_loader(
+            train, batch_size=4, num_workers=0, seed=seed, rank=0, world_size=1, pin_memory=False
+        )
         return Trainer(model, opt, sched, loader, device=torch.device("cpu"), dtype=dtype)
 
     return root, val, make_trainer
@@ -258,13 +349,12 @@ def _predict(model, dataset, batch_size: int = 2) -> list[dict]:
     return results
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     """From scratch: bbox and segm mAP clearly above the untrained model's, through a save/resume."""
-    from pycocotools.coco import COCO
-
     from mrcnn_bench.harness.inference import coco_ap
     from mrcnn_bench.harness.results import atomic_write_text
+    from pycocotools.coco import COCO
 
     root, val, make_trainer = _learning_setup(tmp_path)
     first = make_trainer(0)
@@ -291,7 +381,7 @@ def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     assert after["bbox"]["AP"] > 0.01 and after["segm"]["AP"] > 0.012
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_bf16_autocast_learns_as_well(tmp_path):
     """AMP changes the arithmetic: the same recipe in bf16 autocast must learn too. Measured here after 250
     iterations on the COCO-like synthetic set: bf16 bbox AP 0.028 (AP50 0.102), segm 0.035 (0.143); fp32
@@ -316,26 +406,28 @@ def _match_detections(expected: dict, got: dict) -> int:
     matched = 0
     for k in range(len(expected["boxes"])):
         for j in free:
-            if (int(got["labels"][j]) == int(expected["labels"][k]) and abs(float(got["scores"][j] - expected["scores"][k])) <= 1e-5
-                    and float((got["boxes"][j] - expected["boxes"][k]).abs().max()) <= 1e-2
-                    and float((got["masks"][j] - expected["masks"][k]).abs().max()) < 1e-2):
+            if (
+                int(got["labels"][j]) == int(expected["labels"][k])
+                and abs(float(got["scores"][j] - expected["scores"][k])) <= 1e-5
+                and float((got["boxes"][j] - expected["boxes"][k]).abs().max()) <= 1e-2
+                and float((got["masks"][j] - expected["masks"][k]).abs().max()) < 1e-2
+            ):
                 free.remove(j)
                 matched += 1
                 break
     return matched
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("config", ["cpu_small", "cpu_eval"])
 def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_image(config):
     """torchvision's Mask R-CNN (random weights, frozen BN with random statistics) imported into the
     reference configured like it: the same detections, order-free, on every training and val image of the
     scenario's synthetic set, at the scenario's test size (a 154 x 192 image resized to 192 rows by both).
     Before the reference's resize scale was float64, none of that image's 100 detections matched."""
-    from PIL import Image
-
     from mrcnn_bench.harness.config import load_config, resolve_config_path
     from mrcnn_bench.harness.data import resolve_data
+    from PIL import Image
 
     cfg = load_config(resolve_config_path(config))
     paths, _ = resolve_data(cfg.data)
@@ -354,7 +446,11 @@ def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_ima
         # threshold, NMS ties): float rounding may tip one across a threshold
         assert abs(len(got["boxes"]) - len(expected["boxes"])) <= 2, f.name
         found = _match_detections(expected, got)
-        total, matched, exact = total + len(expected["boxes"]), matched + found, exact + (found == len(expected["boxes"]) == len(got["boxes"]))
+        total, matched, exact = (
+            total + len(expected["boxes"]),
+            matched + found,
+            exact + (found == len(expected["boxes"]) == len(got["boxes"])),
+        )
     print(f"{config}: {matched} of {total} detections matched; {exact} of {len(files)} images exactly")
     assert total > 10 * len(files)  # detections to compare on every image, not empty outputs
     # measured: cpu_small 2010 of 2011 detections, 39 of 40 images exact; cpu_eval 2856 of 2857, 79 of 80

@@ -2,7 +2,6 @@ import json
 import os
 
 import pytest
-
 from mrcnn_bench.harness import results as R
 
 
@@ -24,9 +23,23 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
 
 def _record(**over):
     rec = R.make_run_record(
-        impl="x", run_id="r", status="ok", config={}, world_size=1, device="cpu", dtype="fp32",
+        impl="x",
+        run_id="r",
+        status="ok",
+        config={},
+        world_size=1,
+        device="cpu",
+        dtype="fp32",
         window={"warmup": 1, "end": 3, "iters": 3},
-        summary={"warmup": 1, "end": 3, "iterations": 2, "images": 4, "seconds": 4.0, "images_per_s": 1.0, "s_per_iter_median": 2.0},
+        summary={
+            "warmup": 1,
+            "end": 3,
+            "iterations": 2,
+            "images": 4,
+            "seconds": 4.0,
+            "images_per_s": 1.0,
+            "s_per_iter_median": 2.0,
+        },
     )
     rec.update(over)
     return rec
@@ -36,14 +49,21 @@ def test_older_records_are_read_through_the_format_history(tmp_path):
     """A version-1 record (as the CPU baselines committed before 2026-12 were) is read as the current
     version, with what version 1 did not record made explicit, and says which version it was read from;
     the file is left as it was."""
-    old = _record(schema_version=1, config={"name": "cpu_small", "benchmark": {"gpus": 1}}, environment={"cpu": "x"})
+    old = _record(
+        schema_version=1, config={"name": "cpu_small", "benchmark": {"gpus": 1}}, environment={"cpu": "x"}
+    )
     R.atomic_write_json(tmp_path / "run.json", old)
     before = (tmp_path / "run.json").read_text()
     record = R.load_run(tmp_path)
     assert record["schema_version"] == R.SCHEMA_VERSION == 3 and record["read_from_schema_version"] == 1
     assert record["config"]["benchmark"] == {"gpus": 1, "scaling": "strong", "tf32": None}
     assert record["measured_by"] == "harness"  # version 3: every record before it was timed by the harness
-    assert record["environment"] == {"cpu": "x", "launcher": "torchrun", "nodes": None, "processes_per_node": None}
+    assert record["environment"] == {
+        "cpu": "x",
+        "launcher": "torchrun",
+        "nodes": None,
+        "processes_per_node": None,
+    }
     assert (tmp_path / "run.json").read_text() == before
     R.atomic_write_json(tmp_path / "new.json", _record())
     assert "read_from_schema_version" not in R.load_run(tmp_path / "new.json")

@@ -1,10 +1,10 @@
 """Each implementation as shipped and at its best (harness/settings.py, `run --best`, `--settings both`)."""
+
 import json
 import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli
 from mrcnn_bench.harness import settings
 from mrcnn_bench.harness.config import load_config
@@ -16,8 +16,10 @@ IMPLS = ("reference", "torchvision", "detectron2", "mmdet")
 
 
 def _cfg(mode="best", device="cpu", task="train"):
-    return load_config(ROOT / "configs" / "cpu_small.yaml",
-                       {"benchmark.settings": mode, "benchmark.device": device, "benchmark.task": task})
+    return load_config(
+        ROOT / "configs" / "cpu_small.yaml",
+        {"benchmark.settings": mode, "benchmark.device": device, "benchmark.task": task},
+    )
 
 
 def test_shipped_changes_nothing_and_best_what_is_declared():
@@ -35,11 +37,18 @@ def test_shipped_changes_nothing_and_best_what_is_declared():
     # on the CPU every implementation's process keeps freed host memory (glibc), none gets CUDA's allocator
     for impl in IMPLS:
         env = settings.environment(best, impl)
-        assert env == {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"}, (impl, env)
+        assert env == {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"}, (
+            impl,
+            env,
+        )
     # a list the user has set keeps its entries
     mine = settings.with_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "A": "1"}, best, "mmdet")
-    assert mine == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647",
-                    "A": "1"}
+    assert mine == {
+        "GLIBC_TUNABLES": (
+            "glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
+        ),
+        "A": "1",
+    }
     cuda = _cfg("best", device="cuda")
     for impl in IMPLS:
         assert settings.environment(cuda, impl) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
@@ -47,7 +56,9 @@ def test_shipped_changes_nothing_and_best_what_is_declared():
     assert not settings.applies(best, "mmdet", "fuse_conv_bn")
     infer = _cfg("best", task="infer")
     assert settings.applies(infer, "mmdet", "fuse_conv_bn")
-    assert not any(settings.applies(infer, impl, "fuse_conv_bn") for impl in ("reference", "torchvision", "detectron2"))
+    assert not any(
+        settings.applies(infer, impl, "fuse_conv_bn") for impl in ("reference", "torchvision", "detectron2")
+    )
     names = [a["name"] for a in settings.record(infer, "mmdet")["applied"]]
     assert names == ["channels_last", "kept_host_memory", "fuse_conv_bn"]
 
@@ -65,18 +76,25 @@ def test_kept_host_memory_acts_on_a_process_through_its_environment():
     """The environment the launcher gives a worker does what the setting says: in a training step's pattern
     of allocations (three convolutions forward and backward on a 256x256 map), the steady steps fault no
     page in again; glibc's default returns the large buffers and faults thousands of pages in every step."""
-    code = ("import resource, torch\n"
-            "torch.manual_seed(0)\n"
-            "net = torch.nn.Sequential(*[torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3)])\n"
-            "x = torch.randn(1, 32, 256, 256)\n"
-            "for i in range(4):\n"
-            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "    net(x).sum().backward()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    code = (
+        "import resource, torch\n"
+        "torch.manual_seed(0)\n"
+        "net = torch.nn.Sequential(*[torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3)])\n"
+        "x = torch.randn(1, 32, 256, 256)\n"
+        "for i in range(4):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    net(x).sum().backward()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
 
     def faults(env):
-        out = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env},
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return int(out.stdout.split()[-1])
 
     kept = faults(settings.environment(_cfg("best"), "torchvision"))
@@ -84,6 +102,7 @@ def test_kept_host_memory_acts_on_a_process_through_its_environment():
     assert default > 1_000 and kept < 100, (default, kept)
 
 
+@pytest.mark.e2e
 def test_best_and_both_from_the_command_line():
     assert RunRequest(config_name="cpu_small", settings="best").config().benchmark.settings == "best"
     assert RunRequest(config_name="cpu_small").config().benchmark.settings == "shipped"
@@ -98,8 +117,13 @@ def _mode_rounds(root, modes=("shipped", "best"), count=2):
     for k in range(1, count + 1):
         for mode in modes:
             for impl, cost in (("reference", 1.0), ("peer", 1.5 if mode == "shipped" else 1.2)):
-                write_run(root, f"r{k}-{mode}", impl, [cost] * 20,
-                          config={"name": "fixture", "benchmark": {"settings": mode}})
+                write_run(
+                    root,
+                    f"r{k}-{mode}",
+                    impl,
+                    [cost] * 20,
+                    config={"name": "fixture", "benchmark": {"settings": mode}},
+                )
     return root
 
 
@@ -112,30 +136,62 @@ def test_the_report_shows_both_modes_best_first(tmp_path):
     assert "| Settings" in md.split("###")[0]  # the summary says which row is which
 
 
+@pytest.mark.e2e
 def test_the_gate_refuses_a_candidate_of_the_other_mode(tmp_path):
     base = tmp_path / "base"
     for k in (1, 2):
-        write_run(base, f"r{k}", "reference", [1.0] * 20, config={"name": "fixture", "benchmark": {"settings": "best"}})
+        write_run(
+            base,
+            f"r{k}",
+            "reference",
+            [1.0] * 20,
+            config={"name": "fixture", "benchmark": {"settings": "best"}},
+        )
     cand = tmp_path / "cand"
-    write_run(cand, "r1", "reference", [1.0] * 20, config={"name": "fixture", "benchmark": {"settings": "shipped"}})
+    write_run(
+        cand, "r1", "reference", [1.0] * 20, config={"name": "fixture", "benchmark": {"settings": "shipped"}}
+    )
     out = run_cli("regress", "--baseline", base, "--candidate", cand)
     assert out.returncode == 2 and "settings: best vs shipped" in out.stderr, out.stderr
     same = tmp_path / "same"
-    write_run(same, "r1", "reference", [1.0] * 20, config={"name": "fixture", "benchmark": {"settings": "best"}})
+    write_run(
+        same, "r1", "reference", [1.0] * 20, config={"name": "fixture", "benchmark": {"settings": "best"}}
+    )
     out = run_cli("regress", "--baseline", base, "--candidate", same)
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_both_modes_run_in_every_round_and_are_recorded(tmp_path):
-    """`run --settings both`: each round runs both modes under r<k>-<mode>/; run.json says what was applied."""
-    out = run_cli("run", "--impl", "reference,torchvision", "--config", "cpu_small", "--settings", "both",
-                  "--set", "benchmark.iters=2", "--set", "benchmark.warmup=1", "--set", "benchmark.window_end=2",
-                  "--out", tmp_path, "--run-id", "modes", timeout=900)
+    """`run --settings both`: each round runs both modes under r<k>-<mode>/; run.json says what was
+    applied."""
+    out = run_cli(
+        "run",
+        "--impl",
+        "reference,torchvision",
+        "--config",
+        "cpu_small",
+        "--settings",
+        "both",
+        "--set",
+        "benchmark.iters=2",
+        "--set",
+        "benchmark.warmup=1",
+        "--set",
+        "benchmark.window_end=2",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "modes",
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "modes").iterdir() if p.is_dir()) == ["r1-best", "r1-shipped"]
     tv = json.loads((tmp_path / "modes" / "r1-best" / "torchvision" / "run.json").read_text())
-    assert tv["config"]["benchmark"]["settings"] == "best" and tv["config"]["benchmark"]["channels_last"] is False
+    assert (
+        tv["config"]["benchmark"]["settings"] == "best"
+        and tv["config"]["benchmark"]["channels_last"] is False
+    )
     assert [a["name"] for a in tv["settings"]["applied"]] == ["channels_last", "kept_host_memory"]
     shipped = json.loads((tmp_path / "modes" / "r1-shipped" / "torchvision" / "run.json").read_text())
     assert shipped["settings"] == {"mode": "shipped", "applied": []}
@@ -171,8 +227,11 @@ def test_committed_canonical_rounds_ran_the_same_work_in_both_modes(mode):
             bench = r["config"]["benchmark"]
             assert bench["settings"] == mode and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
             applied = {a["name"] for a in r["settings"]["applied"]}
-            assert applied == ({"channels_last", "kept_host_memory"} - ({"channels_last"} if impl == "reference" else set())
-                               if mode == "best" else set()), (impl, applied)
+            assert applied == (
+                {"channels_last", "kept_host_memory"} - ({"channels_last"} if impl == "reference" else set())
+                if mode == "best"
+                else set()
+            ), (impl, applied)
         for counter in ("proposals_per_image", "rois_per_image", "pixels_per_image"):
             values = {impl: r["summary"][counter] for impl, r in records.items()}
             assert max(values.values()) == pytest.approx(min(values.values()), rel=1e-6), (counter, values)
@@ -186,9 +245,12 @@ def test_committed_canonical_reference_leads_each_peer_as_shipped_and_at_its_bes
     assert min(shipped) >= 1.5 and min(best) >= 1.15, (shipped, best)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 40 asks 1.3x in every round with every peer at its best; recorded 1.19 "
-                                       "to 1.24 (README, 'At the canonical size'): 86% of the reference's step is "
-                                       "oneDNN's convolutions, the kernels every peer calls")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 40 asks 1.3x in every round with every peer at its best; recorded 1.19 "
+    "to 1.24 (docs/results.md, 'At the canonical size'): 86% of the reference's step is "
+    "oneDNN's convolutions, the kernels every peer calls",
+)
 def test_committed_canonical_lead_at_its_best_is_1_3x_in_every_round():
     best = [_lead(r) for r in _rounds(BASELINES / "cpu_canonical", "best")]
     assert min(best) >= 1.3, best

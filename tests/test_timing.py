@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from mrcnn_bench.harness.timing import IterationRecord, IterationTimer, summarize_window
 
 
@@ -15,7 +14,9 @@ class FakeClock:
 def _timed(durations, images=2):
     clock = FakeClock()
     synced = []
-    timer = IterationTimer(len(durations), sync=lambda: synced.append(clock.t), clock=clock, memory=lambda: 1.0)
+    timer = IterationTimer(
+        len(durations), sync=lambda: synced.append(clock.t), clock=clock, memory=lambda: 1.0
+    )
     timer.before_train()
     for d in durations:
         clock.t += d
@@ -104,10 +105,18 @@ def test_after_step_before_start_is_an_error_and_listeners_hear_each_event_in_or
     t.after_train()
     completed = {"backbone": 1.0}
     assert events == [
-        ("phases", "before_train"), ("progress", "before_train"), ("partial", "before_train"),
-        ("phases", 0, completed, 7), ("progress", 0, completed, 7), ("partial", 0, completed, 7),
-        ("phases", 1, completed, None), ("progress", 1, completed, None), ("partial", 1, completed, None),
-        ("phases", "after_train"), ("progress", "after_train"), ("partial", "after_train"),
+        ("phases", "before_train"),
+        ("progress", "before_train"),
+        ("partial", "before_train"),
+        ("phases", 0, completed, 7),
+        ("progress", 0, completed, 7),
+        ("partial", 0, completed, 7),
+        ("phases", 1, completed, None),
+        ("progress", 1, completed, None),
+        ("partial", 1, completed, None),
+        ("phases", "after_train"),
+        ("progress", "after_train"),
+        ("partial", "after_train"),
     ]
     with pytest.raises(KeyError, match="unknown work counter 'boxes'"):
         t.count(boxes=1)
@@ -117,7 +126,9 @@ def test_a_loss_that_is_not_finite_stops_the_run_naming_iteration_and_parts():
     t = IterationTimer(5)
     t.before_train()
     t.after_step(2, loss=1.5)
-    with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 1: loss_mask=0\.7, loss_box_reg=inf"):
+    with pytest.raises(
+        FloatingPointError, match=r"loss became nan at iteration 1: loss_mask=0\.7, loss_box_reg=inf"
+    ):
         t.after_step(2, loss=float("nan"), loss_parts={"loss_mask": 0.7, "loss_box_reg": float("inf")})
     assert len(t.records) == 1  # the diverged step is not recorded as an iteration
     with pytest.raises(FloatingPointError, match=r"^loss became inf at iteration 1$"):

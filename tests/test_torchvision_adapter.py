@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from conftest import TINY, run_cli
 from mrcnn_bench.adapters import adapter_names, get_adapter
 from mrcnn_bench.harness.config import builtin_config_dir, load_config
@@ -30,22 +29,42 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     assert all("UNEXPLAINED" not in n for n in notes), notes
     diverging = {n.split(":")[1].split("=")[0].strip() for n in notes}
     # aligned=False RoIAlign, the fixed smooth-L1 beta 1/9 of its box losses (canonical: L1), fractional
-    # bitmask crops as mask targets, proposals of sides >= 1e-3: exactly what its adapter declares it cannot run
-    assert diverging == {"model.roi_heads.pooler_aligned", "model.rpn.smooth_l1_beta", "model.roi_heads.smooth_l1_beta",
-                         "model.roi_heads.mask_target", "model.rpn.min_proposal_size"} == set(adapter.divergences(cfg))
+    # bitmask crops as mask targets, proposals of sides >= 1e-3: exactly what its adapter declares it cannot
+    # run
+    assert (
+        diverging
+        == {
+            "model.roi_heads.pooler_aligned",
+            "model.rpn.smooth_l1_beta",
+            "model.roi_heads.smooth_l1_beta",
+            "model.roi_heads.mask_target",
+            "model.rpn.min_proposal_size",
+        }
+        == set(adapter.divergences(cfg))
+    )
     # the rules it runs as asked, read back from its parts
     assert eff["model.anchors.round_to_pixels"] is False and eff["input.resize_rounding"] == "round"
     assert eff["model.rpn.low_quality_matches"] is True
-    off = cfg.with_overrides({"model.rpn.low_quality_matches": False, "model.anchors.round_to_pixels": True,
-                              "input.resize_rounding": "floor"})
+    off = cfg.with_overrides(
+        {
+            "model.rpn.low_quality_matches": False,
+            "model.anchors.round_to_pixels": True,
+            "input.resize_rounding": "floor",
+        }
+    )
     eff_off = adapter.effective_hparams(adapter.translate(off, data))
-    assert eff_off["model.rpn.low_quality_matches"] is False and eff_off["model.anchors.round_to_pixels"] is True
+    assert (
+        eff_off["model.rpn.low_quality_matches"] is False and eff_off["model.anchors.round_to_pixels"] is True
+    )
     assert eff_off["input.resize_rounding"] == "floor"
     assert eff["model.num_classes"] == 80
     assert eff["model.rpn.pre_nms_topk_train"] == 2000 and eff["model.rpn.post_nms_topk_train"] == 1000
-    # no weights: the canonical FrozenBN with stem + res2 frozen (statistics calibrated in the shared initialisation)
+    # no weights: the canonical FrozenBN with stem + res2 frozen (statistics calibrated in the shared
+    # initialisation)
     assert eff["model.backbone.freeze_at"] == 2 and eff["model.backbone.norm"] == "FrozenBN"
-    bn = cfg.with_overrides({"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0})
+    bn = cfg.with_overrides(
+        {"model.backbone.norm_without_weights": "BN", "model.backbone.freeze_at_without_weights": 0}
+    )
     eff_bn = adapter.effective_hparams(adapter.translate(bn, data))  # trainable BN only when asked for
     assert eff_bn["model.backbone.freeze_at"] == 0 and eff_bn["model.backbone.norm"] == "BN"
     assert eff["solver.ims_per_batch_per_process"] == 2
@@ -55,11 +74,25 @@ def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     assert eff2["model.rpn.nms_thresh"] == 0.6 and eff2["model.backbone.freeze_at"] == 3
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_cpu_run_writes_a_valid_run_and_report(synth_root, tmp_path):
     out = run_cli(
-        "run", "--impl", "torchvision", "--gpus", 2, "--device", "cpu", "--data", synth_root,
-        "--out", tmp_path / "runs", "--run-id", "t", "--set", "solver.ims_per_batch=2", *TINY,
+        "run",
+        "--impl",
+        "torchvision",
+        "--gpus",
+        2,
+        "--device",
+        "cpu",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path / "runs",
+        "--run-id",
+        "t",
+        "--set",
+        "solver.ims_per_batch=2",
+        *TINY,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "iter 5/5" in out.stderr  # progress is shown
@@ -89,5 +122,16 @@ def test_two_process_cpu_run_writes_a_valid_run_and_report(synth_root, tmp_path)
     csv = run_cli("report", tmp_path / "runs" / "t", "--format", "json")
     assert json.loads(csv.stdout)[0]["images_per_s"] == pytest.approx(s["images_per_s"])
 
-    again = run_cli("run", "--impl", "torchvision", "--data", synth_root, "--out", tmp_path / "runs", "--run-id", "t", *TINY)
+    again = run_cli(
+        "run",
+        "--impl",
+        "torchvision",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path / "runs",
+        "--run-id",
+        "t",
+        *TINY,
+    )
     assert again.returncode == 2 and "--force" in again.stderr

@@ -1,12 +1,12 @@
 """Same work in every implementation: work counters, the learning-rate schedule each framework really
 runs, shared initial weights and their converters, one data order, and the trajectory check."""
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters._common import WeightsMismatch, load_exact, schedule_facts
@@ -26,8 +26,10 @@ def _installed(name):
     return get_adapter(name).available()[0]
 
 
-FRAMEWORKS = [pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} is not installed"))
-              for n in ("reference", "torchvision", "detectron2", "mmdet")]
+FRAMEWORKS = [
+    pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} is not installed"))
+    for n in ("reference", "torchvision", "detectron2", "mmdet")
+]
 
 
 # ------------------------------------------------------------------------------- work counters
@@ -44,10 +46,25 @@ def test_work_counters_belong_to_the_iteration_they_were_counted_in():
     assert "positives" not in second.to_dict() and third.positives == 7 and third.rois is None
     with pytest.raises(KeyError, match="unknown work counter 'masks'"):
         timer.count(masks=1)
-    rows = [dict(iter=i, images=2, pixels=2 * 192 * 256, proposals=2000, rois=1024, positives=p, rpn_positives=4 * p)
-            for i, p in enumerate([10, 20, 30, 40])]
-    assert work_per_image(rows, 1, 4) == {"pixels_per_image": 192 * 256, "proposals_per_image": 1000.0, "rois_per_image": 512.0,
-                                          "positives_per_image": 15.0, "rpn_positives_per_image": 60.0}
+    rows = [
+        dict(
+            iter=i,
+            images=2,
+            pixels=2 * 192 * 256,
+            proposals=2000,
+            rois=1024,
+            positives=p,
+            rpn_positives=4 * p,
+        )
+        for i, p in enumerate([10, 20, 30, 40])
+    ]
+    assert work_per_image(rows, 1, 4) == {
+        "pixels_per_image": 192 * 256,
+        "proposals_per_image": 1000.0,
+        "rois_per_image": 512.0,
+        "positives_per_image": 15.0,
+        "rpn_positives_per_image": 60.0,
+    }
     rows[2].pop("positives")
     assert work_per_image(rows, 1, 4)["positives_per_image"] is None
 
@@ -61,8 +78,13 @@ def test_every_adapter_reports_exactly_the_declared_hyperparameter_keys(impl):
     ok, why = adapter.available()
     if not ok:
         pytest.skip(why)
-    reported = {k for k in adapter.effective_hparams(adapter.translate(load_config(SMALL))) if not k.startswith("_")}
-    assert reported == EFFECTIVE_HPARAM_KEYS, (sorted(reported - EFFECTIVE_HPARAM_KEYS), sorted(EFFECTIVE_HPARAM_KEYS - reported))
+    reported = {
+        k for k in adapter.effective_hparams(adapter.translate(load_config(SMALL))) if not k.startswith("_")
+    }
+    assert reported == EFFECTIVE_HPARAM_KEYS, (
+        sorted(reported - EFFECTIVE_HPARAM_KEYS),
+        sorted(EFFECTIVE_HPARAM_KEYS - reported),
+    )
 
 
 def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
@@ -73,14 +95,23 @@ def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
 
     built = []
     original = MaskRCNN.from_config.__func__
-    monkeypatch.setattr(MaskRCNN, "from_config", classmethod(lambda cls, c: built.append(original(cls, c)) or built[-1]))
-    cfg = load_config(SMALL, {"model.backbone.norm": "SyncBN", "model.backbone.norm_without_weights": "SyncBN"})
+    monkeypatch.setattr(
+        MaskRCNN, "from_config", classmethod(lambda cls, c: built.append(original(cls, c)) or built[-1])
+    )
+    cfg = load_config(
+        SMALL, {"model.backbone.norm": "SyncBN", "model.backbone.norm_without_weights": "SyncBN"}
+    )
     assert cfg.model.effective_norm == "SyncBN"
     sync = unit_costs(cfg, 80, side=64, rois=4)
     (model,) = built
     kinds = {type(m).__name__ for m in model.modules()}
     assert "SyncBatchNorm" not in kinds and "BatchNorm2d" in kinds
-    plain = unit_costs(cfg.with_overrides({"model.backbone.norm": "BN", "model.backbone.norm_without_weights": "BN"}), 80, side=64, rois=4)
+    plain = unit_costs(
+        cfg.with_overrides({"model.backbone.norm": "BN", "model.backbone.norm_without_weights": "BN"}),
+        80,
+        side=64,
+        rois=4,
+    )
     assert sync == plain
 
 
@@ -109,9 +140,14 @@ def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
 
     roi = model.roi_heads
     assert costs.per_pixel == pytest.approx(training_step_flops(trunk) / 128**2, rel=1e-9)
-    assert costs.per_roi == pytest.approx(training_step_flops(lambda: head([roi.box_head, roi.box_predictor], 7)) / 8, rel=1e-9)
-    assert costs.per_positive == pytest.approx(training_step_flops(lambda: head([roi.mask_head, roi.mask_predictor], 14)) / 8, rel=1e-9)
-    # the mask head: 4 convs 3x3 256->256 at 14x14, a 2x2 deconv to 28x28 and the class predictor, x3 for backward
+    assert costs.per_roi == pytest.approx(
+        training_step_flops(lambda: head([roi.box_head, roi.box_predictor], 7)) / 8, rel=1e-9
+    )
+    assert costs.per_positive == pytest.approx(
+        training_step_flops(lambda: head([roi.mask_head, roi.mask_predictor], 14)) / 8, rel=1e-9
+    )
+    # the mask head: 4 convs 3x3 256->256 at 14x14, a 2x2 deconv to 28x28 and the class predictor, x3 for
+    # backward
     macs = 4 * 14 * 14 * 256 * 256 * 9 + 14 * 14 * 256 * 256 * 4 + 28 * 28 * 256 * 80
     assert costs.per_positive == pytest.approx(3 * 2 * macs, rel=0.02)
 
@@ -131,11 +167,13 @@ def test_each_phases_forward_flops_equal_torchvisions_parts():
         pyramid = list(model.backbone.fpn(body).values())
         box_x, mask_x = torch.randn(8, 256, 7, 7), torch.randn(8, 256, 14, 14)
         roi = model.roi_heads
-        want = {"backbone": training_step_flops(lambda: model.backbone.body(image)) / 128**2,
-                "fpn": training_step_flops(lambda: model.backbone.fpn(body)) / 128**2,
-                "rpn head": training_step_flops(lambda: model.rpn.head(pyramid)) / 128**2,
-                "box head": training_step_flops(lambda: roi.box_predictor(roi.box_head(box_x))) / 8,
-                "mask head": training_step_flops(lambda: roi.mask_predictor(roi.mask_head(mask_x))) / 8}
+        want = {
+            "backbone": training_step_flops(lambda: model.backbone.body(image)) / 128**2,
+            "fpn": training_step_flops(lambda: model.backbone.fpn(body)) / 128**2,
+            "rpn head": training_step_flops(lambda: model.rpn.head(pyramid)) / 128**2,
+            "box head": training_step_flops(lambda: roi.box_predictor(roi.box_head(box_x))) / 8,
+            "mask head": training_step_flops(lambda: roi.mask_predictor(roi.mask_head(mask_x))) / 8,
+        }
     assert costs.forward == pytest.approx(want, rel=1e-9)
     # ResNet-50 to res5 at 128 x 128: 4.1 GMACs at 224 x 224, scaled by the pixels (no classifier)
     assert costs.forward["backbone"] * 128**2 == pytest.approx(2 * 4.09e9 * (128 / 224) ** 2, rel=0.03)
@@ -145,8 +183,12 @@ def test_each_phases_forward_flops_equal_torchvisions_parts():
     assert flops["mask head"] == pytest.approx(costs.forward["mask head"] * 32)
     assert flops["total"] == pytest.approx(costs.of(3000, 512, 32))
     assert sum(v for k, v in flops.items() if k != "total") == pytest.approx(flops["total"])
-    assert flops["backward"] > flops["total"] / 2  # frozen stem and res2: less than twice the forward, more than it
-    assert window_phase_flops(UnitCosts(1.0, 2.0, 3.0), rows, 1, 4) is None  # a cost file from before the phases
+    assert (
+        flops["backward"] > flops["total"] / 2
+    )  # frozen stem and res2: less than twice the forward, more than it
+    assert (
+        window_phase_flops(UnitCosts(1.0, 2.0, 3.0), rows, 1, 4) is None
+    )  # a cost file from before the phases
 
 
 def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
@@ -154,10 +196,14 @@ def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MRCNN_BENCH_FLOPS", str(tmp_path))
     calls = []
-    monkeypatch.setattr(flops, "unit_costs", lambda cfg, n: calls.append(n) or flops.UnitCosts(1.0, 2.0, 3.0 * n))
+    monkeypatch.setattr(
+        flops, "unit_costs", lambda cfg, n: calls.append(n) or flops.UnitCosts(1.0, 2.0, 3.0 * n)
+    )
     cfg = load_config(SMALL)
     assert flops.cached_unit_costs(cfg, 80) == flops.UnitCosts(1.0, 2.0, 240.0)
-    assert flops.cached_unit_costs(cfg, 80) == flops.UnitCosts(1.0, 2.0, 240.0) and calls == [80]  # from the file
+    assert flops.cached_unit_costs(cfg, 80) == flops.UnitCosts(1.0, 2.0, 240.0) and calls == [
+        80
+    ]  # from the file
     assert flops.cached_unit_costs(cfg, 7).per_positive == 21.0 and calls == [80, 7]  # other classes: counted
     other = cfg.with_overrides({"model.roi_heads.mask_head_num_conv": 2})
     flops.cached_unit_costs(other, 80)
@@ -172,19 +218,26 @@ def test_window_flops_come_from_the_recorded_work():
     from mrcnn_bench.harness.flops import UnitCosts, window_flops_per_image
 
     costs = UnitCosts(per_pixel=1e6, per_roi=1e8, per_positive=3e9)
-    rows = [dict(iter=i, images=2, pixels=2 * 100, rois=1024, positives=p) for i, p in enumerate([99, 10, 30])]
+    rows = [
+        dict(iter=i, images=2, pixels=2 * 100, rois=1024, positives=p) for i, p in enumerate([99, 10, 30])
+    ]
     assert window_flops_per_image(costs, rows, 1, 3) == pytest.approx((2 * (200e6 + 1024e8) + 40 * 3e9) / 4)
     rows[1].pop("pixels")
     assert window_flops_per_image(costs, rows, 1, 3) is None
 
 
 # ---------------------------------------------------------------------------- the same function
+@pytest.mark.e2e
 def test_forward_check_computes_the_same_function(synth_root):
     """From the shared weights, every installed implementation's FPN features and RPN outputs on one batch
     equal the reference's; an implementation with other weights would not."""
     out = run_cli("parity", "--check-forward", "--config", "cpu_small", "--data", synth_root, timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    table = [line for line in out.stdout.splitlines() if line.startswith("| p2 ") or line.startswith("| deltas.p6 ")]
+    table = [
+        line
+        for line in out.stdout.splitlines()
+        if line.startswith("| p2 ") or line.startswith("| deltas.p6 ")
+    ]
     assert len(table) == 2 and "torchvision" in out.stdout, out.stdout
     assert "✗" not in out.stdout
 
@@ -195,20 +248,29 @@ def test_forward_frame_names_a_divergence():
     ref = {"p2": torch.ones(1, 4, 2, 2), "objectness.p2": torch.arange(12.0).view(1, 3, 2, 2)}
     same = {k: v.clone() for k, v in ref.items()}
     swapped = dict(same, **{"objectness.p2": ref["objectness.p2"][:, [1, 0, 2]]})  # anchors in another order
-    table, problems = forward_frame({"reference": ref, "a": same, "b": swapped, "c": {"p2": torch.ones(1, 4, 2, 3)}})
+    table, problems = forward_frame(
+        {"reference": ref, "a": same, "b": swapped, "c": {"p2": torch.ones(1, 4, 2, 3)}}
+    )
     assert list(table["a"]) == ["0.0e+00", "0.0e+00"]
-    assert problems == ["c: p2 has shape (1, 4, 2, 3), reference's (1, 4, 2, 2)",
-                        "b: objectness.p2 differs from reference's by 3.64e-01 of its largest value (tolerance 0.0005)",
-                        "c: objectness.p2 has shape None, reference's (1, 3, 2, 2)"]
+    assert problems == [
+        "c: p2 has shape (1, 4, 2, 3), reference's (1, 4, 2, 2)",
+        "b: objectness.p2 differs from reference's by 3.64e-01 of its largest value (tolerance 0.0005)",
+        "c: objectness.p2 has shape None, reference's (1, 3, 2, 2)",
+    ]
 
 
 # ------------------------------------------------------------------ the schedule each one runs
 def test_schedule_facts_read_warmup_and_steps_from_a_trajectory():
     solver = dict(base_lr=0.02, warmup_iters=10, warmup_factor=0.001, steps=[30, 40], gamma=0.1)
     lrs = [canonical_lr(solver, i) for i in range(45)]
-    assert schedule_facts(lrs, 0.02) == {"solver.warmup_iters": 10, "solver.warmup_factor": 0.001, "solver.steps": [30, 40],
-                                         "solver.gamma": 0.1}
-    # a warm-up that never ends within the trajectory (detectron2's, stretched over MAX_ITER=iters) is no warm-up of 10
+    assert schedule_facts(lrs, 0.02) == {
+        "solver.warmup_iters": 10,
+        "solver.warmup_factor": 0.001,
+        "solver.steps": [30, 40],
+        "solver.gamma": 0.1,
+    }
+    # a warm-up that never ends within the trajectory (detectron2's, stretched over MAX_ITER=iters) is no
+    # warm-up of 10
     stretched = [canonical_lr(dict(solver, warmup_iters=100), i) for i in range(45)]
     assert schedule_facts(stretched, 0.02)["solver.warmup_iters"] is None
 
@@ -265,14 +327,22 @@ def test_converters_map_every_parameter_both_ways(impl):
     back = module.to_torchvision(model.state_dict())
     tv = {k: v for k, v in tv.items() if not k.endswith("num_batches_tracked")}
     assert set(back) == set(tv)
-    slots = {"roi_heads.box_predictor.bbox_pred.weight": 4, "roi_heads.box_predictor.bbox_pred.bias": 4,
-             "roi_heads.mask_predictor.mask_fcn_logits.weight": 1, "roi_heads.mask_predictor.mask_fcn_logits.bias": 1}
+    slots = {
+        "roi_heads.box_predictor.bbox_pred.weight": 4,
+        "roi_heads.box_predictor.bbox_pred.bias": 4,
+        "roi_heads.mask_predictor.mask_fcn_logits.weight": 1,
+        "roi_heads.mask_predictor.mask_fcn_logits.bias": 1,
+    }
     for key, value in tv.items():
         skip = slots.get(key, 0)
         assert torch.equal(back[key][skip:], value[skip:]), key
         assert not back[key][:skip].any(), key
     # the framework's class order: background last in the classifier
-    cls = converted["roi_heads.box_predictor.cls_score.weight" if impl == "detectron2" else "roi_head.bbox_head.fc_cls.weight"]
+    cls = converted[
+        "roi_heads.box_predictor.cls_score.weight"
+        if impl == "detectron2"
+        else "roi_head.bbox_head.fc_cls.weight"
+    ]
     assert torch.equal(cls[-1], tv["roi_heads.box_predictor.cls_score.weight"][0])
     # and back from the framework's own random weights: exact both ways
     again = module.from_torchvision(module.to_torchvision(model.state_dict()))
@@ -302,7 +372,11 @@ def _framework_model(impl, cfg):
 
 def test_reference_exports_what_torchvision_loads():
     from mrcnn_bench.reference_impl.config import ReferenceConfig
-    from mrcnn_bench.reference_impl.modeling import MaskRCNN, load_torchvision_weights, to_torchvision_state_dict
+    from mrcnn_bench.reference_impl.modeling import (
+        MaskRCNN,
+        load_torchvision_weights,
+        to_torchvision_state_dict,
+    )
 
     cfg = load_config(SMALL, {"model.num_classes": 3})
     ours = MaskRCNN.from_config(ReferenceConfig.from_canonical(cfg, 3))
@@ -323,15 +397,24 @@ def test_a_mismatching_checkpoint_names_the_first_bad_parameter(tmp_path):
     model = tv.build_model(tv.translate(cfg))
     state = make_initial_weights(cfg, 3)
     wrong = dict(state, **{"rpn.head.cls_logits.weight": torch.zeros(5, 256, 1, 1)})
-    with pytest.raises(WeightsMismatch, match=r"'rpn.head.cls_logits.weight' has shape \(5, 256, 1, 1\), the model's is \(3, 256, 1, 1\)"):
+    with pytest.raises(
+        WeightsMismatch,
+        match=r"'rpn.head.cls_logits.weight' has shape \(5, 256, 1, 1\), the model's is \(3, 256, 1, 1\)",
+    ):
         load_exact(model, wrong, "ckpt")
     with pytest.raises(WeightsMismatch, match="'backbone.fpn.extra.weight' is not a parameter"):
         load_exact(model, dict(state, **{"backbone.fpn.extra.weight": torch.zeros(1)}), "ckpt")
     partial = {k: v for k, v in state.items() if not k.startswith("roi_heads.mask_predictor")}
-    with pytest.raises(WeightsMismatch, match="no value for the model's 'roi_heads.mask_predictor.conv5_mask.weight'"):
+    with pytest.raises(
+        WeightsMismatch, match="no value for the model's 'roi_heads.mask_predictor.conv5_mask.weight'"
+    ):
         load_exact(model, partial, "ckpt")
     # an ImageNet R-50 (torchvision's resnet50 names, fc included) lays over the backbone only
-    resnet = {k.removeprefix("backbone.body."): torch.full_like(v, 0.5) for k, v in state.items() if k.startswith("backbone.body.")}
+    resnet = {
+        k.removeprefix("backbone.body."): torch.full_like(v, 0.5)
+        for k, v in state.items()
+        if k.startswith("backbone.body.")
+    }
     resnet["fc.weight"] = torch.zeros(1000, 2048)
     laid = overlay(state, resnet, "r50.pth")
     assert torch.equal(laid["backbone.body.layer3.2.conv2.weight"], resnet["layer3.2.conv2.weight"])
@@ -367,10 +450,16 @@ def test_every_framework_starts_from_the_shared_weights(impl, tmp_path):
 
         module = importlib.import_module(f"mrcnn_bench.adapters.{impl}")
         model = _framework_model(impl, cfg)
-        load_exact(model, module.from_torchvision(load_initial_weights(str(path))), str(path))  # what train() does
+        load_exact(
+            model, module.from_torchvision(load_initial_weights(str(path))), str(path)
+        )  # what train() does
         loaded = module.to_torchvision(model.state_dict())
-        for key in ("roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
-                    "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias"):
+        for key in (
+            "roi_heads.box_predictor.bbox_pred.weight",
+            "roi_heads.box_predictor.bbox_pred.bias",
+            "roi_heads.mask_predictor.mask_fcn_logits.weight",
+            "roi_heads.mask_predictor.mask_fcn_logits.bias",
+        ):
             shared[key] = shared[key].clone()
             shared[key][: 4 if "bbox" in key else 1] = 0  # background slots the framework has no place for
     for key, value in shared.items():
@@ -379,16 +468,40 @@ def test_every_framework_starts_from_the_shared_weights(impl, tmp_path):
 
 # ------------------------------------------------------------------------------- one data order
 def _coco(tmp_path, sizes, crowd_only=()):
-    images = [{"id": i + 1, "file_name": f"{i}.jpg", "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
-    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "segmentation": [],
-             "iscrowd": int(i + 1 in crowd_only)} for i in range(len(sizes))]
+    images = [
+        {"id": i + 1, "file_name": f"{i}.jpg", "width": w, "height": h} for i, (w, h) in enumerate(sizes)
+    ]
+    anns = [
+        {
+            "id": i + 1,
+            "image_id": i + 1,
+            "category_id": 1,
+            "bbox": [1, 1, 5, 5],
+            "area": 25,
+            "segmentation": [],
+            "iscrowd": int(i + 1 in crowd_only),
+        }
+        for i in range(len(sizes))
+    ]
     path = tmp_path / "train.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]})
+    )
     return path
 
 
 def test_data_order_groups_by_orientation_shares_batches_and_never_restarts(tmp_path):
-    sizes = [(640, 480), (480, 640), (640, 427), (20, 200), (500, 500), (640, 480), (427, 640), (640, 360), (300, 400)]
+    sizes = [
+        (640, 480),
+        (480, 640),
+        (640, 427),
+        (20, 200),
+        (500, 500),
+        (640, 480),
+        (427, 640),
+        (640, 360),
+        (300, 400),
+    ]
     path = _coco(tmp_path, sizes, crowd_only={9})
     usable = usable_images(json.loads(path.read_text()))
     assert sorted(usable) == [1, 2, 3, 5, 6, 7, 8]  # image 4: a side under 32 px; image 9: only a crowd
@@ -429,13 +542,15 @@ def _first_batches_ids(impl, cfg, data, n=4):
 def test_loaders_follow_the_run_order(impl, synth_root):
     cfg = load_config(SMALL, {"benchmark.num_workers": 0})
     data = DataPaths.from_root(synth_root)
-    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    want = [
+        b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))
+    ]
     assert _first_batches_ids(impl, cfg, data) == want
 
 
 @pytest.mark.skipif(not _installed("detectron2"), reason="detectron2 is not installed")
 def test_detectron2_loader_follows_the_run_order(synth_root):
-    from mrcnn_bench.adapters._common import ordered_batches, data_spec
+    from mrcnn_bench.adapters._common import data_spec, ordered_batches
     from mrcnn_bench.adapters.base import DistInfo
     from mrcnn_bench.adapters.detectron2 import _apply_shims, _register_train_set
 
@@ -447,11 +562,18 @@ def test_detectron2_loader_follows_the_run_order(synth_root):
 
     _register_train_set(native)  # this split, whatever another test of this process registered before
     dicts = get_detection_dataset_dicts(native.DATASETS.TRAIN, filter_empty=True)
-    sampler = ordered_batches(dict(train_json=str(data.train_json), order=dict(native.MRCNN_BENCH.ORDER)), DistInfo(),
-                              [d["image_id"] for d in dicts], "detectron2", flat=True)
+    sampler = ordered_batches(
+        dict(train_json=str(data.train_json), order=dict(native.MRCNN_BENCH.ORDER)),
+        DistInfo(),
+        [d["image_id"] for d in dicts],
+        "detectron2",
+        flat=True,
+    )
     loader = build_detection_train_loader(native, dataset=dicts, sampler=sampler)
     got = [[d["image_id"] for d in batch] for _, batch in zip(range(4), loader)]
-    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    want = [
+        b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))
+    ]
     assert got == want and data_spec(cfg, data)["order"] == dict(native.MRCNN_BENCH.ORDER)
 
 
@@ -476,27 +598,70 @@ def test_mmdet_sampler_follows_the_run_order(synth_root):
     sampler = _ordered_sampler(dataset, 0, **{k: v for k, v in loader.sampler.items() if k != "type"})
     indices = [i for _, i in zip(range(8), sampler)]
     got = [[dataset.get_data_info(i)["img_id"] for i in indices[k : k + 2]] for k in range(0, 8, 2)]
-    want = [b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))]
+    want = [
+        b for _, b in zip(range(4), global_batches(data.train_json, batch=2, seed=0, group_by_aspect=True))
+    ]
     assert got == want
 
 
 # ---------------------------------------------------------------------------- trajectory parity
 def _record(root: Path, impl, lrs, positives, images=2, status="ok", pixels=None):
     solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
-    config = {"name": "fixture", "solver": dict(solver, ims_per_batch=2), "benchmark": {"warmup": 2, "iters": len(lrs)}}
-    rows = [dict(iter=i, end_time=float(i + 1), duration=1.0, images=2, global_images=images, lr=lr, proposals=2000, rois=1024,
-                 positives=p, pixels=px) for i, (lr, p, px) in enumerate(zip(lrs, positives, pixels or [98304] * len(lrs)))]
+    config = {
+        "name": "fixture",
+        "solver": dict(solver, ims_per_batch=2),
+        "benchmark": {"warmup": 2, "iters": len(lrs)},
+    }
+    rows = [
+        dict(
+            iter=i,
+            end_time=float(i + 1),
+            duration=1.0,
+            images=2,
+            global_images=images,
+            lr=lr,
+            proposals=2000,
+            rois=1024,
+            positives=p,
+            pixels=px,
+        )
+        for i, (lr, p, px) in enumerate(zip(lrs, positives, pixels or [98304] * len(lrs)))
+    ]
     d = root / "run" / impl
     atomic_write_jsonl(d / "iterations.jsonl", rows)
-    summary = dict(warmup=2, end=len(lrs), iterations=len(lrs) - 2, images=2 * (len(lrs) - 2), seconds=len(lrs) - 2.0,
-                   images_per_s=2.0, s_per_iter_median=1.0) if status == "ok" else None
-    atomic_write_json(d / "run.json", make_run_record(
-        impl=impl, run_id="run", status=status, reason=None if status == "ok" else "boom", config=config, world_size=1,
-        device="cpu", dtype="fp32", window={"warmup": 2, "end": len(lrs), "iters": len(lrs)}, iterations_recorded=len(rows),
-        summary=summary))
+    summary = (
+        dict(
+            warmup=2,
+            end=len(lrs),
+            iterations=len(lrs) - 2,
+            images=2 * (len(lrs) - 2),
+            seconds=len(lrs) - 2.0,
+            images_per_s=2.0,
+            s_per_iter_median=1.0,
+        )
+        if status == "ok"
+        else None
+    )
+    atomic_write_json(
+        d / "run.json",
+        make_run_record(
+            impl=impl,
+            run_id="run",
+            status=status,
+            reason=None if status == "ok" else "boom",
+            config=config,
+            world_size=1,
+            device="cpu",
+            dtype="fp32",
+            window={"warmup": 2, "end": len(lrs), "iters": len(lrs)},
+            iterations_recorded=len(rows),
+            summary=summary,
+        ),
+    )
     return solver
 
 
+@pytest.mark.e2e
 def test_trajectory_parity_passes_the_same_work_and_names_each_divergence(tmp_path):
     solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
     good = [canonical_lr(solver, i) for i in range(8)]
@@ -518,6 +683,7 @@ def test_trajectory_parity_passes_the_same_work_and_names_each_divergence(tmp_pa
     assert wide.returncode == 1 and "positives per image" not in wide.stdout
 
 
+@pytest.mark.e2e
 def test_trajectory_parity_names_an_implementation_that_padded_more_pixels(tmp_path):
     """Rounding the scaled side where the others floor it: 128x85 -> 193 px wide, padded to 224 not 192."""
     solver = dict(base_lr=0.02, warmup_iters=100, warmup_factor=0.001, steps=[60000], gamma=0.1)
@@ -528,15 +694,21 @@ def test_trajectory_parity_names_an_implementation_that_padded_more_pixels(tmp_p
         _record(tmp_path, impl, good, [40] * 8, pixels=pixels)
     out = run_cli("parity", "--run", tmp_path / "run")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "| 24576.0 " in out.stdout and "| 26624.0 " in out.stdout  # padded pixels per image over the window [2, 8)
+    assert (
+        "| 24576.0 " in out.stdout and "| 26624.0 " in out.stdout
+    )  # padded pixels per image over the window [2, 8)
     problems = [line for line in out.stdout.splitlines() if line.startswith("- ")]
-    assert problems == [f"- {impl}: 26624.0 padded pixels per image, +8.3% from the lower median 24576.0 (tolerance ±0.5%: "
-                        "the same images at the same sizes pad alike)" for impl in ("c", "d")], out.stdout
+    assert problems == [
+        f"- {impl}: 26624.0 padded pixels per image, +8.3% from the lower median 24576.0 (tolerance ±0.5%: "
+        "the same images at the same sizes pad alike)"
+        for impl in ("c", "d")
+    ], out.stdout
     _record(tmp_path, "c", good, [40] * 8, pixels=floored)
     _record(tmp_path, "d", good, [40] * 8, pixels=floored)
     assert run_cli("parity", "--run", tmp_path / "run").returncode == 0
 
 
+@pytest.mark.e2e
 def test_trajectory_parity_reports_a_failed_implementation(tmp_path):
     solver = _record(tmp_path, "a", [1e-5] * 4, [10] * 4)
     _record(tmp_path, "b", [1e-5] * 4, [10] * 4, status="failed")
@@ -549,24 +721,50 @@ def test_trajectory_parity_reports_a_failed_implementation(tmp_path):
     assert missing.returncode == 2 and "nothing-here: no such file or folder" in missing.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_four_do_the_same_work_from_the_first_iteration(tmp_path):
     """cpu_small with flipping off, the images at their stored size (max_size_train 192: every image's
     long side, so the resize is the identity): at iteration 0 the RPN's sampled positive anchors and
     the positive RoIs of every installed implementation within 5% of their median; then the recorded
     trajectories pass ``parity --run``. (At cpu_small's own 192-px short side the images are upscaled,
     and detectron2 and mmdet interpolate uint8 pixels where the reference and torchvision interpolate
-    floats: the RPN positives stay equal, the RoI positives do not; README, "Same work".)"""
-    out = run_cli("run", "--impl", "all", "--config", "cpu_small", "--out", tmp_path, "--run-id", "w",
-                  "--set", "input.horizontal_flip_prob=0.0", "--set", "input.max_size_train=192", "--set", "benchmark.iters=2",
-                  "--set", "benchmark.warmup=1", "--set", "benchmark.window_end=2", "--set", "benchmark.num_workers=0", timeout=1800)
+    floats: the RPN positives stay equal, the RoI positives do not; docs/methodology.md, "Same work".)"""
+    out = run_cli(
+        "run",
+        "--impl",
+        "all",
+        "--config",
+        "cpu_small",
+        "--out",
+        tmp_path,
+        "--run-id",
+        "w",
+        "--set",
+        "input.horizontal_flip_prob=0.0",
+        "--set",
+        "input.max_size_train=192",
+        "--set",
+        "benchmark.iters=2",
+        "--set",
+        "benchmark.warmup=1",
+        "--set",
+        "benchmark.window_end=2",
+        "--set",
+        "benchmark.num_workers=0",
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert ("initial weights: one seeded initialisation for every implementation (80 classes, seed 0, norm statistics calibrated "
-            "on 8 training images)") in out.stderr
+    assert (
+        "initial weights: one seeded initialisation for every implementation (80 classes, seed 0, norm "
+        "statistics calibrated "
+        "on 8 training images)"
+    ) in out.stderr
     impls = sorted(p.name for p in (tmp_path / "w").iterdir() if (p / "run.json").is_file())
     assert {"reference", "torchvision"} <= set(impls)
     runs = {i: json.loads((tmp_path / "w" / i / "run.json").read_text()) for i in impls}
-    first = {i: json.loads((tmp_path / "w" / i / "iterations.jsonl").read_text().splitlines()[0]) for i in impls}
+    first = {
+        i: json.loads((tmp_path / "w" / i / "iterations.jsonl").read_text().splitlines()[0]) for i in impls
+    }
     for counter in ("rpn_positives", "positives", "rois", "pixels"):
         values = {i: first[i][counter] for i in impls}
         median = sorted(values.values())[len(values) // 2]
@@ -574,9 +772,14 @@ def test_the_four_do_the_same_work_from_the_first_iteration(tmp_path):
     assert first["reference"]["rpn_positives"] > 50  # the rule under test has work to do
     assert len({r["config"]["model"]["init_weights"] for r in runs.values()}) == 1
     # torchvision's own rules, allowed by the config and recorded; the others run the canonical ones
-    assert set(runs["torchvision"]["divergent"]) == set(runs["torchvision"]["config"]["benchmark"]["allow_divergent"])
+    assert set(runs["torchvision"]["divergent"]) == set(
+        runs["torchvision"]["config"]["benchmark"]["allow_divergent"]
+    )
     assert all(runs[i]["divergent"] == {} for i in impls if i != "torchvision")
-    assert all(r["summary"]["flops_per_image"] > 1e9 and r["summary"]["rpn_positives_per_image"] > 0 for r in runs.values())
+    assert all(
+        r["summary"]["flops_per_image"] > 1e9 and r["summary"]["rpn_positives_per_image"] > 0
+        for r in runs.values()
+    )
     check = run_cli("parity", "--run", tmp_path / "w")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "RPN positives/img at iteration 0" in check.stdout

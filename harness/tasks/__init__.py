@@ -7,6 +7,7 @@ A new task is a module here and a line in ``_BUILTIN``; a plugin's tasks come fr
 ``MRCNN_BENCH_TASKS`` (comma-separated), each defining ``TASKS``, a list of Task instances. Importing
 this package imports no framework and no torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,8 +77,14 @@ class Task:
         return []
 
 
-_BUILTIN = {"train": "train:Train", "eval": "eval:Eval", "infer": "infer:Infer", "data": "data:Data", "trace": "trace:Trace",
-            "step": "step:Step"}
+_BUILTIN = {
+    "train": "train:Train",
+    "eval": "eval:Eval",
+    "infer": "infer:Infer",
+    "data": "data:Data",
+    "trace": "trace:Trace",
+    "step": "step:Step",
+}
 _loaded: dict[str, Task] | None = None
 
 
@@ -107,12 +114,16 @@ def one_process(cfg) -> None:
     """A check: the task runs on one process."""
     bench = cfg.benchmark
     if bench.gpus != 1:
-        raise TaskError(f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1")
+        raise TaskError(
+            f"--task {bench.task} runs on one process (benchmark.gpus={bench.gpus}): use --gpus 1"
+        )
 
 
 def val_split(cfg, data_summary: dict) -> dict:
     """A check: the data set has a val split with images; returns its summary."""
     val = data_summary.get("val")
     if not val or not val.get("images"):
-        raise TaskError(f"--task {cfg.benchmark.task}: the data set has no val split with images ({cfg.data.val_split})")
+        raise TaskError(
+            f"--task {cfg.benchmark.task}: the data set has no val split with images ({cfg.data.val_split})"
+        )
     return val

@@ -4,6 +4,7 @@ training loop makes (``Adapter.input_pipeline``) — timed batch by batch: batch
 over the window [warmup, end), the latency of each batch (p50/p90/p99), the time from start to the first
 batch, and the memory of the process and of its loader workers (psutil: RSS, and USS/PSS of workers).
 """
+
 from __future__ import annotations
 
 import gc
@@ -30,7 +31,6 @@ class Data(Task):
 
     def run(self, rank: RankContext) -> None:
         import torch
-
         from mrcnn_bench.harness.results import atomic_write_jsonl
 
         bench, dist = rank.cfg.benchmark, rank.dist
@@ -44,25 +44,50 @@ class Data(Task):
             images = to_device(next(batches))
             sync()
             now = time.perf_counter()
-            rows.append({"iter": i, "duration": now - last, "images": images, "end_time": now - start, "wall_time": time.time()})
+            rows.append(
+                {
+                    "iter": i,
+                    "duration": now - last,
+                    "images": images,
+                    "end_time": now - start,
+                    "wall_time": time.time(),
+                }
+            )
             partial.write(rows[-1])
             last = now
         memory = loader_memory()  # while the loader's workers are alive
         memory["rss_added_mb"] = memory["rss_mb"] - before
         del batches
         gc.collect()
-        summary = {**data_summary(rows, bench.warmup, bench.end), **memory, "num_workers": bench.num_workers, "task": self.name}
+        summary = {
+            **data_summary(rows, bench.warmup, bench.end),
+            **memory,
+            "num_workers": bench.num_workers,
+            "task": self.name,
+        }
         summary.update(self._stages(rank, min(bench.end - bench.warmup, STAGE_BATCHES), sync))
         atomic_write_jsonl(rank.run_dir / "iterations.jsonl", rows)
-        write_record(rank, dict(
-            native_config=native_dict(rank.native, {}), summary=summary, iterations_recorded=len(rows),
-            window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
-            measures=("the training input pipeline alone: batches and images per second over iterations [warmup, end), "
-                      "each batch taken from the framework's own loader and copied to the device as its loop does"),
-        ))
+        write_record(
+            rank,
+            dict(
+                native_config=native_dict(rank.native, {}),
+                summary=summary,
+                iterations_recorded=len(rows),
+                window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
+                measures=(
+                    "the training input pipeline alone: batches and images per second over iterations "
+                    "[warmup, end), "
+                    "each batch taken from the framework's own loader and copied to the device as its loop "
+                    "does"
+                ),
+            ),
+        )
         partial.done()
-        say(f"{rank.impl}: {summary['images_per_s']:.2f} img/s, {summary['batches_per_s']:.2f} batches/s, latency p50 "
-            f"{summary['latency_ms_p50']:.1f} ms, first batch after {summary['first_batch_s']:.2f} s")
+        say(
+            f"{rank.impl}: {summary['images_per_s']:.2f} img/s, {summary['batches_per_s']:.2f} batches/s, "
+            "latency p50 "
+            f"{summary['latency_ms_p50']:.1f} ms, first batch after {summary['first_batch_s']:.2f} s"
+        )
 
     def _stages(self, rank: RankContext, batches: int, sync) -> dict:
         """At 0 workers, the split of a batch's time into stages (harness/data_stages.py), over a fresh
@@ -70,13 +95,18 @@ class Data(Task):
         from mrcnn_bench.harness.data_stages import StageSplitError, split_stages
 
         if rank.cfg.benchmark.num_workers:
-            return {"stages_missing": "split at 0 loader workers only (the stages run in the workers' processes)"}
+            return {
+                "stages_missing": "split at 0 loader workers only (the stages run in the workers' processes)"
+            }
         try:
             stages = split_stages(rank.adapter, rank.cfg, rank.data, rank.dist, rank.native, batches, sync)
         except (NotImplementedError, StageSplitError) as e:
             say(f"{rank.impl}: no stage split: {e}")
             return {"stages_missing": str(e)}
-        say(f"{rank.impl}: stages (ms per image) " + ", ".join(f"{k} {v:.2f}" for k, v in stages["ms_per_image"].items()))
+        say(
+            f"{rank.impl}: stages (ms per image) "
+            + ", ".join(f"{k} {v:.2f}" for k, v in stages["ms_per_image"].items())
+        )
         return {"stages": stages}
 
     def section(self, df):
@@ -88,12 +118,19 @@ class Data(Task):
             return None
         parts = [_md(table)]
         if sweep:
-            parts += ["Start-up (from building the loader to the first batch) and memory (after the window, the loader's "
-                      "workers alive):", _md(startup_table(df))]
+            parts += [
+                "Start-up (from building the loader to the first batch) and memory (after the window, the "
+                "loader's "
+                "workers alive):",
+                _md(startup_table(df)),
+            ]
         stages = stages_table(df)
         if stages is not None:
-            parts += ["Where a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: each "
-                      "framework's own read, decode, per-image and collate calls timed in its loader, self time):", _md(stages)]
+            parts += [
+                "Where a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: each "
+                "framework's own read, decode, per-image and collate calls timed in its loader, self time):",
+                _md(stages),
+            ]
         return "\n\n".join(parts)
 
     def compact(self, df):
@@ -102,7 +139,6 @@ class Data(Task):
     def plots(self, records, out_dir):
         """With a worker sweep: img/s against loader workers, a line per implementation."""
         import matplotlib.pyplot as plt
-
         from mrcnn_bench.harness.frames import runs_frame
         from mrcnn_bench.harness.plots import _save
 
@@ -131,10 +167,19 @@ def data_summary(rows: list[dict], warmup: int, end: int) -> dict:
     window = rows[warmup:end]
     ms = 1e3 * np.array([r["duration"] for r in window])
     images = sum(r["images"] for r in window)
-    return {"warmup": warmup, "end": end, "iterations": len(window), "images": images, "seconds": seconds,
-            "images_per_s": images / seconds, "batches_per_s": len(window) / seconds,
-            "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p90": float(np.percentile(ms, 90)),
-            "latency_ms_p99": float(np.percentile(ms, 99)), "first_batch_s": rows[0]["end_time"]}
+    return {
+        "warmup": warmup,
+        "end": end,
+        "iterations": len(window),
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "batches_per_s": len(window) / seconds,
+        "latency_ms_p50": float(np.percentile(ms, 50)),
+        "latency_ms_p90": float(np.percentile(ms, 90)),
+        "latency_ms_p99": float(np.percentile(ms, 99)),
+        "first_batch_s": rows[0]["end_time"],
+    }
 
 
 def loader_memory() -> dict:
@@ -152,9 +197,13 @@ def loader_memory() -> dict:
             continue
         uss += info.uss
         pss += getattr(info, "pss", 0.0)
-    mb = 2.0 ** 20
-    return {"rss_mb": me.memory_info().rss / mb, "workers": len(workers), "workers_uss_mb": uss / mb,
-            "workers_pss_mb": pss / mb}
+    mb = 2.0**20
+    return {
+        "rss_mb": me.memory_info().rss / mb,
+        "workers": len(workers),
+        "workers_uss_mb": uss / mb,
+        "workers_pss_mb": pss / mb,
+    }
 
 
 #: batches after the window that the stage split reads (at 0 workers)
@@ -167,7 +216,12 @@ HEADROOM_FLAG = 1.5
 def headroom(df, impl: str, scenario: str, images_per_s: float) -> tuple[str, str]:
     """(loader img/s ÷ training img/s, the training runs' data-wait share) against the finished training
     runs of the same implementation and scenario in ``df`` (their median); "-" without one."""
-    train = df[(df["impl"] == impl) & (df["config"] == scenario) & (df["status"] == "ok") & (df["task"].isin(_training(df)))]
+    train = df[
+        (df["impl"] == impl)
+        & (df["config"] == scenario)
+        & (df["status"] == "ok")
+        & (df["task"].isin(_training(df)))
+    ]
     if not len(train):
         return "-", "-"
     ratio = images_per_s / float(train["images_per_s"].median())
@@ -191,20 +245,27 @@ def data_table(df):
     if not len(runs):
         return None
     s = list(runs["summary"])
-    room = [headroom(df, impl, scenario, x["images_per_s"]) for impl, scenario, x in zip(runs["impl"], runs["config"], s)]
-    return pd.DataFrame({
-        "Implementation": list(runs["impl"]),
-        "img/s": [f"{x['images_per_s']:.2f}" for x in s],
-        "batches/s": [f"{x['batches_per_s']:.2f}" for x in s],
-        "latency p50 / p90 / p99 (ms)": [f"{x['latency_ms_p50']:.1f} / {x['latency_ms_p90']:.1f} / {x['latency_ms_p99']:.1f}"
-                                         for x in s],
-        "first batch (s)": [f"{x['first_batch_s']:.2f}" for x in s],
-        "workers": [str(x["num_workers"]) for x in s],
-        "RSS (MB)": [_rss(x) for x in s],
-        "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
-        "loader ÷ training img/s": [r[0] for r in room],
-        "training's data wait": [r[1] for r in room],
-    })
+    room = [
+        headroom(df, impl, scenario, x["images_per_s"])
+        for impl, scenario, x in zip(runs["impl"], runs["config"], s)
+    ]
+    return pd.DataFrame(
+        {
+            "Implementation": list(runs["impl"]),
+            "img/s": [f"{x['images_per_s']:.2f}" for x in s],
+            "batches/s": [f"{x['batches_per_s']:.2f}" for x in s],
+            "latency p50 / p90 / p99 (ms)": [
+                f"{x['latency_ms_p50']:.1f} / {x['latency_ms_p90']:.1f} / {x['latency_ms_p99']:.1f}"
+                for x in s
+            ],
+            "first batch (s)": [f"{x['first_batch_s']:.2f}" for x in s],
+            "workers": [str(x["num_workers"]) for x in s],
+            "RSS (MB)": [_rss(x) for x in s],
+            "workers USS / PSS (MB)": [f"{x['workers_uss_mb']:.0f} / {x['workers_pss_mb']:.0f}" for x in s],
+            "loader ÷ training img/s": [r[0] for r in room],
+            "training's data wait": [r[1] for r in room],
+        }
+    )
 
 
 def _rss(summary: dict) -> str:
@@ -219,13 +280,17 @@ def startup_table(df):
 
     runs = _finished(df)
     rows = sorted(zip(runs["impl"], runs["summary"]), key=lambda r: (r[0], r[1]["num_workers"]))
-    return pd.DataFrame({
-        "Implementation": [impl for impl, _ in rows],
-        "workers": [str(s["num_workers"]) for _, s in rows],
-        "first batch (s)": [f"{s['first_batch_s']:.2f}" for _, s in rows],
-        "RSS (MB, + the loader's)": [_rss(s) for _, s in rows],
-        "workers USS / PSS (MB)": [f"{s['workers_uss_mb']:.0f} / {s['workers_pss_mb']:.0f}" for _, s in rows],
-    })
+    return pd.DataFrame(
+        {
+            "Implementation": [impl for impl, _ in rows],
+            "workers": [str(s["num_workers"]) for _, s in rows],
+            "first batch (s)": [f"{s['first_batch_s']:.2f}" for _, s in rows],
+            "RSS (MB, + the loader's)": [_rss(s) for _, s in rows],
+            "workers USS / PSS (MB)": [
+                f"{s['workers_uss_mb']:.0f} / {s['workers_pss_mb']:.0f}" for _, s in rows
+            ],
+        }
+    )
 
 
 def _finished(df):
@@ -247,12 +312,14 @@ def sweep_table(df):
     cells = {}
     for impl, scenario, s in zip(runs["impl"], runs["config"], runs["summary"]):
         ratio, _ = headroom(df, impl, scenario, s["images_per_s"])
-        cells[s["num_workers"], impl] = (f"{s['images_per_s']:.1f} img/s, p50 {s['latency_ms_p50']:.1f} ms"
-                                         + (f", {ratio} training's" if ratio != "-" else ""))
+        cells[s["num_workers"], impl] = f"{s['images_per_s']:.1f} img/s, p50 {s['latency_ms_p50']:.1f} ms" + (
+            f", {ratio} training's" if ratio != "-" else ""
+        )
     counts = sorted({w for w, _ in cells})
     impls = list(dict.fromkeys(runs["impl"]))
-    return pd.DataFrame({"loader workers": counts, **{i: [cells.get((w, i), "-") for w in counts] for i in impls}})
-
+    return pd.DataFrame(
+        {"loader workers": counts, **{i: [cells.get((w, i), "-") for w in counts] for i in impls}}
+    )
 
 
 def stages_table(df):
@@ -267,9 +334,14 @@ def stages_table(df):
             continue
         stages = s.get("stages")
         ms = stages["ms_per_image"] if stages else {}
-        row = {"Implementation": impl, **{name: f"{ms[key]:.2f}" if key in ms else "—" for key, name in _STAGE_COLUMNS}}
+        row = {
+            "Implementation": impl,
+            **{name: f"{ms[key]:.2f}" if key in ms else "—" for key, name in _STAGE_COLUMNS},
+        }
         row["total"] = f"{sum(ms.values()):.2f}" if ms else "—"
-        row["transform holds"] = stages["transform_holds"] if stages else f"— ({s.get('stages_missing', 'not split')})"
+        row["transform holds"] = (
+            stages["transform_holds"] if stages else f"— ({s.get('stages_missing', 'not split')})"
+        )
         rows.append(row)
     return pd.DataFrame(rows) if rows else None
 

@@ -1,6 +1,7 @@
 """``--task infer``: the framework's own eval path timed per batch size on the val split's images
 (harness/inference.py); iterations.jsonl holds each timed call, run.json the stats per batch size. A
 call that returned nothing fails the run (``EmptyPath``)."""
+
 from __future__ import annotations
 
 from . import RankContext, Task, TaskError, one_process, val_split
@@ -19,16 +20,24 @@ class Infer(Task):
         val = val_split(cfg, data_summary)
         bench = cfg.benchmark
         if max(bench.batch_sizes) > val["images"]:
-            raise TaskError(f"--batch-sizes {','.join(map(str, bench.batch_sizes))}: batch size {max(bench.batch_sizes)} is "
-                            f"larger than the val split ({val['images']} images, data.val_split {cfg.data.val_split})")
+            raise TaskError(
+                f"--batch-sizes {','.join(map(str, bench.batch_sizes))}: batch size {max(bench.batch_sizes)} "
+                "is "
+                f"larger than the val split ({val['images']} images, data.val_split {cfg.data.val_split})"
+            )
 
     def work(self, bench) -> str:
-        return f"inference, batch sizes {','.join(map(str, bench.batch_sizes))}, {bench.infer_batches} timed calls each"
+        sizes = ",".join(map(str, bench.batch_sizes))
+        return f"inference, batch sizes {sizes}, {bench.infer_batches} timed calls each"
 
     def run(self, rank: RankContext) -> None:
         import torch
-
-        from mrcnn_bench.harness.inference import check_not_empty, inference_summary, load_images, time_batches
+        from mrcnn_bench.harness.inference import (
+            check_not_empty,
+            inference_summary,
+            load_images,
+            time_batches,
+        )
         from mrcnn_bench.harness.results import atomic_write_jsonl
 
         bench, data = rank.cfg.benchmark, rank.data
@@ -41,25 +50,49 @@ class Infer(Task):
             partial.write(row)
             n = row["iter"] + 1
             if n == total or n % bench.infer_batches == 0:
-                say(f"batch size {row['batch_size']}: {n}/{total} calls, last {row['duration'] * 1e3:.1f} ms, "
-                    f"{row['detections']} detections")
+                say(
+                    f"batch size {row['batch_size']}: {n}/{total} calls, last {row['duration'] * 1e3:.1f} "
+                    "ms, "
+                    f"{row['detections']} detections"
+                )
 
         autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[bench.dtype]
-        rows = time_batches(predict, images, bench.batch_sizes, bench.infer_warmup, bench.infer_batches, rank.dist.device,
-                            autocast_dtype=autocast, on_batch=on_batch)
+        rows = time_batches(
+            predict,
+            images,
+            bench.batch_sizes,
+            bench.infer_warmup,
+            bench.infer_batches,
+            rank.dist.device,
+            autocast_dtype=autocast,
+            on_batch=on_batch,
+        )
         check_not_empty(rows, rank.impl)
         summary = inference_summary(rows)
         atomic_write_jsonl(rank.run_dir / "iterations.jsonl", rows)
-        write_record(rank, dict(
-            native_config=native_dict(rank.native, {}), summary=summary, iterations_recorded=len(rows),
-            window={"warmup": 0, "end": len(rows), "iters": len(rows)},
-            measures=("inference: images/s and latency per call of the framework's own eval path, decoded images in, "
-                      "detections with pasted masks out, per batch size; each call closed by a device synchronize"),
-        ))
+        write_record(
+            rank,
+            dict(
+                native_config=native_dict(rank.native, {}),
+                summary=summary,
+                iterations_recorded=len(rows),
+                window={"warmup": 0, "end": len(rows), "iters": len(rows)},
+                measures=(
+                    "inference: images/s and latency per call of the framework's own eval path, decoded "
+                    "images in, "
+                    "detections with pasted masks out, per batch size; each call closed by a device "
+                    "synchronize"
+                ),
+            ),
+        )
         partial.done()
         for size, stats in summary["batch_sizes"].items():
-            say(f"{rank.impl}: batch {size}: {stats['images_per_s']:.2f} img/s, latency mean {stats['latency_ms_mean']:.1f} "
-                f"ms, p99 {stats['latency_ms_p99']:.1f} ms, {stats['detections_per_image']:.1f} detections per image")
+            say(
+                f"{rank.impl}: batch {size}: {stats['images_per_s']:.2f} img/s, latency mean "
+                f"{stats['latency_ms_mean']:.1f} "
+                f"ms, p99 {stats['latency_ms_p99']:.1f} ms, {stats['detections_per_image']:.1f} detections "
+                "per image"
+            )
 
     def section(self, df):
         return latency_table(df)
@@ -88,7 +121,12 @@ def latency_table(df):
         cells = []
         for size in sizes:
             st = lat.get(str(size))
-            cells.append("-" if st is None else f"{st['images_per_s']:.2f} img/s, {st['latency_ms_mean']:.1f} / "
-                         f"{st['latency_ms_p90']:.1f} / {st['latency_ms_p99']:.1f} ms, {st['detections_per_image']:.1f} det")
+            cells.append(
+                "-"
+                if st is None
+                else f"{st['images_per_s']:.2f} img/s, {st['latency_ms_mean']:.1f} / "
+                f"{st['latency_ms_p90']:.1f} / {st['latency_ms_p99']:.1f} ms, "
+                f"{st['detections_per_image']:.1f} det"
+            )
         table[run["impl"]] = cells
     return pd.DataFrame(table)

@@ -1,5 +1,6 @@
 """What every task's body uses in a worker rank: the partial stream of iterations (kept if the run
 dies), progress lines, and run.json's one writer."""
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,8 @@ class PartialIterations(TimerListener):
 
 
 class Progress(TimerListener):
-    """Rank 0 prints the iteration, its loss, time and data wait, and the time left, every ``every`` iterations."""
+    """Rank 0 prints the iteration, its loss, time and data wait, and the time left, every ``every``
+    iterations."""
 
     def __init__(self, rank: int, total: int, every: int):
         self.rank, self.total, self.every = rank, total, every
@@ -67,18 +69,26 @@ def write_record(rank, record_fields: dict, extra: dict | None = None) -> dict:
 
     bench = rank.cfg.benchmark
     record = make_run_record(
-        impl=rank.impl, run_id=rank.spec["run_id"], status="ok", config=rank.spec["config"],
+        impl=rank.impl,
+        run_id=rank.spec["run_id"],
+        status="ok",
+        config=rank.spec["config"],
         effective_hparams=rank.adapter.effective_hparams(rank.native),
         environment=capture_environment(bench.device, rank.spec["threads_per_rank"], extra=rank.env_extra),
-        world_size=rank.dist.world_size, device=bench.device, dtype=bench.dtype, data=rank.spec.get("data_summary"),
-        extra={**(extra or {}), "settings": settings.record(rank.cfg, rank.impl), **wall(rank.spec)}, **record_fields,
+        world_size=rank.dist.world_size,
+        device=bench.device,
+        dtype=bench.dtype,
+        data=rank.spec.get("data_summary"),
+        extra={**(extra or {}), "settings": settings.record(rank.cfg, rank.impl), **wall(rank.spec)},
+        **record_fields,
     )
     write_final(rank.run_dir, record)
     return record
 
 
 def wall(spec: dict) -> dict:
-    """wall_s: seconds from the launch (launch.json's start; rank 0 runs on the launching host) to the record."""
+    """wall_s: seconds from the launch (launch.json's start; rank 0 runs on the launching host) to the
+    record."""
     return {"wall_s": round(time.time() - spec["started"], 2)} if "started" in spec else {}
 
 
@@ -97,5 +107,7 @@ def write_final(run_dir: Path, record: dict) -> None:
     try:
         atomic_write_json(run_dir / "run.json", record, replace=False)
     except FileExistsError:
-        raise RuntimeError(f"{run_dir / 'run.json'}: the launcher has already recorded this run; "
-                           "this worker's result is discarded") from None
+        raise RuntimeError(
+            f"{run_dir / 'run.json'}: the launcher has already recorded this run; "
+            "this worker's result is discarded"
+        ) from None

@@ -9,6 +9,7 @@ candidates in the same order (anchors are ordered alike in all four), take the s
 are global hooks of torch (every module's forward, every optimizer's step), so the framework's own
 objects are found wherever it builds them.
 """
+
 from __future__ import annotations
 
 from . import RankContext, TaskError, one_process
@@ -30,15 +31,19 @@ LOSS_TERMS = {
 
 class Step(Train):
     name = "step"
-    help = "step: one training step recorded whole (losses, gradients, optimizer groups) for parity --check-step"
+    help = (
+        "step: one training step recorded whole (losses, gradients, optimizer groups) for parity --check-step"
+    )
     trains = False  # not a throughput: the training tables leave it out
     section_title = "One training step (parity --check-step)"
 
     def check(self, cfg, data_summary: dict) -> None:
         one_process(cfg)
         if cfg.benchmark.iters != 1 or cfg.benchmark.grad_accum != 1:
-            raise TaskError(f"--task step records one step: benchmark.iters must be 1 (got {cfg.benchmark.iters}) "
-                            f"and benchmark.grad_accum 1 (got {cfg.benchmark.grad_accum})")
+            raise TaskError(
+                f"--task step records one step: benchmark.iters must be 1 (got {cfg.benchmark.iters}) "
+                f"and benchmark.grad_accum 1 (got {cfg.benchmark.grad_accum})"
+            )
         if cfg.benchmark.dtype != "fp32":
             raise TaskError(f"--task step compares float32 steps (benchmark.dtype is {cfg.benchmark.dtype})")
 
@@ -59,10 +64,17 @@ class Step(Train):
         if rank.dist.rank == 0:
             atomic_save_torch(record, rank.run_dir / STEP_FILE)
         losses = ", ".join(f"{k} {v:.6g}" for k, v in record["losses"].items())
-        say(f"{rank.impl}: one step: {losses}; {len(record['grads'])} parameters with a gradient, "
-            f"optimizer's update within {record['update_error']:.1e} of SGD's")
-        return {"step": {"losses": record["losses"], "update_error": record["update_error"],
-                         "parameters_with_grad": len(record["grads"])}}
+        say(
+            f"{rank.impl}: one step: {losses}; {len(record['grads'])} parameters with a gradient, "
+            f"optimizer's update within {record['update_error']:.1e} of SGD's"
+        )
+        return {
+            "step": {
+                "losses": record["losses"],
+                "update_error": record["update_error"],
+                "parameters_with_grad": len(record["grads"]),
+            }
+        }
 
 
 def canonical_losses(losses: dict) -> dict[str, float]:
@@ -72,7 +84,9 @@ def canonical_losses(losses: dict) -> dict[str, float]:
         for name in names:
             if name in losses:
                 value = losses[name]
-                out[term] = float(sum(float(v) for v in value)) if isinstance(value, (list, tuple)) else float(value)
+                out[term] = (
+                    float(sum(float(v) for v in value)) if isinstance(value, (list, tuple)) else float(value)
+                )
     return out
 
 
@@ -100,10 +114,18 @@ class StepCapture:
                 return original(n, *args, generator=generator, **kwargs)
             device = kwargs.pop("device", None)
             g = torch.Generator().manual_seed(PERMUTATION_SEED)
-            return original(n, generator=g, **kwargs).to(device) if device is not None else original(n, generator=g, **kwargs)
+            return (
+                original(n, generator=g, **kwargs).to(device)
+                if device is not None
+                else original(n, generator=g, **kwargs)
+            )
 
         torch.randperm = fixed_randperm
-        self._handles = [torch.nn.modules.module.register_module_forward_pre_hook(self._perturb)] if self.input_ulps else []
+        self._handles = (
+            [torch.nn.modules.module.register_module_forward_pre_hook(self._perturb)]
+            if self.input_ulps
+            else []
+        )
         self._handles += [
             torch.nn.modules.module.register_module_forward_hook(self._forward),
             register_optimizer_step_pre_hook(self._before_step),
@@ -126,12 +148,16 @@ class StepCapture:
         import torch
 
         x = args[0] if args else None
-        if self._perturbed or not (torch.is_tensor(x) and x.dim() == 4 and x.shape[1] == 3 and torch.is_floating_point(x)):
+        if self._perturbed or not (
+            torch.is_tensor(x) and x.dim() == 4 and x.shape[1] == 3 and torch.is_floating_point(x)
+        ):
             return None
         self._perturbed = True
         g = torch.Generator().manual_seed(PERMUTATION_SEED)
         sign = torch.randint(0, 2, x.shape, generator=g).to(x.device, x.dtype).mul_(2).sub_(1)
-        ulp = torch.finfo(x.dtype).eps * torch.exp2(torch.floor(torch.log2(x.abs().clamp(min=torch.finfo(x.dtype).tiny))))
+        ulp = torch.finfo(x.dtype).eps * torch.exp2(
+            torch.floor(torch.log2(x.abs().clamp(min=torch.finfo(x.dtype).tiny)))
+        )
         return (x + self.input_ulps * sign * ulp, *args[1:])
 
     def _forward(self, module, args, output):
@@ -144,9 +170,14 @@ class StepCapture:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self.before[id(p)] = {"grad": p.grad.detach().clone(), "value": p.detach().clone(), "lr": float(group["lr"]),
-                                          "weight_decay": float(group.get("weight_decay", 0.0)),
-                                          "momentum": float(group.get("momentum", 0.0)), "param": p}
+                    self.before[id(p)] = {
+                        "grad": p.grad.detach().clone(),
+                        "value": p.detach().clone(),
+                        "lr": float(group["lr"]),
+                        "weight_decay": float(group.get("weight_decay", 0.0)),
+                        "momentum": float(group.get("momentum", 0.0)),
+                        "param": p,
+                    }
 
     def _after_step(self, optimizer, args, kwargs):
         for key, entry in self.before.items():
@@ -164,30 +195,49 @@ class StepCapture:
         named = {id(p): name for name, p in model.named_parameters()}
         missing = [k for k in self.before if k not in named]
         if missing:
-            raise RuntimeError(f"{len(missing)} stepped parameter(s) are not the trained model's (another model was stepped?)")
+            raise RuntimeError(
+                f"{len(missing)} stepped parameter(s) are not the trained model's (another model was "
+                "stepped?)"
+            )
         grads, groups, worst = {}, {}, 0.0
         for key, e in self.before.items():
             name = named[key]
             grads[name] = e["grad"]
-            groups[name] = torch.tensor([e["lr"], e["weight_decay"], e["momentum"]], dtype=torch.float64).expand(*e["grad"].shape, 3)
-            expected = e["value"].double() - e["lr"] * (e["grad"].double() + e["weight_decay"] * e["value"].double())
-            update = (e["lr"] * (e["grad"].double() + e["weight_decay"] * e["value"].double())).abs().max().item()
+            groups[name] = torch.tensor(
+                [e["lr"], e["weight_decay"], e["momentum"]], dtype=torch.float64
+            ).expand(*e["grad"].shape, 3)
+            expected = e["value"].double() - e["lr"] * (
+                e["grad"].double() + e["weight_decay"] * e["value"].double()
+            )
+            update = (
+                (e["lr"] * (e["grad"].double() + e["weight_decay"] * e["value"].double())).abs().max().item()
+            )
             err = (self.after[key].double() - expected).abs().max().item()
             # the float32 value rounds by up to an ulp of itself: a larger miss is another update
-            ulp = 2.0 ** -23 * max(e["value"].abs().max().item(), 1e-30)
+            ulp = 2.0**-23 * max(e["value"].abs().max().item(), 1e-30)
             worst = max(worst, max(err - ulp, 0.0) / max(update, 1e-30))
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        frozen = sorted(set(to_torchvision({n: p.detach() for n, p in model.named_parameters()})) -
-                        set(to_torchvision({n: p.detach() for n, p in model.named_parameters() if n in trainable})))
+        frozen = sorted(
+            set(to_torchvision({n: p.detach() for n, p in model.named_parameters()}))
+            - set(to_torchvision({n: p.detach() for n, p in model.named_parameters() if n in trainable}))
+        )
         # (lr, weight decay, momentum) per parameter, laid out as the tensor so the conversion moves it alike
         # (the background slots it adds are zeros: the largest entry is the group's)
-        tv_groups = {k: tuple(v.amax(dim=tuple(range(v.dim() - 1))).tolist()) for k, v in to_torchvision(groups).items()}
-        return {"losses": canonical_losses(self.losses), "raw_losses": dict(self.losses), "grads": to_torchvision(grads),
-                "groups": tv_groups, "frozen": frozen, "update_error": worst}
+        tv_groups = {
+            k: tuple(v.amax(dim=tuple(range(v.dim() - 1))).tolist())
+            for k, v in to_torchvision(groups).items()
+        }
+        return {
+            "losses": canonical_losses(self.losses),
+            "raw_losses": dict(self.losses),
+            "grads": to_torchvision(grads),
+            "groups": tv_groups,
+            "frozen": frozen,
+            "update_error": worst,
+        }
 
 
 def _detached(v):
     if isinstance(v, (list, tuple)):
         return [x.detach().float().cpu() for x in v]
     return v.detach().float().cpu() if hasattr(v, "detach") else v
-

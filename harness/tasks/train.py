@@ -1,5 +1,6 @@
 """``--task train``: the framework's own training loop with the timer hooked in; throughput over the
 window [warmup, end) on the global batch, with the work, FLOPs and (``benchmark.phases``) the phases."""
+
 from __future__ import annotations
 
 from . import RankContext, Task
@@ -18,23 +19,30 @@ class Train(Task):
             record = _record(rank, timer, world_images, extra)
             partial.done()
             s, bench = record["summary"], rank.cfg.benchmark
-            say(f"{rank.impl}: {s['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
-                f"median {s['s_per_iter_median']:.3f} s/iter")
+            say(
+                f"{rank.impl}: {s['images_per_s']:.3f} img/s over iterations [{bench.warmup}, {bench.end}), "
+                f"median {s['s_per_iter_median']:.3f} s/iter"
+            )
 
     def train(self, rank: RankContext):
-        """The adapter's training under the timer (its listeners: the partial stream, progress): (timer, stream)."""
+        """The adapter's training under the timer (its listeners: the partial stream, progress): (timer,
+        stream)."""
         from mrcnn_bench.harness.timing import IterationTimer
 
         bench, dist = rank.cfg.benchmark, rank.dist
         partial = PartialIterations(rank.run_dir, dist.rank)
         progress = Progress(dist.rank, bench.iters, max(1, bench.iters // 20))
-        timer = IterationTimer.for_device(bench.iters, dist.device, listeners=[partial, progress, *self.listeners(rank)])
+        timer = IterationTimer.for_device(
+            bench.iters, dist.device, listeners=[partial, progress, *self.listeners(rank)]
+        )
         try:
             rank.trained = rank.adapter.train(rank.cfg, rank.data, timer, dist, native=rank.native) or {}
         finally:
             timer.after_train()
         if len(timer.records) != bench.iters:
-            raise RuntimeError(f"{rank.impl}: the adapter ran {len(timer.records)} iterations, {bench.iters} were asked for")
+            raise RuntimeError(
+                f"{rank.impl}: the adapter ran {len(timer.records)} iterations, {bench.iters} were asked for"
+            )
         return timer, partial
 
     def listeners(self, rank: RankContext) -> list:
@@ -63,7 +71,12 @@ def _summary(rank: RankContext, rows: list[dict], timer, world_images: list[int]
     utilisation against the measured matmul peak of every process (calibrated here, with this process's
     threads, after the window); with benchmark.phases, ms per phase, what the framework lacks, its syncs."""
     from mrcnn_bench.harness.data import num_classes
-    from mrcnn_bench.harness.flops import cached_unit_costs, matmul_peak_flops, window_flops_per_image, window_phase_flops
+    from mrcnn_bench.harness.flops import (
+        cached_unit_costs,
+        matmul_peak_flops,
+        window_flops_per_image,
+        window_phase_flops,
+    )
     from mrcnn_bench.harness.metrics import Window, summarize
     from mrcnn_bench.harness.phases import PhaseProbe, window_phases
 
@@ -75,9 +88,13 @@ def _summary(rank: RankContext, rows: list[dict], timer, world_images: list[int]
     summary = summarize(Window(rows, bench.warmup, bench.end, world_images, dist.world_size, flops, peak))
     summary["matmul_peak_flops_per_process"] = peak
     for probe in timer.of_type(PhaseProbe):
-        summary.update(phases_ms=window_phases(rows, bench.warmup, bench.end), phases_missing=probe.missing,
-                       phases_notes=probe.notes, host_syncs_per_step=probe.host_syncs,
-                       phases_flops=window_phase_flops(costs, rows, bench.warmup, bench.end))
+        summary.update(
+            phases_ms=window_phases(rows, bench.warmup, bench.end),
+            phases_missing=probe.missing,
+            phases_notes=probe.notes,
+            host_syncs_per_step=probe.host_syncs,
+            phases_flops=window_phase_flops(costs, rows, bench.warmup, bench.end),
+        )
     return summary
 
 
@@ -88,12 +105,22 @@ def _record(rank: RankContext, timer, world_images: list[int], added: dict) -> d
     bench = rank.cfg.benchmark
     rows = [r.to_dict() for r in timer.records]
     summary = {**_summary(rank, rows, timer, world_images), **added}
-    atomic_write_jsonl(rank.run_dir / "iterations.jsonl", [dict(row, global_images=g) for row, g in zip(rows, world_images)])
+    atomic_write_jsonl(
+        rank.run_dir / "iterations.jsonl", [dict(row, global_images=g) for row, g in zip(rows, world_images)]
+    )
     extra = dict(rank.trained)
     native = native_dict(rank.native, extra)
-    return write_record(rank, dict(
-        native_config=native, summary=summary, iterations_recorded=len(timer.records),
-        window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
-    ), extra={**({"adapter": extra} if extra else {}),
-              # the canonical keys this framework ran otherwise, allowed by benchmark.allow_divergent
-              "divergent": rank.adapter.divergences(rank.cfg)})
+    return write_record(
+        rank,
+        dict(
+            native_config=native,
+            summary=summary,
+            iterations_recorded=len(timer.records),
+            window={"warmup": bench.warmup, "end": bench.end, "iters": bench.iters},
+        ),
+        extra={
+            **({"adapter": extra} if extra else {}),
+            # the canonical keys this framework ran otherwise, allowed by benchmark.allow_divergent
+            "divergent": rank.adapter.divergences(rank.cfg),
+        },
+    )

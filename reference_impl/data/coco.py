@@ -1,5 +1,6 @@
 """COCO loading for the reference implementation (pycocotools), an infinite sharded sampler, and a
 collate that keeps images as uint8 (the model converts them on the device: 4x fewer bytes to copy)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,16 @@ class COCOInstances(torch.utils.data.Dataset):
     (structures/masks.py), what the ``polygon`` mask target rasterises inside each RoI.
     """
 
-    def __init__(self, json_file: str | Path, image_dir: str | Path, *, flip_prob: float = 0.0, filter_empty: bool = True,
-                 with_masks: bool = True, mask_format: str = "bitmask"):
+    def __init__(
+        self,
+        json_file: str | Path,
+        image_dir: str | Path,
+        *,
+        flip_prob: float = 0.0,
+        filter_empty: bool = True,
+        with_masks: bool = True,
+        mask_format: str = "bitmask",
+    ):
         if mask_format not in ("bitmask", "polygon"):
             raise ValueError(f"mask_format {mask_format!r}: expected 'bitmask' or 'polygon'")
         self.mask_format = mask_format
@@ -56,8 +65,12 @@ class COCOInstances(torch.utils.data.Dataset):
     def _polygons(self, ann: dict) -> list[np.ndarray]:
         segmentation = ann.get("segmentation")
         if not isinstance(segmentation, list):
-            raise ValueError(f"annotation {ann.get('id')} (image {ann.get('image_id')}): its segmentation is not a polygon list "
-                             f"(RLE?), which the 'polygon' mask target cannot rasterise; use model.roi_heads.mask_target bitmask_binarized")
+            raise ValueError(
+                f"annotation {ann.get('id')} (image {ann.get('image_id')}): its segmentation is not a "
+                "polygon list "
+                "(RLE?), which the 'polygon' mask target cannot rasterise; use model.roi_heads.mask_target "
+                "bitmask_binarized"
+            )
         return usable_polygons(segmentation)
 
     @property
@@ -85,7 +98,9 @@ class COCOInstances(torch.utils.data.Dataset):
         if self.with_masks and self.mask_format == "polygon":
             target["polygons"] = [self._polygons(a) for a, k in zip(anns, keep.tolist()) if k]
         elif self.with_masks:
-            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+            masks = (
+                np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+            )
             target["masks"] = torch.from_numpy(masks)[keep]
         if self.flip_prob > 0 and torch.rand(1).item() < self.flip_prob:
             image = image.flip(-1)
@@ -107,7 +122,9 @@ class InfiniteSampler(torch.utils.data.Sampler):
     def _indices(self):
         g = torch.Generator().manual_seed(self.seed)
         while True:
-            yield from (torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)).tolist()
+            yield from (
+                torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+            ).tolist()
 
     def __iter__(self):
         return itertools.islice(self._indices(), self.rank, None, self.world_size)
@@ -126,16 +143,30 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def build_train_loader(dataset, *, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int, pin_memory: bool,
-                       batch_sampler=None):
+def build_train_loader(
+    dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    pin_memory: bool,
+    batch_sampler=None,
+):
     """Endless batches: from ``batch_sampler`` (lists of dataset indices) when given, else shuffled by
     an :class:`InfiniteSampler`."""
     if len(dataset) < batch_size * world_size:
-        raise ValueError(f"{len(dataset)} training images cannot fill one batch of {batch_size} x {world_size} processes")
+        raise ValueError(
+            f"{len(dataset)} training images cannot fill one batch of {batch_size} x {world_size} processes"
+        )
     g = torch.Generator().manual_seed(seed + rank)
     if batch_sampler is None:
-        sampling = dict(batch_size=batch_size, drop_last=True,
-                        sampler=InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size))
+        sampling = dict(
+            batch_size=batch_size,
+            drop_last=True,
+            sampler=InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
+        )
     else:
         sampling = dict(batch_sampler=batch_sampler)
     return torch.utils.data.DataLoader(

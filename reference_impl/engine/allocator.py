@@ -7,6 +7,7 @@ to 2.6 million faults per step of ResNet-50-FPN at 800 px on the CPU, measured w
 the setting on, freed memory stays in the heap and is reused: the process keeps its peak, the
 arithmetic is untouched. glibc only: elsewhere the setting warns and does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,11 +26,17 @@ def keep_freed_memory(enabled: bool = True) -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt, trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError) as e:
-        warnings.warn(f"reference.keep_freed_memory: no glibc malloc here ({e}); the allocator is left as it is")
+        warnings.warn(
+            f"reference.keep_freed_memory: no glibc malloc here ({e}); the allocator is left as it is",
+            stacklevel=2,
+        )
         return False
     ok = all(mallopt(option, value) == 1 for option, value in (KEEP if enabled else DEFAULTS).items())
     if not enabled:
         trim(0)
     if not ok:
-        warnings.warn("reference.keep_freed_memory: glibc's mallopt refused the setting; the allocator is left as it is")
+        warnings.warn(
+            "reference.keep_freed_memory: glibc's mallopt refused the setting; the allocator is left as is",
+            stacklevel=2,
+        )
     return ok

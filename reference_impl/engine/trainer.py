@@ -1,5 +1,6 @@
 """The reference implementation's training loop: AMP, channels-last, gradient accumulation, DDP,
 checkpoints that a run can resume from."""
+
 from __future__ import annotations
 
 import bisect
@@ -7,26 +8,33 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..syncs import to_host
 
 
-def build_optimizer(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float, weight_decay_norm: float):
+def build_optimizer(
+    model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float, weight_decay_norm: float
+):
     """SGD; normalization layers' parameters get ``weight_decay_norm``."""
     norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
     decay, no_decay = [], []
     for module in model.modules():
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         (no_decay if isinstance(module, norm_types) else decay).extend(own)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": weight_decay_norm}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": weight_decay_norm},
+    ]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
 
 
-def warmup_multistep(*, warmup_iters: int, warmup_factor: float, steps: list[int], gamma: float) -> Callable[[int], float]:
+def warmup_multistep(
+    *, warmup_iters: int, warmup_factor: float, steps: list[int], gamma: float
+) -> Callable[[int], float]:
     """The learning-rate factor of iteration ``it``: linear warm-up, then x gamma at each step."""
 
     def factor(it: int) -> float:
@@ -40,9 +48,13 @@ def warmup_multistep(*, warmup_iters: int, warmup_factor: float, steps: list[int
 
 
 def to_device(images: list, targets: list[dict], device) -> tuple[list, list[dict]]:
-    """A batch from the loader on ``device``: the images, and each target's tensors (other values as they are)."""
+    """A batch from the loader on ``device``: the images, and each target's tensors (other values as they
+    are)."""
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    targets = [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
     return images, targets
 
 
@@ -74,7 +86,9 @@ class Trainer:
         self.device, self.grad_accum, self.ddp = device, grad_accum, ddp
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
         self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
-        self.autocast_cache = autocast_cache  # CUDA graphs need it off (make_graphed_callables refuses the cache)
+        self.autocast_cache = (
+            autocast_cache  # CUDA graphs need it off (make_graphed_callables refuses the cache)
+        )
         self.after_step = after_step
         self.iter = 0
         self._data_iter = None
@@ -94,17 +108,26 @@ class Trainer:
             last = micro == self.grad_accum - 1
             sync = contextlib.nullcontext() if (last or not self.ddp) else self.ddp_model.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
-                                    cache_enabled=self.autocast_cache):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype,
+                    enabled=self.autocast_dtype is not None,
+                    cache_enabled=self.autocast_cache,
+                ):
                     losses = self.ddp_model(images, targets)
                     loss = sum(losses.values())
                 self.scaler.scale(loss / self.grad_accum).backward()
             images_seen += len(images)
         # the step's one read of device values by the host: the loss and its parts, together
-        loss_value, *parts = to_host(torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float())
+        loss_value, *parts = to_host(
+            torch.stack([loss.detach(), *(v.detach() for v in losses.values())]).float()
+        )
         self.last_losses = dict(zip(losses, parts))
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at iteration {self.iter}: " + ", ".join(f"{k}={v:.4g}" for k, v in self.last_losses.items()))
+            raise FloatingPointError(
+                f"loss became {loss_value} at iteration {self.iter}: "
+                + ", ".join(f"{k}={v:.4g}" for k, v in self.last_losses.items())
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -115,7 +138,9 @@ class Trainer:
             self.after_step(images_seen, loss=loss_value, data_time=data_time, lr=lr)
         return loss_value
 
-    def train(self, max_iter: int, checkpoint_path: str | Path | None = None, checkpoint_period: int = 0) -> None:
+    def train(
+        self, max_iter: int, checkpoint_path: str | Path | None = None, checkpoint_period: int = 0
+    ) -> None:
         while self.iter < max_iter:
             self.step()
             if checkpoint_path and checkpoint_period and self.iter % checkpoint_period == 0:

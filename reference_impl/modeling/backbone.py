@@ -3,6 +3,7 @@
 Parameter names follow torchvision's ResNet (conv1, bn1, layer1..4, Bottleneck conv1..3/bn1..3,
 downsample.0/1) so ImageNet checkpoints load as they are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,8 @@ from torch import nn
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed statistics and affine parameters (buffers, not parameters): y = x * scale + shift."""
+    """BatchNorm with fixed statistics and affine parameters (buffers, not parameters): y = x * scale +
+    shift."""
 
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
@@ -75,18 +77,24 @@ class Bottleneck(nn.Module):
         out_channels = width * self.expansion
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)  # stride on the 3x3 (ResNet v1.5)
+        self.conv2 = nn.Conv2d(
+            width, width, 3, stride=stride, padding=1, bias=False
+        )  # stride on the 3x3 (ResNet v1.5)
         self.bn2 = norm(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels)
+            )
         self.fold_norm = False  # ResNet.fold_frozen_bn
 
     def forward(self, x):
         fold = self.fold_norm
-        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, fold)
+        identity = (
+            x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x, fold)
+        )
         out = F.relu_(conv_norm(self.conv1, self.bn1, x, fold))
         out = F.relu_(conv_norm(self.conv2, self.bn2, out, fold))
         out = conv_norm(self.conv3, self.bn3, out, fold)
@@ -116,7 +124,7 @@ class ResNet(nn.Module):
         self._init_weights()
         self.freeze(freeze_at)
 
-    def fold_frozen_bn(self, enabled: bool = True) -> "ResNet":
+    def fold_frozen_bn(self, enabled: bool = True) -> ResNet:
         """Compute each conv + FrozenBN pair as one convolution (:func:`conv_norm`)."""
         self.fold_norm = enabled
         for m in self.modules():
@@ -154,8 +162,11 @@ class ResNet(nn.Module):
 
 
 def norm_layers(module: nn.Module) -> list[nn.Module]:
-    """Every norm layer of ``module`` with running statistics (FrozenBN, BatchNorm, SyncBatchNorm), in order."""
-    return [m for m in module.modules() if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm))]
+    """Every norm layer of ``module`` with running statistics (FrozenBN, BatchNorm, SyncBatchNorm), in
+    order."""
+    return [
+        m for m in module.modules() if isinstance(m, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm))
+    ]
 
 
 @torch.no_grad()
@@ -168,7 +179,10 @@ def calibrate_norm_statistics(body: ResNet, images: torch.Tensor) -> int:
     see what they will see once every statistic is frozen, and what each layer measures is exact for the
     frozen network. Weights and biases are left as they are. Returns how many layers were set."""
     if images.dim() != 4 or not len(images):
-        raise ValueError(f"calibrate_norm_statistics: expected a batch [N, 3, H, W] of N >= 1 images, got {tuple(images.shape)}")
+        raise ValueError(
+            "calibrate_norm_statistics: expected a batch [N, 3, H, W] of N >= 1 images, got "
+            f"{tuple(images.shape)}"
+        )
     layers = norm_layers(body)
 
     def measure(module, args):
@@ -216,14 +230,16 @@ class FPN(nn.Module):
 
 
 class ResNetFPN(nn.Module):
-    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2, out_channels: int = 256):
+    def __init__(
+        self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2, out_channels: int = 256
+    ):
         super().__init__()
         self.body = ResNet(depth=depth, norm=norm, freeze_at=freeze_at)
         self.fpn = FPN(in_channels=self.body.out_channels, out_channels=out_channels)
         self.out_channels = out_channels
 
     @classmethod
-    def from_config(cls, cfg) -> "ResNetFPN":
+    def from_config(cls, cfg) -> ResNetFPN:
         b = cfg.backbone
         return cls(depth=b.depth, norm=b.norm, freeze_at=b.freeze_at, out_channels=b.fpn_out_channels)
 

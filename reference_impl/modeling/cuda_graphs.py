@@ -19,12 +19,13 @@ are put back after the capture), and its backward returns parameter gradients in
 memory, which autograd keeps as ``.grad`` and a second replay overwrites under gradient accumulation
 (each parameter gets a hook that hands autograd a copy instead, ~100 MB of copies a step).
 """
+
 from __future__ import annotations
 
 import copy
 import warnings
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -82,8 +83,12 @@ class GraphedByShape:
         if graphed is None:
             if len(self._graphed) >= self.max_shapes:
                 if not self._warned_full:
-                    warnings.warn(f"CUDA graphs: {self.max_shapes} input shapes captured (reference.cuda_graph_shapes); "
-                                  f"further shapes run eagerly", stacklevel=2)
+                    warnings.warn(
+                        f"CUDA graphs: {self.max_shapes} input shapes captured "
+                        "(reference.cuda_graph_shapes); "
+                        f"further shapes run eagerly",
+                        stacklevel=2,
+                    )
                     self._warned_full = True
                 self.stats["eager"] += 1
                 return self.module(x)
@@ -99,7 +104,9 @@ class GraphedByShape:
         if not self._grad_hooks:
             # autograd keeps the graph's static gradient as .grad (it holds the only reference to that
             # tensor object): give it a copy, so that the next replay cannot rewrite an accumulated .grad
-            self._grad_hooks = [p.register_hook(torch.clone) for p in self.module.parameters() if p.requires_grad]
+            self._grad_hooks = [
+                p.register_hook(torch.clone) for p in self.module.parameters() if p.requires_grad
+            ]
         saved = {name: b.clone() for name, b in self.module.named_buffers()}
         graphed = capture(_Call(self.module), (x.detach().clone(),), pool=self._pool)
         with torch.no_grad():  # the warm-up and capture ran the module on this batch: undo their BN updates

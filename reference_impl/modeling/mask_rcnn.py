@@ -1,4 +1,5 @@
 """Mask R-CNN: preprocessing, ResNet-50-FPN, RPN, RoI heads, postprocessing."""
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,7 @@ class MaskRCNN(nn.Module):
         self.lever_fallbacks = []
 
     @classmethod
-    def from_config(cls, cfg: ReferenceConfig) -> "MaskRCNN":
+    def from_config(cls, cfg: ReferenceConfig) -> MaskRCNN:
         backbone = ResNetFPN.from_config(cfg)
         model = cls(
             preprocess=Preprocessor.from_config(cfg),
@@ -59,13 +60,14 @@ class MaskRCNN(nn.Module):
         model.recompute_backbone = cfg.perf.recompute_backbone
         return model
 
-    def enable_cuda_graphs(self, max_shapes: int = PerfCfg.cuda_graph_shapes, capture=None) -> "MaskRCNN":
+    def enable_cuda_graphs(self, max_shapes: int = PerfCfg.cuda_graph_shapes, capture=None) -> MaskRCNN:
         """Train the backbone and FPN through CUDA graphs, one pair per padded batch shape (see
-        ``cuda_graphs.GraphedByShape``; the autocast around the model must run with ``cache_enabled=False``)."""
+        ``cuda_graphs.GraphedByShape``; the autocast around the model must run with
+        ``cache_enabled=False``)."""
         self.graphed_backbone = GraphedByShape(self.backbone, max_shapes=max_shapes, capture=capture)
         return self
 
-    def set_channels_last(self, enabled: bool = True) -> "MaskRCNN":
+    def set_channels_last(self, enabled: bool = True) -> MaskRCNN:
         """NHWC activations for the convolutions (faster with AMP on tensor cores, and on many CPUs)."""
         self.preprocess.channels_last = enabled
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
@@ -126,7 +128,9 @@ _NAMES = [
 def _renamed(state: dict, pairs: list[tuple[str, str]]) -> dict:
     """``state`` with each key renamed by the first pair (from-prefix, to-prefix) it starts with, BatchNorm's
     step counters left out."""
-    rules = [(re.compile("^" + re.escape(a).replace(r"\{\}", r"(\d+)")), b.replace("{}", r"\1")) for a, b in pairs]
+    rules = [
+        (re.compile("^" + re.escape(a).replace(r"\{\}", r"(\d+)")), b.replace("{}", r"\1")) for a, b in pairs
+    ]
     out = {}
     for key, value in state.items():
         if key.endswith("num_batches_tracked"):
@@ -156,7 +160,9 @@ def load_torchvision_weights(model: MaskRCNN, state_or_path) -> None:
         state = state.get("model", state)
     converted = convert_torchvision_state_dict(state)
     own = model.state_dict()
-    converted.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in converted})
+    converted.update(
+        {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in converted}
+    )
     model.load_state_dict(converted, strict=True)
 
 
@@ -177,9 +183,8 @@ def compile_or_stay_eager(module: nn.Module, lever: str, fallbacks: list[dict]) 
             module._compiled_call_impl = None
             why = f"torch.compile failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
             if not any(f["lever"] == lever for f in fallbacks):  # one warning per lever, not per module
-                warnings.warn(f"{lever}: {why}; running eagerly")
+                warnings.warn(f"{lever}: {why}; running eagerly", stacklevel=2)
             fallbacks.append({"lever": lever, "module": type(module).__name__, "why": why})
             return module(*args, **kwargs)
 
     module._compiled_call_impl = call
-

@@ -5,6 +5,7 @@ would exceed ``max_size``, the scale in float64; the resized sides are rounded t
 (detectron2, mmdet) or floored (torchvision), ``resize_rounding``. Bilinear for images, nearest for
 masks, polygons scaled by the same ratios. With several training sizes, one is drawn per image.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,7 @@ class Preprocessor(nn.Module):
         self.channels_last = False
 
     @classmethod
-    def from_config(cls, cfg) -> "Preprocessor":
+    def from_config(cls, cfg) -> Preprocessor:
         i = cfg.input
         return cls(
             min_size_train=i.min_size_train,
@@ -97,7 +98,9 @@ class Preprocessor(nn.Module):
             target["polygons"] = scale_polygons(target["polygons"], size[1] / w, size[0] / h)
         return image, target
 
-    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageList, list[dict] | None]:
+    def forward(
+        self, images: list[torch.Tensor], targets: list[dict] | None = None
+    ) -> tuple[ImageList, list[dict] | None]:
         out_images, out_targets = [], [] if targets is not None else None
         for i, image in enumerate(images):
             image, target = self._resize(self.normalized(image), targets[i] if targets is not None else None)

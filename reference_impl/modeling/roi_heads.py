@@ -1,5 +1,6 @@
 """RoI heads: sampling of proposals, multi-level RoIAlign, the 2xFC box head, the 4xconv + deconv
 mask head, their losses, and inference post-processing."""
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,16 @@ class MultiLevelPooler(nn.Module):
     """RoIAlign from the FPN level each box belongs to, in one native call (``fused``), or, as
     torchvision's MultiScaleRoIAlign does, one call per level (the same values; for measuring)."""
 
-    def __init__(self, *, output_size: int, sampling_ratio: int, aligned: bool, canonical_level: int = 4, canonical_scale: int = 224,
-                 fused: bool = True):
+    def __init__(
+        self,
+        *,
+        output_size: int,
+        sampling_ratio: int,
+        aligned: bool,
+        canonical_level: int = 4,
+        canonical_scale: int = 224,
+        fused: bool = True,
+    ):
         super().__init__()
         self.output_size, self.sampling_ratio, self.aligned = output_size, sampling_ratio, aligned
         self.canonical_level, self.canonical_scale, self.fused = canonical_level, canonical_scale, fused
@@ -30,8 +39,17 @@ class MultiLevelPooler(nn.Module):
         max_h = max(h for h, _ in image_sizes)
         scales = [2.0 ** round(math.log2(f.shape[-2] / max_h)) for f in feats]
         rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-        return ops.multilevel_roi_align(feats, rois, scales, self.output_size, self.sampling_ratio, self.aligned,
-                                        self.canonical_level, self.canonical_scale, fused=self.fused)
+        return ops.multilevel_roi_align(
+            feats,
+            rois,
+            scales,
+            self.output_size,
+            self.sampling_ratio,
+            self.aligned,
+            self.canonical_level,
+            self.canonical_scale,
+            fused=self.fused,
+        )
 
 
 class BoxHead(nn.Module):
@@ -39,7 +57,8 @@ class BoxHead(nn.Module):
 
     Initialised as the canonical config's framework (detectron2, after Detectron) does: the FCs with
     Caffe2's "Xavier" fill (uniform, bound sqrt(3 / fan_in)), the class scores from N(0, 0.01) and the deltas
-    from N(0, 0.001), biases zero, so that the first losses are those of near-uniform scores and zero deltas."""
+    from N(0, 0.001), biases zero, so that the first losses are those of near-uniform scores and zero
+    deltas."""
 
     def __init__(self, *, in_features: int, fc_dim: int, num_fc: int, num_classes: int):
         super().__init__()
@@ -70,7 +89,9 @@ class MaskHead(nn.Module):
 
     def __init__(self, *, in_channels: int, conv_dim: int, num_conv: int, num_classes: int):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1) for i in range(num_conv))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1) for i in range(num_conv)
+        )
         self.deconv = nn.ConvTranspose2d(conv_dim, conv_dim, 2, stride=2)
         self.predictor = nn.Conv2d(conv_dim, num_classes + 1, 1)
         for m in self.modules():
@@ -116,30 +137,54 @@ class ROIHeads(nn.Module):
         self.num_classes = num_classes
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
-        self.box_pooler = MultiLevelPooler(output_size=box_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned,
-                                           fused=fused_pooler)
-        self.mask_pooler = MultiLevelPooler(output_size=mask_pooler_resolution, sampling_ratio=pooler_sampling_ratio, aligned=pooler_aligned,
-                                            fused=fused_pooler)
-        self.box_head = BoxHead(
-            in_features=in_channels * box_pooler_resolution**2, fc_dim=box_head_fc_dim, num_fc=box_head_num_fc, num_classes=num_classes
+        self.box_pooler = MultiLevelPooler(
+            output_size=box_pooler_resolution,
+            sampling_ratio=pooler_sampling_ratio,
+            aligned=pooler_aligned,
+            fused=fused_pooler,
         )
-        self.mask_head = MaskHead(in_channels=in_channels, conv_dim=mask_head_conv_dim, num_conv=mask_head_num_conv, num_classes=num_classes)
+        self.mask_pooler = MultiLevelPooler(
+            output_size=mask_pooler_resolution,
+            sampling_ratio=pooler_sampling_ratio,
+            aligned=pooler_aligned,
+            fused=fused_pooler,
+        )
+        self.box_head = BoxHead(
+            in_features=in_channels * box_pooler_resolution**2,
+            fc_dim=box_head_fc_dim,
+            num_fc=box_head_num_fc,
+            num_classes=num_classes,
+        )
+        self.mask_head = MaskHead(
+            in_channels=in_channels,
+            conv_dim=mask_head_conv_dim,
+            num_conv=mask_head_num_conv,
+            num_classes=num_classes,
+        )
         self.bbox_reg_weights = tuple(bbox_reg_weights)
-        self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh_test, nms_thresh_test, detections_per_image
+        self.score_thresh, self.nms_thresh, self.detections_per_image = (
+            score_thresh_test,
+            nms_thresh_test,
+            detections_per_image,
+        )
         self.smooth_l1_beta, self.batched_targets = smooth_l1_beta, batched_targets
         if mask_target not in MASK_TARGETS:
             raise ValueError(f"mask_target {mask_target!r}: expected one of {', '.join(MASK_TARGETS)}")
         self.mask_target = mask_target
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int) -> "ROIHeads":
+    def from_config(cls, cfg, in_channels: int) -> ROIHeads:
         r = cfg.roi_heads
-        return cls(in_channels=in_channels, fused_pooler=cfg.perf.fused_pooler, batched_targets=cfg.perf.batched_targets,
-                   **{k: v for k, v in r.__dict__.items()})
+        return cls(
+            in_channels=in_channels,
+            fused_pooler=cfg.perf.fused_pooler,
+            batched_targets=cfg.perf.batched_targets,
+            **{k: v for k, v in r.__dict__.items()},
+        )
 
     # --------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def _sample(self, proposals: list[torch.Tensor], targets: list[dict]) -> "RoISample":
+    def _sample(self, proposals: list[torch.Tensor], targets: list[dict]) -> RoISample:
         """Proposals (with the ground-truth boxes added) sampled per image, with their labels,
         matched ground truth and box regression targets: one image at a time, as torchvision does."""
         all_labels, all_matches, all_props = [], [], []
@@ -172,7 +217,7 @@ class ROIHeads(nn.Module):
         return RoISample.gather(boxes, labels, torch.cat(matched), torch.cat(reg_targets), positives)
 
     @torch.no_grad()
-    def _sample_batched(self, proposals: list[torch.Tensor], targets: list[dict]) -> "RoISample":
+    def _sample_batched(self, proposals: list[torch.Tensor], targets: list[dict]) -> RoISample:
         """``_sample`` for the whole batch at once on the device (proposals and ground truth padded,
         one IoU matrix [N, G, P]), with one host synchronisation (the sampler's counts), after which
         every size is known on the host: the positives' places too, so the heads need no more."""
@@ -182,27 +227,42 @@ class ROIHeads(nn.Module):
         gt, gt_valid = pad_stack(gts)
         gt_labels, _ = pad_stack([t["labels"].to(torch.int64) for t in targets])
         m = self.matcher(torch.where(gt_valid[..., None], pairwise_iou(gt, props), -1.0))
-        lab = torch.where(props_valid, self._labels(m, torch.gather(gt_labels, 1, m.clamp(min=0))), -1)  # padding: never sampled
+        lab = torch.where(
+            props_valid, self._labels(m, torch.gather(gt_labels, 1, m.clamp(min=0))), -1
+        )  # padding: never sampled
         samples = self.sampler.sample_batched(lab)
         rows = props.shape[1]
-        chosen = [torch.cat([p, q]).sort().values for p, q in samples]  # the order torch.where(p | n) lists them in
+        chosen = [
+            torch.cat([p, q]).sort().values for p, q in samples
+        ]  # the order torch.where(p | n) lists them in
         flat = torch.cat([c + i * rows for i, c in enumerate(chosen)])
         boxes, image = props.reshape(-1, 4)[flat], flat // rows
         matched = m.clamp(min=0).reshape(-1)[flat]
         reg_targets = ops.encode_boxes(gt[image, matched], boxes, self.bbox_reg_weights)
         positives = [torch.searchsorted(c, p) for c, (p, _) in zip(chosen, samples)]
-        return RoISample.gather(list(boxes.split([len(c) for c in chosen])), lab.reshape(-1)[flat], matched, reg_targets, positives)
+        return RoISample.gather(
+            list(boxes.split([len(c) for c in chosen])),
+            lab.reshape(-1)[flat],
+            matched,
+            reg_targets,
+            positives,
+        )
 
     @staticmethod
     def _labels(matches: torch.Tensor, matched_labels: torch.Tensor) -> torch.Tensor:
         """The matched ground truth's class, 0 background, -1 ignored (between the thresholds)."""
-        return torch.where(matches == Matcher.BELOW_LOW, 0, torch.where(matches == Matcher.BETWEEN, -1, matched_labels))
+        return torch.where(
+            matches == Matcher.BELOW_LOW, 0, torch.where(matches == Matcher.BETWEEN, -1, matched_labels)
+        )
 
-    def _box_losses(self, class_logits, box_deltas, sample: "RoISample"):
+    def _box_losses(self, class_logits, box_deltas, sample: RoISample):
         labels, pos = sample.labels, sample.positives
         loss_cls = F.cross_entropy(class_logits, labels)
         deltas = box_deltas.reshape(box_deltas.shape[0], -1, 4)[pos, labels[pos]]
-        loss_box = F.smooth_l1_loss(deltas, sample.reg_targets[pos], beta=self.smooth_l1_beta, reduction="sum") / labels.numel()
+        loss_box = (
+            F.smooth_l1_loss(deltas, sample.reg_targets[pos], beta=self.smooth_l1_beta, reduction="sum")
+            / labels.numel()
+        )
         return loss_cls, loss_box
 
     def _mask_loss(self, mask_logits, boxes, labels, matched, targets):
@@ -211,15 +271,25 @@ class ROIHeads(nn.Module):
         all of them."""
         m = mask_logits.shape[-1]
         with torch.no_grad():
-            mask_targets = torch.cat([mask_targets_of(self.mask_target, t, b, idx, m, ops.roi_align)
-                                      for b, idx, t in zip(boxes, matched, targets)])
+            mask_targets = torch.cat(
+                [
+                    mask_targets_of(self.mask_target, t, b, idx, m, ops.roi_align)
+                    for b, idx, t in zip(boxes, matched, targets)
+                ]
+            )
         if mask_targets.numel() == 0:
             return mask_logits.sum() * 0
         picked = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
         return F.binary_cross_entropy_with_logits(picked, mask_targets)
 
     # ---------------------------------------------------------------------------------- forward
-    def forward(self, feats: list[torch.Tensor], proposals: list[torch.Tensor], image_sizes, targets: list[dict] | None = None):
+    def forward(
+        self,
+        feats: list[torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_sizes,
+        targets: list[dict] | None = None,
+    ):
         feats = feats[:4]  # P2-P5 (P6 is for the RPN only)
         if self.training:
             sample = (self._sample_batched if self.batched_targets else self._sample)(proposals, targets)
@@ -228,7 +298,9 @@ class ROIHeads(nn.Module):
             pos_boxes = list(torch.cat(sample.boxes)[sample.positives].split(sample.positive_counts))
             mask_logits = self.mask_head(self.mask_pooler(feats, pos_boxes, image_sizes))
             pos_matched = sample.matched[sample.positives].split(sample.positive_counts)
-            loss_mask = self._mask_loss(mask_logits, pos_boxes, sample.labels[sample.positives], pos_matched, targets)
+            loss_mask = self._mask_loss(
+                mask_logits, pos_boxes, sample.labels[sample.positives], pos_matched, targets
+            )
             return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
         class_logits, box_deltas = self.box_head(self.box_pooler(feats, proposals, image_sizes))
         results = self._detections(class_logits, box_deltas, proposals, image_sizes)
@@ -248,9 +320,21 @@ class ROIHeads(nn.Module):
         results = []
         for boxes, scores, (h, w) in zip(boxes_all.split(counts), scores_all.split(counts), image_sizes):
             boxes = boxes.reshape(-1, self.num_classes + 1, 4)
-            boxes = torch.stack([boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)], -1)
+            boxes = torch.stack(
+                [
+                    boxes[..., 0].clamp(0, w),
+                    boxes[..., 1].clamp(0, h),
+                    boxes[..., 2].clamp(0, w),
+                    boxes[..., 3].clamp(0, h),
+                ],
+                -1,
+            )
             labels = torch.arange(self.num_classes + 1, device=scores.device).view(1, -1).expand_as(scores)
-            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            boxes, scores, labels = (
+                boxes[:, 1:].reshape(-1, 4),
+                scores[:, 1:].reshape(-1),
+                labels[:, 1:].reshape(-1),
+            )
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = nonempty(boxes, 1e-2)
@@ -274,7 +358,9 @@ class RoISample:
     positive_counts: list[int]
 
     @classmethod
-    def gather(cls, boxes, labels, matched, reg_targets, positives_per_image: list[torch.Tensor]) -> "RoISample":
+    def gather(
+        cls, boxes, labels, matched, reg_targets, positives_per_image: list[torch.Tensor]
+    ) -> RoISample:
         """``positives_per_image``: places within each image's boxes, made places in the concatenation."""
         offsets = itertools.accumulate((len(b) for b in boxes[:-1]), initial=0)
         positives = torch.cat([p + off for p, off in zip(positives_per_image, offsets)])

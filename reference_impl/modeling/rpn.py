@@ -1,5 +1,6 @@
 """Anchors and the Region Proposal Network: head, proposals (top-k per level, NMS per level,
 top-k per image) and losses (matcher, balanced sampler, smooth L1 + binary cross-entropy)."""
+
 from __future__ import annotations
 
 import torch
@@ -19,9 +20,15 @@ class AnchorGenerator(nn.Module):
     not 22 x 46). On objects near the smallest anchor's size this decides which anchors tie for a box's
     best overlap, and so how many the low-quality rule makes positive."""
 
-    def __init__(self, *, sizes: tuple[int, ...], aspect_ratios: tuple[float, ...], round_to_pixels: bool = False):
+    def __init__(
+        self, *, sizes: tuple[int, ...], aspect_ratios: tuple[float, ...], round_to_pixels: bool = False
+    ):
         super().__init__()
-        self.sizes, self.aspect_ratios, self.round_to_pixels = tuple(sizes), tuple(aspect_ratios), round_to_pixels
+        self.sizes, self.aspect_ratios, self.round_to_pixels = (
+            tuple(sizes),
+            tuple(aspect_ratios),
+            round_to_pixels,
+        )
         cells = []
         for size in sizes:
             ratios = torch.as_tensor(aspect_ratios, dtype=torch.float32)
@@ -35,7 +42,9 @@ class AnchorGenerator(nn.Module):
         self.num_anchors = len(aspect_ratios)
         self._cache: dict = {}
 
-    def forward(self, image_shape: tuple[int, int], feature_shapes: list[tuple[int, int]], device, dtype) -> list[torch.Tensor]:
+    def forward(
+        self, image_shape: tuple[int, int], feature_shapes: list[tuple[int, int]], device, dtype
+    ) -> list[torch.Tensor]:
         """Anchors per level [H*W*A, 4], ordered (y, x, anchor); the same for every image of a batch."""
         key = (tuple(image_shape), tuple(feature_shapes), device, dtype)
         if key in self._cache:
@@ -82,7 +91,10 @@ class RPNHead(nn.Module):
 
 
 def _clip(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], 1)
+    return torch.stack(
+        [boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)],
+        1,
+    )
 
 
 def _flatten_level(x: torch.Tensor, per_anchor: int) -> torch.Tensor:
@@ -113,10 +125,16 @@ class RPN(nn.Module):
         batched_targets: bool = True,
     ):
         super().__init__()
-        self.anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=aspect_ratios, round_to_pixels=round_anchors)
+        self.anchor_generator = AnchorGenerator(
+            sizes=anchor_sizes, aspect_ratios=aspect_ratios, round_to_pixels=round_anchors
+        )
         self.head = RPNHead(in_channels=in_channels, num_anchors=self.anchor_generator.num_anchors)
-        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=low_quality_matches,
-                               low_quality_min=low_quality_min_iou)
+        self.matcher = Matcher(
+            fg_iou_thresh,
+            bg_iou_thresh,
+            allow_low_quality_matches=low_quality_matches,
+            low_quality_min=low_quality_min_iou,
+        )
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.nms_thresh = nms_thresh
         self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
@@ -124,7 +142,7 @@ class RPN(nn.Module):
         self.batched_targets = batched_targets
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int) -> "RPN":
+    def from_config(cls, cfg, in_channels: int) -> RPN:
         r = cfg.rpn
         return cls(
             in_channels=in_channels,
@@ -149,11 +167,16 @@ class RPN(nn.Module):
         """Returns (proposals per image [K_i, 4], losses dict). Losses only in training."""
         logits, deltas = self.head(feats)
         anchors = self.anchor_generator(
-            tuple(images.tensor.shape[-2:]), [tuple(f.shape[-2:]) for f in feats], feats[0].device, feats[0].dtype
+            tuple(images.tensor.shape[-2:]),
+            [tuple(f.shape[-2:]) for f in feats],
+            feats[0].device,
+            feats[0].dtype,
         )
         logits = [_flatten_level(x, 1).squeeze(2) for x in logits]  # [N, HWA] per level
         deltas = [_flatten_level(x, 4) for x in deltas]  # [N, HWA, 4] per level
-        proposals = self._proposals(anchors, [x.detach() for x in logits], [x.detach() for x in deltas], images.image_sizes)
+        proposals = self._proposals(
+            anchors, [x.detach() for x in logits], [x.detach() for x in deltas], images.image_sizes
+        )
         losses = {}
         if self.training:
             losses = self._losses(torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), targets)
@@ -180,11 +203,11 @@ class RPN(nn.Module):
         if self.batched_targets:
             return self._select_batched(boxes, scores, levels, image_sizes, post_k)
         out = []
-        for b, s, l, (h, w) in zip(boxes, scores, levels, image_sizes):
+        for b, s, lv, (h, w) in zip(boxes, scores, levels, image_sizes):
             b = _clip(b, h, w)
             keep = nonempty(b, self.min_proposal_size, strictly=True)
-            b, s, l = b[keep], s[keep], l[keep]
-            keep = ops.batched_nms(b, s, l, self.nms_thresh)[:post_k]
+            b, s, lv = b[keep], s[keep], lv[keep]
+            keep = ops.batched_nms(b, s, lv, self.nms_thresh)[:post_k]
             out.append(b[keep])
         return out
 
@@ -194,7 +217,9 @@ class RPN(nn.Module):
         the per-image loop has two an image. The same boxes in the same order: NMS groups never meet,
         and the kept ones come back by decreasing score, ties in their original order, image by image."""
         n, k = scores.shape
-        boxes = torch.stack([_clip(b, h, w) for b, (h, w) in zip(boxes, image_sizes)])  # bounds as numbers: no copy to the device
+        boxes = torch.stack(
+            [_clip(b, h, w) for b, (h, w) in zip(boxes, image_sizes)]
+        )  # bounds as numbers: no copy to the device
         wh = boxes[..., 2:] - boxes[..., :2]
         big_enough = (wh > self.min_proposal_size).all(-1)
         image = torch.arange(n, device=boxes.device)[:, None]
@@ -218,7 +243,10 @@ class RPN(nn.Module):
         else:
             labels, pos, neg, pos_targets = self._targets_per_image(anchors, targets)
         sampled = torch.cat([pos, neg])
-        box_loss = F.smooth_l1_loss(deltas[pos], pos_targets, beta=self.smooth_l1_beta, reduction="sum") / sampled.numel()
+        box_loss = (
+            F.smooth_l1_loss(deltas[pos], pos_targets, beta=self.smooth_l1_beta, reduction="sum")
+            / sampled.numel()
+        )
         objectness_loss = F.binary_cross_entropy_with_logits(logits[sampled], labels[sampled])
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
 

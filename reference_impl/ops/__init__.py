@@ -7,10 +7,11 @@ When it is not built (or ``MRCNN_BENCH_OPS=fallback``), the same functions run p
 
 Box format everywhere: (x1, y1, x2, y2) in pixels; RoIs are (batch index, x1, y1, x2, y2).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -54,8 +55,12 @@ if NATIVE:
 
     def _cpu_channels_last(t: torch.Tensor) -> bool:
         """Whether the CPU kernels read ``t`` where it lies in NHWC (and give channels-last results)."""
-        return (t.device.type == "cpu" and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-                and not t.is_contiguous())
+        return (
+            t.device.type == "cpu"
+            and t.dim() == 4
+            and t.is_contiguous(memory_format=torch.channels_last)
+            and not t.is_contiguous()
+        )
 
     def _pooled_like(features: torch.Tensor, shape) -> torch.Tensor:
         out = features.new_empty(shape)
@@ -66,7 +71,9 @@ if NATIVE:
         return _pooled_like(input, (rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
     @torch.library.register_fake("mrcnn_bench::roi_align_backward")
-    def _roi_align_backward_fake(grad, rois, spatial_scale, ph, pw, batch, channels, height, width, sr, aligned):
+    def _roi_align_backward_fake(
+        grad, rois, spatial_scale, ph, pw, batch, channels, height, width, sr, aligned
+    ):
         return grad.new_empty((batch, channels, height, width))
 
     def _roi_align_setup(ctx, inputs, output):
@@ -84,7 +91,9 @@ if NATIVE:
         )
         return grad_input, None, None, None, None, None, None
 
-    torch.library.register_autograd("mrcnn_bench::roi_align", _roi_align_backward, setup_context=_roi_align_setup)
+    torch.library.register_autograd(
+        "mrcnn_bench::roi_align", _roi_align_backward, setup_context=_roi_align_setup
+    )
 
     @torch.library.register_fake("mrcnn_bench::multilevel_roi_align")
     def _ml_fake(features, rois, scales, pooled_height, pooled_width, sampling_ratio, aligned, level, scale):
@@ -106,7 +115,9 @@ if NATIVE:
         grads = _lib.multilevel_roi_align_backward(grad, rois, features, *ctx.args)  # the kernels order it
         return list(grads), None, None, None, None, None, None, None, None
 
-    torch.library.register_autograd("mrcnn_bench::multilevel_roi_align", _ml_backward, setup_context=_ml_setup)
+    torch.library.register_autograd(
+        "mrcnn_bench::multilevel_roi_align", _ml_backward, setup_context=_ml_setup
+    )
 
     def _dynamic_index_fake(boxes, *rest):
         n = torch.library.get_ctx().new_dynamic_size()
@@ -157,8 +168,12 @@ def roi_align(
     ph, pw = _pair(output_size)
     rois = _rois_for(input, rois)
     if native_on(input.device):
-        return torch.ops.mrcnn_bench.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
-    return fallback.roi_align(input, rois.to(input.dtype), float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned))
+        return torch.ops.mrcnn_bench.roi_align(
+            input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
+        )
+    return fallback.roi_align(
+        input, rois.to(input.dtype), float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned)
+    )
 
 
 def multilevel_roi_align(
@@ -180,22 +195,51 @@ def multilevel_roi_align(
     features = list(features)
     scales = [float(s) for s in scales]
     if not fused:
+
         def one_level(feat, level_rois, scale, ph, pw, sampling_ratio, aligned):
             return roi_align(feat, level_rois, (ph, pw), scale, sampling_ratio, aligned)
 
-        return fallback.multilevel_roi_align(features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned),
-                                             int(canonical_level), int(canonical_scale), roi_align=one_level)
+        return fallback.multilevel_roi_align(
+            features,
+            rois,
+            scales,
+            ph,
+            pw,
+            int(sampling_ratio),
+            bool(aligned),
+            int(canonical_level),
+            int(canonical_scale),
+            roi_align=one_level,
+        )
     rois = _rois_for(features[0], rois)
     if native_on(rois.device):
         return torch.ops.mrcnn_bench.multilevel_roi_align(
-            features, rois, scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
+            features,
+            rois,
+            scales,
+            ph,
+            pw,
+            int(sampling_ratio),
+            bool(aligned),
+            int(canonical_level),
+            int(canonical_scale),
         )
     return fallback.multilevel_roi_align(
-        features, rois.to(features[0].dtype), scales, ph, pw, int(sampling_ratio), bool(aligned), int(canonical_level), int(canonical_scale)
+        features,
+        rois.to(features[0].dtype),
+        scales,
+        ph,
+        pw,
+        int(sampling_ratio),
+        bool(aligned),
+        int(canonical_level),
+        int(canonical_scale),
     )
 
 
-def fpn_levels(rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int = 4, canonical_scale: int = 224):
+def fpn_levels(
+    rois: torch.Tensor, k_min: int, k_max: int, canonical_level: int = 4, canonical_scale: int = 224
+):
     """The level index (0 = k_min) each RoI is pooled from."""
     return fallback.fpn_levels(rois, k_min, k_max, canonical_level, canonical_scale)
 
@@ -208,7 +252,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return fallback.nms(boxes, scores, float(iou_threshold))
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
     """NMS within each category of ``idxs`` (torchvision.ops.batched_nms)."""
     boxes, scores = _coords(boxes, scores)
     if native_on(boxes.device):
@@ -237,7 +283,9 @@ def decode_boxes(
     clip = None if clip_hw is None else [int(clip_hw[0]), int(clip_hw[1])]
     deltas, boxes = _coords(deltas, boxes)
     if native_on(deltas.device):
-        return torch.ops.mrcnn_bench.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)
+        return torch.ops.mrcnn_bench.decode_boxes(
+            deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip
+        )
     return fallback.decode_boxes(deltas, boxes.to(deltas.dtype), weights, float(scale_clamp), clip)
 
 

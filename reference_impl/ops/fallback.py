@@ -4,6 +4,7 @@ Same arguments and results as the C++/CUDA kernels (the tests hold both to torch
 They are written for correctness, not speed: RoIAlign gathers every sampling point, NMS is a
 Python loop over kept boxes.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _bilinear_gather(flat: torch.Tensor, batch: torch.Tensor, y: torch.Tensor, x: torch.Tensor, height: int, width: int):
+def _bilinear_gather(
+    flat: torch.Tensor, batch: torch.Tensor, y: torch.Tensor, x: torch.Tensor, height: int, width: int
+):
     """Bilinear samples at (y, x) ([P]) of image ``batch`` ([P]) of ``flat`` ([N*H*W, C]) -> [P, C]."""
     valid = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
     y = y.clamp(min=0)
@@ -38,7 +41,9 @@ def _bilinear_gather(flat: torch.Tensor, batch: torch.Tensor, y: torch.Tensor, x
     return out * valid[:, None].to(out.dtype)
 
 
-def roi_align(input, rois, spatial_scale: float, pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool):
+def roi_align(
+    input, rois, spatial_scale: float, pooled_h: int, pooled_w: int, sampling_ratio: int, aligned: bool
+):
     N, C, H, W = input.shape
     K = rois.shape[0]
     # An empty result is still connected to ``input``, like the native op's (zero) gradient.
@@ -70,16 +75,22 @@ def roi_align(input, rois, spatial_scale: float, pooled_h: int, pooled_w: int, s
     ys = (
         y1[:, None, None]
         + ph[None, :, None] * bin_h[:, None, None]
-        + (iy[None, None, :].to(input.dtype) + 0.5) * bin_h[:, None, None] / grid_h[:, None, None].clamp(min=1)
+        + (iy[None, None, :].to(input.dtype) + 0.5)
+        * bin_h[:, None, None]
+        / grid_h[:, None, None].clamp(min=1)
     )  # [K, ph, gy]
     xs = (
         x1[:, None, None]
         + pw[None, :, None] * bin_w[:, None, None]
-        + (ix[None, None, :].to(input.dtype) + 0.5) * bin_w[:, None, None] / grid_w[:, None, None].clamp(min=1)
+        + (ix[None, None, :].to(input.dtype) + 0.5)
+        * bin_w[:, None, None]
+        / grid_w[:, None, None].clamp(min=1)
     )  # [K, pw, gx]
     Y = ys[:, :, None, :, None].expand(K, pooled_h, pooled_w, gh_max, gw_max)
     X = xs[:, None, :, None, :].expand(K, pooled_h, pooled_w, gh_max, gw_max)
-    mask = (iy[None, :, None] < grid_h[:, None, None]) & (ix[None, None, :] < grid_w[:, None, None])  # [K, gy, gx]
+    mask = (iy[None, :, None] < grid_h[:, None, None]) & (
+        ix[None, None, :] < grid_w[:, None, None]
+    )  # [K, gy, gx]
     mask = mask[:, None, None].expand(K, pooled_h, pooled_w, gh_max, gw_max)
     B = batch[:, None, None, None, None].expand_as(Y)
     flat = input.permute(0, 2, 3, 1).reshape(N * H * W, C)
@@ -98,8 +109,18 @@ def fpn_levels(rois, k_min: int, k_max: int, canonical_level: int = 4, canonical
     return lvl.to(torch.int64) - k_min
 
 
-def multilevel_roi_align(features, rois, scales, pooled_h, pooled_w, sampling_ratio, aligned, canonical_level, canonical_scale,
-                         roi_align=roi_align):
+def multilevel_roi_align(
+    features,
+    rois,
+    scales,
+    pooled_h,
+    pooled_w,
+    sampling_ratio,
+    aligned,
+    canonical_level,
+    canonical_scale,
+    roi_align=roi_align,
+):
     """One ``roi_align(feat, rois, scale, ph, pw, sampling_ratio, aligned)`` call per FPN level (this
     module's kernel by default; ops.multilevel_roi_align(fused=False) passes the native one)."""
     k_min = round(-math.log2(scales[0]))
@@ -109,7 +130,9 @@ def multilevel_roi_align(features, rois, scales, pooled_h, pooled_w, sampling_ra
     for level, (feat, scale) in enumerate(zip(features, scales)):
         idx = torch.nonzero(levels == level).squeeze(1)
         if idx.numel():
-            out = out.index_put((idx,), roi_align(feat, rois[idx], scale, pooled_h, pooled_w, sampling_ratio, aligned))
+            out = out.index_put(
+                (idx,), roi_align(feat, rois[idx], scale, pooled_h, pooled_w, sampling_ratio, aligned)
+            )
     return out
 
 
@@ -117,7 +140,11 @@ def _iou_one_to_many(box, boxes):
     ix = (torch.minimum(box[2], boxes[:, 2]) - torch.maximum(box[0], boxes[:, 0])).clamp(min=0)
     iy = (torch.minimum(box[3], boxes[:, 3]) - torch.maximum(box[1], boxes[:, 1])).clamp(min=0)
     inter = ix * iy
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    union = (
+        (box[2] - box[0]) * (box[3] - box[1])
+        + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        - inter
+    )
     return torch.where(union > 0, inter / union, torch.zeros_like(union))
 
 
@@ -154,7 +181,9 @@ def encode_boxes(gt, proposals, weights):
     gh = gt[:, 3] - gt[:, 1]
     gx = gt[:, 0] + 0.5 * gw
     gy = gt[:, 1] + 0.5 * gh
-    return torch.stack([wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)], dim=1)
+    return torch.stack(
+        [wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)], dim=1
+    )
 
 
 def decode_boxes(deltas, boxes, weights, scale_clamp: float, clip_hw=None):
@@ -194,7 +223,9 @@ def paste_masks(masks, boxes, height: int, width: int):
     ib = torch.stack([x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half], 1).to(torch.int64).tolist()
     for i, (x0, y0, x1, y1) in enumerate(ib):
         w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        resized = F.interpolate(padded[i][None, None], size=(h, w), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         ys, ye = max(y0, 0), min(y1 + 1, height)
         xs, xe = max(x0, 0), min(x1 + 1, width)
         if ys < ye and xs < xe:

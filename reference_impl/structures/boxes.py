@@ -1,4 +1,5 @@
 """Box utilities and the pieces that turn boxes into training targets: matcher and sampler."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ def pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
 
 
-def pad_stack(tensors: list[torch.Tensor], min_rows: int = 1, value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_stack(
+    tensors: list[torch.Tensor], min_rows: int = 1, value: float = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image tensors [K_i, ...] as one [N, max K_i, ...] (at least ``min_rows`` rows, filled with
     ``value``) and the mask [N, max K_i] of the rows that are real."""
     rows = max([min_rows, *(len(t) for t in tensors)])
@@ -68,7 +71,9 @@ class Matcher:
     BELOW_LOW = -1
     BETWEEN = -2
 
-    def __init__(self, high: float, low: float, allow_low_quality_matches: bool, low_quality_min: float = 0.0):
+    def __init__(
+        self, high: float, low: float, allow_low_quality_matches: bool, low_quality_min: float = 0.0
+    ):
         if low > high:
             raise ValueError(f"low threshold {low} > high threshold {high}")
         self.high, self.low, self.allow_low_quality_matches = high, low, allow_low_quality_matches

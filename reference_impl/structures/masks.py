@@ -11,6 +11,7 @@ Three rules, as the frameworks make them (``model.roi_heads.mask_target``):
 
 Polygons are per instance a list of flat float arrays ``[x0, y0, x1, y1, ...]`` in image pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,9 @@ def usable_polygons(segmentation) -> list[np.ndarray]:
     return [np.asarray(p, dtype=np.float64) for p in segmentation if len(p) >= 6]
 
 
-def _mapped(polygons: list[list[np.ndarray]], sx: float, sy: float, tx: float = 0.0) -> list[list[np.ndarray]]:
+def _mapped(
+    polygons: list[list[np.ndarray]], sx: float, sy: float, tx: float = 0.0
+) -> list[list[np.ndarray]]:
     """Every polygon of every instance with x -> sx * x + tx and y -> sy * y (new arrays)."""
     out = []
     for instance in polygons:
@@ -67,13 +70,17 @@ def rasterize_in_box(instance: list[np.ndarray], box, size: int) -> np.ndarray:
     return mask_util.decode(rle)
 
 
-def mask_targets(rule: str, target: dict, boxes: torch.Tensor, matched: torch.Tensor, size: int, roi_align) -> torch.Tensor:
+def mask_targets(
+    rule: str, target: dict, boxes: torch.Tensor, matched: torch.Tensor, size: int, roi_align
+) -> torch.Tensor:
     """[K, size, size] float targets of one image's K positive ``boxes`` whose ground truth is
     ``matched`` (indices into ``target``'s instances), by ``rule``; ``roi_align`` is the op
     (input, rois, output_size, spatial_scale, sampling_ratio, aligned)."""
     if rule == "polygon":
         if "polygons" not in target:
-            raise KeyError("mask_target 'polygon' needs the targets' 'polygons' (COCOInstances(mask_format='polygon'))")
+            raise KeyError(
+                "mask_target 'polygon' needs the targets' 'polygons' (COCOInstances(mask_format='polygon'))"
+            )
         polygons = target["polygons"]
         rows = [rasterize_in_box(polygons[g], b, size) for g, b in zip(matched.tolist(), boxes.tolist())]
         stacked = np.stack(rows) if rows else np.zeros((0, size, size), dtype=np.uint8)

@@ -9,6 +9,7 @@ harness calls), answering from ``$FAKE_NVML``, a JSON file:
 The energy counter grows at the GPU's constant ``power_w`` from ``t0`` (mJ = mW x s): a window of S seconds
 holds power_w x S joules, what a test can compute without the sampler's arithmetic.
 """
+
 import json
 import os
 import time
