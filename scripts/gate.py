@@ -120,81 +120,31 @@ def main() -> int:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(base_path), env.get("PYTHONPATH")]))
         print(f"gate: {side} run {count[side]} of {args.rounds}", flush=True)
         # a failed run is recorded as failed (run.json), and regress fails the gate on it below
-        subprocess.run(
-            [
-                args.bench,
-                "run",
-                *args.run_args,
-                "--impl",
-                "reference",
-                "--out",
-                str(args.out / side),
-                "--run-id",
-                f"r{count[side]}",
-            ],
-            env=env,
-            cwd=ROOT,
-        )
-    return subprocess.run(
-        [
-            args.bench,
-            "regress",
-            "--baseline",
-            str(args.out / "base"),
-            "--candidate",
-            str(args.out / "candidate"),
-            "--impl",
-            "reference",
-            "--threshold",
-            args.threshold,
-        ],
-        cwd=ROOT,
-    ).returncode
+        out = ["--out", str(args.out / side), "--run-id", f"r{count[side]}"]
+        bench(args, "run", *args.run_args, "--impl", "reference", *out, env=env)
+    return regress(args, args.out / "base", args.out / "candidate")
+
+
+def bench(args, *argv: str, env: dict | None = None) -> int:
+    return subprocess.run([args.bench, *argv], env=env, cwd=ROOT).returncode
+
+
+def regress(args, baseline: Path, candidate: Path, *extra: str) -> int:
+    where = ["--baseline", str(baseline), "--candidate", str(candidate)]
+    return bench(args, "regress", *where, *extra, "--impl", "reference", "--threshold", args.threshold)
 
 
 def committed_rounds_gate(args) -> int:
     bar = "=" * 100
     print(
         f"{bar}\ngate: WARNING: the base commit {args.base} is not in this clone (shallow?), so the "
-        "candidate is "
-        f"gated against\nthe committed rounds {args.baseline}, relative to torchvision: valid only on a CPU "
-        "like "
-        f"the one that recorded them.\n{bar}",
+        f"candidate is gated against\nthe committed rounds {args.baseline}, relative to torchvision: "
+        "valid only on a CPU like the one that recorded them.\n" + bar,
         flush=True,
     )
-    subprocess.run(
-        [
-            args.bench,
-            "run",
-            *args.run_args,
-            "--impl",
-            "reference,torchvision",
-            "--repeats",
-            str(args.rounds),
-            "--out",
-            str(args.out.parent),
-            "--run-id",
-            args.out.name,
-        ],
-        cwd=ROOT,
-    )
-    return subprocess.run(
-        [
-            args.bench,
-            "regress",
-            "--baseline",
-            str(args.baseline),
-            "--candidate",
-            str(args.out),
-            "--relative-to",
-            "torchvision",
-            "--impl",
-            "reference",
-            "--threshold",
-            args.threshold,
-        ],
-        cwd=ROOT,
-    ).returncode
+    out = ["--out", str(args.out.parent), "--run-id", args.out.name]
+    bench(args, "run", *args.run_args, "--impl", "reference,torchvision", "--repeats", str(args.rounds), *out)
+    return regress(args, args.baseline, args.out, "--relative-to", "torchvision")
 
 
 if __name__ == "__main__":

@@ -838,3 +838,26 @@ def test_the_gate_writes_its_verdict_as_a_pull_request_comment(tmp_path):
     assert bad.returncode == 1, bad.stderr
     text = (tmp_path / "bad.md").read_text()
     assert text.startswith("**mrcnn-bench gate: FAILED**") and "- reference: failed: " in text, text
+
+
+def test_the_cpu_gate_without_its_base_commit_falls_back_loudly_to_the_committed_rounds(
+    tmp_path, monkeypatch, capfd
+):
+    """A clone without GATE_BASE (a shallow one): a banner says so, and the candidate is run and gated
+    relative to torchvision against the committed rounds (the commands, through a stand-in for
+    mrcnn-bench that prints what it is asked)."""
+    import sys
+
+    gate = _gate_script()
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["gate.py", "--base", "0" * 40, "--bench", "echo", "--out", str(tmp_path / "gate"), "--rounds", "2"]
+        + ["--", "--config", "cpu_small"],
+    )
+    assert gate.main() == 0
+    out = capfd.readouterr().out
+    assert "WARNING: the base commit 0000000000000000000000000000000000000000 is not in this clone" in out
+    assert f"run --config cpu_small --impl reference,torchvision --repeats 2 --out {tmp_path}" in out
+    assert "regress --baseline" in out and "results/baselines/gate-cpu --candidate" in out
+    assert "--relative-to torchvision --impl reference --threshold 5%" in out
