@@ -689,7 +689,16 @@ def phases(into, plots, **common):
 # -------------------------------------------------------------------------------------- ingest
 @main.command()
 @click.option(
-    "--impl", "name", required=True, help="The external system whose log this is (mrcnn-bench list)."
+    "--impl", "name", help="The external system whose log this is (mrcnn-bench list); not with mlperf."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["log", "mlperf"]),
+    default="log",
+    show_default=True,
+    help="log: an external system's own training log; mlperf: MLPerf Training result logs of Mask R-CNN "
+    "(':::MLLOG' lines), one system per submission_org and submission_platform.",
 )
 @click.argument("logs", nargs=-1, required=True, type=click.Path())
 @click.option(
@@ -703,13 +712,13 @@ def phases(into, plots, **common):
 )
 @_run_id_option
 @_bad_input
-def ingest(name, logs, config_name, overrides, out_root, run_id):
+def ingest(name, fmt, logs, config_name, overrides, out_root, run_id):
     """Read an external system's own training log (the first LOG is rank 0's; more are checked against
     it) into OUT/<run-id>/<impl>/run.json: the same window and throughput definition as a measured run,
-    marked measured_by: log."""
+    marked measured_by: log. With --format mlperf, MLPerf result logs: a record per system, its time to
+    train scored as MLPerf scores it, what differs from the config listed."""
     cfg = load_config(resolve_config_path(config_name), dict(parse_override(o) for o in overrides))
-    run_dir, record = suite.ingest_log(name, list(logs), cfg, out_root, run_id)
-    click.echo(suite.ingested_text(name, record, run_dir))
+    click.echo(suite.ingest_logs(name, fmt, list(logs), cfg, out_root, run_id))
 
 
 @main.command()

@@ -80,6 +80,7 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
                 "settings": ((r.get("config") or {}).get("benchmark") or {}).get("settings", "shipped"),
                 "latency": s.get("batch_sizes"),  # --task infer: stats per batch size
                 "accuracy": s.get("accuracy"),  # --task eval: AP on the val split
+                "time_to_train_min": s.get("time_to_train_min"),  # MLPerf's logs (harness/mlperf.py)
                 "noisy": r.get("noisy") or [],
                 # the backbone's structure where it is not the canonical config's ({key: (canonical, run)})
                 "structure": structure_differences_of(

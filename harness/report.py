@@ -59,6 +59,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             # the work behind the number: RoIs through the mask head, per image, in the window
             "Positives/img": _show(df, "positives_per_image"),
             "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
+            "Time to train (min)": df["time_to_train_min"].map(lambda v: _fmt(v, ".2f")),
             "World size": df["world_size"],
             "Device": df["device"],
             "dtype": df["dtype"],
@@ -314,6 +315,7 @@ def log_table(df: pd.DataFrame) -> pd.DataFrame:
             "Throughput (img/s)": df["images_per_s"].map(lambda v: _fmt(v, ".3f")),
             "s/iter (mean)": df["s_per_iter_mean"].map(lambda v: _fmt(v, ".4f")),
             "Window": [f"[{w}, {e})" for w, e in zip(df["warmup"], df["end"])],
+            "Time to train (min)": df["time_to_train_min"].map(lambda v: _fmt(v, ".2f")),
             "World size": df["world_size"],
             "dtype": df["dtype"],
             "From the log": [

@@ -542,6 +542,34 @@ def run_external(name, cfg, out_root, run_id, data_root, container):
     print(f"{name}: {record['summary']['images_per_s']:.3f} img/s (measured_by: log)")
 
 
+def ingest_logs(name: str | None, fmt: str, logs: list, cfg, out_root, run_id: str | None) -> str:
+    """``mrcnn-bench ingest``: the logs read and written, and what it says of them."""
+    from .logs import LogError
+    from .results import new_run_id
+
+    if fmt == "log":
+        if not name:
+            raise RequestError("--impl: name the external system whose log this is (mrcnn-bench list)")
+        run_dir, record = ingest_log(name, logs, cfg, out_root, run_id)
+        return ingested_text(name, record, run_dir)
+    if name:
+        raise RequestError("--impl: an MLPerf log names its own system (submission_org, submission_platform)")
+    from . import mlperf
+
+    try:
+        written = mlperf.ingest(logs, cfg, out_root, run_id or new_run_id())
+    except LogError as e:
+        raise RequestError(str(e)) from None
+    lines = []
+    for folder, record in written:
+        s = record["summary"]
+        rate = f"{s['images_per_s']:.1f} img/s" if s["images_per_s"] is not None else "no img/s"
+        lines.append(f"{record['environment']['system']}: {rate}, {len(s['runs'])} log(s); measured_by: log")
+        lines += [f"  note: {note}" for note in record["from_log"]["notes"]]
+        lines.append(f"results: {folder}")
+    return "\n".join(lines)
+
+
 def ingest_log(name: str, logs: list, cfg, out_root, run_id: str | None):
     """An external system's own training log(s) read into OUT/<run-id>/<name>/run.json: (run folder,
     record)."""
