@@ -148,14 +148,12 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
     count_work(timer, mask_pooler, "positives", rows)
 
 
-def phase_probe(cfg, timer, device, model, lacks: dict | None = None, **parts):
+def phase_probe(cfg, timer, device, model, ranges: bool, lacks: dict | None = None, **parts):
     """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (harness/phases.py) on ``model``,
     timing each of ``parts``
     (a keyword of phases.PARTS, e.g. ``rpn_head=[...]``: modules or (object, method) pairs), ``lacks`` the
-    phases this framework has no part for (phase -> why). None otherwise."""
-    from mrcnn_bench.harness.tasks import task_of
-
-    ranges = task_of(cfg.benchmark.task).phase_ranges  # a trace: the parts as profiler ranges, not timed
+    phases this framework has no part for (phase -> why); ``ranges``: the adapter's ``task.phase_ranges``
+    (a trace: the parts as profiler ranges, not timed). None otherwise."""
     if not (cfg.benchmark.phases or ranges):
         return None
     from mrcnn_bench.harness.phases import PARTS, PhaseProbe

@@ -22,6 +22,17 @@ class UnsupportedConfig(ValueError):
 
 
 @dataclass(frozen=True)
+class TaskTraits:
+    """What the worker tells an adapter of the task it runs (harness/tasks), so that no adapter reads the
+    task table: whether the task trains (else its path is an inference one, under the harness's
+    autocast, not the framework's AMP trainer), and whether the phases are profiler ranges (a trace)
+    rather than timed."""
+
+    trains: bool = True
+    phase_ranges: bool = False
+
+
+@dataclass(frozen=True)
 class DistInfo:
     """Where this process sits in the process group the launcher started."""
 
@@ -122,6 +133,8 @@ class Adapter(abc.ABC):
     install_hint: str = ""
     #: the framework's model after ``train`` (what ``--task eval`` scores); None before
     trained_model = None
+    #: the task being run, as the worker tells it before ``translate`` (a training run otherwise)
+    task: TaskTraits = TaskTraits()
 
     @abc.abstractmethod
     def available(self) -> tuple[bool, str]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-from mrcnn_bench.harness.tasks import task_of
-
 from ._common import (
     CAFFE_STYLE,
     PYTORCH_STYLE,
@@ -186,7 +184,7 @@ class Detectron2Adapter(Adapter):
         time: model, input and data, solver, runtime."""
         from detectron2.config import get_cfg
 
-        _check_supported(cfg)
+        _check_supported(cfg, self.task.trains)
         d2cfg = get_cfg()
         _set_model(d2cfg, cfg, data)
         _set_input(d2cfg, cfg)
@@ -302,6 +300,7 @@ class Detectron2Adapter(Adapter):
             timer,
             dist.device,
             model,
+            ranges=self.task.phase_ranges,
             # preprocess_image is a method (normalise, pad) of GeneralizedRCNN, not a module
             preprocess=[(model, "preprocess_image")],
             backbone=[model.backbone.bottom_up],
@@ -408,14 +407,13 @@ class Detectron2Adapter(Adapter):
         return predict
 
 
-def _check_supported(cfg) -> None:
+def _check_supported(cfg, training: bool) -> None:
     """What detectron2 v0.6 cannot run as asked, before it is asked to."""
     inp, bench, roi = cfg.input, cfg.benchmark, cfg.model.roi_heads
     if inp.horizontal_flip_prob not in (0.0, 0.5):
         raise UnsupportedConfig(
             "detectron2's RandomFlip in the default mapper has probability 0.5 (input.horizontal_flip_prob)"
         )
-    training = task_of(bench.task).trains  # inference runs under the harness's autocast, not AMPTrainer
     if training and bench.dtype == "bf16":
         raise UnsupportedConfig("detectron2 v0.6's AMPTrainer is fp16 only (benchmark.dtype bf16)")
     if training and bench.dtype == "fp16" and bench.device != "cuda":

@@ -29,8 +29,6 @@ import json
 import os
 import tempfile
 
-from mrcnn_bench.harness.tasks import task_of
-
 from ._common import (
     CAFFE_STYLE,
     PYTORCH_STYLE,
@@ -239,7 +237,7 @@ class MMDetAdapter(Adapter):
         import mmdet
         from mmengine.config import Config
 
-        _check_supported(cfg.benchmark)
+        _check_supported(cfg.benchmark, self.task.trains)
         stock = Path(mmdet.__file__).parent / ".mim" / "configs" / STOCK_CONFIG
         if not stock.is_file():
             raise FileNotFoundError(f"{stock}: mmdet's stock config is missing; reinstall with: make mmdet")
@@ -367,6 +365,7 @@ class MMDetAdapter(Adapter):
             timer,
             dist.device,
             model,
+            ranges=self.task.phase_ranges,
             preprocess=[model.data_preprocessor],
             backbone=[model.backbone],
             fpn=[model.neck],
@@ -484,11 +483,9 @@ class MMDetAdapter(Adapter):
         return predict
 
 
-def _check_supported(bench) -> None:
+def _check_supported(bench, training: bool) -> None:
     """What this adapter cannot run, before mmengine is asked to."""
-    if (
-        task_of(bench.task).trains and bench.dtype != "fp32" and bench.device != "cuda"
-    ):  # inference: the harness's autocast
+    if training and bench.dtype != "fp32" and bench.device != "cuda":  # inference: the harness's autocast
         raise UnsupportedConfig(
             f"mmengine's AmpOptimWrapper needs a GPU (benchmark.dtype {bench.dtype} on {bench.device})"
         )

@@ -240,6 +240,7 @@ class ReferenceAdapter(Adapter):
             timer,
             dist.device,
             model,
+            ranges=self.task.phase_ranges,
             preprocess=[model.preprocess],
             backbone=[model.backbone.body],
             fpn=[model.backbone.fpn],

@@ -398,6 +398,7 @@ class TorchvisionAdapter(Adapter):
             timer,
             dist.device,
             model,
+            ranges=self.task.phase_ranges,
             preprocess=[model.transform],
             backbone=[model.backbone.body],
             fpn=[model.backbone.fpn],

@@ -189,6 +189,7 @@ def _run(
     of the config), then the task's body (harness/tasks), then leave the process group."""
     import torch.distributed as tdist
     from mrcnn_bench.adapters import get_adapter
+    from mrcnn_bench.adapters.base import TaskTraits
     from mrcnn_bench.harness import data_check, settings
     from mrcnn_bench.harness.config import Config
     from mrcnn_bench.harness.data import DataPaths
@@ -202,11 +203,11 @@ def _run(
 
     adapter = get_adapter(impl)
     version = adapter.require()
+    task = task_of(cfg.benchmark.task)
+    adapter.task = TaskTraits(trains=task.trains, phase_ranges=task.phase_ranges)  # what the adapter is told
     native = adapter.translate(cfg, data)
     env_extra = {"cpu_set": cpus, "impl_version": version, **topology(world, local_world, dist.backend)}
-    task_of(cfg.benchmark.task).run(
-        RankContext(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir)
-    )
+    task.run(RankContext(impl, spec, cfg, data, adapter, native, dist, env_extra, run_dir))
     if dist.distributed:
         # The trained model's parameters still carry DistributedDataParallel's gradient hooks, and with
         # them its reducer and the process group: released while the interpreter is whole, so that no

@@ -51,6 +51,12 @@ def test_unsupported_settings_are_refused():
     cfg = load_config(builtin_config_dir() / "cpu_small.yaml")
     with pytest.raises(UnsupportedConfig, match="fp16 only"):
         ADAPTER.translate(cfg.with_overrides({"benchmark.dtype": "bf16"}))
+    # told by the worker that the task does not train (inference: the harness's autocast), it translates
+    from mrcnn_bench.adapters.base import TaskTraits
+
+    inferring = type(ADAPTER)()
+    inferring.task = TaskTraits(trains=False)
+    assert inferring.translate(cfg.with_overrides({"benchmark.dtype": "bf16"})).MODEL.META_ARCHITECTURE
     with pytest.raises(UnsupportedConfig, match="horizontal_flip_prob"):
         ADAPTER.translate(cfg.with_overrides({"input.horizontal_flip_prob": 0.3}))
 

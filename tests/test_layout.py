@@ -91,6 +91,20 @@ def test_imports_run_one_way():
     assert {m: d for m, d in leaks.items() if d} == {}
 
 
+def test_adapters_are_told_the_task_and_read_no_task_table():
+    """The worker hands each adapter the traits of its task (adapters/base.TaskTraits); no adapter imports
+    harness/tasks, which import the adapters' worker side."""
+    graph = _graph()
+    reads = {
+        m: sorted(d for d in deps if d.startswith("mrcnn_bench.harness.tasks"))
+        for m, deps in graph.items()
+        if m.startswith("mrcnn_bench.adapters")
+    }
+    assert {m: d for m, d in reads.items() if d} == {}
+    worker = (ROOT / "harness" / "worker.py").read_text()
+    assert "adapter.task = TaskTraits(trains=task.trains, phase_ranges=task.phase_ranges)" in worker
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -133,6 +133,12 @@ def test_unsupported_settings_are_refused():
     cfg = load_config(CPU_SMALL)
     with pytest.raises(UnsupportedConfig, match="AmpOptimWrapper needs a GPU"):
         ADAPTER.translate(cfg.with_overrides({"benchmark.dtype": "bf16"}))
+    # told by the worker that the task does not train (inference: the harness's autocast), it translates
+    from mrcnn_bench.adapters.base import TaskTraits
+
+    inferring = type(ADAPTER)()
+    inferring.task = TaskTraits(trains=False)
+    assert inferring.translate(cfg.with_overrides({"benchmark.dtype": "bf16"})).model.type == "MaskRCNN"
 
 
 # ------------------------------------------------------------------------------- mmcv's ops
