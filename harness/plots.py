@@ -154,27 +154,6 @@ def scaling_curve(df, path: Path) -> bool:
     return True
 
 
-def latency_plot(runs: list[dict], path: Path) -> bool:
-    """Inference runs (--task infer): the distribution of each call's latency, one panel per batch size, one
-    box per implementation. False (nothing written) without a finished run."""
-    runs = [r for r in runs if r["status"] == "ok"]
-    if not runs:
-        return False
-    calls = pd.DataFrame([dict(impl=r["impl"], **row) for r in runs for row in iterations_of(r)])
-    sizes = sorted(calls["batch_size"].unique())
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.6), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        mine = calls[calls["batch_size"] == size]
-        impls = sorted(mine["impl"].unique())
-        ax.boxplot([mine[mine["impl"] == i]["duration"] * 1e3 for i in impls], showfliers=True)
-        ax.set_xticks(range(1, len(impls) + 1), impls, rotation=30, ha="right")
-        ax.set_title(f"batch {size}")
-        ax.set_ylabel("latency per call (ms)" if size == sizes[0] else "")
-    fig.suptitle("Inference latency (each timed call)")
-    _save(fig, path)
-    return True
-
-
 def telemetry_plot(records: list[dict], path: Path) -> bool:
     """What the machine did over each finished run's window (telemetry.jsonl): utilisation, clock and power
     against the seconds since the window's start, a line per run (GPU where sampled, else the CPU's).
@@ -243,7 +222,9 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
 
     written, apart = [], {t.name for t in tasks().values() if not t.trains}
     for task in tasks().values():
-        written += task.plots([r for r in records if task_of_run(r) == task.name], out_dir)
+        for name, fig in task.figures([r for r in records if task_of_run(r) == task.name]).items():
+            _save(fig, out_dir / name)
+            written.append(out_dir / name)
     records = [r for r in records if task_of_run(r) not in apart]
     if not records:
         return written

@@ -40,6 +40,16 @@ def _md(df: pd.DataFrame | str) -> str:
     return df.to_markdown(index=False, disable_numparse=True)
 
 
+def render_blocks(blocks) -> str | None:
+    """A task's section (harness/tasks): a table (DataFrame), a paragraph (str) or a list of them, as
+    Markdown; None for None."""
+    if blocks is None:
+        return None
+    if not isinstance(blocks, (list, tuple)):
+        blocks = [blocks]
+    return "\n\n".join(_md(b) if isinstance(b, pd.DataFrame) else str(b) for b in blocks)
+
+
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """The table users read: implementation, img/s, s/iter median, window, world size, device, dtype,
     status."""
@@ -448,11 +458,10 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
     for task in apart:
         runs = df[df["task"] == task.name]
         if len(runs):
-            table = task.section(
-                df
-            )  # the whole frame: a section may set its runs beside others (data: training)
+            # the whole frame: a section may set its runs beside others (data: training)
+            text = render_blocks(task.section(df))
             failed = runs[runs["status"] != "ok"]
-            apart_part += ["", f"### {task.section_title}", ""] + ([_md(table)] if table is not None else [])
+            apart_part += ["", f"### {task.section_title}", ""] + ([text] if text is not None else [])
             apart_part += [
                 f"- {i}: {st}: {why}"
                 for i, st, why in zip(failed["impl"], failed["status"], failed["reason"])
@@ -476,9 +485,9 @@ def render_markdown(records: list[dict], detail: bool = True) -> str:
         return "\n".join(log_part[1:]) + "\n"
     parts = [_md(summary_table(df))] + ([""] + notes if notes else [])
     for task in tasks().values():
-        table = task.section(df) if task.trains and task.section_title else None
-        if table is not None:
-            parts += ["", f"### {task.section_title}", "", _md(table)]
+        text = render_blocks(task.section(df)) if task.trains and task.section_title else None
+        if text is not None:
+            parts += ["", f"### {task.section_title}", "", text]
     if not detail:
         return "\n".join(parts + log_part + apart_part) + "\n"
     if (df["status"] == "ok").any():
@@ -537,8 +546,8 @@ def compact_markdown(records: list[dict]) -> str:
     df = runs_frame(records)
     task = _only_task(df)
     if task is not None and type(task).compact is not Task.compact:
-        table = task.compact(df)
-        return _md(table) + "\n" if table is not None else "_no run finished_\n"
+        text = render_blocks(task.compact(df))
+        return text + "\n" if text is not None else "_no run finished_\n"
     table = repeats_table(df) if len(df) else None
     return _md(table if table is not None else summary_table(df)) + "\n"
 

@@ -105,6 +105,17 @@ def test_adapters_are_told_the_task_and_read_no_task_table():
     assert "adapter.task = TaskTraits(trains=task.trains, phase_ranges=task.phase_ranges)" in worker
 
 
+def test_no_task_imports_a_reader():
+    """A task's report part is blocks (tables, paragraphs) and figures that report and plots render and
+    save: no module of harness/tasks imports a reader of the records."""
+    graph = _graph()
+    readers = {f"mrcnn_bench.harness.{m}" for m in ("report", "plots", "regress", "checks", "site")}
+    reads = {
+        m: sorted(deps & readers) for m, deps in graph.items() if m.startswith("mrcnn_bench.harness.tasks")
+    }
+    assert len(reads) >= 8 and {m: d for m, d in reads.items() if d} == {}
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -64,17 +64,19 @@ class Task:
         raise NotImplementedError
 
     def section(self, df) -> Any:
-        """The table of this task's part of the full report (a DataFrame), or None. ``df`` is the runs
-        frame of every run reported (the section picks its task's runs, and may read others beside)."""
+        """This task's part of the full report as blocks that ``report`` renders: a DataFrame (a table),
+        a str (a paragraph), or a list of them; None for nothing. ``df`` is the runs frame of every run
+        reported (the section picks its task's runs, and may read others beside)."""
         return None
 
     def compact(self, df) -> Any:
-        """The README's table for runs of this task alone (None: the training summary's)."""
+        """The README's blocks for runs of this task alone, as ``section`` (None: the training summary's)."""
         return None
 
-    def plots(self, records: list[dict], out_dir: Path) -> list[Path]:
-        """This task's own plots of its runs' records (``report --plots``); the paths written."""
-        return []
+    def figures(self, records: list[dict]) -> dict[str, Any]:
+        """This task's own plots of its runs' records: {file name: matplotlib figure}, which ``report
+        --plots`` saves."""
+        return {}
 
 
 _BUILTIN = {

@@ -110,42 +110,39 @@ class Data(Task):
         return {"stages": stages}
 
     def section(self, df):
-        from mrcnn_bench.harness.report import _md
-
         sweep = _counts(df) > 1
         table = sweep_table(df) if sweep else data_table(df)
         if table is None:
             return None
-        parts = [_md(table)]
+        parts = [table]
         if sweep:
             parts += [
                 "Start-up (from building the loader to the first batch) and memory (after the window, the "
                 "loader's "
                 "workers alive):",
-                _md(startup_table(df)),
+                startup_table(df),
             ]
         stages = stages_table(df)
         if stages is not None:
             parts += [
                 "Where a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: each "
                 "framework's own read, decode, per-image and collate calls timed in its loader, self time):",
-                _md(stages),
+                stages,
             ]
-        return "\n\n".join(parts)
+        return parts
 
     def compact(self, df):
         return self.section(df)
 
-    def plots(self, records, out_dir):
+    def figures(self, records):
         """With a worker sweep: img/s against loader workers, a line per implementation."""
         import matplotlib.pyplot as plt
         from mrcnn_bench.harness.frames import runs_frame
-        from mrcnn_bench.harness.plots import _save
 
         ok = [r for r in records if r["status"] == "ok"]
         df = runs_frame(ok) if ok else None
         if df is None or _counts(df) < 2:
-            return []
+            return {}
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for impl, runs in df.groupby("impl"):
             points = sorted((s["num_workers"], s["images_per_s"]) for s in runs["summary"])
@@ -154,8 +151,7 @@ class Data(Task):
         ax.set_ylabel("img/s (input pipeline alone)")
         ax.set_xticks(sorted({s["num_workers"] for s in df["summary"]}))
         ax.legend(fontsize=8)
-        _save(fig, out_dir / "data-workers.png")
-        return [out_dir / "data-workers.png"]
+        return {"data-workers.png": fig}
 
 
 def data_summary(rows: list[dict], warmup: int, end: int) -> dict:

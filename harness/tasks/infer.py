@@ -100,10 +100,33 @@ class Infer(Task):
     def compact(self, df):
         return latency_table(df)
 
-    def plots(self, records, out_dir):
-        from mrcnn_bench.harness.plots import latency_plot
+    def figures(self, records):
+        fig = latency_figure(records)
+        return {"latency.png": fig} if fig is not None else {}
 
-        return [out_dir / "latency.png"] if latency_plot(records, out_dir / "latency.png") else []
+
+def latency_figure(runs: list[dict]):
+    """The distribution of each timed call's latency, one panel per batch size, one box per
+    implementation; None without a finished run."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from mrcnn_bench.harness.frames import iterations_of
+
+    runs = [r for r in runs if r["status"] == "ok"]
+    if not runs:
+        return None
+    calls = pd.DataFrame([dict(impl=r["impl"], **row) for r in runs for row in iterations_of(r)])
+    sizes = sorted(calls["batch_size"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        mine = calls[calls["batch_size"] == size]
+        impls = sorted(mine["impl"].unique())
+        ax.boxplot([mine[mine["impl"] == i]["duration"] * 1e3 for i in impls], showfliers=True)
+        ax.set_xticks(range(1, len(impls) + 1), impls, rotation=30, ha="right")
+        ax.set_title(f"batch {size}")
+        ax.set_ylabel("latency per call (ms)" if size == sizes[0] else "")
+    fig.suptitle("Inference latency (each timed call)")
+    return fig
 
 
 def latency_table(df):

@@ -80,14 +80,12 @@ class Trace(Train):
         return {"trace": s}
 
     def section(self, df):
-        from mrcnn_bench.harness.report import _md
-
         runs = df[df["task"] == self.name]
         top, diff = top_table(runs, df), diff_table(runs)
         if top is None:
             return None
         parts = [
-            _md(top),
+            top,
             "Open a trace in https://ui.perfetto.dev or chrome://tracing; the phases are the ranges named "
             '"mrcnn-bench: <phase>" (docs/traces.md).',
         ]
@@ -96,9 +94,9 @@ class Trace(Train):
                 "Where the time goes apart, against the reference (ms per step; positive: this "
                 "implementation "
                 "spends more):",
-                _md(diff),
+                diff,
             ]
-        return "\n\n".join(parts)
+        return parts
 
     def compact(self, df):
         return self.section(df)
