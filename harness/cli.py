@@ -302,58 +302,25 @@ def run(
 ):
     """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
     per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
-    from mrcnn_bench.external import system_names
-
-    from . import launch, suite
-
-    req = suite.RunRequest(**common)  # `mrcnn-bench <a task's command>`: that task (below)
-    task = task or suite.task_of_command(click.get_current_context().info_name)
-    req = replace(req, overrides=req.overrides + tuple(suite.task_overrides(task, batch_sizes)))
-    if req.impl in system_names():
-        suite.run_external(req.impl, req.config(gpus), req.out_root, req.run_id, req.data_root, container)
-        return
-    if container:
-        raise BadInput(
-            f"--container goes with an external system ({', '.join(system_names())}), not --impl {req.impl}"
-        )
-    slurm = None
-    if launcher == "slurm":
-        slurm = launch.slurm_task(master_port=master_port)
-        gpus, nnodes, node_rank = slurm.local_world, slurm.nnodes, slurm.rank // slurm.local_world
-    elif nnodes > 1 and not master_addr:
-        raise BadInput(
-            f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)"
-        )
-    if node_rank >= nnodes:
-        raise BadInput(f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})")
-    if (repeats > 1 or req.modes) and (nnodes > 1 or slurm):
-        raise BadInput(
-            "--repeats and --settings both run on one node; repeat a multi-node run by launching it again"
-        )
-    cfg = req.config(gpus * nnodes if gpus is not None else None, rounds=True)
-    nproc = cfg.benchmark.gpus // nnodes
-    if nproc * nnodes != cfg.benchmark.gpus:
-        raise BadInput(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
-    opts = req.launch_options(
-        nproc,
+    req = suite.RunRequest(**common)
+    done = suite.run_command(
+        req,
+        task=task or suite.task_of_command(click.get_current_context().info_name),
+        batch_sizes=batch_sizes,
+        gpus=gpus,
+        launcher=launcher,
         nnodes=nnodes,
         node_rank=node_rank,
         master_addr=master_addr,
         master_port=master_port,
-        rdzv_timeout_s=rdzv_timeout,
-        slurm=slurm,
+        rdzv_timeout=rdzv_timeout,
+        container=container,
+        workers=workers,
+        repeats=repeats,
     )
-    counts = suite.worker_counts(workers, cfg, opts, rounds=repeats > 1 or bool(req.modes))
-    if counts:
-        run_dir, records = suite.run_workers(
-            cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, counts
-        )
-    elif repeats > 1 or req.modes:
-        run_dir, records = suite.run_rounds(
-            cfg, req.impl, opts, req.run_id, req.out_root, req.data_root, repeats, req.modes
-        )
-    else:
-        run_dir, records = suite.run_suite(cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
+    if done is None:  # an external system: its config and commands written, or its log ingested
+        return
+    run_dir, records, opts, slurm = done
     if not opts.leader:
         click.echo(suite.follower_done(records, "task" if slurm else "node", run_dir))
         sys.exit(1 if any(r["status"] != "ok" for r in records) else 0)

@@ -9,7 +9,7 @@ signal stops the run (128 + its number), and says its progress on stderr.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import load_config, parse_override, resolve_config_path
@@ -470,6 +470,78 @@ def each_installed(impl: str, interpreters: dict, ask) -> tuple[dict, list[str]]
 
 class RunFailed(Exception):
     """A run that started and failed as a whole (an external system's container); the command exits 1."""
+
+
+def run_command(
+    req: RunRequest,
+    *,
+    task,
+    batch_sizes,
+    gpus,
+    launcher,
+    nnodes,
+    node_rank,
+    master_addr,
+    master_port,
+    rdzv_timeout,
+    container,
+    workers,
+    repeats,
+):
+    """``mrcnn-bench run`` (or a task's own command) after parsing: the checks of the launch options
+    (RequestError: exit 2), then one of the paths: an external system, a worker sweep, rounds, one
+    suite. (run folder, records, launch options, SLURM's task or None); None for an external system."""
+    from mrcnn_bench.external import system_names
+
+    from . import launch
+
+    req = replace(req, overrides=req.overrides + tuple(task_overrides(task, batch_sizes)))
+    if req.impl in system_names():
+        run_external(req.impl, req.config(gpus), req.out_root, req.run_id, req.data_root, container)
+        return None
+    if container:
+        raise RequestError(
+            f"--container goes with an external system ({', '.join(system_names())}), not --impl {req.impl}"
+        )
+    slurm = None
+    if launcher == "slurm":
+        slurm = launch.slurm_task(master_port=master_port)
+        gpus, nnodes, node_rank = slurm.local_world, slurm.nnodes, slurm.rank // slurm.local_world
+    elif nnodes > 1 and not master_addr:
+        raise RequestError(
+            f"--nnodes {nnodes}: --master-addr is required (node 0's address, the same on every node)"
+        )
+    if node_rank >= nnodes:
+        raise RequestError(
+            f"--node-rank {node_rank} is out of range for --nnodes {nnodes} (0 to {nnodes - 1})"
+        )
+    rounds = repeats > 1 or bool(req.modes)
+    if rounds and (nnodes > 1 or slurm):
+        raise RequestError(
+            "--repeats and --settings both run on one node; repeat a multi-node run by launching it again"
+        )
+    cfg = req.config(gpus * nnodes if gpus is not None else None, rounds=True)
+    nproc = cfg.benchmark.gpus // nnodes
+    if nproc * nnodes != cfg.benchmark.gpus:
+        raise RequestError(f"benchmark.gpus={cfg.benchmark.gpus} is not divisible by --nnodes {nnodes}")
+    opts = req.launch_options(
+        nproc,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        rdzv_timeout_s=rdzv_timeout,
+        slurm=slurm,
+    )
+    where = (cfg, req.impl, opts, req.run_id, req.out_root, req.data_root)
+    counts = worker_counts(workers, cfg, opts, rounds=rounds)
+    if counts:
+        run_dir, records = run_workers(*where, counts)
+    elif rounds:
+        run_dir, records = run_rounds(*where, repeats, req.modes)
+    else:
+        run_dir, records = run_suite(*where)
+    return run_dir, records, opts, slurm
 
 
 def run_external(name, cfg, out_root, run_id, data_root, container):
