@@ -288,3 +288,129 @@ def ingest(logs: list[str | Path], cfg, out_root: str | Path, run_id: str) -> li
         atomic_write_json(folder / "run.json", record)
         written.append((folder, record))
     return written
+
+
+# ------------------------------------------------------------------------------ writing a run's log
+MLPERF_LOG = "mlperf.log"
+
+
+def _logger(path: Path):
+    """An mllog writer to ``path`` only (not the shared default logger)."""
+    import logging
+
+    from mlperf_logging.mllog.mllog import MLLogger
+
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"mrcnn-bench.mlperf.{path}")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return MLLogger(logger=logger, default_clear_line=False), handler
+
+
+def hparams_of(cfg: dict) -> dict:
+    """A run's config (run.json's) as MLPerf's hyperparameter keys."""
+    solver, inp = cfg.get("solver") or {}, cfg.get("input") or {}
+    rpn, bench = (cfg.get("model") or {}).get("rpn") or {}, cfg.get("benchmark") or {}
+    return {
+        "global_batch_size": solver.get("ims_per_batch"),
+        "gradient_accumulation_steps": bench.get("grad_accum", 1),
+        "opt_base_learning_rate": solver.get("base_lr"),
+        "opt_learning_rate_warmup_steps": solver.get("warmup_iters"),
+        "opt_learning_rate_warmup_factor": solver.get("warmup_factor"),
+        "opt_learning_rate_decay_steps": solver.get("steps"),
+        "opt_learning_rate_decay_factor": solver.get("gamma"),
+        "min_image_size": (inp.get("min_size_train") or [None])[0],
+        "max_image_size": inp.get("max_size_train"),
+        "num_image_candidates": rpn.get("post_nms_topk_train"),
+    }
+
+
+def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
+    """``mlperf.log`` beside run.json, written with MLCommons' mllog from the finished run: the submission
+    keys (org mrcnn-bench, division closed, status research), the hyperparameters, cache_clear, init
+    (the launch to the first iteration), the run (the first iteration's start to the last's end, or
+    the evaluation's), one block over the iterations with the window's throughput as tracked_stats,
+    train_samples and eval_samples, and eval_accuracy (BBOX and SEGM) when the run evaluated. The run
+    stops "success" only where the evaluation reached MLPerf's target (bbox 0.377, segm 0.339), else
+    "aborted", as a submission stopped short of it would."""
+    from mlperf_logging.mllog import constants as c
+
+    cfg, summary = record.get("config") or {}, record.get("summary") or {}
+    env, data = record.get("environment") or {}, record.get("data") or {}
+    if not iterations:
+        raise ValueError("no iteration recorded: the run's start and stop are unknown")
+    if all("wall_time" in row for row in iterations):
+        ms = [1e3 * row["wall_time"] for row in iterations]
+    elif env.get("time") and all("end_time" in row for row in iterations):
+        # records before wall_time: the iterations' clock from the start, ending by the record's time
+        from datetime import datetime
+
+        last = 1e3 * datetime.fromisoformat(env["time"]).timestamp()
+        ms = [last - 1e3 * (iterations[-1]["end_time"] - row["end_time"]) for row in iterations]
+    else:
+        raise ValueError(
+            "the iterations carry no wall_time or end_time: the run's start and stop are unknown"
+        )
+    run_start = ms[0] - 1e3 * iterations[0]["duration"]
+    init_start = run_start  # the launch (the record's time less wall_s, its seconds since the launch)
+    if env.get("time") and record.get("wall_s"):
+        from datetime import datetime
+
+        launched = 1e3 * (datetime.fromisoformat(env["time"]).timestamp() - float(record["wall_s"]))
+        init_start = min(launched, run_start)
+    device = ", ".join(sorted(set(env.get("gpus") or []))) or env.get("cpu") or record.get("device")
+    path = Path(run_dir) / MLPERF_LOG
+    tmp = path.with_name(f".{MLPERF_LOG}.tmp")
+    log, handler = _logger(tmp)
+    try:
+        for key, value in (
+            (c.SUBMISSION_BENCHMARK, c.MASKRCNN),
+            (c.SUBMISSION_ORG, "mrcnn-bench"),
+            (c.SUBMISSION_DIVISION, "closed"),
+            (c.SUBMISSION_STATUS, "research"),
+            (c.SUBMISSION_PLATFORM, f"{record.get('world_size', 1)}x{device}"),
+            ("implementation", record.get("impl")),
+        ):
+            log.event(key=key, value=value, time_ms=init_start)
+        log.event(key=c.CACHE_CLEAR, value=True, time_ms=init_start)
+        log.start(key=c.INIT_START, time_ms=init_start)
+        for key, value in hparams_of(cfg).items():
+            if value is not None:
+                log.event(key=key, value=value, time_ms=init_start)
+        log.event(key=c.SEED, value=(cfg.get("benchmark") or {}).get("seed", 0), time_ms=init_start)
+        log.end(key=c.INIT_STOP, time_ms=run_start)
+        log.start(key=c.RUN_START, time_ms=run_start)
+        log.event(key=c.TRAIN_SAMPLES, value=(data.get("train") or {}).get("images", 0), time_ms=run_start)
+        log.event(key=c.EVAL_SAMPLES, value=(data.get("val") or {}).get("images", 0), time_ms=run_start)
+        log.start(key=c.BLOCK_START, metadata={"step_num": 0}, time_ms=run_start)
+        if summary.get("images_per_s"):
+            window = record.get("window") or {}
+            stats = {
+                "throughput": summary["images_per_s"],
+                "window": [window.get("warmup"), window.get("end")],
+            }
+            log.event(key="tracked_stats", value=stats, metadata={"step": len(iterations)}, time_ms=ms[-1])
+        log.end(key=c.BLOCK_STOP, metadata={"step_num": len(iterations)}, time_ms=ms[-1])
+        stop, status = ms[-1], "aborted"
+        accuracy = summary.get("accuracy")
+        if accuracy:
+            epochs = len(iterations) * (hparams_of(cfg)["global_batch_size"] or 0)
+            epochs /= max(1, (data.get("train") or {}).get("images", 1))
+            meta = {"epoch_num": round(epochs, 3)}
+            log.start(key=c.EVAL_START, metadata=meta, time_ms=stop)
+            value = {"BBOX": accuracy["bbox"]["AP"], "SEGM": accuracy["segm"]["AP"]}
+            log.event(key=c.EVAL_ACCURACY, value=value, metadata=meta, time_ms=stop)
+            log.end(key=c.EVAL_STOP, metadata=meta, time_ms=stop)
+            if value["BBOX"] >= 0.377 and value["SEGM"] >= 0.339:
+                status = "success"
+        log.end(
+            key=c.RUN_STOP,
+            metadata={"status": status, "throughput": summary.get("images_per_s")},
+            time_ms=stop,
+        )
+    finally:
+        handler.close()
+    tmp.replace(path)
+    return path

@@ -31,7 +31,7 @@ from .settings import MODE_TITLES
 
 ASSETS = Path(__file__).parent / "site_assets"
 VENDORED = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
-RUN_FILES = ("run.json", "iterations.jsonl", "log.txt", "telemetry.jsonl", "launch.json")
+RUN_FILES = ("run.json", "iterations.jsonl", "log.txt", "telemetry.jsonl", "launch.json", "mlperf.log")
 PEER = "torchvision"  # the history relative to this implementation, where it ran in the same round
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}

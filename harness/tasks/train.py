@@ -110,7 +110,7 @@ def _record(rank: RankContext, timer, world_images: list[int], added: dict) -> d
     )
     extra = dict(rank.trained)
     native = native_dict(rank.native, extra)
-    return write_record(
+    record = write_record(
         rank,
         dict(
             native_config=native,
@@ -124,3 +124,16 @@ def _record(rank: RankContext, timer, world_images: list[int], added: dict) -> d
             "divergent": rank.adapter.divergences(rank.cfg),
         },
     )
+    _mlperf_log(rank, record, rows)
+    return record
+
+
+def _mlperf_log(rank: RankContext, record: dict, rows: list[dict]) -> None:
+    """mlperf.log beside run.json (harness/mlperf.py, MLCommons' mllog); a log that cannot be written is
+    said, and the run stands."""
+    try:
+        from mrcnn_bench.harness.mlperf import write_log
+
+        write_log(rank.run_dir, record, rows)
+    except Exception as e:  # noqa: BLE001 (an optional side file: the run's record is written)
+        say(f"{rank.impl}: no mlperf.log: {type(e).__name__}: {e}")
