@@ -213,3 +213,47 @@ def test_a_run_leaves_an_mlperf_log_that_mlcommons_checker_passes_but_for_the_ac
     failures = [line for line in text.splitlines() if "CHECK for" in line or "Required" in line]
     assert failures == [], text[-3000:]
     assert "Failed checks for eval_accuracy : v['value']['BBOX'] >= 0.377" in text and checker.returncode != 0
+
+
+def test_the_mlperf_config_holds_mlperfs_hyperparameters_on_the_canonical_model():
+    """configs/mlperf_maskrcnn.yaml: MLPerf's global batch, learning rate, warm-up and decay, within the
+    closed division's rules for Mask R-CNN (closed_maskrcnn.yaml's checks), on the canonical model."""
+    from mrcnn_bench.harness.mlperf import canonical, hparams_of
+
+    cfg = load_config(resolve_config_path("mlperf_maskrcnn"))
+    canon = load_config(resolve_config_path("mask_rcnn_R_50_FPN_noaug_1x"))
+    mine = canonical(cfg)
+    assert mine["global_batch_size"] == 96 and mine["opt_base_learning_rate"] == 0.12
+    assert (mine["opt_learning_rate_warmup_steps"], mine["opt_learning_rate_warmup_factor"]) == (
+        625,
+        0.000192,
+    )
+    assert (
+        mine["opt_learning_rate_decay_steps"] == [12000, 16000]
+        and mine["opt_learning_rate_decay_factor"] == 0.1
+    )
+    assert (mine["min_image_size"], mine["max_image_size"]) == (800, 1333)
+    # closed_maskrcnn.yaml: an integer multiple of 0.02, two decay steps, candidates in thousands
+    assert (
+        abs(mine["opt_base_learning_rate"] / 0.02 - 6) < 1e-9
+        and len(mine["opt_learning_rate_decay_steps"]) == 2
+    )
+    assert mine["num_image_candidates"] % 1000 == 0
+    assert hparams_of(cfg.to_dict()) == mine  # what a run's mlperf.log will say
+    assert cfg.model == canon.model and cfg.input == canon.input  # the canonical model and input
+    assert cfg.benchmark.dtype == "fp16" and cfg.benchmark.gpus * 12 == cfg.solver.ims_per_batch
+
+
+@pytest.mark.e2e
+def test_parity_lists_what_each_implementation_runs_of_the_mlperf_config():
+    out = run_cli("parity", "--config", "mlperf_maskrcnn")
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    for key, value in (
+        ("solver.base_lr", "0.12"),
+        ("solver.steps", "[12000, 16000]"),
+        ("solver.warmup_iters", "625"),
+    ):
+        cells = [c.strip() for c in rows[key].split("|")[2:-1]]
+        assert cells and all(c == value for c in cells), rows[key]
+    assert "solver.ims_per_batch_per_process" in rows and "| 12 " in rows["solver.ims_per_batch_per_process"]
