@@ -342,6 +342,10 @@ def test_run_task_eval_scores_each_trained_model_with_pycocotools(tmp_path, synt
         assert f"{impl}: bbox AP" in out.stderr
     report = run_cli("report", tmp_path / "ev")
     assert "### Accuracy" in report.stdout and "bbox AP / AP50" in report.stdout
+    # the same run's mlperf.log, through MLCommons' compliance checker (tests/test_mlperf.py)
+    from test_mlperf import check_the_run_log
+
+    check_the_run_log(tmp_path / "ev" / "reference", tmp_path)
 
 
 def test_accuracy_table_flags_an_implementation_outside_the_band():
