@@ -599,3 +599,25 @@ def test_committed_canonical_eval_all_four_within_the_band_of_the_means():
     from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     assert max(ap50_offsets(list(_canonical_means().values()))) <= AP_BAND
+
+
+def test_committed_canonical_inference_at_its_best_the_reference_is_the_fastest_at_every_batch_size():
+    """results/baselines/infer-cpu_canonical (`run --task infer --config cpu_infer_canonical --impl all
+    --best`): the four loaded the same weights (the shared training at 800 px), each with its declared
+    best settings (mmdet's fuse_conv_bn among them), found as many detections per image within 10% at
+    every batch size, and the reference has the highest img/s at batch sizes 1, 2, 4 and 8."""
+    from mrcnn_bench.harness.frames import load_runs
+
+    records = {r["impl"]: r for r in load_runs([BASELINES / "infer-cpu_canonical"])}
+    assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
+    assert len({r["config"]["model"]["init_weights"] for r in records.values()}) == 1
+    assert "trained200-torchvision" in records["reference"]["config"]["model"]["init_weights"]
+    assert all(r["config"]["input"]["min_size_test"] == 800 for r in records.values())
+    assert all(r["settings"]["mode"] == "best" for r in records.values())
+    assert {a["name"] for a in records["mmdet"]["settings"]["applied"]} >= {"channels_last", "fuse_conv_bn"}
+    for size in ("1", "2", "4", "8"):
+        stats = {impl: r["summary"]["batch_sizes"][size] for impl, r in records.items()}
+        rates = {impl: st["images_per_s"] for impl, st in stats.items()}
+        assert max(rates, key=rates.get) == "reference", (size, rates)
+        detections = [st["detections_per_image"] for st in stats.values()]
+        assert max(detections) <= 1.1 * min(detections), (size, detections)

@@ -187,3 +187,26 @@ def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     assert "mmdet" in header and "detectron2" in header and "reference" in header
     backbone = next(line for line in parity.stdout.splitlines() if line.startswith("| info.backbone_style"))
     assert backbone.count("pytorch") >= 3, backbone
+
+
+@needs_mmdet
+def test_mmcv_roi_align_misreads_channels_last_maps_so_nhwc_is_not_among_mmdets_best():
+    """mmcv 2.1's RoIAlign hands its kernel the feature map without making it contiguous: the same map in
+    channels-last memory pools other values than in NCHW (torchvision's roi_align agrees with NCHW in
+    both). Why harness/settings.py leaves NHWC out of mmdet's best settings."""
+    import torch
+    from mmcv.ops import roi_align as mmcv_roi_align
+    from mrcnn_bench.harness import settings
+    from torchvision.ops import roi_align as tv_roi_align
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 8, 20, 24, generator=g)
+    rois = torch.tensor([[0, 1.0, 2.0, 15.0, 11.0], [0, 4.5, 0.5, 22.0, 18.0]])
+    nchw = mmcv_roi_align(feats, rois, (7, 7), 0.5, 0, "avg", True)
+    nhwc = mmcv_roi_align(
+        feats.contiguous(memory_format=torch.channels_last), rois, (7, 7), 0.5, 0, "avg", True
+    )
+    reference = tv_roi_align(feats, rois, (7, 7), 0.5, 0, aligned=True)
+    assert torch.allclose(nchw, reference, atol=1e-5)
+    assert not torch.allclose(nhwc, reference, atol=1e-2)  # the same map, other values
+    assert "channels_last" not in {s.name for s in settings.BEST["mmdet"]}

@@ -29,11 +29,13 @@ def test_shipped_changes_nothing_and_best_what_is_declared():
         assert settings.environment(shipped, impl) == {}
         assert settings.record(shipped, impl) == {"mode": "shipped", "applied": []}
     best = _cfg("best")
-    # the peers in NHWC; the reference's layout is its own lever (reference.channels_last), unchanged
-    for impl in ("torchvision", "detectron2", "mmdet"):
+    # torchvision and detectron2 in NHWC; the reference's layout is its own lever (reference.channels_last),
+    # mmdet's stays NCHW (mmcv's RoIAlign misreads channels-last maps)
+    for impl in ("torchvision", "detectron2"):
         assert settings.effective_config(best, impl).benchmark.channels_last is True
         assert best.benchmark.channels_last is False  # the run's config itself is not changed
-    assert settings.effective_config(best, "reference").benchmark.channels_last is False
+    for impl in ("reference", "mmdet"):
+        assert settings.effective_config(best, impl).benchmark.channels_last is False
     # on the CPU every implementation's process keeps freed host memory (glibc), none gets CUDA's allocator
     for impl in IMPLS:
         env = settings.environment(best, impl)
@@ -60,7 +62,9 @@ def test_shipped_changes_nothing_and_best_what_is_declared():
         settings.applies(infer, impl, "fuse_conv_bn") for impl in ("reference", "torchvision", "detectron2")
     )
     names = [a["name"] for a in settings.record(infer, "mmdet")["applied"]]
-    assert names == ["channels_last", "kept_host_memory", "fuse_conv_bn"]
+    assert names == ["kept_host_memory", "fuse_conv_bn"]  # not NHWC: mmcv's RoIAlign misreads it
+    assert settings.effective_config(best, "mmdet").benchmark.channels_last is False
+    assert any(name == "NHWC for mmdet" for name, _ in settings.NOT_INCLUDED)
 
 
 def test_the_parity_table_marks_each_setting_per_implementation():
@@ -227,6 +231,7 @@ def test_committed_canonical_rounds_ran_the_same_work_in_both_modes(mode):
             bench = r["config"]["benchmark"]
             assert bench["settings"] == mode and r["config"]["model"]["backbone"]["norm"] == "FrozenBN"
             applied = {a["name"] for a in r["settings"]["applied"]}
+            # as declared when recorded (commit 305264a): mmdet in NHWC too, since dropped (see below)
             assert applied == (
                 {"channels_last", "kept_host_memory"} - ({"channels_last"} if impl == "reference" else set())
                 if mode == "best"
@@ -254,3 +259,16 @@ def test_committed_canonical_reference_leads_each_peer_as_shipped_and_at_its_bes
 def test_committed_canonical_lead_at_its_best_is_1_3x_in_every_round():
     best = [_lead(r) for r in _rounds(BASELINES / "cpu_canonical", "best")]
     assert min(best) >= 1.3, best
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the committed at-best rounds (commit 305264a) ran mmdet in NHWC, which mmcv 2.1's RoIAlign "
+    "misreads (harness/settings.py NOT_INCLUDED); mmdet's at-best rows are to be re-recorded (make baseline)",
+)
+@pytest.mark.parametrize("scenario", ["cpu_canonical", "cpu_small"])
+def test_committed_at_best_rounds_apply_the_current_declaration(scenario):
+    for records in _rounds(BASELINES / scenario, "best"):
+        for impl, r in records.items():
+            declared = [a["name"] for a in settings.record(_cfg("best"), impl)["applied"]]
+            assert [a["name"] for a in r["settings"]["applied"]] == declared, (scenario, impl)
