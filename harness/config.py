@@ -11,6 +11,7 @@ what was expected; the CLI turns it into exit code 2.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -406,6 +407,12 @@ def _describe(err: dict) -> str:
         return f"missing required key '{key}'"
     got = err.get("input")
     got_s = f" (got {got!r} of type {type(got).__name__})" if not isinstance(got, dict) else ""
+    if not err["loc"]:  # a rule across keys (a model validator): the keys its message names
+        named = dict.fromkeys(
+            re.findall(r"\b(?:model|input|solver|benchmark|data|reference)(?:\.\w+)+", err["msg"])
+        )
+        if named:
+            return f"keys {', '.join(repr(k) for k in named)}: {err['msg']}"
     return f"key '{key}': {err['msg']}{got_s}"
 
 

@@ -327,6 +327,32 @@ def hparams_of(cfg: dict) -> dict:
     }
 
 
+def _times(record: dict, iterations: list[dict]) -> tuple[float, float, list[float]]:
+    """(the launch, the first iteration's start, each iteration's end), ms since the epoch: the iterations'
+    wall_time, or for older records their clock from the start ending at the record's time; the launch is
+    the record's time less wall_s (its seconds since the launch)."""
+    from datetime import datetime
+
+    env = record.get("environment") or {}
+    if not iterations:
+        raise ValueError("no iteration recorded: the run's start and stop are unknown")
+    if all("wall_time" in row for row in iterations):
+        ms = [1e3 * row["wall_time"] for row in iterations]
+    elif env.get("time") and all("end_time" in row for row in iterations):
+        last = 1e3 * datetime.fromisoformat(env["time"]).timestamp()
+        ms = [last - 1e3 * (iterations[-1]["end_time"] - row["end_time"]) for row in iterations]
+    else:
+        raise ValueError(
+            "the iterations carry no wall_time or end_time: the run's start and stop are unknown"
+        )
+    run_start = ms[0] - 1e3 * iterations[0]["duration"]
+    init_start = run_start
+    if env.get("time") and record.get("wall_s"):
+        launched = 1e3 * (datetime.fromisoformat(env["time"]).timestamp() - float(record["wall_s"]))
+        init_start = min(launched, run_start)
+    return init_start, run_start, ms
+
+
 def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
     """``mlperf.log`` beside run.json, written with MLCommons' mllog from the finished run: the submission
     keys (org mrcnn-bench, division closed, status research), the hyperparameters, cache_clear, init
@@ -339,27 +365,7 @@ def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
 
     cfg, summary = record.get("config") or {}, record.get("summary") or {}
     env, data = record.get("environment") or {}, record.get("data") or {}
-    if not iterations:
-        raise ValueError("no iteration recorded: the run's start and stop are unknown")
-    if all("wall_time" in row for row in iterations):
-        ms = [1e3 * row["wall_time"] for row in iterations]
-    elif env.get("time") and all("end_time" in row for row in iterations):
-        # records before wall_time: the iterations' clock from the start, ending by the record's time
-        from datetime import datetime
-
-        last = 1e3 * datetime.fromisoformat(env["time"]).timestamp()
-        ms = [last - 1e3 * (iterations[-1]["end_time"] - row["end_time"]) for row in iterations]
-    else:
-        raise ValueError(
-            "the iterations carry no wall_time or end_time: the run's start and stop are unknown"
-        )
-    run_start = ms[0] - 1e3 * iterations[0]["duration"]
-    init_start = run_start  # the launch (the record's time less wall_s, its seconds since the launch)
-    if env.get("time") and record.get("wall_s"):
-        from datetime import datetime
-
-        launched = 1e3 * (datetime.fromisoformat(env["time"]).timestamp() - float(record["wall_s"]))
-        init_start = min(launched, run_start)
+    init_start, run_start, ms = _times(record, iterations)
     device = ", ".join(sorted(set(env.get("gpus") or []))) or env.get("cpu") or record.get("device")
     path = Path(run_dir) / MLPERF_LOG
     tmp = path.with_name(f".{MLPERF_LOG}.tmp")

@@ -25,7 +25,7 @@ import pytest
 hypothesis = pytest.importorskip(
     "hypothesis", reason="Hypothesis is installed by the test extra (pip install -e .[test])"
 )
-from conftest import ALL_FOUR, need_impls, run_cli  # noqa: E402
+from conftest import ALL_FOUR, ROOT, need_impls, run_cli  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -705,6 +705,18 @@ def test_found_detectron2_reads_the_split_of_each_call_in_one_process(tmp_path, 
         batches, _ = get_adapter("detectron2").input_pipeline(cfg, paths, DistInfo(device="cpu"))
         counts.append(_gt_per_image("detectron2", next(batches)))
     assert counts == [[2, 2], [3, 3]]
+
+
+def test_found_a_rule_across_keys_names_its_keys():
+    """Found (benchmark.shared_init=False on cpu_small): the rule that FrozenBN without weights needs the
+    shared initialisation was refused as "key '<top level>'"; it names the keys its message is about."""
+    from mrcnn_bench.harness.config import ConfigError, load_config
+
+    path = ROOT / "configs" / "cpu_small.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(path, {"benchmark.shared_init": False})
+    assert str(e.value).startswith(str(path)) and "'benchmark.shared_init'" in str(e.value)
+    assert "<top level>" not in str(e.value) and "'model.backbone.norm'" in str(e.value)
 
 
 def test_found_damaged_records_are_refused_naming_the_file(tmp_path):
