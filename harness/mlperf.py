@@ -98,9 +98,9 @@ def read_log(path: str | Path) -> MLPerfRun:
     path = Path(path)
     try:
         keys = _keys(_parse_lines(path))
+    except LogError:
+        raise
     except (KeyError, TypeError, ValueError) as e:  # a line of JSON without its fields
-        if isinstance(e, LogError):
-            raise
         raise LogError(f"{path}: an MLPerf log line without {e}") from None
 
     def one(key: str, required: bool = True):
@@ -161,20 +161,8 @@ def olympic_minutes(runs: list[MLPerfRun]) -> tuple[float | None, str]:
 
 
 def canonical(cfg) -> dict:
-    """The canonical config's value of each MLPerf hyperparameter key."""
-    s = cfg.solver
-    return {
-        "global_batch_size": s.ims_per_batch,
-        "gradient_accumulation_steps": 1,
-        "opt_base_learning_rate": s.base_lr,
-        "opt_learning_rate_warmup_steps": s.warmup_iters,
-        "opt_learning_rate_warmup_factor": s.warmup_factor,
-        "opt_learning_rate_decay_steps": list(s.steps),
-        "opt_learning_rate_decay_factor": s.gamma,
-        "min_image_size": cfg.input.min_size_train[0],
-        "max_image_size": cfg.input.max_size_train,
-        "num_image_candidates": cfg.model.rpn.post_nms_topk_train,
-    }
+    """The config's value of each MLPerf hyperparameter key (``hparams_of`` of its dict, as in run.json)."""
+    return hparams_of(cfg.to_dict())
 
 
 def differences(hparams: dict, cfg) -> list[str]:

@@ -323,13 +323,16 @@ def _newest_round_table(latest: list[dict]) -> str:
     )
 
 
-def _commit_rounds(rounds: dict[Path, dict[str, dict]], newest: dict[str, dict]) -> list[dict[str, dict]]:
-    """The rounds measured on the newest round's commit (``environment.git_sha``)."""
+def _commit_rounds(
+    rounds: dict[Path, dict[str, dict]], newest: dict[str, dict]
+) -> tuple[str | None, list[dict[str, dict]]]:
+    """The newest round's commit (``environment.git_sha``) and the rounds measured on it."""
 
     def sha(impls: dict[str, dict]) -> str | None:
         return next(((r.get("environment") or {}).get("git_sha") for r in impls.values()), None)
 
-    return [impls for impls in rounds.values() if sha(impls) == sha(newest)]
+    commit = sha(newest)
+    return commit, [impls for impls in rounds.values() if sha(impls) == commit]
 
 
 def _relative_chart(commit_rounds: list[dict[str, dict]]) -> dict | None:
@@ -379,17 +382,17 @@ def _relative_chart(commit_rounds: list[dict[str, dict]]) -> dict | None:
     }
 
 
-def _index_section(scenario: str, page: str, recs: list[dict], charts: dict[str, dict]) -> str:
+def _index_section(
+    scenario: str, page: str, recs: list[dict], rounds: dict, newest: dict, charts: dict[str, dict]
+) -> str:
     """A scenario on the index: the newest round in full (failed ones with why), the median and spread
     of the rounds of its commit, a chart of each relative to the fastest other, the task's short table."""
     from .frames import runs_frame
     from .report import compact_markdown, repeats_table
 
-    rounds = _rounds(recs)
-    newest = max(rounds.values(), key=lambda impls: _when(impls.values()))
     latest = list(newest.values())
-    same_commit = _commit_rounds(rounds, newest)
-    sha = next(((r.get("environment") or {}).get("git_sha") or "unknown" for r in latest), "unknown")
+    sha, same_commit = _commit_rounds(rounds, newest)
+    sha = sha or "unknown"
     parts = [
         f"<h2><a href='{page}'>{html.escape(scenario)}</a></h2>",
         f"<p>{len(recs)} run(s) in {len(rounds)} round(s).</p>",
@@ -452,7 +455,7 @@ def publish(results: str | os.PathLike, out: str | os.PathLike) -> Published:
                     done.copied += _copy(
                         f, out / "runs" / folder.relative_to(results) / f.name, manifest["files"]
                     )
-        index.append(_index_section(scenario, page, recs, index_charts))
+        index.append(_index_section(scenario, page, recs, rounds, newest, index_charts))
     if done.skipped:
         index.append(
             "<h2>Records not read</h2><ul>"
