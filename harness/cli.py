@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
@@ -285,39 +285,12 @@ def _run_options(fn):
     "round k writes OUT/<run-id>/r<k>/<impl>/. What `regress` needs to see run-to-run noise.",
 )
 @_bad_input
-def run(
-    gpus,
-    launcher,
-    nnodes,
-    node_rank,
-    master_addr,
-    master_port,
-    rdzv_timeout,
-    container,
-    task,
-    batch_sizes,
-    workers,
-    repeats,
-    **common,
-):
+def run(task, **options):
     """Train each implementation and time iterations [warmup, end) (or, --task infer, time its inference
     per batch size; --task eval, train and score it on the val split); writes OUT/<run-id>/<impl>/run.json."""
-    req = suite.RunRequest(**common)
-    done = suite.run_command(
-        req,
-        task=task or suite.task_of_command(click.get_current_context().info_name),
-        batch_sizes=batch_sizes,
-        gpus=gpus,
-        launcher=launcher,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-        rdzv_timeout=rdzv_timeout,
-        container=container,
-        workers=workers,
-        repeats=repeats,
-    )
+    request = {f.name: options.pop(f.name) for f in fields(suite.RunRequest)}
+    task = task or suite.task_of_command(click.get_current_context().info_name)
+    done = suite.run_command(suite.RunRequest(**request), task=task, **options)  # the launch options
     if done is None:  # an external system: its config and commands written, or its log ingested
         return
     run_dir, records, opts, slurm = done
