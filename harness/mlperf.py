@@ -353,6 +353,7 @@ def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
 
     cfg, summary = record.get("config") or {}, record.get("summary") or {}
     env, data = record.get("environment") or {}, record.get("data") or {}
+    hparams = hparams_of(cfg)
     init_start, run_start, ms = _times(record, iterations)
     device = ", ".join(sorted(set(env.get("gpus") or []))) or env.get("cpu") or record.get("device")
     path = Path(run_dir) / MLPERF_LOG
@@ -370,7 +371,7 @@ def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
             log.event(key=key, value=value, time_ms=init_start)
         log.event(key=c.CACHE_CLEAR, value=True, time_ms=init_start)
         log.start(key=c.INIT_START, time_ms=init_start)
-        for key, value in hparams_of(cfg).items():
+        for key, value in hparams.items():
             if value is not None:
                 log.event(key=key, value=value, time_ms=init_start)
         log.event(key=c.SEED, value=(cfg.get("benchmark") or {}).get("seed", 0), time_ms=init_start)
@@ -390,7 +391,7 @@ def write_log(run_dir: Path, record: dict, iterations: list[dict]) -> Path:
         stop, status = ms[-1], "aborted"
         accuracy = summary.get("accuracy")
         if accuracy:
-            epochs = len(iterations) * (hparams_of(cfg)["global_batch_size"] or 0)
+            epochs = len(iterations) * (hparams["global_batch_size"] or 0)
             epochs /= max(1, (data.get("train") or {}).get("images", 1))
             meta = {"epoch_num": round(epochs, 3)}
             log.start(key=c.EVAL_START, metadata=meta, time_ms=stop)
