@@ -568,7 +568,10 @@ def test_real_runs_planted_slowdown_caught_noise_not(tmp_path):
     assert noise.returncode == 0, noise.stdout
     planted = run_cli(*gate, "--candidate", tmp_path / "planted", "--format", "json")
     assert planted.returncode == 1, planted.stdout
-    assert json.loads(planted.stdout)["comparisons"][0]["slowdown"] == pytest.approx(1.3, abs=0.1)
+    # caught with its size: above the 10% threshold, and 1.3 within 15% (CI's machine, shared with other
+    # jobs, measured 1.198 once: the two candidate rounds against the four of the base carry that much noise)
+    slowdown = json.loads(planted.stdout)["comparisons"][0]["slowdown"]
+    assert 1.1 < slowdown and slowdown == pytest.approx(1.3, rel=0.15), planted.stdout
     # --repeats resumes: finished rounds are kept
     again = run_cli(
         "run", *common, "--run-id", "noise", "--repeats", "3", env=dict(PLUGIN_ENV, MRCNN_TEST_MACHINE="1.3")
