@@ -45,7 +45,7 @@ def pillow_linear_alias() -> bool:
 
 def num_classes(cfg, data) -> int:
     """Foreground classes: the config's, else the training set's categories, else COCO's 80."""
-    from mrcnn_bench.harness.data import num_classes as of_run
+    from mrcnn_bench.harness.data.datasets import num_classes as of_run
 
     return of_run(cfg, data)
 
@@ -71,7 +71,7 @@ def data_spec(cfg, data) -> dict:
 def ordered_batches(data: dict, dist, image_ids: list[int], source: str, flat: bool = False):
     """A batch sampler (or, ``flat``, a sampler) over a dataset whose items are ``image_ids``, following
     this process's share of the run's data order (``data`` as :func:`data_spec` makes it)."""
-    from mrcnn_bench.harness.data_order import OrderedBatchSampler, indices_for
+    from mrcnn_bench.harness.data.order import OrderedBatchSampler, indices_for
 
     order = dict(data["order"], train_json=data["train_json"], rank=dist.rank, world_size=dist.world_size)
     return OrderedBatchSampler(order, indices_for(image_ids, source), source, flat=flat)
@@ -149,14 +149,14 @@ def attach_work_counters(timer, *, backbone, rpn, box_pooler, mask_pooler) -> No
 
 
 def phase_probe(cfg, timer, device, model, ranges: bool, lacks: dict | None = None, **parts):
-    """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (harness/phases.py) on ``model``,
+    """With ``benchmark.phases`` (or a task that traces): a PhaseProbe (engine/phases.py) on ``model``,
     timing each of ``parts``
     (a keyword of phases.PARTS, e.g. ``rpn_head=[...]``: modules or (object, method) pairs), ``lacks`` the
     phases this framework has no part for (phase -> why); ``ranges``: the adapter's ``task.phase_ranges``
     (a trace: the parts as profiler ranges, not timed). None otherwise."""
     if not (cfg.benchmark.phases or ranges):
         return None
-    from mrcnn_bench.harness.phases import PARTS, PhaseProbe
+    from mrcnn_bench.harness.engine.phases import PARTS, PhaseProbe
 
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

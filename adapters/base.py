@@ -199,7 +199,7 @@ class Adapter(abc.ABC):
 
     def predictor(self, cfg, data, dist: DistInfo, model=None, native=None):
         """The framework's own eval path as a callable, for ``--task infer`` and ``--task eval``
-        (harness/inference.py): a list of decoded RGB images (uint8 tensors [3, H, W] on the host) ->
+        (harness/engine/inference.py): a list of decoded RGB images (uint8 tensors [3, H, W] on the host) ->
         per image a dict of ``boxes`` [N, 4] (x1, y1, x2, y2 at the image's size), ``scores`` [N],
         ``labels`` [N] (1..K, the K-th category by id) and ``masks`` [N, H, W] pasted at the image's size
         (probabilities, or 0/1). The framework does its own copy to the device, resizing to

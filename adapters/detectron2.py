@@ -351,7 +351,7 @@ class Detectron2Adapter(Adapter):
     def loader_stages(self, native):
         from detectron2.data import build, detection_utils
         from detectron2.data.dataset_mapper import DatasetMapper
-        from mrcnn_bench.harness.data_stages import LoaderStages
+        from mrcnn_bench.harness.data.stages import LoaderStages
 
         return LoaderStages(
             item=[(DatasetMapper, "__call__")],

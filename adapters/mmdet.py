@@ -414,7 +414,7 @@ class MMDetAdapter(Adapter):
         import mmcv
         from mmengine.dataset import BaseDataset
         from mmengine.registry import FUNCTIONS
-        from mrcnn_bench.harness.data_stages import LoaderStages
+        from mrcnn_bench.harness.data.stages import LoaderStages
 
         # build_dataloader looks pseudo_collate up in mmengine's FUNCTIONS registry when it builds the loader
         return LoaderStages(
@@ -436,7 +436,7 @@ class MMDetAdapter(Adapter):
         from mmcv.transforms import Compose
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
-        from mrcnn_bench.harness import settings
+        from mrcnn_bench.harness.config import settings
 
         register_all_modules()
         if model is None:

@@ -274,7 +274,7 @@ class ReferenceAdapter(Adapter):
         )
 
     def loader_stages(self, native):
-        from mrcnn_bench.harness.data_stages import LoaderStages
+        from mrcnn_bench.harness.data.stages import LoaderStages
         from mrcnn_bench.reference_impl.data import coco
 
         return LoaderStages(

@@ -374,7 +374,7 @@ class TorchvisionAdapter(Adapter):
     # ----------------------------------------------------------------- train
     def train(self, cfg, data, timer, dist: DistInfo, native=None) -> dict:
         import torch
-        from mrcnn_bench.harness.timing import raise_if_not_finite
+        from mrcnn_bench.harness.engine.timing import raise_if_not_finite
 
         native = self.translated(cfg, data, native)
         train_opts = native.train
@@ -468,7 +468,7 @@ class TorchvisionAdapter(Adapter):
     def loader_stages(self, native):
         import sys
 
-        from mrcnn_bench.harness.data_stages import LoaderStages
+        from mrcnn_bench.harness.data.stages import LoaderStages
         from torchvision.datasets import CocoDetection
 
         return LoaderStages(

@@ -40,7 +40,7 @@ SIZES = [(640, 480), (640, 427), (480, 640), (640, 360)]  # COCO's commonest
 
 def make_coco_size(root: Path, seed: int = 0) -> None:
     import numpy as np
-    from mrcnn_bench.harness.data import COCO_CATEGORIES
+    from mrcnn_bench.harness.data.datasets import COCO_CATEGORIES
     from PIL import Image
 
     if (root / "annotations" / "instances_train2017.json").is_file():
@@ -112,7 +112,7 @@ def _role(proc) -> str:
     cmd = " ".join(proc.cmdline())
     if "torch.distributed.run" in cmd:
         return "torchrun"
-    if "mrcnn_bench.harness.worker" in cmd:
+    if "mrcnn_bench.harness.run.worker" in cmd:
         return "worker"
     if "mrcnn_bench.harness.cli" in cmd or "mrcnn-bench" in cmd:
         return "mrcnn-bench"
@@ -152,8 +152,8 @@ def forget_verdict(root: Path) -> None:
     """Remove the data check's kept verdict on --root's training split: the next command checks it."""
     import shutil
 
-    from mrcnn_bench.harness.data import default_cache_dir
-    from mrcnn_bench.harness.data_check import _stamp
+    from mrcnn_bench.harness.data.check import _stamp
+    from mrcnn_bench.harness.data.datasets import default_cache_dir
 
     stamp = _stamp(root / "annotations" / "instances_train2017.json", root / "train2017", True)
     shutil.rmtree(default_cache_dir().parent / "checked" / stamp, ignore_errors=True)

@@ -26,12 +26,12 @@ def main(argv=None) -> int:
     import torch
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
-    from mrcnn_bench.harness.config import load_config, resolve_config_path
-    from mrcnn_bench.harness.data import resolve_data
-    from mrcnn_bench.harness.inference import evaluate
-    from mrcnn_bench.harness.init_weights import with_shared_init
-    from mrcnn_bench.harness.results import atomic_write_json
-    from mrcnn_bench.harness.shared_training import trained_weights
+    from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
+    from mrcnn_bench.harness.data.datasets import resolve_data
+    from mrcnn_bench.harness.engine.inference import evaluate
+    from mrcnn_bench.harness.records.results import atomic_write_json
+    from mrcnn_bench.harness.run.init_weights import with_shared_init
+    from mrcnn_bench.harness.run.shared_training import trained_weights
     from mrcnn_bench.harness.tasks.eval import AP_BAND, ap50_offsets
 
     torch.set_num_threads(args.threads)

@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from mrcnn_bench.harness.regress import load_rounds, parse_threshold, regress
-from mrcnn_bench.harness.results import atomic_write_json
+from mrcnn_bench.harness.records.results import atomic_write_json
+from mrcnn_bench.harness.report.regress import load_rounds, parse_threshold, regress
 
 # the scenario `make gate` runs (Makefile GATE_SCENARIO)
 SCENARIO = [

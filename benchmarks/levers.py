@@ -26,9 +26,9 @@ import time
 import torch
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import DistInfo
-from mrcnn_bench.harness.config import load_config, parse_override, resolve_config_path
-from mrcnn_bench.harness.data import resolve_data
-from mrcnn_bench.harness.init_weights import with_shared_init
+from mrcnn_bench.harness.config.schema import load_config, parse_override, resolve_config_path
+from mrcnn_bench.harness.data.datasets import resolve_data
+from mrcnn_bench.harness.run.init_weights import with_shared_init
 from mrcnn_bench.reference_impl.engine.allocator import keep_freed_memory
 from mrcnn_bench.reference_impl.syncs import count_trainer_step_syncs
 

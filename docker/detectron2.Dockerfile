@@ -14,7 +14,7 @@ COPY . .
 # make detectron2: pb1-detectron2==0.6 from PyPI (upstream v0.6's Python files), patched and installed
 # into the project's venv by scripts/install_detectron2.py; then check that the adapter sees it.
 RUN make setup detectron2 \
- && .venv/bin/python -m mrcnn_bench.harness.probe available detectron2 | grep -q '"available": true'
+ && .venv/bin/python -m mrcnn_bench.harness.parity.probe available detectron2 | grep -q '"available": true'
 
 ENV PATH=/workspace/mrcnn-bench/.venv/bin:$PATH
 ENTRYPOINT ["mrcnn-bench"]

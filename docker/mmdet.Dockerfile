@@ -18,7 +18,7 @@ COPY . .
 # make mmdet: mmengine and mmdet wheels from PyPI, mmcv built by scripts/install_mmdet.py with its ops
 # for CUDA (no GPU is visible during docker build, hence MMCV_CUDA=on); then check that the adapter sees it.
 RUN make setup mmdet \
- && .venv/bin/python -m mrcnn_bench.harness.probe available mmdet | grep -q '"available": true'
+ && .venv/bin/python -m mrcnn_bench.harness.parity.probe available mmdet | grep -q '"available": true'
 
 ENV PATH=/workspace/mrcnn-bench/.venv/bin:$PATH
 ENTRYPOINT ["mrcnn-bench"]

@@ -1,7 +1,7 @@
 """Systems measured from their own logs: one module per system that cannot live beside the suite's
 torch (old PyTorch with apex, TensorFlow 1, MXNet, Caffe2, Keras). Each writes the system's native
 configuration from the canonical config, lists what it cannot match, gives the command for the
-system's own container, and names the log format ``mrcnn-bench ingest`` reads (``harness/logs.py``).
+system's own container, and names the log format ``mrcnn-bench ingest`` reads (``harness/records/logs.py``).
 
 Modules here are discovered by name (``base`` is the contract), as ``adapters/`` are.
 """

@@ -94,7 +94,7 @@ def _e2e_guard(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
-    from mrcnn_bench.harness.data import make_synthetic
+    from mrcnn_bench.harness.data.datasets import make_synthetic
 
     root = tmp_path_factory.mktemp("data") / "synth"
     make_synthetic(root, images=8, size=128, seed=0)
@@ -119,7 +119,7 @@ def run_cli(*args, cwd=None, timeout=900, env=None):
 def two_process_run(impl: str, synth_root, tmp_path) -> tuple[dict, list[dict]]:
     """``run --impl IMPL --gpus 2`` on the CPU at TINY's size, 1 image per process: the record (its status
     and world size checked) and its iterations (5, with the global batch of 2, each with a loss)."""
-    from mrcnn_bench.harness.results import load_run, read_jsonl
+    from mrcnn_bench.harness.records.results import load_run, read_jsonl
 
     out = run_cli(
         "run",

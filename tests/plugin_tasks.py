@@ -28,7 +28,7 @@ class Warm(Task):
         return f"{bench.iters} translations"
 
     def run(self, rank):
-        from mrcnn_bench.harness.results import atomic_write_jsonl
+        from mrcnn_bench.harness.records.results import atomic_write_jsonl
 
         rows = []
         for i in range(rank.cfg.benchmark.iters):

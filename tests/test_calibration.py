@@ -3,9 +3,9 @@ training images, so the canonical FrozenBN (stem + res2 frozen) trains without I
 
 import pytest
 import torch
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.data import DataPaths
-from mrcnn_bench.harness.init_weights import calibration_batch, initial_weights, make_initial_weights
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.data.datasets import DataPaths
+from mrcnn_bench.harness.run.init_weights import calibration_batch, initial_weights, make_initial_weights
 from mrcnn_bench.reference_impl.config import ReferenceConfig
 from mrcnn_bench.reference_impl.modeling import (
     MaskRCNN,
@@ -25,7 +25,7 @@ SIZE = {
 
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
-    from mrcnn_bench.harness.data import make_synthetic
+    from mrcnn_bench.harness.data.datasets import make_synthetic
 
     root = tmp_path_factory.mktemp("calibration") / "synth"
     make_synthetic(root, images=24, size=192, seed=0)

@@ -1,6 +1,12 @@
 import pytest
 import yaml
-from mrcnn_bench.harness.config import ConfigError, builtin_config_dir, flatten, load_config, parse_override
+from mrcnn_bench.harness.config.schema import (
+    ConfigError,
+    builtin_config_dir,
+    flatten,
+    load_config,
+    parse_override,
+)
 
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 SMALL = builtin_config_dir() / "cpu_small.yaml"
@@ -132,7 +138,7 @@ def test_weightless_runs_train_the_canonical_structure():
     the
     statistics); trainable BN only as an explicit setting, which the report names; no calibration, no
     FrozenBN."""
-    from mrcnn_bench.harness.config import structure_differences_of
+    from mrcnn_bench.harness.config.schema import structure_differences_of
 
     cfg = load_config(CANONICAL)
     assert cfg.model.weights is None and cfg.model.calibrates_norm
@@ -170,3 +176,14 @@ def test_cli_config_error_exits_2(tmp_path):
     assert out.returncode == 2
     assert "unknown key 'model.colour'" in out.stderr and str(path) in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_task_the_table_does_not_know_is_refused_naming_the_config_and_its_key():
+    """The config checks a task's name is a name; which tasks exist is the task table's to say (harness/tasks,
+    above the config package), checked by the request before anything starts."""
+    from mrcnn_bench.harness.run.suite import RequestError, RunRequest
+
+    with pytest.raises(RequestError, match=r"cpu_small: benchmark.task: unknown task 'nope'; known: train, "):
+        RunRequest(config_name="cpu_small", overrides=("benchmark.task=nope",)).config()
+    with pytest.raises(ConfigError, match="task 'no pe': expected a task's name"):
+        load_config(SMALL, {"benchmark.task": "no pe"})

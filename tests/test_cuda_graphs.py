@@ -13,8 +13,8 @@ import torch
 from conftest import TINY, run_cli
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters.base import UnsupportedConfig
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.results import load_run
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.records.results import load_run
 from mrcnn_bench.reference_impl.config import ReferenceConfig
 from mrcnn_bench.reference_impl.modeling import MaskRCNN
 from test_reference_model import NUM_CLASSES, SIZE, _targets

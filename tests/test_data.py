@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from mrcnn_bench.harness.data import (
+from mrcnn_bench.harness.data.datasets import (
     COCO_CATEGORIES,
     DataError,
     check_coco_split,
@@ -101,7 +101,7 @@ def test_check_split_names_the_problem(tmp_path, synth_root):
 
 
 def test_resolve_data_reports_missing_dir(tmp_path):
-    from mrcnn_bench.harness.config import DataConfig
+    from mrcnn_bench.harness.config.schema import DataConfig
 
     with pytest.raises(DataError, match="data directory not found"):
         resolve_data(DataConfig(), str(tmp_path / "nope"))
@@ -125,9 +125,9 @@ def test_a_few_unusable_annotations_are_dropped_alike_and_counted(tmp_path, synt
     images) is the cleaned file's."""
     import shutil
 
-    from mrcnn_bench.harness import data_check
-    from mrcnn_bench.harness.config import DataConfig
-    from mrcnn_bench.harness.data_check import usable_images
+    from mrcnn_bench.harness.config.schema import DataConfig
+    from mrcnn_bench.harness.data import check as data_check
+    from mrcnn_bench.harness.data.check import usable_images
 
     monkeypatch.setenv("MRCNN_BENCH_DATA", str(tmp_path / "cache" / "data"))
     monkeypatch.setattr(data_check, "MAX_DROPPED_SHARE", 0.1)
@@ -164,7 +164,7 @@ def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path
     import os
     import shutil
 
-    from mrcnn_bench.harness import data_check
+    from mrcnn_bench.harness.data import check as data_check
 
     monkeypatch.setenv("MRCNN_BENCH_DATA", str(tmp_path / "cache" / "data"))
     root = tmp_path / "set"
@@ -191,7 +191,7 @@ def test_a_split_that_passed_is_not_parsed_again_until_its_files_change(tmp_path
 def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
     """data_check._plain decides most annotations without building a verdict; whatever it passes, the
     full check (_unusable) must pass too, and what it sends on is judged by the full check."""
-    from mrcnn_bench.harness.data_check import Known, _plain, _unusable
+    from mrcnn_bench.harness.data.check import Known, _plain, _unusable
 
     square = [0, 0, 10, 0, 10, 10, 0, 10]
     cases = [
@@ -250,7 +250,7 @@ def test_the_fast_path_of_the_pass_accepts_only_what_the_full_check_accepts():
 def test_the_pass_finds_images_by_one_listing_and_reads_what_json_reads(tmp_path, synth_root):
     """Images in a subfolder of the image folder are found; a dangling link is absent; a file with NaN
     (Python's json module takes it, as the frameworks' loaders do) is read, not refused."""
-    from mrcnn_bench.harness.data_check import _absent, _read
+    from mrcnn_bench.harness.data.check import _absent, _read
 
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)

@@ -7,7 +7,7 @@ import statistics
 import pandas as pd
 import pytest
 from conftest import ALL_FOUR, ROOT, need_impls, run_cli
-from mrcnn_bench.harness.frames import load_runs
+from mrcnn_bench.harness.records.frames import load_runs
 
 
 @pytest.mark.e2e
@@ -171,7 +171,7 @@ def test_the_stage_clock_keeps_each_calls_self_time(monkeypatch, tmp_path):
     gets the file's bytes."""
     import builtins
 
-    from mrcnn_bench.harness import data_stages
+    from mrcnn_bench.harness.data import stages as data_stages
 
     now = [0.0]
     monkeypatch.setattr(data_stages.time, "perf_counter", lambda: now[0])
@@ -222,6 +222,7 @@ def test_headroom_flags_a_loader_under_one_and_a_half_times_the_training_step():
             "config": ["s", "s", "other", "s"],
             "status": ["ok", "ok", "ok", "ok"],
             "task": ["train", "eval", "train", "train"],
+            "trains": [True, True, True, True],  # the report's frame says so (report.tables.task_frame)
             "images_per_s": [2.0, 4.0, 100.0, 1.0],
             "data_time_share": [0.10, 0.30, 0.0, None],
         }

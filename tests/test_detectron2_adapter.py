@@ -3,9 +3,9 @@
 import pytest
 from conftest import run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.data import DataPaths
-from mrcnn_bench.harness.parity import canonical_values, parity_frame
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.data.datasets import DataPaths
+from mrcnn_bench.harness.parity.compare import canonical_values, parity_frame
 
 ADAPTER = get_adapter("detectron2")
 _ok, _why = ADAPTER.available()

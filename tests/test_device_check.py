@@ -223,8 +223,8 @@ def test_tf32_is_set_alike_for_every_implementation():
     """benchmark.tf32 (default on) sets both of torch's switches, whose own defaults differ (matmuls
     off, cuDNN convolutions on); a worker on CUDA sets them before the framework starts."""
     import torch
-    from mrcnn_bench.harness.config import builtin_config_dir, load_config
-    from mrcnn_bench.harness.worker import set_tf32
+    from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+    from mrcnn_bench.harness.run.worker import set_tf32
 
     assert load_config(builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml").benchmark.tf32 is True
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

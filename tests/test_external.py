@@ -14,11 +14,11 @@ import pytest
 import yaml
 from conftest import run_cli
 from mrcnn_bench.external import get_system, system_names
-from mrcnn_bench.harness.config import load_config, resolve_config_path
-from mrcnn_bench.harness.frames import load_runs
-from mrcnn_bench.harness.ingest import ingest
-from mrcnn_bench.harness.logs import LogError, humanized_seconds, parse
-from mrcnn_bench.harness.report import render_markdown
+from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
+from mrcnn_bench.harness.records.frames import load_runs
+from mrcnn_bench.harness.records.ingest import ingest
+from mrcnn_bench.harness.records.logs import LogError, humanized_seconds, parse
+from mrcnn_bench.harness.report.tables import render_markdown
 
 CFG = load_config(
     resolve_config_path("mask_rcnn_R_50_FPN_noaug_1x")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import ROOT, run_cli
-from mrcnn_bench.harness.results import load_run, read_jsonl
+from mrcnn_bench.harness.records.results import load_run, read_jsonl
 
 PLUGIN_ENV = {"MRCNN_BENCH_EXTRA_ADAPTERS": "plugin_adapters", "PYTHONPATH": str(ROOT / "tests")}
 SHORT = [
@@ -269,7 +269,7 @@ def _workers_of(run_dir) -> list:
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
         if (
-            "mrcnn_bench.harness.worker" in cmd
+            "mrcnn_bench.harness.run.worker" in cmd
             and any(c == str(run_dir) or c.startswith(f"{run_dir}/") for c in cmd)
             and "torch.distributed.run" not in cmd
             and proc.info["status"] != psutil.STATUS_ZOMBIE
@@ -406,7 +406,7 @@ def test_a_stop_signal_keeps_finished_results_marks_the_interrupted_one_and_resu
 
 
 def test_stop_signals_map_to_their_exit_codes():
-    from mrcnn_bench.harness.launch import Interrupted, KeyboardInterruptWithRecord
+    from mrcnn_bench.harness.run.launch import Interrupted, KeyboardInterruptWithRecord
 
     assert (
         Interrupted.of(KeyboardInterrupt()).exit_code == 130
@@ -482,7 +482,8 @@ def test_a_full_disk_is_one_line_and_exit_1(tmp_path, monkeypatch):
     import errno
 
     from click.testing import CliRunner
-    from mrcnn_bench.harness import cli, results
+    from mrcnn_bench.harness import cli
+    from mrcnn_bench.harness.records import results
 
     def full(path, text, replace=True):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -516,8 +517,9 @@ def test_the_parts_of_one_multi_process_run_share_its_folder_but_not_a_lock(tmp_
     its own ranks' leftover workers; two commands of the same part still exclude each other."""
     import socket
 
-    from mrcnn_bench.harness.launch import WORKER_PIDS, LaunchOptions, SlurmTask, stop_leftover_workers
-    from mrcnn_bench.harness.run_folder import RunLock
+    from mrcnn_bench.harness.records.results import WORKER_PIDS
+    from mrcnn_bench.harness.run.folder import RunLock
+    from mrcnn_bench.harness.run.launch import LaunchOptions, SlurmTask, stop_leftover_workers
 
     tasks = [
         LaunchOptions(
@@ -536,7 +538,7 @@ def test_the_parts_of_one_multi_process_run_share_its_folder_but_not_a_lock(tmp_
             [
                 sys.executable,
                 "-c",
-                "import sys; from mrcnn_bench.harness.run_folder import RunLock; "
+                "import sys; from mrcnn_bench.harness.run.folder import RunLock; "
                 "RunLock(sys.argv[1], 'task1').__enter__()",
                 tmp_path / "run",
             ],

@@ -219,7 +219,7 @@ def _refused_in_one_line(error: Exception, *names: Path) -> None:
 
 def check(root: Path, coco: dict, files: dict):
     """The data check on the generated split: its summary and the file the frameworks read, or the refusal."""
-    from mrcnn_bench.harness.data_check import DataError, inspect_split
+    from mrcnn_bench.harness.data.check import DataError, inspect_split
 
     path, folder = write_split(root, coco, files)
     try:
@@ -253,7 +253,7 @@ def test_the_data_check_refuses_in_one_line_or_accepts_what_pycocotools_reads(
     """Every generated split: refused with one line naming the annotation file or the image folder, or
     accepted, and then what the frameworks are to read loads in pycocotools (an independent reader), every
     usable image decodes at the size the file states, and every kept annotation's mask decodes."""
-    from mrcnn_bench.harness.data_check import usable_images
+    from mrcnn_bench.harness.data.check import usable_images
     from PIL import Image
     from pycocotools.coco import COCO
 
@@ -296,9 +296,9 @@ def test_what_the_check_accepts_every_loader_reads_alike(split, tmp_path_factory
     the run's data order; no model) read: the same images in each batch, the same ground truth per image."""
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
-    from mrcnn_bench.harness.config import load_config, resolve_config_path
-    from mrcnn_bench.harness.data import resolve_data
-    from mrcnn_bench.harness.data_check import DataError, enough_for_a_batch
+    from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
+    from mrcnn_bench.harness.data.check import DataError, enough_for_a_batch
+    from mrcnn_bench.harness.data.datasets import resolve_data
 
     coco, files, _ = split
     root = tmp_path_factory.mktemp("split")
@@ -379,7 +379,7 @@ def test_a_set_the_check_accepts_trains_its_first_iteration_in_all_four(split, t
 
 # ------------------------------------------------------------------------------------------ configs
 def _config_keys() -> list[str]:
-    from mrcnn_bench.harness.config import flatten, load_config, resolve_config_path
+    from mrcnn_bench.harness.config.schema import flatten, load_config, resolve_config_path
 
     return sorted(flatten(load_config(resolve_config_path("cpu_small")).model_dump(mode="json")))
 
@@ -397,7 +397,7 @@ VALUES = st.one_of(
 
 @given(key=st.one_of(st.sampled_from(_config_keys()), st.text(min_size=1, max_size=20)), value=VALUES)
 def test_a_set_value_loads_or_is_refused_naming_its_key(key, value):
-    from mrcnn_bench.harness.config import ConfigError, load_config, resolve_config_path
+    from mrcnn_bench.harness.config.schema import ConfigError, load_config, resolve_config_path
 
     path = resolve_config_path("cpu_small")
     try:
@@ -429,7 +429,7 @@ def _numbers(tree):
 )
 def test_a_yaml_file_edited_by_hand_loads_or_is_refused_naming_the_file(edits, tmp_path_factory):
     import yaml
-    from mrcnn_bench.harness.config import ConfigError, load_config, resolve_config_path
+    from mrcnn_bench.harness.config.schema import ConfigError, load_config, resolve_config_path
 
     tree = yaml.safe_load(resolve_config_path("cpu_small").read_text())
     for key, action, value in edits:
@@ -484,12 +484,12 @@ def test_a_damaged_run_record_is_refused_naming_the_file_or_read_by_every_reader
     """run.json with any field deleted, retyped or set out of range, or the file truncated: ``load_runs``
     refuses it (ResultError naming the file), or the report, the gate, ``parity --run`` and the publisher
     read it without a traceback."""
-    from mrcnn_bench.harness.checks import trajectory_parity
-    from mrcnn_bench.harness.frames import load_runs
-    from mrcnn_bench.harness.regress import NotComparable, regress
-    from mrcnn_bench.harness.report import render_markdown
-    from mrcnn_bench.harness.results import ResultError
-    from mrcnn_bench.harness.site import publish
+    from mrcnn_bench.harness.records.frames import load_runs
+    from mrcnn_bench.harness.records.results import ResultError
+    from mrcnn_bench.harness.report.regress import NotComparable, regress
+    from mrcnn_bench.harness.report.site import publish
+    from mrcnn_bench.harness.report.tables import render_markdown
+    from mrcnn_bench.harness.run.checks import trajectory_parity
 
     root = _valid_runs(tmp_path_factory.mktemp("runs"))
     target = root / "reference" / "run.json"
@@ -522,9 +522,9 @@ def test_a_damaged_run_record_is_refused_naming_the_file_or_read_by_every_reader
 
 @given(data=st.data())
 def test_a_damaged_iteration_stream_is_refused_naming_the_line(data, tmp_path_factory):
-    from mrcnn_bench.harness.frames import load_runs
-    from mrcnn_bench.harness.report import render_markdown
-    from mrcnn_bench.harness.results import ResultError
+    from mrcnn_bench.harness.records.frames import load_runs
+    from mrcnn_bench.harness.records.results import ResultError
+    from mrcnn_bench.harness.report.tables import render_markdown
 
     root = _valid_runs(tmp_path_factory.mktemp("runs"))
     target = root / "reference" / "iterations.jsonl"
@@ -625,7 +625,7 @@ def _one_image_split(tmp_path: Path, annotation: dict, images: int = 2) -> tuple
     ids=["nan-box", "string-polygon", "rle-not-crowd", "unknown-category", "orphan", "zero-area"],
 )
 def test_found_an_unusable_annotation_is_refused_with_its_id(tmp_path, data_cache, annotation, why):
-    from mrcnn_bench.harness.data_check import DataError, inspect_split
+    from mrcnn_bench.harness.data.check import DataError, inspect_split
 
     path, folder = _one_image_split(tmp_path, annotation)
     with pytest.raises(DataError, match="annotation id 1: .*" + re.escape(why)):
@@ -634,7 +634,7 @@ def test_found_an_unusable_annotation_is_refused_with_its_id(tmp_path, data_cach
 
 def test_found_a_missing_area_is_given_the_boxes_and_counted(tmp_path, data_cache):
     """mmdet reads 'area' (KeyError without it); the file the frameworks read gets the box's, counted."""
-    from mrcnn_bench.harness.data_check import inspect_split
+    from mrcnn_bench.harness.data.check import inspect_split
 
     path, folder = _one_image_split(tmp_path, {"area": None})
     coco = json.loads(path.read_text())
@@ -646,7 +646,7 @@ def test_found_a_missing_area_is_given_the_boxes_and_counted(tmp_path, data_cach
 
 
 def test_found_a_truncated_jpeg_and_a_duplicate_id_are_refused(tmp_path, data_cache):
-    from mrcnn_bench.harness.data_check import DataError, inspect_split
+    from mrcnn_bench.harness.data.check import DataError, inspect_split
 
     path, folder = _one_image_split(tmp_path / "a", {})
     (folder / "1.jpg").write_bytes(
@@ -661,7 +661,7 @@ def test_found_a_truncated_jpeg_and_a_duplicate_id_are_refused(tmp_path, data_ca
 
 def test_found_fewer_usable_images_than_a_batch_exit_2_not_a_worker_traceback(tmp_path, data_cache):
     """One usable image and a batch of 2: the reference's loader raised ValueError in its worker."""
-    from mrcnn_bench.harness.data_check import DataError, enough_for_a_batch, inspect_split
+    from mrcnn_bench.harness.data.check import DataError, enough_for_a_batch, inspect_split
 
     path, folder = _one_image_split(tmp_path, {}, images=1)
     summary, _ = inspect_split(path, folder, train=True)
@@ -675,8 +675,8 @@ def test_found_detectron2_reads_the_split_of_each_call_in_one_process(tmp_path, 
     need_impls("detectron2")
     from mrcnn_bench.adapters import get_adapter
     from mrcnn_bench.adapters.base import DistInfo
-    from mrcnn_bench.harness.config import load_config, resolve_config_path
-    from mrcnn_bench.harness.data import resolve_data
+    from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
+    from mrcnn_bench.harness.data.datasets import resolve_data
 
     cfg = load_config(resolve_config_path("cpu_small"), {"benchmark.num_workers": 0})
     counts = []
@@ -710,7 +710,7 @@ def test_found_detectron2_reads_the_split_of_each_call_in_one_process(tmp_path, 
 def test_found_a_rule_across_keys_names_its_keys():
     """Found (benchmark.shared_init=False on cpu_small): the rule that FrozenBN without weights needs the
     shared initialisation was refused as "key '<top level>'"; it names the keys its message is about."""
-    from mrcnn_bench.harness.config import ConfigError, load_config
+    from mrcnn_bench.harness.config.schema import ConfigError, load_config
 
     path = ROOT / "configs" / "cpu_small.yaml"
     with pytest.raises(ConfigError) as e:
@@ -722,8 +722,8 @@ def test_found_a_rule_across_keys_names_its_keys():
 def test_found_damaged_records_are_refused_naming_the_file(tmp_path):
     """A 'schema_version' that is a list (TypeError: unhashable), a config name that is not a string (the
     report's grouping raised TypeError), a finished run without 'window' (regress raised KeyError)."""
-    from mrcnn_bench.harness.frames import load_runs
-    from mrcnn_bench.harness.results import ResultError
+    from mrcnn_bench.harness.records.frames import load_runs
+    from mrcnn_bench.harness.records.results import ResultError
 
     for i, change in enumerate(
         [{"schema_version": []}, {"config": {"name": []}}, {"config": {"name": False}}, {"window": None}]
@@ -742,8 +742,8 @@ def test_found_damaged_records_are_refused_naming_the_file(tmp_path):
 def test_found_records_every_reader_takes(tmp_path):
     """A finished run whose summary lost its img/s (publish's history took its log: TypeError, KeyError) and
     one whose config has no solver (`parity --run` raised KeyError): each reader goes on and says why."""
-    from mrcnn_bench.harness.checks import trajectory_parity
-    from mrcnn_bench.harness.site import publish
+    from mrcnn_bench.harness.report.site import publish
+    from mrcnn_bench.harness.run.checks import trajectory_parity
 
     root = _valid_runs(tmp_path / "a")
     target = root / "reference" / "run.json"

@@ -1,4 +1,4 @@
-"""The inference benchmark and the accuracy check (harness/inference.py; `run --task infer` and `--task
+"""The inference benchmark and the accuracy check (harness/engine/inference.py; `run --task infer` and `--task
 eval`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY, run_cli
-from mrcnn_bench.harness.inference import (
+from mrcnn_bench.harness.engine.inference import (
     EmptyPath,
     check_not_empty,
     coco_ap,
@@ -143,7 +143,7 @@ def test_coco_results_scored_by_pycocotools_the_ground_truth_is_ap_1(synth_root)
 
 # ----------------------------------------------------------------------- the four eval paths
 def _tiny_config(**overrides):
-    from mrcnn_bench.harness.config import load_config
+    from mrcnn_bench.harness.config.schema import load_config
 
     values = {
         TINY[i + 1].split("=")[0]: json.loads(TINY[i + 1].split("=")[1]) for i in range(0, len(TINY), 2)
@@ -156,8 +156,8 @@ def detecting_weights(tmp_path_factory, synth_root):
     """The shared initialisation with the classifier's first class and its mask biased up: every
     proposal scores ~0.97 for class 1 and its mask ~0.98, so every framework detects (up to 100 per image)
     and runs its mask head and pasting."""
-    from mrcnn_bench.harness.data import DataPaths, num_classes
-    from mrcnn_bench.harness.init_weights import initial_weights
+    from mrcnn_bench.harness.data.datasets import DataPaths, num_classes
+    from mrcnn_bench.harness.run.init_weights import initial_weights
 
     cfg = _tiny_config()
     data = DataPaths.from_root(synth_root)
@@ -220,9 +220,9 @@ def test_every_framework_eval_path_detects_alike_with_the_same_weights(detecting
 @pytest.mark.e2e
 def test_shared_training_trains_torchvision_once_and_caches(tmp_path, synth_root):
     from mrcnn_bench.adapters._common import load_initial_weights
-    from mrcnn_bench.harness.data import DataPaths, num_classes
-    from mrcnn_bench.harness.init_weights import initial_weights
-    from mrcnn_bench.harness.shared_training import with_shared_training
+    from mrcnn_bench.harness.data.datasets import DataPaths, num_classes
+    from mrcnn_bench.harness.run.init_weights import initial_weights
+    from mrcnn_bench.harness.run.shared_training import with_shared_training
 
     data = DataPaths.from_root(synth_root)
     cfg = _tiny_config(**{"benchmark.task": "infer", "benchmark.shared_training_iters": 2})
@@ -405,7 +405,7 @@ def test_committed_eval_paths_agree_with_the_same_weights():
 
 
 def _committed_eval() -> dict:
-    from mrcnn_bench.harness.frames import load_runs
+    from mrcnn_bench.harness.records.frames import load_runs
 
     records = {r["impl"]: r for r in load_runs([BASELINES / "eval-cpu"])}
     assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
@@ -418,7 +418,7 @@ def test_committed_eval_all_four_learned_from_the_same_pixels_and_work():
     alike now; detectron2 and mmdet used to pad 8.8% more) and sampled positive anchors and RoIs within
     10% of each other over the 200 iterations (measured: 1.3% and 6.5%; the four models train apart, and
     the positives follow each model's proposals)."""
-    from mrcnn_bench.harness.frames import iterations_of
+    from mrcnn_bench.harness.records.frames import iterations_of
 
     records = _committed_eval()
     for impl, record in records.items():
@@ -456,7 +456,7 @@ def test_committed_inference_run_every_framework_detects_alike():
     """results/baselines/infer-cpu (`run --task infer --config cpu_infer --impl all`): the four loaded the
     shared training's weights, and over all their timed calls (the same images, in the same order) found as
     many detections and masks per image, within 10%; every batch size timed with its stats."""
-    from mrcnn_bench.harness.frames import iterations_of, load_runs
+    from mrcnn_bench.harness.records.frames import iterations_of, load_runs
 
     records = {r["impl"]: r for r in load_runs([BASELINES / "infer-cpu"])}
     assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())
@@ -524,7 +524,7 @@ def test_accuracy_over_seeds_is_judged_on_the_means_and_names_a_failed_seed():
 
 
 def _canonical_eval() -> list[dict]:
-    from mrcnn_bench.harness.frames import load_runs
+    from mrcnn_bench.harness.records.frames import load_runs
 
     return load_runs([BASELINES / "eval-canonical"])
 
@@ -534,7 +534,7 @@ def test_committed_canonical_eval_trained_the_canonical_model_on_three_seeds():
     2):
     every implementation on every seed, each seed from one shared initialisation with calibrated FrozenBN
     statistics, the canonical structure (nothing named as differing from it)."""
-    from mrcnn_bench.harness.config import structure_differences_of
+    from mrcnn_bench.harness.config.schema import structure_differences_of
 
     records = _canonical_eval()
     assert {(r["impl"], r["config"]["benchmark"]["seed"]) for r in records} == {
@@ -607,7 +607,7 @@ def test_committed_canonical_inference_at_its_best_the_reference_is_the_fastest_
     shared training at 800 px), each with its declared best settings, found as many detections per image
     within 10% at
     every batch size, and the reference has the highest img/s at batch sizes 1, 2, 4 and 8."""
-    from mrcnn_bench.harness.frames import load_runs
+    from mrcnn_bench.harness.records.frames import load_runs
 
     records = {r["impl"]: r for r in load_runs([BASELINES / "infer-cpu_canonical"])}
     assert set(records) == FOUR and all(r["status"] == "ok" for r in records.values())

@@ -1,4 +1,4 @@
-"""MLPerf Training result logs of Mask R-CNN (harness/mlperf.py): logs written here with MLCommons'
+"""MLPerf Training result logs of Mask R-CNN (harness/records/mlperf.py): logs written here with MLCommons'
 ``mllog`` (the package that writes the real ones), read back, scored as MLPerf scores them, refused
 with the file and the line when malformed."""
 
@@ -10,9 +10,9 @@ from conftest import run_cli
 
 mllog = pytest.importorskip("mlperf_logging.mllog", reason="mlperf-logging (the test extra)")
 from mlperf_logging.mllog import constants as C  # noqa: E402
-from mrcnn_bench.harness.config import load_config, resolve_config_path  # noqa: E402
-from mrcnn_bench.harness.logs import LogError  # noqa: E402
-from mrcnn_bench.harness.mlperf import ingest, olympic_minutes, read_log  # noqa: E402
+from mrcnn_bench.harness.config.schema import load_config, resolve_config_path  # noqa: E402
+from mrcnn_bench.harness.records.logs import LogError  # noqa: E402
+from mrcnn_bench.harness.records.mlperf import ingest, olympic_minutes, read_log  # noqa: E402
 
 T0 = 1_700_000_000_000  # ms since the epoch
 
@@ -136,8 +136,8 @@ def test_the_logs_of_one_system_are_one_record_beside_the_measured_ones_with_wha
     assert "differs: opt_base_learning_rate 0.12 (canonical 0.02)" in notes
     assert "differs: opt_learning_rate_decay_steps [9600, 12800] (canonical [60000, 80000])" in notes
     assert not any("max_image_size" in n for n in notes)  # 1333 both
-    from mrcnn_bench.harness.report import render_markdown
-    from mrcnn_bench.harness.results import load_run
+    from mrcnn_bench.harness.records.results import load_run
+    from mrcnn_bench.harness.report.tables import render_markdown
 
     text = render_markdown([load_run(folder / "run.json") for folder, _ in written])
     assert "From the systems' own logs" in text and "| 21.00 " in text
@@ -182,7 +182,7 @@ def test_ingest_format_mlperf_on_the_command_line(tmp_path):
 def test_the_mlperf_config_holds_mlperfs_hyperparameters_on_the_canonical_model():
     """configs/mlperf_maskrcnn.yaml: MLPerf's global batch, learning rate, warm-up and decay, within the
     closed division's rules for Mask R-CNN (closed_maskrcnn.yaml's checks), on the canonical model."""
-    from mrcnn_bench.harness.mlperf import canonical, hparams_of
+    from mrcnn_bench.harness.records.mlperf import canonical, hparams_of
 
     cfg = load_config(resolve_config_path("mlperf_maskrcnn"))
     canon = load_config(resolve_config_path("mask_rcnn_R_50_FPN_noaug_1x"))
@@ -224,7 +224,7 @@ def test_parity_lists_what_each_implementation_runs_of_the_mlperf_config():
 
 
 def check_the_run_log(run_dir, tmp_path):
-    """A finished run's mlperf.log (harness/mlperf.py): our reader takes it back with the record's values,
+    """A finished run's mlperf.log (records/mlperf.py): our reader takes it back with the record's values,
     and MLCommons' compliance checker (ruleset 3.1.0, closed Mask R-CNN) passes every rule of it but the
     accuracy target (bbox 0.377, segm 0.339), which a few iterations on synthetic images cannot reach.
     Called by tests/test_inference.py on its --task eval run (one run serves both)."""

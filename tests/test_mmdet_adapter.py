@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import ROOT, run_cli, two_process_run
 from mrcnn_bench.adapters import get_adapter
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.data import DataPaths
-from mrcnn_bench.harness.parity import canonical_values, parity_frame
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.data.datasets import DataPaths
+from mrcnn_bench.harness.parity.compare import canonical_values, parity_frame
 
 ADAPTER = get_adapter("mmdet")
 _ok, _why = ADAPTER.available()
@@ -193,10 +193,10 @@ def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
 def test_mmcv_roi_align_misreads_channels_last_maps_so_nhwc_is_not_among_mmdets_best():
     """mmcv 2.1's RoIAlign hands its kernel the feature map without making it contiguous: the same map in
     channels-last memory pools other values than in NCHW (torchvision's roi_align agrees with NCHW in
-    both). Why harness/settings.py leaves NHWC out of mmdet's best settings."""
+    both). Why harness/config/settings.py leaves NHWC out of mmdet's best settings."""
     import torch
     from mmcv.ops import roi_align as mmcv_roi_align
-    from mrcnn_bench.harness import settings
+    from mrcnn_bench.harness.config import settings
     from torchvision.ops import roi_align as tv_roi_align
 
     g = torch.Generator().manual_seed(0)

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 from conftest import run_cli
-from mrcnn_bench.harness.frames import load_runs
-from mrcnn_bench.harness.phases import PHASES, ROI_REST, RPN_REST, PhaseProbe, window_phases
-from mrcnn_bench.harness.report import phases_markdown
-from mrcnn_bench.harness.timing import IterationTimer
+from mrcnn_bench.harness.engine.phases import PHASES, ROI_REST, RPN_REST, PhaseProbe, window_phases
+from mrcnn_bench.harness.engine.timing import IterationTimer
+from mrcnn_bench.harness.records.frames import load_runs
+from mrcnn_bench.harness.report.tables import phases_markdown
 
 
 class Sleeps(torch.nn.Module):
@@ -172,7 +172,7 @@ def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
     assert mfu["backbone"] == ["4", "40%", "40%"]
     assert mfu["backward"] == ["20", "200%", "18%"]
     assert run_cli("report", tmp_path, "--plots", tmp_path / "p").returncode == 0
-    from mrcnn_bench.harness.plots import phases_plot
+    from mrcnn_bench.harness.report.plots import phases_plot
 
     png = phases_plot(load_runs([tmp_path]), tmp_path / "phases.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_cli
-from mrcnn_bench.harness.results import load_run, read_jsonl
+from mrcnn_bench.harness.records.results import load_run, read_jsonl
 from mrcnn_bench.reference_impl.config import ReferenceConfig
 from mrcnn_bench.reference_impl.modeling import (
     MaskRCNN,
@@ -292,7 +292,7 @@ def test_reference_runs_through_the_harness_with_amp_channels_last_and_accumulat
 def _learning_setup(tmp_path, dtype="fp32"):
     """The synthetic learning recipe: (data root, val set, make_trainer(seed)). 64 images at 128 px,
     batch 4, lr 0.005 (0.02 x 4/16), warm-up 50, step at 200, BN, nothing frozen."""
-    from mrcnn_bench.harness.data import make_synthetic
+    from mrcnn_bench.harness.data.datasets import make_synthetic
     from mrcnn_bench.reference_impl.data import COCOInstances, build_train_loader
     from mrcnn_bench.reference_impl.engine import Trainer, build_optimizer, warmup_multistep
 
@@ -337,8 +337,8 @@ def _learning_setup(tmp_path, dtype="fp32"):
 @torch.no_grad()
 def _predict(model, dataset, batch_size: int = 2) -> list[dict]:
     """COCO results of the model in eval mode on every image of the reference's ``dataset``, converted
-    as the harness converts every implementation's detections (harness/inference.py)."""
-    from mrcnn_bench.harness.inference import coco_results
+    as the harness converts every implementation's detections (harness/engine/inference.py)."""
+    from mrcnn_bench.harness.engine.inference import coco_results
 
     model.eval()
     results = []
@@ -352,8 +352,8 @@ def _predict(model, dataset, batch_size: int = 2) -> list[dict]:
 @pytest.mark.e2e
 def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     """From scratch: bbox and segm mAP clearly above the untrained model's, through a save/resume."""
-    from mrcnn_bench.harness.inference import coco_ap
-    from mrcnn_bench.harness.results import atomic_write_text
+    from mrcnn_bench.harness.engine.inference import coco_ap
+    from mrcnn_bench.harness.records.results import atomic_write_text
     from pycocotools.coco import COCO
 
     root, val, make_trainer = _learning_setup(tmp_path)
@@ -387,7 +387,7 @@ def test_bf16_autocast_learns_as_well(tmp_path):
     iterations on the COCO-like synthetic set: bf16 bbox AP 0.028 (AP50 0.102), segm 0.035 (0.143); fp32
     0.018 (0.086), 0.022 (0.090). The stated margin: bf16 within 0.01 AP of fp32 on this short schedule;
     the bars below are fp32's measured AP less that margin (untrained: AP50 < 0.01)."""
-    from mrcnn_bench.harness.inference import coco_ap
+    from mrcnn_bench.harness.engine.inference import coco_ap
 
     _, val, make_trainer = _learning_setup(tmp_path, dtype="bf16")
     trainer = make_trainer(0)
@@ -425,8 +425,8 @@ def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_ima
     reference configured like it: the same detections, order-free, on every training and val image of the
     scenario's synthetic set, at the scenario's test size (a 154 x 192 image resized to 192 rows by both).
     Before the reference's resize scale was float64, none of that image's 100 detections matched."""
-    from mrcnn_bench.harness.config import load_config, resolve_config_path
-    from mrcnn_bench.harness.data import resolve_data
+    from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
+    from mrcnn_bench.harness.data.datasets import resolve_data
     from PIL import Image
 
     cfg = load_config(resolve_config_path(config))

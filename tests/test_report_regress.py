@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
-from mrcnn_bench.harness.regress import history, parse_threshold, regress
-from mrcnn_bench.harness.report import load_runs, render_markdown, runs_frame
-from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, make_run_record
-from mrcnn_bench.harness.statistics import block_bootstrap_log_var, slowdown_interval
-from mrcnn_bench.harness.timing import IterationRecord, summarize_window
+from mrcnn_bench.harness.engine.timing import IterationRecord, summarize_window
+from mrcnn_bench.harness.records.results import atomic_write_json, atomic_write_jsonl, make_run_record
+from mrcnn_bench.harness.records.statistics import block_bootstrap_log_var, slowdown_interval
+from mrcnn_bench.harness.report.regress import history, parse_threshold, regress
+from mrcnn_bench.harness.report.tables import load_runs, render_markdown, runs_frame
 
 PLUGIN_ENV = {"MRCNN_BENCH_EXTRA_ADAPTERS": "plugin_adapters", "PYTHONPATH": str(ROOT / "tests")}
 
@@ -582,7 +582,7 @@ def test_real_runs_planted_slowdown_caught_noise_not(tmp_path):
 
 def test_throughput_bars_aggregate_repeated_runs(tmp_path):
     """Repeated runs make one bar each (median, whiskers min-max), a single run its bootstrap interval."""
-    from mrcnn_bench.harness.plots import throughput_bar_data
+    from mrcnn_bench.harness.report.plots import throughput_bar_data
 
     for i, scale in enumerate((1.0, 1.1, 0.9)):
         write_run(tmp_path, f"r{i}", "a", noisy(i, scale=scale))

@@ -2,7 +2,7 @@ import json
 import os
 
 import pytest
-from mrcnn_bench.harness import results as R
+from mrcnn_bench.harness.records import results as R
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 from conftest import TINY, run_cli
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.launch import LaunchError, first_host, slurm_task
-from mrcnn_bench.harness.scaling import ScalingError, plan
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.run.launch import LaunchError, first_host, slurm_task
+from mrcnn_bench.harness.run.scaling import ScalingError, plan
 
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 SMALL = builtin_config_dir() / "cpu_small.yaml"
@@ -310,7 +310,8 @@ def test_the_headline_command_on_an_8_gpu_node_runs_the_canonical_benchmark(monk
     """As typed on a node with 8 GPUs (CUDA faked: the launch itself is replaced by a capture)."""
     import torch
     from click.testing import CliRunner
-    from mrcnn_bench.harness import cli, suite
+    from mrcnn_bench.harness import cli
+    from mrcnn_bench.harness.run import suite
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)

@@ -1,4 +1,4 @@
-"""Each implementation as shipped and at its best (harness/settings.py, `run --best`, `--settings both`)."""
+"""Each implementation as shipped and at its best (config/settings.py, `run --best`, `--settings both`)."""
 
 import json
 import subprocess
@@ -6,10 +6,10 @@ import sys
 
 import pytest
 from conftest import ROOT, run_cli
-from mrcnn_bench.harness import settings
-from mrcnn_bench.harness.config import load_config
-from mrcnn_bench.harness.report import load_runs, render_markdown
-from mrcnn_bench.harness.suite import RequestError, RunRequest
+from mrcnn_bench.harness.config import settings
+from mrcnn_bench.harness.config.schema import load_config
+from mrcnn_bench.harness.report.tables import load_runs, render_markdown
+from mrcnn_bench.harness.run.suite import RequestError, RunRequest
 from test_report_regress import write_run
 
 IMPLS = ("reference", "torchvision", "detectron2", "mmdet")
@@ -264,7 +264,7 @@ def test_committed_canonical_lead_at_its_best_is_1_3x_in_every_round():
 @pytest.mark.xfail(
     strict=True,
     reason="the committed at-best rounds (commit 305264a) ran mmdet in NHWC, which mmcv 2.1's RoIAlign "
-    "misreads (harness/settings.py NOT_INCLUDED); mmdet's at-best rows are to be re-recorded (make baseline)",
+    "misreads (config/settings.py NOT_INCLUDED); mmdet's at-best rows are to be re-recorded (make baseline)",
 )
 @pytest.mark.parametrize("scenario", ["cpu_canonical", "cpu_small"])
 def test_committed_at_best_rounds_apply_the_current_declaration(scenario):

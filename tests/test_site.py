@@ -104,7 +104,7 @@ def test_the_site_opens_in_a_browser_with_its_tables_charts_and_links(tmp_path):
 
 
 def test_a_second_publish_rewrites_only_what_changed(tmp_path):
-    from mrcnn_bench.harness.site import publish
+    from mrcnn_bench.harness.report.site import publish
 
     results, site = _results(tmp_path), tmp_path / "site"
     first = publish(results, site)
@@ -132,7 +132,7 @@ def test_the_index_shows_the_newest_round_in_full_and_the_rounds_of_its_commit(t
     """Per scenario: every implementation of the newest round (a failed one with its status and reason),
     the median and spread of the rounds measured on the newest round's commit, and a chart of each
     implementation's img/s over the fastest other's in the same round."""
-    from mrcnn_bench.harness.site import publish
+    from mrcnn_bench.harness.report.site import publish
 
     results = tmp_path / "results"
     shutil.copytree(BASELINES / "cpu_small", results / "cpu_small", ignore=shutil.ignore_patterns("plots"))

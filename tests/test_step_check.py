@@ -1,10 +1,10 @@
 """parity --check-step: one training step of every implementation on the same batch, compared with the
-reference's term by term (harness/step_check.py, harness/tasks/step.py)."""
+reference's term by term (harness/parity/step_check.py, harness/tasks/step.py)."""
 
 import pytest
 import torch
 from conftest import run_cli
-from mrcnn_bench.harness.step_check import LOSSES, MODULES, compare_steps, excused, floor_distances
+from mrcnn_bench.harness.parity.step_check import LOSSES, MODULES, compare_steps, excused, floor_distances
 from mrcnn_bench.harness.tasks.step import StepCapture, canonical_losses
 
 

@@ -1,5 +1,5 @@
-"""What the machine did during the window (harness/telemetry.py), its state before the run
-(harness/doctor.py),
+"""What the machine did during the window (harness/machine/telemetry.py), its state before the run
+(harness/machine/doctor.py),
 and the gate's refusal of noisy runs; on the CPU, with a stand-in NVML (tests/fake_nvml) and the real
 psutil."""
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import ROOT, run_cli
-from mrcnn_bench.harness.telemetry import noise, window_bounds, window_telemetry
+from mrcnn_bench.harness.machine.telemetry import noise, window_bounds, window_telemetry
 
 FAKE = ROOT / "tests" / "fake_nvml"
 

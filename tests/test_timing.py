@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from mrcnn_bench.harness.timing import IterationRecord, IterationTimer, summarize_window
+from mrcnn_bench.harness.engine.timing import IterationRecord, IterationTimer, summarize_window
 
 
 class FakeClock:
@@ -67,7 +67,7 @@ def test_bad_windows_are_refused():
 def test_after_step_before_start_is_an_error_and_listeners_hear_each_event_in_order():
     """Listeners that complete a record (work counts, phases) come first, whatever order they came in;
     the others see the complete record, in the order they started listening; after_train reaches all."""
-    from mrcnn_bench.harness.timing import TimerListener
+    from mrcnn_bench.harness.engine.timing import TimerListener
 
     events = []
 

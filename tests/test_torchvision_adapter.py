@@ -3,9 +3,9 @@ import json
 import pytest
 from conftest import TINY, run_cli
 from mrcnn_bench.adapters import adapter_names, get_adapter
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.parity import canonical_values, parity_frame
-from mrcnn_bench.harness.results import load_run, read_jsonl
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.parity.compare import canonical_values, parity_frame
+from mrcnn_bench.harness.records.results import load_run, read_jsonl
 
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 
@@ -19,7 +19,7 @@ def test_registry_discovers_adapters_without_importing_frameworks():
 def test_effective_hparams_are_read_back_from_the_built_model(synth_root):
     cfg = load_config(CANONICAL)
     adapter = get_adapter("torchvision")
-    from mrcnn_bench.harness.data import DataPaths
+    from mrcnn_bench.harness.data.datasets import DataPaths
 
     data = DataPaths.from_root(synth_root)
     eff = adapter.effective_hparams(adapter.translate(cfg, data))

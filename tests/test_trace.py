@@ -83,7 +83,7 @@ def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_r
 def test_a_trace_stops_after_its_traced_steps():
     """`mrcnn-bench trace --config cpu_small` trains iterations [0, warmup + trace_steps), not the config's
     30."""
-    from mrcnn_bench.harness.suite import RunRequest
+    from mrcnn_bench.harness.run.suite import RunRequest
 
     cfg = RunRequest(
         config_name="cpu_small", overrides=("benchmark.task=trace", "benchmark.warmup=3")

@@ -10,13 +10,13 @@ import torch
 from conftest import run_cli
 from mrcnn_bench.adapters import get_adapter
 from mrcnn_bench.adapters._common import WeightsMismatch, load_exact, schedule_facts
-from mrcnn_bench.harness.config import builtin_config_dir, load_config
-from mrcnn_bench.harness.data import DataPaths
-from mrcnn_bench.harness.data_check import usable_images
-from mrcnn_bench.harness.data_order import global_batches, rank_batches
-from mrcnn_bench.harness.parity import canonical_lr, trajectory_frame
-from mrcnn_bench.harness.results import atomic_write_json, atomic_write_jsonl, make_run_record
-from mrcnn_bench.harness.timing import IterationTimer, work_per_image
+from mrcnn_bench.harness.config.schema import builtin_config_dir, load_config
+from mrcnn_bench.harness.data.check import usable_images
+from mrcnn_bench.harness.data.datasets import DataPaths
+from mrcnn_bench.harness.data.order import global_batches, rank_batches
+from mrcnn_bench.harness.engine.timing import IterationTimer, work_per_image
+from mrcnn_bench.harness.parity.compare import canonical_lr, trajectory_frame
+from mrcnn_bench.harness.records.results import atomic_write_json, atomic_write_jsonl, make_run_record
 
 CANONICAL = builtin_config_dir() / "mask_rcnn_R_50_FPN_noaug_1x.yaml"
 SMALL = builtin_config_dir() / "cpu_small.yaml"
@@ -90,7 +90,7 @@ def test_every_adapter_reports_exactly_the_declared_hyperparameter_keys(impl):
 def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
     """Rank 0 alone counts the FLOPs after the window: a SyncBatchNorm in its model would wait for the
     other ranks' all-reduce forever. The count is made on plain batch norm, the same FLOPs."""
-    from mrcnn_bench.harness.flops import unit_costs
+    from mrcnn_bench.harness.engine.flops import unit_costs
     from mrcnn_bench.reference_impl.modeling import MaskRCNN
 
     built = []
@@ -118,7 +118,7 @@ def test_unit_costs_of_a_syncbn_model_run_no_collective(monkeypatch):
 def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
     """The reference's unit costs against torchvision's Mask R-CNN parts (an independent build of the
     same architecture), each counted by torch's FLOP counter over a forward and backward."""
-    from mrcnn_bench.harness.flops import training_step_flops, unit_costs
+    from mrcnn_bench.harness.engine.flops import training_step_flops, unit_costs
 
     cfg = load_config(SMALL)
     costs = unit_costs(cfg, 80, side=128, rois=8)
@@ -155,7 +155,12 @@ def test_unit_costs_equal_torchvisions_modules_counted_the_same_way():
 def test_each_phases_forward_flops_equal_torchvisions_parts():
     """The per-phase forward FLOPs (the phases table's MFU) against torchvision's backbone body, FPN,
     RPN head, box and mask heads counted alike; the backward is what training adds to the forwards."""
-    from mrcnn_bench.harness.flops import UnitCosts, training_step_flops, unit_costs, window_phase_flops
+    from mrcnn_bench.harness.engine.flops import (
+        UnitCosts,
+        training_step_flops,
+        unit_costs,
+        window_phase_flops,
+    )
 
     cfg = load_config(SMALL)
     costs = unit_costs(cfg, 80, side=128, rois=8)
@@ -192,7 +197,7 @@ def test_each_phases_forward_flops_equal_torchvisions_parts():
 
 
 def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
-    from mrcnn_bench.harness import flops
+    from mrcnn_bench.harness.engine import flops
 
     monkeypatch.setenv("MRCNN_BENCH_FLOPS", str(tmp_path))
     calls = []
@@ -215,7 +220,7 @@ def test_unit_costs_are_counted_once_per_model_and_kept(tmp_path, monkeypatch):
 
 
 def test_window_flops_come_from_the_recorded_work():
-    from mrcnn_bench.harness.flops import UnitCosts, window_flops_per_image
+    from mrcnn_bench.harness.engine.flops import UnitCosts, window_flops_per_image
 
     costs = UnitCosts(per_pixel=1e6, per_roi=1e8, per_positive=3e9)
     rows = [
@@ -243,7 +248,7 @@ def test_forward_check_computes_the_same_function(synth_root):
 
 
 def test_forward_frame_names_a_divergence():
-    from mrcnn_bench.harness.parity import forward_frame
+    from mrcnn_bench.harness.parity.compare import forward_frame
 
     ref = {"p2": torch.ones(1, 4, 2, 2), "objectness.p2": torch.arange(12.0).view(1, 3, 2, 2)}
     same = {k: v.clone() for k, v in ref.items()}
@@ -290,7 +295,7 @@ def test_each_framework_runs_the_canonical_schedule(impl):
 def test_parity_table_catches_detectron2_warmup_capped_at_max_iter():
     """detectron2 places warm-up at min(WARMUP_ITERS / MAX_ITER, 1) of the schedule: with MAX_ITER set
     to the run's 30 iterations its warm-up never reaches the base lr; the table must say so."""
-    from mrcnn_bench.harness.parity import canonical_values, parity_frame
+    from mrcnn_bench.harness.parity.compare import canonical_values, parity_frame
 
     cfg = load_config(SMALL, {"model.num_classes": 3})
     adapter = get_adapter("detectron2")
@@ -390,7 +395,12 @@ def test_reference_exports_what_torchvision_loads():
 
 
 def test_a_mismatching_checkpoint_names_the_first_bad_parameter(tmp_path):
-    from mrcnn_bench.harness.init_weights import WeightsError, initial_weights, make_initial_weights, overlay
+    from mrcnn_bench.harness.run.init_weights import (
+        WeightsError,
+        initial_weights,
+        make_initial_weights,
+        overlay,
+    )
 
     cfg = load_config(SMALL, {"model.num_classes": 3})
     tv = get_adapter("torchvision")
@@ -430,7 +440,7 @@ def test_a_mismatching_checkpoint_names_the_first_bad_parameter(tmp_path):
 @pytest.mark.parametrize("impl", FRAMEWORKS)
 def test_every_framework_starts_from_the_shared_weights(impl, tmp_path):
     """What each adapter loads from model.init_weights, read back in torchvision's layout, is the file."""
-    from mrcnn_bench.harness.init_weights import initial_weights
+    from mrcnn_bench.harness.run.init_weights import initial_weights
 
     cfg = load_config(SMALL, {"model.num_classes": 3})
     path, _ = initial_weights(cfg, 3, tmp_path)
@@ -712,7 +722,7 @@ def test_trajectory_parity_names_an_implementation_that_padded_more_pixels(tmp_p
 def test_trajectory_parity_reports_a_failed_implementation(tmp_path):
     solver = _record(tmp_path, "a", [1e-5] * 4, [10] * 4)
     _record(tmp_path, "b", [1e-5] * 4, [10] * 4, status="failed")
-    from mrcnn_bench.harness.report import load_runs
+    from mrcnn_bench.harness.report.tables import load_runs
 
     table, problems = trajectory_frame(load_runs([tmp_path / "run"]))
     assert "b: failed: boom (nothing to compare)" in problems

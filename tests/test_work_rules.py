@@ -299,7 +299,7 @@ def test_a_value_a_framework_cannot_run_stops_the_run_naming_it(tmp_path):
 
 def test_every_adapter_declares_what_it_cannot_run():
     from mrcnn_bench.adapters import get_adapter
-    from mrcnn_bench.harness.config import load_config, resolve_config_path
+    from mrcnn_bench.harness.config.schema import load_config, resolve_config_path
 
     cfg = load_config(resolve_config_path("cpu_small"))
     # the canonical defaults: detectron2's rules, which the reference, detectron2 and mmdet all run

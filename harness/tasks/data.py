@@ -10,9 +10,9 @@ from __future__ import annotations
 import gc
 import time
 
-from mrcnn_bench.harness.data_stages import STAGES
+from mrcnn_bench.harness.data.stages import STAGES
 
-from . import RankContext, Task, one_process
+from .base import RankContext, Task, one_process
 from .rank import PartialIterations, native_dict, say, write_record
 
 
@@ -31,7 +31,7 @@ class Data(Task):
 
     def run(self, rank: RankContext) -> None:
         import torch
-        from mrcnn_bench.harness.results import atomic_write_jsonl
+        from mrcnn_bench.harness.records.results import atomic_write_jsonl
 
         bench, dist = rank.cfg.benchmark, rank.dist
         sync = torch.cuda.synchronize if str(dist.device).startswith("cuda") else (lambda: None)
@@ -90,9 +90,9 @@ class Data(Task):
         )
 
     def _stages(self, rank: RankContext, batches: int, sync) -> dict:
-        """At 0 workers, the split of a batch's time into stages (harness/data_stages.py), over a fresh
+        """At 0 workers, the split of a batch's time into stages (harness/data/stages.py), over a fresh
         pipeline after the window; with workers the stage calls run in other processes: not split."""
-        from mrcnn_bench.harness.data_stages import StageSplitError, split_stages
+        from mrcnn_bench.harness.data.stages import StageSplitError, split_stages
 
         if rank.cfg.benchmark.num_workers:
             return {
@@ -125,7 +125,7 @@ class Data(Task):
         stages = stages_table(df)
         if stages is not None:
             parts += [
-                "Where a batch's time goes, ms per image, at 0 loader workers (harness/data_stages.py: each "
+                "Where a batch's time goes, ms per image, at 0 loader workers (harness/data/stages.py: each "
                 "framework's own read, decode, per-image and collate calls timed in its loader, self time):",
                 stages,
             ]
@@ -137,7 +137,7 @@ class Data(Task):
     def figures(self, records):
         """With a worker sweep: img/s against loader workers, a line per implementation."""
         import matplotlib.pyplot as plt
-        from mrcnn_bench.harness.frames import runs_frame
+        from mrcnn_bench.harness.records.frames import runs_frame
 
         ok = [r for r in records if r["status"] == "ok"]
         df = runs_frame(ok) if ok else None
@@ -216,7 +216,7 @@ def headroom(df, impl: str, scenario: str, images_per_s: float) -> tuple[str, st
         (df["impl"] == impl)
         & (df["config"] == scenario)
         & (df["status"] == "ok")
-        & (df["task"].isin(_training(df)))
+        & df["trains"]  # the report's frame says which tasks train (report.tables.task_frame)
     ]
     if not len(train):
         return "-", "-"
@@ -224,12 +224,6 @@ def headroom(df, impl: str, scenario: str, images_per_s: float) -> tuple[str, st
     share = train["data_time_share"].dropna()
     flag = f" (< {HEADROOM_FLAG}×: likely the bottleneck)" if ratio < HEADROOM_FLAG else ""
     return f"{ratio:.1f}×{flag}", f"{100 * float(share.median()):.1f}%" if len(share) else "-"
-
-
-def _training(df) -> list[str]:
-    from . import tasks
-
-    return [name for name, task in tasks().items() if task.trains]
 
 
 def data_table(df):

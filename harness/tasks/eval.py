@@ -3,7 +3,7 @@ the val split, scored by pycocotools (bbox and segm AP, AP50), with detections a
 
 from __future__ import annotations
 
-from . import RankContext, one_process, val_split
+from .base import RankContext, one_process, val_split
 from .rank import say
 from .train import Train
 
@@ -28,7 +28,7 @@ class Eval(Train):
         return f"{bench.iters} iterations, then AP on the val split"
 
     def after_training(self, rank: RankContext) -> dict:
-        from mrcnn_bench.harness.inference import evaluate
+        from mrcnn_bench.harness.engine.inference import evaluate
 
         data = rank.data
         say(f"{rank.impl}: evaluating on {data.val_json}")
@@ -67,7 +67,7 @@ def accuracy_table(df):
     the seeds, on which the band is judged (an implementation that failed at a seed has no mean: it is
     outside, with the seed and why)."""
     import pandas as pd
-    from mrcnn_bench.harness.metrics import show
+    from mrcnn_bench.harness.records.metrics import show
 
     runs = df[(df["task"] == "eval") & (df["status"] == "ok") & df["accuracy"].notna()]
     if not len(runs):

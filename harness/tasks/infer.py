@@ -1,10 +1,10 @@
 """``--task infer``: the framework's own eval path timed per batch size on the val split's images
-(harness/inference.py); iterations.jsonl holds each timed call, run.json the stats per batch size. A
+(harness/engine/inference.py); iterations.jsonl holds each timed call, run.json the stats per batch size. A
 call that returned nothing fails the run (``EmptyPath``)."""
 
 from __future__ import annotations
 
-from . import RankContext, Task, TaskError, one_process, val_split
+from .base import RankContext, Task, TaskError, one_process, val_split
 from .rank import PartialIterations, native_dict, say, write_record
 
 
@@ -32,13 +32,13 @@ class Infer(Task):
 
     def run(self, rank: RankContext) -> None:
         import torch
-        from mrcnn_bench.harness.inference import (
+        from mrcnn_bench.harness.engine.inference import (
             check_not_empty,
             inference_summary,
             load_images,
             time_batches,
         )
-        from mrcnn_bench.harness.results import atomic_write_jsonl
+        from mrcnn_bench.harness.records.results import atomic_write_jsonl
 
         bench, data = rank.cfg.benchmark, rank.data
         predict = rank.adapter.predictor(rank.cfg, data, rank.dist, native=rank.native)
@@ -110,7 +110,7 @@ def latency_figure(runs: list[dict]):
     implementation; None without a finished run."""
     import matplotlib.pyplot as plt
     import pandas as pd
-    from mrcnn_bench.harness.frames import iterations_of
+    from mrcnn_bench.harness.records.frames import iterations_of
 
     runs = [r for r in runs if r["status"] == "ok"]
     if not runs:

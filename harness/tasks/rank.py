@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from mrcnn_bench.harness.timing import TimerListener
+from mrcnn_bench.harness.engine.timing import TimerListener
 
 
 class PartialIterations(TimerListener):
@@ -16,7 +16,7 @@ class PartialIterations(TimerListener):
     is kept of a run that dies. ``done`` removes it once iterations.jsonl and run.json are written."""
 
     def __init__(self, run_dir: Path, rank: int):
-        from mrcnn_bench.harness.results import PARTIAL_ITERATIONS
+        from mrcnn_bench.harness.records.results import PARTIAL_ITERATIONS
 
         self.path = run_dir / PARTIAL_ITERATIONS
         self._file = open(self.path, "w") if rank == 0 else None
@@ -64,8 +64,8 @@ def write_record(rank, record_fields: dict, extra: dict | None = None) -> dict:
     """run.json of this rank's run (rank 0): the record with the environment, the native config, the
     settings applied (the run's config as asked, the same for every implementation; ``settings`` what
     --best changed of it for this one) and wall_s (from the launch's start), written once; returns it."""
-    from mrcnn_bench.harness import settings
-    from mrcnn_bench.harness.results import capture_environment, make_run_record
+    from mrcnn_bench.harness.config import settings
+    from mrcnn_bench.harness.records.results import capture_environment, make_run_record
 
     bench = rank.cfg.benchmark
     record = make_run_record(
@@ -102,7 +102,7 @@ def native_dict(native, extra: dict):
 
 def write_final(run_dir: Path, record: dict) -> None:
     """run.json, unless the launcher has already written its verdict there (it is final)."""
-    from mrcnn_bench.harness.results import atomic_write_json
+    from mrcnn_bench.harness.records.results import atomic_write_json
 
     try:
         atomic_write_json(run_dir / "run.json", record, replace=False)

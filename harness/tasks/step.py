@@ -1,5 +1,5 @@
 """``--task step``: one training step of the framework's own loop, recorded whole for ``mrcnn-bench parity
---check-step`` (harness/step_check.py): every loss term, each trainable parameter's gradient and the lr,
+--check-step`` (parity/step_check.py): every loss term, each trainable parameter's gradient and the lr,
 weight decay and momentum its optimizer group applied, in torchvision's parameter names, in ``step.pt``
 beside run.json.
 
@@ -12,7 +12,7 @@ objects are found wherever it builds them.
 
 from __future__ import annotations
 
-from . import RankContext, TaskError, one_process
+from .base import RankContext, TaskError, one_process
 from .rank import say
 from .train import Train
 
@@ -58,7 +58,7 @@ class Step(Train):
         return timer, partial
 
     def after_training(self, rank: RankContext) -> dict:
-        from mrcnn_bench.harness.results import atomic_save_torch
+        from mrcnn_bench.harness.records.results import atomic_save_torch
 
         record = self.capture.record(rank.adapter.trained_model, rank.adapter.torchvision_names)
         if rank.dist.rank == 0:

@@ -1,7 +1,7 @@
 """``--task trace`` (``mrcnn-bench trace``): the same steps of every implementation under torch.profiler,
 inside each framework's own loop — the shared weights, the batches of the run's order, iterations
 [warmup, warmup + trace_steps) — with the phases of ``mrcnn-bench phases`` as named ranges on the
-timeline (harness/phases.py, ``ranges``). Each implementation's trace is written to its run folder as
+timeline (harness/engine/phases.py, ``ranges``). Each implementation's trace is written to its run folder as
 ``trace-<impl>.json.gz`` (Chrome trace format: Perfetto UI or chrome://tracing open it), and run.json's
 ``summary.trace`` holds what the report compares: the top operators by self CPU time (CPU) or the top
 kernels by device time (CUDA), the ranges of the phases per step, and on CUDA the GPU's idle time and
@@ -19,9 +19,9 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from mrcnn_bench.harness.timing import TimerListener
+from mrcnn_bench.harness.engine.timing import TimerListener
 
-from . import RankContext, TaskError, one_process
+from .base import RankContext, TaskError, one_process
 from .rank import say
 from .train import Train
 
@@ -200,7 +200,7 @@ def kernels(events: list[dict], steps: int) -> list[dict]:
 
 def ranges(events: list[dict], steps: int) -> dict[str, float]:
     """ms per step inside each range of the phases (and the iterations), as the trace holds them."""
-    from mrcnn_bench.harness.phases import RANGE_PREFIX
+    from mrcnn_bench.harness.engine.phases import RANGE_PREFIX
 
     total = defaultdict(float)
     for e in events:

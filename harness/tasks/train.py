@@ -3,7 +3,7 @@ window [warmup, end) on the global batch, with the work, FLOPs and (``benchmark.
 
 from __future__ import annotations
 
-from . import RankContext, Task
+from .base import RankContext, Task
 from .rank import PartialIterations, Progress, native_dict, say, write_record
 
 
@@ -27,7 +27,7 @@ class Train(Task):
     def train(self, rank: RankContext):
         """The adapter's training under the timer (its listeners: the partial stream, progress): (timer,
         stream)."""
-        from mrcnn_bench.harness.timing import IterationTimer
+        from mrcnn_bench.harness.engine.timing import IterationTimer
 
         bench, dist = rank.cfg.benchmark, rank.dist
         partial = PartialIterations(rank.run_dir, dist.rank)
@@ -46,7 +46,7 @@ class Train(Task):
         return timer, partial
 
     def listeners(self, rank: RankContext) -> list:
-        """What else listens to the timer in this task (harness/timing.TimerListener)."""
+        """What else listens to the timer in this task (harness/engine/timing.TimerListener)."""
         return []
 
     def after_training(self, rank: RankContext) -> dict:
@@ -67,18 +67,18 @@ def _global_images(timer, dist) -> list[int]:
 
 
 def _summary(rank: RankContext, rows: list[dict], timer, world_images: list[int]) -> dict:
-    """The window's measures (harness/metrics.py): throughput, work per image, and the model FLOPs
+    """The window's measures (harness/records/metrics.py): throughput, work per image, and the model FLOPs
     utilisation against the measured matmul peak of every process (calibrated here, with this process's
     threads, after the window); with benchmark.phases, ms per phase, what the framework lacks, its syncs."""
-    from mrcnn_bench.harness.data import num_classes
-    from mrcnn_bench.harness.flops import (
+    from mrcnn_bench.harness.data.datasets import num_classes
+    from mrcnn_bench.harness.engine.flops import (
         cached_unit_costs,
         matmul_peak_flops,
         window_flops_per_image,
         window_phase_flops,
     )
-    from mrcnn_bench.harness.metrics import Window, summarize
-    from mrcnn_bench.harness.phases import PhaseProbe, window_phases
+    from mrcnn_bench.harness.engine.phases import PhaseProbe, window_phases
+    from mrcnn_bench.harness.records.metrics import Window, summarize
 
     cfg, dist = rank.cfg, rank.dist
     bench = cfg.benchmark
@@ -100,7 +100,7 @@ def _summary(rank: RankContext, rows: list[dict], timer, world_images: list[int]
 
 def _record(rank: RankContext, timer, world_images: list[int], added: dict) -> dict:
     """Rank 0: iterations.jsonl and run.json, each written atomically; returns the record."""
-    from mrcnn_bench.harness.results import atomic_write_jsonl
+    from mrcnn_bench.harness.records.results import atomic_write_jsonl
 
     bench = rank.cfg.benchmark
     rows = [r.to_dict() for r in timer.records]
@@ -129,10 +129,10 @@ def _record(rank: RankContext, timer, world_images: list[int], added: dict) -> d
 
 
 def _mlperf_log(rank: RankContext, record: dict, rows: list[dict]) -> None:
-    """mlperf.log beside run.json (harness/mlperf.py, MLCommons' mllog); a log that cannot be written is
+    """mlperf.log beside run.json (records/mlperf.py, MLCommons' mllog); a log that cannot be written is
     said, and the run stands."""
     try:
-        from mrcnn_bench.harness.mlperf import write_log
+        from mrcnn_bench.harness.records.mlperf import write_log
 
         write_log(rank.run_dir, record, rows)
     except Exception as e:  # noqa: BLE001 (an optional side file: the run's record is written)
