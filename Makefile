@@ -7,7 +7,7 @@ BENCH := $(VENV)/bin/mrcnn-bench
 # Sources whose change means the package (and its C++/CUDA extension) must be reinstalled.
 BUILD_INPUTS := pyproject.toml setup.py $(shell find reference_impl/csrc -type f 2>/dev/null)
 
-.PHONY: setup detectron2 mmdet demo baseline lint test test-fast fuzz bench-ops torch-floor clean gate gate-baseline browser site
+.PHONY: setup detectron2 mmdet demo baseline lint test test-long test-fast fuzz bench-ops torch-floor clean gate gate-baseline browser site
 
 setup: $(VENV)/.installed
 
@@ -66,9 +66,16 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# CI's command (.ci/run): every test but the few past 5 minutes each (marker long: make test-long), the
+# slowest 25 named at the end, then the gate.
 test: setup lint detectron2 mmdet browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not long" --durations=25 tests
 	$(MAKE) gate
+
+# The tests past 5 minutes each (about 21 minutes here): the reference learning from scratch in fp32 and
+# bf16, and the device check's rehearsal (run it before a GPU session too).
+test-long: setup detectron2 mmdet
+	$(PY) -m pytest -q -m long --durations=0 tests
 
 # The throughput regression gate on the CPU (docs/reliability.md, "The regression gate"): the reference of GATE_BASE
 # against this tree's, GATE_ROUNDS runs a side interleaved on this machine at cpu_small's size over a

@@ -44,6 +44,10 @@ ALL_FOUR = ("reference", "torchvision", "detectron2", "mmdet")
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # a long test is an end-to-end one past 5 minutes: it must carry e2e too, or make test-fast would run it
+    unmarked = [item.nodeid for item in items if "long" in item.keywords and "e2e" not in item.keywords]
+    if unmarked:
+        raise pytest.UsageError(f"marked long but not e2e: {', '.join(unmarked)} (tests/conftest.py)")
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device; none is visible")

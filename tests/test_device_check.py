@@ -67,6 +67,7 @@ def test_steps_that_cannot_fit_the_budget_are_skipped_and_said_so(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # every step of the device check, all four implementations: 9 minutes here
 def test_rehearsal_runs_every_step_and_brings_back_few_files(tmp_path):
     proc, steps = rehearse(tmp_path, "--budget", "1500")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

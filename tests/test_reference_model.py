@@ -350,6 +350,7 @@ def _predict(model, dataset, batch_size: int = 2) -> list[dict]:
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # 400 iterations of training: 6 minutes here
 def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
     """From scratch: bbox and segm mAP clearly above the untrained model's, through a save/resume."""
     from mrcnn_bench.harness.engine.inference import coco_ap
@@ -382,6 +383,7 @@ def test_learns_on_synthetic_data_resumes_and_exports(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # 250 iterations of training: 6 minutes here
 def test_bf16_autocast_learns_as_well(tmp_path):
     """AMP changes the arithmetic: the same recipe in bf16 autocast must learn too. Measured here after 250
     iterations on the COCO-like synthetic set: bf16 bbox AP 0.028 (AP50 0.102), segm 0.035 (0.143); fp32
