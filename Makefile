@@ -66,14 +66,16 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# CI's command (.ci/run): every test but the few past 5 minutes each (marker long: make test-long), the
-# slowest 25 named at the end, then the gate.
+# CI's command (.ci/run): every test but those marked long (make test-long), the slowest 25 named at the
+# end, then the gate.
 test: setup lint detectron2 mmdet browser
 	$(PY) -m pytest -q -m "not long" --durations=25 tests
 	$(MAKE) gate
 
-# The tests past 5 minutes each (about 21 minutes here): the reference learning from scratch in fp32 and
-# bf16, and the device check's rehearsal (run it before a GPU session too).
+# The tests marked long, a minute or more each (about 35 minutes here, outside CI's 40): the reference
+# learning from scratch in fp32 and bf16, every implementation's trace, phases and loaders, detectron2's and
+# mmdet's two-process runs, both modes in every round, and the device check's rehearsal (run it before a
+# GPU session too).
 test-long: setup detectron2 mmdet
 	$(PY) -m pytest -q -m long --durations=0 tests
 

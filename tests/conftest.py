@@ -44,7 +44,7 @@ ALL_FOUR = ("reference", "torchvision", "detectron2", "mmdet")
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    # a long test is an end-to-end one past 5 minutes: it must carry e2e too, or make test-fast would run it
+    # a long test is an end-to-end one of a minute or more: it must carry e2e, or make test-fast runs it
     unmarked = [item.nodeid for item in items if "long" in item.keywords and "e2e" not in item.keywords]
     if unmarked:
         raise pytest.UsageError(f"marked long but not e2e: {', '.join(unmarked)} (tests/conftest.py)")

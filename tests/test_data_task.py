@@ -11,6 +11,7 @@ from mrcnn_bench.harness.records.frames import load_runs
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # four loaders at two worker counts: 2 minutes here (make test-long; the rehearsal too)
 def test_the_input_pipeline_of_every_implementation_alone_at_0_and_1_workers(tmp_path):
     need_impls(*ALL_FOUR)
     out = run_cli(

@@ -62,6 +62,7 @@ def test_unsupported_settings_are_refused():
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # two processes and parity --run: 70 s here (torchvision's stays in make test)
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     record, rows = two_process_run("detectron2", synth_root, tmp_path)
     assert "MODEL:" in record["native_config"] and "ROIAlignV2" in record["native_config"]

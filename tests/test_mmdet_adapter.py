@@ -171,6 +171,7 @@ def test_compiled_mmcv_ops_match_torchvision():
 # ------------------------------------------------------------------------------- a real run
 @needs_mmdet
 @pytest.mark.e2e
+@pytest.mark.long  # two processes and parity --run: 85 s here (torchvision's stays in make test)
 def test_two_process_cpu_run_and_parity(synth_root, tmp_path):
     record, rows = two_process_run("mmdet", synth_root, tmp_path)
     assert "type='MaskRCNN'" in record["native_config"] and "IterBasedTrainLoop" in record["native_config"]

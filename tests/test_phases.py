@@ -179,6 +179,7 @@ def test_report_table_dashes_and_the_paragraph_on_the_gap(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # all four with the phase probe: 2 minutes here (make test-long; the rehearsal too)
 def test_phases_of_every_implementation_in_their_own_loops(tmp_path):
     out = run_cli(
         "phases",

@@ -421,7 +421,8 @@ def _match_detections(expected: dict, got: dict) -> int:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("config", ["cpu_small", "cpu_eval"])
+# cpu_eval's 80 s are in make test-long; cpu_small's stay in make test
+@pytest.mark.parametrize("config", ["cpu_small", pytest.param("cpu_eval", marks=pytest.mark.long)])
 def test_torchvision_weights_give_torchvisions_detections_on_every_synthetic_image(config):
     """torchvision's Mask R-CNN (random weights, frozen BN with random statistics) imported into the
     reference configured like it: the same detections, order-free, on every training and val image of the

@@ -166,6 +166,7 @@ def test_the_gate_refuses_a_candidate_of_the_other_mode(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # two rounds of both modes: 90 s here (test_best_and_both_from_the_command_line stays)
 def test_both_modes_run_in_every_round_and_are_recorded(tmp_path):
     """`run --settings both`: each round runs both modes under r<k>-<mode>/; run.json says what was
     applied."""

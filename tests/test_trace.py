@@ -35,6 +35,7 @@ PHASES = {
 
 
 @pytest.mark.e2e
+@pytest.mark.long  # all four under torch.profiler: 3 minutes here (make test-long; the rehearsal too)
 def test_a_trace_of_each_implementation_holds_the_same_steps_and_the_phases_as_ranges(tmp_path):
     need_impls(*ALL_FOUR)
     out = run_cli("trace", "--impl", "all", *SHORT, "--out", tmp_path, "--run-id", "t", "--timeout", "600")
