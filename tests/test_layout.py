@@ -48,6 +48,15 @@ def _package(name: str, path: Path) -> str:
     return name if path.name == "__init__.py" else name.rpartition(".")[0]
 
 
+def _from(package: str, node: ast.ImportFrom) -> str:
+    """The module a ``from ... import`` statement in ``package`` names, its dots resolved."""
+    base = node.module or ""
+    if not node.level:
+        return base
+    parts = package.split(".")
+    return ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+
+
 def _loads_its_own(node: ast.AST) -> bool:
     """``importlib.import_module(f"{__name__}.{...}")``: a package loading its own modules by name."""
     return (
@@ -70,11 +79,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
-                )
+            base = _from(package, node)
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         elif _loads_its_own(node):
             targets = [m for m in known if m.startswith(name + ".") and m.count(".") == name.count(".") + 1]
@@ -186,10 +191,7 @@ def _private_uses(name: str, path: Path, known: set[str]) -> list[str]:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            base = _from(package, node)
             for a in node.names:
                 full = f"{base}.{a.name}"
                 if full in known:

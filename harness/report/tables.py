@@ -430,7 +430,7 @@ def phases_paragraph(df: pd.DataFrame, top: int = 3) -> str | None:
 
 def phases_markdown(records: list[dict]) -> str | None:
     """The phases section: table, footnotes, and the paragraph on the gaps."""
-    df = task_frame(records)
+    df = runs_frame(records)
     result = phases_table(df)
     if result is None:
         return None
@@ -534,7 +534,7 @@ def _only_task(df: pd.DataFrame):
 def readme_section(records: list[dict]) -> str:
     """The README section a set of runs goes into with ``report --into``: their task's (inference runs
     into "inference", accuracy runs into "accuracy"); training runs, or a mix, into "report"."""
-    task = _only_task(task_frame(records))
+    task = _only_task(runs_frame(records))
     return task.readme_section if task else "report"
 
 
@@ -590,7 +590,7 @@ def write_into(
 def render(records: list[dict], fmt: str = "md") -> str:
     if fmt == "md":
         return render_markdown(records)
-    df = task_frame(records).drop(columns=["summary"])  # its measures are columns already
+    df = runs_frame(records).drop(columns=["summary"])  # its measures are columns already
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt == "json":
